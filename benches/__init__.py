@@ -1,0 +1,1 @@
+"""roost's benches: one module per figure, each measured against a baseline in the same run."""
