@@ -1,0 +1,38 @@
+"""roost's durable store: LMDB with group commit, checkpoints and run records."""
+
+from roost.storage.checkpoints import (
+    Checkpoint,
+    CheckpointStore,
+    Pruned,
+    checkpoint_key,
+    decode_state,
+    encode_state,
+)
+from roost.storage.codecs import Record, RecordCodec
+from roost.storage.ops import DATABASES, Append, Delete, Op, Put, Update
+from roost.storage.runs import RunRecord, RunStatus, RunStore
+from roost.storage.store import Durability, Store, StoreOpening, StoreStatistics
+
+__all__ = [
+    "DATABASES",
+    "Append",
+    "Checkpoint",
+    "CheckpointStore",
+    "Delete",
+    "Durability",
+    "Op",
+    "Pruned",
+    "Put",
+    "Record",
+    "RecordCodec",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "Store",
+    "StoreOpening",
+    "StoreStatistics",
+    "Update",
+    "checkpoint_key",
+    "decode_state",
+    "encode_state",
+]

@@ -1,0 +1,99 @@
+"""Opening a store folder: its checks, its single-owner lock file and the LMDB environment.
+
+Blocking (it creates files and LMDB commits the named databases): call it from a
+worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import lmdb
+
+from roost.errors import StoreUnavailable
+from roost.storage.ops import DATABASES
+
+LOCK_FILE = "roost.lock"
+_MAX_DBS = 32
+# Readers on the event loop and in scan threads reuse reset read transactions.
+_SPARE_TXNS = 8
+
+
+class Environment:
+    """An open LMDB environment with its named databases, and the lock that owns the folder."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[str, lmdb._Database], lock_fd: int) -> None:
+        self.env = env
+        self.dbs = dbs
+        self._lock_fd = lock_fd
+
+    def close(self) -> None:
+        """Close the environment, then release the folder (no flush: flush first if needed)."""
+        try:
+            self.env.close()
+        finally:
+            os.close(self._lock_fd)
+
+
+def open_environment(path: Path, *, nosync: bool, map_size: int) -> Environment:
+    """Create or open the store at `path` (a folder) and lock it for this process.
+
+    Every commit flushes its data pages unless `nosync`; the meta page is never
+    flushed by a commit (LMDB's `metasync=False`), so the writer makes a commit
+    durable with one `env.sync(True)`. This keeps the database consistent after a
+    power loss in both modes: with data pages flushed before the meta page points to
+    them, a crash can only lose the last unflushed commits (see the writer).
+
+    Raises:
+        StoreUnavailable: the path is a file, the folder cannot be created or written,
+            another process (or another store in this one) has it open, or it holds
+            something other than a roost store.
+    """
+    where = str(path)
+    if path.exists() and not path.is_dir():
+        raise StoreUnavailable(where, "the path is a file, not a folder; give a folder path "
+                               "(roost creates the folder)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(where, f"cannot create the folder ({exc.strerror}); check the "
+                               "path and the permissions of its parent") from exc
+    lock_fd = _lock(path)
+    try:
+        env = lmdb.open(where, map_size=map_size, max_dbs=_MAX_DBS, sync=not nosync,
+                        metasync=False, max_spare_txns=_SPARE_TXNS)
+    except (lmdb.Error, OSError) as exc:
+        os.close(lock_fd)
+        raise StoreUnavailable(where, f"LMDB cannot open it ({type(exc).__name__}: {exc}); "
+                               "it must be a roost store folder or an empty folder") from exc
+    try:
+        dbs = {name: env.open_db(name.encode()) for name in DATABASES}
+    except (lmdb.Error, OSError) as exc:
+        env.close()
+        os.close(lock_fd)
+        raise StoreUnavailable(where, f"its named databases cannot be opened "
+                               f"({type(exc).__name__}: {exc}); it is an LMDB environment "
+                               "but not a roost store") from exc
+    return Environment(env, dbs, lock_fd)
+
+
+def _lock(path: Path) -> int:
+    """Take the folder's lock file for this store (flock: released when the process dies)."""
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreUnavailable(str(path), f"cannot create {LOCK_FILE} ({exc.strerror}); the "
+                               "folder must be writable by this process") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreUnavailable(str(path), f"it is already open (by pid {owner}); close that "
+                               "store first, or give each system its own folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

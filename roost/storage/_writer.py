@@ -1,0 +1,320 @@
+"""The store's one writer thread: group commit, flushes to disk and map growth.
+
+Every write of a store goes through one long-lived thread fed by a queue. Each turn
+it takes every write queued at that moment, applies them in one LMDB transaction,
+commits, flushes once if any of them asked for durability, then wakes the event
+loop once (`call_soon_threadsafe`) to settle all of their futures: one thread hop
+and one fsync serve the whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from typing import Any
+
+import lmdb
+import structlog
+
+from roost.errors import ConfigurationError, InternalError, RoostError, StoreError
+from roost.storage._environment import Environment
+from roost.storage._guard import MapGuard
+from roost.storage._keys import SEQ_SIZE, pack_seq, seek_last, unpack_seq
+from roost.storage.ops import Append, Delete, Op, Put, Update
+
+# Bounds one transaction's size and the wait of the writes queued behind it.
+_MAX_BATCH = 1024
+
+_log = structlog.get_logger("roost.storage")
+
+Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+class WriteRequest:
+    """One `Store.commit` call waiting for the writer: its operations and its future."""
+
+    __slots__ = ("durable", "future", "ops")
+
+    def __init__(self, ops: tuple[Op, ...], durable: bool, future: asyncio.Future[Any]) -> None:
+        self.ops = ops
+        self.durable = durable
+        self.future = future
+
+
+class _Stop:
+    """Tells the writer to finish the writes queued before it, flush and close the store."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+
+
+class Writer:
+    """Owns the write side of one LMDB environment from its own thread.
+
+    Counters (`commits`, `writes`, ...) are written by the writer thread only and
+    read by `Store.statistics()`.
+    """
+
+    def __init__(self, environment: Environment, guard: MapGuard, loop: asyncio.AbstractEventLoop,
+                 *, path: str, flush_interval: float) -> None:
+        self._environment = environment
+        self._env = environment.env
+        self._dbs = environment.dbs
+        self._guard = guard
+        self._loop = loop
+        self._path = path
+        self._flush_interval = flush_interval
+        self._queue: queue.SimpleQueue[WriteRequest | _Stop] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"roost-store-writer:{path}",
+                                        daemon=True)
+        # When the oldest commit not yet flushed to disk (a non-durable batch) was made.
+        self._unflushed_since: float | None = None
+        self.commits = 0
+        self.writes = 0
+        self.failed_writes = 0
+        self.syncs = 0
+        self.map_grows = 0
+        self.map_size: int = self._env.info()["map_size"]
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    def submit(self, request: WriteRequest) -> None:
+        """Queue a write (from the event loop thread; never blocks)."""
+        self._queue.put(request)
+
+    def stop(self, done: asyncio.Future[None]) -> None:
+        """Queue the stop: `done` settles once queued writes are done and the store is closed."""
+        self._queue.put(_Stop(done))
+
+    # --- the writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._flush_due_in())
+            except queue.Empty:
+                self._flush_unflushed()
+                continue
+            batch: list[WriteRequest] = []
+            while isinstance(item, WriteRequest):
+                batch.append(item)
+                if len(batch) == _MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._settle(self._write(batch))
+                if self._flush_due_in() == 0.0:
+                    self._flush_unflushed()
+            if isinstance(item, _Stop):
+                self._settle([(item.future, None, self._close())])
+                return
+
+    def _write(self, batch: list[WriteRequest]) -> list[Outcome]:
+        """Commit a batch, flush it if any write asked to be durable, and say how each went."""
+        outcomes: list[Outcome] = []
+        try:
+            results = self._commit(batch, outcomes)
+        except Exception as exc:
+            self.failed_writes += len(batch)
+            _log.error("store_commit_failed", path=self._path, writes=len(batch), error=repr(exc))
+            return outcomes + [(r.future, None, self._failed("commit", r, exc)) for r in batch]
+        if not batch:
+            return outcomes
+        flush_error: Exception | None = None
+        if any(request.durable for request in batch):
+            try:
+                self._sync()
+            except Exception as exc:
+                flush_error = exc
+                _log.error("store_flush_failed", path=self._path, error=repr(exc))
+        elif self._unflushed_since is None:
+            self._unflushed_since = time.monotonic()
+        for request, result in zip(batch, results, strict=True):
+            if flush_error is not None and request.durable:
+                self.failed_writes += 1
+                outcomes.append((request.future, None, self._failed("flush", request, flush_error)))
+            else:
+                self.writes += 1
+                outcomes.append((request.future, result, None))
+        return outcomes
+
+    def _commit(self, batch: list[WriteRequest], outcomes: list[Outcome]) -> list[list[Any]]:
+        """Apply and commit `batch` in one transaction; return each request's op results.
+
+        A request whose operations raise is taken out of `batch` (its failure goes to
+        `outcomes`) and the transaction is redone without it, so one bad write cannot
+        sink the others. A full map is grown and the transaction redone.
+        """
+        while batch:
+            txn = self._env.begin(write=True)
+            try:
+                results, culprit = self._apply_batch(txn, batch)
+                if culprit is None:
+                    txn.commit()
+            except lmdb.MapFullError:
+                txn.abort()
+                self._grow()
+                continue
+            except BaseException:
+                txn.abort()
+                raise
+            if culprit is None:
+                self.commits += 1
+                return results
+            txn.abort()
+            request, exc = culprit
+            batch.remove(request)
+            self.failed_writes += 1
+            outcomes.append((request.future, None, self._failed("write", request, exc)))
+        return []
+
+    def _apply_batch(self, txn: lmdb.Transaction[bytes], batch: list[WriteRequest],
+                     ) -> tuple[list[list[Any]], tuple[WriteRequest, Exception] | None]:
+        """Apply each request's operations; stop at the first request that raises."""
+        results: list[list[Any]] = []
+        for request in batch:
+            try:
+                results.append([self._apply(txn, op) for op in request.ops])
+            except lmdb.MapFullError:
+                raise
+            except Exception as exc:
+                return results, (request, exc)
+        return results, None
+
+    def _apply(self, txn: lmdb.Transaction[bytes], op: Op) -> Any:
+        match op:
+            case Put(db, key, value):
+                txn.put(key, value, db=self._dbs[db])
+                return None
+            case Delete(db, key):
+                return txn.delete(key, db=self._dbs[db])
+            case Append(db, prefix, value):
+                handle = self._dbs[db]
+                seq = 1
+                cursor = txn.cursor(handle)
+                if seek_last(cursor, prefix):
+                    last = cursor.key()
+                    if len(last) != len(prefix) + SEQ_SIZE:
+                        raise ConfigurationError(
+                            f"key {last!r} under prefix {prefix!r} in database {db!r} was not "
+                            "written by Append; keep appended series under their own prefix")
+                    seq = unpack_seq(last[len(prefix):]) + 1
+                txn.put(prefix + pack_seq(seq), value(seq), db=handle)
+                return seq
+            case Update(db, key, change):
+                handle = self._dbs[db]
+                new = change(txn.get(key, db=handle))
+                if new is None:
+                    txn.delete(key, db=handle)
+                else:
+                    txn.put(key, new, db=handle)
+                return new
+        raise InternalError(f"the writer got {op!r}, which Store.commit should have refused")
+
+    def _grow(self) -> None:
+        """Double the map (LMDB needs every read transaction out while it remaps)."""
+        size = self.map_size * 2
+        with self._guard.exclusive():
+            self._env.set_mapsize(size)
+        self.map_size = size
+        self.map_grows += 1
+        _log.info("store_map_grown", path=self._path, map_size=size)
+
+    def _sync(self) -> None:
+        self._env.sync(True)
+        self.syncs += 1
+        self._unflushed_since = None
+
+    def _flush_due_in(self) -> float | None:
+        """Seconds until unflushed commits are due for a flush (None: nothing unflushed)."""
+        if self._unflushed_since is None:
+            return None
+        return max(0.0, self._unflushed_since + self._flush_interval - time.monotonic())
+
+    def _flush_unflushed(self) -> None:
+        """Flush non-durable commits that have waited a flush interval (nobody waits on it)."""
+        try:
+            self._sync()
+        except Exception as exc:
+            _log.error("store_flush_failed", path=self._path, error=repr(exc))
+
+    def _close(self) -> StoreError | None:
+        """Flush what is unflushed, then close the environment and release the folder."""
+        error: StoreError | None = None
+        if self._unflushed_since is not None:
+            try:
+                self._sync()
+            except Exception as exc:
+                error = self._close_failed("the final flush", exc)
+        with self._guard.exclusive():
+            self._guard.closed = True
+            try:
+                self._environment.close()
+            except Exception as exc:
+                error = error or self._close_failed("closing the LMDB environment", exc)
+        return error
+
+    def _close_failed(self, what: str, exc: Exception) -> StoreError:
+        error = StoreError(
+            f"store at {self._path!r}: {what} failed at close ({type(exc).__name__}: {exc}); "
+            "writes made with durable=False may be lost if the machine stops; check the disk")
+        error.__cause__ = exc
+        return error
+
+    def _failed(self, stage: str, request: WriteRequest, exc: Exception) -> BaseException:
+        """The error a failed request's caller sees: a roost error as is, others wrapped."""
+        if isinstance(exc, RoostError) and stage == "write":
+            return exc
+        consequence = {
+            "write": "the write was not saved",
+            "commit": "the write was not saved; check the disk (space, permissions) and retry",
+            "flush": "the write was committed but not flushed, so it may be lost if the machine "
+                     "stops; check the disk",
+        }[stage]
+        error = StoreError(f"store at {self._path!r}: {stage} of {_describe(request.ops)} failed "
+                           f"({type(exc).__name__}: {exc}); {consequence}")
+        error.__cause__ = exc
+        return error
+
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_resolve, outcomes)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is left waiting
+
+
+def _resolve(outcomes: list[Outcome]) -> None:
+    """Settle a batch's futures (runs on the event loop)."""
+    for future, result, error in outcomes:
+        if future.done():
+            continue  # its caller was cancelled
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def _describe(ops: tuple[Op, ...]) -> str:
+    """A short account of a commit's operations for error messages."""
+    parts = []
+    for op in ops[:3]:
+        match op:
+            case Put(db, key):
+                parts.append(f"put {key!r} in {db!r}")
+            case Delete(db, key):
+                parts.append(f"delete {key!r} from {db!r}")
+            case Append(db, prefix):
+                parts.append(f"append under {prefix!r} in {db!r}")
+            case Update(db, key):
+                parts.append(f"update {key!r} in {db!r}")
+    more = f" and {len(ops) - 3} more operations" if len(ops) > 3 else ""
+    return ", ".join(parts) + more

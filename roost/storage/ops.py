@@ -1,0 +1,67 @@
+"""The write operations a store commit is made of: `Put`, `Delete`, `Append` and `Update`.
+
+A commit is a sequence of operations applied in order, all or nothing, in the writer
+thread's transaction. `Append` and `Update` carry a function that the writer calls
+inside that transaction, so the sequence number or read-modify-write they compute is
+serialized with every other write: these functions must be quick and pure (the writer
+may call them again if it retries the transaction), and may raise a `RoostError` to
+refuse the write (that error reaches the caller unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+#: The named databases of a store, one per record kind.
+DATABASES = ("checkpoints", "runs", "ledger", "gates", "traces")
+
+
+class Put(msgspec.Struct, frozen=True, gc=False):
+    """Store `value` under `key` in database `db`, replacing any value there.
+
+    Its result in `Store.commit` is None.
+    """
+
+    db: str
+    key: bytes
+    value: bytes
+
+
+class Delete(msgspec.Struct, frozen=True, gc=False):
+    """Remove `key` from database `db`.
+
+    Its result in `Store.commit` is True if the key was there, False if it was not.
+    """
+
+    db: str
+    key: bytes
+
+
+class Append(msgspec.Struct, frozen=True):
+    """Add the next entry of the series under `prefix`: key `prefix + 8-byte big-endian seq`.
+
+    `seq` is one more than the last sequence number under `prefix` (1 for a new
+    series); `value(seq)` gives the bytes to store. Every key under `prefix` in `db`
+    must have been written by `Append`. Its result in `Store.commit` is `seq`.
+    """
+
+    db: str
+    prefix: bytes
+    value: Callable[[int], bytes]
+
+
+class Update(msgspec.Struct, frozen=True):
+    """Read-modify-write of one key: `change(current)` gives the new value, or None to delete.
+
+    `current` is None when the key is absent. Its result in `Store.commit` is the
+    value `change` returned.
+    """
+
+    db: str
+    key: bytes
+    change: Callable[[bytes | None], bytes | None]
+
+
+Op = Put | Delete | Append | Update

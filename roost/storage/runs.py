@@ -1,0 +1,175 @@
+"""Run records: the status and history of each pipeline run, keyed by run id."""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from roost.errors import ConfigurationError, RunNotFound
+from roost.storage.codecs import Record, RecordCodec
+from roost.storage.ops import Update
+from roost.storage.store import Store
+
+_DB = "runs"
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is in its life."""
+
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    NEEDS_REVIEW = "needs_review"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RunRecord(Record, tag="run", frozen=True, kw_only=True, gc=False):
+    """The stored record of one run.
+
+    Attributes:
+        run_id: the run's id.
+        pipeline: the name of the pipeline it runs.
+        status: where it is in its life.
+        created_at: when it was created, in seconds since the epoch.
+        updated_at: when it last changed, in seconds since the epoch.
+        last_step: the last step it completed, if any.
+        error: why it failed, if it did.
+        input: its input bytes, if kept.
+        result: its result bytes, once it has one.
+    """
+
+    run_id: str
+    pipeline: str
+    status: RunStatus
+    created_at: float
+    updated_at: float
+    last_step: str | None = None
+    error: str | None = None
+    input: bytes | None = None
+    result: bytes | None = None
+
+
+class RunStore:
+    """Creates, reads and updates run records in a `Store`.
+
+    Creations and updates are read-modify-writes done in the writer thread's
+    transaction, so concurrent updates of one run never lose each other's changes.
+
+    Args:
+        store: the open store.
+        clock: wall-clock time in seconds since the epoch (injectable for tests).
+    """
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def create(self, run_id: str, *, pipeline: str, input: bytes | None = None,
+                     status: RunStatus | str = RunStatus.RUNNING,
+                     durable: bool | None = None) -> RunRecord:
+        """Store a new run record and wait until it is stored.
+
+        Raises:
+            ConfigurationError: an invalid run id or status, or a run with this id exists.
+            StoreError: the write failed.
+        """
+        key = self._key(run_id)
+        now = self._clock()
+        record = RunRecord(run_id=run_id, pipeline=pipeline, status=_status(status),
+                           created_at=now, updated_at=now, input=input)
+        encoded = _CODEC.encode(record)
+
+        def create(current: bytes | None) -> bytes:
+            if current is not None:
+                raise ConfigurationError(f"a run with id {run_id!r} already exists in the store "
+                                         f"at {self._store.path!r}; run ids must be unique")
+            return encoded
+
+        await self._store.commit([Update(_DB, key, create)], durable=durable)
+        return record
+
+    async def get(self, run_id: str) -> RunRecord:
+        """The record of run `run_id` (a point read on the event loop).
+
+        Raises:
+            RunNotFound: no run has this id.
+            RecordCorrupt: the record does not decode.
+        """
+        key = self._key(run_id)
+        data = await self._store.get(_DB, key)
+        if data is None:
+            raise RunNotFound(run_id)
+        return _CODEC.decode(key, data)
+
+    async def update(self, run_id: str, *, status: RunStatus | str | UnsetType = UNSET,
+                     last_step: str | UnsetType | None = UNSET,
+                     error: str | UnsetType | None = UNSET,
+                     result: bytes | UnsetType | None = UNSET,
+                     durable: bool | None = None) -> RunRecord:
+        """Change the given fields of run `run_id` (and its `updated_at`); wait until stored.
+
+        Only the fields passed change; pass None to clear `last_step`, `error` or `result`.
+
+        Returns:
+            The updated record.
+
+        Raises:
+            ConfigurationError: an invalid status.
+            RunNotFound: no run has this id.
+            RecordCorrupt: the stored record does not decode.
+            StoreError: the write failed.
+        """
+        key = self._key(run_id)
+        changes: dict[str, Any] = {
+            name: value for name, value in (("last_step", last_step), ("error", error),
+                                            ("result", result)) if value is not UNSET}
+        if not isinstance(status, UnsetType):
+            changes["status"] = _status(status)
+        changes["updated_at"] = self._clock()
+
+        def update(current: bytes | None) -> bytes:
+            if current is None:
+                raise RunNotFound(run_id)
+            return _CODEC.encode(msgspec.structs.replace(_CODEC.decode(key, current), **changes))
+
+        [stored] = await self._store.commit([Update(_DB, key, update)], durable=durable)
+        return _CODEC.decode(key, stored)
+
+    async def list(self, status: RunStatus | str | None = None) -> builtins.list[RunRecord]:
+        """Every run record in run id order, or only those with `status`.
+
+        Raises:
+            ConfigurationError: an invalid status.
+            RecordCorrupt: a record does not decode.
+        """
+        wanted = None if status is None else _status(status)
+        records = [_CODEC.decode(key, value) async for key, value in self._store.scan(_DB)]
+        return [record for record in records if wanted is None or record.status == wanted]
+
+    def _key(self, run_id: str) -> bytes:
+        if not isinstance(run_id, str) or not run_id:
+            raise ConfigurationError(f"run id {run_id!r} must be a non-empty string")
+        key = run_id.encode()
+        if len(key) > self._store.max_key_size:
+            raise ConfigurationError(f"run id {run_id!r} is {len(key)} bytes long; run ids must "
+                                     f"be at most {self._store.max_key_size} bytes")
+        return key
+
+
+def _status(status: RunStatus | str) -> RunStatus:
+    try:
+        return RunStatus(status)
+    except ValueError:
+        raise ConfigurationError(
+            f"status={status!r} is not a run status; use one of "
+            f"{', '.join(member.value for member in RunStatus)}") from None
+
+
+_CODEC = RecordCodec(RunRecord)
