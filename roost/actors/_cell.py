@@ -1,0 +1,569 @@
+"""The actor cell: one actor's mailbox, lifecycle and message loop.
+
+A cell has no task while its mailbox is empty. Mail arriving at an idle cell
+schedules one drain task, which handles system messages first, then user
+messages one at a time, and ends when both lanes are empty. This keeps an idle
+actor at roughly a kilobyte, and a busy one free of per-message tasks.
+
+The cell outlives actor instances: a restart swaps the instance and keeps the
+ref and the mailbox, so senders keep their refs and no queued message is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from roost.actors._system_messages import (
+    ChildFailed,
+    ChildStopped,
+    Exit,
+    RestartChildren,
+    StartInstance,
+    Stop,
+    StopInstance,
+)
+from roost.actors.messages import Terminated
+from roost.actors.ref import ActorRef
+from roost.actors.supervisor import Supervisor, SupervisorSpec
+from roost.errors import ActorStopped
+from roost.mailbox.envelope import Envelope
+from roost.mailbox.mailbox import Mailbox
+from roost.trace import handling
+
+if TYPE_CHECKING:
+    from roost.actors.actor import Actor
+    from roost.actors.child_spec import ChildSpec
+    from roost.actors.context import ActorContext
+    from roost.runtime.system import ActorSystem
+
+# Lifecycle states, in order.
+NEW, RUNNING, SUSPENDED, STOPPING, STOPPED = range(5)
+STATE_NAMES = ("new", "running", "suspended", "stopping", "stopped")
+
+#: Messages handled before a busy drain yields to other tasks.
+FAIRNESS = 64
+#: Seconds a cancelled actor gets to actually stop before it is abandoned.
+KILL_GRACE = 1.0
+
+_log = structlog.get_logger("roost")
+
+
+class _MailboxClosed(Exception):
+    """Raised into senders waiting for room when the actor stops."""
+
+
+class Cell:
+    """Internal: everything the runtime keeps about one actor. Users hold its `ref`."""
+
+    __slots__ = (
+        "__weakref__",
+        "_done",
+        "_killing",
+        "_started",
+        "_stopping",
+        "actor",
+        "args",
+        "children",
+        "ctx",
+        "current",
+        "factory",
+        "kwargs",
+        "loop",
+        "mailbox",
+        "name",
+        "options",
+        "parent",
+        "path",
+        "poison_after",
+        "ref",
+        "restarts",
+        "shutdown_timeout",
+        "state",
+        "stop_error",
+        "stop_reason",
+        "supervision",
+        "system",
+        "task",
+        "watchers",
+        "watching",
+    )
+
+    def __init__(self, system: ActorSystem, parent: Cell | None, name: str, spec: ChildSpec) -> None:
+        self.system = system
+        self.loop = system.loop
+        self.parent = parent
+        self.name = name
+        self.path = "/" if parent is None else f"{parent.path.rstrip('/')}/{name}"
+        self.options = spec
+        factory = spec.factory
+        if isinstance(factory, SupervisorSpec):
+            self.factory: type[Actor] = factory.actor or Supervisor
+            self.args: tuple[Any, ...] = (factory,)
+            self.kwargs: dict[str, Any] = {}
+        else:
+            self.factory = factory
+            self.args = spec.args
+            self.kwargs = spec.kwargs
+        self.shutdown_timeout = spec.shutdown_timeout
+        self.poison_after = spec.poison_after
+        self.ref = ActorRef(self, self.path, name)
+        self.mailbox = Mailbox(
+            self.path, system.dead_letters, capacity=spec.capacity, overflow=spec.overflow
+        )
+        self.state = NEW
+        self.actor: Actor | None = None
+        self.ctx: ActorContext | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.children: dict[str, Cell] = {}
+        self.current: Envelope | None = None  # the message being handled
+        self.watchers: set[Cell] | None = None
+        self.watching: set[Cell] | None = None
+        self.supervision: Any = None
+        self.restarts = 0
+        self.stop_reason: str | None = None
+        self.stop_error: BaseException | None = None
+        self._started = False
+        self._killing = False
+        self._done: asyncio.Future[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Cell {self.path} {STATE_NAMES[self.state]}>"
+
+    # --- construction ---------------------------------------------------------------------
+
+    def instantiate(self) -> Actor:
+        """Create a fresh actor instance with `ctx` set before its `__init__` runs."""
+        from roost.actors.context import ActorContext
+
+        if self.ctx is None:
+            self.ctx = ActorContext(self)
+        actor = self.factory.__new__(self.factory)
+        actor.ctx = self.ctx
+        actor.__init__(*self.args, **self.kwargs)  # type: ignore[misc]
+        self.actor = actor
+        self._started = False
+        return actor
+
+    def begin(self) -> None:
+        """Start the actor: at once when there is nothing to await, else in a drain."""
+        from roost.actors.actor import Actor
+
+        factory = self.factory
+        if factory.on_start is Actor.on_start and not self.system.needs_hydration(self):
+            self._started = True
+            self.state = RUNNING
+            if self.mailbox.has_system or len(self.mailbox):
+                self.schedule()
+        else:
+            self.schedule()
+
+    # --- delivery -------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self.state < STOPPING
+
+    def enqueue(self, envelope: Envelope) -> None:
+        """Queue a user message (the `tell`/`ask` hot path) and wake the cell if idle."""
+        if self.state >= STOPPING:
+            self._undeliverable(envelope)
+            return
+        if self.mailbox.put_nowait(envelope) and self.task is None and self.state == RUNNING:
+            self.schedule()
+
+    async def enqueue_waiting(self, envelope: Envelope) -> None:
+        """Queue a user message, waiting for room when the mailbox policy is `wait`."""
+        if self.state >= STOPPING:
+            self._undeliverable(envelope)
+            raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopping")
+        try:
+            queued = await self.mailbox.put(envelope)
+        except _MailboxClosed:
+            self._undeliverable(envelope)
+            raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped") from None
+        if queued and self.task is None and self.state == RUNNING:
+            self.schedule()
+
+    def deliver_forced(self, message: Any) -> None:
+        """Queue a runtime event (e.g. `Terminated`) that a full mailbox must not refuse."""
+        if self.state >= STOPPING:
+            return
+        self.mailbox.put_forced(Envelope(message))
+        if self.task is None and self.state == RUNNING:
+            self.schedule()
+
+    def post_system(self, message: Any) -> None:
+        """Queue a system message; it is handled before any user message."""
+        if self.state == STOPPED:
+            return
+        self.mailbox.put_system(message)
+        if self.task is None:
+            self.schedule()
+
+    def _undeliverable(self, envelope: Envelope) -> None:
+        reply = envelope.reply
+        if reply is not None and not reply.done():
+            reply.set_exception(
+                ActorStopped(self.path, envelope.message, self.stop_reason or "stopped")
+            )
+        sender = envelope.sender.path if envelope.sender is not None else None
+        self.system.dead_letters.record("actor_stopped", self.path, envelope.message, sender)
+
+    def schedule(self) -> None:
+        """Start a drain task for this cell, owned by the system."""
+        self.task = self.system.start_drain(self._drain())
+
+    # --- the drain loop -------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        handling.set(self)
+        try:
+            while self.state != STOPPED:
+                try:
+                    await self._drain_once()
+                    return
+                except asyncio.CancelledError:
+                    if not self._killing or self.state >= STOPPING:
+                        raise
+                    # Killed by a stop that could not wait: go on with the stop sequence.
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except asyncio.CancelledError:
+            if self.state != STOPPED:
+                self._finalize("killed", None)
+            raise
+        finally:
+            if self.task is asyncio.current_task():
+                self.task = None
+
+    async def _drain_once(self) -> None:
+        mailbox = self.mailbox
+        user = mailbox.user_lane
+        handled = 0
+        lingered = False
+        while self.state != STOPPED:
+            if mailbox.has_system:
+                self.current = None
+                await self._handle_system(mailbox.get_system())
+            elif self.state == RUNNING:
+                if not user:
+                    if lingered:
+                        return
+                    # Linger one loop tick: an asker that gets our reply usually sends its
+                    # next request within that tick, and then needs no new task.
+                    lingered = True
+                    await asyncio.sleep(0)
+                    continue
+                # The hot path, inlined: no per-message coroutine besides receive itself.
+                envelope = mailbox.get_nowait()
+                self.current = envelope
+                try:
+                    result = await self.actor.receive(envelope.message)  # type: ignore[union-attr]
+                except asyncio.CancelledError:
+                    if not self._killing:
+                        raise
+                    # Killed by a stop that could not wait for this message: go on stopping.
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    self._reply_error(envelope, ActorStopped(self.path, envelope.message, "killed"))
+                except Exception as error:
+                    if envelope.reply is None:
+                        self._fail(error, envelope, "receive")
+                    else:
+                        self._reply_error(envelope, error)
+                else:
+                    # Read after receive: forward() hands the reply to another actor.
+                    reply = envelope.reply
+                    if reply is not None and not reply.done():
+                        reply.set_result(result)
+                # Drop our references: an untracked envelope must not sit in a cycle
+                # (e.g. through an exception's traceback that holds this frame).
+                self.current = envelope = None  # type: ignore[assignment]
+                handled += 1
+                if handled == FAIRNESS:
+                    handled = 0
+                    await asyncio.sleep(0)
+            elif self.state == NEW:
+                await self._start()
+            else:
+                return  # suspended: only system messages until the supervisor decides
+            lingered = False
+
+    @staticmethod
+    def _reply_error(envelope: Envelope, error: BaseException) -> None:
+        reply = envelope.reply
+        if reply is not None and not reply.done():
+            reply.set_exception(error)
+
+    async def _start(self) -> BaseException | None:
+        """Create (if needed) and start the instance; a failure is reported, and returned."""
+        try:
+            actor = self.actor if self.actor is not None else self.instantiate()
+            await self.system.hydrate(self, actor)
+            await actor.on_start()
+        except Exception as error:
+            self._fail(error, None, "start")
+            return error
+        self._started = True
+        self.state = RUNNING
+        return None
+
+    def _fail(self, error: BaseException | None, envelope: Envelope | None, context: str) -> None:
+        """Suspend after a crash or exit, keep (or dead-letter) the message, tell the parent."""
+        self.state = SUSPENDED
+        if envelope is not None and error is not None:
+            envelope.crashes += 1
+            if envelope.crashes >= self.poison_after:
+                sender = envelope.sender.path if envelope.sender is not None else None
+                self.system.dead_letters.record(
+                    "poison", self.path, envelope.message, sender, error
+                )
+                _log.warning(
+                    "poison_message_dead_lettered",
+                    actor=self.path,
+                    message_type=type(envelope.message).__name__,
+                    crashes=envelope.crashes,
+                    error_type=type(error).__name__,
+                )
+            else:
+                self.mailbox.push_front(envelope)
+        if error is not None:
+            _log.warning(
+                "actor_failed",
+                actor=self.path,
+                context=context,
+                error_type=type(error).__name__,
+                error=str(error),
+                message_type=None if envelope is None else type(envelope.message).__name__,
+            )
+        if self.parent is None:
+            self.system.fail(error)
+        else:
+            self.parent.post_system(ChildFailed(self, error, context))
+
+    # --- system messages ------------------------------------------------------------------
+
+    async def _handle_system(self, message: Any) -> None:
+        if isinstance(message, Stop):
+            await self._stop_sequence(message.reason, message.error)
+        elif isinstance(message, RestartChildren):
+            if self.state < STOPPING:
+                await self.supervision_engine().restart(message.group, message.failed)
+        elif isinstance(message, Exit):
+            if self.state < STOPPING:
+                self._fail(None, None, "exit")
+        elif isinstance(message, StopInstance):
+            await self._stop_instance()
+            if message.ack is not None and not message.ack.done():
+                message.ack.set_result(None)
+        elif isinstance(message, StartInstance):
+            error = await self._start() if self.state in (NEW, SUSPENDED) else None
+            if message.ack is not None and not message.ack.done():
+                message.ack.set_result(error)
+        elif isinstance(message, ChildFailed):
+            child = message.child
+            if self.state < STOPPING and self.children.get(child.name) is child:
+                await self.supervision_engine().child_failed(child, message.error, message.context)
+        elif isinstance(message, ChildStopped):
+            child = message.child
+            if self.children.get(child.name) is child:
+                del self.children[child.name]
+
+    def supervision_engine(self) -> Any:
+        """The object that decides what happens when a child fails (created on first use)."""
+        if self.supervision is None:
+            self.supervision = self.system.supervision_for(self)
+        return self.supervision
+
+    async def _stop_instance(self) -> None:
+        if self.state >= STOPPING:
+            return
+        self.state = SUSPENDED
+        await self.stop_children()
+        old = self.actor
+        if old is not None and self._started:
+            await self._run_on_stop(old)
+        self.actor = None
+        self._started = False
+
+    async def request(self, message: Any, ack: asyncio.Future[Any]) -> Any:
+        """Post a restart phase and wait for its ack; kill the actor if it is stuck.
+
+        Returns the ack's value, or None if the actor stopped or had to be abandoned.
+        """
+        self.post_system(message)
+        done = self._termination()
+        await asyncio.wait({ack, done}, timeout=self.shutdown_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not ack.done() and not done.done():
+            self.kill()
+            await asyncio.wait({ack, done}, timeout=KILL_GRACE, return_when=asyncio.FIRST_COMPLETED)
+            if not ack.done() and not done.done():
+                self._abandon()
+        return ack.result() if ack.done() else None
+
+    def post_restart(self, group: list[Cell], failed: Cell) -> None:
+        """Restart `group` (children of this actor) once this actor gets to it."""
+        self.post_system(RestartChildren(group, failed))
+
+    def fail_from_supervision(self, error: BaseException) -> None:
+        """Fail this actor because supervising its children failed (intensity exceeded)."""
+        self._fail(error, None, "supervision")
+
+    def post_exit(self) -> None:
+        """The actor ends itself (`ctx.stop()`): its supervisor decides after this message."""
+        if self.state < STOPPING:
+            self.post_system(Exit())
+
+    # --- stopping -------------------------------------------------------------------------
+
+    async def stop(self, reason: str = "normal", error: BaseException | None = None) -> None:
+        """Stop and wait until stopped; kill after `shutdown_timeout` if stuck in a message."""
+        if self.state == STOPPED:
+            return
+        done = self._termination()
+        if self.state < STOPPING:
+            if self._stopping is None:
+                self._stopping = self.loop.create_future()
+            self.post_system(Stop(reason, error))
+            # Phase 1: the actor may be busy with a message; give it its shutdown timeout.
+            await asyncio.wait({self._stopping, done}, timeout=self.shutdown_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self.state < STOPPING:
+                self.kill()
+                await asyncio.wait({self._stopping, done}, timeout=KILL_GRACE,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if self.state < STOPPING:
+                    self._abandon()
+                    return
+        # Phase 2: the stop sequence bounds itself (children and on_stop have timeouts).
+        await asyncio.shield(done)
+
+    def kill(self) -> None:
+        """Cancel the message being handled so the actor can stop (it was stuck)."""
+        task = self.task
+        if task is not None and not task.done() and self.state == RUNNING:
+            self._killing = True
+            _log.warning("actor_killed", actor=self.path, timeout=self.shutdown_timeout)
+            task.cancel()
+
+    def _abandon(self) -> None:
+        _log.error(
+            "actor_abandoned",
+            actor=self.path,
+            detail="the actor ignored cancellation; its task is left running",
+        )
+        self.system.count_abandoned()
+        self._finalize("killed", None)
+
+    def _termination(self) -> asyncio.Future[None]:
+        if self._done is None:
+            self._done = self.loop.create_future()
+        return self._done
+
+    async def _stop_sequence(self, reason: str, error: BaseException | None) -> None:
+        if self.state >= STOPPING:
+            return
+        self.state = STOPPING
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)
+        if self._killing:
+            reason = "killed"
+        await self.stop_children()
+        if self.actor is not None and self._started:
+            await self._run_on_stop(self.actor)
+        self._finalize(reason, error)
+
+    async def stop_children(self) -> None:
+        """Stop every child, in reverse start order, each within its shutdown timeout."""
+        for child in reversed(list(self.children.values())):
+            await child.stop()
+            self.children.pop(child.name, None)
+
+    async def _run_on_stop(self, actor: Actor) -> None:
+        # A separate task, so an on_stop that swallows cancellation cannot hang this actor.
+        task = self.loop.create_task(actor.on_stop(), context=contextvars.Context())
+        done, _ = await asyncio.wait({task}, timeout=self.shutdown_timeout)
+        if not done:
+            task.cancel()
+            _log.warning("on_stop_timed_out", actor=self.path, timeout=self.shutdown_timeout)
+            done, _ = await asyncio.wait({task}, timeout=KILL_GRACE)
+            if not done:
+                self.system.count_abandoned()
+                self.system.adopt(task)
+                _log.error("on_stop_abandoned", actor=self.path)
+                return
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            _log.warning(
+                "on_stop_failed", actor=self.path, error_type=type(error).__name__, error=str(error)
+            )
+
+    def _finalize(self, reason: str, error: BaseException | None) -> None:
+        """Mark stopped, dead-letter what is queued, and tell watchers and the parent."""
+        if self.state == STOPPED:
+            return
+        self.state = STOPPED
+        self.stop_reason = reason
+        self.stop_error = error
+        for envelope in self.mailbox.drain():
+            if isinstance(envelope.message, Terminated):
+                continue
+            self._undeliverable(envelope)
+        self.mailbox.release_waiters(_MailboxClosed())
+        self.system.unregister(self)
+        terminated = Terminated(self.ref, reason, error)
+        for watcher in self.watchers or ():
+            if watcher.watching is not None:
+                watcher.watching.discard(self)
+            watcher.deliver_forced(terminated)
+        self.watchers = None
+        for watched in self.watching or ():
+            if watched.watchers is not None:
+                watched.watchers.discard(self)
+        self.watching = None
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+        if self.parent is not None:
+            self.parent.post_system(ChildStopped(self, reason, error))
+        _log.debug("actor_stopped", actor=self.path, reason=reason)
+
+    # --- watching -------------------------------------------------------------------------
+
+    def watch(self, target: Cell) -> None:
+        """Deliver `Terminated(target.ref, reason)` to this actor once when `target` stops."""
+        if target.state == STOPPED:
+            self.deliver_forced(Terminated(target.ref, target.stop_reason or "normal",
+                                           target.stop_error))
+            return
+        if target.watchers is None:
+            target.watchers = set()
+        target.watchers.add(self)
+        if self.watching is None:
+            self.watching = set()
+        self.watching.add(target)
+
+    def unwatch(self, target: Cell) -> None:
+        """Stop watching `target`; no `Terminated` will come from it."""
+        if target.watchers is not None:
+            target.watchers.discard(self)
+        if self.watching is not None:
+            self.watching.discard(target)
+
+    # --- introspection --------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot of this actor's state, mailbox and restarts."""
+        return {
+            "path": self.path,
+            "state": STATE_NAMES[self.state],
+            "restarts": self.restarts,
+            "children": len(self.children),
+            **self.mailbox.statistics(),
+        }
+

@@ -1,0 +1,62 @@
+"""`Actor`, the one class meant for subclassing, and `Message`, the base for message types."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    from roost.actors.context import ActorContext
+
+
+class Message(msgspec.Struct, frozen=True):
+    """Base for message types: a frozen `msgspec.Struct`, passed by reference in-process.
+
+    Any object can be a message; subclassing this makes it immutable and ready
+    for the storage and wire codecs.
+    """
+
+
+class Actor:
+    """An actor: private state, handling one message at a time.
+
+    Subclass it and implement `receive`; its return value answers an `ask`.
+    The runtime creates instances (never call the class yourself) and gives each
+    one `self.ctx` before `__init__` runs. `on_start` runs before the first
+    message, `on_stop` when the actor stops. Example::
+
+        class Counter(roost.Actor):
+            def __init__(self, start: int = 0) -> None:
+                self.count = start
+
+            async def receive(self, message):
+                match message:
+                    case Increment(by=by):
+                        self.count += by
+                    case GetCount():
+                        return self.count
+
+        counter = system.spawn(Counter, 10, name="counter")
+        counter.tell(Increment(by=2))
+        assert await counter.ask(GetCount()) == 12
+
+    An exception raised by `receive` while answering an `ask` is raised to the
+    asker; raised while handling a `tell`, it is a failure of the actor, which
+    its supervisor handles (by default: restart it with a fresh instance, same
+    ref and mailbox).
+    """
+
+    ctx: ActorContext
+    #: How long `on_stop` may take before it is cancelled, in seconds (spawn can override).
+    shutdown_timeout: ClassVar[float] = 5.0
+
+    async def on_start(self) -> None:
+        """Called once per instance, before the first message (after a restart too)."""
+
+    async def receive(self, message: Any) -> Any:
+        """Handle one message; the return value is the reply to an `ask`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement receive(message)")
+
+    async def on_stop(self) -> None:
+        """Called when the actor stops or before it is replaced by a restart."""

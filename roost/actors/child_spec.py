@@ -1,0 +1,156 @@
+"""`ChildSpec` and `Backoff`: how a supervisor starts, restarts and stops one child.
+
+All durations are seconds. Specs are frozen and validated when built: a bad
+value raises `ConfigurationError` naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import msgspec
+
+from roost.errors import ConfigurationError
+from roost.mailbox.mailbox import DEFAULT_CAPACITY, OVERFLOW_POLICIES, Overflow
+
+Restart = Literal["permanent", "transient", "temporary"]
+RESTART_TYPES: tuple[Restart, ...] = ("permanent", "transient", "temporary")
+
+
+def _check_seconds(owner: str, field: str, value: Any, *, allow_zero: bool = True) -> None:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{owner}: {field} must be a number of seconds {bound}, got {value!r}")
+
+
+def _check_count(owner: str, field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{owner}: {field} must be a whole number >= {minimum}, got {value!r}")
+
+
+def check_name(owner: str, name: Any) -> None:
+    """Raise unless `name` is a non-empty string without `/`."""
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigurationError(
+            f"{owner}: name must be a non-empty string without '/', got {name!r}"
+        )
+
+
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
+    """Delay between consecutive restarts of one child: exponential, jittered, bounded.
+
+    The first restart is immediate; the n-th consecutive one waits
+    `min(maximum, initial * multiplier ** (n - 2))`, reduced by up to `jitter`
+    (a fraction) at random, so it never exceeds `maximum`. The count resets once
+    the child has run for `reset_after` seconds without failing.
+    """
+
+    initial: float = 0.01
+    maximum: float = 1.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    reset_after: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_seconds("Backoff", "initial", self.initial)
+        _check_seconds("Backoff", "maximum", self.maximum)
+        _check_seconds("Backoff", "reset_after", self.reset_after)
+        if self.maximum < self.initial:
+            raise ConfigurationError(
+                f"Backoff: maximum ({self.maximum!r}) must be >= initial ({self.initial!r})"
+            )
+        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, int | float) or not (
+            self.multiplier >= 1
+        ):
+            raise ConfigurationError(f"Backoff: multiplier must be >= 1, got {self.multiplier!r}")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float) or not (
+            0 <= self.jitter <= 1
+        ):
+            raise ConfigurationError(f"Backoff: jitter must be between 0 and 1, got {self.jitter!r}")
+
+    def delay(self, consecutive: int, rand: float) -> float:
+        """Seconds to wait before the `consecutive`-th restart in a row (1 = the first).
+
+        Args:
+            consecutive: how many restarts in a row this one is, counting itself.
+            rand: a number in [0, 1) (injected so tests are deterministic).
+        """
+        if consecutive <= 1:
+            return 0.0
+        base = min(self.maximum, self.initial * self.multiplier ** min(consecutive - 2, 64))
+        return base * (1.0 - self.jitter * rand)
+
+
+class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How to start one child and what to do when it exits.
+
+    Attributes:
+        factory: an `Actor` subclass, or a nested `SupervisorSpec`.
+        name: the child's name (its path's last part); defaults to the class name.
+        args: positional arguments for the actor's `__init__`.
+        kwargs: keyword arguments for the actor's `__init__`.
+        restart: `permanent` (always restarted), `transient` (restarted only after a
+            failure, not after a normal exit) or `temporary` (never restarted).
+        shutdown_timeout: seconds `on_stop` may take before it is cancelled.
+        capacity: mailbox capacity.
+        overflow: mailbox overflow policy (`wait`, `drop_newest`, `drop_oldest`, `fail`).
+        poison_after: after this many crashes on the same message, the message is
+            dead-lettered as poison instead of being redelivered (1 = drop at once).
+    """
+
+    factory: Any
+    name: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    restart: Restart = "permanent"
+    shutdown_timeout: float = 5.0
+    capacity: int = DEFAULT_CAPACITY
+    overflow: Overflow = "wait"
+    poison_after: int = 3
+
+    def __post_init__(self) -> None:
+        from roost.actors.actor import Actor
+        from roost.actors.supervisor import SupervisorSpec
+
+        factory = self.factory
+        owner = f"ChildSpec(name={self.name!r})"
+        if not isinstance(factory, SupervisorSpec) and not (
+            isinstance(factory, type) and issubclass(factory, Actor)
+        ):
+            raise ConfigurationError(
+                f"{owner}: factory must be an Actor subclass or a SupervisorSpec, got {factory!r}"
+            )
+        if self.name is not None:
+            check_name(owner, self.name)
+        if not isinstance(self.args, tuple):
+            raise ConfigurationError(f"{owner}: args must be a tuple, got {self.args!r}")
+        if self.restart not in RESTART_TYPES:
+            raise ConfigurationError(
+                f"{owner}: restart must be one of {', '.join(RESTART_TYPES)}, got {self.restart!r}"
+            )
+        _check_seconds(owner, "shutdown_timeout", self.shutdown_timeout, allow_zero=False)
+        _check_count(owner, "capacity", self.capacity, 1)
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ConfigurationError(
+                f"{owner}: overflow must be one of {', '.join(OVERFLOW_POLICIES)}, "
+                f"got {self.overflow!r}"
+            )
+        _check_count(owner, "poison_after", self.poison_after, 1)
+
+    @property
+    def child_name(self) -> str | None:
+        """The name given, or the nested supervisor's name."""
+        from roost.actors.supervisor import SupervisorSpec
+
+        if self.name is not None:
+            return self.name
+        if isinstance(self.factory, SupervisorSpec):
+            return self.factory.name
+        return None

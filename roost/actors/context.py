@@ -1,0 +1,116 @@
+"""`ActorContext`: what an actor can do and know about itself (`self.ctx`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from roost.mailbox.envelope import Envelope
+from roost.trace import current_envelope, handling
+
+if TYPE_CHECKING:
+    from roost.actors._cell import Cell
+    from roost.actors.ref import ActorRef
+    from roost.runtime.system import ActorSystem
+
+
+class ActorContext:
+    """The running actor's view of the runtime, available as `self.ctx` from `__init__` on."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def self_ref(self) -> ActorRef:
+        """This actor's own ref."""
+        return self._cell.ref
+
+    @property
+    def path(self) -> str:
+        """This actor's path, e.g. `/app/worker-1`."""
+        return self._cell.path
+
+    @property
+    def parent(self) -> ActorRef | None:
+        """The parent's ref (None for the system's root guardian)."""
+        parent = self._cell.parent
+        return None if parent is None else parent.ref
+
+    @property
+    def system(self) -> ActorSystem:
+        """The actor system this actor runs in."""
+        return self._cell.system
+
+    @property
+    def sender(self) -> ActorRef | None:
+        """The sender of the message being handled (None if sent from outside any actor)."""
+        envelope = current_envelope()
+        return None if envelope is None else envelope.sender
+
+    @property
+    def children(self) -> list[ActorRef]:
+        """Refs of this actor's live children, in start order."""
+        return [child.ref for child in self._cell.children.values()]
+
+    @property
+    def restarts(self) -> int:
+        """How many times this actor has been restarted."""
+        return self._cell.restarts
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this actor's path and the current trace and run ids."""
+        fields: dict[str, Any] = {"actor": self._cell.path}
+        envelope = self._cell.current if handling.get() is self._cell else None
+        if envelope is not None:
+            trace = envelope.trace_context()
+            fields["trace_id"] = trace.trace_id
+            if trace.run_id is not None:
+                fields["run_id"] = trace.run_id
+        return structlog.get_logger("roost").bind(**fields)
+
+    def spawn(self, factory: Any, *args: Any, name: str | None = None, **options: Any) -> ActorRef:
+        """Start a child actor supervised by this one; see `ActorSystem.spawn` for options."""
+        return self._cell.system.spawn_under(self._cell, factory, args, name, options)
+
+    async def stop(self, ref: ActorRef | None = None) -> None:
+        """Stop another actor and wait until it has stopped; with no argument, end this one.
+
+        Ending this actor is a normal exit that happens after the current message:
+        its supervisor then restarts it only if its restart type is `permanent`.
+        """
+        cell = self._cell
+        if ref is None or ref._cell is cell:
+            cell.post_exit()
+            return
+        await ref._cell.stop()
+
+    def forward(self, ref: ActorRef) -> None:
+        """Pass the message being handled on to `ref`, keeping its sender and reply.
+
+        The other actor's `receive` then answers the original `ask`; this actor's
+        return value for the message is ignored.
+
+        Raises:
+            RuntimeError: called outside the handling of a message.
+        """
+        envelope = self._cell.current if handling.get() is self._cell else None
+        if envelope is None:
+            raise RuntimeError(f"{self._cell.path}: forward() works only inside receive()")
+        forwarded = Envelope(
+            envelope.message, envelope.sender, envelope.reply, envelope.trace_context()
+        )
+        envelope.reply = None
+        ref._cell.enqueue(forwarded)
+
+    def watch(self, ref: ActorRef) -> ActorRef:
+        """Receive `Terminated(ref, reason)` once when `ref` stops (at once if it already has)."""
+        self._cell.watch(ref._cell)
+        return ref
+
+    def unwatch(self, ref: ActorRef) -> None:
+        """Stop watching `ref`."""
+        self._cell.unwatch(ref._cell)

@@ -1,0 +1,325 @@
+"""Supervisors: actors that own children and restart them when they fail, the OTP way.
+
+A `Supervisor` starts its static children in spec order (a child that fails its
+first start makes the supervisor's start fail), restarts failed children by its
+strategy, and stops them in reverse start order. Restarts are bounded by an
+intensity (at most `max_restarts` within `within` seconds, counted across all
+children, failed restarts included); past it the supervisor stops its children
+and fails with `IntensityExceeded`, so its own parent treats it like any crashed
+child. At the root the system stops with that error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+import structlog
+
+from roost.actors._restart import RestartIntensity, should_restart
+from roost.actors._system_messages import StartInstance, StopInstance
+from roost.actors.actor import Actor, Message
+from roost.actors.child_spec import Backoff, ChildSpec, _check_count, _check_seconds, check_name
+from roost.errors import ConfigurationError, IntensityExceeded
+
+if TYPE_CHECKING:
+    from roost.actors._cell import Cell
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+STRATEGIES: tuple[Strategy, ...] = ("one_for_one", "one_for_all", "rest_for_one")
+
+_log = structlog.get_logger("roost")
+
+
+class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A supervisor and its static children; spawn it, or nest it in a `ChildSpec`.
+
+    Build it with `Supervisor.spec(...)` (or `Pool.spec(...)`).
+    """
+
+    name: str
+    strategy: Strategy = "one_for_one"
+    max_restarts: int = 3
+    within: float = 5.0
+    backoff: Backoff = msgspec.field(default_factory=Backoff)
+    children: tuple[ChildSpec, ...] = ()
+    actor: Any = None  # the Supervisor subclass to run; None means Supervisor
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # subclass settings
+
+    def __post_init__(self) -> None:
+        owner = f"Supervisor {self.name!r}"
+        check_name("Supervisor", self.name)
+        if self.strategy not in STRATEGIES:
+            raise ConfigurationError(
+                f"{owner}: strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        _check_count(owner, "max_restarts", self.max_restarts, 0)
+        _check_seconds(owner, "within", self.within, allow_zero=False)
+        names: set[str] = set()
+        for child in self.children:
+            if not isinstance(child, ChildSpec):
+                raise ConfigurationError(f"{owner}: children must be ChildSpecs, got {child!r}")
+            name = child.child_name or child.factory.__name__.lower()
+            if name in names:
+                raise ConfigurationError(f"{owner}: two children are named {name!r}")
+            names.add(name)
+
+
+class StartChild(Message, frozen=True):
+    """Ask a running supervisor to start a dynamic child; the reply is its ref."""
+
+    spec: ChildSpec
+
+
+class StopChild(Message, frozen=True):
+    """Ask a supervisor to stop a child for good (it is not restarted)."""
+
+    name: str
+
+
+class WhichChildren(Message, frozen=True):
+    """Ask a supervisor for its children; the reply is a list of `ChildInfo`."""
+
+
+class ChildInfo(msgspec.Struct, frozen=True):
+    """One child of a supervisor, as reported by `WhichChildren`."""
+
+    name: str
+    ref: Any
+    state: str
+    restarts: int
+    restart: str
+
+
+class Supervisor(Actor):
+    """An actor that starts, restarts and stops its children by a `SupervisorSpec`.
+
+    Example::
+
+        tree = roost.Supervisor.spec(
+            "app", strategy="one_for_one", max_restarts=3, within=5.0,
+            children=[roost.ChildSpec(factory=Greeter, name="greeter")])
+        app = await system.start(tree)
+    """
+
+    def __init__(self, spec: SupervisorSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def spec(
+        cls,
+        name: str,
+        *,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 3,
+        within: float = 5.0,
+        backoff: Backoff | None = None,
+        children: list[ChildSpec | SupervisorSpec] | tuple[ChildSpec | SupervisorSpec, ...] = (),
+        **options: Any,
+    ) -> SupervisorSpec:
+        """Describe a supervisor; nested `SupervisorSpec`s become permanent children."""
+        specs = tuple(
+            ChildSpec(factory=child) if isinstance(child, SupervisorSpec) else child
+            for child in children
+        )
+        return SupervisorSpec(
+            name=name,
+            strategy=strategy,
+            max_restarts=max_restarts,
+            within=within,
+            backoff=backoff if backoff is not None else Backoff(),
+            children=specs,
+            actor=cls,
+            options=options,
+        )
+
+    async def on_start(self) -> None:
+        for child in self.spec.children:
+            await self.ctx.system.start_child(self.ctx._cell, child)
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case StartChild(spec=spec):
+                return await self.ctx.system.start_child(self.ctx._cell, spec)
+            case StopChild(name=name):
+                child = self.ctx._cell.children.get(name)
+                if child is not None:
+                    await child.stop()
+                return None
+            case WhichChildren():
+                from roost.actors._cell import STATE_NAMES
+
+                return [
+                    ChildInfo(c.name, c.ref, STATE_NAMES[c.state], c.restarts, c.options.restart)
+                    for c in self.ctx._cell.children.values()
+                ]
+        return await self.handle(message)
+
+    async def handle(self, message: Any) -> Any:
+        """Messages other than supervisor commands; subclasses (pools) override this."""
+        raise ConfigurationError(
+            f"{self.ctx.path}: a Supervisor only takes StartChild, StopChild and "
+            f"WhichChildren, got {type(message).__name__}"
+        )
+
+
+class Supervision:
+    """Decides and carries out what happens when one actor's child fails or exits.
+
+    Args:
+        cell: the supervising actor's cell.
+        strategy: which children restart together (`one_for_one`, `one_for_all`,
+            `rest_for_one`).
+        max_restarts: restarts allowed within `within` seconds before giving up.
+        within: the intensity window, in seconds.
+        backoff: the delay between consecutive restarts of one child.
+        clock: monotonic seconds (injected in tests).
+        rand: uniform numbers in [0, 1) for jitter (injected in tests).
+    """
+
+    def __init__(
+        self,
+        cell: Cell,
+        *,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 3,
+        within: float = 5.0,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.cell = cell
+        self.strategy = strategy
+        self.intensity = RestartIntensity(max_restarts, within)
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.clock = clock
+        self.rand = rand
+        self._streaks: weakref.WeakKeyDictionary[Cell, tuple[int, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def child_failed(self, child: Cell, error: BaseException | None, context: str) -> None:
+        """Restart, stop or escalate after `child` failed (`error`) or exited (None)."""
+        abnormal = error is not None
+        if not should_restart(child.options.restart, abnormal):
+            self._report("child_terminated", child, error, context)
+            await child.stop("failure" if abnormal else "normal", error)
+            return
+        now = self.clock()
+        if not self.intensity.allow(now):
+            cause = error if error is not None else RuntimeError(f"{child.path} exited")
+            exceeded = IntensityExceeded(
+                self.cell.path, self.intensity.max_restarts, self.intensity.within, cause
+            )
+            self._report("supervisor_intensity_exceeded", child, error, context)
+            await self.cell.stop_children()
+            self.cell.fail_from_supervision(exceeded)
+            return
+        group = self._group(child)
+        delay = self._delay(child, now)
+        self._report("child_restart_scheduled", child, error, context, delay=round(delay, 4))
+        if delay > 0:
+            self.cell.loop.call_later(delay, self.cell.post_restart, group, child)
+        else:
+            await self.restart(group, child)
+
+    async def restart(self, group: list[Cell], failed: Cell) -> None:
+        """Stop the group's instances in reverse start order, then start fresh ones in order."""
+        members = [c for c in group if self.cell.children.get(c.name) is c and c.accepting]
+        loop = self.cell.loop
+        for child in reversed(members):
+            ack: asyncio.Future[None] = loop.create_future()
+            await child.request(StopInstance(ack), ack)
+        for child in members:
+            if child is not failed and child.options.restart == "temporary":
+                await child.stop()
+                continue
+            started: asyncio.Future[BaseException | None] = loop.create_future()
+            child.restarts += 1
+            error = await child.request(StartInstance(started), started)
+            _log.info(
+                "child_restarted",
+                supervisor=self.cell.path,
+                child=child.path,
+                restarts=child.restarts,
+                start_error=None if error is None else f"{type(error).__name__}: {error}",
+            )
+
+    def _group(self, child: Cell) -> list[Cell]:
+        children = list(self.cell.children.values())
+        if self.strategy == "one_for_all":
+            return children
+        if self.strategy == "rest_for_one":
+            return children[children.index(child):]
+        return [child]
+
+    def _delay(self, child: Cell, now: float) -> float:
+        streak, last = self._streaks.get(child, (0, float("-inf")))
+        if now - last >= self.backoff.reset_after:
+            streak = 0
+        streak += 1
+        self._streaks[child] = (streak, now)
+        return self.backoff.delay(streak, self.rand())
+
+    def _report(
+        self, event: str, child: Cell, error: BaseException | None, context: str, **extra: Any
+    ) -> None:
+        _log.warning(
+            event,
+            supervisor=self.cell.path,
+            context=context,
+            reason="normal" if error is None else "failure",
+            offender=child.path,
+            error_type=None if error is None else type(error).__name__,
+            restarts=child.restarts,
+            **extra,
+        )
+
+
+def supervision_for(cell: Cell, clock: Callable[[], float], rand: Callable[[], float]) -> Supervision:
+    """The supervision of `cell`'s children: its `SupervisorSpec`'s, or the defaults."""
+    actor = cell.actor
+    if isinstance(actor, Supervisor):
+        spec = actor.spec
+        return Supervision(
+            cell,
+            strategy=spec.strategy,
+            max_restarts=spec.max_restarts,
+            within=spec.within,
+            backoff=spec.backoff,
+            clock=clock,
+            rand=rand,
+        )
+    return Supervision(cell, clock=clock, rand=rand)
+
+
+def as_child_spec(factory: Any, args: tuple[Any, ...], name: str | None,
+                  options: dict[str, Any]) -> ChildSpec:
+    """Turn `spawn`'s arguments into a `ChildSpec` (plain spawns default to `transient`)."""
+    if isinstance(factory, ChildSpec):
+        if args or options:
+            raise ConfigurationError(
+                "spawn: pass either a ChildSpec or a factory with arguments, not both"
+            )
+        return factory if name is None else msgspec.structs.replace(factory, name=name)
+    if isinstance(factory, SupervisorSpec):
+        return ChildSpec(factory=factory, name=name, **options)
+    if not (isinstance(factory, type) and issubclass(factory, Actor)):
+        raise ConfigurationError(
+            f"spawn: {factory!r} is not an Actor subclass, ChildSpec or SupervisorSpec; "
+            "define a class that subclasses roost.Actor"
+        )
+    if name is not None:
+        check_name(f"spawn {factory.__name__}", name)
+    spec_fields = set(ChildSpec.__struct_fields__)
+    settings = {k: v for k, v in options.items() if k in spec_fields and k not in {"args", "kwargs"}}
+    kwargs = {k: v for k, v in options.items() if k not in settings}
+    settings.setdefault("restart", "transient")
+    settings.setdefault("shutdown_timeout", factory.shutdown_timeout)
+    return ChildSpec(factory=factory, name=name, args=args, kwargs=kwargs, **settings)
+

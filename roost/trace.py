@@ -1,0 +1,68 @@
+"""Trace context: the trace id, parent span id and run id that every message carries.
+
+A `tell` or `ask` made while an actor handles a message inherits that message's
+trace, so one request can be followed across every hop. Ids are created lazily:
+a message sent from outside any actor carries no context until something needs one.
+"""
+
+from __future__ import annotations
+
+import random
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from roost.mailbox.envelope import Envelope
+
+_random = random.SystemRandom()
+
+#: The actor cell whose task is running (None outside any actor). Set once per drain
+#: task; the cell's `current` attribute is the envelope being handled.
+handling: ContextVar[Any] = ContextVar("roost_handling", default=None)
+
+
+def current_envelope() -> Envelope | None:
+    """The envelope the running actor is handling, or None."""
+    cell = handling.get()
+    return None if cell is None else cell.current
+
+
+def new_trace_id() -> str:
+    """A random 128-bit trace id in the W3C/OpenTelemetry hex form."""
+    return f"{_random.getrandbits(128):032x}"
+
+
+def new_span_id() -> str:
+    """A random 64-bit span id in the W3C/OpenTelemetry hex form."""
+    return f"{_random.getrandbits(64):016x}"
+
+
+class TraceContext(msgspec.Struct, frozen=True, gc=False):
+    """Where a message comes from in a trace: its trace id, the sending span, and the run.
+
+    Attributes:
+        trace_id: 32 hex digits shared by every hop of one request.
+        span_id: the span that sent the message (the receiver's parent span).
+        run_id: the pipeline run the message belongs to, if any.
+    """
+
+    trace_id: str
+    span_id: str | None = None
+    run_id: str | None = None
+
+    @classmethod
+    def new(cls, run_id: str | None = None) -> TraceContext:
+        """Start a new trace (for a message that arrives from outside any actor)."""
+        return cls(new_trace_id(), None, run_id)
+
+
+def current_trace() -> TraceContext | None:
+    """The trace context of the message being handled, or None outside any actor.
+
+    Calling it inside an actor starts a trace for a message that had none, so the
+    id it returns is the one that messages sent from here will carry.
+    """
+    envelope = current_envelope()
+    return None if envelope is None else envelope.trace_context()
