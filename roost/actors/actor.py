@@ -8,6 +8,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from roost.actors.context import ActorContext
+    from roost.storage import Checkpoint
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -45,11 +46,20 @@ class Actor:
     asker; raised while handling a `tell`, it is a failure of the actor, which
     its supervisor handles (by default: restart it with a fresh instance, same
     ref and mailbox).
+
+    A checkpointed actor sets `state_type` to a `msgspec.Struct`, keeps its
+    state in `self.state`, and calls `await self.checkpoint(step=...)`; on every
+    start it is hydrated from its latest checkpoint before `on_start`.
     """
 
     ctx: ActorContext
     #: How long `on_stop` may take before it is cancelled, in seconds (spawn can override).
     shutdown_timeout: ClassVar[float] = 5.0
+    #: The state's type for a checkpointed actor (a msgspec.Struct), else None.
+    state_type: ClassVar[type[msgspec.Struct] | None] = None
+    #: Start from the `__init__` state when the latest checkpoint does not decode,
+    #: instead of failing the start with `CheckpointCorrupt`.
+    fresh_on_corrupt_checkpoint: ClassVar[bool] = False
 
     async def on_start(self) -> None:
         """Called once per instance, before the first message (after a restart too)."""
@@ -60,3 +70,23 @@ class Actor:
 
     async def on_stop(self) -> None:
         """Called when the actor stops or before it is replaced by a restart."""
+
+    async def checkpoint(self, *, step: str, durable: bool | None = None) -> Checkpoint:
+        """Save `self.state` to the store and wait until it is stored.
+
+        Args:
+            step: what the actor has just completed, recorded with the checkpoint.
+            durable: wait for fsync (True) or not (False); None uses the
+                system's durability mode.
+
+        Returns:
+            The stored checkpoint (with its sequence number).
+
+        Raises:
+            ConfigurationError: no `state_type`, `self.state` of the wrong type,
+                or a system without a store.
+            StoreError: the write failed; nothing was saved.
+        """
+        from roost.actors.checkpointed import save
+
+        return await save(self, step, durable)

@@ -114,6 +114,7 @@ class ActorSystem:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._context: contextvars.Context | None = None
         self.store: Any = None
+        self.checkpoints: Any = None
         self.deadlines: Deadlines = None  # type: ignore[assignment]
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -192,14 +193,16 @@ class ActorSystem:
     async def _open_store(self) -> None:
         if self.store_path is None:
             return
-        from roost.storage import Store
+        from roost.storage import CheckpointStore, Store
 
         self.store = await Store.open(self.store_path, durability=self.durability)
+        self.checkpoints = CheckpointStore(self.store)
 
     async def _close_store(self) -> None:
         if self.store is not None:
             await self.store.close()
             self.store = None
+            self.checkpoints = None
 
     def fail(self, error: BaseException | None) -> None:
         """The root failed: stop the system and raise `error` from its `async with`."""

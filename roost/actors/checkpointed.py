@@ -1,0 +1,92 @@
+"""Checkpointed actors: state that is saved to the store and reloaded on every start.
+
+An actor declares `state_type` (a `msgspec.Struct`) and keeps its state in
+`self.state`; `await self.checkpoint(step=...)` saves it. Whenever the actor
+starts (first start, a restart under supervision, or a new process opening the
+same store) it is hydrated from its latest checkpoint before `on_start` and
+before any message, so it resumes from the last checkpoint, not from zero.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from roost.errors import CheckpointCorrupt, ConfigurationError
+
+if TYPE_CHECKING:
+    from roost.actors._cell import Cell
+    from roost.actors.actor import Actor
+    from roost.runtime.system import ActorSystem
+    from roost.storage import Checkpoint
+
+_log = structlog.get_logger("roost")
+
+
+def checkpoint_id(actor: Actor) -> str:
+    """The id the actor's checkpoints are stored under: `checkpoint_id` if set, else its path."""
+    explicit = getattr(actor, "checkpoint_id", None)
+    return explicit if isinstance(explicit, str) and explicit else actor.ctx.path
+
+
+def _checkpoints(system: ActorSystem, actor: Actor) -> Any:
+    if system.checkpoints is None:
+        raise ConfigurationError(
+            f"{actor.ctx.path}: {type(actor).__name__} is checkpointed (state_type="
+            f"{actor.state_type.__name__}) but the system has no store; "  # type: ignore[union-attr]
+            "pass ActorSystem(store=...)"
+        )
+    return system.checkpoints
+
+
+async def hydrate(system: ActorSystem, cell: Cell, actor: Actor) -> None:
+    """Load the latest checkpoint of `actor` into `actor.state`, if there is one.
+
+    Raises:
+        CheckpointCorrupt: the checkpoint does not decode (unless the actor sets
+            `fresh_on_corrupt_checkpoint`, in which case it starts from its
+            `__init__` state and the corruption is logged).
+    """
+    from roost.storage import decode_state
+
+    store = _checkpoints(system, actor)
+    key = checkpoint_id(actor)
+    try:
+        latest = await store.latest(key)
+        if latest is None:
+            return
+        actor.state = decode_state(latest, actor.state_type)  # type: ignore[arg-type]
+    except CheckpointCorrupt as error:
+        if not getattr(actor, "fresh_on_corrupt_checkpoint", False):
+            raise
+        _log.error("checkpoint_corrupt_started_fresh", actor=cell.path, error=str(error))
+        return
+    _log.debug("actor_hydrated", actor=cell.path, step=latest.step, seq=latest.seq)
+
+
+async def save(actor: Actor, step: str, durable: bool | None) -> Checkpoint:
+    """Save `actor.state` as the actor's next checkpoint and wait until it is stored."""
+    from roost.storage import encode_state
+
+    if actor.state_type is None:
+        raise ConfigurationError(
+            f"{actor.ctx.path}: {type(actor).__name__} has no state_type; set "
+            "`state_type = YourState` (a msgspec.Struct) to checkpoint it"
+        )
+    state = getattr(actor, "state", None)
+    if not isinstance(state, actor.state_type):
+        raise ConfigurationError(
+            f"{actor.ctx.path}: self.state must be a {actor.state_type.__name__} to checkpoint, "
+            f"got {type(state).__name__}"
+        )
+    cell = actor.ctx._cell
+    store = _checkpoints(cell.system, actor)
+    current = cell.current
+    run_id = None if current is None or current.trace is None else current.trace.run_id
+    checkpoint = await store.save(
+        checkpoint_id(actor), step=step, actor_path=cell.path, state=encode_state(state),
+        durable=durable,
+    )
+    _log.debug("checkpoint_saved", actor=cell.path, step=step, seq=checkpoint.seq, run_id=run_id)
+    return checkpoint

@@ -1,0 +1,171 @@
+"""Checkpointed actors resume from their latest checkpoint on every start."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import roost
+from roost.errors import CheckpointCorrupt
+from roost.storage import Put, checkpoint_key
+
+pytestmark = pytest.mark.anyio
+
+
+class Tally(msgspec.Struct):
+    count: int = 0
+    seen: list[str] = msgspec.field(default_factory=list)
+
+
+class Add(roost.Message):
+    item: str
+
+
+class Crash(roost.Message):
+    pass
+
+
+class Get(roost.Message):
+    pass
+
+
+class Counter(roost.Actor):
+    state_type = Tally
+
+    def __init__(self) -> None:
+        self.state = Tally()
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Add(item=item):
+                self.state.count += 1
+                self.state.seen.append(item)
+                await self.checkpoint(step=f"added-{item}")
+                return self.state.count
+            case Crash():
+                raise RuntimeError("boom")
+            case Get():
+                return self.state
+
+
+async def test_a_restarted_actor_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        counter = system.spawn(Counter, name="counter")
+        assert await counter.ask(Add("a")) == 1
+        assert await counter.ask(Add("b")) == 2
+        counter.tell(Crash())
+        state = await counter.ask(Get())
+        assert state == Tally(count=2, seen=["a", "b"])
+        assert system.lookup("/counter") is counter
+
+
+async def test_a_new_system_on_the_same_store_hydrates_the_actor(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    async with roost.ActorSystem(store=store, log_format="json", log_level="critical") as system:
+        counter = system.spawn(Counter, name="counter")
+        await counter.ask(Add("a"))
+    async with roost.ActorSystem(store=store, log_format="json", log_level="critical") as system:
+        counter = system.spawn(Counter, name="counter")
+        assert await counter.ask(Get()) == Tally(count=1, seen=["a"])
+        assert await counter.ask(Add("b")) == 2
+
+
+async def test_a_new_process_hydrates_the_actor_before_any_message(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import roost
+        from test_checkpointed import Add, Counter, Get
+
+        async def main():
+            async with roost.ActorSystem(store={str(store)!r}, log_format="json",
+                                         log_level="critical") as system:
+                counter = system.spawn(Counter, name="counter")
+                if sys.argv[1] == "write":
+                    await counter.ask(Add("x"))
+                    await counter.ask(Add("y"))
+                else:
+                    print((await counter.ask(Get())).count)
+
+        asyncio.run(main())
+    """))
+    subprocess.run([sys.executable, str(script), "write"], check=True, timeout=60)
+    out = subprocess.run([sys.executable, str(script), "read"], check=True, timeout=60,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "2"
+
+
+async def test_a_corrupt_checkpoint_fails_the_start_with_checkpoint_corrupt(tmp_path: Path) -> None:
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        await system.store.commit([Put("checkpoints", checkpoint_key("/counter", 1), b"\xff\x00junk")])
+        with pytest.raises(roost.ActorStartFailed) as caught:
+            await system.start(Counter, name="counter")
+        assert isinstance(caught.value.cause, CheckpointCorrupt)
+        assert "/counter" in str(caught.value.cause)
+        # The system keeps running: other actors work.
+        other = await system.start(Counter, name="other")
+        assert await other.ask(Add("z")) == 1
+
+
+async def test_a_state_whose_type_changed_is_reported_as_corrupt(tmp_path: Path) -> None:
+    class Renamed(msgspec.Struct):
+        total: str
+
+    class Changed(Counter):
+        state_type = Renamed
+
+    store = tmp_path / "store"
+    async with roost.ActorSystem(store=store, log_format="json", log_level="critical") as system:
+        await system.spawn(Counter, name="counter").ask(Add("a"))
+    async with roost.ActorSystem(store=store, log_format="json", log_level="critical") as system:
+        with pytest.raises(roost.ActorStartFailed, match="does not decode as"):
+            await system.start(Changed, name="counter")
+
+
+async def test_an_actor_may_start_fresh_on_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    class Forgiving(Counter):
+        fresh_on_corrupt_checkpoint = True
+
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        await system.store.commit([Put("checkpoints", checkpoint_key("/f", 1), b"\xc1")])
+        forgiving = await system.start(Forgiving, name="f")
+        assert await forgiving.ask(Get()) == Tally()
+
+
+async def test_checkpointing_without_a_store_is_a_clear_error() -> None:
+    async with roost.ActorSystem(log_format="json", log_level="critical") as system:
+        with pytest.raises(roost.ActorStartFailed, match="has no store"):
+            await system.start(Counter, name="counter")
+
+
+async def test_checkpointing_without_a_state_type_is_a_clear_error(tmp_path: Path) -> None:
+    class Plain(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            return await self.checkpoint(step="x")
+
+    async with roost.ActorSystem(store=tmp_path / "s", log_format="json",
+                                 log_level="critical") as system:
+        with pytest.raises(roost.ConfigurationError, match="has no state_type"):
+            await system.spawn(Plain).ask("go")
+
+
+async def test_concurrent_checkpoints_from_many_actors_share_commits(tmp_path: Path) -> None:
+    async with roost.ActorSystem(store=tmp_path / "s", log_format="json",
+                                 log_level="critical") as system:
+        counters = [system.spawn(Counter, name=f"c{i}") for i in range(50)]
+        before = system.store.statistics().commits
+        await asyncio.gather(*(c.ask(Add("a")) for c in counters))
+        commits = system.store.statistics().commits - before
+        assert commits < 25
