@@ -1,0 +1,420 @@
+"""Circuit breaker for one tool: stop calling a failing dependency, then probe it once.
+
+`Breaker` is the frozen configuration a tool is declared with; `CircuitBreaker` is
+the runtime state machine that every caller of that tool shares:
+
+    closed --(failure threshold)--> open --(cooldown)--> half-open
+    half-open --(the one probe succeeds)--> closed
+    half-open --(the probe fails)--> open (the cooldown starts again)
+
+A caller asks for a `Permit` before each call and reports the outcome with it:
+
+    permit = breaker.acquire()          # raises ToolUnavailable when open
+    try:
+        result = await call()
+    except BaseException as error:
+        breaker.on_failure(permit, error)
+        raise
+    breaker.on_success(permit)
+
+All durations are seconds of the injected clock (`time.monotonic` by default).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+import structlog
+
+from roost.errors import ConfigurationError, ToolUnavailable, TransientToolError
+
+__all__ = [
+    "Breaker",
+    "BreakerState",
+    "BreakerStatistics",
+    "CircuitBreaker",
+    "ErrorFilter",
+    "Permit",
+    "error_matches",
+    "is_error_filter",
+]
+
+_log = structlog.get_logger(__name__)
+
+ErrorFilter = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
+"""Which errors a rule applies to: exception types, or a predicate on the error."""
+
+Listener = Callable[[str, "BreakerState", "BreakerState"], object]
+"""Called as `listener(tool, old_state, new_state)` after every state change."""
+
+DEFAULT_COUNTS: Final = (TransientToolError, TimeoutError, OSError)
+"""Errors that count as failures unless `Breaker.counts` says otherwise (OSError
+covers ConnectionError)."""
+
+_DEFAULT_FAILURES: Final = 5
+_WINDOW_BUCKETS: Final = 10
+
+
+class Breaker(msgspec.Struct, frozen=True, kw_only=True):
+    """How a tool's circuit breaker opens and when it probes again.
+
+    The breaker opens on `failures` consecutive counted failures, or, when
+    `failure_rate` is set, once the counted failures in the last `window` seconds
+    reach that share of at least `min_calls` calls. Setting both turns both
+    rules on. Errors `counts` rejects are ignored: neither success nor failure.
+
+    Example:
+        Breaker(failures=5, cooldown=30.0)
+        Breaker(failure_rate=0.5, window=60.0, min_calls=20)
+
+    Attributes:
+        failures: Consecutive counted failures that open the breaker. Default:
+            5 when `failure_rate` is not set, otherwise off.
+        failure_rate: Share of failed calls (0 < rate <= 1) that opens the
+            breaker, measured over `window`; None turns the rule off.
+        window: Seconds of history the failure rate looks at; it slides in
+            steps of a tenth of itself.
+        min_calls: Calls the window must hold before the rate can open the breaker.
+        cooldown: Seconds the breaker stays open before it lets one probe through.
+        counts: Which errors count as failures: exception types or a predicate.
+    """
+
+    failures: int | None = None
+    failure_rate: float | None = None
+    window: float = 60.0
+    min_calls: int = 10
+    cooldown: float = 30.0
+    counts: ErrorFilter = DEFAULT_COUNTS
+
+    def __post_init__(self) -> None:
+        if self.failures is not None and not _is_int_at_least(self.failures, 1):
+            raise _invalid("failures", self.failures, "use a whole number >= 1, or None")
+        if self.failure_rate is not None and not (
+            _is_number(self.failure_rate) and 0 < self.failure_rate <= 1
+        ):
+            raise _invalid(
+                "failure_rate", self.failure_rate, "use a share in (0, 1], e.g. 0.5, or None"
+            )
+        if not (_is_number(self.window) and self.window > 0):
+            raise _invalid("window", self.window, "use a positive number of seconds")
+        if not _is_int_at_least(self.min_calls, 1):
+            raise _invalid("min_calls", self.min_calls, "use a whole number >= 1")
+        if not (_is_number(self.cooldown) and self.cooldown > 0):
+            raise _invalid("cooldown", self.cooldown, "use a positive number of seconds")
+        if not is_error_filter(self.counts):
+            raise _invalid(
+                "counts",
+                self.counts,
+                "use an exception type, a tuple of exception types, or a predicate "
+                "taking the error and returning bool",
+            )
+
+    @property
+    def failure_threshold(self) -> int | None:
+        """Consecutive counted failures that open the breaker, or None when that rule is off."""
+        if self.failures is None and self.failure_rate is None:
+            return _DEFAULT_FAILURES
+        return self.failures
+
+
+class BreakerState(enum.StrEnum):
+    """Where a circuit breaker is in its cycle."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Permit:
+    """Leave to make one call; hand it back with `on_success`, `on_failure` or `release`.
+
+    Permits given out while the breaker is closed are shared (one object per
+    closed period), so acquiring one allocates nothing. An outcome reported with
+    a permit from an earlier period is ignored.
+    """
+
+    __slots__ = ("probe",)
+
+    def __init__(self, *, probe: bool) -> None:
+        self.probe = probe
+
+    def __repr__(self) -> str:
+        return f"Permit(probe={self.probe})"
+
+
+class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A snapshot of one circuit breaker's state and counters.
+
+    Attributes:
+        tool: The tool the breaker guards.
+        state: Its state when the snapshot was taken.
+        retry_at: Clock time the cooldown ends, when open; otherwise None.
+        probe_in_flight: Whether the half-open probe permit is out.
+        consecutive_failures: Counted failures since the last success.
+        window_calls: Calls in the failure-rate window (0 when that rule is off).
+        window_failures: Counted failures in that window.
+        successes: Successes reported since the breaker was made.
+        failures: Counted failures reported since then.
+        ignored: Failures the breaker ignored (not counted, or cancellations).
+        rejected: Calls refused with `ToolUnavailable`.
+        times_opened: How often the breaker opened.
+    """
+
+    tool: str
+    state: BreakerState
+    retry_at: float | None
+    probe_in_flight: bool
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    successes: int
+    failures: int
+    ignored: int
+    rejected: int
+    times_opened: int
+
+
+class CircuitBreaker:
+    """The circuit breaker of one tool, shared by all its callers.
+
+    Not thread-safe: use it from one event loop. Nothing here awaits, so the
+    state cannot change between two lines of one method.
+
+    Args:
+        tool: Name of the tool, used in errors and passed to listeners.
+        config: When to open and how long to stay open.
+        clock: Returns monotonic seconds; inject a fake one in tests.
+    """
+
+    def __init__(
+        self, tool: str, config: Breaker, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.tool = tool
+        self.config = config
+        self._clock = clock
+        self._counts = config.counts
+        self._threshold = config.failure_threshold
+        self._window = _Window(config.window) if config.failure_rate is not None else None
+        self._listeners: list[Listener] = []
+        self._state = BreakerState.CLOSED
+        # Replaced whenever the breaker opens, so outcomes of calls admitted
+        # before that can be told apart and ignored.
+        self._closed_permit = Permit(probe=False)
+        self._probe: Permit | None = None
+        self._retry_at = 0.0
+        self._consecutive = 0
+        self._successes = 0
+        self._failures = 0
+        self._ignored = 0
+        self._rejected = 0
+        self._times_opened = 0
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an open breaker whose cooldown has ended turns half-open."""
+        if self._state is BreakerState.OPEN and self._clock() >= self._retry_at:
+            self._change_state(BreakerState.HALF_OPEN)
+        return self._state
+
+    def acquire(self) -> Permit:
+        """Ask leave to make one call. Never waits.
+
+        Returns:
+            A permit to report the call's outcome with.
+
+        Raises:
+            ToolUnavailable: The breaker is open, or half-open with its one probe
+                already out. `retry_at`/`retry_in` say when the cooldown ends; while
+                a probe is out they are a full cooldown from now, since the probe
+                may fail and restart it.
+        """
+        if self._state is BreakerState.CLOSED:
+            return self._closed_permit
+        now = self._clock()
+        if self._state is BreakerState.OPEN:
+            if now < self._retry_at:
+                self._rejected += 1
+                raise ToolUnavailable(self.tool, self._retry_at, self._retry_at - now)
+            self._change_state(BreakerState.HALF_OPEN)
+        if self._probe is None:
+            self._probe = Permit(probe=True)
+            return self._probe
+        self._rejected += 1
+        cooldown = self.config.cooldown
+        raise ToolUnavailable(self.tool, now + cooldown, cooldown)
+
+    def on_success(self, permit: Permit) -> None:
+        """Report that the call made with `permit` succeeded; a probe's success closes."""
+        self._successes += 1
+        if permit is self._closed_permit:
+            self._consecutive = 0
+            if self._window is not None:
+                self._window.record(self._clock(), failed=False)
+        elif permit is self._probe:
+            self._change_state(BreakerState.CLOSED)
+
+    def on_failure(self, permit: Permit, error: BaseException) -> None:
+        """Report that the call made with `permit` raised `error`.
+
+        An error the config does not count, or any BaseException that is not an
+        Exception (cancellation), is ignored and gives the probe permit back. A
+        counted failure of the probe opens the breaker again; in the closed
+        state it may open it. The caller still raises its own error.
+        """
+        if not isinstance(error, Exception) or not error_matches(self._counts, error):
+            self._ignored += 1
+            self.release(permit)
+            return
+        self._failures += 1
+        if permit is self._probe:
+            self._change_state(BreakerState.OPEN)
+        elif permit is self._closed_permit:
+            self._consecutive += 1
+            trips = self._threshold is not None and self._consecutive >= self._threshold
+            if self._window is not None:
+                calls, failures = self._window.record(self._clock(), failed=True)
+                trips = trips or self._rate_reached(calls, failures)
+            if trips:
+                self._change_state(BreakerState.OPEN)
+
+    def release(self, permit: Permit) -> None:
+        """Hand back a permit whose call ended with no verdict; a probe permit becomes free."""
+        if permit is self._probe:
+            self._probe = None
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(tool, old, new)` after every state change (for logs, metrics).
+
+        A listener that raises is logged (`breaker_listener_failed`) and does not
+        stop the breaker or the other listeners.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling `listener`; raises ValueError if it was not added."""
+        self._listeners.remove(listener)
+
+    def statistics(self) -> BreakerStatistics:
+        """A snapshot of the state and counters."""
+        state = self.state
+        calls, failures = (0, 0)
+        if self._window is not None:
+            calls, failures = self._window.totals(self._clock())
+        return BreakerStatistics(
+            tool=self.tool,
+            state=state,
+            retry_at=self._retry_at if state is BreakerState.OPEN else None,
+            probe_in_flight=self._probe is not None,
+            consecutive_failures=self._consecutive,
+            window_calls=calls,
+            window_failures=failures,
+            successes=self._successes,
+            failures=self._failures,
+            ignored=self._ignored,
+            rejected=self._rejected,
+            times_opened=self._times_opened,
+        )
+
+    def _rate_reached(self, calls: int, failures: int) -> bool:
+        rate = self.config.failure_rate
+        return rate is not None and calls >= self.config.min_calls and failures >= rate * calls
+
+    def _change_state(self, new: BreakerState) -> None:
+        old = self._state
+        self._state = new
+        self._probe = None
+        self._consecutive = 0
+        if self._window is not None:
+            self._window.clear()
+        if new is BreakerState.OPEN:
+            self._retry_at = self._clock() + self.config.cooldown
+            self._closed_permit = Permit(probe=False)
+            self._times_opened += 1
+        for listener in tuple(self._listeners):
+            try:
+                listener(self.tool, old, new)
+            except Exception:
+                _log.exception(
+                    "breaker_listener_failed", tool=self.tool, old=str(old), new=str(new)
+                )
+
+
+class _Window:
+    """Calls and counted failures over the last `span` seconds, kept in ten buckets."""
+
+    __slots__ = ("_buckets", "_calls", "_failures", "_width")
+
+    def __init__(self, span: float) -> None:
+        self._width = span / _WINDOW_BUCKETS
+        self._buckets: deque[list[int]] = deque()  # [bucket index, calls, failures]
+        self._calls = 0
+        self._failures = 0
+
+    def record(self, now: float, *, failed: bool) -> tuple[int, int]:
+        """Add one call at clock time `now`; return the window's (calls, failures)."""
+        index = self._evict(now)
+        if self._buckets and self._buckets[-1][0] == index:
+            bucket = self._buckets[-1]
+        else:
+            bucket = [index, 0, 0]
+            self._buckets.append(bucket)
+        bucket[1] += 1
+        bucket[2] += failed
+        self._calls += 1
+        self._failures += failed
+        return self._calls, self._failures
+
+    def totals(self, now: float) -> tuple[int, int]:
+        """The window's (calls, failures) as of clock time `now`."""
+        self._evict(now)
+        return self._calls, self._failures
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self._calls = 0
+        self._failures = 0
+
+    def _evict(self, now: float) -> int:
+        index = math.floor(now / self._width)
+        oldest_kept = index - _WINDOW_BUCKETS + 1
+        while self._buckets and self._buckets[0][0] < oldest_kept:
+            _, calls, failures = self._buckets.popleft()
+            self._calls -= calls
+            self._failures -= failures
+        return index
+
+
+def error_matches(error_filter: ErrorFilter, error: BaseException) -> bool:
+    """Whether `error` is one of the filter's types, or passes its predicate."""
+    if isinstance(error_filter, type | tuple):
+        return isinstance(error, error_filter)
+    return bool(error_filter(error))
+
+
+def is_error_filter(value: object) -> bool:
+    """Whether `value` is an exception type, a tuple of them, or a callable."""
+    if isinstance(value, type):
+        return issubclass(value, BaseException)
+    if isinstance(value, tuple):
+        return all(isinstance(t, type) and issubclass(t, BaseException) for t in value)
+    return callable(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int_at_least(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _invalid(field: str, value: object, allowed: str) -> ConfigurationError:
+    return ConfigurationError(f"Breaker: {field}={value!r} is invalid; {allowed}")
