@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -245,8 +245,9 @@ def _run_of(key: bytes) -> str:
     return key[:-SEQ_SIZE - 1].decode(errors="replace")
 
 
-def _corrupt(key: bytes, error: str) -> StoreError:
-    return CheckpointCorrupt(_run_of(key), None, key, error)
+def _corrupt(key: bytes, error: str, fields: dict[str, Any] | None) -> StoreError:
+    step = None if fields is None else fields.get("step")
+    return CheckpointCorrupt(_run_of(key), step if isinstance(step, str) else None, key, error)
 
 
 def _decode(key: bytes, value: bytes) -> Checkpoint:

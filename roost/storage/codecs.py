@@ -28,8 +28,9 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", gc=Fal
 
 R = TypeVar("R", bound=Record)
 
-#: Builds the error for a record that does not decode, from its key and the reason.
-CorruptError = Callable[[bytes, str], StoreError]
+#: Builds the error for a record that does not decode, from its key, the reason, and its
+#: fields when the bytes are at least a msgpack map (None otherwise).
+CorruptError = Callable[[bytes, str, dict[str, Any] | None], StoreError]
 
 _ENCODER = msgspec.msgpack.Encoder()
 _LOOSE = msgspec.msgpack.Decoder(dict[str, Any])
@@ -65,27 +66,30 @@ class RecordCodec(Generic[R]):
         try:
             record = self._decoder.decode(data)
         except msgspec.DecodeError as exc:
-            raise self._corrupt(key, self._explain(data, exc)) from exc
+            raise self._explained(key, data, exc) from exc
         if record.schema != self.schema:
-            raise self._corrupt(key, self._unknown_schema(record.schema))
+            raise self._corrupt(key, self._unknown_schema(record.schema),
+                                msgspec.structs.asdict(record))
         return record
 
-    def _explain(self, data: bytes, error: msgspec.DecodeError) -> str:
-        """Why `data` does not decode, in terms of tag and schema when they are readable."""
+    def _explained(self, key: bytes, data: bytes, error: msgspec.DecodeError) -> StoreError:
+        """The error for `data` that does not decode, in terms of tag and schema if readable."""
         try:
             fields = _LOOSE.decode(data)
         except msgspec.DecodeError:
-            return f"the bytes are not a msgpack record ({error})"
+            return self._corrupt(key, f"the bytes are not a msgpack record ({error})", None)
         kind, schema = fields.get("kind"), fields.get("schema")
         if kind != self.kind:
-            return f"it is tagged {kind!r}, not {self.kind!r} ({error})"
-        if schema != self.schema:
-            return self._unknown_schema(schema)
-        return f"it does not fit the {self.kind!r} schema version {self.schema} ({error})"
+            reason = f"it is tagged {kind!r}, not {self.kind!r} ({error})"
+        elif schema != self.schema:
+            reason = self._unknown_schema(schema)
+        else:
+            reason = f"it does not fit the {self.kind!r} schema version {self.schema} ({error})"
+        return self._corrupt(key, reason, fields)
 
     def _unknown_schema(self, schema: object) -> str:
         return (f"unknown schema version {schema!r} of a {self.kind!r} record (this roost reads "
                 f"version {self.schema}); it was written by another roost version")
 
-    def _record_corrupt(self, key: bytes, error: str) -> StoreError:
+    def _record_corrupt(self, key: bytes, error: str, fields: dict[str, Any] | None) -> StoreError:
         return RecordCorrupt(self.kind, key, error)

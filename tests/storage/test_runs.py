@@ -1,0 +1,117 @@
+"""Specifications of `roost.storage.runs`: run records created, read, updated and listed."""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+import pytest
+
+from roost.errors import ConfigurationError, RecordCorrupt, RunNotFound
+from roost.storage import Put, RunRecord, RunStatus, RunStore, Store
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def runs(store: Store, clock: FakeClock) -> RunStore:
+    return RunStore(store, clock=clock)
+
+
+async def test_a_run_record_round_trips_with_every_field(runs: RunStore,
+                                                         clock: FakeClock) -> None:
+    created = await runs.create("run-1", pipeline="support-email", input=b"email")
+    clock.now += 5
+    updated = await runs.update("run-1", status=RunStatus.FAILED, last_step="draft",
+                                error="StepFailed: draft", result=b"partial")
+
+    assert created == RunRecord(run_id="run-1", pipeline="support-email",
+                                status=RunStatus.RUNNING, created_at=1_000.0,
+                                updated_at=1_000.0, input=b"email")
+    assert updated == RunRecord(run_id="run-1", pipeline="support-email",
+                                status=RunStatus.FAILED, created_at=1_000.0, updated_at=1_005.0,
+                                last_step="draft", error="StepFailed: draft", input=b"email",
+                                result=b"partial")
+    assert await runs.get("run-1") == updated
+
+
+async def test_update_changes_only_the_fields_given_and_none_clears_one(runs: RunStore) -> None:
+    await runs.create("run-1", pipeline="p")
+    await runs.update("run-1", status="suspended", error="waiting")
+
+    updated = await runs.update("run-1", last_step="review", error=None)
+
+    assert (updated.status, updated.last_step, updated.error) \
+        == (RunStatus.SUSPENDED, "review", None)
+
+
+async def test_concurrent_updates_of_one_run_keep_every_change(runs: RunStore) -> None:
+    await runs.create("run-1", pipeline="p")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(lambda: runs.update("run-1", last_step="extract"))
+        group.start_soon(lambda: runs.update("run-1", result=b"done"))
+        group.start_soon(lambda: runs.update("run-1", status=RunStatus.NEEDS_REVIEW))
+
+    record = await runs.get("run-1")
+    assert (record.last_step, record.result, record.status) \
+        == ("extract", b"done", RunStatus.NEEDS_REVIEW)
+
+
+async def test_creating_a_run_whose_id_exists_is_refused(runs: RunStore) -> None:
+    await runs.create("run-1", pipeline="p")
+
+    with pytest.raises(ConfigurationError, match="a run with id 'run-1' already exists"):
+        await runs.create("run-1", pipeline="other")
+    assert (await runs.get("run-1")).pipeline == "p"
+
+
+async def test_reading_or_updating_an_unknown_run_raises_run_not_found(runs: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="no run with id 'ghost'"):
+        await runs.get("ghost")
+    with pytest.raises(RunNotFound, match="no run with id 'ghost'"):
+        await runs.update("ghost", status="completed")
+
+
+async def test_list_returns_every_run_or_those_with_a_status(runs: RunStore) -> None:
+    await runs.create("b", pipeline="p")
+    await runs.create("a", pipeline="p", status=RunStatus.COMPLETED)
+    await runs.create("c", pipeline="p")
+
+    assert [r.run_id for r in await runs.list()] == ["a", "b", "c"]
+    assert [r.run_id for r in await runs.list(RunStatus.RUNNING)] == ["b", "c"]
+    assert [r.run_id for r in await runs.list("completed")] == ["a"]
+    assert await runs.list(RunStatus.CANCELLED) == []
+
+
+async def test_an_invalid_status_is_refused_with_the_allowed_ones(runs: RunStore) -> None:
+    await runs.create("run-1", pipeline="p")
+
+    with pytest.raises(ConfigurationError, match="status='done' is not a run status; use one "
+                                                 "of running, suspended, needs_review"):
+        await runs.update("run-1", status="done")
+
+
+async def test_a_run_record_that_does_not_decode_raises_record_corrupt(
+        store: Store, runs: RunStore) -> None:
+    await store.commit([Put("runs", b"run-1", msgspec.msgpack.encode(
+        {"kind": "run", "schema": 1, "run_id": "run-1", "status": "exploded"}))])
+
+    with pytest.raises(RecordCorrupt, match="run record at key b'run-1' does not decode"):
+        await runs.get("run-1")
+    with pytest.raises(RecordCorrupt, match="run record at key b'run-1'"):
+        await runs.update("run-1", status="failed")
+    with pytest.raises(RecordCorrupt, match="run record at key b'run-1'"):
+        await runs.list()
