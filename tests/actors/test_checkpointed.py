@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -99,10 +99,9 @@ async def test_a_new_process_hydrates_the_actor_before_any_message(tmp_path: Pat
 
         asyncio.run(main())
     """))
-    subprocess.run([sys.executable, str(script), "write"], check=True, timeout=60)
-    out = subprocess.run([sys.executable, str(script), "read"], check=True, timeout=60,
-                         capture_output=True, text=True)
-    assert out.stdout.strip() == "2"
+    await anyio.run_process([sys.executable, str(script), "write"])
+    out = await anyio.run_process([sys.executable, str(script), "read"])
+    assert out.stdout.decode().strip() == "2"
 
 
 async def test_a_corrupt_checkpoint_fails_the_start_with_checkpoint_corrupt(tmp_path: Path) -> None:
