@@ -40,11 +40,12 @@ class Environment:
 def open_environment(path: Path, *, nosync: bool, map_size: int) -> Environment:
     """Create or open the store at `path` (a folder) and lock it for this process.
 
-    Every commit flushes its data pages unless `nosync`; the meta page is never
-    flushed by a commit (LMDB's `metasync=False`), so the writer makes a commit
-    durable with one `env.sync(True)`. This keeps the database consistent after a
-    power loss in both modes: with data pages flushed before the meta page points to
-    them, a crash can only lose the last unflushed commits (see the writer).
+    Unless `nosync`, every commit flushes its data pages but not its meta page
+    (LMDB's `metasync=False`), and the writer makes a commit durable with one
+    `env.sync(True)`: data pages always reach the disk before a meta page points to
+    them, so a machine crash can undo the last unflushed commits but never damages
+    the database. With `nosync` (async mode) commits flush nothing; LMDB then
+    warns that a machine crash may also damage the database (its `MDB_NOSYNC`).
 
     Raises:
         StoreUnavailable: the path is a file, the folder cannot be created or written,

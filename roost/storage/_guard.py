@@ -15,11 +15,13 @@ class MapGuard:
     read transaction and the writer takes it exclusively to grow or close the map.
     A waiting owner has priority: new readers queue behind it, so a stream of reads
     cannot starve a resize. Readers never wait for the writer's fsyncs, only for a
-    remap, which is short.
+    remap, which is short. Only one thread, the writer, takes it exclusively.
     """
 
     def __init__(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
+        # The shared paths take the bare lock: the Condition wrapper costs a Python call.
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._readers = 0
         self._owner_waiting = False
         self._owned = False
@@ -27,7 +29,7 @@ class MapGuard:
 
     def acquire_shared(self) -> bool:
         """Enter as a reader; returns False (not entered) once the map has been closed."""
-        with self._condition:
+        with self._lock:
             while self._owner_waiting or self._owned:
                 self._condition.wait()
             if self.closed:
@@ -37,7 +39,7 @@ class MapGuard:
 
     def release_shared(self) -> None:
         """Leave as a reader, waking a waiting owner when the last reader leaves."""
-        with self._condition:
+        with self._lock:
             self._readers -= 1
             if not self._readers and self._owner_waiting:
                 self._condition.notify_all()

@@ -97,9 +97,10 @@ class Store:
         Args:
             path: the store folder; created with its parents if missing.
             durability: `"sync"` (a write is acknowledged once it is on disk) or
-                `"async"` (acknowledged once committed: it survives a crash of the
-                process, but the last `flush_interval` of writes may be lost if the
-                machine stops). Each `commit` may override it.
+                `"async"` (acknowledged once committed, with no fsync: it survives a
+                crash of the process, but a crash of the machine may lose the last
+                `flush_interval` of writes and, as LMDB warns for its `MDB_NOSYNC`
+                mode, may damage the database). Each `commit` may override it.
             map_size: the initial size of the memory map in bytes; it doubles on demand.
             flush_interval: seconds after which non-durable commits are flushed to disk.
 

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -15,7 +15,7 @@ import anyio.lowlevel
 import pytest
 
 from roost.errors import ConfigurationError, RunNotFound, StoreError, StoreUnavailable
-from roost.storage import Append, Delete, Put, Store, Update
+from roost.storage import Append, Delete, Op, Put, Store, Update
 
 pytestmark = pytest.mark.anyio
 
@@ -164,20 +164,18 @@ async def test_a_write_whose_function_raises_fails_alone_and_the_store_keeps_wor
     def broken(current: bytes | None) -> bytes:
         raise ValueError("boom")
 
-    async def commit(ops: list[Put | Update]) -> object:
+    outcomes: dict[str, object] = {}
+
+    async def run(name: str, ops: Sequence[Op]) -> None:
         try:
-            return await store.commit(ops)
+            outcomes[name] = await store.commit(ops)
         except StoreError as exc:
-            return exc
+            outcomes[name] = exc
 
+    bad: list[Op] = [Put("runs", b"b", b"2"), Update("runs", b"c", broken)]
     async with anyio.create_task_group() as group:
-        outcomes: dict[str, object] = {}
-
-        async def run(name: str, ops: list[Put | Update]) -> None:
-            outcomes[name] = await commit(ops)
-
         group.start_soon(run, "good-1", [Put("runs", b"a", b"1")])
-        group.start_soon(run, "bad", [Put("runs", b"b", b"2"), Update("runs", b"c", broken)])
+        group.start_soon(run, "bad", bad)
         group.start_soon(run, "good-2", [Put("runs", b"d", b"3")])
 
     assert outcomes["good-1"] == [None]

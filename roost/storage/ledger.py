@@ -1,0 +1,174 @@
+"""The idempotency ledger: which tool calls are in flight or done, and their results.
+
+Each call is claimed under its key before the tool runs (durably, so a crash
+after the side effect leaves a trace), and settled afterwards with its result or
+its permanent error, kept for a retention window. A claim is one atomic
+read-modify-write in the store's writer thread, so two callers can never both
+claim a key.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+
+from roost.errors import IdempotencyConflict
+from roost.storage.codecs import Record, RecordCodec
+from roost.storage.ops import Delete, Update
+from roost.storage.store import Store
+
+_DB = "ledger"
+
+Status = Literal["in_flight", "completed", "failed", "unrecordable"]
+
+
+class LedgerEntry(Record, tag="ledger_entry", frozen=True, kw_only=True, gc=False):
+    """One idempotency key of one tool.
+
+    Attributes:
+        tool: the tool's name.
+        key: the idempotency key.
+        fingerprint: a stable hash of the call's arguments.
+        status: `in_flight`, `completed`, `failed` (a permanent error, replayed)
+            or `unrecordable` (done, but the result could not be stored).
+        owner: the ledger instance (process incarnation) that claimed it.
+        started_at: when it was claimed, in seconds since the epoch.
+        updated_at: when it last changed.
+        expires_at: when it may be pruned.
+        result: the msgpack bytes of the result, once completed.
+        error_type: the permanent error's type name, once failed.
+        error: the permanent error's message (or why the result was unrecordable).
+    """
+
+    tool: str
+    key: str
+    fingerprint: str
+    status: Status
+    owner: str
+    started_at: float
+    updated_at: float
+    expires_at: float
+    result: bytes | None = None
+    error_type: str | None = None
+    error: str | None = None
+
+
+_CODEC = RecordCodec(LedgerEntry)
+
+
+class Claim(msgspec.Struct, frozen=True, gc=False):
+    """What `Ledger.claim` found.
+
+    Attributes:
+        claimed: True if this call now owns the key and must run the tool.
+        entry: the key's entry (the new in-flight one when claimed).
+        ours: the entry was claimed by this ledger instance (not left by an
+            earlier process).
+    """
+
+    claimed: bool
+    entry: LedgerEntry
+    ours: bool
+
+
+def ledger_key(tool: str, key: str) -> bytes:
+    """The store key of `key` for `tool` (keys are scoped per tool)."""
+    return tool.encode() + b"\x00" + key.encode()
+
+
+class Ledger:
+    """Claims, settles and prunes idempotency keys in a `Store`.
+
+    Args:
+        store: the open store.
+        retention: how long a settled key is kept, in seconds.
+        clock: wall-clock seconds since the epoch (injectable for tests).
+    """
+
+    def __init__(self, store: Store, *, retention: float = 86_400.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self.retention = retention
+        self._clock = clock
+        self.owner = uuid.uuid4().hex
+
+    async def claim(self, tool: str, key: str, fingerprint: str) -> Claim:
+        """Claim `key` for a call, or report what the ledger already has for it.
+
+        A key that is absent or expired is claimed (written `in_flight`, durably).
+
+        Raises:
+            IdempotencyConflict: the key is held by a call with other arguments.
+            StoreError: the write failed.
+        """
+        now = self._clock()
+        fresh = LedgerEntry(tool=tool, key=key, fingerprint=fingerprint, status="in_flight",
+                            owner=self.owner, started_at=now, updated_at=now,
+                            expires_at=now + self.retention)
+        store_key = ledger_key(tool, key)
+        found: list[LedgerEntry | None] = [None]
+
+        def change(current: bytes | None) -> bytes | None:
+            found[0] = None
+            if current is not None:
+                entry = _CODEC.decode(store_key, current)
+                if entry.expires_at > now:
+                    if entry.fingerprint != fingerprint:
+                        raise IdempotencyConflict(tool, key)
+                    found[0] = entry
+                    return current
+            return _CODEC.encode(fresh)
+
+        await self._store.commit([Update(_DB, store_key, change)], durable=True)
+        existing = found[0]
+        if existing is None:
+            return Claim(True, fresh, True)
+        return Claim(False, existing, existing.owner == self.owner)
+
+    async def complete(self, entry: LedgerEntry, result: bytes) -> None:
+        """Record the call's result (durably), before its caller gets it."""
+        await self._settle(entry, status="completed", result=result)
+
+    async def fail(self, entry: LedgerEntry, error: BaseException) -> None:
+        """Record a permanent failure, to be replayed to later calls with the key."""
+        await self._settle(entry, status="failed", error_type=type(error).__name__,
+                           error=str(error))
+
+    async def unrecordable(self, entry: LedgerEntry, reason: str) -> None:
+        """Record that the call is done but its result could not be stored."""
+        await self._settle(entry, status="unrecordable", error=reason)
+
+    async def release(self, entry: LedgerEntry) -> None:
+        """Forget the key (a retryable failure: the next call may run the tool again)."""
+        await self._store.commit([Delete(_DB, ledger_key(entry.tool, entry.key))], durable=True)
+
+    async def get(self, tool: str, key: str) -> LedgerEntry | None:
+        """The entry for `key` of `tool`, or None.
+
+        Raises:
+            RecordCorrupt: the stored entry does not decode.
+        """
+        store_key = ledger_key(tool, key)
+        data = await self._store.get(_DB, store_key)
+        return None if data is None else _CODEC.decode(store_key, data)
+
+    async def prune(self) -> int:
+        """Delete every entry past its retention window; returns how many."""
+        now = self._clock()
+        expired = [key async for key, value in self._store.scan(_DB)
+                   if _CODEC.decode(key, value).expires_at <= now]
+        if expired:
+            await self._store.commit([Delete(_DB, key) for key in expired])
+        return len(expired)
+
+    async def _settle(self, entry: LedgerEntry, **changes: object) -> None:
+        now = self._clock()
+        settled = msgspec.structs.replace(entry, updated_at=now, expires_at=now + self.retention,
+                                          **changes)  # type: ignore[arg-type]
+        store_key = ledger_key(entry.tool, entry.key)
+        encoded = _CODEC.encode(settled)
+        await self._store.commit([Update(_DB, store_key, lambda _current: encoded)], durable=True)
