@@ -99,6 +99,16 @@ async def test_a_hundred_concurrent_durable_writes_share_a_few_commits_and_syncs
     assert statistics.syncs <= 10
 
 
+async def test_a_cancelled_commit_may_still_be_saved_and_the_writer_carries_on(
+        store: Store) -> None:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await store.commit([Put("runs", b"cancelled", b"v")])
+
+    assert await store.commit([Put("runs", b"next", b"v")]) == [None]
+    assert await store.get("runs", b"cancelled") == b"v"  # queued before the cancel landed
+
+
 async def test_an_async_store_acknowledges_without_syncing_and_flushes_at_close(
         tmp_path: Path) -> None:
     store = await Store.open(tmp_path, durability="async", flush_interval=60.0)
