@@ -1,0 +1,400 @@
+"""Tool declarations: the `@tool` decorator, `ToolSpec`, the registry, and idempotency keys.
+
+    @tool(idempotent=False, breaker=Breaker(failures=5), retry=Retry(attempts=3), timeout=10.0)
+    async def send_email(to: str, body: str) -> str: ...
+
+    registry = ToolRegistry()
+    registry.register(send_email)
+    spec = registry.get("send_email")
+    args = spec.bind({"to": "ada@example.org", "body": "hi"})
+    key = derive_key(run_id, step_id, spec.name, args)
+
+The decorator leaves the function as it was and records its spec on it. All
+durations are seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar, overload
+
+import msgspec
+
+from roost.actors.breaker import Breaker
+from roost.actors.retry import Retry
+from roost.errors import ConfigurationError, ToolArgumentsInvalid, UnknownTool
+
+__all__ = [
+    "Done",
+    "NotDone",
+    "ToolRegistry",
+    "ToolSpec",
+    "Verified",
+    "derive_key",
+    "fingerprint",
+    "spec_of",
+    "tool",
+]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+SPEC_ATTRIBUTE: Final = "__roost_tool__"
+"""Attribute under which `@tool` (and tool objects such as HttpTool) keep their spec."""
+
+# Bumped if the key derivation changes: keys are stored in the ledger.
+_KEY_SCHEME: Final = "roost.tool-key.v1"
+_SINGLE_ATTEMPT: Final = Retry(attempts=1)
+_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
+class Done(msgspec.Struct, frozen=True):
+    """A verify hook's answer: the call already took effect, and `result` is its result."""
+
+    result: Any = None
+
+
+class NotDone(msgspec.Struct, frozen=True):
+    """A verify hook's answer: the call did not take effect, so it is safe to run it."""
+
+
+Verified = Done | NotDone
+"""What a verify hook returns: `Done(result)` or `NotDone()`."""
+
+Verify = Callable[[str, Mapping[str, Any]], Awaitable[Verified]]
+"""`await verify(key, args)`: checks, reading only, whether the call keyed `key` happened."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ToolSpec:
+    """A tool and how it is called: one per registered tool, frozen.
+
+    Attributes:
+        name: Unique name callers use.
+        fn: The async function to call with the tool's keyword arguments.
+        idempotent: Running the call twice has the effect of running it once,
+            so the proxy may repeat a call whose outcome it lost.
+        read_only: The tool has no side effects: its calls skip the idempotency
+            ledger (and so never need `verify`).
+        breaker: Circuit breaker settings; None for no breaker.
+        retry: Retry policy; None for a single attempt.
+        timeout: Time limit of one attempt; None for none. Set either this or
+            `retry.attempt_timeout`, not both.
+        concurrency: Calls allowed to run at once (bulkhead); None for no limit.
+        max_waiting: Callers allowed to wait for a slot when `concurrency` is set.
+        fallback: Async callable taking the same keyword arguments, awaited
+            instead of the tool while its breaker is open.
+        verify: Async read-before-write check `verify(key, args)` that settles a
+            call found in flight after a crash: `Done(result)` or `NotDone()`.
+        key_param: Name of a keyword parameter of `fn` through which the proxy
+            passes the idempotency key (e.g. to send it to a remote API);
+            callers do not pass it.
+        signature: Derived: the signature callers' arguments must fit (without
+            `key_param`).
+        retry_policy: Derived: the policy calls run under, `retry` (or a single
+            attempt) with `timeout` as its attempt limit.
+    """
+
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    idempotent: bool = False
+    read_only: bool = False
+    breaker: Breaker | None = None
+    retry: Retry | None = None
+    timeout: float | None = None
+    concurrency: int | None = None
+    max_waiting: int = 100
+    fallback: Callable[..., Awaitable[Any]] | None = None
+    verify: Verify | None = None
+    key_param: str | None = None
+    signature: inspect.Signature = dataclasses.field(init=False, repr=False, compare=False)
+    retry_policy: Retry = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not name or name.strip() != name or " " in name:
+            raise ConfigurationError(
+                f"tool name={name!r} is invalid; use a non-empty string without spaces"
+            )
+        _check_async_callable(name, "fn", self.fn)
+        for flag in ("idempotent", "read_only"):
+            if not isinstance(getattr(self, flag), bool):
+                raise _invalid(name, flag, getattr(self, flag), "use True or False")
+        if self.breaker is not None and not isinstance(self.breaker, Breaker):
+            raise _invalid(name, "breaker", self.breaker, "use roost.Breaker(...) or None")
+        if self.retry is not None and not isinstance(self.retry, Retry):
+            raise _invalid(name, "retry", self.retry, "use roost.Retry(...) or None")
+        if self.timeout is not None and not (_is_number(self.timeout) and self.timeout > 0):
+            raise _invalid(name, "timeout", self.timeout, "use a positive number of seconds")
+        if self.timeout is not None and self.retry is not None and (
+            self.retry.attempt_timeout is not None
+        ):
+            raise _invalid(
+                name, "timeout", self.timeout,
+                f"retry.attempt_timeout={self.retry.attempt_timeout!r} also limits each "
+                "attempt; set only one of them",
+            )
+        if self.concurrency is not None and not _is_count(self.concurrency, 1):
+            raise _invalid(name, "concurrency", self.concurrency, "use a whole number >= 1")
+        if not _is_count(self.max_waiting, 0):
+            raise _invalid(name, "max_waiting", self.max_waiting, "use a whole number >= 0")
+        if self.fallback is not None:
+            _check_async_callable(name, "fallback", self.fallback)
+        if self.verify is not None:
+            _check_async_callable(name, "verify", self.verify)
+            if self.read_only:
+                raise _invalid(
+                    name, "verify", self.verify,
+                    "read-only tools skip the ledger, so verify would never run; drop one",
+                )
+        object.__setattr__(self, "signature", _tool_signature(name, self.fn, self.key_param))
+        policy = self.retry or _SINGLE_ATTEMPT
+        if self.timeout is not None:
+            policy = msgspec.structs.replace(policy, attempt_timeout=self.timeout)
+        object.__setattr__(self, "retry_policy", policy)
+
+    def bind(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Check `arguments` against the tool's signature and fill in defaults.
+
+        Returns:
+            The complete keyword arguments to call `fn` with (extra keywords of a
+            `**kwargs` parameter flattened), the form to fingerprint.
+
+        Raises:
+            ToolArgumentsInvalid: A required argument is missing, an unknown one
+                was given, or the idempotency key was passed as an argument.
+        """
+        if self.key_param is not None and self.key_param in arguments:
+            raise ToolArgumentsInvalid(
+                self.name,
+                f"{self.key_param!r} carries the idempotency key and is filled in by the "
+                "tool proxy; pass the key to the call instead",
+            )
+        try:
+            bound = self.signature.bind(**arguments)
+        except TypeError as error:
+            raise ToolArgumentsInvalid(
+                self.name, f"{error}; expected {self.name}{_without_annotations(self.signature)}"
+            ) from None
+        bound.apply_defaults()
+        flat: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            if self.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                flat.update(value)
+            else:
+                flat[name] = value
+        return flat
+
+    def invoke(self, arguments: Mapping[str, Any], *, key: str | None) -> Awaitable[Any]:
+        """Start a call of `fn` with bound `arguments`, passing `key` through `key_param`."""
+        if self.key_param is None:
+            return self.fn(**arguments)
+        return self.fn(**arguments, **{self.key_param: key})
+
+
+@overload
+def tool(fn: F, /) -> F: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    idempotent: bool = False,
+    read_only: bool = False,
+    breaker: Breaker | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    max_waiting: int = 100,
+    fallback: Callable[..., Awaitable[Any]] | None = None,
+    verify: Verify | None = None,
+    key_param: str | None = None,
+) -> Callable[[F], F]: ...
+
+
+def tool(
+    fn: F | None = None, /, *, name: str | None = None, **options: Any
+) -> F | Callable[[F], F]:
+    """Declare an async function as a tool, bare (`@tool`) or with options (`@tool(...)`).
+
+    The options are `ToolSpec`'s; `name` defaults to the function's name. The
+    function is returned unchanged, with its spec recorded on it for
+    `ToolRegistry.register`.
+
+    Raises:
+        ConfigurationError: An option is invalid, or the function is not async.
+    """
+    if fn is not None and not callable(fn):
+        raise ConfigurationError(
+            f"@tool got {fn!r} instead of a function; pass options by keyword, "
+            f"e.g. @tool(name={fn!r})"
+        )
+
+    def decorate(function: F) -> F:
+        spec_name = name if name is not None else getattr(function, "__name__", "")
+        spec = ToolSpec(name=spec_name, fn=function, **options)
+        setattr(function, SPEC_ATTRIBUTE, spec)
+        return function
+
+    return decorate if fn is None else decorate(fn)
+
+
+def spec_of(obj: object) -> ToolSpec:
+    """The spec of a `ToolSpec`, a `@tool` function, a tool object, or a plain async function.
+
+    Raises:
+        ConfigurationError: `obj` is none of these.
+    """
+    if isinstance(obj, ToolSpec):
+        return obj
+    spec = getattr(obj, SPEC_ATTRIBUTE, None)
+    if isinstance(spec, ToolSpec):
+        return spec
+    if callable(obj):
+        return ToolSpec(name=getattr(obj, "__name__", ""), fn=obj)
+    raise ConfigurationError(
+        f"cannot register {obj!r} as a tool; pass an async function, a @tool function, "
+        "a ToolSpec or a tool object such as HttpTool"
+    )
+
+
+class ToolRegistry:
+    """The tools a system can call, by name.
+
+    Args:
+        tools: Tools to register at once (anything `register` takes).
+    """
+
+    def __init__(self, tools: Iterable[object] = ()) -> None:
+        self._specs: dict[str, ToolSpec] = {}
+        for item in tools:
+            self.register(item)
+
+    def register(self, tool: object) -> ToolSpec:
+        """Add a tool: a `@tool` function, a plain async function, a ToolSpec or a tool object.
+
+        Returns:
+            The registered spec.
+
+        Raises:
+            ConfigurationError: Another tool has the same name, or `tool` is not a tool.
+        """
+        spec = spec_of(tool)
+        if spec.name in self._specs:
+            raise ConfigurationError(
+                f"tool {spec.name!r} is already registered; give one of them another name "
+                "with @tool(name=...)"
+            )
+        self._specs[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> ToolSpec:
+        """The spec of tool `name`.
+
+        Raises:
+            UnknownTool: No tool has that name; the error lists the known ones.
+        """
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownTool(name, list(self._specs)) from None
+
+    def names(self) -> list[str]:
+        """Names of the registered tools, sorted."""
+        return sorted(self._specs)
+
+
+def fingerprint(arguments: Mapping[str, Any], *, tool: str) -> str:
+    """A stable hash of a call's arguments: equal arguments give equal fingerprints.
+
+    Arguments are encoded as JSON with sorted keys (dict order does not
+    matter; tuples and lists encode alike), then hashed with SHA-256.
+
+    Args:
+        arguments: Bound arguments (see `ToolSpec.bind`).
+        tool: The tool's name, for the error message only.
+
+    Raises:
+        ToolArgumentsInvalid: An argument cannot be encoded as JSON.
+    """
+    try:
+        encoded = _ENCODER.encode(arguments)
+    except (TypeError, msgspec.EncodeError) as error:
+        raise ToolArgumentsInvalid(
+            tool,
+            f"arguments must be JSON-encodable (str, int, float, bool, None, lists, dicts "
+            f"with string keys, msgspec Structs) to derive an idempotency key: {error}",
+        ) from None
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def derive_key(run_id: str, step_id: str, tool: str, arguments: Mapping[str, Any]) -> str:
+    """The idempotency key of a call that was given none: a hash of where and what it is.
+
+    The same run, step, tool and arguments always give the same key, across
+    processes and restarts.
+
+    Raises:
+        ToolArgumentsInvalid: An argument cannot be encoded as JSON.
+    """
+    parts = [_KEY_SCHEME, run_id, step_id, tool, fingerprint(arguments, tool=tool)]
+    return hashlib.sha256(_ENCODER.encode(parts)).hexdigest()
+
+
+def _tool_signature(name: str, fn: Callable[..., Any], key_param: str | None) -> inspect.Signature:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(
+            f"tool {name!r}: cannot read the signature of {fn!r} ({error}); wrap it in an "
+            "async def with keyword parameters"
+        ) from None
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL):
+            shown = parameter.replace(annotation=inspect.Parameter.empty)
+            raise ConfigurationError(
+                f"tool {name!r}: parameter {shown} cannot be passed by keyword; tools are "
+                "called with keyword arguments only, so make it a normal or keyword-only one"
+            )
+        if parameter.name != key_param:
+            parameters.append(parameter)
+    if key_param is not None and key_param not in signature.parameters:
+        raise _invalid(
+            name, "key_param", key_param, f"{fn!r} has no parameter of that name to receive the key"
+        )
+    return signature.replace(parameters=parameters)
+
+
+def _without_annotations(signature: inspect.Signature) -> inspect.Signature:
+    # Annotations may be unevaluated strings (`from __future__ import annotations`),
+    # which read badly in an error message.
+    empty = inspect.Parameter.empty
+    return signature.replace(
+        parameters=[p.replace(annotation=empty) for p in signature.parameters.values()],
+        return_annotation=empty,
+    )
+
+
+def _check_async_callable(tool: str, field: str, fn: object) -> None:
+    if not inspect.iscoroutinefunction(fn):
+        raise _invalid(
+            tool, field, fn, "use an async function (async def); wrap blocking code with "
+            "anyio.to_thread.run_sync"
+        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _invalid(tool: str, field: str, value: object, allowed: str) -> ConfigurationError:
+    return ConfigurationError(f"tool {tool!r}: {field}={value!r} is invalid; {allowed}")

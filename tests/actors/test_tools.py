@@ -1,0 +1,290 @@
+"""Tests of roost/actors/tools.py: @tool, ToolSpec, the registry and idempotency keys."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import pytest
+
+from roost.actors.breaker import Breaker
+from roost.actors.retry import Retry
+from roost.actors.tools import (
+    Done,
+    NotDone,
+    ToolRegistry,
+    ToolSpec,
+    Verified,
+    derive_key,
+    fingerprint,
+    spec_of,
+    tool,
+)
+from roost.errors import ConfigurationError, ToolArgumentsInvalid, UnknownTool
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def send_email(to: str, body: str, cc: str | None = None) -> str:
+    return f"sent to {to}"
+
+
+async def already_sent(key: str, args: Mapping[str, Any]) -> Verified:
+    return Done("receipt-1") if key == "k1" else NotDone()
+
+
+# --- the decorator --------------------------------------------------------------------------
+
+
+def test_bare_tool_records_a_default_spec_and_returns_the_function_unchanged() -> None:
+    @tool
+    async def search(query: str) -> list[str]:
+        return [query]
+
+    spec = spec_of(search)
+    assert (spec.name, spec.fn, spec.idempotent, spec.read_only) == (
+        "search", search, False, False
+    )
+    assert (spec.breaker, spec.retry, spec.timeout, spec.concurrency) == (None, None, None, None)
+
+
+def test_tool_with_options_records_them() -> None:
+    breaker = Breaker(failures=5, cooldown=30.0)
+
+    @tool(name="mail", idempotent=True, breaker=breaker, retry=Retry(attempts=3), timeout=10.0,
+          concurrency=4, max_waiting=8, verify=already_sent)
+    async def send(to: str) -> str:
+        return to
+
+    spec = spec_of(send)
+    assert spec.name == "mail"
+    assert spec.idempotent
+    assert spec.breaker is breaker
+    assert (spec.concurrency, spec.max_waiting, spec.verify) == (4, 8, already_sent)
+    assert spec.retry_policy == Retry(attempts=3, attempt_timeout=10.0)
+
+
+def test_a_tool_without_retry_runs_one_attempt_within_its_timeout() -> None:
+    assert ToolSpec(name="t", fn=send_email, timeout=2.0).retry_policy == Retry(
+        attempts=1, attempt_timeout=2.0
+    )
+
+
+@pytest.mark.anyio
+async def test_the_decorated_function_still_works_when_called_directly() -> None:
+    @tool(read_only=True)
+    async def double(x: int) -> int:
+        return 2 * x
+
+    assert await double(x=4) == 8
+
+
+def test_tool_refuses_a_name_passed_positionally() -> None:
+    with pytest.raises(ConfigurationError, match=r"@tool got 'mail' .* e.g. @tool\(name='mail'\)"):
+        tool("mail")  # type: ignore[call-overload]
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def sync_function(x: int) -> int:
+    return x
+
+
+async def positional_only(x: int, /) -> int:
+    return x
+
+
+async def star_args(*values: int) -> int:
+    return sum(values)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"fn": sync_function}, r"tool 'sync_function': fn=.* is invalid; use an async function"),
+        ({"timeout": 0}, r"tool 'send_email': timeout=0 is invalid; use a positive number"),
+        ({"timeout": "10"}, r"timeout='10' is invalid"),
+        ({"concurrency": 0}, r"concurrency=0 is invalid; use a whole number >= 1"),
+        ({"max_waiting": -1}, r"max_waiting=-1 is invalid"),
+        ({"idempotent": "yes"}, r"idempotent='yes' is invalid; use True or False"),
+        ({"breaker": {"failures": 3}}, r"breaker=\{'failures': 3\} is invalid; use roost.Breaker"),
+        ({"retry": 3}, r"retry=3 is invalid; use roost.Retry"),
+        ({"fallback": sync_function}, r"fallback=.* is invalid; use an async function"),
+        ({"read_only": True, "verify": already_sent}, r"read-only tools skip the ledger"),
+        ({"key_param": "key"}, r"key_param='key' is invalid; .* has no parameter of that name"),
+        (
+            {"timeout": 5.0, "retry": Retry(attempt_timeout=2.0)},
+            r"timeout=5.0 is invalid; retry.attempt_timeout=2.0 also limits each attempt",
+        ),
+        ({"fn": positional_only}, r"parameter x cannot be passed by keyword"),
+        ({"fn": star_args}, r"parameter \*values cannot be passed by keyword"),
+    ],
+)
+def test_bad_options_name_the_tool_the_field_and_the_value(
+    options: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        fn = options.pop("fn", send_email)
+        tool(**options)(fn)
+
+
+@pytest.mark.parametrize("name", ["", " mail", "send mail", 3])
+def test_a_tool_name_must_be_a_word(name: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"tool name=.* is invalid"):
+        ToolSpec(name=name, fn=send_email)  # type: ignore[arg-type]
+
+
+def test_a_partial_of_an_async_function_is_a_valid_tool() -> None:
+    spec = ToolSpec(name="mail_ada", fn=functools.partial(send_email, "ada@example.org"))
+    assert spec.bind({"body": "hi"}) == {"body": "hi", "cc": None}
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+def test_the_registry_takes_decorated_functions_plain_functions_and_specs() -> None:
+    @tool(name="lookup")
+    async def find(query: str) -> str:
+        return query
+
+    registry = ToolRegistry([find, send_email])
+    registry.register(ToolSpec(name="other", fn=send_email))
+    assert registry.names() == ["lookup", "other", "send_email"]
+    assert registry.get("lookup").fn is find
+
+
+def test_an_unknown_tool_error_lists_the_known_names() -> None:
+    registry = ToolRegistry([send_email])
+    with pytest.raises(UnknownTool, match=r"no tool named 'sned_email' .*known: send_email\)"):
+        registry.get("sned_email")
+
+
+def test_two_tools_cannot_share_a_name() -> None:
+    registry = ToolRegistry([send_email])
+    with pytest.raises(ConfigurationError, match=r"tool 'send_email' is already registered"):
+        registry.register(ToolSpec(name="send_email", fn=send_email))
+
+
+def test_registering_something_that_is_not_a_tool_says_what_is_accepted() -> None:
+    with pytest.raises(ConfigurationError, match=r"cannot register 42 as a tool; pass an async"):
+        ToolRegistry().register(42)
+
+
+# --- arguments ------------------------------------------------------------------------------
+
+
+def test_bind_fills_in_defaults() -> None:
+    spec = spec_of(send_email)
+    assert spec.bind({"body": "hi", "to": "ada"}) == {"to": "ada", "body": "hi", "cc": None}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"to": "ada"}, r"tool 'send_email': arguments do not fit .*missing a required argument: "
+                        r"'body'; expected send_email\(to, body, cc=None\)"),
+        ({"to": "ada", "body": "hi", "bcc": "x"}, r"unexpected keyword argument 'bcc'"),
+    ],
+)
+def test_bad_arguments_name_the_tool_and_what_is_wrong(
+    arguments: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ToolArgumentsInvalid, match=match):
+        spec_of(send_email).bind(arguments)
+
+
+def test_extra_keywords_of_a_var_keyword_tool_are_flattened() -> None:
+    async def post(path: str, **fields: Any) -> None: ...
+
+    spec = ToolSpec(name="post", fn=post)
+    assert spec.bind({"path": "/x", "b": 2, "a": 1}) == {"path": "/x", "b": 2, "a": 1}
+
+
+@pytest.mark.anyio
+async def test_the_key_parameter_is_filled_by_the_proxy_not_by_callers() -> None:
+    async def charge(amount: int, idempotency_key: str | None) -> str:
+        return f"{amount}:{idempotency_key}"
+
+    spec = ToolSpec(name="charge", fn=charge, key_param="idempotency_key")
+    with pytest.raises(ToolArgumentsInvalid, match=r"'idempotency_key' carries the idempotency"):
+        spec.bind({"amount": 5, "idempotency_key": "mine"})
+    assert await spec.invoke(spec.bind({"amount": 5}), key="k9") == "5:k9"
+
+
+@pytest.mark.anyio
+async def test_invoke_calls_the_function_with_the_bound_arguments() -> None:
+    spec = spec_of(send_email)
+    assert await spec.invoke(spec.bind({"to": "ada", "body": "hi"}), key="ignored") == "sent to ada"
+
+
+@pytest.mark.anyio
+async def test_a_verify_hook_answers_done_with_the_result_or_not_done() -> None:
+    spec = ToolSpec(name="mail", fn=send_email, verify=already_sent)
+    assert spec.verify is not None
+    match await spec.verify("k1", {}):
+        case Done(result=result):
+            assert result == "receipt-1"
+        case NotDone():
+            pytest.fail("k1 was sent")
+    assert await spec.verify("k2", {}) == NotDone()
+
+
+# --- keys and fingerprints ------------------------------------------------------------------
+
+
+class Address(msgspec.Struct):
+    name: str
+    email: str
+
+
+def test_the_same_arguments_in_another_order_give_the_same_key_and_fingerprint() -> None:
+    one = {"to": "ada", "body": "hi", "meta": {"b": 1, "a": [1, 2]}}
+    two = {"meta": {"a": [1, 2], "b": 1}, "body": "hi", "to": "ada"}
+    assert fingerprint(one, tool="mail") == fingerprint(two, tool="mail")
+    assert derive_key("run-1", "send", "mail", one) == derive_key("run-1", "send", "mail", two)
+
+
+def test_keys_are_stable_across_processes_and_hash_seeds() -> None:
+    # Golden value: keys live in the ledger, so the same call must keep its key
+    # (set order varies with PYTHONHASHSEED). Changing the derivation means
+    # bumping its scheme tag and updating this value.
+    key = derive_key("run-1", "send", "mail", {"to": "ada", "tags": {"b", "a", "c"}})
+    assert key == "0e87cd988c0a2bcf2ed13e969d15c23b0149dd2bc5bd83d95aff1b974b2e1671"
+
+
+@pytest.mark.parametrize(
+    ("one", "two"),
+    [
+        ({"to": "ada"}, {"to": "bob"}),
+        ({"n": 1}, {"n": "1"}),
+        ({"n": 1}, {"n": 1.5}),
+        ({"to": "ada"}, {"to": "ada", "cc": None}),
+        ({"who": Address("Ada", "a@x")}, {"who": Address("Ada", "b@x")}),
+    ],
+)
+def test_different_arguments_give_different_fingerprints(
+    one: dict[str, Any], two: dict[str, Any]
+) -> None:
+    assert fingerprint(one, tool="mail") != fingerprint(two, tool="mail")
+
+
+def test_the_key_depends_on_run_step_and_tool() -> None:
+    args = {"to": "ada"}
+    keys = {
+        derive_key("run-1", "send", "mail", args),
+        derive_key("run-2", "send", "mail", args),
+        derive_key("run-1", "resend", "mail", args),
+        derive_key("run-1", "send", "sms", args),
+    }
+    assert len(keys) == 4
+
+
+def test_arguments_that_cannot_be_encoded_name_the_tool() -> None:
+    with pytest.raises(ToolArgumentsInvalid, match=r"tool 'mail': .*must be JSON-encodable"):
+        derive_key("run-1", "send", "mail", {"handle": object()})
