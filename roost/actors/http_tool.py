@@ -1,0 +1,213 @@
+"""HttpTool: an HTTP endpoint declared as a tool, sending the idempotency key as a header.
+
+    create_ticket = HttpTool("create_ticket", "POST", "https://desk.example.org/api/tickets",
+                             session=system_session, timeout=10.0, retry=Retry(attempts=3))
+    registry.register(create_ticket)
+    # the proxy calls: await create_ticket(idempotency_key=key, json={...})
+
+Failures map onto the tool errors the proxy acts on: timeouts raise
+`ToolTimeout`; connection errors, 429 and 5xx raise `TransientToolError`
+(retried, counted by the breaker); other 4xx raise `PermanentToolError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from roost.actors.breaker import Breaker
+from roost.actors.retry import Retry
+from roost.actors.tools import SPEC_ATTRIBUTE, ToolSpec, Verify
+from roost.errors import ConfigurationError, PermanentToolError, ToolTimeout, TransientToolError
+
+__all__ = ["HttpTool"]
+
+SessionSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
+"""A pooled session, or a callable returning the one to use at call time."""
+
+_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+_IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_EXCERPT_CHARS: Final = 200
+
+
+class HttpTool:
+    """A tool that makes one HTTP request per call through a shared aiohttp session.
+
+    Calling it (`await tool(idempotency_key=..., json=..., params=...)`) sends
+    the request with the key in an `Idempotency-Key` header and returns
+    `{"status": int, "body": ...}`, the body decoded from JSON when the
+    response says it is JSON, else text (None when empty); plain data, so the
+    ledger can store it. Its `spec` is what the registry holds; the key is
+    passed by the proxy through `key_param="idempotency_key"`.
+
+    Args:
+        name: The tool's name.
+        method: HTTP method (GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS).
+        url: Absolute http(s) URL of the endpoint.
+        session: The system's pooled `aiohttp.ClientSession`, or a callable
+            returning it; the tool never closes it.
+        headers: Headers sent with every request (e.g. authorization).
+        timeout: Time limit of one request in seconds, connecting included.
+        idempotent: Default: True for GET, HEAD, OPTIONS, PUT and DELETE.
+        read_only: Default: True for GET, HEAD and OPTIONS (skips the ledger).
+        breaker: See `ToolSpec`.
+        retry: See `ToolSpec`; its `attempt_timeout` may be shorter than `timeout`.
+        concurrency: See `ToolSpec`.
+        max_waiting: See `ToolSpec`.
+        fallback: See `ToolSpec`.
+        verify: See `ToolSpec`.
+
+    Raises:
+        ConfigurationError: A bad method, URL, timeout or spec option.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        method: str,
+        url: str,
+        *,
+        session: SessionSource,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        idempotent: bool | None = None,
+        read_only: bool | None = None,
+        breaker: Breaker | None = None,
+        retry: Retry | None = None,
+        concurrency: int | None = None,
+        max_waiting: int = 100,
+        fallback: Callable[..., Awaitable[Any]] | None = None,
+        verify: Verify | None = None,
+    ) -> None:
+        method = method.upper() if isinstance(method, str) else method
+        if method not in _METHODS:
+            raise ConfigurationError(
+                f"tool {name!r}: method={method!r} is invalid; use one of "
+                f"{', '.join(sorted(_METHODS))}"
+            )
+        parsed = URL(url) if isinstance(url, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigurationError(
+                f"tool {name!r}: url={url!r} is invalid; use an absolute http:// or https:// URL"
+            )
+        if not (
+            isinstance(timeout, int | float)
+            and not isinstance(timeout, bool)
+            and math.isfinite(timeout)
+            and timeout > 0
+        ):
+            raise ConfigurationError(
+                f"tool {name!r}: timeout={timeout!r} is invalid; use a positive number of seconds"
+            )
+        self.method = method
+        self.url = parsed
+        self._session = session
+        self._headers = dict(headers or {})
+        self.timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Errors and logs show the URL without credentials or query (they may hold secrets).
+        self._shown_url = f"{method} {parsed.with_user(None).with_query(None).with_fragment(None)}"
+        self.spec = ToolSpec(
+            name=name,
+            fn=self.__call__,
+            idempotent=method in _IDEMPOTENT_METHODS if idempotent is None else idempotent,
+            read_only=method in _SAFE_METHODS if read_only is None else read_only,
+            breaker=breaker,
+            retry=retry,
+            concurrency=concurrency,
+            max_waiting=max_waiting,
+            fallback=fallback,
+            verify=verify,
+            key_param="idempotency_key",
+        )
+        setattr(self, SPEC_ATTRIBUTE, self.spec)
+
+    def __repr__(self) -> str:
+        return f"HttpTool({self.spec.name!r}, {self._shown_url!r})"
+
+    async def __call__(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Send the request and wait for the whole response.
+
+        Args:
+            idempotency_key: Sent as the `Idempotency-Key` header (omitted when None).
+            json: Request body, encoded as JSON (no body when None).
+            params: Query parameters.
+
+        Returns:
+            `{"status": status, "body": decoded body}` for a status below 400.
+
+        Raises:
+            ToolTimeout: No complete response within the timeout.
+            TransientToolError: The connection failed or broke, or the status
+                was 429 or 5xx.
+            PermanentToolError: Any other 4xx status, or a JSON response whose
+                body does not decode.
+
+        If cancelled, the request may still be processed by the server.
+        """
+        tool = self.spec.name
+        headers = self._headers
+        if idempotency_key is not None:
+            headers = {**headers, "Idempotency-Key": idempotency_key}
+        session = self._session if isinstance(self._session, aiohttp.ClientSession) else (
+            self._session()
+        )
+        try:
+            async with session.request(
+                self.method, self.url, json=json, params=params, headers=headers,
+                timeout=self._timeout,
+            ) as response:
+                body = await response.read()
+        except TimeoutError as error:
+            raise ToolTimeout(tool, self.timeout, self._shown_url) from error
+        except aiohttp.ClientError as error:
+            raise TransientToolError(
+                f"tool {tool!r}: {self._shown_url} failed: {type(error).__name__}: {error}; "
+                "the service may be down or unreachable (transient, safe to retry)"
+            ) from error
+        status = response.status
+        if status >= 400:
+            raise self._status_error(response, body)
+        return {"status": status, "body": self._decode(response, body)}
+
+    def _status_error(self, response: aiohttp.ClientResponse, body: bytes) -> Exception:
+        tool = self.spec.name
+        answered = f"tool {tool!r}: {self._shown_url} answered {response.status} {response.reason}"
+        excerpt = body[:_EXCERPT_CHARS].decode("utf-8", "replace")
+        if response.status == 429 or response.status >= 500:
+            retry_after = response.headers.get("Retry-After")
+            hint = f" (Retry-After: {retry_after})" if retry_after else ""
+            return TransientToolError(
+                f"{answered}{hint}: {excerpt!r}; the service is overloaded or failing "
+                "(transient, safe to retry later)"
+            )
+        return PermanentToolError(
+            f"{answered}: {excerpt!r}; the request was refused, retrying will not help: "
+            "check the arguments, URL and credentials"
+        )
+
+    def _decode(self, response: aiohttp.ClientResponse, body: bytes) -> Any:
+        if not body:
+            return None
+        if response.content_type == "application/json" or response.content_type.endswith("+json"):
+            try:
+                return msgspec.json.decode(body)
+            except msgspec.DecodeError as error:
+                raise PermanentToolError(
+                    f"tool {self.spec.name!r}: {self._shown_url} answered {response.status} "
+                    f"with a JSON body that does not decode ({error}); the request may have "
+                    "taken effect, check the service before repeating it"
+                ) from None
+        return body.decode(response.charset or "utf-8", "replace")
