@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from collections import deque
 from types import TracebackType
+from typing import Final
 
 import anyio
 import msgspec
 
 from roost.errors import ConfigurationError, ToolBusy
 
-__all__ = ["Bulkhead", "BulkheadStatistics"]
+__all__ = ["DEFAULT_MAX_WAITING", "Bulkhead", "BulkheadStatistics"]
+
+DEFAULT_MAX_WAITING: Final = 100
+"""Callers that may wait for a slot unless a tool says otherwise."""
 
 
 class BulkheadStatistics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -57,7 +61,9 @@ class Bulkhead:
         ConfigurationError: `limit` or `max_waiting` is out of range.
     """
 
-    def __init__(self, tool: str, *, limit: int, max_waiting: int = 0) -> None:
+    def __init__(
+        self, tool: str, *, limit: int, max_waiting: int = DEFAULT_MAX_WAITING
+    ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(
                 f"tool {tool!r}: bulkhead limit={limit!r} is invalid; use a whole number >= 1"

@@ -21,6 +21,7 @@ import msgspec
 from yarl import URL
 
 from roost.actors.breaker import Breaker
+from roost.actors.bulkhead import DEFAULT_MAX_WAITING
 from roost.actors.retry import Retry
 from roost.actors.tools import SPEC_ATTRIBUTE, ToolSpec, Verify
 from roost.errors import ConfigurationError, PermanentToolError, ToolTimeout, TransientToolError
@@ -81,7 +82,7 @@ class HttpTool:
         breaker: Breaker | None = None,
         retry: Retry | None = None,
         concurrency: int | None = None,
-        max_waiting: int = 100,
+        max_waiting: int = DEFAULT_MAX_WAITING,
         fallback: Callable[..., Awaitable[Any]] | None = None,
         verify: Verify | None = None,
     ) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar, overload
 import msgspec
 
 from roost.actors.breaker import Breaker
+from roost.actors.bulkhead import DEFAULT_MAX_WAITING
 from roost.actors.retry import Retry
 from roost.errors import ConfigurationError, ToolArgumentsInvalid, UnknownTool
 
@@ -84,7 +85,8 @@ class ToolSpec:
         timeout: Time limit of one attempt; None for none. Set either this or
             `retry.attempt_timeout`, not both.
         concurrency: Calls allowed to run at once (bulkhead); None for no limit.
-        max_waiting: Callers allowed to wait for a slot when `concurrency` is set.
+        max_waiting: Callers allowed to wait for a slot when `concurrency` is set
+            (default 100; past it, callers get ToolBusy at once).
         fallback: Async callable taking the same keyword arguments, awaited
             instead of the tool while its breaker is open.
         verify: Async read-before-write check `verify(key, args)` that settles a
@@ -106,7 +108,7 @@ class ToolSpec:
     retry: Retry | None = None
     timeout: float | None = None
     concurrency: int | None = None
-    max_waiting: int = 100
+    max_waiting: int = DEFAULT_MAX_WAITING
     fallback: Callable[..., Awaitable[Any]] | None = None
     verify: Verify | None = None
     key_param: str | None = None
@@ -195,6 +197,11 @@ class ToolSpec:
         return self.fn(**arguments, **{self.key_param: key})
 
 
+_OPTIONS: Final = frozenset(
+    field.name for field in dataclasses.fields(ToolSpec) if field.init
+) - {"name", "fn"}
+
+
 @overload
 def tool(fn: F, /) -> F: ...
 
@@ -209,7 +216,7 @@ def tool(
     retry: Retry | None = None,
     timeout: float | None = None,
     concurrency: int | None = None,
-    max_waiting: int = 100,
+    max_waiting: int = DEFAULT_MAX_WAITING,
     fallback: Callable[..., Awaitable[Any]] | None = None,
     verify: Verify | None = None,
     key_param: str | None = None,
@@ -232,6 +239,13 @@ def tool(
         raise ConfigurationError(
             f"@tool got {fn!r} instead of a function; pass options by keyword, "
             f"e.g. @tool(name={fn!r})"
+        )
+
+    unknown = options.keys() - _OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"@tool got unknown option(s) {', '.join(sorted(unknown))}; the options are "
+            f"name, {', '.join(sorted(_OPTIONS))}"
         )
 
     def decorate(function: F) -> F:

@@ -89,6 +89,12 @@ def test_tool_refuses_a_name_passed_positionally() -> None:
         tool("mail")  # type: ignore[call-overload]
 
 
+def test_tool_refuses_an_unknown_option_and_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown option\(s\) retries; the options are "
+                       r"name, breaker, concurrency"):
+        tool(retries=3)  # type: ignore[call-overload]
+
+
 # --- validation -----------------------------------------------------------------------------
 
 
