@@ -1,11 +1,14 @@
 """Actors: `Actor`, `ActorRef`, the actor context, supervisors and pools."""
 
 from roost.actors.actor import Actor, Message
+from roost.actors.breaker import Breaker, BreakerState, CircuitBreaker
 from roost.actors.child_spec import Backoff, ChildSpec
 from roost.actors.context import ActorContext
+from roost.actors.http_tool import HttpTool
 from roost.actors.messages import Terminated
 from roost.actors.pool import Pool
 from roost.actors.ref import ActorRef
+from roost.actors.retry import Retry
 from roost.actors.supervisor import (
     ChildInfo,
     StartChild,
@@ -14,20 +17,36 @@ from roost.actors.supervisor import (
     SupervisorSpec,
     WhichChildren,
 )
+from roost.actors.tool_client import Tools
+from roost.actors.tool_proxy import ToolProxy, ToolStatistics
+from roost.actors.tools import Done, NotDone, ToolRegistry, ToolSpec, tool
 
 __all__ = [
     "Actor",
     "ActorContext",
     "ActorRef",
     "Backoff",
+    "Breaker",
+    "BreakerState",
     "ChildInfo",
     "ChildSpec",
+    "CircuitBreaker",
+    "Done",
+    "HttpTool",
     "Message",
+    "NotDone",
     "Pool",
+    "Retry",
     "StartChild",
     "StopChild",
     "Supervisor",
     "SupervisorSpec",
     "Terminated",
+    "ToolProxy",
+    "ToolRegistry",
+    "ToolSpec",
+    "ToolStatistics",
+    "Tools",
     "WhichChildren",
+    "tool",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -12,6 +13,7 @@ from roost.trace import current_envelope, handling
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
     from roost.actors.ref import ActorRef
+    from roost.actors.tool_client import Tools
     from roost.runtime.system import ActorSystem
 
 
@@ -105,6 +107,23 @@ class ActorContext:
         )
         envelope.reply = None
         ref._cell.enqueue(forwarded)
+
+    def take_reply(self) -> asyncio.Future[Any] | None:
+        """Take over answering the message being handled (None if it was a tell).
+
+        `receive`'s return value is then ignored: set the future's result or
+        exception yourself, e.g. from a task that finishes the work later.
+        """
+        envelope = self._cell.current if handling.get() is self._cell else None
+        if envelope is None:
+            raise RuntimeError(f"{self._cell.path}: take_reply() works only inside receive()")
+        reply, envelope.reply = envelope.reply, None
+        return reply
+
+    @property
+    def tools(self) -> Tools:
+        """Call tools through the system's tool proxy: `await self.ctx.tools.call(name, **args)`."""
+        return self._cell.system.tools
 
     def watch(self, ref: ActorRef) -> ActorRef:
         """Receive `Terminated(ref, reason)` once when `ref` stops (at once if it already has)."""

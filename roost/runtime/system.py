@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import anyio
 import structlog
 
@@ -29,6 +30,7 @@ from roost.actors.actor import Actor
 from roost.actors.child_spec import ChildSpec
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Supervision, as_child_spec, supervision_for
+from roost.actors.tool_client import Tools
 from roost.errors import (
     ActorNameTaken,
     ActorNotFound,
@@ -64,6 +66,7 @@ class ActorSystem:
             seconds before the whole system fails.
         within: the root's restart-intensity window, in seconds.
         dead_letters_kept: how many recent dead letters stay inspectable.
+        ledger_retention: how long settled idempotency keys are kept, in seconds.
         clock: monotonic seconds for supervision (inject a fake in tests).
         rand: uniform [0, 1) numbers for backoff jitter (inject in tests).
 
@@ -85,6 +88,7 @@ class ActorSystem:
         max_restarts: int = 10,
         within: float = 10.0,
         dead_letters_kept: int = 1000,
+        ledger_retention: float = 86_400.0,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -98,6 +102,9 @@ class ActorSystem:
         self.log_format = log_format
         self.log_level = log_level
         self.dead_letters = DeadLetters(keep=dead_letters_kept)
+        self.ledger_retention = ledger_retention
+        self.tools = Tools()
+        self._http: aiohttp.ClientSession | None = None
         self.clock = clock
         self.rand = rand
         self._max_restarts = max_restarts
@@ -138,6 +145,7 @@ class ActorSystem:
             clock=self.clock, rand=self.rand,
         )
         self._guardian.begin()
+        self._start_tool_proxy()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._watch_root)
@@ -165,6 +173,31 @@ class ActorSystem:
             raise self._failure
         return suppressed
 
+    def _start_tool_proxy(self) -> None:
+        """Start the tool proxy first, so it stops last (actors may call tools in on_stop)."""
+        from roost.actors.tool_proxy import ToolProxy
+
+        ledger = None
+        if self.store is not None:
+            from roost.storage.ledger import Ledger
+
+            ledger = Ledger(self.store, retention=self.ledger_retention)
+        assert self._guardian is not None
+        ref = self.spawn_under(
+            self._guardian, ToolProxy, (self.tools.registry, ledger, self.clock), "tool-proxy",
+            {"restart": "permanent", "capacity": 100_000},
+        )
+        self.tools.attach(ref)
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """The system's pooled HTTP client session (created on first use, closed at shutdown).
+
+        Pass `session=system.http_session` to an `HttpTool`.
+        """
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
     async def _watch_root(self) -> None:
         assert self._failed is not None
         await self._failed.wait()
@@ -181,6 +214,10 @@ class ActorSystem:
             task.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=1.0)
+        self.tools.detach()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         await self._close_store()
         _log.info(
             "system_stopped",

@@ -9,6 +9,7 @@ from roost.storage.checkpoints import (
     encode_state,
 )
 from roost.storage.codecs import Record, RecordCodec
+from roost.storage.ledger import Claim, Ledger, LedgerEntry
 from roost.storage.ops import DATABASES, Append, Delete, Op, Put, Update
 from roost.storage.runs import RunRecord, RunStatus, RunStore
 from roost.storage.store import Durability, Store, StoreOpening, StoreStatistics
@@ -18,8 +19,11 @@ __all__ = [
     "Append",
     "Checkpoint",
     "CheckpointStore",
+    "Claim",
     "Delete",
     "Durability",
+    "Ledger",
+    "LedgerEntry",
     "Op",
     "Pruned",
     "Put",

@@ -129,6 +129,20 @@ class Ledger:
             return Claim(True, fresh, True)
         return Claim(False, existing, existing.owner == self.owner)
 
+    async def take_over(self, entry: LedgerEntry) -> LedgerEntry:
+        """Claim a key left in flight by an earlier process, to run the call again.
+
+        Only for calls that are safe to repeat: idempotent tools, or a `verify`
+        hook that found the call not done.
+        """
+        now = self._clock()
+        mine = msgspec.structs.replace(entry, owner=self.owner, started_at=now, updated_at=now,
+                                       expires_at=now + self.retention)
+        encoded = _CODEC.encode(mine)
+        await self._store.commit([Update(_DB, ledger_key(entry.tool, entry.key),
+                                         lambda _current: encoded)], durable=True)
+        return mine
+
     async def complete(self, entry: LedgerEntry, result: bytes) -> None:
         """Record the call's result (durably), before its caller gets it."""
         await self._settle(entry, status="completed", result=result)

@@ -1,0 +1,295 @@
+"""The tool-proxy actor: every tool call goes through it, made safe to retry and contained.
+
+It owns each tool's circuit breaker, bulkhead and the idempotency ledger. Its
+`receive` only makes the state changes that must be serialized (joining an
+in-flight duplicate, registering a call) and starts each call as a task it
+owns, so calls run concurrently and the proxy is never a serial bottleneck.
+Callers use the `Tools` facade (`ctx.tools` / `system.tools`), which checks
+arguments and an open breaker before any hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import structlog
+
+from roost.actors.actor import Actor, Message
+from roost.actors.breaker import BreakerState, CircuitBreaker
+from roost.actors.bulkhead import Bulkhead
+from roost.actors.retry import call_with_retry
+from roost.actors.tools import Done, ToolRegistry, ToolSpec, derive_key, fingerprint
+from roost.errors import (
+    ActorStopped,
+    IdempotencyConflict,
+    PermanentToolError,
+    ToolOutcomeUnknown,
+    ToolResultUnrecordable,
+    ToolUnavailable,
+)
+
+if TYPE_CHECKING:
+    from roost.storage.ledger import Ledger, LedgerEntry
+
+_log = structlog.get_logger("roost")
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+class Call(Message, frozen=True, gc=False):
+    """Run one tool call (internal: sent by `Tools.call`)."""
+
+    spec: Any
+    arguments: dict[str, Any]
+    key: str | None
+    scope: str
+
+
+class ToolStatistics(msgspec.Struct, kw_only=True):
+    """Counts kept by the proxy, for metrics and run summaries."""
+
+    calls: int = 0
+    dedup_hits: int = 0
+    joined: int = 0
+    retries: int = 0
+    breaker_trips: int = 0
+    rejected: int = 0
+    fallbacks: int = 0
+    failures: int = 0
+
+
+class _InFlight:
+    __slots__ = ("fingerprint", "future")
+
+    def __init__(self, fingerprint: str, future: asyncio.Future[Any]) -> None:
+        self.fingerprint = fingerprint
+        self.future = future
+
+
+class ToolProxy(Actor):
+    """Runs tool calls with idempotency, circuit breakers, retries, timeouts and bulkheads."""
+
+    def __init__(self, registry: ToolRegistry, ledger: Ledger | None,
+                 clock: Callable[[], float]) -> None:
+        self.registry = registry
+        self.ledger = ledger
+        self.clock = clock
+        self.stats = ToolStatistics()
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._bulkheads: dict[str, Bulkhead] = {}
+        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        self._in_flight: dict[tuple[str, str], _InFlight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def breaker(self, spec: ToolSpec) -> CircuitBreaker | None:
+        """The tool's breaker (created on first use), or None if it has none."""
+        if spec.breaker is None:
+            return None
+        breaker = self.breakers.get(spec.name)
+        if breaker is None:
+            breaker = self.breakers[spec.name] = CircuitBreaker(spec.name, spec.breaker,
+                                                                 clock=self.clock)
+            breaker.add_listener(self._breaker_changed)
+        return breaker
+
+    def _breaker_changed(self, tool: str, old: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.OPEN:
+            self.stats.breaker_trips += 1
+        _log.warning("breaker_state_changed", tool=tool, old=str(old), new=str(new))
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Call():
+                self._start(message)
+                return None
+        raise TypeError(f"{self.ctx.path}: the tool proxy takes Call messages, got "
+                        f"{type(message).__name__}; use ctx.tools.call(name, **arguments)")
+
+    async def on_stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.shutdown_timeout)
+
+    def _start(self, call: Call) -> None:
+        """Register the call (serialized here) and run it in a task this actor owns."""
+        reply = self.ctx.take_reply()
+        spec: ToolSpec = call.spec
+        self.stats.calls += 1
+        if spec.read_only or self.ledger is None:
+            work = self._run(spec, call.arguments, call.key)
+        else:
+            key = call.key or derive_key(call.scope, "", spec.name, call.arguments)
+            fp = fingerprint(call.arguments, tool=spec.name)
+            pending = self._in_flight.get((spec.name, key))
+            if pending is not None:
+                work = self._join(spec, key, fp, pending)
+            else:
+                future = self.ctx._cell.loop.create_future()
+                self._in_flight[(spec.name, key)] = _InFlight(fp, future)
+                work = self._lead(spec, call.arguments, key, fp, future)
+        task = self.ctx._cell.loop.create_task(self._answer(work, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, work: typing.Coroutine[Any, Any, Any],
+                      reply: asyncio.Future[Any] | None) -> None:
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            if reply is not None and not reply.done():
+                reply.set_exception(ActorStopped(self.ctx.path, "tool call", "stopped"))
+            raise
+        except Exception as error:
+            self.stats.failures += 1
+            if reply is not None and not reply.done():
+                reply.set_exception(error)
+        else:
+            if reply is not None and not reply.done():
+                reply.set_result(result)
+
+    async def _join(self, spec: ToolSpec, key: str, fp: str, pending: _InFlight) -> Any:
+        if pending.fingerprint != fp:
+            raise IdempotencyConflict(spec.name, key)
+        self.stats.joined += 1
+        return await asyncio.shield(pending.future)
+
+    async def _lead(self, spec: ToolSpec, arguments: dict[str, Any], key: str, fp: str,
+                    future: asyncio.Future[Any]) -> Any:
+        try:
+            result = await self._settle(spec, arguments, key, fp)
+        except BaseException as error:
+            if not future.done():
+                future.set_exception(error if isinstance(error, Exception)
+                                     else ActorStopped(self.ctx.path, "tool call", "stopped"))
+                future.exception()  # joiners may be none: mark it retrieved
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._in_flight[(spec.name, key)]
+
+    async def _settle(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
+                      fp: str) -> Any:
+        """Run the call once per key, as the ledger decides."""
+        ledger = self.ledger
+        assert ledger is not None
+        claim = await ledger.claim(spec.name, key, fp)
+        entry = claim.entry
+        if claim.claimed:
+            return await self._run_recorded(spec, arguments, key, entry)
+        if entry.status == "completed":
+            self.stats.dedup_hits += 1
+            _log.info("tool_call_deduplicated", tool=spec.name, key=key)
+            return self._decoder(spec).decode(entry.result or b"\xc0")
+        if entry.status == "failed":
+            self.stats.dedup_hits += 1
+            raise PermanentToolError(
+                f"tool {spec.name!r}: call with key {key!r} failed before and is not retried: "
+                f"{entry.error_type}: {entry.error}"
+            )
+        if entry.status == "unrecordable":
+            raise ToolResultUnrecordable(spec.name, key, entry.error or "unknown")
+        # In flight, but not in this process's table: an earlier process died mid-call.
+        return await self._recover(spec, arguments, key, entry)
+
+    async def _recover(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
+                       entry: LedgerEntry) -> Any:
+        ledger = self.ledger
+        assert ledger is not None
+        if spec.verify is not None:
+            verdict = await spec.verify(key, arguments)
+            if isinstance(verdict, Done):
+                _log.warning("tool_call_verified_done", tool=spec.name, key=key)
+                await self._record(spec, key, entry, verdict.result)
+                return verdict.result
+            _log.warning("tool_call_verified_not_done", tool=spec.name, key=key)
+        elif not spec.idempotent:
+            _log.error("tool_outcome_unknown", tool=spec.name, key=key)
+            raise ToolOutcomeUnknown(spec.name, key)
+        return await self._run_recorded(spec, arguments, key, await ledger.take_over(entry))
+
+    async def _run_recorded(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
+                            entry: LedgerEntry) -> Any:
+        ledger = self.ledger
+        assert ledger is not None
+        try:
+            result = await self._attempts(spec, arguments, key)
+        except ToolUnavailable as unavailable:
+            await ledger.release(entry)
+            return await self._fallback(spec, arguments, key, unavailable)
+        except Exception as error:
+            if spec.retry_policy.retries(error):
+                await ledger.release(entry)  # transient: a later call may try again
+            else:
+                await ledger.fail(entry, error)  # permanent: replayed to later calls
+            raise
+        await self._record(spec, key, entry, result)
+        return result
+
+    async def _record(self, spec: ToolSpec, key: str, entry: LedgerEntry, result: Any) -> None:
+        """Persist the result before the caller gets it; an unencodable one finalizes the key."""
+        ledger = self.ledger
+        assert ledger is not None
+        try:
+            encoded = _ENCODER.encode(result)
+        except (TypeError, msgspec.EncodeError) as error:
+            await ledger.unrecordable(entry, f"{type(error).__name__}: {error}")
+            raise ToolResultUnrecordable(spec.name, key, str(error)) from error
+        await ledger.complete(entry, encoded)
+
+    async def _run(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
+        try:
+            return await self._attempts(spec, arguments, key)
+        except ToolUnavailable as unavailable:
+            return await self._fallback(spec, arguments, key, unavailable)
+
+    async def _attempts(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
+        return await call_with_retry(
+            lambda: spec.invoke(arguments, key=key),
+            spec.retry_policy,
+            tool=spec.name,
+            key=key,
+            breaker=self.breaker(spec),
+            bulkhead=self._bulkhead(spec),
+            sleep=self._retry_sleep,
+        )
+
+    async def _retry_sleep(self, delay: float) -> None:
+        self.stats.retries += 1
+        await anyio.sleep(delay)
+
+    async def _fallback(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
+                        unavailable: ToolUnavailable) -> Any:
+        """The fallback's result while the breaker is open, else `unavailable` is raised."""
+        if spec.fallback is None:
+            self.stats.rejected += 1
+            raise unavailable
+        self.stats.fallbacks += 1
+        _log.info("tool_fallback_used", tool=spec.name, key=key)
+        return await spec.fallback(**arguments)
+
+    def _bulkhead(self, spec: ToolSpec) -> Bulkhead | None:
+        if spec.concurrency is None:
+            return None
+        bulkhead = self._bulkheads.get(spec.name)
+        if bulkhead is None:
+            bulkhead = self._bulkheads[spec.name] = Bulkhead(
+                spec.name, limit=spec.concurrency, max_waiting=spec.max_waiting)
+        return bulkhead
+
+    def _decoder(self, spec: ToolSpec) -> msgspec.msgpack.Decoder[Any]:
+        """Decodes stored results into the tool's declared return type (built once per tool)."""
+        decoder = self._decoders.get(spec.name)
+        if decoder is None:
+            try:
+                returns = typing.get_type_hints(spec.fn).get("return", Any)
+            except Exception:
+                returns = Any
+            decoder = self._decoders[spec.name] = msgspec.msgpack.Decoder(returns)
+        return decoder
