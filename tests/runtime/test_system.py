@@ -1,0 +1,276 @@
+"""Tests of roost/runtime/system.py: spawning, lookup, start failures and ordered shutdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import roost
+from roost.errors import ConfigurationError, SystemNotRunning
+
+
+def new_system() -> roost.ActorSystem:
+    return roost.ActorSystem(log_format="json", log_level="warning")
+
+
+class Echo(roost.Actor):
+    async def receive(self, message: Any) -> Any:
+        return message
+
+
+class Logged(roost.Actor):
+    """Logs its start and stop under its name; spawns (and waits for) the children it is given."""
+
+    def __init__(self, log: list[str], children: tuple[str, ...] = ()) -> None:
+        self.log = log
+        self.children = children
+
+    async def on_start(self) -> None:
+        self.log.append(f"start:{self.ctx.self_ref.name}")
+        for name in self.children:
+            child = self.ctx.spawn(Logged, self.log, name=name)
+            await child.ask("ping")  # answered only once the child has started
+
+    async def receive(self, message: Any) -> Any:
+        return message
+
+    async def on_stop(self) -> None:
+        self.log.append(f"stop:{self.ctx.self_ref.name}")
+
+
+class FailsToStart(roost.Actor):
+    def __init__(self, attempts: list[int]) -> None:
+        self.attempts = attempts
+
+    async def on_start(self) -> None:
+        self.attempts.append(1)
+        raise ValueError("no database")
+
+    async def receive(self, message: Any) -> None:
+        return None
+
+
+# --- shutdown ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_leaving_the_system_runs_every_on_stop_children_first_in_reverse_start_order() -> None:
+    log: list[str] = []
+
+    async with new_system() as system:
+        a = await system.start(Logged, log, ("a1", "a2"), name="a")
+        b = await system.start(Logged, log, ("b1",), name="b")
+        c = await system.start(Logged, log, name="c")
+        assert log == ["start:a", "start:a1", "start:a2", "start:b", "start:b1", "start:c"]
+
+    assert log[6:] == ["stop:c", "stop:b1", "stop:b", "stop:a2", "stop:a1", "stop:a"]
+    assert not any(ref.is_alive for ref in (a, b, c))
+    assert system.failure is None
+
+
+@pytest.mark.anyio
+async def test_stopping_an_actor_stops_its_children_first(system: roost.ActorSystem) -> None:
+    log: list[str] = []
+    parent = await system.start(Logged, log, ("first", "second"), name="parent")
+
+    await parent.stop()
+
+    assert log == [
+        "start:parent",
+        "start:first",
+        "start:second",
+        "stop:second",
+        "stop:first",
+        "stop:parent",
+    ]
+    with pytest.raises(roost.ActorNotFound):
+        system.lookup("/parent/first")
+
+
+@pytest.mark.anyio
+async def test_stopping_an_actor_twice_does_nothing_the_second_time(
+    system: roost.ActorSystem,
+) -> None:
+    log: list[str] = []
+    ref = await system.start(Logged, log, name="once")
+
+    await ref.stop()
+    await ref.stop()
+
+    assert log == ["start:once", "stop:once"]
+
+
+# --- start and lookup -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_start_returns_once_on_start_has_run(system: roost.ActorSystem) -> None:
+    log: list[str] = []
+
+    ref = await system.start(Logged, log, name="started")
+
+    assert log == ["start:started"]
+    assert ref.path == "/started"
+
+
+@pytest.mark.anyio
+async def test_start_raises_actor_start_failed_when_on_start_raises(
+    system: roost.ActorSystem,
+) -> None:
+    attempts: list[int] = []
+
+    with pytest.raises(
+        roost.ActorStartFailed, match=r"^/db: on_start failed: ValueError: no database$"
+    ) as caught:
+        await system.start(FailsToStart, attempts, name="db")
+
+    assert isinstance(caught.value.cause, ValueError)
+    assert caught.value.actor == "/db"
+    with pytest.raises(roost.ActorNotFound):
+        system.lookup("/db")
+    assert attempts == [1]  # the failed start is reported, not retried behind the caller's back
+    assert system.failure is None
+
+
+@pytest.mark.anyio
+async def test_failed_starts_reported_to_the_caller_do_not_count_as_restarts_of_the_root() -> None:
+    attempts: list[int] = []
+
+    async with roost.ActorSystem(log_format="json", log_level="error", max_restarts=1) as system:
+        for _ in range(3):
+            with pytest.raises(roost.ActorStartFailed, match="/db: on_start failed"):
+                await system.start(FailsToStart, attempts, name="db")
+        echo = system.spawn(Echo, name="echo")
+        assert await echo.ask("still running") == "still running"
+        assert system.failure is None
+
+    assert attempts == [1, 1, 1]
+
+
+@pytest.mark.anyio
+async def test_lookup_finds_a_live_actor_by_its_path(system: roost.ActorSystem) -> None:
+    ref = system.spawn(Echo, name="echo")
+
+    assert system.lookup("/echo") is ref
+
+
+@pytest.mark.anyio
+async def test_lookup_of_an_unknown_or_stopped_path_raises_actor_not_found(
+    system: roost.ActorSystem,
+) -> None:
+    ref = system.spawn(Echo, name="echo")
+    await ref.stop()
+
+    with pytest.raises(roost.ActorNotFound, match=r"no actor at path '/nobody'") as caught:
+        system.lookup("/nobody")
+    assert caught.value.path == "/nobody"
+    assert isinstance(caught.value, LookupError)
+    with pytest.raises(roost.ActorNotFound, match="'/echo'"):
+        system.lookup("/echo")
+
+
+@pytest.mark.anyio
+async def test_a_second_live_actor_with_the_same_name_raises_actor_name_taken(
+    system: roost.ActorSystem,
+) -> None:
+    first = system.spawn(Echo, name="dup")
+
+    with pytest.raises(roost.ActorNameTaken, match=r"an actor already exists at '/dup'"):
+        system.spawn(Echo, name="dup")
+
+    assert system.lookup("/dup") is first
+
+
+@pytest.mark.anyio
+async def test_a_name_can_be_used_again_once_its_actor_has_stopped(
+    system: roost.ActorSystem,
+) -> None:
+    first = system.spawn(Echo, name="reused")
+    await first.stop()
+
+    second = system.spawn(Echo, name="reused")
+
+    assert second is not first
+    assert system.lookup("/reused") is second
+    assert await second.ask("hi") == "hi"
+
+
+@pytest.mark.anyio
+async def test_an_actor_spawned_without_a_name_gets_a_unique_one(system: roost.ActorSystem) -> None:
+    first = system.spawn(Echo)
+    second = system.spawn(Echo)
+
+    assert first.path != second.path
+    assert first.path.startswith("/echo-")
+    assert system.lookup(second.path) is second
+
+
+@pytest.mark.anyio
+async def test_join_waits_until_the_actor_has_stopped(system: roost.ActorSystem) -> None:
+    log: list[str] = []
+    ref = await system.start(Logged, log, name="joined")
+
+    await system.stop(ref)
+    await system.join(ref)  # returns at once for an actor that has stopped
+
+    assert log == ["start:joined", "stop:joined"]
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("factory", "named"), [(object, "<class 'object'>"), (lambda: 1, "<lambda>"), (Echo(), "Echo")]
+)
+async def test_spawning_something_that_is_not_an_actor_raises_configuration_error_naming_it(
+    system: roost.ActorSystem, factory: Any, named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"spawn: .*{named}.* is not an Actor subclass"):
+        system.spawn(factory)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("capacity", [0, -1])
+async def test_a_capacity_below_one_raises_configuration_error_naming_it(
+    system: roost.ActorSystem, capacity: int
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"capacity must be .* got {capacity}$"):
+        system.spawn(Echo, name="echo", capacity=capacity)
+    with pytest.raises(roost.ActorNotFound):
+        system.lookup("/echo")
+
+
+@pytest.mark.anyio
+async def test_an_unknown_overflow_policy_raises_configuration_error_naming_it(
+    system: roost.ActorSystem,
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"overflow must be one of .* got 'bounce'"):
+        system.spawn(Echo, overflow="bounce")
+
+
+@pytest.mark.anyio
+async def test_a_bad_actor_name_raises_configuration_error(system: roost.ActorSystem) -> None:
+    with pytest.raises(ConfigurationError, match=r"name must be .* got 'a/b'"):
+        system.spawn(Echo, name="a/b")
+
+
+@pytest.mark.anyio
+async def test_spawning_on_a_system_that_is_not_running_raises_system_not_running() -> None:
+    system = new_system()
+    with pytest.raises(SystemNotRunning, match=r"cannot spawn 'Echo': the actor system is not running"):
+        system.spawn(Echo)
+
+    async with system:
+        pass
+
+    with pytest.raises(SystemNotRunning, match="cannot spawn 'Echo'"):
+        system.spawn(Echo)
+    with pytest.raises(SystemNotRunning, match="cannot start 'Echo'"):
+        await system.start(Echo)
+
+
+def test_an_unknown_durability_raises_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="durability must be 'sync' or 'async', got 'never'"):
+        roost.ActorSystem(durability="never")
