@@ -298,14 +298,18 @@ class Cell:
         if reply is not None and not reply.done():
             reply.set_exception(error)
 
-    async def _start(self) -> BaseException | None:
-        """Create (if needed) and start the instance; a failure is reported, and returned."""
+    async def _start(self, report: bool = True) -> BaseException | None:
+        """Create (if needed) and start the instance; a failure is returned and, if `report`,
+        reported to the supervisor (else the caller waiting for the start owns it)."""
         try:
             actor = self.actor if self.actor is not None else self.instantiate()
             await self.system.hydrate(self, actor)
             await actor.on_start()
         except Exception as error:
-            self._fail(error, None, "start")
+            if report:
+                self._fail(error, None, "start")
+            else:
+                self.state = SUSPENDED
             return error
         self._started = True
         self.state = RUNNING
@@ -360,7 +364,7 @@ class Cell:
             if message.ack is not None and not message.ack.done():
                 message.ack.set_result(None)
         elif isinstance(message, StartInstance):
-            error = await self._start() if self.state in (NEW, SUSPENDED) else None
+            error = await self._start(message.report) if self.state in (NEW, SUSPENDED) else None
             if message.ack is not None and not message.ack.done():
                 message.ack.set_result(error)
         elif isinstance(message, ChildFailed):

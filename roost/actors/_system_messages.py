@@ -48,12 +48,16 @@ class StartInstance:
     """Second half of a restart: create a fresh instance and run its `on_start`.
 
     The ack resolves to None once it runs, or to the exception `on_start` raised.
+    With `report=False` (a caller waits for the first start and gets the error)
+    a failed start is not also reported to the supervisor as a crash.
     """
 
-    __slots__ = ("ack",)
+    __slots__ = ("ack", "report")
 
-    def __init__(self, ack: asyncio.Future[BaseException | None] | None) -> None:
+    def __init__(self, ack: asyncio.Future[BaseException | None] | None,
+                 report: bool = True) -> None:
         self.ack = ack
+        self.report = report
 
 
 class ChildFailed:

@@ -110,6 +110,15 @@ class Mailbox:
         self._drop(envelope, "mailbox_full")
         raise MailboxFull(self.owner, self.capacity, envelope.message)
 
+    def _drop(self, envelope: Envelope, reason: str) -> None:
+        """Record a refused or evicted message; an evicted or dropped ask fails at once."""
+        sender = envelope.sender.path if envelope.sender is not None else None
+        self.dead_letters.record(reason, self.owner, envelope.message, sender)
+        reply = envelope.reply
+        if reply is not None and not reply.done() and reason != "mailbox_full":
+            # mailbox_full is raised to the sender itself; a dropped ask must not hang.
+            reply.set_exception(MailboxFull(self.owner, self.capacity, envelope.message))
+
     async def put(self, envelope: Envelope) -> bool:
         """Enqueue a user message, waiting for room when the policy is `wait`.
 
@@ -130,12 +139,12 @@ class Mailbox:
         try:
             await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if not waiter.done() or waiter.cancelled():
+                self._putters.remove(waiter)
+            elif waiter.exception() is None:
                 # Woken, then cancelled before using the slot: hand it to the next sender.
                 self._reserved -= 1
                 self._wake_putter()
-            else:
-                self._putters.remove(waiter)
             raise
         self._reserved -= 1
         self._user.append(envelope)

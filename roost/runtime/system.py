@@ -307,7 +307,7 @@ class ActorSystem:
         """
         cell = self._create(parent, spec)
         ack: asyncio.Future[BaseException | None] = self.loop.create_future()
-        error = await cell.request(StartInstance(ack), ack)
+        error = await cell.request(StartInstance(ack, report=False), ack)
         if error is not None:
             parent.children.pop(cell.name, None)
             await cell.stop("failure", error)
