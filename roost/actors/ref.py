@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from roost.errors import ActorStopped, ConfigurationError
 from roost.mailbox.envelope import Envelope
-from roost.trace import handling
+from roost.trace import TraceContext, handling
 
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
@@ -96,12 +96,15 @@ class ActorRef:
             envelope = _from_actor(sender, message, None)
         await self._cell.enqueue_waiting(envelope)
 
-    async def ask(self, message: Any, *, timeout: float = DEFAULT_ASK_TIMEOUT) -> Any:
+    async def ask(self, message: Any, *, timeout: float = DEFAULT_ASK_TIMEOUT,
+                  trace: TraceContext | None = None) -> Any:
         """Send a message and wait for the reply (`receive`'s return value).
 
         Args:
             message: the request.
             timeout: seconds to wait for the reply.
+            trace: the trace context to send the message with, e.g. one continued
+                from an incoming request (default: the current actor's, if any).
 
         Returns:
             What the actor's `receive` returned for this message.
@@ -121,7 +124,9 @@ class ActorRef:
             raise ActorStopped(self.path, message, cell.stop_reason or "stopped")
         reply: asyncio.Future[Any] = cell.loop.create_future()
         sender = handling.get()
-        if sender is None:
+        if trace is not None:
+            envelope = Envelope(message, None if sender is None else sender.ref, reply, trace)
+        elif sender is None:
             envelope = Envelope(message, None, reply)
         else:
             envelope = _from_actor(sender, message, reply)

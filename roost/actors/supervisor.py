@@ -269,7 +269,8 @@ class Supervision:
     def _report(
         self, event: str, child: Cell, error: BaseException | None, context: str, **extra: Any
     ) -> None:
-        _log.warning(
+        log = _log.info if error is None else _log.warning
+        log(
             event,
             supervisor=self.cell.path,
             context=context,

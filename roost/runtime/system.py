@@ -40,6 +40,7 @@ from roost.errors import (
 )
 from roost.mailbox.dead_letters import DeadLetters
 from roost.runtime.log import configure_logging
+from roost.runtime.pipelines import Pipelines
 
 _log = structlog.get_logger("roost")
 
@@ -104,6 +105,7 @@ class ActorSystem:
         self.dead_letters = DeadLetters(keep=dead_letters_kept)
         self.ledger_retention = ledger_retention
         self.tools = Tools()
+        self.pipelines = Pipelines(self)
         self._http: aiohttp.ClientSession | None = None
         self.clock = clock
         self.rand = rand

@@ -40,6 +40,7 @@ class RunRecord(Record, tag="run", frozen=True, kw_only=True, gc=False):
         created_at: when it was created, in seconds since the epoch.
         updated_at: when it last changed, in seconds since the epoch.
         last_step: the last step it completed, if any.
+        failed_step: the step that made it fail, if it did.
         error: why it failed, if it did.
         input: its input bytes, if kept.
         result: its result bytes, once it has one.
@@ -51,6 +52,7 @@ class RunRecord(Record, tag="run", frozen=True, kw_only=True, gc=False):
     created_at: float
     updated_at: float
     last_step: str | None = None
+    failed_step: str | None = None
     error: str | None = None
     input: bytes | None = None
     result: bytes | None = None
@@ -112,10 +114,12 @@ class RunStore:
                      last_step: str | UnsetType | None = UNSET,
                      error: str | UnsetType | None = UNSET,
                      result: bytes | UnsetType | None = UNSET,
+                     failed_step: str | UnsetType | None = UNSET,
                      durable: bool | None = None) -> RunRecord:
         """Change the given fields of run `run_id` (and its `updated_at`); wait until stored.
 
-        Only the fields passed change; pass None to clear `last_step`, `error` or `result`.
+        Only the fields passed change; pass None to clear `last_step`, `error`, `result`
+        or `failed_step`.
 
         Returns:
             The updated record.
@@ -129,7 +133,8 @@ class RunStore:
         key = self._key(run_id)
         changes: dict[str, Any] = {
             name: value for name, value in (("last_step", last_step), ("error", error),
-                                            ("result", result)) if value is not UNSET}
+                                            ("result", result), ("failed_step", failed_step))
+            if value is not UNSET}
         if not isinstance(status, UnsetType):
             changes["status"] = _status(status)
         changes["updated_at"] = self._clock()

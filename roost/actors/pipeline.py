@@ -1,0 +1,186 @@
+"""Pipeline definitions: a named graph of steps, checked when it is built.
+
+    support = roost.Pipeline("support-email", [
+        roost.Step("classify", Classifier, output=Classification),
+        roost.Step("extract", Extractor, after="classify"),
+        roost.Step("draft", Drafter, after=["extract", "classify"], retry=roost.Retry(attempts=3)),
+        roost.Step("send", tool="send_email", after="draft",
+                   when=lambda r: r["draft"].confidence >= 0.8,
+                   args=lambda r, email: {"to": email.sender, "body": r["draft"].text}),
+    ])
+
+A worker actor gets a `RunStep` message and returns the step's result. Steps
+with no dependency between them run in parallel. All durations are seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from roost.actors.actor import Actor, Message
+from roost.actors.retry import Retry
+from roost.errors import PipelineDefinitionError
+
+
+class RunStep(Message, frozen=True):
+    """What a step's worker receives; its reply is the step's result.
+
+    Attributes:
+        run_id: the run.
+        step: the step's name.
+        input: the run's input.
+        results: the results of the steps completed so far, by step name (a
+            failed optional step's entry is a `StepFailure`).
+        item: for a map step, the list item this worker handles.
+        index: for a map step, the item's position.
+        attempt: 1 for the first try, 2 for the first retry, ...
+    """
+
+    run_id: str
+    step: str
+    input: Any
+    results: dict[str, Any]
+    item: Any = None
+    index: int | None = None
+    attempt: int = 1
+
+
+class StepFailure(msgspec.Struct, frozen=True, tag="step_failure"):
+    """The result entry of an optional step that failed: the run went on without it."""
+
+    error: str
+
+
+Condition = Callable[[Mapping[str, Any]], bool]
+ToolArgs = Callable[[Mapping[str, Any], Any], Mapping[str, Any]]
+
+
+class Step(msgspec.Struct, frozen=True):
+    """One step of a pipeline.
+
+    Args:
+        name: unique within the pipeline.
+        worker: the `Actor` subclass that does the step (a pool of `workers` of
+            them serves every run of the pipeline).
+        tool: instead of a worker, the name of a registered tool to call; its
+            keyword arguments come from `args(results, input)`.
+        after: the step (a name) or steps (a list) that must complete first.
+        when: a condition on the results so far; when false the step is skipped,
+            and so are steps that need only skipped steps.
+        map: a function of the results returning a list: the step runs once per
+            item (in parallel) and its result is the list of their results.
+        retry: the step's retry policy (default: one attempt).
+        timeout: seconds one attempt may take (default 60).
+        fallback: a worker class or tool name run, with the same request, when
+            the step fails after its retries.
+        optional: on failure the run goes on; the step's result is a `StepFailure`.
+        output: the result's type, to decode it exactly when a run resumes.
+        workers: pool size for an actor step.
+    """
+
+    name: str
+    worker: Any = None
+    tool: str | None = None
+    after: tuple[str, ...] = ()
+    when: Condition | None = None
+    map: Callable[[Mapping[str, Any]], Iterable[Any]] | None = None
+    args: ToolArgs | None = None
+    retry: Retry | None = None
+    timeout: float = 60.0
+    fallback: Any = None
+    optional: bool = False
+    output: Any = Any
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        after: Any = self.after
+        msgspec.structs.force_setattr(
+            self, "after", (after,) if isinstance(after, str) else tuple(after))
+
+
+class Pipeline:
+    """A named, validated graph of steps.
+
+    Args:
+        name: the pipeline's name (runs record it, `resume` finds it by it).
+        steps: the steps, in any order that respects nothing in particular.
+        input_type: the input's type, to decode it exactly when a run resumes.
+
+    Raises:
+        PipelineDefinitionError: a duplicate or unknown step name, a cycle, a
+            step with no worker or tool (or both), or a bad option; the message
+            names the step.
+    """
+
+    def __init__(self, name: str, steps: Iterable[Step], *, input_type: Any = Any) -> None:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise PipelineDefinitionError(
+                f"pipeline name must be a non-empty string without '/', got {name!r}")
+        self.name = name
+        self.input_type = input_type
+        self.steps: dict[str, Step] = {}
+        for item in steps:
+            if not isinstance(item, Step):
+                raise PipelineDefinitionError(
+                    f"pipeline {name!r}: {item!r} is not a roost.Step")
+            if item.name in self.steps:
+                raise PipelineDefinitionError(f"pipeline {name!r}: two steps are named {item.name!r}")
+            self.steps[item.name] = item
+        if not self.steps:
+            raise PipelineDefinitionError(f"pipeline {name!r} has no steps")
+        for item in self.steps.values():
+            self._check(item)
+        self.order = self._topological_order()
+
+    def _check(self, item: Step) -> None:
+        where = f"pipeline {self.name!r}, step {item.name!r}"
+        if not isinstance(item.name, str) or not item.name or "/" in item.name:
+            raise PipelineDefinitionError(f"{where}: the name must be a non-empty string without '/'")
+        if (item.worker is None) == (item.tool is None):
+            raise PipelineDefinitionError(
+                f"{where}: give exactly one of worker= (an Actor subclass) or tool= (a tool name)")
+        if item.worker is not None and not (isinstance(item.worker, type)
+                                            and issubclass(item.worker, Actor)):
+            raise PipelineDefinitionError(f"{where}: worker must be an Actor subclass, got {item.worker!r}")
+        if item.tool is not None and item.args is None:
+            raise PipelineDefinitionError(
+                f"{where}: a tool step needs args=lambda results, input: {{...}}")
+        for dep in item.after:
+            if dep not in self.steps:
+                raise PipelineDefinitionError(
+                    f"{where}: comes after unknown step {dep!r}; known: {', '.join(self.steps)}")
+        if item.fallback is not None and not isinstance(item.fallback, str) and not (
+                isinstance(item.fallback, type) and issubclass(item.fallback, Actor)):
+            raise PipelineDefinitionError(
+                f"{where}: fallback must be an Actor subclass or a tool name, got {item.fallback!r}")
+        if not (isinstance(item.timeout, int | float) and item.timeout > 0):
+            raise PipelineDefinitionError(f"{where}: timeout must be > 0 seconds, got {item.timeout!r}")
+        if isinstance(item.workers, bool) or not isinstance(item.workers, int) or item.workers < 1:
+            raise PipelineDefinitionError(f"{where}: workers must be a whole number >= 1, got {item.workers!r}")
+
+    def _topological_order(self) -> list[str]:
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = " -> ".join([*path[path.index(name):], name])
+                raise PipelineDefinitionError(
+                    f"pipeline {self.name!r}: step {name!r} is in a cycle: {cycle}")
+            state[name] = 1
+            for dep in self.steps[name].after:
+                visit(dep, [*path, name])
+            state[name] = 2
+            order.append(name)
+
+        for name in self.steps:
+            visit(name, [])
+        return order
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, steps={self.order})"

@@ -1,0 +1,264 @@
+"""`RunActor`: the supervisor of one pipeline run; routes steps to workers and aggregates.
+
+It never does a step's work. It starts every ready step as a task it owns
+(asking the step's worker pool, or calling its tool), and handles each
+outcome as a message to itself, so its bookkeeping is serialized. After each
+completed step it saves a checkpoint (the results so far); when it starts, it
+resumes from the latest checkpoint, so a restart or a new process goes on from
+the last completed step and never runs a completed step again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+
+from roost.actors.actor import Actor, Message
+from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
+from roost.actors.retry import Retry, call_with_retry
+from roost.actors.tools import derive_key
+from roost.trace import TraceContext, new_span_id, new_trace_id
+
+if TYPE_CHECKING:
+    from roost.runtime.pipelines import Pipelines
+
+_log = structlog.get_logger("roost")
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+class NeedsReview(msgspec.Struct, frozen=True, tag="needs_review"):
+    """A step result that ends the run in status `needs_review`, for a person to look at.
+
+    Steps after it do not run; the results so far are kept with the run.
+    """
+
+    reason: str
+
+
+class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
+    """A run's checkpoint: each completed step's encoded result, and the skipped steps."""
+
+    results: dict[str, msgspec.Raw]
+    skipped: list[str]
+    trace_id: str
+
+
+class StepTiming(msgspec.Struct, frozen=True, gc=False):
+    """How long one step of one run took, and its tokens, for summaries."""
+
+    step: str
+    seconds: float
+    attempts: int
+
+
+class _StepDone(Message, frozen=True):
+    step: str
+    result: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+    attempts: int = 1
+
+
+class CancelRun(Message, frozen=True):
+    """Cancel the run: running steps are cancelled and the run ends `cancelled`."""
+
+
+_PROGRESS_DECODER = msgspec.msgpack.Decoder(RunProgress)
+
+
+class RunActor(Actor):
+    """Runs one pipeline run to its end, from its latest checkpoint."""
+
+    def __init__(self, pipelines: Pipelines, pipeline: Pipeline, run_id: str) -> None:
+        self.pipelines = pipelines
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.input: Any = None
+        self.results: dict[str, Any] = {}
+        self.encoded: dict[str, msgspec.Raw] = {}
+        self.skipped: list[str] = []
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.trace_id = new_trace_id()
+        self.finished = False
+
+    async def on_start(self) -> None:
+        record = await self.pipelines.runs.get(self.run_id)
+        self.input = self.pipelines.decode_input(self.pipeline, record.input)
+        latest = await self.pipelines.checkpoints.latest(self.run_id)
+        if latest is not None:
+            progress = _PROGRESS_DECODER.decode(latest.state)
+            self.trace_id = progress.trace_id
+            self.skipped = list(progress.skipped)
+            for name, raw in progress.results.items():
+                self.encoded[name] = raw
+                self.results[name] = self._decode_result(name, raw)
+            _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
+                      completed=sorted(self.results))
+        self._advance()
+
+    async def on_stop(self) -> None:
+        for task in self.running.values():
+            task.cancel()
+        if self.running:
+            await asyncio.wait(self.running.values(), timeout=self.shutdown_timeout)
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case _StepDone():
+                await self._step_done(message)
+            case CancelRun():
+                await self._finish("cancelled", error="cancelled")
+        return None
+
+    # --- scheduling -------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Start every ready step, skip the ones whose condition fails, or finish."""
+        if self.finished:
+            return
+        steps = self.pipeline.steps
+        settled = set(self.results) | set(self.skipped)
+        for name in self.pipeline.order:
+            if name in settled or name in self.running:
+                continue
+            step = steps[name]
+            if not all(dep in settled for dep in step.after):
+                continue
+            if step.after and all(dep in self.skipped for dep in step.after):
+                self._skip(name, "every step it comes after was skipped", settled)
+                continue
+            if step.when is not None:
+                try:
+                    wanted = step.when(self.results)
+                except Exception as error:
+                    self._fail_soon(name, f"its condition raised {type(error).__name__}: {error}")
+                    return
+                if not wanted:
+                    self._skip(name, "its condition is false", settled)
+                    continue
+            self.running[name] = self.ctx._cell.loop.create_task(self._run_step(step))
+        if not self.running and len(settled) == len(steps):
+            self.ctx.self_ref.tell(_StepDone(step="", result=None))  # finishes in receive
+
+    def _skip(self, name: str, why: str, settled: set[str]) -> None:
+        self.skipped.append(name)
+        settled.add(name)
+        _log.info("step_skipped", run_id=self.run_id, step=name, reason=why)
+
+    def _fail_soon(self, name: str, error: str) -> None:
+        self.ctx.self_ref.tell(_StepDone(step=name, error=error))
+
+    # --- one step ---------------------------------------------------------------------
+
+    async def _run_step(self, step: Step) -> None:
+        started = time.perf_counter()
+        attempts = [0]
+        try:
+            if step.map is not None:
+                items = list(step.map(self.results))
+                result: Any = list(await asyncio.gather(
+                    *(self._attempts(step, step.worker or step.tool, item, i, attempts)
+                      for i, item in enumerate(items))))
+            else:
+                result = await self._attempts(step, step.worker or step.tool, None, None, attempts)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            result = await self._after_failure(step, error, attempts)
+            if isinstance(result, _StepDone):
+                self.ctx.self_ref.tell(result)
+                return
+        self.ctx.self_ref.tell(_StepDone(step=step.name, result=result, attempts=attempts[0],
+                                         seconds=time.perf_counter() - started))
+
+    async def _after_failure(self, step: Step, error: Exception, attempts: list[int]) -> Any:
+        """The fallback's result, a `StepFailure` for an optional step, or a failed outcome."""
+        _log.warning("step_failed", run_id=self.run_id, step=step.name,
+                     error_type=type(error).__name__, error=str(error), attempts=attempts[0])
+        if step.fallback is not None:
+            try:
+                result = await self._attempts(step, step.fallback, None, None, attempts,
+                                              retry=False)
+            except Exception as fallback_error:
+                error = fallback_error
+            else:
+                _log.info("step_fallback_used", run_id=self.run_id, step=step.name)
+                return result
+        text = f"{type(error).__name__}: {error}"
+        if step.optional:
+            return StepFailure(text)
+        return _StepDone(step=step.name, error=text, attempts=attempts[0])
+
+    async def _attempts(self, step: Step, worker: Any, item: Any, index: int | None,
+                        attempts: list[int], *, retry: bool = True) -> Any:
+        policy = (step.retry if retry and step.retry is not None else Retry(attempts=1))
+        policy = msgspec.structs.replace(policy, attempt_timeout=step.timeout)
+
+        async def attempt() -> Any:
+            attempts[0] += 1
+            return await self._once(step, worker, item, index, attempts[0])
+
+        return await call_with_retry(attempt, policy, tool=f"step {step.name}", key=self.run_id)
+
+    async def _once(self, step: Step, worker: Any, item: Any, index: int | None,
+                    attempt: int) -> Any:
+        if isinstance(worker, str):  # a tool
+            assert step.args is not None
+            arguments = dict(step.args(self.results, self.input if index is None else item))
+            scope = step.name if index is None else f"{step.name}[{index}]"
+            tools = self.ctx.system.tools
+            bound = tools.registry.get(worker).bind(arguments)
+            key = derive_key(self.run_id, scope, worker, bound)
+            return await tools.call(worker, key=key, **arguments)
+        pool = self.pipelines.worker_pool(self.pipeline, step, worker)
+        request = RunStep(run_id=self.run_id, step=step.name, input=self.input,
+                          results=dict(self.results), item=item, index=index, attempt=attempt)
+        trace = TraceContext(self.trace_id, new_span_id(), self.run_id)
+        return await pool.ask(request, timeout=step.timeout + 1.0, trace=trace)
+
+    # --- outcomes ---------------------------------------------------------------------
+
+    async def _step_done(self, done: _StepDone) -> None:
+        if self.finished:
+            return
+        if not done.step:  # every step has settled
+            await self._finish("completed")
+            return
+        self.running.pop(done.step, None)
+        if done.error is not None:
+            await self._finish("failed", error=done.error, failed_step=done.step)
+            return
+        self.pipelines.record_timing(self.pipeline.name, StepTiming(done.step, done.seconds,
+                                                                    done.attempts))
+        self.results[done.step] = done.result
+        self.encoded[done.step] = msgspec.Raw(_ENCODER.encode(done.result))
+        progress = RunProgress(results=self.encoded, skipped=self.skipped, trace_id=self.trace_id)
+        await self.pipelines.checkpoints.save(
+            self.run_id, step=done.step, actor_path=self.ctx.path, state=_ENCODER.encode(progress))
+        await self.pipelines.runs.update(self.run_id, last_step=done.step, durable=False)
+        if isinstance(done.result, NeedsReview):
+            await self._finish("needs_review", error=done.result.reason)
+            return
+        self._advance()
+
+    async def _finish(self, status: str, *, error: str | None = None,
+                      failed_step: str | None = None) -> None:
+        self.finished = True
+        for task in self.running.values():
+            task.cancel()
+        result = _ENCODER.encode(self.encoded)
+        await self.pipelines.runs.update(self.run_id, status=status, error=error, result=result,
+                                         failed_step=failed_step)
+        _log.info("run_finished", run_id=self.run_id, pipeline=self.pipeline.name, status=status,
+                  failed_step=failed_step, error=error)
+        self.pipelines.finished(self.run_id, status, dict(self.results), error, failed_step)
+        await self.ctx.stop()
+
+    def _decode_result(self, name: str, raw: msgspec.Raw) -> Any:
+        step = self.pipeline.steps.get(name)
+        output = Any if step is None else step.output
+        return self.pipelines.decoder(output).decode(raw)
