@@ -159,7 +159,8 @@ class Pipeline:
         if not (isinstance(item.timeout, int | float) and item.timeout > 0):
             raise PipelineDefinitionError(f"{where}: timeout must be > 0 seconds, got {item.timeout!r}")
         if isinstance(item.workers, bool) or not isinstance(item.workers, int) or item.workers < 1:
-            raise PipelineDefinitionError(f"{where}: workers must be a whole number >= 1, got {item.workers!r}")
+            raise PipelineDefinitionError(
+                f"{where}: workers must be a whole number >= 1, got {item.workers!r}")
 
     def _topological_order(self) -> list[str]:
         order: list[str] = []
