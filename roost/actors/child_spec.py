@@ -84,8 +84,11 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
         """
         if consecutive <= 1:
             return 0.0
-        base = min(self.maximum, self.initial * self.multiplier ** min(consecutive - 2, 64))
-        return base * (1.0 - self.jitter * rand)
+        try:
+            grown = self.initial * self.multiplier ** (consecutive - 2)
+        except OverflowError:  # a huge multiplier: past any maximum (unless it multiplies 0)
+            grown = math.inf if self.initial > 0 else 0.0
+        return min(self.maximum, grown) * (1.0 - self.jitter * rand)
 
 
 class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
