@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 
 import roost
 
@@ -12,6 +13,13 @@ import roost
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def fresh_structlog() -> Iterator[None]:
+    """Undo any structlog configuration a test's system made, so log levels never leak."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
