@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
+from types import FrameType
+from typing import Any
 
+import lmdb
 import pytest
 import structlog
 
@@ -27,3 +32,34 @@ async def system() -> AsyncIterator[roost.ActorSystem]:
     """A running actor system without a store, shut down after the test."""
     async with roost.ActorSystem(log_format="json", log_level="warning") as running:
         yield running
+
+
+# LMDB calls that can fsync, remap or commit: none may run on the event loop thread.
+_FLUSHING_CALLS = {"sync", "commit", "set_mapsize", "open_db", "close", "copy", "copyfd"}
+
+
+@pytest.fixture
+def no_lmdb_flush_on_the_event_loop() -> Iterator[None]:
+    """Fail the test if an LMDB call that can fsync or remap ran on the test's thread.
+
+    The anyio plugin runs the event loop on the test's thread, so a profile hook on
+    that thread sees every C call made on the loop; worker threads are not watched.
+    """
+    offenders: list[str] = []
+    loop_thread = threading.get_ident()
+
+    def watch(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call" and getattr(arg, "__name__", None) in _FLUSHING_CALLS:
+            owner = getattr(arg, "__self__", None)
+            if isinstance(owner, lmdb.Environment | lmdb.Transaction):
+                offenders.append(f"{type(owner).__name__}.{arg.__name__} called from "
+                                 f"{frame.f_code.co_filename}:{frame.f_lineno}")
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+    assert threading.get_ident() == loop_thread
+    assert not offenders, f"LMDB calls that can block ran on the event loop: {offenders}"

@@ -16,7 +16,7 @@ import roost
 from roost.errors import CheckpointCorrupt
 from roost.storage import Put, checkpoint_key
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]
 
 
 class Tally(msgspec.Struct):

@@ -1,26 +1,13 @@
-"""Fixtures for the storage tests: the asyncio backend, a fresh store, and a loop-blocking guard."""
+"""Fixtures for the storage tests: a fresh store, and the loop-blocking guard on every test."""
 
 from __future__ import annotations
 
-import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-import lmdb
 import pytest
 
 from roost.storage import Store
-
-# LMDB calls that can fsync, remap or commit: none may run on the event loop thread.
-_FLUSHING_CALLS = {"sync", "commit", "set_mapsize", "open_db", "close", "copy", "copyfd"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -31,27 +18,5 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture(autouse=True)
-def no_lmdb_flush_on_the_event_loop() -> Iterator[None]:
-    """Fail the test if an LMDB call that can fsync or remap ran on the test's thread.
-
-    The anyio plugin runs the event loop on the test's thread, so a profile hook on
-    that thread sees every C call made on the loop; worker threads are not watched.
-    """
-    offenders: list[str] = []
-    loop_thread = threading.get_ident()
-
-    def watch(frame: FrameType, event: str, arg: Any) -> None:
-        if event == "c_call" and getattr(arg, "__name__", None) in _FLUSHING_CALLS:
-            owner = getattr(arg, "__self__", None)
-            if isinstance(owner, lmdb.Environment | lmdb.Transaction):
-                offenders.append(f"{type(owner).__name__}.{arg.__name__} called from "
-                                 f"{frame.f_code.co_filename}:{frame.f_lineno}")
-
-    previous = sys.getprofile()
-    sys.setprofile(watch)
-    try:
-        yield
-    finally:
-        sys.setprofile(previous)
-    assert threading.get_ident() == loop_thread
-    assert not offenders, f"LMDB calls that can block ran on the event loop: {offenders}"
+def _no_lmdb_flush_on_the_loop(no_lmdb_flush_on_the_event_loop: None) -> None:
+    """Every storage test runs under the loop-blocking guard of tests/conftest.py."""
