@@ -1,0 +1,233 @@
+"""Tests of roost/runtime/cli.py and bootstrap.py: `roost run` as a real process, and its exit codes.
+
+0: the root ended (or SIGTERM shut it down gracefully); 1: the root failed, with a one-line
+`roost: IntensityExceeded: ...`; 2: the script is missing, broken or defines no root.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from roost.runtime import cli
+
+REPO = Path(__file__).resolve().parents[2]
+ROOST = REPO / ".venv" / "bin" / "roost"
+MODULE = [sys.executable, "-m", "roost.runtime.cli"]
+
+
+def run(args: list[str], tmp_path: Path, *, command: list[str] = MODULE,
+        timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command, "run", *args, "--store", str(tmp_path / "store")],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def write_script(tmp_path: Path, name: str, source: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of the process's stdout, or an assertion error after `timeout` seconds."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"the script printed nothing within {timeout}s; stderr: {err}")
+    return process.stdout.readline()
+
+
+# --- real processes -------------------------------------------------------------------------
+
+
+def test_roost_run_of_the_hello_example_exits_0(tmp_path: Path) -> None:
+    result = run(["examples/hello.py", "--log-level", "warning"], tmp_path, command=[str(ROOST)])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6
+    assert lines[0] == "hello ada (greeting #1 from /app/greeter)"
+    assert lines[1].startswith("hello ada (greeting #1 from /app/greeters/greeters-")
+    assert "roost:" not in result.stderr
+
+
+GRACEFUL = """\
+    import asyncio
+    from pathlib import Path
+
+    import roost
+
+    OUT = Path({out!r})
+
+
+    class Recorder(roost.Actor):
+        async def on_stop(self) -> None:
+            with OUT.open("a") as out:
+                out.write(self.ctx.path + "\\n")
+
+        async def receive(self, message):
+            return None
+
+
+    class RecordingSupervisor(roost.Supervisor):
+        async def on_stop(self) -> None:
+            with OUT.open("a") as out:
+                out.write(self.ctx.path + "\\n")
+
+
+    tree = RecordingSupervisor.spec("app", children=[
+        roost.ChildSpec(factory=Recorder, name="a"),
+        roost.ChildSpec(factory=Recorder, name="b"),
+        roost.Pool.spec("pool", Recorder, size=2),
+    ])
+
+
+    async def main(system):
+        await system.start(tree)
+        system.spawn(Recorder, name="late")
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+"""
+
+
+def test_sigterm_shuts_the_tree_down_gracefully_and_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "stopped.txt"
+    script = write_script(tmp_path, "graceful.py", GRACEFUL.format(out=str(out)))
+    process = subprocess.Popen(
+        [*MODULE, "run", str(script), "--store", str(tmp_path / "store"), "--log-level", "warning"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert read_line(process, timeout=20.0) == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "roost: received SIGTERM, shut down gracefully" in err
+    # Every on_stop ran, in reverse start order, children before their parents.
+    assert out.read_text().splitlines() == [
+        "/late", "/app/pool/pool-2", "/app/pool/pool-1", "/app/b", "/app/a", "/app",
+    ]
+
+
+ESCALATING = """\
+    import roost
+
+
+    class Crash(roost.Message):
+        pass
+
+
+    class Crasher(roost.Actor):
+        async def on_start(self) -> None:
+            self.ctx.self_ref.tell(Crash())
+
+        async def receive(self, message):
+            raise RuntimeError("worker crashed")
+
+
+    root = roost.Supervisor.spec("top", max_restarts=0, children=[
+        roost.Supervisor.spec("mid", max_restarts=0, children=[
+            roost.ChildSpec(factory=Crasher, name="worker", poison_after=1),
+        ]),
+    ])
+"""
+
+
+def test_a_root_past_its_intensity_exits_1_with_a_one_line_reason(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "escalating.py", ESCALATING)
+    started = time.monotonic()
+    result = run([str(script), "--log-level", "critical"], tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 20.0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("roost: IntensityExceeded: /: more than 10 restarts within 10s")
+    assert "IntensityExceeded: /top/mid: more than 0 restarts" in lines[0]
+    assert "RuntimeError: worker crashed" in lines[0]
+
+
+def test_a_script_with_a_syntax_error_exits_2_naming_the_line(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "broken.py", "import roost\n\nroot = (\n")
+    result = run([str(script)], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"roost: {script}: syntax error on line 3: '(' was never closed"]
+    assert result.stdout == ""
+
+
+# --- in-process: the loader's messages ------------------------------------------------------
+
+
+@pytest.fixture
+def clean_imports(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The loader puts the script's folder on sys.path and the module in sys.modules: undo it."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("roost_bootstrap_"):
+            del sys.modules[name]
+
+
+def test_a_missing_script_exits_2_with_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.py"
+    assert cli.main(["run", str(missing), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"roost: {missing}: bootstrap script not found; check the path"]
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.usefixtures("clean_imports")
+def test_a_script_without_a_root_exits_2_saying_what_to_define(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = write_script(tmp_path, "rootless.py", "import roost\n\nanswer = 42\n")
+    assert cli.main(["run", str(script), "--store", str(tmp_path / "store")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"roost: {script}: defines no root;")
+    assert "async def main(system)" in line
+    assert "roost.Supervisor.spec" in line
+
+
+@pytest.mark.usefixtures("clean_imports")
+def test_a_root_of_the_wrong_type_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = write_script(tmp_path, "wrongroot.py", "root = 'app'\n")
+    assert cli.main(["run", str(script), "--store", str(tmp_path / "store")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"roost: {script}: 'root' is a str, not a SupervisorSpec or "
+                    "`async def main(system)`")
+
+
+@pytest.mark.usefixtures("clean_imports")
+def test_a_script_that_fails_while_loading_exits_2_with_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = write_script(tmp_path, "raising.py", "raise KeyError('config')\n")
+    assert cli.main(["run", str(script), "--store", str(tmp_path / "store")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"roost: {script}: failed while loading: KeyError: 'config'"
+
+
+def test_the_console_script_is_installed() -> None:
+    assert ROOST.is_file()
+    assert os.access(ROOST, os.X_OK)
