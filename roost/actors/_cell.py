@@ -305,6 +305,20 @@ class Cell:
             actor = self.actor if self.actor is not None else self.instantiate()
             await self.system.hydrate(self, actor)
             await actor.on_start()
+        except asyncio.CancelledError:
+            if not self._killing:
+                raise
+            # A start that hung past the timeout was cancelled: it failed.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            self._killing = False
+            error: Exception = TimeoutError(
+                f"{self.path}: on_start did not finish within {self.shutdown_timeout:g}s "
+                "and was cancelled")
+            if report:
+                self._fail(error, None, "start")
+            else:
+                self.state = SUSPENDED
+            return error
         except Exception as error:
             if report:
                 self._fail(error, None, "start")
@@ -376,6 +390,12 @@ class Cell:
             if self.children.get(child.name) is child:
                 del self.children[child.name]
 
+    def _forget_supervision(self) -> None:
+        """A fresh instance gets a fresh restart history (and no pending restarts)."""
+        if self.supervision is not None:
+            self.supervision.close()
+            self.supervision = None
+
     def supervision_engine(self) -> Any:
         """The object that decides what happens when a child fails (created on first use)."""
         if self.supervision is None:
@@ -386,6 +406,7 @@ class Cell:
         if self.state >= STOPPING:
             return
         self.state = SUSPENDED
+        self._forget_supervision()
         await self.stop_children()
         old = self.actor
         if old is not None and self._started:
@@ -396,7 +417,8 @@ class Cell:
     async def request(self, message: Any, ack: asyncio.Future[Any]) -> Any:
         """Post a restart phase and wait for its ack; kill the actor if it is stuck.
 
-        Returns the ack's value, or None if the actor stopped or had to be abandoned.
+        Returns the ack's value; None if the actor stopped meanwhile; a `TimeoutError`
+        if it never answered and had to be abandoned.
         """
         self.post_system(message)
         done = self._termination()
@@ -407,6 +429,8 @@ class Cell:
             await asyncio.wait({ack, done}, timeout=KILL_GRACE, return_when=asyncio.FIRST_COMPLETED)
             if not ack.done() and not done.done():
                 self._abandon()
+                return TimeoutError(f"{self.path}: did not answer {type(message).__name__} "
+                                    f"within {self.shutdown_timeout:g}s and was abandoned")
         return ack.result() if ack.done() else None
 
     def post_restart(self, group: list[Cell], failed: Cell) -> None:
@@ -449,7 +473,7 @@ class Cell:
     def kill(self) -> None:
         """Cancel the message being handled so the actor can stop (it was stuck)."""
         task = self.task
-        if task is not None and not task.done() and self.state == RUNNING:
+        if task is not None and not task.done() and self.state in (NEW, RUNNING):
             self._killing = True
             _log.warning("actor_killed", actor=self.path, timeout=self.shutdown_timeout)
             task.cancel()
@@ -476,6 +500,8 @@ class Cell:
             self._stopping.set_result(None)
         if self._killing:
             reason = "killed"
+        if self.supervision is not None:
+            self.supervision.close()
         await self.stop_children()
         if self.actor is not None and self._started:
             await self._run_on_stop(self.actor)

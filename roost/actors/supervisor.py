@@ -108,7 +108,7 @@ class Supervisor(Actor):
     """
 
     def __init__(self, spec: SupervisorSpec) -> None:
-        self.spec = spec
+        self.tree = spec
 
     @classmethod
     def spec(
@@ -139,7 +139,9 @@ class Supervisor(Actor):
         )
 
     async def on_start(self) -> None:
-        for child in self.spec.children:
+        for child in self.tree.children:
+            if child.child_name is None:  # static children are named after their class
+                child = msgspec.structs.replace(child, name=child.factory.__name__.lower())
             await self.ctx.system.start_child(self.ctx._cell, child)
 
     async def receive(self, message: Any) -> Any:
@@ -202,6 +204,8 @@ class Supervision:
         self._streaks: weakref.WeakKeyDictionary[Cell, tuple[int, float]] = (
             weakref.WeakKeyDictionary()
         )
+        # Delayed restarts not yet done, by the child whose failure scheduled them.
+        self._pending: dict[Cell, asyncio.TimerHandle] = {}
 
     async def child_failed(self, child: Cell, error: BaseException | None, context: str) -> None:
         """Restart, stop or escalate after `child` failed (`error`) or exited (None)."""
@@ -224,13 +228,19 @@ class Supervision:
         delay = self._delay(child, now)
         self._report("child_restart_scheduled", child, error, context, delay=round(delay, 4))
         if delay > 0:
-            self.cell.loop.call_later(delay, self.cell.post_restart, group, child)
+            self._pending[child] = self.cell.loop.call_later(
+                delay, self.cell.post_restart, group, child)
         else:
             await self.restart(group, child)
 
     async def restart(self, group: list[Cell], failed: Cell) -> None:
         """Stop the group's instances in reverse start order, then start fresh ones in order."""
         members = [c for c in group if self.cell.children.get(c.name) is c and c.accepting]
+        for member in members:
+            # This restart covers any delayed one a member's own failure scheduled.
+            pending = self._pending.pop(member, None)
+            if pending is not None:
+                pending.cancel()
         loop = self.cell.loop
         for child in reversed(members):
             ack: asyncio.Future[None] = loop.create_future()
@@ -249,6 +259,12 @@ class Supervision:
                 restarts=child.restarts,
                 start_error=None if error is None else f"{type(error).__name__}: {error}",
             )
+
+    def close(self) -> None:
+        """Cancel the delayed restarts (the supervisor is stopping or being replaced)."""
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pending.clear()
 
     def _group(self, child: Cell) -> list[Cell]:
         children = list(self.cell.children.values())
@@ -286,7 +302,7 @@ def supervision_for(cell: Cell, clock: Callable[[], float], rand: Callable[[], f
     """The supervision of `cell`'s children: its `SupervisorSpec`'s, or the defaults."""
     actor = cell.actor
     if isinstance(actor, Supervisor):
-        spec = actor.spec
+        spec = actor.tree
         return Supervision(
             cell,
             strategy=spec.strategy,
