@@ -1,0 +1,499 @@
+"""Tests of roost/runtime/pipelines.py: `system.pipelines` starts, lists, resumes and cancels runs.
+
+A run "left running" is made the way a process leaves one: a system is shut
+down while a step is in progress, so its record stays `running`; a new system
+on the same store then finds it with `interrupted()` and continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import roost
+from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
+from roost.actors.run import NeedsReview
+from roost.errors import ConfigurationError, RunNotFound
+from roost.runtime.pipelines import RunHandle, RunOutcome
+from roost.storage import RunStatus
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]
+
+Behaviour = Callable[[RunStep], Awaitable[Any]]
+
+
+class Board:
+    """What workers and tools do and what they saw, shared with the test across systems."""
+
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.requests: list[RunStep] = []
+        self.effects: list[str] = []
+        self.block: set[str] = set()
+        self.gates: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.entered: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def steps_run(self) -> list[str]:
+        return [request.step for request in self.requests]
+
+    def reset_events(self) -> None:
+        """Events belong to one event loop; a test that runs a second loop starts afresh."""
+        self.gates.clear()
+        self.entered.clear()
+
+
+BOARD = Board()
+
+
+class Worker(roost.Actor):
+    async def receive(self, message: RunStep) -> Any:
+        BOARD.requests.append(message)
+        if message.step in BOARD.block:
+            BOARD.entered[message.step].set()
+            await BOARD.gates[message.step].wait()
+        behaviour = BOARD.behaviours.get(message.step)
+        return f"{message.step}:done" if behaviour is None else await behaviour(message)
+
+
+async def already_charged(key: str, args: Any) -> roost.Done | roost.NotDone:
+    order = args["order"]
+    return roost.Done(f"charged {order}") if order in BOARD.effects else roost.NotDone()
+
+
+@roost.tool(verify=already_charged)
+async def charge(order: str) -> str:
+    BOARD.entered["charge"].set()
+    if "charge" in BOARD.block:
+        await BOARD.gates["charge"].wait()
+    BOARD.effects.append(order)
+    return f"charged {order}"
+
+
+@roost.tool(idempotent=True)
+async def hold(step: str) -> str:
+    """A tool step without effects that waits at its gate while its step is in `BOARD.block`."""
+    if step in BOARD.block:
+        BOARD.entered[step].set()
+        await BOARD.gates[step].wait()
+    return f"{step}:held"
+
+
+def held(name: str, after: str | list[str] | None = None) -> Step:
+    return Step(name, tool="hold", after=after or (), args=lambda results, input: {"step": name})
+
+
+class Ticket(msgspec.Struct, frozen=True):
+    sender: str
+    kind: str
+
+
+def orders() -> Pipeline:
+    """reserve (a worker) -> charge (a side-effecting tool) -> confirm (a worker)."""
+    return Pipeline("orders", [
+        Step("reserve", Worker),
+        Step("charge", tool="charge", after="reserve",
+             args=lambda results, input: {"order": input}),
+        Step("confirm", Worker, after="charge"),
+    ])
+
+
+@pytest.fixture(autouse=True)
+def board() -> Board:
+    global BOARD
+    BOARD = Board()
+    return BOARD
+
+
+def new_system(store: Path) -> roost.ActorSystem:
+    system = roost.ActorSystem(store=store, log_format="json", log_level="critical")
+    system.tools.register(charge)
+    system.tools.register(hold)
+    return system
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+async def system(store: Path) -> AsyncIterator[roost.ActorSystem]:
+    async with new_system(store) as running:
+        try:
+            yield running
+        finally:
+            for gate in BOARD.gates.values():
+                gate.set()
+
+
+async def leave_running(store: Path, pipeline: Pipeline, blocked_step: str, run_id: str = "run-1",
+                        input: Any = "order-1") -> None:
+    """Start a run, and shut its system down while `blocked_step` is in progress.
+
+    Block a tool step: the tool proxy stops after the run's actor, so the run is
+    left `running` (a busy worker is a bug, see the test of a busy worker below).
+    """
+    BOARD.block.add(blocked_step)
+    async with new_system(store) as system:
+        await system.pipelines.start(pipeline, input, run_id=run_id)
+        await BOARD.entered[blocked_step].wait()
+    BOARD.block.discard(blocked_step)
+    BOARD.reset_events()
+
+
+async def outcome_of(handle: RunHandle) -> RunOutcome:
+    with anyio.fail_after(10):
+        return await handle.result()
+
+
+# --- list -----------------------------------------------------------------------------
+
+
+async def test_list_gives_every_run_or_only_those_with_one_status(
+        system: roost.ActorSystem, board: Board) -> None:
+    async def fail(request: RunStep) -> Any:
+        raise ValueError("boom")
+
+    async def review(request: RunStep) -> Any:
+        return NeedsReview("unsure")
+
+    board.behaviours["fail"] = fail
+    board.behaviours["review"] = review
+    board.block.add("wait")
+    for run_id, step in [("run-a", "ok"), ("run-b", "fail"), ("run-c", "review"),
+                         ("run-d", "wait")]:
+        run = await system.pipelines.start(Pipeline(step, [Step(step, Worker)]), run_id=run_id)
+        if step == "wait":
+            await board.entered["wait"].wait()
+        else:
+            try:
+                await run.result()
+            except roost.RoostError:
+                pass
+
+    def ids(records: list[Any]) -> list[str]:
+        return [record.run_id for record in records]
+
+    assert ids(await system.pipelines.list()) == ["run-a", "run-b", "run-c", "run-d"]
+    assert ids(await system.pipelines.list("completed")) == ["run-a"]
+    assert ids(await system.pipelines.list(RunStatus.FAILED)) == ["run-b"]
+    assert ids(await system.pipelines.list("needs_review")) == ["run-c"]
+    assert ids(await system.pipelines.list("running")) == ["run-d"]
+    assert ids(await system.pipelines.list("cancelled")) == []
+    assert [r.pipeline for r in await system.pipelines.list()] == ["ok", "fail", "review", "wait"]
+
+
+async def test_listing_an_unknown_status_names_the_valid_ones(system: roost.ActorSystem) -> None:
+    with pytest.raises(ConfigurationError,
+                       match=r"status='done' is not a run status; use one of running, suspended"):
+        await system.pipelines.list("done")
+
+
+async def test_a_live_run_is_not_interrupted(system: roost.ActorSystem, board: Board) -> None:
+    board.block.add("reserve")
+    await system.pipelines.start(orders(), "order-1", run_id="run-1")
+    await board.entered["reserve"].wait()
+
+    assert [r.run_id for r in await system.pipelines.list("running")] == ["run-1"]
+    assert await system.pipelines.interrupted() == []
+    assert await system.pipelines.resume_interrupted() == []
+
+
+# --- interrupted runs -----------------------------------------------------------------
+
+
+async def test_a_new_system_lists_a_run_left_running_and_resumes_it_without_repeating_steps(
+        store: Path, board: Board) -> None:
+    await leave_running(store, orders(), "charge")
+    assert board.steps_run() == ["reserve"]
+    assert board.effects == []
+
+    async with new_system(store) as system:
+        await system.pipelines.register(orders())
+        [interrupted] = await system.pipelines.interrupted()
+        assert (interrupted.run_id, interrupted.pipeline, interrupted.status,
+                interrupted.last_step) == ("run-1", "orders", "running", "reserve")
+
+        run = await system.pipelines.resume("run-1")
+        outcome = await outcome_of(run)
+
+        assert await system.pipelines.interrupted() == []
+    assert outcome == RunOutcome("run-1", "completed", {
+        "reserve": "reserve:done", "charge": "charged order-1", "confirm": "confirm:done"})
+    assert board.steps_run() == ["reserve", "confirm"]
+    assert board.effects == ["order-1"]
+
+
+async def test_registering_with_resume_continues_the_pipelines_interrupted_runs(
+        store: Path, board: Board) -> None:
+    await leave_running(store, orders(), "charge", run_id="run-1", input="order-1")
+    await leave_running(store, orders(), "charge", run_id="run-2", input="order-2")
+    await leave_running(store, Pipeline("other", [held("other")]), "other", run_id="run-3")
+    board.requests.clear()
+
+    async with new_system(store) as system:
+        handles = await system.pipelines.register(orders(), resume=True)
+        assert sorted(handle.run_id for handle in handles) == ["run-1", "run-2"]
+        outcomes = [await outcome_of(handle) for handle in handles]
+
+        assert [r.run_id for r in await system.pipelines.interrupted()] == ["run-3"]
+    assert {o.run_id: o.status for o in outcomes} == {"run-1": "completed", "run-2": "completed"}
+    assert sorted((r.run_id, r.step) for r in board.requests) == [
+        ("run-1", "confirm"), ("run-2", "confirm")]
+    assert sorted(board.effects) == ["order-1", "order-2"]
+
+
+async def test_resume_interrupted_continues_only_runs_of_registered_pipelines(
+        store: Path, board: Board) -> None:
+    await leave_running(store, orders(), "charge", run_id="run-1")
+    await leave_running(store, Pipeline("other", [held("other")]), "other", run_id="run-2")
+
+    async with new_system(store) as system:
+        await system.pipelines.register(orders())
+        handles = await system.pipelines.resume_interrupted()
+        assert [handle.run_id for handle in handles] == ["run-1"]
+        await outcome_of(handles[0])
+
+        assert [r.run_id for r in await system.pipelines.interrupted()] == ["run-2"]
+
+
+async def test_a_run_whose_worker_is_busy_at_shutdown_is_left_running_not_failed(
+        store: Path, board: Board) -> None:
+    """Shutdown stops the run's actor; the step it was waiting for must not fail the run.
+
+    A watcher (started before the pipelines, so stopped after them) opens the busy
+    worker's gate once the run's actor has stopped, so the worker is never stuck.
+    """
+    class Watcher(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            match message:
+                case roost.ActorRef():
+                    self.ctx.watch(message)
+                case roost.Terminated():
+                    BOARD.gates["confirm"].set()
+
+    board.block.add("confirm")
+    async with new_system(store) as system:
+        watcher = system.spawn(Watcher, name="watcher")
+        await system.pipelines.start(orders(), "order-1", run_id="run-1")
+        await board.entered["confirm"].wait()
+        await watcher.ask(system.lookup("/pipelines/runs/run-1"))  # watching from now on
+    board.block.clear()
+    board.reset_events()
+
+    async with new_system(store) as system:
+        [record] = await system.pipelines.list()
+        assert (record.status, record.last_step, record.error) == ("running", "charge", None)
+        await system.pipelines.register(orders())
+        outcome = await outcome_of(await system.pipelines.resume("run-1"))
+    assert outcome.status == "completed"
+    assert board.steps_run() == ["reserve", "confirm", "confirm"]
+    assert board.effects == ["order-1"]
+
+
+# --- resume errors and no-ops ---------------------------------------------------------
+
+
+async def test_resuming_an_unknown_run_raises_run_not_found(system: roost.ActorSystem) -> None:
+    with pytest.raises(RunNotFound, match="no run with id 'nope' in the store"):
+        await system.pipelines.resume("nope")
+
+
+async def test_resuming_a_run_whose_pipeline_is_not_registered_names_the_pipeline(
+        store: Path) -> None:
+    await leave_running(store, orders(), "charge")
+
+    async with new_system(store) as system:
+        with pytest.raises(ConfigurationError,
+                           match=r"run 'run-1' belongs to pipeline 'orders', which is not registered"):
+            await system.pipelines.resume("run-1")
+        with pytest.raises(ConfigurationError, match=r"run 'run-1' is running but not live here"):
+            await RunHandle(system.pipelines, "run-1").result()
+
+
+async def test_resuming_a_live_or_ended_run_does_nothing(
+        system: roost.ActorSystem, board: Board) -> None:
+    board.block.add("reserve")
+    run = await system.pipelines.start(orders(), "order-1", run_id="run-1")
+    await board.entered["reserve"].wait()
+
+    again = await system.pipelines.resume("run-1")
+    board.gates["reserve"].set()
+    first = await outcome_of(run)
+    assert await outcome_of(again) == first
+    ended = await system.pipelines.resume("run-1")
+
+    assert await outcome_of(ended) == first
+    assert board.steps_run() == ["reserve", "confirm"]
+    assert board.effects == ["order-1"]
+
+
+async def test_an_ended_runs_outcome_is_read_back_by_a_later_system(
+        store: Path, board: Board) -> None:
+    async def ticket(request: RunStep) -> Any:
+        return Ticket("ada@example.org", "urgent")
+
+    board.behaviours["classify"] = ticket
+
+    def pipeline() -> Pipeline:
+        return Pipeline("classify", [
+            Step("classify", Worker, output=Ticket), Step("reply", Worker, after="classify")])
+
+    async with new_system(store) as system:
+        live = await outcome_of(await system.pipelines.start(pipeline(), run_id="run-1"))
+
+    async with new_system(store) as system:
+        await system.pipelines.register(pipeline())
+        stored = await outcome_of(await system.pipelines.resume("run-1"))
+    assert stored == live == RunOutcome("run-1", "completed", {
+        "classify": Ticket("ada@example.org", "urgent"), "reply": "reply:done"})
+
+
+# --- what a resumed run's steps see ---------------------------------------------------
+
+
+async def test_a_resumed_run_decodes_checkpointed_results_into_each_steps_output_type(
+        store: Path, board: Board) -> None:
+    async def ticket(request: RunStep) -> Any:
+        return Ticket("ada@example.org", request.step)
+
+    board.behaviours["typed"] = ticket
+    board.behaviours["plain"] = ticket
+    pipeline = Pipeline("decode", [
+        Step("typed", Worker, output=Ticket),
+        Step("plain", Worker),
+        held("pause", after=["typed", "plain"]),
+        Step("last", Worker, after="pause"),
+    ])
+    await leave_running(store, pipeline, "pause")
+
+    async with new_system(store) as system:
+        await system.pipelines.register(pipeline)
+        await outcome_of(await system.pipelines.resume("run-1"))
+    resumed = board.requests[-1]
+    assert resumed.step == "last"
+    assert resumed.results == {"typed": Ticket("ada@example.org", "typed"),
+                               "plain": {"sender": "ada@example.org", "kind": "plain"},
+                               "pause": "pause:held"}
+
+
+async def test_a_failed_optional_steps_result_is_still_a_step_failure_after_a_resume(
+        store: Path, board: Board) -> None:
+    async def fail(request: RunStep) -> Any:
+        raise ValueError("no data")
+
+    board.behaviours["enrich"] = fail
+    pipeline = Pipeline("optional", [
+        Step("enrich", Worker, optional=True),
+        held("pause", after="enrich"),
+        Step("answer", Worker, after="pause"),
+    ])
+    await leave_running(store, pipeline, "pause")
+
+    async with new_system(store) as system:
+        await system.pipelines.register(pipeline)
+        outcome = await outcome_of(await system.pipelines.resume("run-1"))
+    assert board.requests[-1].step == "answer"
+    assert board.requests[-1].results["enrich"] == StepFailure("ValueError: no data")
+    assert outcome.results["enrich"] == StepFailure("ValueError: no data")
+
+
+async def test_a_failed_optional_step_with_an_output_type_can_be_read_back(
+        store: Path, board: Board) -> None:
+    async def fail(request: RunStep) -> Any:
+        raise ValueError("no data")
+
+    board.behaviours["enrich"] = fail
+
+    def pipeline() -> Pipeline:
+        return Pipeline("optional", [Step("enrich", Worker, optional=True, output=Ticket)])
+
+    async with new_system(store) as system:
+        live = await outcome_of(await system.pipelines.start(pipeline(), run_id="run-1"))
+
+    async with new_system(store) as system:
+        await system.pipelines.register(pipeline())
+        stored = await outcome_of(await system.pipelines.resume("run-1"))
+    assert stored == live
+    assert stored.results == {"enrich": StepFailure("ValueError: no data")}
+
+
+# --- start, register and cancel errors ------------------------------------------------
+
+
+async def test_a_run_id_can_be_used_only_once(system: roost.ActorSystem) -> None:
+    pipeline = orders()
+    await outcome_of(await system.pipelines.start(pipeline, "order-1", run_id="run-1"))
+
+    with pytest.raises(ConfigurationError, match=r"a run with id 'run-1' already exists"):
+        await system.pipelines.start(pipeline, "order-2", run_id="run-1")
+
+
+async def test_a_generated_run_id_is_unique(system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("one", [Step("one", Worker)])
+    first = await system.pipelines.start(pipeline)
+    second = await system.pipelines.start(pipeline)
+
+    assert first.run_id != second.run_id
+    assert repr(first) == f"<RunHandle {first.run_id}>"
+    await outcome_of(first)
+    await outcome_of(second)
+
+
+async def test_registering_another_pipeline_under_a_taken_name_is_refused(
+        system: roost.ActorSystem) -> None:
+    first = orders()
+    await system.pipelines.register(first)
+    await system.pipelines.register(first)  # the same pipeline again is fine
+
+    with pytest.raises(ConfigurationError,
+                       match=r"a different pipeline named 'orders' is already registered"):
+        await system.pipelines.register(orders())
+
+
+async def test_pipelines_need_a_store() -> None:
+    async with roost.ActorSystem(log_format="json", log_level="critical") as system:
+        with pytest.raises(ConfigurationError, match=r"pipelines need a store"):
+            await system.pipelines.start(orders(), "order-1")
+
+
+async def test_cancelling_an_unknown_run_raises_run_not_found(system: roost.ActorSystem) -> None:
+    with pytest.raises(RunNotFound, match="'nope'"):
+        await system.pipelines.cancel("nope")
+
+
+# --- concurrency of the API -----------------------------------------------------------
+
+
+async def test_runs_started_together_on_a_fresh_system_all_complete(
+        system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("one", [Step("one", Worker)])
+
+    handles = await asyncio.gather(*(system.pipelines.start(pipeline) for _ in range(3)))
+
+    assert [(await outcome_of(handle)).status for handle in handles] == ["completed"] * 3
+    assert await system.pipelines.interrupted() == []
+
+
+async def test_resuming_one_run_twice_at_once_runs_its_remaining_steps_once(
+        store: Path, board: Board) -> None:
+    await leave_running(store, orders(), "charge")
+
+    async with new_system(store) as system:
+        await system.pipelines.register(orders())
+        warm = Pipeline("warm", [Step("warm", Worker)])  # the pipelines' supervisors exist
+        await outcome_of(await system.pipelines.start(warm))
+        board.requests.clear()
+        first, second = await asyncio.gather(system.pipelines.resume("run-1"),
+                                             system.pipelines.resume("run-1"))
+        assert (await outcome_of(first)).status == "completed"
+        assert (await outcome_of(second)).status == "completed"
+    assert board.steps_run() == ["confirm"]
+    assert board.effects == ["order-1"]
