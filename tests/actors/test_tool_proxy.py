@@ -1,0 +1,430 @@
+"""Tests of roost/actors/tool_proxy.py (through `system.tools` and `ctx.tools`) with in-process tools.
+
+The HTTP side (breaker, retries, the Idempotency-Key header, bulkheads) is in
+test_tool_proxy_http.py; the crash of a whole process in tests/crash/test_tool_crash.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import roost
+from roost.actors.tool_proxy import ToolStatistics
+from roost.actors.tools import fingerprint
+from roost.errors import ToolArgumentsInvalid, ToolBusy, ToolResultUnrecordable, ToolTimeout
+from roost.storage import Ledger, Store, Update
+
+pytestmark = pytest.mark.anyio
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    to: str
+    number: int
+
+
+class Send(roost.Message, frozen=True):
+    to: str
+
+
+class Sender(roost.Actor):
+    """Sends through `ctx.tools`, with the key derived from its path or its run."""
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Send(to=to):
+                return await self.ctx.tools.call("send", to=to)
+        return None
+
+
+class Mailer:
+    """A side-effecting `send` tool that counts what it sent; a call may be held."""
+
+    def __init__(self, **options: Any) -> None:
+        self.sent: list[str] = []
+        self.hold: anyio.Event | None = None
+        self.entered = anyio.Event()
+
+        @roost.tool(name="send", **options)
+        async def send(to: str) -> Receipt:
+            self.sent.append(to)
+            self.entered.set()
+            if self.hold is not None:
+                await self.hold.wait()
+            return Receipt(to, len(self.sent))
+
+        self.tool = send
+
+
+@roost.tool(read_only=True)
+async def ping() -> str:
+    return "pong"
+
+
+def open_system(store: Path | None = None, clock: Callable[[], float] = time.monotonic,
+                ) -> roost.ActorSystem:
+    return roost.ActorSystem(store=store, clock=clock, log_format="json", log_level="critical")
+
+
+def registered(system: roost.ActorSystem, *tools: object) -> None:
+    for item in (ping, *tools):
+        system.tools.register(item)
+
+
+async def ledger_keys(system: roost.ActorSystem) -> list[bytes]:
+    return [key async for key, _ in system.store.scan("ledger")]
+
+
+# --- the ledger: once per key ---------------------------------------------------------------
+
+
+async def test_a_completed_key_returns_the_stored_result_as_the_declared_return_type(
+    tmp_path: Path,
+) -> None:
+    mailer = Mailer()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        first = await system.tools.call("send", key="welcome-ada", to="ada")
+        again = await system.tools.call("send", key="welcome-ada", to="ada")
+        assert first == again == Receipt("ada", 1)
+        assert type(again) is Receipt
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        replayed = await system.tools.call("send", key="welcome-ada", to="ada")
+        assert type(replayed) is Receipt and replayed == first
+        assert system.tools.statistics() == ToolStatistics(calls=1, dedup_hits=1)
+    assert mailer.sent == ["ada"]
+
+
+async def test_read_only_tools_skip_the_ledger(tmp_path: Path) -> None:
+    looked_up: list[object] = []
+
+    @roost.tool(read_only=True)
+    async def lookup(query: object) -> str:
+        looked_up.append(query)
+        return "found"
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, lookup)
+        odd = object()  # a read-only call needs no key, so its arguments need not be JSON
+        assert await system.tools.call("lookup", query="q", key="same") == "found"
+        assert await system.tools.call("lookup", query="q", key="same") == "found"
+        with anyio.fail_after(5):
+            assert await system.tools.call("lookup", query=odd) == "found"
+        assert looked_up == ["q", "q", odd]
+        assert await ledger_keys(system) == []
+
+
+async def test_derived_keys_are_scoped_to_the_calling_actor(tmp_path: Path) -> None:
+    mailer = Mailer()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        alice, bob = system.spawn(Sender, name="alice"), system.spawn(Sender, name="bob")
+        first = await alice.ask(Send("ada"))
+        assert await alice.ask(Send("ada")) == first  # same actor, same arguments: once
+        assert await bob.ask(Send("ada")) == Receipt("ada", 2)  # another actor: its own key
+        assert await alice.ask(Send("bo")) == Receipt("bo", 3)
+    assert mailer.sent == ["ada", "ada", "bo"]
+
+
+async def test_derived_keys_are_scoped_to_the_run(tmp_path: Path) -> None:
+    mailer = Mailer()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        alice, bob = system.spawn(Sender, name="alice"), system.spawn(Sender, name="bob")
+        run_1, run_2 = roost.TraceContext.new("run-1"), roost.TraceContext.new("run-2")
+        assert await alice.ask(Send("ada"), trace=run_1) == Receipt("ada", 1)
+        assert await bob.ask(Send("ada"), trace=run_1) == Receipt("ada", 1)  # same run: once
+        assert await bob.ask(Send("ada"), trace=run_2) == Receipt("ada", 2)
+    assert mailer.sent == ["ada", "ada"]
+
+
+async def test_a_caller_that_gives_up_leaves_the_call_running_and_its_result_recorded(
+    tmp_path: Path,
+) -> None:
+    mailer = Mailer()
+    mailer.hold = anyio.Event()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with anyio.move_on_after(5) as scope:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(lambda: system.tools.call("send", key="k", to="ada"))
+                await mailer.entered.wait()
+                tasks.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+        mailer.hold.set()
+        assert await system.tools.call("send", key="k", to="ada") == Receipt("ada", 1)
+        entry = await Ledger(system.store).get("send", "k")
+        assert entry is not None and entry.status == "completed"
+    assert mailer.sent == ["ada"]
+
+
+async def test_a_permanent_failure_is_stored_and_replayed_without_running_the_tool(
+    tmp_path: Path,
+) -> None:
+    attempts: list[str] = []
+
+    @roost.tool
+    async def charge(card: str) -> str:
+        attempts.append(card)
+        raise ValueError(f"card {card} declined")
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, charge)
+        with pytest.raises(ValueError, match="card 4242 declined"):
+            await system.tools.call("charge", key="order-1", card="4242")
+        with pytest.raises(roost.PermanentToolError,
+                           match=r"'order-1' failed before .*ValueError: card 4242 declined"):
+            await system.tools.call("charge", key="order-1", card="4242")
+        stats = system.tools.statistics()
+        assert (stats.calls, stats.failures, stats.dedup_hits) == (2, 2, 1)
+    assert attempts == ["4242"]
+
+
+async def test_a_result_that_cannot_be_recorded_finalizes_the_key(tmp_path: Path) -> None:
+    runs: list[int] = []
+
+    @roost.tool
+    async def open_socket(port: int) -> object:
+        runs.append(port)
+        return object()
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, open_socket)
+        for _ in range(2):
+            with pytest.raises(ToolResultUnrecordable, match="will not be run again"):
+                await system.tools.call("open_socket", key="s", port=80)
+        entry = await Ledger(system.store).get("open_socket", "s")
+        assert entry is not None and entry.status == "unrecordable"
+    assert runs == [80]
+
+
+async def test_a_call_refused_by_a_full_bulkhead_can_be_made_again_with_its_key(
+    tmp_path: Path,
+) -> None:
+    mailer = Mailer(concurrency=1, max_waiting=0)
+    mailer.hold = anyio.Event()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(lambda: system.tools.call("send", key="first", to="ada"))
+            await mailer.entered.wait()
+            with pytest.raises(ToolBusy, match="tool 'send' is busy"):
+                await system.tools.call("send", key="second", to="bo")
+            mailer.hold.set()
+        # ToolBusy means the tool never ran ("safe to retry later"): the key stays usable.
+        assert await system.tools.call("send", key="second", to="bo") == Receipt("bo", 2)
+    assert mailer.sent == ["ada", "bo"]
+
+
+async def test_a_call_cut_short_by_shutdown_fails_with_actor_stopped_and_its_outcome_is_unknown(
+    tmp_path: Path,
+) -> None:
+    mailer = Mailer()
+    mailer.hold = anyio.Event()
+    stopped: list[roost.ActorStopped] = []
+
+    async def caller(system: roost.ActorSystem) -> None:
+        with pytest.raises(roost.ActorStopped) as caught:
+            await system.tools.call("send", key="k", to="ada")
+        stopped.append(caught.value)
+
+    async with anyio.create_task_group() as tasks:
+        async with open_system(tmp_path / "store") as system:
+            registered(system, mailer.tool)
+            tasks.start_soon(caller, system)
+            await mailer.entered.wait()
+    assert len(stopped) == 1
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with pytest.raises(roost.ToolOutcomeUnknown):
+            await system.tools.call("send", key="k", to="ada")
+    assert mailer.sent == ["ada"]
+    # The error names what could not be delivered: the call, not the type of a label.
+    assert "cannot deliver Call" in str(stopped[0]), str(stopped[0])
+
+
+# --- a key found in flight: an earlier process died mid-call --------------------------------
+
+
+async def leave_in_flight(folder: Path, tool: str, key: str, arguments: dict[str, Any]) -> None:
+    """Claim `key` as a process that dies before settling it would."""
+    async with Store.open(folder) as store:
+        claim = await Ledger(store).claim(tool, key, fingerprint(arguments, tool=tool))
+        assert claim.claimed
+
+
+async def test_a_verify_hook_that_finds_the_call_done_settles_it_with_its_result(
+    tmp_path: Path,
+) -> None:
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    async def verify(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+        asked.append((key, dict(arguments)))
+        return roost.Done(Receipt("ada", 41))
+
+    mailer = Mailer(verify=verify)
+    await leave_in_flight(tmp_path / "store", "send", "k", {"to": "ada"})
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        assert await system.tools.call("send", key="k", to="ada") == Receipt("ada", 41)
+        assert await system.tools.call("send", key="k", to="ada") == Receipt("ada", 41)
+        entry = await Ledger(system.store).get("send", "k")
+        assert entry is not None and entry.status == "completed"
+    assert asked == [("k", {"to": "ada"})]
+    assert mailer.sent == []
+
+
+async def test_a_verify_hook_that_finds_the_call_not_done_lets_it_run_once(
+    tmp_path: Path,
+) -> None:
+    async def verify(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+        return roost.NotDone()
+
+    mailer = Mailer(verify=verify)
+    await leave_in_flight(tmp_path / "store", "send", "k", {"to": "ada"})
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        assert await system.tools.call("send", key="k", to="ada") == Receipt("ada", 1)
+        assert await system.tools.call("send", key="k", to="ada") == Receipt("ada", 1)
+    assert mailer.sent == ["ada"]
+
+
+async def test_without_verify_an_idempotent_tool_is_run_again(tmp_path: Path) -> None:
+    mailer = Mailer(idempotent=True)
+    await leave_in_flight(tmp_path / "store", "send", "k", {"to": "ada"})
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        assert await system.tools.call("send", key="k", to="ada") == Receipt("ada", 1)
+    assert mailer.sent == ["ada"]
+
+
+async def test_without_verify_a_non_idempotent_call_has_an_unknown_outcome_and_never_reruns(
+    tmp_path: Path,
+) -> None:
+    mailer = Mailer()
+    await leave_in_flight(tmp_path / "store", "send", "k", {"to": "ada"})
+    for _ in range(2):  # neither a second call nor a second process runs it
+        async with open_system(tmp_path / "store") as system:
+            registered(system, mailer.tool)
+            for _ in range(2):
+                with pytest.raises(roost.ToolOutcomeUnknown,
+                                   match="'send': call with key 'k' was in flight"):
+                    await system.tools.call("send", key="k", to="ada")
+            entry = await Ledger(system.store).get("send", "k")
+            assert entry is not None and entry.status == "in_flight"
+    assert mailer.sent == []
+
+
+async def test_a_key_in_flight_with_other_arguments_is_still_a_conflict(tmp_path: Path) -> None:
+    mailer = Mailer(idempotent=True)
+    await leave_in_flight(tmp_path / "store", "send", "k", {"to": "ada"})
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with pytest.raises(roost.IdempotencyConflict, match="'k'"):
+            await system.tools.call("send", key="k", to="bo")
+    assert mailer.sent == []
+
+
+async def test_a_call_past_its_deadline_raises_tool_timeout_even_when_the_ledger_is_slow(
+    tmp_path: Path,
+) -> None:
+    @roost.tool(retry=roost.Retry(attempts=3, deadline=0.2))
+    async def hang(n: int) -> None:
+        await anyio.sleep_forever()
+
+    def slow_disk(current: bytes | None) -> None:
+        time.sleep(0.03)  # in the writer thread: a commit that takes 30 ms, like a slow fsync
+        return None
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, hang)
+        busy = asyncio.ensure_future(system.store.commit([Update("runs", b"slow", slow_disk)]))
+        try:
+            with pytest.raises(ToolTimeout, match=r"'hang': call timed out after 0\.2s"):
+                await system.tools.call("hang", n=1)
+        finally:
+            await busy
+
+
+# --- errors at the caller -------------------------------------------------------------------
+
+
+async def test_an_unknown_tool_is_a_clear_error_listing_the_known_ones(system: roost.ActorSystem,
+                                                                      ) -> None:
+    registered(system, Mailer().tool)
+    with pytest.raises(roost.UnknownTool, match=r"no tool named 'sned' .*known: ping, send"):
+        await system.tools.call("sned", to="ada")
+    assert system.tools.statistics().calls == 0
+
+
+async def test_arguments_that_do_not_fit_are_refused_before_the_proxy(system: roost.ActorSystem,
+                                                                      ) -> None:
+    registered(system, Mailer().tool)
+    with pytest.raises(ToolArgumentsInvalid, match=r"tool 'send'.*missing a required argument"):
+        await system.tools.call("send")
+    with pytest.raises(ToolArgumentsInvalid, match=r"unexpected keyword argument 'cc'"):
+        await system.tools.call("send", to="ada", cc="bo")
+    assert system.tools.statistics().calls == 0
+
+
+async def test_arguments_that_cannot_make_a_key_are_a_clear_error(tmp_path: Path) -> None:
+    mailer = Mailer()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with anyio.fail_after(2):
+            with pytest.raises(ToolArgumentsInvalid, match="arguments must be JSON-encodable"):
+                await system.tools.call("send", to=object())  # type: ignore[arg-type]
+    assert mailer.sent == []
+
+
+async def test_a_call_with_bad_arguments_does_not_disturb_calls_in_flight(tmp_path: Path) -> None:
+    mailer = Mailer()
+    mailer.hold = anyio.Event()
+    results: list[Any] = []
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+
+        async def in_flight() -> None:
+            try:
+                results.append(await system.tools.call("send", key="k", to="ada"))
+            except Exception as error:
+                results.append(error)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(in_flight)
+            await mailer.entered.wait()
+            with anyio.move_on_after(2), pytest.raises(ToolArgumentsInvalid):
+                await system.tools.call("send", to=object())  # type: ignore[arg-type]
+            mailer.hold.set()
+    assert results == [Receipt("ada", 1)]
+
+
+# --- statistics and breakers seen from the caller -------------------------------------------
+
+
+async def test_statistics_and_breaker_states_follow_the_proxy_across_its_restart() -> None:
+    @roost.tool(read_only=True, breaker=roost.Breaker(failures=1, cooldown=60.0))
+    async def flaky() -> None:
+        raise roost.TransientToolError("down")
+
+    async with open_system() as system:
+        registered(system, flaky)
+        await system.tools.call("ping")
+        system.lookup("/tool-proxy").tell("not a call")  # crashes it: the supervisor restarts it
+        await system.tools.call("ping")  # answered by the restarted proxy
+        before = system.tools.statistics().calls
+        await system.tools.call("ping")
+        assert system.tools.statistics().calls == before + 1
+        with pytest.raises(roost.TransientToolError):
+            await system.tools.call("flaky")
+        assert system.tools.breaker_states() == {"flaky": "open"}
+        with pytest.raises(roost.ToolUnavailable):
+            await system.tools.call("flaky")
