@@ -6,9 +6,11 @@ from roost.actors.child_spec import Backoff, ChildSpec
 from roost.actors.context import ActorContext
 from roost.actors.http_tool import HttpTool
 from roost.actors.messages import Terminated
+from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
 from roost.actors.pool import Pool
 from roost.actors.ref import ActorRef
 from roost.actors.retry import Retry
+from roost.actors.run import NeedsReview
 from roost.actors.supervisor import (
     ChildInfo,
     StartChild,
@@ -34,10 +36,15 @@ __all__ = [
     "Done",
     "HttpTool",
     "Message",
+    "NeedsReview",
     "NotDone",
+    "Pipeline",
     "Pool",
     "Retry",
+    "RunStep",
     "StartChild",
+    "Step",
+    "StepFailure",
     "StopChild",
     "Supervisor",
     "SupervisorSpec",

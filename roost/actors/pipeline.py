@@ -15,7 +15,7 @@ with no dependency between them run in parallel. All durations are seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -84,7 +84,7 @@ class Step(msgspec.Struct, frozen=True):
     name: str
     worker: Any = None
     tool: str | None = None
-    after: tuple[str, ...] = ()
+    after: Sequence[str] = ()
     when: Condition | None = None
     map: Callable[[Mapping[str, Any]], Iterable[Any]] | None = None
     args: ToolArgs | None = None
@@ -148,6 +148,10 @@ class Pipeline:
         if item.tool is not None and item.args is None:
             raise PipelineDefinitionError(
                 f"{where}: a tool step needs args=lambda results, input: {{...}}")
+        if isinstance(item.fallback, str) and item.args is None:
+            raise PipelineDefinitionError(
+                f"{where}: its fallback is the tool {item.fallback!r}, so it needs "
+                "args=lambda results, input: {...} to call it with")
         for dep in item.after:
             if dep not in self.steps:
                 raise PipelineDefinitionError(

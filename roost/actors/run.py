@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -40,11 +41,33 @@ class NeedsReview(msgspec.Struct, frozen=True, tag="needs_review"):
 
 
 class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
-    """A run's checkpoint: each completed step's encoded result, and the skipped steps."""
+    """A run's checkpoint: what it has done so far.
+
+    Attributes:
+        results: each completed step's encoded result (decoded with `Step.output`).
+        failures: optional steps that failed, with their error (read back as `StepFailure`).
+        reviews: steps that asked for a person, with the reason (read back as `NeedsReview`).
+        skipped: steps skipped by their condition.
+        trace_id: the run's trace.
+    """
 
     results: dict[str, msgspec.Raw]
+    failures: dict[str, str]
+    reviews: dict[str, str]
     skipped: list[str]
     trace_id: str
+
+
+def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
+                    decoder: Callable[[Any], msgspec.msgpack.Decoder[Any]]) -> dict[str, Any]:
+    """The results a `RunProgress` holds, each decoded to its step's declared type."""
+    results: dict[str, Any] = {}
+    for name, raw in progress.results.items():
+        step = None if pipeline is None else pipeline.steps.get(name)
+        results[name] = decoder(Any if step is None else step.output).decode(raw)
+    results.update((name, StepFailure(error)) for name, error in progress.failures.items())
+    results.update((name, NeedsReview(reason)) for name, reason in progress.reviews.items())
+    return results
 
 
 class StepTiming(msgspec.Struct, frozen=True, gc=False):
@@ -80,6 +103,8 @@ class RunActor(Actor):
         self.input: Any = None
         self.results: dict[str, Any] = {}
         self.encoded: dict[str, msgspec.Raw] = {}
+        self.failures: dict[str, str] = {}
+        self.reviews: dict[str, str] = {}
         self.skipped: list[str] = []
         self.running: dict[str, asyncio.Task[None]] = {}
         self.trace_id = new_trace_id()
@@ -93,9 +118,10 @@ class RunActor(Actor):
             progress = _PROGRESS_DECODER.decode(latest.state)
             self.trace_id = progress.trace_id
             self.skipped = list(progress.skipped)
-            for name, raw in progress.results.items():
-                self.encoded[name] = raw
-                self.results[name] = self._decode_result(name, raw)
+            self.encoded = dict(progress.results)
+            self.failures = dict(progress.failures)
+            self.reviews = dict(progress.reviews)
+            self.results = decode_progress(progress, self.pipeline, self.pipelines.decoder)
             _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
         self._advance()
@@ -232,13 +258,24 @@ class RunActor(Actor):
         if done.error is not None:
             await self._finish("failed", error=done.error, failed_step=done.step)
             return
+        result = done.result
+        if isinstance(result, StepFailure):
+            self.failures[done.step] = result.error
+        elif isinstance(result, NeedsReview):
+            self.reviews[done.step] = result.reason
+        else:
+            try:
+                self.encoded[done.step] = msgspec.Raw(_ENCODER.encode(result))
+            except (TypeError, msgspec.EncodeError) as error:
+                await self._finish("failed", failed_step=done.step, error=(
+                    f"its result ({type(result).__name__}) cannot be checkpointed: {error}; "
+                    "return a msgspec.Struct or plain data"))
+                return
         self.pipelines.record_timing(self.pipeline.name, StepTiming(done.step, done.seconds,
                                                                     done.attempts))
-        self.results[done.step] = done.result
-        self.encoded[done.step] = msgspec.Raw(_ENCODER.encode(done.result))
-        progress = RunProgress(results=self.encoded, skipped=self.skipped, trace_id=self.trace_id)
+        self.results[done.step] = result
         await self.pipelines.checkpoints.save(
-            self.run_id, step=done.step, actor_path=self.ctx.path, state=_ENCODER.encode(progress))
+            self.run_id, step=done.step, actor_path=self.ctx.path, state=self._progress())
         await self.pipelines.runs.update(self.run_id, last_step=done.step, durable=False)
         if isinstance(done.result, NeedsReview):
             await self._finish("needs_review", error=done.result.reason)
@@ -258,7 +295,7 @@ class RunActor(Actor):
         self.pipelines.finished(self.run_id, status, dict(self.results), error, failed_step)
         await self.ctx.stop()
 
-    def _decode_result(self, name: str, raw: msgspec.Raw) -> Any:
-        step = self.pipeline.steps.get(name)
-        output = Any if step is None else step.output
-        return self.pipelines.decoder(output).decode(raw)
+    def _progress(self) -> bytes:
+        return _ENCODER.encode(RunProgress(
+            results=self.encoded, failures=self.failures, reviews=self.reviews,
+            skipped=self.skipped, trace_id=self.trace_id))

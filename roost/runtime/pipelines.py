@@ -1,11 +1,12 @@
 """`Pipelines`: start, resume, list and cancel pipeline runs (`system.pipelines`).
 
 Runs live under `/pipelines/runs/<run id>`, each step's worker pool under
-`/pipelines/<pipeline>/<step>`. Every run has a record in the store; a run
-still `running` when its process died is listed by `interrupted()` and goes on
-from its last completed step with `resume(run_id)` (or automatically, when its
-pipeline is registered with `resume=True`).
-"""
+`/pipelines/workers/<pipeline>/<step>` (started first, so the pools stop after
+the runs at shutdown and a run interrupted by shutdown stays `running`). Every
+run has a record in the store; a run still `running` when its process died is
+listed by `interrupted()` and goes on from its last completed step with
+`resume(run_id)` (or automatically, when its pipeline is registered with
+`resume=True`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import msgspec
 from roost.actors.child_spec import ChildSpec
 from roost.actors.pipeline import Pipeline, Step
 from roost.actors.pool import Pool
-from roost.actors.run import CancelRun, RunActor, StepTiming
+from roost.actors.run import CancelRun, RunActor, RunProgress, StepTiming, decode_progress
 from roost.actors.supervisor import Supervisor
 from roost.errors import ConfigurationError, RunCancelled, StepFailed
 from roost.storage import CheckpointStore, RunRecord, RunStatus, RunStore
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from roost.runtime.system import ActorSystem
 
 _ENCODER = msgspec.msgpack.Encoder()
+_PROGRESS = msgspec.msgpack.Decoder(RunProgress)
 _RESULTS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 
 
@@ -81,8 +83,7 @@ class Pipelines:
     def __init__(self, system: ActorSystem) -> None:
         self.system = system
         self._registered: dict[str, Pipeline] = {}
-        self._root: ActorRef | None = None
-        self._runs_ref: ActorRef | None = None
+        self._root: asyncio.Future[ActorRef] | None = None
         self._pools: dict[tuple[str, str, str], ActorRef] = {}
         self._waiters: dict[str, list[asyncio.Future[RunOutcome]]] = defaultdict(list)
         self._live: set[str] = set()
@@ -138,12 +139,20 @@ class Pipelines:
                 if r.pipeline == pipeline.name]
 
     async def _runs_supervisor(self) -> ActorRef:
-        if self._runs_ref is None:
-            self._root = await self.system.start(Supervisor.spec(
-                "pipelines", max_restarts=100, within=10.0,
-                children=[Supervisor.spec("runs", max_restarts=1000, within=10.0)]))
-            self._runs_ref = self.system.lookup("/pipelines/runs")
-        return self._runs_ref
+        """`/pipelines/runs`, started once; `/pipelines/workers` starts first, so it stops last."""
+        if self._root is None:
+            self._root = self.system.loop.create_future()
+            try:
+                await self.system.start(Supervisor.spec(
+                    "pipelines", max_restarts=100, within=10.0, children=[
+                        Supervisor.spec("workers", max_restarts=100, within=10.0),
+                        Supervisor.spec("runs", max_restarts=1000, within=10.0)]))
+            except BaseException as error:
+                self._root.set_exception(error)
+                self._root = None
+                raise
+            self._root.set_result(self.system.lookup("/pipelines/runs"))
+        return await asyncio.shield(self._root)
 
     def worker_pool(self, pipeline: Pipeline, step: Step, worker: type) -> ActorRef:
         """The pool of `worker`s serving `step` of `pipeline` (started on first use)."""
@@ -151,20 +160,18 @@ class Pipelines:
         ref = self._pools.get(key)
         if ref is None or not ref.is_alive:
             name = step.name if worker is step.worker else f"{step.name}-fallback"
-            group = self._pipeline_group(pipeline)
-            ref = group._cell.system.spawn_under(
-                group._cell, Pool.spec(name, worker, size=step.workers), (), None, {})
+            group = self._pipeline_group(pipeline)._cell
+            ref = self.system.spawn_under(group, Pool.spec(name, worker, size=step.workers),
+                                          (), None, {})
             self._pools[key] = ref
         return ref
 
     def _pipeline_group(self, pipeline: Pipeline) -> ActorRef:
-        assert self._root is not None
-        path = f"/pipelines/{pipeline.name}"
         try:
-            return self.system.lookup(path)
+            return self.system.lookup(f"/pipelines/workers/{pipeline.name}")
         except LookupError:
-            root = self._root._cell
-            return self.system.spawn_under(root, Supervisor.spec(pipeline.name), (), None, {})
+            workers = self.system.lookup("/pipelines/workers")._cell
+            return self.system.spawn_under(workers, Supervisor.spec(pipeline.name), (), None, {})
 
     # --- runs -------------------------------------------------------------------------
 
@@ -218,7 +225,7 @@ class Pipelines:
 
     async def list(self, status: RunStatus | str | None = None) -> list[RunRecord]:
         """Run records, optionally only those with one status."""
-        return await self.runs.list(status=None if status is None else RunStatus(status))
+        return await self.runs.list(status=status)
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a live run and wait for it to end."""
@@ -238,9 +245,13 @@ class Pipelines:
             raise ConfigurationError(
                 f"run {run_id!r} is {record.status} but not live here; resume it first")
         pipeline = self._registered.get(record.pipeline)
-        results = {} if record.result is None else {
-            name: self._decode_step(pipeline, name, raw)
-            for name, raw in _RESULTS.decode(record.result).items()}
+        latest = await self.checkpoints.latest(run_id)
+        if latest is not None:  # the full picture, failed optional steps included
+            results = decode_progress(_PROGRESS.decode(latest.state), pipeline, self.decoder)
+        else:  # checkpoints pruned: the plain results the record keeps
+            progress = RunProgress(results=_RESULTS.decode(record.result or b"\x80"), failures={},
+                                   reviews={}, skipped=[], trace_id="")
+            results = decode_progress(progress, pipeline, self.decoder)
         return RunOutcome(run_id, str(record.status), results, record.error, record.failed_step)
 
     def _wait(self, run_id: str) -> asyncio.Future[RunOutcome]:
@@ -271,7 +282,3 @@ class Pipelines:
 
     def decode_input(self, pipeline: Pipeline, data: bytes | None) -> Any:
         return None if data is None else self.decoder(pipeline.input_type).decode(data)
-
-    def _decode_step(self, pipeline: Pipeline | None, name: str, raw: bytes) -> Any:
-        step = None if pipeline is None else pipeline.steps.get(name)
-        return self.decoder(Any if step is None else step.output).decode(raw)
