@@ -1,0 +1,122 @@
+"""Support email: triage, draft and answer the bundled sample emails with a roost pipeline.
+
+    roost run examples/support_email [--store DIR]
+
+Each email is one run with a fixed id (`email-0042`). Killing the job and
+running it again with the same store resumes the interrupted runs from their
+last completed step, starts only the emails that have no run yet, and sends
+no reply twice. Replies land in `<store>/outbox.jsonl`; while the emails are
+processed, roost's log events go to `<store>/support_email.log` (in the
+format and level given to `roost run`) so the progress line stays readable.
+
+Environment:
+    SUPPORT_EMAIL_LIMIT: process only the first N sample emails (default: all 240).
+    SUPPORT_EMAIL_CONCURRENCY: how many runs may be in flight at once (default 8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import roost
+import structlog
+from roost.errors import StepFailed
+from roost.runtime.pipelines import RunHandle
+from roost.storage import RunStatus
+
+import emails
+import summary
+from knowledge_base import KnowledgeBase
+from outbox import Outbox
+from pipeline import SUPPORT_EMAIL
+from progress import Progress
+from tools import kb_search_tool, send_email_tool
+
+
+async def main(system: roost.ActorSystem) -> None:
+    """Process the sample emails, showing progress, then print a summary."""
+    limit = _env_int("SUPPORT_EMAIL_LIMIT", emails.COUNT)
+    concurrency = _env_int("SUPPORT_EMAIL_CONCURRENCY", 8)
+    if system.store_path is None:
+        raise roost.ConfigurationError("the support-email job needs a store; pass --store DIR")
+    store = system.store_path
+    system.tools.register(kb_search_tool(KnowledgeBase()))
+    system.tools.register(send_email_tool(Outbox(store / "outbox.jsonl")))
+    started = time.monotonic()
+    with _logs_to(store / "support_email.log"):
+        resumed = await system.pipelines.register(SUPPORT_EMAIL, resume=True)
+        inbox = emails.generate(limit)
+        known = {r.run_id: r.status for r in await system.pipelines.list()}
+        run_ids = {e.email_id for e in inbox} | {h.run_id for h in resumed}
+        finished = [i for i in run_ids if i in known and known[i] != RunStatus.RUNNING]
+        progress = Progress(len(run_ids), done=len(finished),
+                            failed=sum(known[i] == RunStatus.FAILED for i in finished))
+        slots = anyio.Semaphore(concurrency)
+
+        async def follow(handle: RunHandle) -> None:
+            try:
+                status = (await handle.result()).status
+            except StepFailed:
+                status = "failed"
+            finally:
+                slots.release()
+            progress.record(status)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for handle in resumed:
+                    await slots.acquire()
+                    group.start_soon(follow, handle)
+                for email in inbox:
+                    if email.email_id not in known:
+                        await slots.acquire()
+                        group.start_soon(follow, await system.pipelines.start(
+                            SUPPORT_EMAIL, email, run_id=email.email_id))
+        except anyio.get_cancelled_exc_class():  # Ctrl-C or SIGTERM
+            with anyio.CancelScope(shield=True):
+                await _park_live_runs(system)
+            raise
+        progress.close()
+        session = summary.Session(resumed=len(resumed), already_finished=len(finished),
+                                  seconds=time.monotonic() - started)
+        print(await summary.render(system, SUPPORT_EMAIL, run_ids, session), flush=True)
+
+
+async def _park_live_runs(system: roost.ActorSystem) -> None:
+    """Stop the runs in flight, leaving them `running` for the next session to resume.
+
+    At shutdown roost stops the steps' worker pools before the runs, and a run
+    whose worker stops under it ends `failed`; stopping the runs first keeps
+    them resumable.
+    """
+    for record in await system.pipelines.list(RunStatus.RUNNING):
+        with contextlib.suppress(roost.ActorNotFound):
+            await system.stop(system.lookup(f"/pipelines/runs/{record.run_id}"))
+
+
+@contextlib.contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """Write structlog's output to `path` inside the block, then go back to the previous output."""
+    previous = structlog.get_config()["logger_factory"]
+    with path.open("a") as file:
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file))
+        try:
+            yield
+        finally:
+            structlog.configure(logger_factory=previous)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        number = int(value) if value else default
+    except ValueError:
+        number = -1
+    if number < 1:
+        raise roost.ConfigurationError(f"{name}={value!r} is invalid; use a whole number >= 1")
+    return number
