@@ -523,7 +523,7 @@ class Cell:
             done, _ = await asyncio.wait({task}, timeout=KILL_GRACE)
             if not done:
                 self.system.count_abandoned()
-                self.system.adopt(task)
+                self.system.own(task)
                 _log.error("on_stop_abandoned", actor=self.path)
                 return
         if not task.cancelled() and task.exception() is not None:

@@ -1,18 +1,22 @@
 """`Tools`: how actors and applications register and call tools (`ctx.tools`, `system.tools`).
 
-A call is checked where it is made, before any hop: an unknown tool or
-arguments that do not fit raise at once, and so does an open circuit breaker
-(answered with the tool's fallback or `ToolUnavailable`), so a caller learns
-that a dependency is down without queueing behind the proxy's work.
+A call is checked where it is made, before any hop: an open circuit breaker is
+answered at once (the tool's fallback or `ToolUnavailable`), and an unknown
+tool or arguments that do not fit (or cannot be hashed into a key) raise at
+once. Read-only tools then run in the caller's task under the shared breaker
+and bulkhead: they need no ledger and no join, so a hop would only add
+latency. Side-effecting calls go to the tool-proxy actor, which runs each key
+at most once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from roost.actors.breaker import BreakerState
-from roost.actors.tool_proxy import Call, ToolProxy, ToolStatistics
-from roost.actors.tools import ToolRegistry, ToolSpec
+from roost.actors.tool_proxy import Call, ToolState, ToolStatistics
+from roost.actors.tools import ToolRegistry, ToolSpec, derive_key, fingerprint
 from roost.errors import SystemNotRunning, ToolUnavailable
 from roost.trace import current_envelope, handling
 
@@ -21,23 +25,24 @@ if TYPE_CHECKING:
 
 #: How long a call may take in all when its tool sets no deadline, in seconds.
 DEFAULT_CALL_TIMEOUT = 300.0
+#: Extra time the caller waits past a tool's deadline, so that the proxy's own
+#: `ToolTimeout` (measured from when the call started running) arrives first.
+DEADLINE_MARGIN = 5.0
 
 
 class Tools:
-    """The system's tools: register them, call them, inspect their breakers."""
+    """The system's tools: register them, call them, inspect their breakers and counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
         self.registry = ToolRegistry()
-        self._proxy_ref: ActorRef | None = None
-        self._proxy: ToolProxy | None = None
+        self.state = ToolState(clock)
+        self._proxy: ActorRef | None = None
 
-    def attach(self, ref: ActorRef) -> None:
-        """Connect to the running proxy actor (done by the system at start)."""
-        self._proxy_ref = ref
-        self._proxy = ref._cell.actor  # type: ignore[assignment]
+    def attach(self, proxy: ActorRef) -> None:
+        """Connect to the running tool-proxy actor (done by the system at start)."""
+        self._proxy = proxy
 
     def detach(self) -> None:
-        self._proxy_ref = None
         self._proxy = None
 
     def register(self, tool: object) -> ToolSpec:
@@ -54,57 +59,70 @@ class Tools:
 
         Side-effecting tools are called at most once per idempotency key: `key`
         if given, else one derived from the current run (or the calling actor's
-        path) and the arguments. A repeated key returns the stored result.
+        path) and the arguments. A repeated key returns the stored result (with
+        a store; without one, only concurrent duplicates are joined).
 
         Args:
             name: the tool's registered name.
             key: the idempotency key; derived when omitted.
             timeout: how long to wait in all, in seconds (default: the tool's
-                retry deadline, else 300).
+                retry deadline plus a margin, else 300).
             **arguments: the tool's keyword arguments.
 
         Raises:
             UnknownTool: no tool is registered under `name`.
-            ToolArgumentsInvalid: the arguments do not fit the tool.
+            ToolArgumentsInvalid: the arguments do not fit the tool, or cannot be
+                hashed into an idempotency key.
             ToolUnavailable: the breaker is open and the tool has no fallback.
+            ToolBusy: the tool's concurrency limit and waiting line are full.
             IdempotencyConflict: `key` was used with other arguments.
             ToolOutcomeUnknown: a call with this key was in flight when an
                 earlier process died, and the tool cannot tell if it took effect.
             Exception: the tool's own error after its retries.
 
-        If cancelled, the call goes on in the proxy and its result is recorded.
+        If cancelled, a side-effecting call goes on in the proxy and its result
+        is recorded; a read-only call is cancelled.
         """
-        proxy, ref = self._proxy, self._proxy_ref
-        if proxy is None or ref is None:
+        proxy = self._proxy
+        if proxy is None:
             raise SystemNotRunning(f"call tool {name!r}")
         spec = self.registry.get(name)
-        bound = spec.bind(arguments)
-        breaker = proxy.breakers.get(name)
+        breaker = self.state.breakers.get(name)
         if breaker is not None and breaker.state is BreakerState.OPEN:
-            return await self._rejected(proxy, spec, bound, breaker)
+            return await self._rejected(spec, arguments, breaker)
+        bound = spec.bind(arguments)
+        if spec.read_only:
+            self.state.stats.calls += 1
+            return await self.state.run(spec, bound, key)
+        fp = fingerprint(bound, tool=spec.name)
+        if key is None:
+            key = derive_key(_scope(), "", spec.name, bound)
         if timeout is None:
-            timeout = spec.retry_policy.deadline or DEFAULT_CALL_TIMEOUT
-        return await ref.ask(Call(spec, bound, key, _scope()), timeout=timeout)
+            deadline = spec.retry_policy.deadline
+            timeout = DEFAULT_CALL_TIMEOUT if deadline is None else deadline + DEADLINE_MARGIN
+        return await proxy.ask(Call(spec, bound, key, fp), timeout=timeout)
 
-    async def _rejected(self, proxy: ToolProxy, spec: ToolSpec, arguments: dict[str, Any],
-                        breaker: Any) -> Any:
+    async def _rejected(self, spec: ToolSpec, arguments: dict[str, Any], breaker: Any) -> Any:
         try:
-            breaker.acquire()  # raises ToolUnavailable with when it will be probed
+            breaker.acquire()  # raises ToolUnavailable saying when it will be probed
         except ToolUnavailable as unavailable:
-            return await proxy._fallback(spec, arguments, None, unavailable)
+            bound = spec.bind(arguments) if spec.fallback is not None else arguments
+            return await self.state.fallback(spec, bound, None, unavailable)
         raise AssertionError("unreachable: an open breaker granted a permit")
 
     def statistics(self) -> ToolStatistics:
         """Counts of calls, dedup hits, joins, retries, breaker trips, rejections, fallbacks."""
-        if self._proxy is None:
-            return ToolStatistics()
-        return self._proxy.stats
+        return self.state.stats
 
     def breaker_states(self) -> dict[str, str]:
         """Each tool's breaker state (`closed`, `open`, `half_open`), for tools that have one."""
-        if self._proxy is None:
-            return {}
-        return {name: str(b.state) for name, b in self._proxy.breakers.items()}
+        return {name: str(b.state) for name, b in self.state.breakers.items()}
+
+    async def prune(self) -> int:
+        """Delete ledger entries past their retention window; returns how many."""
+        proxy = self._proxy
+        ledger = None if proxy is None else getattr(proxy._cell.actor, "ledger", None)
+        return 0 if ledger is None else await ledger.prune()
 
 
 def _scope() -> str:

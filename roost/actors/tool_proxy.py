@@ -1,11 +1,11 @@
-"""The tool-proxy actor: every tool call goes through it, made safe to retry and contained.
+"""The tool-proxy actor and the tools' shared state: calls made safe to retry, and contained.
 
-It owns each tool's circuit breaker, bulkhead and the idempotency ledger. Its
-`receive` only makes the state changes that must be serialized (joining an
-in-flight duplicate, registering a call) and starts each call as a task it
-owns, so calls run concurrently and the proxy is never a serial bottleneck.
-Callers use the `Tools` facade (`ctx.tools` / `system.tools`), which checks
-arguments and an open breaker before any hop.
+`ToolState` holds each tool's circuit breaker, bulkhead and counts. The
+`ToolProxy` actor owns the idempotency ledger and the table of calls in flight:
+its `receive` only makes the decisions that must be serialized (join a
+duplicate in flight, or lead a new call) and runs each call as a task it owns,
+so calls run concurrently and the proxy is never a serial bottleneck. Callers
+use the `Tools` facade (`ctx.tools` / `system.tools`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from roost.actors.actor import Actor, Message
 from roost.actors.breaker import BreakerState, CircuitBreaker
 from roost.actors.bulkhead import Bulkhead
 from roost.actors.retry import call_with_retry
-from roost.actors.tools import Done, ToolRegistry, ToolSpec, derive_key, fingerprint
+from roost.actors.tools import Done, ToolSpec
 from roost.errors import (
     ActorStopped,
     IdempotencyConflict,
     PermanentToolError,
+    ToolBusy,
     ToolOutcomeUnknown,
     ToolResultUnrecordable,
     ToolUnavailable,
@@ -41,12 +42,12 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 
 class Call(Message, frozen=True, gc=False):
-    """Run one tool call (internal: sent by `Tools.call`)."""
+    """Run one side-effecting tool call (internal: sent by `Tools.call`)."""
 
     spec: Any
     arguments: dict[str, Any]
-    key: str | None
-    scope: str
+    key: str
+    fingerprint: str
 
 
 class ToolStatistics(msgspec.Struct, kw_only=True):
@@ -70,20 +71,19 @@ class _InFlight:
         self.future = future
 
 
-class ToolProxy(Actor):
-    """Runs tool calls with idempotency, circuit breakers, retries, timeouts and bulkheads."""
+class ToolState:
+    """What the system knows about its tools: breakers, bulkheads and counts.
 
-    def __init__(self, registry: ToolRegistry, ledger: Ledger | None,
-                 clock: Callable[[], float]) -> None:
-        self.registry = registry
-        self.ledger = ledger
+    Shared by the proxy actor and the callers' side (`Tools`), and kept across
+    proxy restarts: a dependency does not heal because the proxy restarted.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stats = ToolStatistics()
         self.breakers: dict[str, CircuitBreaker] = {}
         self._bulkheads: dict[str, Bulkhead] = {}
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
-        self._in_flight: dict[tuple[str, str], _InFlight] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def breaker(self, spec: ToolSpec) -> CircuitBreaker | None:
         """The tool's breaker (created on first use), or None if it has none."""
@@ -101,6 +101,69 @@ class ToolProxy(Actor):
             self.stats.breaker_trips += 1
         _log.warning("breaker_state_changed", tool=tool, old=str(old), new=str(new))
 
+    def bulkhead(self, spec: ToolSpec) -> Bulkhead | None:
+        """The tool's concurrency limit (created on first use), or None if it has none."""
+        if spec.concurrency is None:
+            return None
+        bulkhead = self._bulkheads.get(spec.name)
+        if bulkhead is None:
+            bulkhead = self._bulkheads[spec.name] = Bulkhead(
+                spec.name, limit=spec.concurrency, max_waiting=spec.max_waiting)
+        return bulkhead
+
+    def decoder(self, spec: ToolSpec) -> msgspec.msgpack.Decoder[Any]:
+        """Decodes stored results into the tool's declared return type (built once per tool)."""
+        decoder = self._decoders.get(spec.name)
+        if decoder is None:
+            try:
+                returns = typing.get_type_hints(spec.fn).get("return", Any)
+            except Exception:
+                returns = Any
+            decoder = self._decoders[spec.name] = msgspec.msgpack.Decoder(returns)
+        return decoder
+
+    async def run(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
+        """One call under the tool's breaker, bulkhead, timeouts and retries; the fallback
+        answers while the breaker is open."""
+        try:
+            return await self.attempts(spec, arguments, key)
+        except ToolUnavailable as unavailable:
+            return await self.fallback(spec, arguments, key, unavailable)
+
+    async def attempts(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
+        """Await the tool until it succeeds or its retry policy gives up."""
+        policy = spec.retry_policy
+        if (policy.attempts == 1 and policy.attempt_timeout is None and policy.deadline is None
+                and spec.breaker is None and spec.concurrency is None):
+            return await spec.invoke(arguments, key=key)  # nothing to guard: no wrapping
+        return await call_with_retry(
+            lambda: spec.invoke(arguments, key=key), policy, tool=spec.name, key=key,
+            breaker=self.breaker(spec), bulkhead=self.bulkhead(spec), sleep=self._retry_sleep)
+
+    async def _retry_sleep(self, delay: float) -> None:
+        self.stats.retries += 1
+        await anyio.sleep(delay)
+
+    async def fallback(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
+                       unavailable: ToolUnavailable) -> Any:
+        """The fallback's result while the breaker is open, else `unavailable` is raised."""
+        if spec.fallback is None:
+            self.stats.rejected += 1
+            raise unavailable
+        self.stats.fallbacks += 1
+        _log.info("tool_fallback_used", tool=spec.name, key=key)
+        return await spec.fallback(**arguments)
+
+
+class ToolProxy(Actor):
+    """Runs side-effecting tool calls once per key: the ledger, in-flight joins, recovery."""
+
+    def __init__(self, state: ToolState, ledger: Ledger | None) -> None:
+        self.state = state
+        self.ledger = ledger
+        self._in_flight: dict[tuple[str, str], _InFlight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
     async def receive(self, message: Any) -> Any:
         match message:
             case Call():
@@ -116,36 +179,35 @@ class ToolProxy(Actor):
             await asyncio.wait(self._tasks, timeout=self.shutdown_timeout)
 
     def _start(self, call: Call) -> None:
-        """Register the call (serialized here) and run it in a task this actor owns."""
+        """Join a call in flight with the same key, or lead a new one in a task this actor owns.
+
+        Both decisions happen here, in `receive`, so they are serialized.
+        """
         reply = self.ctx.take_reply()
         spec: ToolSpec = call.spec
-        self.stats.calls += 1
-        if spec.read_only or self.ledger is None:
-            work = self._run(spec, call.arguments, call.key)
+        key, fp = call.key, call.fingerprint
+        self.state.stats.calls += 1
+        pending = self._in_flight.get((spec.name, key))
+        if pending is not None:
+            work = self._join(spec, key, fp, pending)
         else:
-            key = call.key or derive_key(call.scope, "", spec.name, call.arguments)
-            fp = fingerprint(call.arguments, tool=spec.name)
-            pending = self._in_flight.get((spec.name, key))
-            if pending is not None:
-                work = self._join(spec, key, fp, pending)
-            else:
-                future = self.ctx._cell.loop.create_future()
-                self._in_flight[(spec.name, key)] = _InFlight(fp, future)
-                work = self._lead(spec, call.arguments, key, fp, future)
-        task = self.ctx._cell.loop.create_task(self._answer(work, reply))
+            future = self.ctx._cell.loop.create_future()
+            self._in_flight[(spec.name, key)] = _InFlight(fp, future)
+            work = self._lead(call, future)
+        task = self.ctx._cell.loop.create_task(self._answer(work, reply, call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, work: typing.Coroutine[Any, Any, Any],
-                      reply: asyncio.Future[Any] | None) -> None:
+                      reply: asyncio.Future[Any] | None, call: Call) -> None:
         try:
             result = await work
         except asyncio.CancelledError:
             if reply is not None and not reply.done():
-                reply.set_exception(ActorStopped(self.ctx.path, "tool call", "stopped"))
+                reply.set_exception(ActorStopped(self.ctx.path, call, "stopped"))
             raise
         except Exception as error:
-            self.stats.failures += 1
+            self.state.stats.failures += 1
             if reply is not None and not reply.done():
                 reply.set_exception(error)
         else:
@@ -155,24 +217,27 @@ class ToolProxy(Actor):
     async def _join(self, spec: ToolSpec, key: str, fp: str, pending: _InFlight) -> Any:
         if pending.fingerprint != fp:
             raise IdempotencyConflict(spec.name, key)
-        self.stats.joined += 1
+        self.state.stats.joined += 1
         return await asyncio.shield(pending.future)
 
-    async def _lead(self, spec: ToolSpec, arguments: dict[str, Any], key: str, fp: str,
-                    future: asyncio.Future[Any]) -> Any:
+    async def _lead(self, call: Call, future: asyncio.Future[Any]) -> Any:
+        spec: ToolSpec = call.spec
         try:
-            result = await self._settle(spec, arguments, key, fp)
+            if self.ledger is None:  # no store: joins only, nothing is remembered
+                result = await self.state.run(spec, call.arguments, call.key)
+            else:
+                result = await self._settle(spec, call.arguments, call.key, call.fingerprint)
         except BaseException as error:
             if not future.done():
                 future.set_exception(error if isinstance(error, Exception)
-                                     else ActorStopped(self.ctx.path, "tool call", "stopped"))
+                                     else ActorStopped(self.ctx.path, call, "stopped"))
                 future.exception()  # joiners may be none: mark it retrieved
             raise
         else:
             future.set_result(result)
             return result
         finally:
-            del self._in_flight[(spec.name, key)]
+            del self._in_flight[(spec.name, call.key)]
 
     async def _settle(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
                       fp: str) -> Any:
@@ -184,11 +249,11 @@ class ToolProxy(Actor):
         if claim.claimed:
             return await self._run_recorded(spec, arguments, key, entry)
         if entry.status == "completed":
-            self.stats.dedup_hits += 1
+            self.state.stats.dedup_hits += 1
             _log.info("tool_call_deduplicated", tool=spec.name, key=key)
-            return self._decoder(spec).decode(entry.result or b"\xc0")
+            return self.state.decoder(spec).decode(entry.result or b"\xc0")
         if entry.status == "failed":
-            self.stats.dedup_hits += 1
+            self.state.stats.dedup_hits += 1
             raise PermanentToolError(
                 f"tool {spec.name!r}: call with key {key!r} failed before and is not retried: "
                 f"{entry.error_type}: {entry.error}"
@@ -219,10 +284,13 @@ class ToolProxy(Actor):
         ledger = self.ledger
         assert ledger is not None
         try:
-            result = await self._attempts(spec, arguments, key)
+            result = await self.state.attempts(spec, arguments, key)
         except ToolUnavailable as unavailable:
             await ledger.release(entry)
-            return await self._fallback(spec, arguments, key, unavailable)
+            return await self.state.fallback(spec, arguments, key, unavailable)
+        except ToolBusy:
+            await ledger.release(entry)  # refused before it ran: the key stays usable
+            raise
         except Exception as error:
             if spec.retry_policy.retries(error):
                 await ledger.release(entry)  # transient: a later call may try again
@@ -242,54 +310,3 @@ class ToolProxy(Actor):
             await ledger.unrecordable(entry, f"{type(error).__name__}: {error}")
             raise ToolResultUnrecordable(spec.name, key, str(error)) from error
         await ledger.complete(entry, encoded)
-
-    async def _run(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
-        try:
-            return await self._attempts(spec, arguments, key)
-        except ToolUnavailable as unavailable:
-            return await self._fallback(spec, arguments, key, unavailable)
-
-    async def _attempts(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
-        return await call_with_retry(
-            lambda: spec.invoke(arguments, key=key),
-            spec.retry_policy,
-            tool=spec.name,
-            key=key,
-            breaker=self.breaker(spec),
-            bulkhead=self._bulkhead(spec),
-            sleep=self._retry_sleep,
-        )
-
-    async def _retry_sleep(self, delay: float) -> None:
-        self.stats.retries += 1
-        await anyio.sleep(delay)
-
-    async def _fallback(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
-                        unavailable: ToolUnavailable) -> Any:
-        """The fallback's result while the breaker is open, else `unavailable` is raised."""
-        if spec.fallback is None:
-            self.stats.rejected += 1
-            raise unavailable
-        self.stats.fallbacks += 1
-        _log.info("tool_fallback_used", tool=spec.name, key=key)
-        return await spec.fallback(**arguments)
-
-    def _bulkhead(self, spec: ToolSpec) -> Bulkhead | None:
-        if spec.concurrency is None:
-            return None
-        bulkhead = self._bulkheads.get(spec.name)
-        if bulkhead is None:
-            bulkhead = self._bulkheads[spec.name] = Bulkhead(
-                spec.name, limit=spec.concurrency, max_waiting=spec.max_waiting)
-        return bulkhead
-
-    def _decoder(self, spec: ToolSpec) -> msgspec.msgpack.Decoder[Any]:
-        """Decodes stored results into the tool's declared return type (built once per tool)."""
-        decoder = self._decoders.get(spec.name)
-        if decoder is None:
-            try:
-                returns = typing.get_type_hints(spec.fn).get("return", Any)
-            except Exception:
-                returns = Any
-            decoder = self._decoders[spec.name] = msgspec.msgpack.Decoder(returns)
-        return decoder

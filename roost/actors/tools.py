@@ -114,6 +114,8 @@ class ToolSpec:
     key_param: str | None = None
     signature: inspect.Signature = dataclasses.field(init=False, repr=False, compare=False)
     retry_policy: Retry = dataclasses.field(init=False, repr=False, compare=False)
+    _plain: tuple[frozenset[str], frozenset[str], dict[str, Any]] | None = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -153,6 +155,7 @@ class ToolSpec:
                     "read-only tools skip the ledger, so verify would never run; drop one",
                 )
         object.__setattr__(self, "signature", _tool_signature(name, self.fn, self.key_param))
+        object.__setattr__(self, "_plain", _plain_parameters(self.signature))
         policy = self.retry or _SINGLE_ATTEMPT
         if self.timeout is not None:
             policy = msgspec.structs.replace(policy, attempt_timeout=self.timeout)
@@ -169,6 +172,12 @@ class ToolSpec:
             ToolArgumentsInvalid: A required argument is missing, an unknown one
                 was given, or the idempotency key was passed as an argument.
         """
+        plain = self._plain
+        if plain is not None:  # the fast path: only named parameters, all arguments fit
+            names, required, defaults = plain
+            given = arguments.keys()
+            if given <= names and required <= given:
+                return {**defaults, **arguments}
         if self.key_param is not None and self.key_param in arguments:
             raise ToolArgumentsInvalid(
                 self.name,
@@ -357,6 +366,23 @@ def derive_key(run_id: str, step_id: str, tool: str, arguments: Mapping[str, Any
     """
     parts = [_KEY_SCHEME, run_id, step_id, tool, fingerprint(arguments, tool=tool)]
     return hashlib.sha256(_ENCODER.encode(parts)).hexdigest()
+
+
+def _plain_parameters(
+    signature: inspect.Signature,
+) -> tuple[frozenset[str], frozenset[str], dict[str, Any]] | None:
+    """Names, required names and defaults, when every parameter can be passed by keyword.
+
+    Such signatures bind with a set check and a dict merge instead of `Signature.bind`;
+    anything else (`*args`, `**kwargs`, positional-only) takes the general path.
+    """
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = signature.parameters.values()
+    if any(p.kind not in kinds for p in parameters):
+        return None
+    names = frozenset(p.name for p in parameters)
+    defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+    return names, names - defaults.keys(), defaults
 
 
 def _tool_signature(name: str, fn: Callable[..., Any], key_param: str | None) -> inspect.Signature:

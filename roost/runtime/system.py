@@ -104,7 +104,7 @@ class ActorSystem:
         self.log_level = log_level
         self.dead_letters = DeadLetters(keep=dead_letters_kept)
         self.ledger_retention = ledger_retention
-        self.tools = Tools()
+        self.tools = Tools(clock)
         self.pipelines = Pipelines(self)
         self._http: aiohttp.ClientSession | None = None
         self.clock = clock
@@ -151,6 +151,8 @@ class ActorSystem:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._watch_root)
+        if self.store is not None:
+            self.own(self.loop.create_task(self._prune_ledger()))
         self._running = True
         _log.info("system_started", system=self.name, store=str(self.store_path))
         return self
@@ -186,7 +188,7 @@ class ActorSystem:
             ledger = Ledger(self.store, retention=self.ledger_retention)
         assert self._guardian is not None
         ref = self.spawn_under(
-            self._guardian, ToolProxy, (self.tools.registry, ledger, self.clock), "tool-proxy",
+            self._guardian, ToolProxy, (self.tools.state, ledger), "tool-proxy",
             {"restart": "permanent", "capacity": 100_000},
         )
         self.tools.attach(ref)
@@ -199,6 +201,12 @@ class ActorSystem:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
         return self._http
+
+    async def _prune_ledger(self) -> None:
+        """Drop idempotency keys past their retention, once at start, off the hot path."""
+        pruned = await self.tools.prune()
+        if pruned:
+            _log.info("ledger_pruned", entries=pruned)
 
     async def _watch_root(self) -> None:
         assert self._failed is not None
@@ -334,15 +342,15 @@ class ActorSystem:
     # --- the cells' services --------------------------------------------------------------
 
     def start_drain(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run an actor's drain as a task the system owns (awaited or cancelled at shutdown)."""
+        """Run an actor's drain as a task the system owns."""
         assert self._context is not None
         task = self.loop.create_task(coroutine, context=self._context.copy())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.own(task)
         return task
 
-    def adopt(self, task: asyncio.Task[Any]) -> None:
-        """Keep a task that could not be stopped, so shutdown can try to cancel it again."""
+    def own(self, task: asyncio.Task[Any]) -> None:
+        """Keep `task` until it ends; shutdown cancels it (after the actors stopped, before
+        the store closes) and waits for it briefly."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -1,8 +1,10 @@
 """The idempotency ledger: which tool calls are in flight or done, and their results.
 
-Each call is claimed under its key before the tool runs (durably, so a crash
-after the side effect leaves a trace), and settled afterwards with its result or
-its permanent error, kept for a retention window. A claim is one atomic
+Each call is claimed under its key before the tool runs (durably in the store's
+`sync` mode, so a crash after the side effect leaves a trace), and settled
+afterwards with its result or its permanent error, kept for a retention window.
+Writes follow the store's durability mode: in `async` mode a machine crash may
+lose the last claims, the trade the application chose for speed. A claim is one atomic
 read-modify-write in the store's writer thread, so two callers can never both
 claim a key.
 """
@@ -15,13 +17,15 @@ from collections.abc import Callable
 from typing import Literal
 
 import msgspec
+import structlog
 
-from roost.errors import IdempotencyConflict
+from roost.errors import IdempotencyConflict, RecordCorrupt
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.ops import Delete, Update
 from roost.storage.store import Store
 
 _DB = "ledger"
+_log = structlog.get_logger("roost")
 
 Status = Literal["in_flight", "completed", "failed", "unrecordable"]
 
@@ -75,6 +79,15 @@ class Claim(msgspec.Struct, frozen=True, gc=False):
     ours: bool
 
 
+def _still_expired(key: bytes, now: float) -> Callable[[bytes | None], bytes | None]:
+    def change(current: bytes | None) -> bytes | None:
+        if current is None or _CODEC.decode(key, current).expires_at <= now:
+            return None  # delete
+        return current
+
+    return change
+
+
 def ledger_key(tool: str, key: str) -> bytes:
     """The store key of `key` for `tool` (keys are scoped per tool)."""
     return tool.encode() + b"\x00" + key.encode()
@@ -123,7 +136,7 @@ class Ledger:
                     return current
             return _CODEC.encode(fresh)
 
-        await self._store.commit([Update(_DB, store_key, change)], durable=True)
+        await self._store.commit([Update(_DB, store_key, change)])
         existing = found[0]
         if existing is None:
             return Claim(True, fresh, True)
@@ -140,7 +153,7 @@ class Ledger:
                                        expires_at=now + self.retention)
         encoded = _CODEC.encode(mine)
         await self._store.commit([Update(_DB, ledger_key(entry.tool, entry.key),
-                                         lambda _current: encoded)], durable=True)
+                                         lambda _current: encoded)])
         return mine
 
     async def complete(self, entry: LedgerEntry, result: bytes) -> None:
@@ -158,7 +171,7 @@ class Ledger:
 
     async def release(self, entry: LedgerEntry) -> None:
         """Forget the key (a retryable failure: the next call may run the tool again)."""
-        await self._store.commit([Delete(_DB, ledger_key(entry.tool, entry.key))], durable=True)
+        await self._store.commit([Delete(_DB, ledger_key(entry.tool, entry.key))])
 
     async def get(self, tool: str, key: str) -> LedgerEntry | None:
         """The entry for `key` of `tool`, or None.
@@ -171,13 +184,24 @@ class Ledger:
         return None if data is None else _CODEC.decode(store_key, data)
 
     async def prune(self) -> int:
-        """Delete every entry past its retention window; returns how many."""
+        """Delete every entry past its retention window; returns how many.
+
+        Each delete re-checks the entry inside the write, so a key claimed again
+        while the scan ran is kept. A corrupt entry is logged and left for a person.
+        """
         now = self._clock()
-        expired = [key async for key, value in self._store.scan(_DB)
-                   if _CODEC.decode(key, value).expires_at <= now]
-        if expired:
-            await self._store.commit([Delete(_DB, key) for key in expired])
-        return len(expired)
+        expired: list[bytes] = []
+        async for key, value in self._store.scan(_DB):
+            try:
+                if _CODEC.decode(key, value).expires_at <= now:
+                    expired.append(key)
+            except RecordCorrupt as error:
+                _log.error("ledger_entry_corrupt", key=key, error=str(error))
+        if not expired:
+            return 0
+        results = await self._store.commit([Update(_DB, key, _still_expired(key, now))
+                                            for key in expired])
+        return sum(1 for result in results if result is None)
 
     async def _settle(self, entry: LedgerEntry, **changes: object) -> None:
         now = self._clock()
@@ -185,4 +209,4 @@ class Ledger:
                                           **changes)  # type: ignore[arg-type]
         store_key = ledger_key(entry.tool, entry.key)
         encoded = _CODEC.encode(settled)
-        await self._store.commit([Update(_DB, store_key, lambda _current: encoded)], durable=True)
+        await self._store.commit([Update(_DB, store_key, lambda _current: encoded)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -120,14 +121,18 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@roost.tool(read_only=True)
+@roost.tool(idempotent=True)
 async def ping() -> str:
     return "pong"
 
 
 async def barrier(system: roost.ActorSystem) -> None:
-    """Return once the proxy has handled every call sent before this one (its mailbox is FIFO)."""
-    await system.tools.call("ping")
+    """Return once the proxy has handled every call sent before this one (its mailbox is FIFO).
+
+    `ping` has side effects as far as the proxy knows, so the call goes through the proxy's
+    mailbox (read-only calls run in the caller's task); a fresh key makes it run each time.
+    """
+    await system.tools.call("ping", key=uuid.uuid4().hex)
 
 
 def open_system(store: Path | None = None, clock: Callable[[], float] = time.monotonic,
