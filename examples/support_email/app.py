@@ -25,8 +25,6 @@ from pathlib import Path
 import anyio
 import roost
 import structlog
-from roost.errors import StepFailed
-from roost.runtime.pipelines import RunHandle
 from roost.storage import RunStatus
 
 import emails
@@ -58,45 +56,30 @@ async def main(system: roost.ActorSystem) -> None:
                             failed=sum(known[i] == RunStatus.FAILED for i in finished))
         slots = anyio.Semaphore(concurrency)
 
-        async def follow(handle: RunHandle) -> None:
+        async def follow(handle: roost.RunHandle) -> None:
             try:
                 status = (await handle.result()).status
-            except StepFailed:
+            except roost.StepFailed:
                 status = "failed"
             finally:
                 slots.release()
             progress.record(status)
 
-        try:
-            async with anyio.create_task_group() as group:
-                for handle in resumed:
+        # Ctrl-C or SIGTERM cancels this; the system then stops the runs before their
+        # workers, so the runs in flight stay `running` for the next session to resume.
+        async with anyio.create_task_group() as group:
+            for handle in resumed:
+                await slots.acquire()
+                group.start_soon(follow, handle)
+            for email in inbox:
+                if email.email_id not in known:
                     await slots.acquire()
-                    group.start_soon(follow, handle)
-                for email in inbox:
-                    if email.email_id not in known:
-                        await slots.acquire()
-                        group.start_soon(follow, await system.pipelines.start(
-                            SUPPORT_EMAIL, email, run_id=email.email_id))
-        except anyio.get_cancelled_exc_class():  # Ctrl-C or SIGTERM
-            with anyio.CancelScope(shield=True):
-                await _park_live_runs(system)
-            raise
+                    group.start_soon(follow, await system.pipelines.start(
+                        SUPPORT_EMAIL, email, run_id=email.email_id))
         progress.close()
         session = summary.Session(resumed=len(resumed), already_finished=len(finished),
                                   seconds=time.monotonic() - started)
         print(await summary.render(system, SUPPORT_EMAIL, run_ids, session), flush=True)
-
-
-async def _park_live_runs(system: roost.ActorSystem) -> None:
-    """Stop the runs in flight, leaving them `running` for the next session to resume.
-
-    At shutdown roost stops the steps' worker pools before the runs, and a run
-    whose worker stops under it ends `failed`; stopping the runs first keeps
-    them resumable.
-    """
-    for record in await system.pipelines.list(RunStatus.RUNNING):
-        with contextlib.suppress(roost.ActorNotFound):
-            await system.stop(system.lookup(f"/pipelines/runs/{record.run_id}"))
 
 
 @contextlib.contextmanager

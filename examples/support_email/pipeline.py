@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import roost
-from roost.actors.pipeline import Pipeline, RunStep, Step
-from roost.actors.run import NeedsReview
 
 import compliance
 import model
@@ -40,7 +38,7 @@ class Classifier(roost.Actor):
 
     async def receive(self, message: Any) -> Any:
         match message:
-            case RunStep(input=Email() as email):
+            case roost.RunStep(input=Email() as email):
                 await asyncio.sleep(model.latency(f"{email.email_id}:classify", 10, 30))
                 return model.classify(email)
 
@@ -50,7 +48,7 @@ class Extractor(roost.Actor):
 
     async def receive(self, message: Any) -> Any:
         match message:
-            case RunStep(input=Email() as email):
+            case roost.RunStep(input=Email() as email):
                 await asyncio.sleep(model.latency(f"{email.email_id}:extract", 5, 15))
                 return model.extract(email)
 
@@ -60,7 +58,7 @@ class Retriever(roost.Actor):
 
     async def receive(self, message: Any) -> Any:
         match message:
-            case RunStep(results={"extract": Entities() as entities}):
+            case roost.RunStep(results={"extract": Entities() as entities}):
                 query = " ".join([entities.issue, *entities.products])
                 hits = await self.ctx.tools.call("kb_search", query=query, limit=3)
                 return Retrieval(hits=hits, fallback=bool(hits) and all(h.generic for h in hits),
@@ -72,7 +70,7 @@ class Drafter(roost.Actor):
 
     async def receive(self, message: Any) -> Any:
         match message:
-            case RunStep(input=Email() as email, results=results):
+            case roost.RunStep(input=Email() as email, results=results):
                 await asyncio.sleep(model.latency(f"{email.email_id}:draft", 40, 120))
                 return model.draft(email, results["classify"], results["extract"],
                                    results["retrieve"])
@@ -83,7 +81,7 @@ class ComplianceChecker(roost.Actor):
 
     async def receive(self, message: Any) -> Any:
         match message:
-            case RunStep(input=Email() as email, results={"draft": Draft() as draft}):
+            case roost.RunStep(input=Email() as email, results={"draft": Draft() as draft}):
                 await asyncio.sleep(model.latency(f"{email.email_id}:compliance", 5, 15))
                 return compliance.check(email, draft)
 
@@ -93,12 +91,12 @@ class Router(roost.Actor):
 
     async def receive(self, message: Any) -> Any:
         match message:
-            case RunStep(results={"compliance": ComplianceReport() as report}):
+            case roost.RunStep(results={"compliance": ComplianceReport() as report}):
                 if report.confidence >= CONFIDENCE_THRESHOLD:
                     return Routed(confidence=report.confidence, tokens=0)
                 reasons = [f"confidence {report.confidence:.2f} < {CONFIDENCE_THRESHOLD:.2f}",
                            *report.violations]
-                return NeedsReview("; ".join(reasons))
+                return roost.NeedsReview("; ".join(reasons))
 
 
 def _reply(results: Mapping[str, Any], email: Email) -> dict[str, Any]:
@@ -106,13 +104,13 @@ def _reply(results: Mapping[str, Any], email: Email) -> dict[str, Any]:
             "body": results["compliance"].text, "email_id": email.email_id}
 
 
-SUPPORT_EMAIL = Pipeline("support-email", [
-    Step("classify", Classifier, output=Classification),
-    Step("extract", Extractor, output=Entities),
-    Step("retrieve", Retriever, after="extract", output=Retrieval,
+SUPPORT_EMAIL = roost.Pipeline("support-email", [
+    roost.Step("classify", Classifier, output=Classification),
+    roost.Step("extract", Extractor, output=Entities),
+    roost.Step("retrieve", Retriever, after="extract", output=Retrieval,
          retry=roost.Retry(attempts=3, base_delay=0.05, max_delay=0.2)),
-    Step("draft", Drafter, after=["classify", "retrieve"], output=Draft),
-    Step("compliance", ComplianceChecker, after="draft", output=ComplianceReport),
-    Step("route", Router, after="compliance", output=Routed | NeedsReview),
-    Step("send", tool="send_email", after="route", args=_reply, output=Receipt),
+    roost.Step("draft", Drafter, after=["classify", "retrieve"], output=Draft),
+    roost.Step("compliance", ComplianceChecker, after="draft", output=ComplianceReport),
+    roost.Step("route", Router, after="compliance", output=Routed | roost.NeedsReview),
+    roost.Step("send", tool="send_email", after="route", args=_reply, output=Receipt),
 ], input_type=Email)

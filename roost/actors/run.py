@@ -71,7 +71,7 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
 
 
 class StepTiming(msgspec.Struct, frozen=True, gc=False):
-    """How long one step of one run took, and its tokens, for summaries."""
+    """How long one step of one run took and how many attempts it needed, for summaries."""
 
     step: str
     seconds: float

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from roost.runtime.system import ActorSystem
 
 _ENCODER = msgspec.msgpack.Encoder()
+#: How many recent step timings are kept per pipeline.
+TIMINGS_KEPT = 10_000
 _PROGRESS = msgspec.msgpack.Decoder(RunProgress)
 _RESULTS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 
@@ -88,7 +90,9 @@ class Pipelines:
         self._waiters: dict[str, list[asyncio.Future[RunOutcome]]] = defaultdict(list)
         self._live: set[str] = set()
         self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
-        self.timings: dict[str, list[StepTiming]] = defaultdict(list)
+        #: The most recent step timings per pipeline (bounded), for summaries and metrics.
+        self.timings: dict[str, deque[StepTiming]] = defaultdict(
+            lambda: deque(maxlen=TIMINGS_KEPT))
         self._runs: RunStore | None = None
         self._checkpoints: CheckpointStore | None = None
 
