@@ -378,6 +378,8 @@ class Cell:
             if message.ack is not None and not message.ack.done():
                 message.ack.set_result(None)
         elif isinstance(message, StartInstance):
+            if message.fresh:
+                await self._stop_instance()
             error = await self._start(message.report) if self.state in (NEW, SUSPENDED) else None
             if message.ack is not None and not message.ack.done():
                 message.ack.set_result(error)
@@ -514,6 +516,10 @@ class Cell:
             self.children.pop(child.name, None)
 
     async def _run_on_stop(self, actor: Actor) -> None:
+        from roost.actors.actor import Actor
+
+        if type(actor).on_stop is Actor.on_stop:
+            return  # nothing to run
         # A separate task, so an on_stop that swallows cancellation cannot hang this actor.
         task = self.loop.create_task(actor.on_stop(), context=contextvars.Context())
         done, _ = await asyncio.wait({task}, timeout=self.shutdown_timeout)

@@ -49,15 +49,18 @@ class StartInstance:
 
     The ack resolves to None once it runs, or to the exception `on_start` raised.
     With `report=False` (a caller waits for the first start and gets the error)
-    a failed start is not also reported to the supervisor as a crash.
+    a failed start is not also reported to the supervisor as a crash. With
+    `fresh=True` the current instance is stopped first: a whole restart of one
+    child in one round trip.
     """
 
-    __slots__ = ("ack", "report")
+    __slots__ = ("ack", "fresh", "report")
 
     def __init__(self, ack: asyncio.Future[BaseException | None] | None,
-                 report: bool = True) -> None:
+                 report: bool = True, fresh: bool = False) -> None:
         self.ack = ack
         self.report = report
+        self.fresh = fresh
 
 
 class ChildFailed:

@@ -242,16 +242,17 @@ class Supervision:
             if pending is not None:
                 pending.cancel()
         loop = self.cell.loop
-        for child in reversed(members):
-            ack: asyncio.Future[None] = loop.create_future()
-            await child.request(StopInstance(ack), ack)
+        if len(members) > 1:  # stop them all (in reverse) before any starts again
+            for child in reversed(members):
+                ack: asyncio.Future[None] = loop.create_future()
+                await child.request(StopInstance(ack), ack)
         for child in members:
             if child is not failed and child.options.restart == "temporary":
                 await child.stop()
                 continue
             started: asyncio.Future[BaseException | None] = loop.create_future()
             child.restarts += 1
-            error = await child.request(StartInstance(started), started)
+            error = await child.request(StartInstance(started, fresh=len(members) == 1), started)
             _log.info(
                 "child_restarted",
                 supervisor=self.cell.path,
