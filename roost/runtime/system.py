@@ -172,6 +172,8 @@ class ActorSystem:
         except BaseExceptionGroup as group:
             if self._failure is not None and any(e is self._failure for e in group.exceptions):
                 raise self._failure from None
+            if exc is not None and list(group.exceptions) == [exc]:
+                raise exc from None  # the body's own error, not wrapped in a group
             raise
         if self._failure is not None:
             raise self._failure

@@ -274,3 +274,10 @@ async def test_spawning_on_a_system_that_is_not_running_raises_system_not_runnin
 def test_an_unknown_durability_raises_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="durability must be 'sync' or 'async', got 'never'"):
         roost.ActorSystem(durability="never")
+
+
+@pytest.mark.anyio
+async def test_an_error_raised_inside_the_system_block_comes_out_as_itself() -> None:
+    with pytest.raises(ValueError, match="the application's own error"):
+        async with roost.ActorSystem(log_format="json", log_level="critical"):
+            raise ValueError("the application's own error")
