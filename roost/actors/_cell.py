@@ -97,7 +97,7 @@ class Cell:
         self.loop = system.loop
         self.parent = parent
         self.name = name
-        self.path = "/" if parent is None else f"{parent.path.rstrip('/')}/{name}"
+        self.path: str = "/" if parent is None else f"{parent.path.rstrip('/')}/{name}"
         self.options = spec
         factory = spec.factory
         if isinstance(factory, SupervisorSpec):
@@ -260,6 +260,7 @@ class Cell:
                     continue
                 # The hot path, inlined: no per-message coroutine besides receive itself.
                 envelope = mailbox.get_nowait()
+                assert envelope is not None  # the lane was not empty
                 self.current = envelope
                 try:
                     result = await self.actor.receive(envelope.message)  # type: ignore[union-attr]

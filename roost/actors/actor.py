@@ -53,6 +53,8 @@ class Actor:
     """
 
     ctx: ActorContext
+    #: A checkpointed actor's state: an instance of `state_type`.
+    state: Any
     #: How long `on_stop` may take before it is cancelled, in seconds (spawn can override).
     shutdown_timeout: ClassVar[float] = 5.0
     #: The state's type for a checkpointed actor (a msgspec.Struct), else None.

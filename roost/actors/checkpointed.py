@@ -50,13 +50,15 @@ async def hydrate(system: ActorSystem, cell: Cell, actor: Actor) -> None:
     """
     from roost.storage import decode_state
 
+    state_type = actor.state_type
+    assert state_type is not None  # hydrate is only called for checkpointed actors
     store = _checkpoints(system, actor)
     key = checkpoint_id(actor)
     try:
         latest = await store.latest(key)
         if latest is None:
             return
-        actor.state = decode_state(latest, actor.state_type)  # type: ignore[arg-type]
+        actor.state = decode_state(latest, state_type)
     except CheckpointCorrupt as error:
         if not getattr(actor, "fresh_on_corrupt_checkpoint", False):
             raise

@@ -15,7 +15,7 @@ import asyncio
 import random
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -119,7 +119,7 @@ class Supervisor(Actor):
         max_restarts: int = 3,
         within: float = 5.0,
         backoff: Backoff | None = None,
-        children: list[ChildSpec | SupervisorSpec] | tuple[ChildSpec | SupervisorSpec, ...] = (),
+        children: Sequence[ChildSpec | SupervisorSpec] = (),
         **options: Any,
     ) -> SupervisorSpec:
         """Describe a supervisor; nested `SupervisorSpec`s become permanent children."""

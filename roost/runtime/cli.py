@@ -48,8 +48,13 @@ async def _run(root: Root, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum.name)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, lambda s=signum: (received.append(s.name), stop.set()))
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         async with ActorSystem(
             store=args.store,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import anyio
@@ -83,7 +83,7 @@ class ActorSystem:
         *,
         name: str = "roost",
         store: str | Path | None = None,
-        durability: str = "sync",
+        durability: Literal["sync", "async"] = "sync",
         log_format: str | None = None,
         log_level: str = "info",
         max_restarts: int = 10,
