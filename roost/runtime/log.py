@@ -1,19 +1,45 @@
 """structlog setup: console output on a terminal, JSON lines otherwise.
 
-The application may configure structlog itself; roost then only binds fields
-(actor path, trace id, run id) and emits snake_case past-tense events.
+The application may configure structlog itself; roost then emits snake_case
+past-tense events, and `add_actor_context` is the processor to add to its chain
+so that every event logged inside an actor carries the actor path, trace id
+and run id.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
 from roost.errors import ConfigurationError
+from roost.trace import handling
 
 LOG_FORMATS = ("auto", "console", "json")
+
+
+def add_actor_context(logger: Any, method: str, event: MutableMapping[str, Any]
+                      ) -> MutableMapping[str, Any]:
+    """structlog processor: add the running actor's path and the current trace and run ids.
+
+    Events logged inside an actor (by roost or by the application) get `actor`,
+    `trace_id` and `run_id` without anyone binding them; fields already set win.
+    Add it to your own structlog chain if you configure structlog yourself.
+    """
+    cell = handling.get()
+    if cell is None:
+        return event
+    event.setdefault("actor", cell.path)
+    envelope = cell.current
+    if envelope is not None:
+        trace = envelope.trace_context()
+        event.setdefault("trace_id", trace.trace_id)
+        if trace.run_id is not None:
+            event.setdefault("run_id", trace.run_id)
+    return event
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -44,6 +70,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_actor_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -199,3 +199,25 @@ def test_a_handling_without_an_incoming_trace_starts_one() -> None:
     assert HEX32.fullmatch(outgoing.trace_id)
     assert outgoing.run_id is None
     assert envelope.trace is None  # the incoming side stays as it came
+
+
+@pytest.mark.anyio
+async def test_every_event_logged_inside_an_actor_carries_its_path_and_trace_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    import structlog
+
+    class Chatty(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            structlog.get_logger("app").warning("drafted_reply")
+            return roost.current_trace()
+
+    async with roost.ActorSystem(log_format="json", log_level="warning") as system:
+        trace = await system.spawn(Chatty, name="chatty").ask("go")
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+              if '"drafted_reply"' in line]
+    assert len(events) == 1
+    assert events[0]["actor"] == "/chatty"
+    assert events[0]["trace_id"] == trace.trace_id
