@@ -68,7 +68,8 @@ class Writer:
         self._loop = loop
         self._path = path
         self._flush_interval = flush_interval
-        self._queue: queue.SimpleQueue[WriteRequest | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[WriteRequest] | _Stop] = queue.SimpleQueue()
+        self._pending: list[WriteRequest] = []  # this loop tick's writes, not yet handed over
         self._thread = threading.Thread(target=self._run, name=f"roost-store-writer:{path}",
                                         daemon=True)
         # When the oldest commit not yet flushed to disk (a non-durable batch) was made.
@@ -85,11 +86,24 @@ class Writer:
         self._thread.start()
 
     def submit(self, request: WriteRequest) -> None:
-        """Queue a write (from the event loop thread; never blocks)."""
-        self._queue.put(request)
+        """Queue a write (from the event loop thread; never blocks).
+
+        Writes made during one loop tick are handed to the writer together, so one
+        thread wake-up serves them all.
+        """
+        pending = self._pending
+        pending.append(request)
+        if len(pending) == 1:
+            self._loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        batch, self._pending = self._pending, []
+        self._queue.put(batch)
 
     def stop(self, done: asyncio.Future[None]) -> None:
         """Queue the stop: `done` settles once queued writes are done and the store is closed."""
+        if self._pending:
+            self._hand_over()
         self._queue.put(_Stop(done))
 
     # --- the writer thread ----------------------------------------------------------------
@@ -102,9 +116,9 @@ class Writer:
                 self._flush_unflushed()
                 continue
             batch: list[WriteRequest] = []
-            while isinstance(item, WriteRequest):
-                batch.append(item)
-                if len(batch) == _MAX_BATCH:
+            while isinstance(item, list):
+                batch.extend(item)
+                if len(batch) >= _MAX_BATCH:
                     break
                 try:
                     item = self._queue.get_nowait()
