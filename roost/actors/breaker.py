@@ -32,6 +32,7 @@ from typing import Final
 import msgspec
 import structlog
 
+from roost._validate import is_count, is_number
 from roost.errors import ConfigurationError, ToolUnavailable, TransientToolError
 
 __all__ = [
@@ -95,19 +96,19 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
     counts: ErrorFilter = DEFAULT_COUNTS
 
     def __post_init__(self) -> None:
-        if self.failures is not None and not _is_int_at_least(self.failures, 1):
+        if self.failures is not None and not is_count(self.failures, 1):
             raise _invalid("failures", self.failures, "use a whole number >= 1, or None")
         if self.failure_rate is not None and not (
-            _is_number(self.failure_rate) and 0 < self.failure_rate <= 1
+            is_number(self.failure_rate) and 0 < self.failure_rate <= 1
         ):
             raise _invalid(
                 "failure_rate", self.failure_rate, "use a share in (0, 1], e.g. 0.5, or None"
             )
-        if not (_is_number(self.window) and self.window > 0):
+        if not (is_number(self.window) and self.window > 0):
             raise _invalid("window", self.window, "use a positive number of seconds")
-        if not _is_int_at_least(self.min_calls, 1):
+        if not is_count(self.min_calls, 1):
             raise _invalid("min_calls", self.min_calls, "use a whole number >= 1")
-        if not (_is_number(self.cooldown) and self.cooldown > 0):
+        if not (is_number(self.cooldown) and self.cooldown > 0):
             raise _invalid("cooldown", self.cooldown, "use a positive number of seconds")
         if not is_error_filter(self.counts):
             raise _invalid(
@@ -408,12 +409,8 @@ def is_error_filter(value: object) -> bool:
     return callable(value)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_int_at_least(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _invalid(field: str, value: object, allowed: str) -> ConfigurationError:

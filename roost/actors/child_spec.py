@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from roost._validate import check_count, check_seconds, is_number
 from roost.errors import ConfigurationError
 from roost.mailbox.mailbox import DEFAULT_CAPACITY, OVERFLOW_POLICIES, Overflow
 
@@ -18,21 +19,8 @@ Restart = Literal["permanent", "transient", "temporary"]
 RESTART_TYPES: tuple[Restart, ...] = ("permanent", "transient", "temporary")
 
 
-def _check_seconds(owner: str, field: str, value: Any, *, allow_zero: bool = True) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{owner}: {field} must be a number of seconds {bound}, got {value!r}")
 
 
-def _check_count(owner: str, field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{owner}: {field} must be a whole number >= {minimum}, got {value!r}")
 
 
 def check_name(owner: str, name: Any) -> None:
@@ -59,20 +47,16 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
     reset_after: float = 5.0
 
     def __post_init__(self) -> None:
-        _check_seconds("Backoff", "initial", self.initial)
-        _check_seconds("Backoff", "maximum", self.maximum)
-        _check_seconds("Backoff", "reset_after", self.reset_after)
+        check_seconds("Backoff", "initial", self.initial)
+        check_seconds("Backoff", "maximum", self.maximum)
+        check_seconds("Backoff", "reset_after", self.reset_after)
         if self.maximum < self.initial:
             raise ConfigurationError(
                 f"Backoff: maximum ({self.maximum!r}) must be >= initial ({self.initial!r})"
             )
-        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, int | float) or not (
-            self.multiplier >= 1
-        ):
+        if not (is_number(self.multiplier) and self.multiplier >= 1):
             raise ConfigurationError(f"Backoff: multiplier must be >= 1, got {self.multiplier!r}")
-        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float) or not (
-            0 <= self.jitter <= 1
-        ):
+        if not (is_number(self.jitter) and 0 <= self.jitter <= 1):
             raise ConfigurationError(f"Backoff: jitter must be between 0 and 1, got {self.jitter!r}")
 
     def delay(self, consecutive: int, rand: float) -> float:
@@ -138,14 +122,14 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"{owner}: restart must be one of {', '.join(RESTART_TYPES)}, got {self.restart!r}"
             )
-        _check_seconds(owner, "shutdown_timeout", self.shutdown_timeout, allow_zero=False)
-        _check_count(owner, "capacity", self.capacity, 1)
+        check_seconds(owner, "shutdown_timeout", self.shutdown_timeout, allow_zero=False)
+        check_count(owner, "capacity", self.capacity, 1)
         if self.overflow not in OVERFLOW_POLICIES:
             raise ConfigurationError(
                 f"{owner}: overflow must be one of {', '.join(OVERFLOW_POLICIES)}, "
                 f"got {self.overflow!r}"
             )
-        _check_count(owner, "poison_after", self.poison_after, 1)
+        check_count(owner, "poison_after", self.poison_after, 1)
 
     @property
     def child_name(self) -> str | None:

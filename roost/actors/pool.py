@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Literal
 
-from roost.actors.child_spec import Backoff, ChildSpec, _check_count
+from roost._validate import check_count
+from roost.actors.child_spec import Backoff, ChildSpec
 from roost.actors.supervisor import Strategy, Supervisor, SupervisorSpec
 from roost.errors import ConfigurationError
 
@@ -58,7 +59,7 @@ class Pool(Supervisor):
             **worker_options: further `ChildSpec` fields for each worker
                 (`capacity`, `overflow`, `poison_after`, `shutdown_timeout`).
         """
-        _check_count(f"Pool {name!r}", "size", size, 1)
+        check_count(f"Pool {name!r}", "size", size, 1)
         if routing not in ROUTINGS:
             raise ConfigurationError(
                 f"Pool {name!r}: routing must be one of {', '.join(ROUTINGS)}, got {routing!r}"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import TYPE_CHECKING, Any
 
+from roost._validate import is_number
 from roost.errors import ActorStopped, ConfigurationError
 from roost.mailbox.envelope import Envelope
 from roost.trace import TraceContext, handling
@@ -27,12 +27,7 @@ def _from_actor(sender: Cell, message: Any, reply: asyncio.Future[Any] | None) -
 
 def check_timeout(timeout: float, what: str) -> None:
     """Raise `ConfigurationError` unless `timeout` is a positive, finite number of seconds."""
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
+    if not (is_number(timeout) and timeout > 0):
         raise ConfigurationError(f"{what}: timeout must be a positive number of seconds, got {timeout!r}")
 
 

@@ -13,7 +13,6 @@ All durations are seconds.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ import anyio
 import msgspec
 import structlog
 
+from roost._validate import is_number
 from roost.actors.breaker import CircuitBreaker, ErrorFilter, error_matches, is_error_filter
 from roost.actors.bulkhead import Bulkhead
 from roost.errors import ConfigurationError, ToolTimeout, ToolUnavailable, TransientToolError
@@ -67,9 +67,9 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
             self.attempts < 1
         ):
             raise _invalid("attempts", self.attempts, "use a whole number >= 1")
-        if not (_is_number(self.base_delay) and self.base_delay >= 0):
+        if not (is_number(self.base_delay) and self.base_delay >= 0):
             raise _invalid("base_delay", self.base_delay, "use a number of seconds >= 0")
-        if not (_is_number(self.max_delay) and self.max_delay >= self.base_delay):
+        if not (is_number(self.max_delay) and self.max_delay >= self.base_delay):
             raise _invalid(
                 "max_delay", self.max_delay, f"use a number of seconds >= base_delay "
                 f"({self.base_delay!r})"
@@ -83,7 +83,7 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
             )
         for name in ("attempt_timeout", "deadline"):
             value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value > 0):
+            if value is not None and not (is_number(value) and value > 0):
                 raise _invalid(name, value, "use a positive number of seconds, or None")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
@@ -243,8 +243,6 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _invalid(field: str, value: object, allowed: str) -> ConfigurationError:

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 import structlog
 
+from roost._validate import check_count, check_seconds
 from roost.actors._restart import RestartIntensity, should_restart
 from roost.actors._system_messages import StartInstance, StopInstance
 from roost.actors.actor import Actor, Message
-from roost.actors.child_spec import Backoff, ChildSpec, _check_count, _check_seconds, check_name
+from roost.actors.child_spec import Backoff, ChildSpec, check_name
 from roost.errors import ConfigurationError, IntensityExceeded
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"{owner}: strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
             )
-        _check_count(owner, "max_restarts", self.max_restarts, 0)
-        _check_seconds(owner, "within", self.within, allow_zero=False)
+        check_count(owner, "max_restarts", self.max_restarts, 0)
+        check_seconds(owner, "within", self.within, allow_zero=False)
         names: set[str] = set()
         for child in self.children:
             if not isinstance(child, ChildSpec):

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar, overload
 
 import msgspec
 
+from roost._validate import is_count, is_number
 from roost.actors.breaker import Breaker
 from roost.actors.bulkhead import DEFAULT_MAX_WAITING
 from roost.actors.retry import Retry
@@ -131,7 +131,7 @@ class ToolSpec:
             raise _invalid(name, "breaker", self.breaker, "use roost.Breaker(...) or None")
         if self.retry is not None and not isinstance(self.retry, Retry):
             raise _invalid(name, "retry", self.retry, "use roost.Retry(...) or None")
-        if self.timeout is not None and not (_is_number(self.timeout) and self.timeout > 0):
+        if self.timeout is not None and not (is_number(self.timeout) and self.timeout > 0):
             raise _invalid(name, "timeout", self.timeout, "use a positive number of seconds")
         if self.timeout is not None and self.retry is not None and (
             self.retry.attempt_timeout is not None
@@ -141,9 +141,9 @@ class ToolSpec:
                 f"retry.attempt_timeout={self.retry.attempt_timeout!r} also limits each "
                 "attempt; set only one of them",
             )
-        if self.concurrency is not None and not _is_count(self.concurrency, 1):
+        if self.concurrency is not None and not is_count(self.concurrency, 1):
             raise _invalid(name, "concurrency", self.concurrency, "use a whole number >= 1")
-        if not _is_count(self.max_waiting, 0):
+        if not is_count(self.max_waiting, 0):
             raise _invalid(name, "max_waiting", self.max_waiting, "use a whole number >= 0")
         if self.fallback is not None:
             _check_async_callable(name, "fallback", self.fallback)
@@ -428,12 +428,8 @@ def _check_async_callable(tool: str, field: str, fn: object) -> None:
         )
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_count(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _invalid(tool: str, field: str, value: object, allowed: str) -> ConfigurationError:
