@@ -62,8 +62,10 @@ class Cell:
     __slots__ = (
         "__weakref__",
         "_done",
+        "_killed_for_stop",
         "_killing",
         "_started",
+        "_starting",
         "_stopping",
         "actor",
         "args",
@@ -127,7 +129,9 @@ class Cell:
         self.stop_reason: str | None = None
         self.stop_error: BaseException | None = None
         self._started = False
-        self._killing = False
+        self._killing = False  # a kill is under way: the CancelledError it causes is ours
+        self._killed_for_stop = False  # a stop had to kill: the stop's reason is "killed"
+        self._starting = False  # on_start (or hydration) is running
         self._done: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
 
@@ -186,6 +190,10 @@ class Cell:
         except _MailboxClosed:
             self._undeliverable(envelope)
             raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped") from None
+        if self.state == STOPPED:  # stopped while we waited: what we queued is undeliverable
+            for stranded in self.mailbox.drain():
+                self._undeliverable(stranded)
+            raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped")
         if queued and self.task is None and self.state == RUNNING:
             self.schedule()
 
@@ -231,12 +239,13 @@ class Cell:
                     if not self._killing or self.state >= STOPPING:
                         raise
                     # Killed by a stop that could not wait: go on with the stop sequence.
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    self._absorb_kill()
         except asyncio.CancelledError:
             if self.state != STOPPED:
                 self._finalize("killed", None)
             raise
         finally:
+            self.current = None
             if self.task is asyncio.current_task():
                 self.task = None
 
@@ -264,12 +273,25 @@ class Cell:
                 self.current = envelope
                 try:
                     result = await self.actor.receive(envelope.message)  # type: ignore[union-attr]
-                except asyncio.CancelledError:
-                    if not self._killing:
-                        raise
-                    # Killed by a stop that could not wait for this message: go on stopping.
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    self._reply_error(envelope, ActorStopped(self.path, envelope.message, "killed"))
+                except asyncio.CancelledError as cancelled:
+                    if self._killing:
+                        # Killed by a stop or restart that could not wait for this message.
+                        self._absorb_kill()
+                        self._reply_error(envelope, ActorStopped(self.path, envelope.message,
+                                                                 "killed"))
+                    elif asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise  # this task is being cancelled (shutdown)
+                    else:
+                        # Something receive awaited was cancelled, not this actor: a failure.
+                        error = RuntimeError(
+                            f"{self.path}: receive raised CancelledError while handling "
+                            f"{type(envelope.message).__name__} although the actor was not "
+                            "cancelled (a task or future it awaited was)")
+                        error.__cause__ = cancelled
+                        if envelope.reply is None:
+                            self._fail(error, envelope, "receive")
+                        else:
+                            self._reply_error(envelope, error)
                 except Exception as error:
                     if envelope.reply is None:
                         self._fail(error, envelope, "receive")
@@ -293,6 +315,11 @@ class Cell:
                 return  # suspended: only system messages until the supervisor decides
             lingered = False
 
+    def _absorb_kill(self) -> None:
+        """The CancelledError of our own kill arrived: carry on (stopping or restarting)."""
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        self._killing = False
+
     @staticmethod
     def _reply_error(envelope: Envelope, error: BaseException) -> None:
         reply = envelope.reply
@@ -302,6 +329,7 @@ class Cell:
     async def _start(self, report: bool = True) -> BaseException | None:
         """Create (if needed) and start the instance; a failure is returned and, if `report`,
         reported to the supervisor (else the caller waiting for the start owns it)."""
+        self._starting = True
         try:
             actor = self.actor if self.actor is not None else self.instantiate()
             await self.system.hydrate(self, actor)
@@ -310,25 +338,29 @@ class Cell:
             if not self._killing:
                 raise
             # A start that hung past the timeout was cancelled: it failed.
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            self._killing = False
+            self._absorb_kill()
             error: Exception = TimeoutError(
                 f"{self.path}: on_start did not finish within {self.shutdown_timeout:g}s "
                 "and was cancelled")
-            if report:
-                self._fail(error, None, "start")
-            else:
-                self.state = SUSPENDED
-            return error
+            return self._start_failed(error, report)
         except Exception as error:
-            if report:
-                self._fail(error, None, "start")
-            else:
-                self.state = SUSPENDED
-            return error
+            return self._start_failed(error, report)
+        finally:
+            self._starting = False
+        if self.state >= STOPPING:
+            return None  # stopped (or abandoned) while starting: do not come back to life
         self._started = True
         self.state = RUNNING
         return None
+
+    def _start_failed(self, error: Exception, report: bool) -> Exception:
+        if self.state >= STOPPING:
+            return error
+        if report:
+            self._fail(error, None, "start")
+        else:
+            self.state = SUSPENDED
+        return error
 
     def _fail(self, error: BaseException | None, envelope: Envelope | None, context: str) -> None:
         """Suspend after a crash or exit, keep (or dead-letter) the message, tell the parent."""
@@ -361,7 +393,7 @@ class Cell:
         if self.parent is None:
             self.system.fail(error)
         else:
-            self.parent.post_system(ChildFailed(self, error, context))
+            self.parent.post_system(ChildFailed(self, error, context, self.restarts))
 
     # --- system messages ------------------------------------------------------------------
 
@@ -386,12 +418,17 @@ class Cell:
                 message.ack.set_result(error)
         elif isinstance(message, ChildFailed):
             child = message.child
-            if self.state < STOPPING and self.children.get(child.name) is child:
+            # A failure of an instance that has been restarted since (e.g. by a group
+            # restart) is out of date: the fresh instance is not restarted again for it.
+            if (self.state < STOPPING and self.children.get(child.name) is child
+                    and message.generation == child.restarts):
                 await self.supervision_engine().child_failed(child, message.error, message.context)
         elif isinstance(message, ChildStopped):
             child = message.child
             if self.children.get(child.name) is child:
                 del self.children[child.name]
+                if self.supervision is not None:
+                    self.supervision.forget(child)
 
     def _forget_supervision(self) -> None:
         """A fresh instance gets a fresh restart history (and no pending restarts)."""
@@ -424,7 +461,7 @@ class Cell:
         if it never answered and had to be abandoned.
         """
         self.post_system(message)
-        done = self._termination()
+        done = self.termination()
         await asyncio.wait({ack, done}, timeout=self.shutdown_timeout,
                            return_when=asyncio.FIRST_COMPLETED)
         if not ack.done() and not done.done():
@@ -455,7 +492,7 @@ class Cell:
         """Stop and wait until stopped; kill after `shutdown_timeout` if stuck in a message."""
         if self.state == STOPPED:
             return
-        done = self._termination()
+        done = self.termination()
         if self.state < STOPPING:
             if self._stopping is None:
                 self._stopping = self.loop.create_future()
@@ -464,6 +501,7 @@ class Cell:
             await asyncio.wait({self._stopping, done}, timeout=self.shutdown_timeout,
                                return_when=asyncio.FIRST_COMPLETED)
             if self.state < STOPPING:
+                self._killed_for_stop = True
                 self.kill()
                 await asyncio.wait({self._stopping, done}, timeout=KILL_GRACE,
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -476,7 +514,8 @@ class Cell:
     def kill(self) -> None:
         """Cancel the message being handled so the actor can stop (it was stuck)."""
         task = self.task
-        if task is not None and not task.done() and self.state in (NEW, RUNNING):
+        busy = self.state == RUNNING or self._starting
+        if task is not None and not task.done() and busy and self.state < STOPPING:
             self._killing = True
             _log.warning("actor_killed", actor=self.path, timeout=self.shutdown_timeout)
             task.cancel()
@@ -490,7 +529,7 @@ class Cell:
         self.system.count_abandoned()
         self._finalize("killed", None)
 
-    def _termination(self) -> asyncio.Future[None]:
+    def termination(self) -> asyncio.Future[None]:
         if self._done is None:
             self._done = self.loop.create_future()
         return self._done
@@ -501,7 +540,7 @@ class Cell:
         self.state = STOPPING
         if self._stopping is not None and not self._stopping.done():
             self._stopping.set_result(None)
-        if self._killing:
+        if self._killed_for_stop:
             reason = "killed"
         if self.supervision is not None:
             self.supervision.close()
@@ -546,6 +585,9 @@ class Cell:
         self.state = STOPPED
         self.stop_reason = reason
         self.stop_error = error
+        current, self.current = self.current, None
+        if current is not None:  # the message being handled will get no reply now
+            self._reply_error(current, ActorStopped(self.path, current.message, reason))
         for envelope in self.mailbox.drain():
             if isinstance(envelope.message, Terminated):
                 continue

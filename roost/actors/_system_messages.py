@@ -69,12 +69,14 @@ class ChildFailed:
     `error` is None for a normal exit (`ctx.stop()` from inside the child).
     """
 
-    __slots__ = ("child", "context", "error")
+    __slots__ = ("child", "context", "error", "generation")
 
-    def __init__(self, child: Cell, error: BaseException | None, context: str) -> None:
+    def __init__(self, child: Cell, error: BaseException | None, context: str,
+                 generation: int) -> None:
         self.child = child
         self.error = error
         self.context = context  # "receive", "start", "exit" or "supervision"
+        self.generation = generation  # the child's restart count when it failed
 
 
 class ChildStopped:

@@ -105,8 +105,8 @@ class ActorContext:
         forwarded = Envelope(
             envelope.message, envelope.sender, envelope.reply, envelope.trace_context()
         )
+        ref._cell.enqueue(forwarded)  # if this raises (a full mailbox), we still owe the reply
         envelope.reply = None
-        ref._cell.enqueue(forwarded)
 
     def take_reply(self) -> asyncio.Future[Any] | None:
         """Take over answering the message being handled (None if it was a tell).

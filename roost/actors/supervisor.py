@@ -262,6 +262,12 @@ class Supervision:
                 start_error=None if error is None else f"{type(error).__name__}: {error}",
             )
 
+    def forget(self, child: Cell) -> None:
+        """`child` has stopped for good: drop its delayed restart, if any."""
+        pending = self._pending.pop(child, None)
+        if pending is not None:
+            pending.cancel()
+
     def close(self) -> None:
         """Cancel the delayed restarts (the supervisor is stopping or being replaced)."""
         for pending in self._pending.values():

@@ -163,8 +163,12 @@ class ActorSystem:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        with anyio.CancelScope(shield=True):
-            await self._shutdown()
+        shutdown_error: BaseException | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+        except BaseException as error:  # still close the task group below, then raise it
+            shutdown_error = error
         assert self._failed is not None
         self._failed.set()  # releases the root watcher
         try:
@@ -177,6 +181,8 @@ class ActorSystem:
             raise
         if self._failure is not None:
             raise self._failure
+        if shutdown_error is not None:
+            raise shutdown_error
         return suppressed
 
     def _start_tool_proxy(self) -> None:
@@ -399,7 +405,7 @@ class ActorSystem:
         """Wait until the actor has stopped (returns at once if it already has)."""
         cell = ref._cell
         if cell.state != STOPPED:
-            await asyncio.shield(cell._termination())
+            await asyncio.shield(cell.termination())
 
     def statistics(self) -> dict[str, Any]:
         """Counts of live actors by state, busy actors, dead letters and abandoned tasks."""
