@@ -23,6 +23,11 @@ _random = random.SystemRandom()
 handling: ContextVar[Any] = ContextVar("roost_handling", default=None)
 
 
+#: The caller's trace while a tool-proxy task runs a tool call (None elsewhere), so a
+#: tool's logs, messages and nested calls belong to the caller's trace and run.
+call_trace: ContextVar[TraceContext | None] = ContextVar("roost_call_trace", default=None)
+
+
 def current_envelope() -> Envelope | None:
     """The envelope the running actor is handling, or None."""
     cell = handling.get()
@@ -59,10 +64,10 @@ class TraceContext(msgspec.Struct, frozen=True, gc=False):
 
 
 def current_trace() -> TraceContext | None:
-    """The trace context of the message being handled, or None outside any actor.
+    """The trace context of the message being handled (or the tool call being run), else None.
 
     Calling it inside an actor starts a trace for a message that had none, so the
     id it returns is the one that messages sent from here will carry.
     """
     envelope = current_envelope()
-    return None if envelope is None else envelope.trace_context()
+    return call_trace.get() if envelope is None else envelope.trace_context()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from roost._validate import is_number
 from roost.errors import ActorStopped, ConfigurationError
 from roost.mailbox.envelope import Envelope
-from roost.trace import TraceContext, handling
+from roost.trace import TraceContext, call_trace, handling
 
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
@@ -70,7 +70,7 @@ class ActorRef:
         """
         sender = handling.get()
         if sender is None:
-            self._cell.enqueue(Envelope(message))
+            self._cell.enqueue(Envelope(message, None, None, call_trace.get()))
         else:
             self._cell.enqueue(_from_actor(sender, message, None))
 
@@ -86,7 +86,7 @@ class ActorRef:
         """
         sender = handling.get()
         if sender is None:
-            envelope = Envelope(message)
+            envelope = Envelope(message, None, None, call_trace.get())
         else:
             envelope = _from_actor(sender, message, None)
         await self._cell.enqueue_waiting(envelope)
@@ -122,7 +122,7 @@ class ActorRef:
         if trace is not None:
             envelope = Envelope(message, None if sender is None else sender.ref, reply, trace)
         elif sender is None:
-            envelope = Envelope(message, None, reply)
+            envelope = Envelope(message, None, reply, call_trace.get())
         else:
             envelope = _from_actor(sender, message, reply)
         cell.enqueue(envelope)

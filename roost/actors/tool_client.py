@@ -18,7 +18,7 @@ from roost.actors.breaker import BreakerState
 from roost.actors.tool_proxy import Call, ToolState, ToolStatistics
 from roost.actors.tools import ToolRegistry, ToolSpec, derive_key, fingerprint
 from roost.errors import SystemNotRunning, ToolUnavailable
-from roost.trace import current_envelope, handling
+from roost.trace import call_trace, current_envelope, handling
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
@@ -89,7 +89,14 @@ class Tools:
         spec = self.registry.get(name)
         breaker = self.state.breakers.get(name)
         if breaker is not None and breaker.state is BreakerState.OPEN:
-            return await self._rejected(spec, arguments, breaker)
+            try:
+                permit = breaker.acquire()
+            except ToolUnavailable as unavailable:
+                bound = spec.bind(arguments) if spec.fallback is not None else arguments
+                return await self.state.fallback(spec, bound, None, unavailable)
+            # The cooldown ended just now: give the permit back and go on as a normal
+            # call, whose first attempt takes the half-open probe.
+            breaker.release(permit)
         bound = spec.bind(arguments)
         if spec.read_only:
             self.state.stats.calls += 1
@@ -101,14 +108,6 @@ class Tools:
             deadline = spec.retry_policy.deadline
             timeout = DEFAULT_CALL_TIMEOUT if deadline is None else deadline + DEADLINE_MARGIN
         return await proxy.ask(Call(spec, bound, key, fp), timeout=timeout)
-
-    async def _rejected(self, spec: ToolSpec, arguments: dict[str, Any], breaker: Any) -> Any:
-        try:
-            breaker.acquire()  # raises ToolUnavailable saying when it will be probed
-        except ToolUnavailable as unavailable:
-            bound = spec.bind(arguments) if spec.fallback is not None else arguments
-            return await self.state.fallback(spec, bound, None, unavailable)
-        raise AssertionError("unreachable: an open breaker granted a permit")
 
     def statistics(self) -> ToolStatistics:
         """Counts of calls, dedup hits, joins, retries, breaker trips, rejections, fallbacks."""
@@ -128,7 +127,7 @@ class Tools:
 def _scope() -> str:
     """What a derived key is scoped to: the current run and step, else the calling actor."""
     envelope = current_envelope()
-    trace = None if envelope is None else envelope.trace
+    trace = call_trace.get() if envelope is None else envelope.trace
     if trace is not None and trace.run_id is not None:
         return trace.run_id
     cell = handling.get()

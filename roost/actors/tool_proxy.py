@@ -33,6 +33,7 @@ from roost.errors import (
     ToolResultUnrecordable,
     ToolUnavailable,
 )
+from roost.trace import call_trace, handling
 
 if TYPE_CHECKING:
     from roost.storage.ledger import Ledger, LedgerEntry
@@ -169,8 +170,18 @@ class ToolProxy(Actor):
             case Call():
                 self._start(message)
                 return None
-        raise TypeError(f"{self.ctx.path}: the tool proxy takes Call messages, got "
-                        f"{type(message).__name__}; use ctx.tools.call(name, **arguments)")
+        # Not a failure of the proxy: crashing it would cancel every call in flight.
+        refused = TypeError(f"{self.ctx.path}: the tool proxy takes Call messages, got "
+                            f"{type(message).__name__}; use ctx.tools.call(name, **arguments)")
+        reply = self.ctx.take_reply()
+        if reply is not None:
+            reply.set_exception(refused)
+        else:
+            sender = self.ctx.sender
+            self.ctx.system.dead_letters.record(
+                "unhandled", self.ctx.path, message, None if sender is None else sender.path,
+                refused)
+        return None
 
     async def on_stop(self) -> None:
         for task in self._tasks:
@@ -194,7 +205,13 @@ class ToolProxy(Actor):
             future = self.ctx._cell.loop.create_future()
             self._in_flight[(spec.name, key)] = _InFlight(fp, future)
             work = self._lead(call, future)
-        task = self.ctx._cell.loop.create_task(self._answer(work, reply, call))
+        # The call runs in the caller's trace, not as this actor: its logs, messages and
+        # nested calls belong to the caller's trace and run.
+        caller = self.ctx._cell.current
+        context = self.ctx.system.base_context()
+        context.run(handling.set, None)
+        context.run(call_trace.set, None if caller is None else caller.trace)
+        task = self.ctx._cell.loop.create_task(self._answer(work, reply, call), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -21,6 +21,7 @@ REASONS = (
     "dropped_oldest",  # evicted from a full mailbox with policy drop_oldest
     "mailbox_full",  # refused by a full mailbox with policy fail (the sender got MailboxFull)
     "poison",  # crashed its actor more than `poison_after` times
+    "unhandled",  # a runtime actor (e.g. the tool proxy) does not take this kind of message
 )
 
 _log = structlog.get_logger("roost.dead_letters")

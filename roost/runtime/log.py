@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from roost.errors import ConfigurationError
-from roost.trace import handling
+from roost.trace import call_trace, handling
 
 LOG_FORMATS = ("auto", "console", "json")
 
@@ -31,11 +31,12 @@ def add_actor_context(logger: Any, method: str, event: MutableMapping[str, Any]
     """
     cell = handling.get()
     if cell is None:
-        return event
-    event.setdefault("actor", cell.path)
-    envelope = cell.current
-    if envelope is not None:
-        trace = envelope.trace_context()
+        trace = call_trace.get()  # inside a tool call: the caller's trace
+    else:
+        event.setdefault("actor", cell.path)
+        envelope = cell.current
+        trace = None if envelope is None else envelope.trace_context()
+    if trace is not None:
         event.setdefault("trace_id", trace.trace_id)
         if trace.run_id is not None:
             event.setdefault("run_id", trace.run_id)

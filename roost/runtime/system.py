@@ -351,10 +351,14 @@ class ActorSystem:
 
     def start_drain(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run an actor's drain as a task the system owns."""
-        assert self._context is not None
-        task = self.loop.create_task(coroutine, context=self._context.copy())
+        task = self.loop.create_task(coroutine, context=self.base_context())
         self.own(task)
         return task
+
+    def base_context(self) -> contextvars.Context:
+        """A fresh copy of the context the system's tasks start from."""
+        assert self._context is not None
+        return self._context.copy()
 
     def own(self, task: asyncio.Task[Any]) -> None:
         """Keep `task` until it ends; shutdown cancels it (after the actors stopped, before

@@ -81,7 +81,10 @@ class Claim(msgspec.Struct, frozen=True, gc=False):
 
 def _still_expired(key: bytes, now: float) -> Callable[[bytes | None], bytes | None]:
     def change(current: bytes | None) -> bytes | None:
-        if current is None or _CODEC.decode(key, current).expires_at <= now:
+        if current is None:
+            return None
+        entry = _CODEC.decode(key, current)
+        if entry.expires_at <= now and entry.status != "in_flight":
             return None  # delete
         return current
 
@@ -129,7 +132,9 @@ class Ledger:
             found[0] = None
             if current is not None:
                 entry = _CODEC.decode(store_key, current)
-                if entry.expires_at > now:
+                # A call left in flight by a crash never expires: its outcome is unknown, and
+                # claiming it again would repeat a side effect that may have happened.
+                if entry.expires_at > now or entry.status == "in_flight":
                     if entry.fingerprint != fingerprint:
                         raise IdempotencyConflict(tool, key)
                     found[0] = entry
@@ -187,13 +192,16 @@ class Ledger:
         """Delete every entry past its retention window; returns how many.
 
         Each delete re-checks the entry inside the write, so a key claimed again
-        while the scan ran is kept. A corrupt entry is logged and left for a person.
+        while the scan ran is kept. Calls left in flight by a crash are kept (their
+        outcome is unknown until a person or a verify hook settles them). A corrupt
+        entry is logged and left for a person.
         """
         now = self._clock()
         expired: list[bytes] = []
         async for key, value in self._store.scan(_DB):
             try:
-                if _CODEC.decode(key, value).expires_at <= now:
+                entry = _CODEC.decode(key, value)
+                if entry.expires_at <= now and entry.status != "in_flight":
                     expired.append(key)
             except RecordCorrupt as error:
                 _log.error("ledger_entry_corrupt", key=key, error=str(error))
