@@ -305,6 +305,17 @@ class RunNotFound(RoostError, LookupError):
         super().__init__(f"no run with id {run_id!r} in the store")
 
 
+class RunInterrupted(RoostError):
+    """The run's actor stopped before the run ended (e.g. it was stopped, or given up on)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id!r} was interrupted before it ended (its actor stopped); it is still "
+            "stored as running: resume it with system.pipelines.resume(run_id)"
+        )
+
+
 class RunCancelled(RoostError):
     """The run was cancelled before it finished."""
 

@@ -7,6 +7,7 @@ a message sent from outside any actor carries no context until something needs o
 
 from __future__ import annotations
 
+import os
 import random
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,8 @@ import msgspec
 if TYPE_CHECKING:
     from roost.mailbox.envelope import Envelope
 
-_random = random.SystemRandom()
+# Trace ids need to be unique, not secret: a seeded generator avoids a syscall per id.
+_random = random.Random(os.urandom(16))
 
 #: The actor cell whose task is running (None outside any actor). Set once per drain
 #: task; the cell's `current` attribute is the envelope being handled.

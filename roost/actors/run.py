@@ -79,6 +79,7 @@ class StepTiming(msgspec.Struct, frozen=True, gc=False):
 
 
 class _StepDone(Message, frozen=True):
+    instance: int  # which RunActor instance started the step (a restart starts over)
     step: str
     result: Any = None
     error: str | None = None
@@ -168,7 +169,8 @@ class RunActor(Actor):
                     continue
             self.running[name] = self.ctx._cell.loop.create_task(self._run_step(step))
         if not self.running and len(settled) == len(steps):
-            self.ctx.self_ref.tell(_StepDone(step="", result=None))  # finishes in receive
+            # Everything has settled: finish in receive, where state changes are serialized.
+            self.ctx.self_ref.tell(_StepDone(instance=id(self), step="", result=None))
 
     def _skip(self, name: str, why: str, settled: set[str]) -> None:
         self.skipped.append(name)
@@ -176,7 +178,7 @@ class RunActor(Actor):
         _log.info("step_skipped", run_id=self.run_id, step=name, reason=why)
 
     def _fail_soon(self, name: str, error: str) -> None:
-        self.ctx.self_ref.tell(_StepDone(step=name, error=error))
+        self.ctx.self_ref.tell(_StepDone(instance=id(self), step=name, error=error))
 
     # --- one step ---------------------------------------------------------------------
 
@@ -198,7 +200,8 @@ class RunActor(Actor):
             if isinstance(result, _StepDone):
                 self.ctx.self_ref.tell(result)
                 return
-        self.ctx.self_ref.tell(_StepDone(step=step.name, result=result, attempts=attempts[0],
+        self.ctx.self_ref.tell(_StepDone(instance=id(self), step=step.name, result=result,
+                                         attempts=attempts[0],
                                          seconds=time.perf_counter() - started))
 
     async def _after_failure(self, step: Step, error: Exception, attempts: list[int]) -> Any:
@@ -217,7 +220,7 @@ class RunActor(Actor):
         text = f"{type(error).__name__}: {error}"
         if step.optional:
             return StepFailure(text)
-        return _StepDone(step=step.name, error=text, attempts=attempts[0])
+        return _StepDone(instance=id(self), step=step.name, error=text, attempts=attempts[0])
 
     async def _attempts(self, step: Step, worker: Any, item: Any, index: int | None,
                         attempts: list[int], *, retry: bool = True) -> Any:
@@ -249,8 +252,8 @@ class RunActor(Actor):
     # --- outcomes ---------------------------------------------------------------------
 
     async def _step_done(self, done: _StepDone) -> None:
-        if self.finished:
-            return
+        if self.finished or done.instance != id(self):
+            return  # a step of the instance before a restart: this one runs it again
         if not done.step:  # every step has settled
             await self._finish("completed")
             return

@@ -11,6 +11,7 @@ listed by `interrupted()` and goes on from its last completed step with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from roost.actors.pipeline import Pipeline, Step
 from roost.actors.pool import Pool
 from roost.actors.run import CancelRun, RunActor, RunProgress, StepTiming, decode_progress
 from roost.actors.supervisor import Supervisor
-from roost.errors import ConfigurationError, RunCancelled, StepFailed
+from roost.errors import ConfigurationError, RunCancelled, RunInterrupted, StepFailed
 from roost.storage import CheckpointStore, RunRecord, RunStatus, RunStore
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class RunHandle:
         Raises:
             StepFailed: a step failed (after retries and fallback) and was not optional.
             RunCancelled: the run was cancelled.
+            RunInterrupted: the run's actor stopped before the run ended (it can be resumed).
         """
         outcome = await self._pipelines.outcome(self.run_id)
         if outcome.status == "failed":
@@ -215,7 +217,17 @@ class Pipelines:
         self._live.add(run_id)
         spec = ChildSpec(factory=RunActor, name=run_id, args=(self, pipeline, run_id),
                          restart="transient")
-        runs._cell.system.spawn_under(runs._cell, spec, (), None, {})
+        ref = self.system.spawn_under(runs._cell, spec, (), None, {})
+        ref._cell.termination().add_done_callback(lambda _: self._run_actor_ended(run_id))
+
+    def _run_actor_ended(self, run_id: str) -> None:
+        """A run's actor stopped for good: if the run did not end, it is interrupted."""
+        if run_id not in self._live:
+            return  # it finished (and said so) first
+        self._live.discard(run_id)
+        for future in self._waiters.pop(run_id, []):
+            if not future.done():
+                future.set_exception(RunInterrupted(run_id))
 
     async def interrupted(self) -> list[RunRecord]:
         """Runs stored as `running` that no actor in this process is running."""
@@ -238,7 +250,8 @@ class Pipelines:
             return  # it has ended already
         waiter = self._wait(run_id)
         self.system.lookup(f"/pipelines/runs/{run_id}").tell(CancelRun())
-        await waiter
+        with contextlib.suppress(RunInterrupted):
+            await waiter
 
     async def outcome(self, run_id: str) -> RunOutcome:
         """Wait until the run ends (at once if it has) and return its outcome."""

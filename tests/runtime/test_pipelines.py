@@ -497,3 +497,30 @@ async def test_resuming_one_run_twice_at_once_runs_its_remaining_steps_once(
         assert (await outcome_of(second)).status == "completed"
     assert board.steps_run() == ["confirm"]
     assert board.effects == ["order-1"]
+
+
+async def test_waiting_on_a_run_whose_actor_is_stopped_raises_run_interrupted_and_it_can_resume(
+    tmp_path: Path,
+) -> None:
+    from roost.errors import RunInterrupted
+
+    gate = asyncio.Event()
+
+    class Held(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            await gate.wait()
+            return "done"
+
+    pipeline = roost.Pipeline("held", [roost.Step("a", Held)])
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        run = await system.pipelines.start(pipeline, "in", run_id="r1")
+        waiting = asyncio.ensure_future(run.result())
+        await asyncio.sleep(0)
+        await system.stop(system.lookup("/pipelines/runs/r1"))
+        with pytest.raises(RunInterrupted, match="'r1'"):
+            await waiting
+        assert await run.status() == "running"
+        gate.set()
+        await system.pipelines.resume("r1")
+        assert (await run.result()).results == {"a": "done"}
