@@ -13,11 +13,18 @@ import pytest
 import structlog
 
 import roost
+from tests.support import FakeClock
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A monotonic clock that moves only when the test advances it."""
+    return FakeClock()
 
 
 @pytest.fixture(autouse=True)

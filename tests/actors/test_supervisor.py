@@ -28,6 +28,7 @@ from roost import (
     Supervisor,
     WhichChildren,
 )
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -73,17 +74,6 @@ class EventLog:
         await self.wait_for(lambda entries: len(entries) >= n, timeout)
 
 
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Crash(roost.Message, frozen=True):

@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 import roost
 from roost.errors import ToolArgumentsInvalid, ToolBusy
 from roost.storage import Ledger
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -103,22 +104,6 @@ async def service() -> AsyncIterator[Service]:
     yield state
     state.release.set()
     await runner.cleanup()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @roost.tool(idempotent=True)

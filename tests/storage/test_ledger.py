@@ -16,26 +16,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from roost.errors import IdempotencyConflict, RecordCorrupt
 from roost.storage import Ledger, LedgerEntry, Put, Store
 from roost.storage.ledger import ledger_key
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
 
 RETENTION = 10.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

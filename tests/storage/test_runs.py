@@ -8,21 +8,9 @@ import pytest
 
 from roost.errors import ConfigurationError, RecordCorrupt, RunNotFound
 from roost.storage import Put, RunRecord, RunStatus, RunStore, Store
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
