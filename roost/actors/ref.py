@@ -134,6 +134,10 @@ class ActorRef:
         finally:
             deadlines.discard(slot, reply)
 
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot of the actor: path, state, restarts, children and mailbox depth."""
+        return self._cell.statistics()
+
     async def stop(self) -> None:
         """Stop the actor and wait until it has stopped.
 

@@ -22,6 +22,8 @@ from roost.actors.actor import Actor, Message
 from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
 from roost.actors.retry import Retry, call_with_retry
 from roost.actors.tools import derive_key
+from roost.errors import CheckpointCorrupt, StoreError
+from roost.storage import Checkpoint, checkpoint_key
 from roost.trace import TraceContext, new_span_id, new_trace_id
 
 if TYPE_CHECKING:
@@ -94,6 +96,20 @@ class CancelRun(Message, frozen=True):
 _PROGRESS_DECODER = msgspec.msgpack.Decoder(RunProgress)
 
 
+def load_progress(checkpoint: Checkpoint) -> RunProgress:
+    """The `RunProgress` a run's checkpoint holds.
+
+    Raises:
+        CheckpointCorrupt: the checkpoint's state is not a run's progress.
+    """
+    try:
+        return _PROGRESS_DECODER.decode(checkpoint.state)
+    except msgspec.DecodeError as error:
+        raise CheckpointCorrupt(
+            checkpoint.run_id, checkpoint.step, checkpoint_key(checkpoint.run_id, checkpoint.seq),
+            f"its state is not a run's progress: {error}") from error
+
+
 class RunActor(Actor):
     """Runs one pipeline run to its end, from its latest checkpoint."""
 
@@ -112,11 +128,22 @@ class RunActor(Actor):
         self.finished = False
 
     async def on_start(self) -> None:
+        try:
+            await self._load()
+        except StoreError as corrupt:
+            # Restarting cannot mend stored bytes: the run fails, naming them; they stay
+            # in the store for a person to inspect.
+            await self._finish("failed", error=str(corrupt))
+            return
+        self._advance()
+
+    async def _load(self) -> None:
+        """Load the input and the latest checkpoint (a resume goes on from there)."""
         record = await self.pipelines.runs.get(self.run_id)
-        self.input = self.pipelines.decode_input(self.pipeline, record.input)
+        self.input = self.pipelines.decode_input(self.pipeline, self.run_id, record.input)
         latest = await self.pipelines.checkpoints.latest(self.run_id)
         if latest is not None:
-            progress = _PROGRESS_DECODER.decode(latest.state)
+            progress = load_progress(latest)
             self.trace_id = progress.trace_id
             self.skipped = list(progress.skipped)
             self.encoded = dict(progress.results)
@@ -125,7 +152,6 @@ class RunActor(Actor):
             self.results = decode_progress(progress, self.pipeline, self.pipelines.decoder)
             _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
-        self._advance()
 
     async def on_stop(self) -> None:
         for task in self.running.values():

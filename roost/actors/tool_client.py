@@ -22,6 +22,7 @@ from roost.trace import call_trace, current_envelope, handling
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
+    from roost.storage.ledger import Ledger
 
 #: How long a call may take in all when its tool sets no deadline, in seconds.
 DEFAULT_CALL_TIMEOUT = 300.0
@@ -37,13 +38,16 @@ class Tools:
         self.registry = ToolRegistry()
         self.state = ToolState(clock)
         self._proxy: ActorRef | None = None
+        self._ledger: Ledger | None = None
 
-    def attach(self, proxy: ActorRef) -> None:
-        """Connect to the running tool-proxy actor (done by the system at start)."""
+    def attach(self, proxy: ActorRef, ledger: Ledger | None) -> None:
+        """Connect to the running tool-proxy actor and its ledger (done by the system at start)."""
         self._proxy = proxy
+        self._ledger = ledger
 
     def detach(self) -> None:
         self._proxy = None
+        self._ledger = None
 
     def register(self, tool: object) -> ToolSpec:
         """Register a `@tool` function, an `HttpTool`, or a `ToolSpec`; returns its spec.
@@ -119,9 +123,7 @@ class Tools:
 
     async def prune(self) -> int:
         """Delete ledger entries past their retention window; returns how many."""
-        proxy = self._proxy
-        ledger = None if proxy is None else getattr(proxy._cell.actor, "ledger", None)
-        return 0 if ledger is None else await ledger.prune()
+        return 0 if self._ledger is None else await self._ledger.prune()
 
 
 def _scope() -> str:

@@ -21,9 +21,22 @@ import msgspec
 from roost.actors.child_spec import ChildSpec
 from roost.actors.pipeline import Pipeline, Step
 from roost.actors.pool import Pool
-from roost.actors.run import CancelRun, RunActor, RunProgress, StepTiming, decode_progress
+from roost.actors.run import (
+    CancelRun,
+    RunActor,
+    RunProgress,
+    StepTiming,
+    decode_progress,
+    load_progress,
+)
 from roost.actors.supervisor import Supervisor
-from roost.errors import ConfigurationError, RunCancelled, RunInterrupted, StepFailed
+from roost.errors import (
+    ConfigurationError,
+    RecordCorrupt,
+    RunCancelled,
+    RunInterrupted,
+    StepFailed,
+)
 from roost.storage import CheckpointStore, RunRecord, RunStatus, RunStore
 
 if TYPE_CHECKING:
@@ -33,7 +46,6 @@ if TYPE_CHECKING:
 _ENCODER = msgspec.msgpack.Encoder()
 #: How many recent step timings are kept per pipeline.
 TIMINGS_KEPT = 10_000
-_PROGRESS = msgspec.msgpack.Decoder(RunProgress)
 _RESULTS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 
 
@@ -264,7 +276,7 @@ class Pipelines:
         pipeline = self._registered.get(record.pipeline)
         latest = await self.checkpoints.latest(run_id)
         if latest is not None:  # the full picture, failed optional steps included
-            results = decode_progress(_PROGRESS.decode(latest.state), pipeline, self.decoder)
+            results = decode_progress(load_progress(latest), pipeline, self.decoder)
         else:  # checkpoints pruned: the plain results the record keeps
             progress = RunProgress(results=_RESULTS.decode(record.result or b"\x80"), failures={},
                                    reviews={}, skipped=[], trace_id="")
@@ -297,5 +309,16 @@ class Pipelines:
             decoder = self._decoders[kind] = msgspec.msgpack.Decoder(kind)
         return decoder
 
-    def decode_input(self, pipeline: Pipeline, data: bytes | None) -> Any:
-        return None if data is None else self.decoder(pipeline.input_type).decode(data)
+    def decode_input(self, pipeline: Pipeline, run_id: str, data: bytes | None) -> Any:
+        """The run's stored input, as the pipeline's `input_type`.
+
+        Raises:
+            RecordCorrupt: the stored input does not decode as that type (it changed?).
+        """
+        if data is None:
+            return None
+        try:
+            return self.decoder(pipeline.input_type).decode(data)
+        except msgspec.DecodeError as error:
+            raise RecordCorrupt("run", run_id.encode(), f"its input does not decode as "
+                                f"pipeline {pipeline.name!r}'s input_type: {error}") from error

@@ -199,7 +199,7 @@ class ActorSystem:
             self._guardian, ToolProxy, (self.tools.state, ledger), "tool-proxy",
             {"restart": "permanent", "capacity": 100_000},
         )
-        self.tools.attach(ref)
+        self.tools.attach(ref, ledger)
 
     def http_session(self) -> aiohttp.ClientSession:
         """The system's pooled HTTP client session (created on first use, closed at shutdown).

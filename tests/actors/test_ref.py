@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -424,3 +425,23 @@ async def test_a_stop_overtakes_queued_messages_which_become_dead_letters(
     letters = system.dead_letters.recent("actor_stopped")
     assert [d.message for d in letters] == list(range(1, 14))
     assert {d.recipient for d in letters} == {"/busy"}
+
+
+@pytest.mark.anyio
+async def test_a_refs_statistics_show_its_state_and_mailbox_depth() -> None:
+    busy, gate = asyncio.Event(), asyncio.Event()
+
+    class Slow(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            busy.set()
+            await gate.wait()
+
+    async with roost.ActorSystem(log_format="json", log_level="critical") as system:
+        slow = system.spawn(Slow, name="slow", capacity=10)
+        for i in range(4):
+            slow.tell(i)
+        await busy.wait()  # the first message is being handled, three wait
+        stats = slow.statistics()
+        assert (stats["path"], stats["state"], stats["depth"], stats["capacity"]) == (
+            "/slow", "running", 3, 10)
+        gate.set()

@@ -231,3 +231,23 @@ def test_a_script_that_fails_while_loading_exits_2_with_the_error(
 def test_the_console_script_is_installed() -> None:
     assert ROOST.is_file()
     assert os.access(ROOST, os.X_OK)
+
+
+@pytest.mark.usefixtures("clean_imports")
+def test_a_module_target_that_does_not_exist_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["run", "no_such_pkg.app:root", "--store", str(tmp_path / "store")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("roost: no_such_pkg.app: module not found")
+
+
+@pytest.mark.usefixtures("clean_imports")
+def test_a_module_target_without_the_attribute_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_script(tmp_path, "bootmod.py", "x = 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "bootmod:tree", "--store", str(tmp_path / "store")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "roost: bootmod:tree: the module has no attribute 'tree'"

@@ -524,3 +524,51 @@ async def test_waiting_on_a_run_whose_actor_is_stopped_raises_run_interrupted_an
         gate.set()
         await system.pipelines.resume("r1")
         assert (await run.result()).results == {"a": "done"}
+
+
+async def test_a_run_whose_checkpoint_is_corrupt_fails_naming_it_instead_of_restarting(
+    tmp_path: Path,
+) -> None:
+    from roost.storage import Put, checkpoint_key
+
+    class Echo(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            return message.step
+
+    pipeline = roost.Pipeline("fragile", [roost.Step("a", Echo), roost.Step("b", Echo, after="a")])
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        await system.pipelines.runs.create("r1", pipeline="fragile", input=b"\xc0")
+        await system.store.commit([Put("checkpoints", checkpoint_key("r1", 1), b"\x93junk")])
+        await system.pipelines.register(pipeline)
+        run = await system.pipelines.resume("r1")
+        with pytest.raises(roost.StepFailed, match="checkpoint of run 'r1'"):
+            await run.result()
+        record = await system.pipelines.runs.get("r1")
+        assert record.status == "failed"
+        assert "does not decode" in (record.error or "") or "not a run" in (record.error or "")
+        # Nothing was lost: the corrupt checkpoint is still there to inspect.
+        assert await system.store.get("checkpoints", checkpoint_key("r1", 1)) == b"\x93junk"
+
+
+async def test_a_run_whose_stored_input_no_longer_fits_fails_naming_the_pipeline(
+    tmp_path: Path,
+) -> None:
+    import msgspec
+
+    class Order(msgspec.Struct):
+        sku: str
+
+    class Echo(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            return message.input
+
+    pipeline = roost.Pipeline("orders", [roost.Step("a", Echo)], input_type=Order)
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        await system.pipelines.runs.create("r2", pipeline="orders",
+                                           input=msgspec.msgpack.encode({"qty": 3}))
+        await system.pipelines.register(pipeline)
+        run = await system.pipelines.resume("r2")
+        with pytest.raises(roost.StepFailed, match="input_type"):
+            await run.result()
