@@ -10,7 +10,7 @@ from roost.storage.checkpoints import (
 )
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.ledger import Claim, Ledger, LedgerEntry
-from roost.storage.ops import DATABASES, Append, Delete, Op, Put, Update
+from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
 from roost.storage.runs import RunRecord, RunStatus, RunStore
 from roost.storage.store import Durability, Store, StoreOpening, StoreStatistics
 
@@ -22,6 +22,7 @@ __all__ = [
     "Claim",
     "Delete",
     "Durability",
+    "Insert",
     "Ledger",
     "LedgerEntry",
     "Op",

@@ -22,7 +22,7 @@ from roost.errors import ConfigurationError, InternalError, RoostError, StoreErr
 from roost.storage._environment import Environment
 from roost.storage._guard import MapGuard
 from roost.storage._keys import SEQ_SIZE, pack_seq, seek_last, unpack_seq
-from roost.storage.ops import Append, Delete, Op, Put, Update
+from roost.storage.ops import Append, Delete, Insert, Op, Put, Update
 
 # Bounds one transaction's size and the wait of the writes queued behind it.
 _MAX_BATCH = 1024
@@ -209,6 +209,8 @@ class Writer:
             case Put(db, key, value):
                 txn.put(key, value, db=self._dbs[db])
                 return None
+            case Insert(db, key, value):
+                return txn.put(key, value, overwrite=False, db=self._dbs[db])
             case Delete(db, key):
                 return txn.delete(key, db=self._dbs[db])
             case Append(db, prefix, value):
@@ -324,6 +326,8 @@ def _describe(ops: tuple[Op, ...]) -> str:
         match op:
             case Put(db, key):
                 parts.append(f"put {key!r} in {db!r}")
+            case Insert(db, key):
+                parts.append(f"insert {key!r} in {db!r}")
             case Delete(db, key):
                 parts.append(f"delete {key!r} from {db!r}")
             case Append(db, prefix):

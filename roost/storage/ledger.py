@@ -4,9 +4,9 @@ Each call is claimed under its key before the tool runs (durably in the store's
 `sync` mode, so a crash after the side effect leaves a trace), and settled
 afterwards with its result or its permanent error, kept for a retention window.
 Writes follow the store's durability mode: in `async` mode a machine crash may
-lose the last claims, the trade the application chose for speed. A claim is one atomic
-read-modify-write in the store's writer thread, so two callers can never both
-claim a key.
+lose the last claims, the trade the application chose for speed. A claim is an
+insert-if-absent in the store's writer thread (a read-modify-write for an expired
+key), so two callers can never both claim a key.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import structlog
 
 from roost.errors import IdempotencyConflict, RecordCorrupt
 from roost.storage.codecs import Record, RecordCodec
-from roost.storage.ops import Delete, Update
+from roost.storage.ops import Delete, Insert, Put, Update
 from roost.storage.store import Store
 
 _DB = "ledger"
@@ -79,12 +79,20 @@ class Claim(msgspec.Struct, frozen=True, gc=False):
     ours: bool
 
 
+def _live(entry: LedgerEntry, now: float) -> bool:
+    """Whether `entry` still holds its key: within its retention window, or in flight.
+
+    A call left in flight by a crash never expires: its outcome is unknown, and
+    claiming it again would repeat a side effect that may have happened.
+    """
+    return entry.expires_at > now or entry.status == "in_flight"
+
+
 def _still_expired(key: bytes, now: float) -> Callable[[bytes | None], bytes | None]:
     def change(current: bytes | None) -> bytes | None:
         if current is None:
             return None
-        entry = _CODEC.decode(key, current)
-        if entry.expires_at <= now and entry.status != "in_flight":
+        if not _live(_CODEC.decode(key, current), now):
             return None  # delete
         return current
 
@@ -116,9 +124,12 @@ class Ledger:
         """Claim `key` for a call, or report what the ledger already has for it.
 
         A key that is absent or expired is claimed (written `in_flight`, durably).
+        The usual case, a new key, is one insert-if-absent; a key that is there is
+        read back, and only an expired one is re-claimed by a read-modify-write.
 
         Raises:
             IdempotencyConflict: the key is held by a call with other arguments.
+            RecordCorrupt: the stored entry does not decode.
             StoreError: the write failed.
         """
         now = self._clock()
@@ -126,26 +137,39 @@ class Ledger:
                             owner=self.owner, started_at=now, updated_at=now,
                             expires_at=now + self.retention)
         store_key = ledger_key(tool, key)
+        encoded = _CODEC.encode(fresh)
+        [inserted] = await self._store.commit([Insert(_DB, store_key, encoded)])
+        if inserted:
+            return Claim(True, fresh, True)
+        data = await self._store.get(_DB, store_key)
+        if data is not None:
+            existing = _CODEC.decode(store_key, data)
+            if _live(existing, now):
+                return self._found(existing, fingerprint)
+        # Expired (or pruned meanwhile): decide again inside one write, so that two
+        # claims can never both win.
         found: list[LedgerEntry | None] = [None]
 
         def change(current: bytes | None) -> bytes | None:
             found[0] = None
             if current is not None:
                 entry = _CODEC.decode(store_key, current)
-                # A call left in flight by a crash never expires: its outcome is unknown, and
-                # claiming it again would repeat a side effect that may have happened.
-                if entry.expires_at > now or entry.status == "in_flight":
-                    if entry.fingerprint != fingerprint:
-                        raise IdempotencyConflict(tool, key)
+                if _live(entry, now):
                     found[0] = entry
                     return current
-            return _CODEC.encode(fresh)
+            return encoded
 
         await self._store.commit([Update(_DB, store_key, change)])
         existing = found[0]
         if existing is None:
             return Claim(True, fresh, True)
-        return Claim(False, existing, existing.owner == self.owner)
+        return self._found(existing, fingerprint)
+
+    def _found(self, entry: LedgerEntry, fingerprint: str) -> Claim:
+        """The claim of a key held by a live entry: it, unless its arguments differ."""
+        if entry.fingerprint != fingerprint:
+            raise IdempotencyConflict(entry.tool, entry.key)
+        return Claim(False, entry, entry.owner == self.owner)
 
     async def take_over(self, entry: LedgerEntry) -> LedgerEntry:
         """Claim a key left in flight by an earlier process, to run the call again.
@@ -156,9 +180,7 @@ class Ledger:
         now = self._clock()
         mine = msgspec.structs.replace(entry, owner=self.owner, started_at=now, updated_at=now,
                                        expires_at=now + self.retention)
-        encoded = _CODEC.encode(mine)
-        await self._store.commit([Update(_DB, ledger_key(entry.tool, entry.key),
-                                         lambda _current: encoded)])
+        await self._store.commit([Put(_DB, ledger_key(entry.tool, entry.key), _CODEC.encode(mine))])
         return mine
 
     async def complete(self, entry: LedgerEntry, result: bytes) -> None:
@@ -200,8 +222,7 @@ class Ledger:
         expired: list[bytes] = []
         async for key, value in self._store.scan(_DB):
             try:
-                entry = _CODEC.decode(key, value)
-                if entry.expires_at <= now and entry.status != "in_flight":
+                if not _live(_CODEC.decode(key, value), now):
                     expired.append(key)
             except RecordCorrupt as error:
                 _log.error("ledger_entry_corrupt", key=key, error=str(error))
@@ -215,6 +236,5 @@ class Ledger:
         now = self._clock()
         settled = msgspec.structs.replace(entry, updated_at=now, expires_at=now + self.retention,
                                           **changes)  # type: ignore[arg-type]
-        store_key = ledger_key(entry.tool, entry.key)
-        encoded = _CODEC.encode(settled)
-        await self._store.commit([Update(_DB, store_key, lambda _current: encoded)])
+        await self._store.commit([Put(_DB, ledger_key(entry.tool, entry.key),
+                                      _CODEC.encode(settled))])

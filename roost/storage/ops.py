@@ -1,8 +1,9 @@
-"""The write operations a store commit is made of: `Put`, `Delete`, `Append` and `Update`.
+"""The write operations a store commit is made of: `Put`, `Insert`, `Delete`, `Append`, `Update`.
 
 A commit is a sequence of operations applied in order, all or nothing, in the writer
-thread's transaction. `Append` and `Update` carry a function that the writer calls
-inside that transaction, so the sequence number or read-modify-write they compute is
+thread's transaction. `Put`, `Insert` and `Delete` are single LMDB calls there.
+`Append` and `Update` carry a function that the writer calls inside that
+transaction, so the sequence number or read-modify-write they compute is
 serialized with every other write: these functions must be quick and pure (the writer
 may call them again if it retries the transaction), and may raise a `RoostError` to
 refuse the write (that error reaches the caller unchanged).
@@ -22,6 +23,18 @@ class Put(msgspec.Struct, frozen=True, gc=False):
     """Store `value` under `key` in database `db`, replacing any value there.
 
     Its result in `Store.commit` is None.
+    """
+
+    db: str
+    key: bytes
+    value: bytes
+
+
+class Insert(msgspec.Struct, frozen=True, gc=False):
+    """Store `value` under `key` in database `db` unless the key is already there.
+
+    Its result in `Store.commit` is True if it stored the value, False if the key was
+    there (its value is left as it was). A claim that needs no read-modify-write.
     """
 
     db: str
@@ -64,4 +77,4 @@ class Update(msgspec.Struct, frozen=True):
     change: Callable[[bytes | None], bytes | None]
 
 
-Op = Put | Delete | Append | Update
+Op = Put | Insert | Delete | Append | Update

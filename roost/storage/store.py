@@ -34,7 +34,7 @@ from roost.storage._environment import open_environment
 from roost.storage._guard import MapGuard
 from roost.storage._keys import SEQ_SIZE, key_range, seek_last
 from roost.storage._writer import Writer, WriteRequest
-from roost.storage.ops import DATABASES, Append, Delete, Op, Put, Update
+from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
 
 Durability = Literal["sync", "async"]
 
@@ -180,7 +180,7 @@ class Store:
         for the whole batch when any write in it is durable.
 
         Args:
-            ops: the operations (`Put`, `Delete`, `Append`, `Update`).
+            ops: the operations (`Put`, `Insert`, `Delete`, `Append`, `Update`).
             durable: wait until the write is flushed to disk (True), or only committed
                 (False); None uses the store's durability mode.
 
@@ -330,15 +330,15 @@ class Store:
 
     def _check(self, op: object) -> None:
         match op:
-            case Put(db, key) | Delete(db, key) | Update(db, key):
+            case Put(db, key) | Insert(db, key) | Delete(db, key) | Update(db, key):
                 self._handle(db)
                 self._check_key(key)
             case Append(db, prefix):
                 self._handle(db)
                 self._check_key(prefix + bytes(SEQ_SIZE))
             case _:
-                raise ConfigurationError(f"{op!r} is not a store operation; use Put, Delete, "
-                                         "Append or Update")
+                raise ConfigurationError(f"{op!r} is not a store operation; use Put, Insert, "
+                                         "Delete, Append or Update")
 
 
 class StoreOpening:

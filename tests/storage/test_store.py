@@ -15,7 +15,7 @@ import anyio.lowlevel
 import pytest
 
 from roost.errors import ConfigurationError, RunNotFound, StoreError, StoreUnavailable
-from roost.storage import Append, Delete, Op, Put, Store, Update
+from roost.storage import Append, Delete, Insert, Op, Put, Store, Update
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +46,17 @@ async def test_commit_applies_operations_in_order_and_returns_their_results(stor
     assert await store.get("ledger", b"k") == b"12"
     assert [value async for _, value in store.scan("traces", prefix=b"t\x00")] \
         == [b"span 1", b"span 2"]
+
+
+async def test_an_insert_stores_a_new_key_and_leaves_an_existing_one_as_it_was(
+        store: Store) -> None:
+    assert await store.commit([Insert("ledger", b"k", b"first"), Insert("ledger", b"k", b"second"),
+                               Insert("ledger", b"j", b"other")]) == [True, False, True]
+
+    assert await store.get("ledger", b"k") == b"first"
+    assert await store.get("ledger", b"j") == b"other"
+    with pytest.raises(ConfigurationError, match="LMDB keys must be 1 to 511 bytes"):
+        await store.commit([Insert("ledger", b"", b"v")])
 
 
 async def test_an_update_returning_none_deletes_the_key(store: Store) -> None:
