@@ -11,6 +11,7 @@ use the `Tools` facade (`ctx.tools` / `system.tools`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -65,11 +66,23 @@ class ToolStatistics(msgspec.Struct, kw_only=True):
 
 
 class _InFlight:
-    __slots__ = ("fingerprint", "future")
+    """A call in flight: its arguments' fingerprint, and the callers waiting for its outcome."""
 
-    def __init__(self, fingerprint: str, future: asyncio.Future[Any]) -> None:
+    __slots__ = ("fingerprint", "waiters")
+
+    def __init__(self, fingerprint: str, reply: asyncio.Future[Any] | None) -> None:
         self.fingerprint = fingerprint
-        self.future = future
+        self.waiters = [] if reply is None else [reply]
+
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        """Give the call's outcome to every caller still waiting for it."""
+        for waiter in self.waiters:
+            if waiter.done():
+                continue  # its ask timed out or was cancelled
+            if error is None:
+                waiter.set_result(result)
+            else:
+                waiter.set_exception(error)
 
 
 class ToolState:
@@ -164,6 +177,14 @@ class ToolProxy(Actor):
         self.ledger = ledger
         self._in_flight: dict[tuple[str, str], _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop
+        self._context: contextvars.Context
+
+    async def on_start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # What each call's task starts from: the system's context, outside any actor.
+        self._context = self.ctx.system.base_context()
+        self._context.run(handling.set, None)
 
     async def receive(self, message: Any) -> Any:
         match message:
@@ -196,63 +217,48 @@ class ToolProxy(Actor):
         """
         reply = self.ctx.take_reply()
         spec: ToolSpec = call.spec
-        key, fp = call.key, call.fingerprint
         self.state.stats.calls += 1
-        pending = self._in_flight.get((spec.name, key))
+        pending = self._in_flight.get((spec.name, call.key))
         if pending is not None:
-            work = self._join(spec, key, fp, pending)
-        else:
-            future = self.ctx._cell.loop.create_future()
-            self._in_flight[(spec.name, key)] = _InFlight(fp, future)
-            work = self._lead(call, future)
+            self._join(call, pending, reply)
+            return
+        leading = self._in_flight[(spec.name, call.key)] = _InFlight(call.fingerprint, reply)
         # The call runs in the caller's trace, not as this actor: its logs, messages and
         # nested calls belong to the caller's trace and run.
         caller = self.ctx._cell.current
-        context = self.ctx.system.base_context()
-        context.run(handling.set, None)
+        context = self._context.copy()
         context.run(call_trace.set, None if caller is None else caller.trace)
-        task = self.ctx._cell.loop.create_task(self._answer(work, reply, call), context=context)
+        task = self._loop.create_task(self._lead(call, leading), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, work: typing.Coroutine[Any, Any, Any],
-                      reply: asyncio.Future[Any] | None, call: Call) -> None:
-        try:
-            result = await work
-        except asyncio.CancelledError:
-            if reply is not None and not reply.done():
-                reply.set_exception(ActorStopped(self.ctx.path, call, "stopped"))
-            raise
-        except Exception as error:
+    def _join(self, call: Call, pending: _InFlight, reply: asyncio.Future[Any] | None) -> None:
+        """Wait with the call in flight under the same key, unless the arguments differ."""
+        if pending.fingerprint != call.fingerprint:
             self.state.stats.failures += 1
-            if reply is not None and not reply.done():
-                reply.set_exception(error)
-        else:
-            if reply is not None and not reply.done():
-                reply.set_result(result)
-
-    async def _join(self, spec: ToolSpec, key: str, fp: str, pending: _InFlight) -> Any:
-        if pending.fingerprint != fp:
-            raise IdempotencyConflict(spec.name, key)
+            if reply is not None:
+                reply.set_exception(IdempotencyConflict(call.spec.name, call.key))
+            return
         self.state.stats.joined += 1
-        return await asyncio.shield(pending.future)
+        if reply is not None:
+            pending.waiters.append(reply)
 
-    async def _lead(self, call: Call, future: asyncio.Future[Any]) -> Any:
+    async def _lead(self, call: Call, leading: _InFlight) -> None:
+        """Run the call, then answer every caller waiting for it (the first and any joiners)."""
         spec: ToolSpec = call.spec
         try:
             if self.ledger is None:  # no store: joins only, nothing is remembered
                 result = await self.state.run(spec, call.arguments, call.key)
             else:
                 result = await self._settle(spec, call.arguments, call.key, call.fingerprint)
-        except BaseException as error:
-            if not future.done():
-                future.set_exception(error if isinstance(error, Exception)
-                                     else ActorStopped(self.ctx.path, call, "stopped"))
-                future.exception()  # joiners may be none: mark it retrieved
+        except asyncio.CancelledError:
+            leading.settle(None, ActorStopped(self.ctx.path, call, "stopped"))
             raise
+        except Exception as error:
+            self.state.stats.failures += 1
+            leading.settle(None, error)
         else:
-            future.set_result(result)
-            return result
+            leading.settle(result, None)
         finally:
             del self._in_flight[(spec.name, call.key)]
 

@@ -205,36 +205,40 @@ class Writer:
         return results, None
 
     def _apply(self, txn: lmdb.Transaction[bytes], op: Op) -> Any:
-        match op:
-            case Put(db, key, value):
-                txn.put(key, value, db=self._dbs[db])
-                return None
-            case Insert(db, key, value):
-                return txn.put(key, value, overwrite=False, db=self._dbs[db])
-            case Delete(db, key):
-                return txn.delete(key, db=self._dbs[db])
-            case Append(db, prefix, value):
-                handle = self._dbs[db]
-                seq = 1
-                cursor = txn.cursor(handle)
-                if seek_last(cursor, prefix):
-                    last = cursor.key()
-                    if len(last) != len(prefix) + SEQ_SIZE:
-                        raise ConfigurationError(
-                            f"key {last!r} under prefix {prefix!r} in database {db!r} was not "
-                            "written by Append; keep appended series under their own prefix")
-                    seq = unpack_seq(last[len(prefix):]) + 1
-                txn.put(prefix + pack_seq(seq), value(seq), db=handle)
-                return seq
-            case Update(db, key, change):
-                handle = self._dbs[db]
-                new = change(txn.get(key, db=handle))
-                if new is None:
-                    txn.delete(key, db=handle)
-                else:
-                    txn.put(key, new, db=handle)
-                return new
+        # Type tests, not `match`: this runs for every operation, holding the GIL.
+        if type(op) is Put:
+            txn.put(op.key, op.value, db=self._dbs[op.db])
+            return None
+        if type(op) is Insert:
+            return txn.put(op.key, op.value, overwrite=False, db=self._dbs[op.db])
+        if type(op) is Delete:
+            return txn.delete(op.key, db=self._dbs[op.db])
+        if type(op) is Update:
+            handle = self._dbs[op.db]
+            new = op.change(txn.get(op.key, db=handle))
+            if new is None:
+                txn.delete(op.key, db=handle)
+            else:
+                txn.put(op.key, new, db=handle)
+            return new
+        if type(op) is Append:
+            return self._append(txn, op)
         raise InternalError(f"the writer got {op!r}, which Store.commit should have refused")
+
+    def _append(self, txn: lmdb.Transaction[bytes], op: Append) -> int:
+        handle = self._dbs[op.db]
+        prefix = op.prefix
+        seq = 1
+        cursor = txn.cursor(handle)
+        if seek_last(cursor, prefix):
+            last = cursor.key()
+            if len(last) != len(prefix) + SEQ_SIZE:
+                raise ConfigurationError(
+                    f"key {last!r} under prefix {prefix!r} in database {op.db!r} was not "
+                    "written by Append; keep appended series under their own prefix")
+            seq = unpack_seq(last[len(prefix):]) + 1
+        txn.put(prefix + pack_seq(seq), op.value(seq), db=handle)
+        return seq
 
     def _grow(self) -> None:
         """Double the map (LMDB needs every read transaction out while it remaps)."""

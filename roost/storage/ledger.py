@@ -160,10 +160,10 @@ class Ledger:
             return encoded
 
         await self._store.commit([Update(_DB, store_key, change)])
-        existing = found[0]
-        if existing is None:
+        held = found[0]
+        if held is None:
             return Claim(True, fresh, True)
-        return self._found(existing, fingerprint)
+        return self._found(held, fingerprint)
 
     def _found(self, entry: LedgerEntry, fingerprint: str) -> Claim:
         """The claim of a key held by a live entry: it, unless its arguments differ."""

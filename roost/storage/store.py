@@ -329,16 +329,22 @@ class Store:
                                      f"must be 1 to {self._max_key_size} bytes")
 
     def _check(self, op: object) -> None:
-        match op:
-            case Put(db, key) | Insert(db, key) | Delete(db, key) | Update(db, key):
-                self._handle(db)
+        # Type tests, not `match`: this runs for every operation of every commit.
+        if isinstance(op, _KEYED):
+            if op.db not in self._dbs:
+                self._handle(op.db)
+            key = op.key
+            if not 0 < len(key) <= self._max_key_size:
                 self._check_key(key)
-            case Append(db, prefix):
-                self._handle(db)
-                self._check_key(prefix + bytes(SEQ_SIZE))
-            case _:
-                raise ConfigurationError(f"{op!r} is not a store operation; use Put, Insert, "
-                                         "Delete, Append or Update")
+        elif isinstance(op, Append):
+            self._handle(op.db)
+            self._check_key(op.prefix + bytes(SEQ_SIZE))
+        else:
+            raise ConfigurationError(f"{op!r} is not a store operation; use Put, Insert, "
+                                     "Delete, Append or Update")
+
+
+_KEYED = (Put, Insert, Delete, Update)
 
 
 class StoreOpening:
