@@ -16,7 +16,10 @@ run in a thread with `asyncio.to_thread`. Target: ratio >= 10 for the sync figur
 `tool_ledger_sync_100_vs_naive` is the sync figure again, against the naive
 form of the same protocol: two synced transactions per call (the claim before the
 tool runs, the result after), so that its ratio shows what group commit saves.
-It informs; the target is the first figure's.
+`tool_ledger_sync_100_ledger_only` is the ceiling any proxy can reach on this
+store: the same claim and result writes made straight through `Ledger` (no actor
+hop, no tool, no breaker), against the first baseline. Both inform; the target is
+the first figure's.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import msgspec
 
 import roost
 from benches._figure import Figure
-from roost.storage import Durability
+from roost.storage import Durability, Ledger, Store
 
-NAMES = ("tool_ledger_sync_100", "tool_ledger_async_100", "tool_ledger_sync_100_vs_naive")
+NAMES = ("tool_ledger_sync_100", "tool_ledger_async_100", "tool_ledger_sync_100_vs_naive",
+         "tool_ledger_sync_100_ledger_only")
 BASELINE = "to_thread txn+sync per call"
 NAIVE_LEDGER = "txn+sync per claim and result"
 CALLERS = 100
@@ -82,6 +86,22 @@ def proxy_rate(durability: Durability) -> float:
     return best_rate(round_seconds)
 
 
+def ledger_rate() -> float:
+    """Calls/s of a claim and a result written straight through the ledger, in sync mode."""
+
+    async def round_seconds(folder: Path) -> float:
+        async with Store.open(folder, durability="sync") as store:
+            ledger = Ledger(store)
+
+            async def call(n: int) -> None:
+                claim = await ledger.claim("record", f"order-{n}", "fingerprint")
+                await ledger.complete(claim.entry, msgspec.msgpack.encode(await record(order=n)))
+
+            return await timed_callers(call)
+
+    return best_rate(round_seconds)
+
+
 def naive_rate(writes_per_call: int) -> float:
     """Calls/s when each call makes `writes_per_call` synced transactions of its own via to_thread."""
 
@@ -110,10 +130,11 @@ def naive_rate(writes_per_call: int) -> float:
 
 def measure() -> list[Figure]:
     baseline, naive_ledger = naive_rate(1), naive_rate(2)
-    synced, unsynced = proxy_rate("sync"), proxy_rate("async")
+    synced, unsynced, ledger_only = proxy_rate("sync"), proxy_rate("async"), ledger_rate()
     return [
         Figure("tool_ledger_sync_100", synced, "calls/s", BASELINE, baseline),
         Figure("tool_ledger_async_100", unsynced, "calls/s", BASELINE, baseline),
         Figure("tool_ledger_sync_100_vs_naive", synced, "calls/s", NAIVE_LEDGER,
                naive_ledger),
+        Figure("tool_ledger_sync_100_ledger_only", ledger_only, "calls/s", BASELINE, baseline),
     ]

@@ -66,12 +66,12 @@ class ToolStatistics(msgspec.Struct, kw_only=True):
 
 
 class _InFlight:
-    """A call in flight: its arguments' fingerprint, and the callers waiting for its outcome."""
+    """A call in flight, and the callers waiting for its outcome."""
 
-    __slots__ = ("fingerprint", "waiters")
+    __slots__ = ("call", "waiters")
 
-    def __init__(self, fingerprint: str, reply: asyncio.Future[Any] | None) -> None:
-        self.fingerprint = fingerprint
+    def __init__(self, call: Call, reply: asyncio.Future[Any] | None) -> None:
+        self.call = call
         self.waiters = [] if reply is None else [reply]
 
     def settle(self, result: Any, error: BaseException | None) -> None:
@@ -222,19 +222,18 @@ class ToolProxy(Actor):
         if pending is not None:
             self._join(call, pending, reply)
             return
-        leading = self._in_flight[(spec.name, call.key)] = _InFlight(call.fingerprint, reply)
+        leading = self._in_flight[(spec.name, call.key)] = _InFlight(call, reply)
         # The call runs in the caller's trace, not as this actor: its logs, messages and
         # nested calls belong to the caller's trace and run.
         caller = self.ctx._cell.current
         context = self._context.copy()
         context.run(call_trace.set, None if caller is None else caller.trace)
         task = self._loop.create_task(self._lead(call, leading), context=context)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.add(task)  # _lead takes it out as it ends: no done-callback per call
 
     def _join(self, call: Call, pending: _InFlight, reply: asyncio.Future[Any] | None) -> None:
         """Wait with the call in flight under the same key, unless the arguments differ."""
-        if pending.fingerprint != call.fingerprint:
+        if pending.call.fingerprint != call.fingerprint:
             self.state.stats.failures += 1
             if reply is not None:
                 reply.set_exception(IdempotencyConflict(call.spec.name, call.key))
@@ -261,6 +260,7 @@ class ToolProxy(Actor):
             leading.settle(result, None)
         finally:
             del self._in_flight[(spec.name, call.key)]
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def _settle(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
                       fp: str) -> Any:
