@@ -68,10 +68,11 @@ class ToolStatistics(msgspec.Struct, kw_only=True):
 class _InFlight:
     """A call in flight, and the callers waiting for its outcome."""
 
-    __slots__ = ("call", "waiters")
+    __slots__ = ("call", "callers", "waiters")
 
     def __init__(self, call: Call, reply: asyncio.Future[Any] | None) -> None:
         self.call = call
+        self.callers = 1  # the leader and every joiner, asks and tells alike
         self.waiters = [] if reply is None else [reply]
 
     def settle(self, result: Any, error: BaseException | None) -> None:
@@ -207,6 +208,9 @@ class ToolProxy(Actor):
     async def on_stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        # Callers hear at once, however long a tool takes to clean up after the cancellation.
+        for pending in self._in_flight.values():
+            pending.settle(None, ActorStopped(self.ctx.path, pending.call, "stopped"))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.shutdown_timeout)
 
@@ -239,6 +243,7 @@ class ToolProxy(Actor):
                 reply.set_exception(IdempotencyConflict(call.spec.name, call.key))
             return
         self.state.stats.joined += 1
+        pending.callers += 1
         if reply is not None:
             pending.waiters.append(reply)
 
@@ -250,12 +255,13 @@ class ToolProxy(Actor):
                 result = await self.state.run(spec, call.arguments, call.key)
             else:
                 result = await self._settle(spec, call.arguments, call.key, call.fingerprint)
-        except asyncio.CancelledError:
+        except Exception as error:
+            self.state.stats.failures += leading.callers
+            leading.settle(None, error)
+        except BaseException:  # cancelled as the proxy stops, or a tool raised past Exception
+            self.state.stats.failures += leading.callers
             leading.settle(None, ActorStopped(self.ctx.path, call, "stopped"))
             raise
-        except Exception as error:
-            self.state.stats.failures += 1
-            leading.settle(None, error)
         else:
             leading.settle(result, None)
         finally:

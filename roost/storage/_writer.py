@@ -205,15 +205,15 @@ class Writer:
         return results, None
 
     def _apply(self, txn: lmdb.Transaction[bytes], op: Op) -> Any:
-        # Type tests, not `match`: this runs for every operation, holding the GIL.
-        if type(op) is Put:
+        # isinstance tests, not `match`: this runs for every operation, holding the GIL.
+        if isinstance(op, Put):
             txn.put(op.key, op.value, db=self._dbs[op.db])
             return None
-        if type(op) is Insert:
+        if isinstance(op, Insert):
             return txn.put(op.key, op.value, overwrite=False, db=self._dbs[op.db])
-        if type(op) is Delete:
+        if isinstance(op, Delete):
             return txn.delete(op.key, db=self._dbs[op.db])
-        if type(op) is Update:
+        if isinstance(op, Update):
             handle = self._dbs[op.db]
             new = op.change(txn.get(op.key, db=handle))
             if new is None:
@@ -221,7 +221,7 @@ class Writer:
             else:
                 txn.put(op.key, new, db=handle)
             return new
-        if type(op) is Append:
+        if isinstance(op, Append):
             return self._append(txn, op)
         raise InternalError(f"the writer got {op!r}, which Store.commit should have refused")
 

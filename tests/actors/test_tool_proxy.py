@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 import roost
-from roost.actors.tool_proxy import ToolStatistics
+from roost.actors.tool_proxy import ToolProxy, ToolStatistics
 from roost.actors.tools import fingerprint
 from roost.errors import ToolArgumentsInvalid, ToolBusy, ToolResultUnrecordable, ToolTimeout
 from roost.storage import Ledger, Store, Update
@@ -249,6 +249,84 @@ async def test_a_call_cut_short_by_shutdown_fails_with_actor_stopped_and_its_out
     assert mailer.sent == ["ada"]
     # The error names what could not be delivered: the call, not the type of a label.
     assert "cannot deliver Call" in str(stopped[0]), str(stopped[0])
+
+
+async def test_every_caller_joined_to_a_failing_call_gets_its_error_and_counts_as_a_failure(
+    tmp_path: Path,
+) -> None:
+    go = anyio.Event()
+
+    @roost.tool
+    async def charge(card: str) -> str:
+        await go.wait()
+        raise ValueError(f"card {card} declined")
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, charge)
+        calls = [asyncio.ensure_future(system.tools.call("charge", key="order-1", card="4242"))
+                 for _ in range(3)]
+        await anyio.wait_all_tasks_blocked()
+        go.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [str(result) for result in results] == ["card 4242 declined"] * 3
+        stats = system.tools.statistics()
+        assert (stats.calls, stats.joined, stats.failures) == (3, 2, 3)
+
+
+class Escaped(BaseException):
+    """Raised by a tool past `Exception`, like a misused KeyboardInterrupt."""
+
+
+async def test_callers_hear_actor_stopped_when_a_tool_raises_past_exception(
+    tmp_path: Path,
+) -> None:
+    go = anyio.Event()
+
+    @roost.tool
+    async def escape(to: str) -> str:
+        await go.wait()
+        raise Escaped(to)
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, escape)
+        calls = [asyncio.ensure_future(system.tools.call("escape", key="k", to="ada"))
+                 for _ in range(3)]
+        await anyio.wait_all_tasks_blocked()
+        go.set()
+        with anyio.fail_after(5):
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [type(result) for result in results] == [roost.ActorStopped] * 3
+
+
+async def test_callers_hear_actor_stopped_when_the_proxy_stops_while_a_tool_still_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ToolProxy, "shutdown_timeout", 0.05)
+    started, release, cleaned = anyio.Event(), anyio.Event(), anyio.Event()
+
+    @roost.tool
+    async def slow(to: str) -> str:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:  # a cancellation cleanup that outlasts the proxy's shutdown timeout
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+            cleaned.set()
+        return to
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, slow)
+        calls = [asyncio.ensure_future(system.tools.call("slow", key="k", to="ada"))
+                 for _ in range(3)]
+        await started.wait()
+        assert system.tools.statistics().joined == 2
+    with anyio.fail_after(5):
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [type(result) for result in results] == [roost.ActorStopped] * 3
+    release.set()
+    await cleaned.wait()
+    await anyio.wait_all_tasks_blocked()
 
 
 # --- a key found in flight: an earlier process died mid-call --------------------------------

@@ -59,6 +59,17 @@ async def test_an_insert_stores_a_new_key_and_leaves_an_existing_one_as_it_was(
         await store.commit([Insert("ledger", b"", b"v")])
 
 
+class TracedPut(Put, frozen=True, gc=False):
+    """An application's own kind of Put."""
+
+
+async def test_subclasses_of_the_operations_are_applied_like_them(store: Store) -> None:
+    assert await store.commit([TracedPut("ledger", b"k", b"v"),
+                               Update("ledger", b"k", lambda current: (current or b"") + b"w")]) \
+        == [None, b"vw"]
+    assert await store.get("ledger", b"k") == b"vw"
+
+
 async def test_an_update_returning_none_deletes_the_key(store: Store) -> None:
     await store.commit([Put("ledger", b"k", b"v")])
 
