@@ -78,6 +78,16 @@ def registered(system: roost.ActorSystem, *tools: object) -> None:
         system.tools.register(item)
 
 
+async def outcomes_of_three_joined_calls(system: roost.ActorSystem, go: anyio.Event, tool: str,
+                                         **arguments: Any) -> list[object]:
+    """Three concurrent calls with one key, released by `go` once all have joined: their outcomes."""
+    calls = [asyncio.ensure_future(system.tools.call(tool, key="k", **arguments)) for _ in range(3)]
+    await anyio.wait_all_tasks_blocked()
+    go.set()
+    with anyio.fail_after(5):
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+
 async def ledger_keys(system: roost.ActorSystem) -> list[bytes]:
     return [key async for key, _ in system.store.scan("ledger")]
 
@@ -263,11 +273,7 @@ async def test_every_caller_joined_to_a_failing_call_gets_its_error_and_counts_a
 
     async with open_system(tmp_path / "store") as system:
         registered(system, charge)
-        calls = [asyncio.ensure_future(system.tools.call("charge", key="order-1", card="4242"))
-                 for _ in range(3)]
-        await anyio.wait_all_tasks_blocked()
-        go.set()
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await outcomes_of_three_joined_calls(system, go, "charge", card="4242")
         assert [str(result) for result in results] == ["card 4242 declined"] * 3
         stats = system.tools.statistics()
         assert (stats.calls, stats.joined, stats.failures) == (3, 2, 3)
@@ -289,12 +295,7 @@ async def test_callers_hear_actor_stopped_when_a_tool_raises_past_exception(
 
     async with open_system(tmp_path / "store") as system:
         registered(system, escape)
-        calls = [asyncio.ensure_future(system.tools.call("escape", key="k", to="ada"))
-                 for _ in range(3)]
-        await anyio.wait_all_tasks_blocked()
-        go.set()
-        with anyio.fail_after(5):
-            results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await outcomes_of_three_joined_calls(system, go, "escape", to="ada")
         assert [type(result) for result in results] == [roost.ActorStopped] * 3
 
 
