@@ -266,7 +266,7 @@ class ToolProxy(Actor):
             leading.settle(result, None)
         finally:
             del self._in_flight[(spec.name, call.key)]
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._tasks.discard(asyncio.current_task())
 
     async def _settle(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
                       fp: str) -> Any:
