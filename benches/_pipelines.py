@@ -13,7 +13,7 @@ import lmdb
 import msgspec
 
 import roost
-from roost.actors.pipeline import Pipeline, RunStep, Step
+from roost.pipelines.definition import Pipeline, RunStep, Step
 from roost.storage import Checkpoint, checkpoint_key
 
 STEPS = 5

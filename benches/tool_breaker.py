@@ -22,7 +22,7 @@ import roost
 from benches._actors import in_system
 from benches._figure import Figure
 from benches.ask_roundtrip import raw_ping_pong
-from roost.actors.breaker import CircuitBreaker
+from roost.tools.breaker import CircuitBreaker
 
 NAMES = ("tool_breaker_rejection", "tool_plain_breaker_rejection")
 COUNT = 100_000

@@ -1,8 +1,8 @@
 """roost: an asyncio actor-model runtime for reliable AI pipelines.
 
 This module exports the everyday API; everything else lives in the
-subpackages (`roost.actors`, `roost.mailbox`, `roost.runtime`, `roost.storage`)
-and `roost.errors`.
+subpackages (`roost.mailbox`, `roost.actors`, `roost.tools`, `roost.pipelines`,
+`roost.runtime`, `roost.storage`) and `roost.errors` and `roost.trace`.
 """
 
 from roost.actors import (
@@ -10,27 +10,16 @@ from roost.actors import (
     ActorContext,
     ActorRef,
     Backoff,
-    Breaker,
     ChildInfo,
     ChildSpec,
-    Done,
-    HttpTool,
     Message,
-    NeedsReview,
-    NotDone,
-    Pipeline,
     Pool,
-    Retry,
-    RunStep,
     StartChild,
-    Step,
-    StepFailure,
     StopChild,
     Supervisor,
     SupervisorSpec,
     Terminated,
     WhichChildren,
-    tool,
 )
 from roost.errors import (
     ActorNameTaken,
@@ -56,14 +45,9 @@ from roost.errors import (
     UnknownTool,
 )
 from roost.mailbox import DeadLetter
-from roost.runtime import (
-    ActorSystem,
-    RunHandle,
-    RunOutcome,
-    TraceContext,
-    configure_logging,
-    current_trace,
-)
+from roost.pipelines import NeedsReview, Pipeline, RunHandle, RunOutcome, RunStep, Step, StepFailure
+from roost.runtime import ActorSystem, TraceContext, configure_logging, current_trace
+from roost.tools import Breaker, Done, HttpTool, NotDone, Retry, tool
 
 __all__ = [
     "Actor",

@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import random
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
-
-if TYPE_CHECKING:
-    from roost.mailbox.envelope import Envelope
 
 # Trace ids need to be unique, not secret: a seeded generator avoids a syscall per id.
 _random = random.Random(os.urandom(16))
@@ -28,12 +25,6 @@ handling: ContextVar[Any] = ContextVar("roost_handling", default=None)
 #: The caller's trace while a tool-proxy task runs a tool call (None elsewhere), so a
 #: tool's logs, messages and nested calls belong to the caller's trace and run.
 call_trace: ContextVar[TraceContext | None] = ContextVar("roost_call_trace", default=None)
-
-
-def current_envelope() -> Envelope | None:
-    """The envelope the running actor is handling, or None."""
-    cell = handling.get()
-    return None if cell is None else cell.current
 
 
 def new_trace_id() -> str:
@@ -71,5 +62,6 @@ def current_trace() -> TraceContext | None:
     Calling it inside an actor starts a trace for a message that had none, so the
     id it returns is the one that messages sent from here will carry.
     """
-    envelope = current_envelope()
+    cell = handling.get()
+    envelope = None if cell is None else cell.current
     return call_trace.get() if envelope is None else envelope.trace_context()

@@ -10,7 +10,10 @@ import pytest
 
 import roost
 
-PACKAGES = ["roost", "roost.actors", "roost.mailbox", "roost.runtime", "roost.storage"]
+PACKAGES = [
+    "roost", "roost.actors", "roost.mailbox", "roost.pipelines", "roost.runtime", "roost.storage",
+    "roost.tools",
+]
 
 
 def public_names(module: types.ModuleType) -> set[str]:

@@ -10,7 +10,8 @@ import pytest
 
 import roost
 from roost.mailbox import Envelope
-from roost.trace import TraceContext, current_envelope
+from roost.mailbox.envelope import current_envelope
+from roost.trace import TraceContext
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")

@@ -8,8 +8,8 @@ from collections.abc import Collection
 
 import msgspec
 import roost
-from roost.actors.pipeline import Pipeline
-from roost.actors.run import StepTiming
+from roost.pipelines.definition import Pipeline
+from roost.pipelines.run import StepTiming
 from roost.storage import RunStatus
 
 from records import StepOutput

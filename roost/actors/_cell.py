@@ -35,10 +35,10 @@ from roost.mailbox.mailbox import Mailbox
 from roost.trace import handling
 
 if TYPE_CHECKING:
+    from roost.actors._engine import Engine
     from roost.actors.actor import Actor
     from roost.actors.child_spec import ChildSpec
     from roost.actors.context import ActorContext
-    from roost.runtime.system import ActorSystem
 
 # Lifecycle states, in order.
 NEW, RUNNING, SUSPENDED, STOPPING, STOPPED = range(5)
@@ -72,6 +72,7 @@ class Cell:
         "children",
         "ctx",
         "current",
+        "engine",
         "factory",
         "kwargs",
         "loop",
@@ -88,15 +89,14 @@ class Cell:
         "stop_error",
         "stop_reason",
         "supervision",
-        "system",
         "task",
         "watchers",
         "watching",
     )
 
-    def __init__(self, system: ActorSystem, parent: Cell | None, name: str, spec: ChildSpec) -> None:
-        self.system = system
-        self.loop = system.loop
+    def __init__(self, engine: Engine, parent: Cell | None, name: str, spec: ChildSpec) -> None:
+        self.engine = engine
+        self.loop = engine.loop
         self.parent = parent
         self.name = name
         self.path: str = "/" if parent is None else f"{parent.path.rstrip('/')}/{name}"
@@ -114,7 +114,7 @@ class Cell:
         self.poison_after = spec.poison_after
         self.ref = ActorRef(self, self.path, name)
         self.mailbox = Mailbox(
-            self.path, system.dead_letters, capacity=spec.capacity, overflow=spec.overflow
+            self.path, engine.dead_letters, capacity=spec.capacity, overflow=spec.overflow
         )
         self.state = NEW
         self.actor: Actor | None = None
@@ -158,7 +158,7 @@ class Cell:
         from roost.actors.actor import Actor
 
         factory = self.factory
-        if factory.on_start is Actor.on_start and not self.system.needs_hydration(self):
+        if factory.on_start is Actor.on_start and not self.engine.needs_hydration(self):
             self._started = True
             self.state = RUNNING
             if self.mailbox.has_system or len(self.mailbox):
@@ -220,11 +220,11 @@ class Cell:
                 ActorStopped(self.path, envelope.message, self.stop_reason or "stopped")
             )
         sender = envelope.sender.path if envelope.sender is not None else None
-        self.system.dead_letters.record("actor_stopped", self.path, envelope.message, sender)
+        self.engine.dead_letters.record("actor_stopped", self.path, envelope.message, sender)
 
     def schedule(self) -> None:
         """Start a drain task for this cell, owned by the system."""
-        self.task = self.system.start_drain(self._drain())
+        self.task = self.engine.start_drain(self._drain())
 
     # --- the drain loop -------------------------------------------------------------------
 
@@ -332,7 +332,7 @@ class Cell:
         self._starting = True
         try:
             actor = self.actor if self.actor is not None else self.instantiate()
-            await self.system.hydrate(self, actor)
+            await self.engine.hydrate(self, actor)
             await actor.on_start()
         except asyncio.CancelledError:
             if not self._killing:
@@ -369,7 +369,7 @@ class Cell:
             envelope.crashes += 1
             if envelope.crashes >= self.poison_after:
                 sender = envelope.sender.path if envelope.sender is not None else None
-                self.system.dead_letters.record(
+                self.engine.dead_letters.record(
                     "poison", self.path, envelope.message, sender, error
                 )
                 _log.warning(
@@ -391,7 +391,7 @@ class Cell:
                 message_type=None if envelope is None else type(envelope.message).__name__,
             )
         if self.parent is None:
-            self.system.fail(error)
+            self.engine.fail(error)
         else:
             self.parent.post_system(ChildFailed(self, error, context, self.restarts))
 
@@ -439,7 +439,7 @@ class Cell:
     def supervision_engine(self) -> Any:
         """The object that decides what happens when a child fails (created on first use)."""
         if self.supervision is None:
-            self.supervision = self.system.supervision_for(self)
+            self.supervision = self.engine.supervision_for(self)
         return self.supervision
 
     async def _stop_instance(self) -> None:
@@ -526,7 +526,7 @@ class Cell:
             actor=self.path,
             detail="the actor ignored cancellation; its task is left running",
         )
-        self.system.count_abandoned()
+        self.engine.count_abandoned()
         self._finalize("killed", None)
 
     def termination(self) -> asyncio.Future[None]:
@@ -568,8 +568,8 @@ class Cell:
             _log.warning("on_stop_timed_out", actor=self.path, timeout=self.shutdown_timeout)
             done, _ = await asyncio.wait({task}, timeout=KILL_GRACE)
             if not done:
-                self.system.count_abandoned()
-                self.system.own(task)
+                self.engine.count_abandoned()
+                self.engine.own(task)
                 _log.error("on_stop_abandoned", actor=self.path)
                 return
         if not task.cancelled() and task.exception() is not None:
@@ -593,7 +593,7 @@ class Cell:
                 continue
             self._undeliverable(envelope)
         self.mailbox.release_waiters(_MailboxClosed())
-        self.system.unregister(self)
+        self.engine.unregister(self)
         terminated = Terminated(self.ref, reason, error)
         for watcher in self.watchers or ():
             if watcher.watching is not None:

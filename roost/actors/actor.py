@@ -7,10 +7,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 
 if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+
     from roost.actors.context import ActorContext
     from roost.storage import Checkpoint
+else:
+    def dataclass_transform(**_: Any) -> Any:
+        """Only type checkers read it (typing has it from Python 3.12 on)."""
+        return lambda cls: cls
 
 
+# Subclasses inherit `frozen=True` at run time; this tells type checkers so, letting
+# `class Greet(roost.Message): name: str` check cleanly (PEP 681's frozen_default).
+@dataclass_transform(frozen_default=True, field_specifiers=(msgspec.field,))
 class Message(msgspec.Struct, frozen=True):
     """Base for message types: a frozen `msgspec.Struct`, passed by reference in-process.
 

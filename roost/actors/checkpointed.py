@@ -18,7 +18,6 @@ from roost.errors import CheckpointCorrupt, ConfigurationError
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
     from roost.actors.actor import Actor
-    from roost.runtime.system import ActorSystem
     from roost.storage import Checkpoint
 
 _log = structlog.get_logger("roost")
@@ -30,17 +29,17 @@ def checkpoint_id(actor: Actor) -> str:
     return explicit if isinstance(explicit, str) and explicit else actor.ctx.path
 
 
-def _checkpoints(system: ActorSystem, actor: Actor) -> Any:
-    if system.checkpoints is None:
+def _checkpoints(checkpoints: Any, actor: Actor) -> Any:
+    if checkpoints is None:
         raise ConfigurationError(
             f"{actor.ctx.path}: {type(actor).__name__} is checkpointed (state_type="
             f"{actor.state_type.__name__}) but the system has no store; "  # type: ignore[union-attr]
             "pass ActorSystem(store=...)"
         )
-    return system.checkpoints
+    return checkpoints
 
 
-async def hydrate(system: ActorSystem, cell: Cell, actor: Actor) -> None:
+async def hydrate(checkpoints: Any, cell: Cell, actor: Actor) -> None:
     """Load the latest checkpoint of `actor` into `actor.state`, if there is one.
 
     Raises:
@@ -52,7 +51,7 @@ async def hydrate(system: ActorSystem, cell: Cell, actor: Actor) -> None:
 
     state_type = actor.state_type
     assert state_type is not None  # hydrate is only called for checkpointed actors
-    store = _checkpoints(system, actor)
+    store = _checkpoints(checkpoints, actor)
     key = checkpoint_id(actor)
     try:
         latest = await store.latest(key)
@@ -83,7 +82,7 @@ async def save(actor: Actor, step: str, durable: bool | None) -> Checkpoint:
             f"got {type(state).__name__}"
         )
     cell = actor.ctx._cell
-    store = _checkpoints(cell.system, actor)
+    store = _checkpoints(cell.engine.checkpoints, actor)
     current = cell.current
     run_id = None if current is None or current.trace is None else current.trace.run_id
     checkpoint = await store.save(

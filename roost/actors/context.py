@@ -7,14 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from roost.mailbox.envelope import Envelope
-from roost.trace import current_envelope, handling
+from roost.mailbox.envelope import Envelope, current_envelope
+from roost.trace import handling
 
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
     from roost.actors.ref import ActorRef
-    from roost.actors.tool_client import Tools
-    from roost.runtime.system import ActorSystem
 
 
 class ActorContext:
@@ -42,9 +40,9 @@ class ActorContext:
         return None if parent is None else parent.ref
 
     @property
-    def system(self) -> ActorSystem:
-        """The actor system this actor runs in."""
-        return self._cell.system
+    def system(self) -> Any:
+        """The `ActorSystem` this actor runs in."""
+        return self._cell.engine.host
 
     @property
     def sender(self) -> ActorRef | None:
@@ -76,7 +74,7 @@ class ActorContext:
 
     def spawn(self, factory: Any, *args: Any, name: str | None = None, **options: Any) -> ActorRef:
         """Start a child actor supervised by this one; see `ActorSystem.spawn` for options."""
-        return self._cell.system.spawn_under(self._cell, factory, args, name, options)
+        return self._cell.engine.spawn_under(self._cell, factory, args, name, options)
 
     async def stop(self, ref: ActorRef | None = None) -> None:
         """Stop another actor and wait until it has stopped; with no argument, end this one.
@@ -121,9 +119,9 @@ class ActorContext:
         return reply
 
     @property
-    def tools(self) -> Tools:
+    def tools(self) -> Any:
         """Call tools through the system's tool proxy: `await self.ctx.tools.call(name, **args)`."""
-        return self._cell.system.tools
+        return self._cell.engine.host.tools
 
     def watch(self, ref: ActorRef) -> ActorRef:
         """Receive `Terminated(ref, reason)` once when `ref` stops (at once if it already has)."""

@@ -127,7 +127,7 @@ class ActorRef:
             envelope = _from_actor(sender, message, reply)
         cell.enqueue(envelope)
         del envelope  # the envelope is untracked by the GC: hold no reference to it here
-        deadlines = cell.system.deadlines
+        deadlines = cell.engine.deadlines
         slot = deadlines.add(reply, timeout, self.path, message)
         try:
             return await reply

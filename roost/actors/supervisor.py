@@ -143,12 +143,12 @@ class Supervisor(Actor):
         for child in self.tree.children:
             if child.child_name is None:  # static children are named after their class
                 child = msgspec.structs.replace(child, name=child.factory.__name__.lower())
-            await self.ctx.system.start_child(self.ctx._cell, child)
+            await self.ctx._cell.engine.start_child(self.ctx._cell, child)
 
     async def receive(self, message: Any) -> Any:
         match message:
             case StartChild(spec=spec):
-                return await self.ctx.system.start_child(self.ctx._cell, spec)
+                return await self.ctx._cell.engine.start_child(self.ctx._cell, spec)
             case StopChild(name=name):
                 child = self.ctx._cell.children.get(name)
                 if child is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from roost.trace import TraceContext, new_span_id, new_trace_id
+from roost.trace import TraceContext, handling, new_span_id, new_trace_id
 
 
 class Envelope(msgspec.Struct, gc=False):
@@ -48,3 +48,9 @@ class Envelope(msgspec.Struct, gc=False):
                 outgoing = TraceContext(incoming.trace_id, new_span_id(), incoming.run_id)
             self.outgoing = outgoing
         return outgoing
+
+
+def current_envelope() -> Envelope | None:
+    """The envelope the running actor is handling, or None outside any actor."""
+    cell = handling.get()
+    return None if cell is None else cell.current

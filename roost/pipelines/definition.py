@@ -21,8 +21,8 @@ from typing import Any
 import msgspec
 
 from roost.actors.actor import Actor, Message
-from roost.actors.retry import Retry
 from roost.errors import PipelineDefinitionError
+from roost.tools.retry import Retry
 
 
 class RunStep(Message, frozen=True):

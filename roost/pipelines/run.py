@@ -19,15 +19,15 @@ import msgspec
 import structlog
 
 from roost.actors.actor import Actor, Message
-from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
-from roost.actors.retry import Retry, call_with_retry
-from roost.actors.tools import derive_key
 from roost.errors import CheckpointCorrupt, StoreError
+from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.storage import Checkpoint, checkpoint_key
+from roost.tools.keys import derive_key
+from roost.tools.retry import Retry, call_with_retry
 from roost.trace import TraceContext, new_span_id, new_trace_id
 
 if TYPE_CHECKING:
-    from roost.runtime.pipelines import Pipelines
+    from roost.pipelines.service import Pipelines
 
 _log = structlog.get_logger("roost")
 _ENCODER = msgspec.msgpack.Encoder()

@@ -19,16 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from roost.actors.child_spec import ChildSpec
-from roost.actors.pipeline import Pipeline, Step
 from roost.actors.pool import Pool
-from roost.actors.run import (
-    CancelRun,
-    RunActor,
-    RunProgress,
-    StepTiming,
-    decode_progress,
-    load_progress,
-)
 from roost.actors.supervisor import Supervisor
 from roost.errors import (
     ConfigurationError,
@@ -37,11 +28,19 @@ from roost.errors import (
     RunInterrupted,
     StepFailed,
 )
+from roost.pipelines.definition import Pipeline, Step
+from roost.pipelines.run import (
+    CancelRun,
+    RunActor,
+    RunProgress,
+    StepTiming,
+    decode_progress,
+    load_progress,
+)
 from roost.storage import CheckpointStore, RunRecord, RunStatus, RunStore
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
-    from roost.runtime.system import ActorSystem
 
 _ENCODER = msgspec.msgpack.Encoder()
 #: How many recent step timings are kept per pipeline.
@@ -94,9 +93,14 @@ class RunHandle:
 
 
 class Pipelines:
-    """The system's pipeline runs."""
+    """The system's pipeline runs.
 
-    def __init__(self, system: ActorSystem) -> None:
+    Args:
+        system: the `ActorSystem` that owns them (typed loosely: pipelines sit below
+            the runtime and must not import it).
+    """
+
+    def __init__(self, system: Any) -> None:
         self.system = system
         self._registered: dict[str, Pipeline] = {}
         self._root: asyncio.Future[ActorRef] | None = None
@@ -178,8 +182,8 @@ class Pipelines:
         ref = self._pools.get(key)
         if ref is None or not ref.is_alive:
             name = step.name if worker is step.worker else f"{step.name}-fallback"
-            group = self._pipeline_group(pipeline)._cell
-            ref = self.system.spawn_under(group, Pool.spec(name, worker, size=step.workers),
+            group = self._pipeline_group(pipeline)
+            ref = self.system.engine.spawn_under(group, Pool.spec(name, worker, size=step.workers),
                                           (), None, {})
             self._pools[key] = ref
         return ref
@@ -188,8 +192,8 @@ class Pipelines:
         try:
             return self.system.lookup(f"/pipelines/workers/{pipeline.name}")
         except LookupError:
-            workers = self.system.lookup("/pipelines/workers")._cell
-            return self.system.spawn_under(workers, Supervisor.spec(pipeline.name), (), None, {})
+            workers = self.system.lookup("/pipelines/workers")
+            return self.system.engine.spawn_under(workers, Supervisor.spec(pipeline.name), (), None, {})
 
     # --- runs -------------------------------------------------------------------------
 
@@ -229,8 +233,8 @@ class Pipelines:
         self._live.add(run_id)
         spec = ChildSpec(factory=RunActor, name=run_id, args=(self, pipeline, run_id),
                          restart="transient")
-        ref = self.system.spawn_under(runs._cell, spec, (), None, {})
-        ref._cell.termination().add_done_callback(lambda _: self._run_actor_ended(run_id))
+        ref = self.system.engine.spawn_under(runs, spec, (), None, {})
+        self.system.engine.termination(ref).add_done_callback(lambda _: self._run_actor_ended(run_id))
 
     def _run_actor_ended(self, run_id: str) -> None:
         """A run's actor stopped for good: if the run did not end, it is interrupted."""

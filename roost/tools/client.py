@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from roost.actors.breaker import BreakerState
-from roost.actors.tool_proxy import Call, ToolState, ToolStatistics
-from roost.actors.tools import ToolRegistry, ToolSpec, derive_key, fingerprint
 from roost.errors import SystemNotRunning, ToolUnavailable
-from roost.trace import call_trace, current_envelope, handling
+from roost.mailbox.envelope import current_envelope
+from roost.tools.breaker import BreakerState
+from roost.tools.keys import derive_key, fingerprint
+from roost.tools.proxy import Call, ToolState, ToolStatistics
+from roost.tools.spec import ToolRegistry, ToolSpec
+from roost.trace import call_trace, handling
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef

@@ -20,11 +20,11 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from roost.actors.breaker import Breaker
-from roost.actors.bulkhead import DEFAULT_MAX_WAITING
-from roost.actors.retry import Retry
-from roost.actors.tools import SPEC_ATTRIBUTE, ToolSpec, Verify
 from roost.errors import ConfigurationError, PermanentToolError, ToolTimeout, TransientToolError
+from roost.tools.breaker import Breaker
+from roost.tools.bulkhead import DEFAULT_MAX_WAITING
+from roost.tools.retry import Retry
+from roost.tools.spec import SPEC_ATTRIBUTE, ToolSpec, Verify
 
 __all__ = ["HttpTool"]
 

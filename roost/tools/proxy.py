@@ -21,10 +21,6 @@ import msgspec
 import structlog
 
 from roost.actors.actor import Actor, Message
-from roost.actors.breaker import BreakerState, CircuitBreaker
-from roost.actors.bulkhead import Bulkhead
-from roost.actors.retry import call_with_retry
-from roost.actors.tools import Done, ToolSpec
 from roost.errors import (
     ActorStopped,
     IdempotencyConflict,
@@ -34,6 +30,10 @@ from roost.errors import (
     ToolResultUnrecordable,
     ToolUnavailable,
 )
+from roost.tools.breaker import BreakerState, CircuitBreaker
+from roost.tools.bulkhead import Bulkhead
+from roost.tools.retry import call_with_retry
+from roost.tools.spec import Done, ToolSpec
 from roost.trace import call_trace, handling
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class ToolProxy(Actor):
     async def on_start(self) -> None:
         self._loop = asyncio.get_running_loop()
         # What each call's task starts from: the system's context, outside any actor.
-        self._context = self.ctx.system.base_context()
+        self._context = self.ctx.system.engine.base_context()
         self._context.run(handling.set, None)
 
     async def receive(self, message: Any) -> Any:

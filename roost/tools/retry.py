@@ -23,9 +23,9 @@ import msgspec
 import structlog
 
 from roost._validate import is_number
-from roost.actors.breaker import CircuitBreaker, ErrorFilter, error_matches, is_error_filter
-from roost.actors.bulkhead import Bulkhead
 from roost.errors import ConfigurationError, ToolTimeout, ToolUnavailable, TransientToolError
+from roost.tools.breaker import CircuitBreaker, ErrorFilter, error_matches, is_error_filter
+from roost.tools.bulkhead import Bulkhead
 
 __all__ = ["DEFAULT_RETRY_ON", "Retry", "call_with_retry"]
 

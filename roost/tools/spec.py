@@ -1,4 +1,4 @@
-"""Tool declarations: the `@tool` decorator, `ToolSpec`, the registry, and idempotency keys.
+"""Tool declarations: the `@tool` decorator, `ToolSpec` and its argument binding, the registry.
 
     @tool(idempotent=False, breaker=Breaker(failures=5), retry=Retry(attempts=3), timeout=10.0)
     async def send_email(to: str, body: str) -> str: ...
@@ -16,7 +16,6 @@ durations are seconds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar, overload
@@ -24,10 +23,10 @@ from typing import Any, Final, TypeVar, overload
 import msgspec
 
 from roost._validate import is_count, is_number
-from roost.actors.breaker import Breaker
-from roost.actors.bulkhead import DEFAULT_MAX_WAITING
-from roost.actors.retry import Retry
 from roost.errors import ConfigurationError, ToolArgumentsInvalid, UnknownTool
+from roost.tools.breaker import Breaker
+from roost.tools.bulkhead import DEFAULT_MAX_WAITING
+from roost.tools.retry import Retry
 
 __all__ = [
     "Done",
@@ -35,8 +34,6 @@ __all__ = [
     "ToolRegistry",
     "ToolSpec",
     "Verified",
-    "derive_key",
-    "fingerprint",
     "spec_of",
     "tool",
 ]
@@ -46,10 +43,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 SPEC_ATTRIBUTE: Final = "__roost_tool__"
 """Attribute under which `@tool` (and tool objects such as HttpTool) keep their spec."""
 
-# Bumped if the key derivation changes: keys are stored in the ledger.
-_KEY_SCHEME: Final = "roost.tool-key.v1"
 _SINGLE_ATTEMPT: Final = Retry(attempts=1)
-_ENCODER: Final = msgspec.json.Encoder(order="sorted")
 
 
 class Done(msgspec.Struct, frozen=True):
@@ -329,43 +323,6 @@ class ToolRegistry:
     def names(self) -> list[str]:
         """Names of the registered tools, sorted."""
         return sorted(self._specs)
-
-
-def fingerprint(arguments: Mapping[str, Any], *, tool: str) -> str:
-    """A stable hash of a call's arguments: equal arguments give equal fingerprints.
-
-    Arguments are encoded as JSON with sorted keys (dict order does not
-    matter; tuples and lists encode alike), then hashed with SHA-256.
-
-    Args:
-        arguments: Bound arguments (see `ToolSpec.bind`).
-        tool: The tool's name, for the error message only.
-
-    Raises:
-        ToolArgumentsInvalid: An argument cannot be encoded as JSON.
-    """
-    try:
-        encoded = _ENCODER.encode(arguments)
-    except (TypeError, msgspec.EncodeError) as error:
-        raise ToolArgumentsInvalid(
-            tool,
-            f"arguments must be JSON-encodable (str, int, float, bool, None, lists, dicts "
-            f"with string keys, msgspec Structs) to derive an idempotency key: {error}",
-        ) from None
-    return hashlib.sha256(encoded).hexdigest()
-
-
-def derive_key(run_id: str, step_id: str, tool: str, arguments: Mapping[str, Any]) -> str:
-    """The idempotency key of a call that was given none: a hash of where and what it is.
-
-    The same run, step, tool and arguments always give the same key, across
-    processes and restarts.
-
-    Raises:
-        ToolArgumentsInvalid: An argument cannot be encoded as JSON.
-    """
-    parts = [_KEY_SCHEME, run_id, step_id, tool, fingerprint(arguments, tool=tool)]
-    return hashlib.sha256(_ENCODER.encode(parts)).hexdigest()
 
 
 def _plain_parameters(

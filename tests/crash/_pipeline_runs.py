@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import roost
-from roost.actors.pipeline import Pipeline, RunStep, Step
+from roost.pipelines.definition import Pipeline, RunStep, Step
 
 EFFECTS = Path()
 EXECUTIONS = Path()

@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from roost.actors.run import RunProgress
+from roost.pipelines.run import RunProgress
 from roost.storage import CheckpointStore, RunStatus, RunStore, Store
 
 SCRIPT = Path(__file__).with_name("_pipeline_runs.py")

@@ -1,4 +1,4 @@
-"""Tests of roost/actors/pipeline.py: a pipeline's graph is checked when it is built.
+"""Tests of roost/pipelines/definition.py: a pipeline's graph is checked when it is built.
 
 Every definition error is a `PipelineDefinitionError` that names the pipeline and
 the step at fault, raised by `Pipeline(...)` before anything runs.
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import roost
-from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
 from roost.errors import ConfigurationError, PipelineDefinitionError
+from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 
 
 class Worker(roost.Actor):

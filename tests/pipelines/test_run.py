@@ -1,4 +1,4 @@
-"""Tests of roost/actors/run.py: how a `RunActor` executes a pipeline run.
+"""Tests of roost/pipelines/run.py: how a `RunActor` executes a pipeline run.
 
 Every step here is done by `Worker` (or `Fallback`), whose behaviour per step
 name comes from the test through the module's `Board`; workers that wait are
@@ -20,10 +20,10 @@ import msgspec
 import pytest
 
 import roost
-from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
-from roost.actors.run import NeedsReview, RunProgress
 from roost.errors import PermanentToolError, RunCancelled, StepFailed, TransientToolError
-from roost.runtime.pipelines import RunOutcome
+from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
+from roost.pipelines.run import NeedsReview, RunProgress
+from roost.pipelines.service import RunOutcome
 from roost.storage import RunStatus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]

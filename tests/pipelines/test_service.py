@@ -1,4 +1,4 @@
-"""Tests of roost/runtime/pipelines.py: `system.pipelines` starts, lists, resumes and cancels runs.
+"""Tests of roost/pipelines/service.py: `system.pipelines` starts, lists, resumes and cancels runs.
 
 A run "left running" is made the way a process leaves one: a system is shut
 down while a step is in progress, so its record stays `running`; a new system
@@ -18,10 +18,10 @@ import msgspec
 import pytest
 
 import roost
-from roost.actors.pipeline import Pipeline, RunStep, Step, StepFailure
-from roost.actors.run import NeedsReview
 from roost.errors import ConfigurationError, RunNotFound
-from roost.runtime.pipelines import RunHandle, RunOutcome
+from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
+from roost.pipelines.run import NeedsReview
+from roost.pipelines.service import RunHandle, RunOutcome
 from roost.storage import RunStatus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]

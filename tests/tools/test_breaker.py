@@ -1,4 +1,4 @@
-"""Tests of roost/actors/breaker.py: the circuit breaker's states, permits and config."""
+"""Tests of roost/tools/breaker.py: the circuit breaker's states, permits and config."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from roost.actors.breaker import Breaker, BreakerState, CircuitBreaker, Permit
 from roost.errors import (
     ConfigurationError,
     PermanentToolError,
     ToolUnavailable,
     TransientToolError,
 )
+from roost.tools.breaker import Breaker, BreakerState, CircuitBreaker, Permit
 from tests.support import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

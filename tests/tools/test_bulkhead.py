@@ -1,4 +1,4 @@
-"""Tests of roost/actors/bulkhead.py: the per-tool concurrency limit and its waiting line."""
+"""Tests of roost/tools/bulkhead.py: the per-tool concurrency limit and its waiting line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from roost.actors.bulkhead import Bulkhead
 from roost.errors import ConfigurationError, ToolBusy
+from roost.tools.bulkhead import Bulkhead
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of roost/actors/http_tool.py against a real aiohttp server on 127.0.0.1."""
+"""Tests of roost/tools/http.py against a real aiohttp server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from roost.actors.http_tool import HttpTool
-from roost.actors.tools import ToolRegistry
 from roost.errors import ConfigurationError, PermanentToolError, ToolTimeout, TransientToolError
+from roost.tools.http import HttpTool
+from roost.tools.spec import ToolRegistry
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of roost/actors/tool_proxy.py (through `system.tools` and `ctx.tools`) with in-process tools.
+"""Tests of roost/tools/proxy.py (through `system.tools` and `ctx.tools`) with in-process tools.
 
 The HTTP side (breaker, retries, the Idempotency-Key header, bulkheads) is in
 test_tool_proxy_http.py; the crash of a whole process in tests/crash/test_tool_crash.py.
@@ -17,10 +17,10 @@ import msgspec
 import pytest
 
 import roost
-from roost.actors.tool_proxy import ToolProxy, ToolStatistics
-from roost.actors.tools import fingerprint
 from roost.errors import ToolArgumentsInvalid, ToolBusy, ToolResultUnrecordable, ToolTimeout
 from roost.storage import Ledger, Store, Update
+from roost.tools.keys import fingerprint
+from roost.tools.proxy import ToolProxy, ToolStatistics
 
 pytestmark = pytest.mark.anyio
 

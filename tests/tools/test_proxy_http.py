@@ -1,4 +1,4 @@
-"""End-to-end tests of roost/actors/tool_proxy.py with HttpTools against a real aiohttp server.
+"""End-to-end tests of roost/tools/proxy.py with HttpTools against a real aiohttp server.
 
 The server on 127.0.0.1 (ephemeral port) counts every request, applies each
 `Idempotency-Key` at most once (a repeated key gets the stored answer) and can be

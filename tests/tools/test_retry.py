@@ -1,4 +1,4 @@
-"""Tests of roost/actors/retry.py: backoff, retry decisions, time limits, breaker and bulkhead."""
+"""Tests of roost/tools/retry.py: backoff, retry decisions, time limits, breaker and bulkhead."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from roost.actors.breaker import Breaker, BreakerState, CircuitBreaker
-from roost.actors.bulkhead import Bulkhead
-from roost.actors.retry import Retry, call_with_retry
 from roost.errors import (
     ConfigurationError,
     PermanentToolError,
@@ -23,6 +20,9 @@ from roost.errors import (
     ToolUnavailable,
     TransientToolError,
 )
+from roost.tools.breaker import Breaker, BreakerState, CircuitBreaker
+from roost.tools.bulkhead import Bulkhead
+from roost.tools.retry import Retry, call_with_retry
 
 
 @pytest.fixture

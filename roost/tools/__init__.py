@@ -1,0 +1,37 @@
+"""Tools: side-effecting calls made safe to retry and contained when a dependency degrades.
+
+The contract: a tool is an async function declared with `@tool` (or an `HttpTool`)
+and registered with `system.tools`. Every call goes through the tool-proxy actor,
+which derives or takes an idempotency key, records the call in the store's ledger
+(one execution per key; a repeated key replays the stored result), guards the
+tool with its circuit breaker and bulkhead, and retries transient errors with
+jittered backoff within a per-attempt timeout. Callers use `ctx.tools` inside an
+actor or `system.tools` outside one.
+
+Modules: `spec` (declarations, binding, keys and fingerprints), `breaker`,
+`retry`, `bulkhead`, `http` (the HTTP tool), `proxy` (the actor) and `client`
+(the caller side, `Tools`).
+"""
+
+from roost.tools.breaker import Breaker, BreakerState, CircuitBreaker
+from roost.tools.client import Tools
+from roost.tools.http import HttpTool
+from roost.tools.proxy import ToolProxy, ToolStatistics
+from roost.tools.retry import Retry
+from roost.tools.spec import Done, NotDone, ToolRegistry, ToolSpec, tool
+
+__all__ = [
+    "Breaker",
+    "BreakerState",
+    "CircuitBreaker",
+    "Done",
+    "HttpTool",
+    "NotDone",
+    "Retry",
+    "ToolProxy",
+    "ToolRegistry",
+    "ToolSpec",
+    "ToolStatistics",
+    "Tools",
+    "tool",
+]
