@@ -193,7 +193,7 @@ class RunActor(Actor):
                 if not wanted:
                     self._skip(name, "its condition is false", settled)
                     continue
-            self.running[name] = self.ctx._cell.loop.create_task(self._run_step(step))
+            self.running[name] = asyncio.get_running_loop().create_task(self._run_step(step))
         if not self.running and len(settled) == len(steps):
             # Everything has settled: finish in receive, where state changes are serialized.
             self.ctx.self_ref.tell(_StepDone(instance=id(self), step="", result=None))

@@ -30,6 +30,7 @@ from roost.errors import (
     ToolResultUnrecordable,
     ToolUnavailable,
 )
+from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, CircuitBreaker
 from roost.tools.bulkhead import Bulkhead
 from roost.tools.retry import call_with_retry
@@ -229,7 +230,7 @@ class ToolProxy(Actor):
         leading = self._in_flight[(spec.name, call.key)] = _InFlight(call, reply)
         # The call runs in the caller's trace, not as this actor: its logs, messages and
         # nested calls belong to the caller's trace and run.
-        caller = self.ctx._cell.current
+        caller = current_envelope()
         context = self._context.copy()
         context.run(call_trace.set, None if caller is None else caller.trace)
         task = self._loop.create_task(self._lead(call, leading), context=context)
