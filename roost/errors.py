@@ -150,6 +150,19 @@ class StoreUnavailable(StoreError):
         super().__init__(f"cannot open the store at {path!r}: {reason}")
 
 
+class StoreCorrupt(StoreError):
+    """The store folder is damaged (a truncated or corrupt data file, a lost store): refused."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(
+            f"the store at {path!r} is damaged: {detail}; restore the folder from a backup "
+            f"(`roost store backup DIR DEST` makes one) and run `roost store check {path}` to "
+            "see which records are readable"
+        )
+
+
 class CheckpointCorrupt(StoreError):
     """A stored record did not decode (corrupt bytes, unknown schema version, wrong type)."""
 

@@ -217,6 +217,8 @@ class ActorSystem:
         from roost.storage import CheckpointStore, Store
 
         self.store = await Store.open(self.store_path, durability=self.durability)
+        # A store that can no longer write stops the system with its error (no hanging).
+        self.store.on_failure(self.engine.fail)
         self.checkpoints = CheckpointStore(self.store)
 
     async def _close_store(self) -> None:

@@ -1,32 +1,43 @@
 """Opening a store folder: its checks, its single-owner lock file and the LMDB environment.
 
 Blocking (it creates files and LMDB commits the named databases): call it from a
-worker thread, never on the event loop.
+worker thread, never on the event loop. A damaged folder is refused before LMDB
+maps it (see `_integrity`).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import lmdb
 
 from roost.errors import StoreUnavailable
+from roost.storage import _integrity
 from roost.storage.ops import DATABASES
 
 LOCK_FILE = "roost.lock"
 _MAX_DBS = 32
 # Readers on the event loop and in scan threads reuse reset read transactions.
 _SPARE_TXNS = 8
+# roost's own bookkeeping (the store header); not one of the record databases.
+_META_DB = b"roost-meta"
+#: What LMDB raises for a damaged data file.
+CORRUPTION = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
+              lmdb.InvalidError, lmdb.PanicError)
 
 
 class Environment:
     """An open LMDB environment with its named databases, and the lock that owns the folder."""
 
-    def __init__(self, env: lmdb.Environment, dbs: dict[str, lmdb._Database], lock_fd: int) -> None:
+    def __init__(self, env: lmdb.Environment, dbs: dict[str, lmdb._Database], lock_fd: int,
+                 header: _integrity.StoreHeader) -> None:
         self.env = env
         self.dbs = dbs
+        self.header = header
         self._lock_fd = lock_fd
 
     def close(self) -> None:
@@ -63,21 +74,80 @@ def open_environment(path: Path, *, nosync: bool, map_size: int) -> Environment:
                                "path and the permissions of its parent") from exc
     lock_fd = _lock(path)
     try:
+        return _open_locked(path, lock_fd, nosync=nosync, map_size=map_size)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _open_locked(path: Path, lock_fd: int, *, nosync: bool, map_size: int) -> Environment:
+    where = str(path)
+    try:
+        _integrity.check_data_file(path)
+    except PermissionError as exc:
+        raise _permission_denied(where, exc) from exc
+    try:
         env = lmdb.open(where, map_size=map_size, max_dbs=_MAX_DBS, sync=not nosync,
                         metasync=False, max_spare_txns=_SPARE_TXNS)
+    except CORRUPTION as exc:
+        raise _integrity.corrupt(path, f"LMDB refuses its data file ({exc})") from exc
     except (lmdb.Error, OSError) as exc:
-        os.close(lock_fd)
+        if _is_permission_error(exc):
+            raise _permission_denied(where, exc) from exc
         raise StoreUnavailable(where, f"LMDB cannot open it ({type(exc).__name__}: {exc}); "
                                "it must be a roost store folder or an empty folder") from exc
     try:
+        meta = env.open_db(_META_DB)
         dbs = {name: env.open_db(name.encode()) for name in DATABASES}
+        header = _header(path, env, meta)
+    except CORRUPTION as exc:
+        env.close()
+        raise _integrity.corrupt(path, f"LMDB finds its data damaged ({exc})") from exc
     except (lmdb.Error, OSError) as exc:
         env.close()
-        os.close(lock_fd)
         raise StoreUnavailable(where, f"its named databases cannot be opened "
                                f"({type(exc).__name__}: {exc}); it is an LMDB environment "
                                "but not a roost store") from exc
-    return Environment(env, dbs, lock_fd)
+    except BaseException:
+        env.close()
+        raise
+    return Environment(env, dbs, lock_fd, header)
+
+
+def _header(path: Path, env: lmdb.Environment, meta: lmdb._Database) -> _integrity.StoreHeader:
+    """The store's header record: checked against the folder's id, or written if new."""
+    recorded = _integrity.recorded_id(path)
+    with env.begin(db=meta) as txn:
+        raw = txn.get(_integrity.HEADER_KEY)
+    if raw is None:
+        if recorded is not None:
+            raise _integrity.corrupt(path, f"its header record is gone, but the folder held "
+                                           f"store {recorded}")
+        # A new store (or one made before headers existed): name it once, durably.
+        header = _integrity.new_header(time.time())
+        with env.begin(write=True, db=meta) as txn:
+            txn.put(_integrity.HEADER_KEY, _integrity.encode_header(header))
+        env.sync(True)
+        _integrity.record_id(path, header.store_id)
+        return header
+    header = _integrity.decode_header(path, raw)
+    if recorded is None:
+        _integrity.record_id(path, header.store_id)
+    elif recorded != header.store_id:
+        raise _integrity.corrupt(path, f"its data file belongs to store {header.store_id}, "
+                                       f"but the folder held store {recorded} (was {_integrity.DATA_FILE} "
+                                       "replaced?)")
+    return header
+
+
+def _is_permission_error(exc: BaseException) -> bool:
+    return (isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES
+            or "Permission denied" in str(exc))
+
+
+def _permission_denied(where: str, exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(where, f"permission denied ({exc}); give this process read and "
+                                   "write access to the folder and its files")
 
 
 def _lock(path: Path) -> int:

@@ -5,6 +5,12 @@ it takes every write queued at that moment, applies them in one LMDB transaction
 commits, flushes once if any of them asked for durability, then wakes the event
 loop once (`call_soon_threadsafe`) to settle all of their futures: one thread hop
 and one fsync serve the whole batch.
+
+The thread must not die: a batch whose handling raises anything fails its own
+callers with a `StoreError` naming the cause, and the thread goes on serving. Its
+logging can never raise into it (a log write can hit a full disk too). If the thread
+ends anyway, every waiting and later write fails at once, and the store's failure
+listeners are told, so the system stops with that error instead of hanging.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
@@ -80,6 +87,14 @@ class Writer:
         self.syncs = 0
         self.map_grows = 0
         self.map_size: int = self._env.info()["map_size"]
+        #: Set (once) when the writer thread has ended abnormally: no write can be saved.
+        self.dead: StoreError | None = None
+        self._on_death: list[Callable[[StoreError], None]] = []
+        self._in_hand: list[WriteRequest] = []  # the batch being written, for _die
+
+    def on_death(self, listener: Callable[[StoreError], None]) -> None:
+        """Call `listener(error)` on the event loop if the writer thread dies."""
+        self._on_death.append(listener)
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -91,6 +106,9 @@ class Writer:
         Writes made during one loop tick are handed to the writer together, so one
         thread wake-up serves them all.
         """
+        if self.dead is not None:
+            request.future.set_exception(self.dead)
+            return
         pending = self._pending
         pending.append(request)
         if len(pending) == 1:
@@ -98,17 +116,29 @@ class Writer:
 
     def _hand_over(self) -> None:
         batch, self._pending = self._pending, []
+        if self.dead is not None:  # died since these were submitted: nobody will take them
+            _resolve([(request.future, None, self.dead) for request in batch])
+            return
         self._queue.put(batch)
 
     def stop(self, done: asyncio.Future[None]) -> None:
         """Queue the stop: `done` settles once queued writes are done and the store is closed."""
         if self._pending:
             self._hand_over()
+        if self.dead is not None:
+            done.set_result(None)  # nothing can be flushed or closed by a dead writer
+            return
         self._queue.put(_Stop(done))
 
     # --- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the thread is ending: nobody may be left waiting
+            self._die(exc)
+
+    def _serve(self) -> None:
         while True:
             try:
                 item = self._queue.get(timeout=self._flush_due_in())
@@ -125,12 +155,60 @@ class Writer:
                 except queue.Empty:
                     break
             if batch:
-                self._settle(self._write(batch))
+                self._in_hand = list(batch)
+                self._settle(self._write_safely(batch))
+                self._in_hand = []
                 if self._flush_due_in() == 0.0:
                     self._flush_unflushed()
             if isinstance(item, _Stop):
                 self._settle([(item.future, None, self._close())])
                 return
+
+    def _write_safely(self, batch: list[WriteRequest]) -> list[Outcome]:
+        """`_write`, but an unexpected error fails this batch instead of the thread."""
+        requests = list(batch)  # _commit takes refused requests out of `batch`
+        try:
+            return self._write(batch)
+        except Exception as exc:
+            self.failed_writes += len(requests)
+            return [(r.future, None, self._unexpected(exc)) for r in requests]
+
+    def _unexpected(self, exc: BaseException) -> StoreError:
+        error = StoreError(
+            f"store at {self._path!r}: the writer failed a batch unexpectedly "
+            f"({type(exc).__name__}: {exc}); the write was not saved; the writer goes on "
+            "serving, so retry, and report this if it repeats")
+        error.__cause__ = exc
+        return error
+
+    def _die(self, exc: BaseException) -> None:
+        """The thread is ending abnormally: fail every queued write and tell the listeners."""
+        dead = StoreError(
+            f"store at {self._path!r}: the writer thread stopped ({type(exc).__name__}: "
+            f"{exc}); no write can be saved any more; stop the process and open the store "
+            "again (writes acknowledged before this are safe)")
+        dead.__cause__ = exc
+        self.dead = dead
+        outcomes: list[Outcome] = [(request.future, None, dead) for request in self._in_hand]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Stop):
+                outcomes.append((item.future, None, None))
+            else:
+                outcomes.extend((request.future, None, dead) for request in item)
+        try:
+            self._loop.call_soon_threadsafe(self._after_death, outcomes, dead)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is left waiting
+
+    def _after_death(self, outcomes: list[Outcome], dead: StoreError) -> None:
+        """On the loop: fail what was queued, then tell the listeners (the system stops)."""
+        _resolve(outcomes)
+        for listener in self._on_death:
+            listener(dead)
 
     def _write(self, batch: list[WriteRequest]) -> list[Outcome]:
         """Commit a batch, flush it if any write asked to be durable, and say how each went."""
@@ -139,7 +217,7 @@ class Writer:
             results = self._commit(batch, outcomes)
         except Exception as exc:
             self.failed_writes += len(batch)
-            _log.error("store_commit_failed", path=self._path, writes=len(batch), error=repr(exc))
+            _safe_log("error", "store_commit_failed", exc, path=self._path, writes=len(batch))
             return outcomes + [(r.future, None, self._failed("commit", r, exc)) for r in batch]
         if not batch:
             return outcomes
@@ -149,7 +227,7 @@ class Writer:
                 self._sync()
             except Exception as exc:
                 flush_error = exc
-                _log.error("store_flush_failed", path=self._path, error=repr(exc))
+                _safe_log("error", "store_flush_failed", exc, path=self._path)
         elif self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
         for request, result in zip(batch, results, strict=True):
@@ -247,7 +325,7 @@ class Writer:
             self._env.set_mapsize(size)
         self.map_size = size
         self.map_grows += 1
-        _log.info("store_map_grown", path=self._path, map_size=size)
+        _safe_log("info", "store_map_grown", None, path=self._path, map_size=size)
 
     def _sync(self) -> None:
         self._env.sync(True)
@@ -265,7 +343,7 @@ class Writer:
         try:
             self._sync()
         except Exception as exc:
-            _log.error("store_flush_failed", path=self._path, error=repr(exc))
+            _safe_log("error", "store_flush_failed", exc, path=self._path)
 
     def _close(self) -> StoreError | None:
         """Flush what is unflushed, then close the environment and release the folder."""
@@ -310,6 +388,16 @@ class Writer:
             self._loop.call_soon_threadsafe(_resolve, outcomes)
         except RuntimeError:
             pass  # the loop is closed: nobody is left waiting
+
+
+def _safe_log(level: str, event: str, error: BaseException | None, **fields: Any) -> None:
+    """Log from the writer thread; a failing log write (a full disk) must not reach it."""
+    try:
+        if error is not None:
+            fields["error"] = repr(error)
+        getattr(_log, level)(event, **fields)
+    except Exception:  # nothing sensible is left to do with a log that cannot be written
+        return
 
 
 def _resolve(outcomes: list[Outcome]) -> None:

@@ -29,8 +29,8 @@ import anyio
 import lmdb
 import msgspec
 
-from roost.errors import ConfigurationError, StoreError
-from roost.storage._environment import open_environment
+from roost.errors import ConfigurationError, StoreCorrupt, StoreError
+from roost.storage._environment import CORRUPTION, open_environment
 from roost.storage._guard import MapGuard
 from roost.storage._keys import SEQ_SIZE, key_range, seek_last
 from roost.storage._writer import Writer, WriteRequest
@@ -74,8 +74,9 @@ class Store:
 
     def __init__(self, path: str, writer: Writer, env: lmdb.Environment,
                  dbs: dict[str, lmdb._Database], guard: MapGuard, loop: asyncio.AbstractEventLoop,
-                 *, durability: Durability) -> None:
+                 *, durability: Durability, store_id: str) -> None:
         self._path = path
+        self._store_id = store_id
         self._writer = writer
         self._env = env
         self._dbs = dbs
@@ -131,7 +132,7 @@ class Store:
         writer = Writer(environment, guard, loop, path=path, flush_interval=flush_interval)
         writer.start()
         return cls(path, writer, environment.env, environment.dbs, guard, loop,
-                   durability=durability)
+                   durability=durability, store_id=environment.header.store_id)
 
     async def close(self) -> None:
         """Finish the queued writes, flush, stop the writer thread and release the folder.
@@ -153,6 +154,19 @@ class Store:
     def path(self) -> str:
         """The store folder, as given to `open`."""
         return self._path
+
+    @property
+    def store_id(self) -> str:
+        """The id the store was given when it was created (kept in its header record)."""
+        return self._store_id
+
+    def on_failure(self, listener: Callable[[StoreError], None]) -> None:
+        """Call `listener(error)` on the event loop if the store can no longer write.
+
+        That happens only if its writer thread dies; every waiting and later write then
+        fails with the same error. An actor system stops with it.
+        """
+        self._writer.on_death(listener)
 
     @property
     def durability(self) -> Durability:
@@ -208,6 +222,20 @@ class Store:
             tuple(ops), self._durable_default if durable is None else durable, future))
         return await future
 
+    async def copy_to(self, folder: Path) -> None:
+        """Write a consistent, compacted copy of the data file into `folder` (a worker thread).
+
+        Writes go on meanwhile; the copy is the state of one read transaction.
+        """
+        def copy() -> None:
+            self._enter()
+            try:
+                self._env.copy(str(folder), compact=True)
+            finally:
+                self._guard.release_shared()
+
+        await anyio.to_thread.run_sync(copy)
+
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, db: str, key: bytes) -> bytes | None:
@@ -223,6 +251,8 @@ class Store:
         try:
             with self._env.begin(db=handle) as txn:
                 return txn.get(key)
+        except CORRUPTION as exc:
+            raise self._corrupt(db, exc) from exc
         finally:
             self._guard.release_shared()
 
@@ -241,6 +271,8 @@ class Store:
             with self._env.begin(db=handle) as txn:
                 cursor = txn.cursor()
                 return cursor.item() if seek_last(cursor, prefix) else None
+        except CORRUPTION as exc:
+            raise self._corrupt(db, exc) from exc
         finally:
             self._guard.release_shared()
 
@@ -303,6 +335,8 @@ class Store:
                     while found and len(items) < size and (high is None or cursor.key() < high):
                         items.append(cursor.item())
                         found = cursor.next()
+        except CORRUPTION as exc:
+            raise self._corrupt(_name_of(self._dbs, handle), exc) from exc
         finally:
             self._guard.release_shared()
         return items
@@ -312,6 +346,9 @@ class Store:
     def _enter(self) -> None:
         if self._closed or not self._guard.acquire_shared():
             raise self._closed_error()
+
+    def _corrupt(self, db: str, exc: BaseException) -> StoreCorrupt:
+        return StoreCorrupt(self._path, f"reading database {db!r} failed ({exc})")
 
     def _closed_error(self) -> StoreError:
         return StoreError(f"store at {self._path!r} is closed; open it again with Store.open")
@@ -345,6 +382,10 @@ class Store:
 
 
 _KEYED = (Put, Insert, Delete, Update)
+
+
+def _name_of(dbs: dict[str, lmdb._Database], handle: lmdb._Database) -> str:
+    return next((name for name, db in dbs.items() if db is handle), "?")
 
 
 class StoreOpening:

@@ -1,0 +1,167 @@
+"""Tests of roost/storage/_integrity.py and maintenance.py: damaged stores are refused, never
+mapped past their end nor taken for new ones; `check_store` and `backup_store` work on real
+LMDB folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import lmdb
+import msgspec
+import pytest
+
+from roost.errors import StoreCorrupt, StoreUnavailable
+from roost.storage import Put, Store
+from roost.storage.maintenance import backup_store, check_store
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def filled_store(path: Path, records: int = 400) -> None:
+    """A store with `records` entries in `traces` (a database checked as plain msgpack maps)."""
+    async with Store.open(path) as store:
+        for start in range(0, records, 100):
+            await store.commit([Put("traces", b"k%05d" % i, msgspec.msgpack.encode(
+                {"n": i, "pad": os.urandom(150).hex()})) for i in range(start, start + 100)])
+
+
+def cut(path: Path, fraction: float) -> None:
+    data = path / "data.mdb"
+    size = data.stat().st_size
+    os.truncate(data, int(size * (1 - fraction)))
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
+async def test_a_truncated_data_file_is_refused_before_it_is_mapped(
+        tmp_path: Path, fraction: float) -> None:
+    await filled_store(tmp_path)
+    cut(tmp_path, fraction)
+
+    with pytest.raises(StoreCorrupt, match=r"data file is truncated: \d+ bytes, but LMDB's meta "
+                                           r"page says .*restore the folder from a backup"):
+        await Store.open(tmp_path)
+
+
+def test_listing_runs_of_a_truncated_store_in_a_new_process_fails_cleanly_without_sigbus(
+        tmp_path: Path) -> None:
+    anyio.run(filled_store, tmp_path)
+    cut(tmp_path, 0.5)
+    script = textwrap.dedent(f"""
+        import asyncio, roost
+        async def main():
+            async with roost.ActorSystem(store={str(tmp_path)!r}) as system:
+                print(await system.pipelines.list())
+        asyncio.run(main())
+    """)
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+    assert done.returncode == 1, done.stderr
+    assert "StoreCorrupt" in done.stderr and "truncated" in done.stderr
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing"])
+async def test_a_folder_that_held_a_store_is_never_started_fresh(tmp_path: Path,
+                                                                 damage: str) -> None:
+    await filled_store(tmp_path)
+    data = tmp_path / "data.mdb"
+    if damage == "empty":
+        os.truncate(data, 0)
+    else:
+        data.unlink()
+
+    with pytest.raises(StoreCorrupt, match=r"data file data.mdb is (empty|missing).*held store "
+                                           r"[0-9a-f]{32}; roost will not start a new store"):
+        await Store.open(tmp_path)
+    assert not data.exists() or data.stat().st_size == 0  # nothing was created in its place
+
+
+async def test_a_store_keeps_its_id_across_opens(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as first:
+        store_id = first.store_id
+    async with Store.open(tmp_path) as again:
+        assert again.store_id == store_id
+    assert (tmp_path / "roost.id").read_text().strip() == store_id
+
+
+async def test_a_data_file_from_another_store_is_refused(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    await filled_store(one, 100)
+    await filled_store(two, 100)
+    (two / "data.mdb").replace(one / "data.mdb")
+
+    with pytest.raises(StoreCorrupt, match=r"belongs to store [0-9a-f]{32}, but the folder held "
+                                           r"store [0-9a-f]{32}"):
+        await Store.open(one)
+
+
+def damage_leaf_pages(path: Path) -> int:
+    """Clear the page-type flags of every other leaf page: LMDB then finds them corrupted."""
+    env = lmdb.open(str(path), max_dbs=32, readonly=True, lock=False)
+    page_size, last_page = env.stat()["psize"], env.info()["last_pgno"]
+    env.close()
+    damaged = 0
+    with open(path / "data.mdb", "r+b") as file:
+        for page in range(2, last_page + 1):
+            file.seek(page * page_size + 10)  # the 2-byte flags field of the page header
+            flags = int.from_bytes(file.read(2), "little")
+            if flags & 0x02 and page % 2:  # P_LEAF
+                file.seek(page * page_size + 10)
+                file.write(b"\x00\x00")
+                damaged += 1
+    return damaged
+
+
+async def test_flipped_bytes_give_store_corrupt_not_a_raw_lmdb_error(tmp_path: Path) -> None:
+    await filled_store(tmp_path)
+    assert await anyio.to_thread.run_sync(damage_leaf_pages, tmp_path) > 0
+
+    try:
+        report = await check_store(tmp_path)
+    except StoreCorrupt as error:
+        assert "restore the folder from a backup" in str(error)
+    else:
+        assert not report.ok
+        assert "damaged" in report.problems[0].error
+
+
+async def test_check_reads_every_record_and_names_the_ones_that_do_not_decode(
+        tmp_path: Path) -> None:
+    await filled_store(tmp_path, 100)
+    async with Store.open(tmp_path) as store:
+        await store.commit([Put("ledger", b"bad-entry", b"\x93not a record")])
+
+    report = await check_store(tmp_path)
+
+    assert report.records["traces"] == 100
+    assert [(p.db, p.key) for p in report.problems] == [("ledger", "bad-entry")]
+    assert "does not decode" in report.problems[0].error
+    assert not report.ok
+
+
+async def test_a_backup_is_a_store_of_its_own_with_the_same_records(tmp_path: Path) -> None:
+    await filled_store(tmp_path / "live", 200)
+
+    copy = await backup_store(tmp_path / "live", tmp_path / "backup")
+
+    async with Store.open(copy) as restored, Store.open(tmp_path / "live") as live:
+        assert restored.store_id == live.store_id
+        copied = [k async for k, _ in restored.scan("traces")]
+        assert copied == [k async for k, _ in live.scan("traces")] and len(copied) == 200
+
+
+async def test_a_backup_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    await filled_store(tmp_path / "live", 100)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+
+    with pytest.raises(StoreUnavailable, match="a backup goes into a new or empty folder"):
+        await backup_store(tmp_path / "live", tmp_path / "busy")
