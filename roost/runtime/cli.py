@@ -1,4 +1,7 @@
-"""The `roost` command: `roost run PATH` starts a system and runs a bootstrap script's root."""
+"""The `roost` command: `roost run PATH` starts a system and runs a bootstrap script's root.
+
+`roost store check|backup` (in `store_commands`) look after a store folder offline.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from roost.actors.supervisor import SupervisorSpec
 from roost.errors import BootstrapError, RoostError
 from roost.runtime.bootstrap import Root, load_root
 from roost.runtime.log import LOG_FORMATS, LOG_LEVELS
+from roost.runtime.store_commands import add_store_commands, run_store_command
 from roost.runtime.system import ActorSystem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -27,12 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--durability", choices=("sync", "async"), default="sync")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="auto")
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_store_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `roost` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "store":
+        return run_store_command(args)
     try:
         root = load_root(args.target)
     except BootstrapError as error:

@@ -48,7 +48,7 @@ class Environment:
             os.close(self._lock_fd)
 
 
-def open_environment(path: Path, *, nosync: bool, map_size: int) -> Environment:
+def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = True) -> Environment:
     """Create or open the store at `path` (a folder) and lock it for this process.
 
     Unless `nosync`, every commit flushes its data pages but not its meta page
@@ -61,9 +61,13 @@ def open_environment(path: Path, *, nosync: bool, map_size: int) -> Environment:
     Raises:
         StoreUnavailable: the path is a file, the folder cannot be created or written,
             another process (or another store in this one) has it open, or it holds
-            something other than a roost store.
+            something other than a roost store; or, without `create`, there is no
+            store there.
     """
     where = str(path)
+    if not create and not (path / _integrity.DATA_FILE).exists() and (
+            _integrity.recorded_id(path) is None):
+        raise StoreUnavailable(where, "there is no store in this folder; check the path")
     if path.exists() and not path.is_dir():
         raise StoreUnavailable(where, "the path is a file, not a folder; give a folder path "
                                "(roost creates the folder)")

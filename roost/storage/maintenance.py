@@ -80,7 +80,7 @@ async def check_store(path: str | os.PathLike[str]) -> CheckReport:
     """
     records: dict[str, int] = {}
     problems: list[Problem] = []
-    async with Store.open(path) as store:
+    async with Store.open(path, create=False) as store:
         for db in DATABASES:
             decode = _DECODERS.get(db, _loose)
             count = 0
@@ -117,7 +117,7 @@ async def backup_store(path: str | os.PathLike[str], destination: str | os.PathL
             `roost store check` first).
     """
     target = Path(destination)
-    async with Store.open(path) as store:
+    async with Store.open(path, create=False) as store:
         await anyio.to_thread.run_sync(_prepare_destination, target)
         await store.copy_to(target)
         await anyio.to_thread.run_sync(record_id, target, store.store_id)

@@ -89,7 +89,8 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] = ".roost", *, durability: Durability = "sync",
-             map_size: int = 64 * 2**20, flush_interval: float = 1.0) -> StoreOpening:
+             map_size: int = 64 * 2**20, flush_interval: float = 1.0,
+             create: bool = True) -> StoreOpening:
         """Open (creating if needed) the store in folder `path`.
 
         Await the result for a store you close yourself, or use it with `async with`
@@ -104,6 +105,7 @@ class Store:
                 mode, may damage the database). Each `commit` may override it.
             map_size: the initial size of the memory map in bytes; it doubles on demand.
             flush_interval: seconds after which non-durable commits are flushed to disk.
+            create: create the store if the folder holds none (False: refuse instead).
 
         Raises:
             ConfigurationError: a bad `durability`, `map_size` or `flush_interval`.
@@ -111,11 +113,12 @@ class Store:
                 elsewhere, or not a roost store).
         """
         return StoreOpening(partial(cls._open, os.fspath(path), durability=durability,
-                                    map_size=map_size, flush_interval=flush_interval))
+                                    map_size=map_size, flush_interval=flush_interval,
+                                    create=create))
 
     @classmethod
     async def _open(cls, path: str, *, durability: Durability, map_size: int,
-                    flush_interval: float) -> Store:
+                    flush_interval: float, create: bool) -> Store:
         if durability not in ("sync", "async"):
             raise ConfigurationError(f"durability={durability!r} is not a durability mode; "
                                      "use 'sync' or 'async'")
@@ -127,7 +130,8 @@ class Store:
         # Shielded: a cancelled open must not drop an opened environment and its lock.
         with anyio.CancelScope(shield=True):
             environment = await anyio.to_thread.run_sync(partial(
-                open_environment, Path(path), nosync=durability == "async", map_size=map_size))
+                open_environment, Path(path), nosync=durability == "async", map_size=map_size,
+                create=create))
         guard = MapGuard()
         writer = Writer(environment, guard, loop, path=path, flush_interval=flush_interval)
         writer.start()
