@@ -316,6 +316,8 @@ class Writer:
                     "written by Append; keep appended series under their own prefix")
             seq = unpack_seq(last[len(prefix):]) + 1
         txn.put(prefix + pack_seq(seq), op.value(seq), db=handle)
+        if op.keep_last and seq > op.keep_last:
+            txn.delete(prefix + pack_seq(seq - op.keep_last), db=handle)
         return seq
 
     def _grow(self) -> None:

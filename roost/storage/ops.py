@@ -58,11 +58,16 @@ class Append(msgspec.Struct, frozen=True):
     `seq` is one more than the last sequence number under `prefix` (1 for a new
     series); `value(seq)` gives the bytes to store. Every key under `prefix` in `db`
     must have been written by `Append`. Its result in `Store.commit` is `seq`.
+
+    With `keep_last` > 0 the series is kept that long: the same transaction deletes
+    the entry `keep_last` places back (older ones went the same way), so a series
+    never grows past it and retention costs one delete per append.
     """
 
     db: str
     prefix: bytes
     value: Callable[[int], bytes]
+    keep_last: int = 0
 
 
 class Update(msgspec.Struct, frozen=True):

@@ -58,7 +58,7 @@ def run_until_killed(folder: Path, rng: random.Random) -> dict[int, str]:
 async def check_store(folder: Path, acked: dict[int, str]) -> int:
     """Reopen the store and check it against every acknowledged checkpoint; return the count."""
     async with Store.open(folder) as store:
-        checkpoints = CheckpointStore(store)
+        checkpoints = CheckpointStore(store, keep_last=0)
         saved = await checkpoints.list(RUN_ID)
         latest = await checkpoints.latest(RUN_ID)
     seqs = [checkpoint.seq for checkpoint in saved]

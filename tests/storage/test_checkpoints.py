@@ -48,7 +48,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def checkpoints(store: Store, clock: FakeClock) -> CheckpointStore:
-    return CheckpointStore(store, clock=clock)
+    return CheckpointStore(store, keep_last=0, clock=clock)  # every checkpoint: retention has its own tests
 
 
 async def save(checkpoints: CheckpointStore, run_id: str, step: str = "step",
@@ -238,3 +238,33 @@ async def test_a_state_that_no_longer_matches_its_type_raises_checkpoint_corrupt
                        match=r"run 'run-1' step 'count' \(key b'run-1\\x00.*"
                              r"does not decode as Renamed"):
         decode_state(saved, Renamed)
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+async def test_each_run_keeps_only_its_last_checkpoints_by_default(store: Store) -> None:
+    checkpoints = CheckpointStore(store)
+    for _ in range(2000):
+        await save(checkpoints, "run-1")
+
+    kept = await checkpoints.list("run-1")
+
+    assert [c.seq for c in kept] == [1998, 1999, 2000]
+    assert (await checkpoints.latest("run-1")).seq == 2000  # type: ignore[union-attr]
+
+
+async def test_retention_is_per_run(store: Store) -> None:
+    checkpoints = CheckpointStore(store, keep_last=2)
+    for run_id, count in (("run-1", 5), ("run-2", 1)):
+        for _ in range(count):
+            await save(checkpoints, run_id)
+
+    assert [c.seq for c in await checkpoints.list("run-1")] == [4, 5]
+    assert [c.seq for c in await checkpoints.list("run-2")] == [1]
+
+
+@pytest.mark.parametrize("keep_last", [-1, 1.5, True, "3"])
+async def test_a_bad_keep_last_names_the_value(store: Store, keep_last: object) -> None:
+    with pytest.raises(ConfigurationError, match=rf"keep_last={keep_last!r} must be an int >= 0"):
+        CheckpointStore(store, keep_last=keep_last)  # type: ignore[arg-type]
