@@ -86,7 +86,8 @@ async def main(system: roost.ActorSystem) -> None:
 def _logs_to(path: Path) -> Iterator[None]:
     """Write structlog's output to `path` inside the block, then go back to the previous output."""
     previous = structlog.get_config()["logger_factory"]
-    with path.open("a") as file:
+    # Line-buffered: a SIGKILL loses no complete line of the log.
+    with path.open("a", buffering=1) as file:
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(file))
         try:
             yield

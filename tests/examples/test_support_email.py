@@ -82,6 +82,10 @@ def test_a_stopped_job_resumes_its_unfinished_runs_and_sends_no_reply_twice(
         rest = first.stdout.read()
         first.wait(timeout=30)
     assert "summary" not in rest
+    log = store / "support_email.log"
+    if log.exists():  # line-buffered: a kill leaves no partial line behind
+        lines = log.read_text().splitlines(keepends=True)
+        assert all(line.endswith("\n") and json.loads(line) for line in lines)
 
     second = subprocess.run(_command(store), cwd=ROOT, env=environment,
                             capture_output=True, text=True, timeout=60)
