@@ -130,6 +130,47 @@ class IntensityExceeded(RoostError):
         )
 
 
+class ChildNotFound(RoostError, LookupError):
+    """A supervisor was asked about a child it does not have."""
+
+    def __init__(self, supervisor: str, name: str, known: list[str]) -> None:
+        self.supervisor = supervisor
+        self.name = name
+        self.known = known
+        super().__init__(
+            f"{supervisor}: no child named {name!r} (children: {', '.join(known) or 'none'}); "
+            "check the name, e.g. with WhichChildren"
+        )
+
+
+class ChildNotStopped(RoostError):
+    """`RestartChild` or `DeleteChild` named a child that is not stopped."""
+
+    def __init__(self, supervisor: str, name: str, state: str, operation: str) -> None:
+        self.supervisor = supervisor
+        self.name = name
+        self.state = state
+        self.operation = operation
+        super().__init__(
+            f"{supervisor}: cannot {operation} child {name!r}: it is {state}, not stopped; "
+            f"send StopChild({name!r}) first"
+        )
+
+
+class ChildAlreadyPresent(ActorNameTaken):
+    """A supervisor keeps a stopped child's spec under the name a new child was to take."""
+
+    def __init__(self, supervisor: str, name: str) -> None:
+        RoostError.__init__(
+            self,
+            f"{supervisor}: a stopped child named {name!r} is kept; start it again with "
+            f"RestartChild({name!r}) or remove it with DeleteChild({name!r}) first",
+        )
+        self.path = f"{supervisor.rstrip('/')}/{name}"
+        self.supervisor = supervisor
+        self.name = name
+
+
 class BootstrapError(RoostError):
     """A bootstrap script for `roost run` is missing, broken, or defines no tree."""
 
@@ -177,6 +218,22 @@ class CheckpointCorrupt(StoreError):
         )
 
 
+class CheckpointUnencodable(StoreError):
+    """An actor's state cannot be encoded for a checkpoint; the actor fails and restarts."""
+
+    def __init__(self, actor: str, state_type: str, field: str, error: str) -> None:
+        self.actor = actor
+        self.state_type = state_type
+        self.field = field
+        self.error = error
+        super().__init__(
+            f"{actor}: cannot checkpoint its {state_type} state: {field} cannot be encoded "
+            f"({error}); keep only msgspec-encodable values (str, int, float, bool, None, "
+            "bytes, lists, dicts, msgspec Structs) in the state. Nothing was saved; the actor "
+            "restarts from its last checkpoint"
+        )
+
+
 class RecordCorrupt(StoreError):
     """A non-checkpoint record (run, ledger entry, gate) did not decode."""
 
@@ -205,10 +262,21 @@ class UnknownTool(ToolError, LookupError):
 
 
 class ToolArgumentsInvalid(ToolError, TypeError):
-    """The arguments do not fit the tool's signature."""
+    """A call's arguments, or its idempotency key, do not fit the tool.
 
-    def __init__(self, tool: str, error: str) -> None:
+    Attributes:
+        tool: The tool called.
+        argument: The argument to blame (`"key"` for the idempotency key), if one is.
+        expected: What that argument must be, e.g. `"int"`, when known.
+        given: The type of the value given, e.g. `"str"`, when known.
+    """
+
+    def __init__(self, tool: str, error: str, *, argument: str | None = None,
+                 expected: str | None = None, given: str | None = None) -> None:
         self.tool = tool
+        self.argument = argument
+        self.expected = expected
+        self.given = given
         super().__init__(f"tool {tool!r}: arguments do not fit its signature: {error}")
 
 
@@ -217,19 +285,77 @@ class TransientToolError(ToolError):
 
 
 class PermanentToolError(ToolError):
-    """A failure that retrying will not fix (e.g. HTTP 4xx other than 429)."""
+    """A failure that retrying will not fix (e.g. HTTP 4xx other than 429).
+
+    The ledger stores a permanent failure and replays it to later calls with the
+    same key as a `PermanentToolError` that keeps what the tool raised.
+
+    Attributes:
+        code: A machine-readable code (e.g. "card_declined"), None when there is
+            none. A tool sets it with `PermanentToolError(message, code=...)`; the
+            ledger keeps the `code` attribute of any error it stores.
+        original_type: On a replay, the type name of the error the tool raised
+            (e.g. "CardDeclined"); None on the original error.
+    """
+
+    code: str | int | None = None
+    original_type: str | None = None
+
+    def __init__(self, *args: object, code: str | int | None = None,
+                 original_type: str | None = None) -> None:
+        super().__init__(*args)
+        self.code = code
+        self.original_type = original_type
 
 
 class ToolUnavailable(ToolError):
-    """The tool's circuit breaker is open and it has no fallback."""
+    """The tool's circuit breaker is open and it has no fallback.
 
-    def __init__(self, tool: str, retry_at: float, retry_in: float) -> None:
+    Attributes:
+        tool: The tool called.
+        retry_at: Clock time the breaker lets a probe through (inf while forced open).
+        retry_in: Seconds until then.
+        cause: The error that opened the breaker (None when it was forced open).
+        forced: Whether it was opened by hand (`force_open()`): it stays open until `reset()`.
+    """
+
+    def __init__(self, tool: str, retry_at: float, retry_in: float,
+                 cause: BaseException | None = None, *, forced: bool = False) -> None:
         self.tool = tool
         self.retry_at = retry_at
         self.retry_in = retry_in
-        super().__init__(
-            f"tool {tool!r} is unavailable: its circuit breaker is open; it will be probed "
-            f"again in {retry_in:.2f}s"
+        self.cause = cause
+        self.forced = forced
+        opened = "" if cause is None else f" (opened by {type(cause).__name__}: {cause})"
+        if forced:
+            when = f"it was forced open and stays open until system.tools.breaker({tool!r}).reset()"
+        else:
+            when = f"it will be probed again in {retry_in:.2f}s"
+        super().__init__(f"tool {tool!r} is unavailable: its circuit breaker is open{opened}; {when}")
+
+
+class ToolFallbackFailed(ToolUnavailable):
+    """The tool's breaker is open and its fallback raised; that error is the `__cause__`.
+
+    It is a `ToolUnavailable` (with the same attributes), so code that handles an
+    unavailable tool handles this too.
+
+    Attributes:
+        error: What the fallback raised.
+    """
+
+    def __init__(self, unavailable: ToolUnavailable, error: BaseException) -> None:
+        self.tool = unavailable.tool
+        self.retry_at = unavailable.retry_at
+        self.retry_in = unavailable.retry_in
+        self.cause = unavailable.cause
+        self.forced = unavailable.forced
+        self.error = error
+        ToolError.__init__(
+            self,
+            f"tool {self.tool!r}: its circuit breaker is open and its fallback raised "
+            f"{type(error).__name__}: {error}; fix the fallback, or drop it and handle "
+            "ToolUnavailable",
         )
 
 
@@ -255,6 +381,14 @@ class ToolTimeout(TransientToolError, TimeoutError):
         super().__init__(f"tool {tool!r}: {what} timed out after {timeout:g}s")
 
 
+class ToolConnectionLost(TransientToolError, ConnectionError):
+    """The connection broke after the request was sent, so the call may have taken effect.
+
+    Retried for idempotent tools; for others the outcome is unknown (see
+    `ToolOutcomeUnknown`).
+    """
+
+
 class IdempotencyConflict(ToolError):
     """The same idempotency key was used with different arguments."""
 
@@ -268,27 +402,80 @@ class IdempotencyConflict(ToolError):
 
 
 class ToolOutcomeUnknown(ToolError):
-    """A call was in flight when the process died and nothing can tell whether it happened."""
+    """Nothing can tell whether a call of a tool that is not idempotent took effect.
 
-    def __init__(self, tool: str, key: str) -> None:
+    Its attempt timed out or lost its connection after the request was sent, or
+    it was in flight when an earlier process died; and the tool has no verify
+    hook, or the hook failed, hung or gave no verdict. The call is not repeated
+    and its key stays in flight, so later calls with the key end the same way
+    until a verify hook or a person settles it.
+
+    Attributes:
+        tool: The tool called.
+        key: The call's idempotency key.
+        attempt_error: What the attempt ended with (a timeout, a lost
+            connection); None when the key was found in flight.
+        verify_error: Why the verify hook could not settle the call; None when
+            the tool has no verify hook.
+        cause: `verify_error` if there is one, else `attempt_error` (also the
+            `__cause__`).
+        left_here: The key was found in flight, left by an earlier call in this
+            process (cut off, or the proxy restarted), not by a process that died.
+    """
+
+    def __init__(self, tool: str, key: str, attempt_error: BaseException | None = None,
+                 verify_error: BaseException | None = None, *, left_here: bool = False,
+                 ) -> None:
         self.tool = tool
         self.key = key
+        self.attempt_error = attempt_error
+        self.verify_error = verify_error
+        self.cause = verify_error if verify_error is not None else attempt_error
+        self.left_here = left_here
+        if left_here:
+            happened = "was left in flight by an earlier call in this process"
+        elif attempt_error is None:
+            happened = "was in flight when the process stopped"
+        else:
+            happened = (f"was cut off with its outcome unknown "
+                        f"({type(attempt_error).__name__}: {attempt_error})")
+        if verify_error is None:
+            unsettled = "the tool has no verify hook"
+        else:
+            unsettled = (f"its verify hook could not settle it "
+                         f"({type(verify_error).__name__}: {verify_error})")
         super().__init__(
-            f"tool {tool!r}: call with key {key!r} was in flight when the process stopped and "
-            "its outcome is unknown; it was not repeated. Give the tool a verify hook, or "
-            "have a person check and settle it"
+            f"tool {tool!r}: call with key {key!r} {happened} and {unsettled}; it was not "
+            "repeated and the key stays in flight. Give the tool a working verify hook, mark "
+            "it idempotent=True if repeating it is harmless, or have a person check and "
+            "settle it"
         )
 
 
 class ToolResultUnrecordable(ToolError):
-    """A call completed but its result could not be encoded for the ledger."""
+    """A call ran to completion but its result could not be recorded in the ledger.
 
-    def __init__(self, tool: str, key: str, error: str) -> None:
+    The effect happened. The key is finalized as done without a result (when the
+    store still takes that write), so the tool is not run again for it.
+
+    Attributes:
+        tool: The tool called.
+        key: The call's idempotency key.
+        error: Why the result could not be recorded.
+        cause: The exception behind `error` (also the `__cause__`); None on a
+            replay to a later call.
+    """
+
+    def __init__(self, tool: str, key: str, error: str,
+                 cause: BaseException | None = None) -> None:
         self.tool = tool
         self.key = key
+        self.error = error
+        self.cause = cause
         super().__init__(
-            f"tool {tool!r}: call with key {key!r} completed but its result could not be "
-            f"recorded ({error}); it will not be run again for this key"
+            f"tool {tool!r}: call with key {key!r} took effect but its result could not be "
+            f"recorded ({error}); it will not be run again for this key: do not retry it, "
+            "check its effect where it happened"
         )
 
 
@@ -308,6 +495,20 @@ class StepFailed(RoostError):
         self.cause = cause
         text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"run {run_id!r}: step {step!r} failed: {text}")
+
+
+class SystemBusy(RoostError):
+    """`start(..., wait=False)` found every run slot taken (the caller asked not to queue)."""
+
+    def __init__(self, pipeline: str, active: int, limit: int) -> None:
+        self.pipeline = pipeline
+        self.active = active
+        self.limit = limit
+        super().__init__(
+            f"pipeline {pipeline!r}: not started, {active} runs are in flight "
+            f"(max_active_runs={limit}); call start() without wait=False to queue the run, "
+            "or raise ActorSystem(max_active_runs=...)"
+        )
 
 
 class RunNotFound(RoostError, LookupError):

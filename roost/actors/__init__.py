@@ -11,11 +11,13 @@ runtime (`roost.runtime`) builds the system on top of it.
 from roost.actors.actor import Actor, Message
 from roost.actors.child_spec import Backoff, ChildSpec
 from roost.actors.context import ActorContext
-from roost.actors.messages import Terminated
+from roost.actors.messages import StopReason, Terminated
 from roost.actors.pool import Pool
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import (
     ChildInfo,
+    DeleteChild,
+    RestartChild,
     StartChild,
     StopChild,
     Supervisor,
@@ -30,10 +32,13 @@ __all__ = [
     "Backoff",
     "ChildInfo",
     "ChildSpec",
+    "DeleteChild",
     "Message",
     "Pool",
+    "RestartChild",
     "StartChild",
     "StopChild",
+    "StopReason",
     "Supervisor",
     "SupervisorSpec",
     "Terminated",

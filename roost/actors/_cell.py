@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -26,10 +27,11 @@ from roost.actors._system_messages import (
     Stop,
     StopInstance,
 )
-from roost.actors.messages import Terminated
+from roost.actors.child_spec import DEFAULT_SHUTDOWN_TIMEOUT
+from roost.actors.messages import StopReason, Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Supervisor, SupervisorSpec
-from roost.errors import ActorStopped
+from roost.errors import ActorStopped, CheckpointUnencodable
 from roost.mailbox.envelope import Envelope
 from roost.mailbox.mailbox import Mailbox
 from roost.trace import handling
@@ -40,7 +42,8 @@ if TYPE_CHECKING:
     from roost.actors.child_spec import ChildSpec
     from roost.actors.context import ActorContext
 
-# Lifecycle states, in order.
+# Lifecycle states, in order. Plain ints, not an IntEnum: the drain loop and `tell` compare
+# them on every message, and only exact ints get the interpreter's fast comparison.
 NEW, RUNNING, SUSPENDED, STOPPING, STOPPED = range(5)
 STATE_NAMES = ("new", "running", "suspended", "stopping", "stopped")
 
@@ -48,6 +51,14 @@ STATE_NAMES = ("new", "running", "suspended", "stopping", "stopped")
 FAIRNESS = 64
 #: Seconds a cancelled actor gets to actually stop before it is abandoned.
 KILL_GRACE = 1.0
+
+NORMAL, FAILURE, KILLED = StopReason.NORMAL, StopReason.FAILURE, StopReason.KILLED
+
+
+def _bound(seconds: float) -> float | None:
+    """A timeout for `asyncio.wait`: `math.inf` (wait for ever) is None there."""
+    return None if seconds == math.inf else seconds
+
 
 _log = structlog.get_logger("roost")
 
@@ -70,10 +81,12 @@ class Cell:
         "actor",
         "args",
         "children",
+        "crash",
         "ctx",
         "current",
         "engine",
         "factory",
+        "keep_spec",
         "kwargs",
         "loop",
         "mailbox",
@@ -85,6 +98,8 @@ class Cell:
         "ref",
         "restarts",
         "shutdown_timeout",
+        "start_timeout",
+        "started_at",
         "state",
         "stop_error",
         "stop_reason",
@@ -111,6 +126,8 @@ class Cell:
             self.args = spec.args
             self.kwargs = spec.kwargs
         self.shutdown_timeout = spec.shutdown_timeout
+        # on_start is bounded by the shutdown timeout, but cannot be done "at once".
+        self.start_timeout = spec.shutdown_timeout or DEFAULT_SHUTDOWN_TIMEOUT
         self.poison_after = spec.poison_after
         self.ref = ActorRef(self, self.path, name)
         self.mailbox = Mailbox(
@@ -126,11 +143,16 @@ class Cell:
         self.watching: set[Cell] | None = None
         self.supervision: Any = None
         self.restarts = 0
-        self.stop_reason: str | None = None
+        self.started_at = -math.inf  # clock seconds when on_start last finished (restarts)
+        # Set by the supervisor that started it from a spec: it keeps the spec once the
+        # child stopped for good (unless temporary), for RestartChild.
+        self.keep_spec = False
+        self.crash: BaseException | None = None  # the failure not yet followed by a restart
+        self.stop_reason: StopReason | None = None
         self.stop_error: BaseException | None = None
         self._started = False
         self._killing = False  # a kill is under way: the CancelledError it causes is ours
-        self._killed_for_stop = False  # a stop had to kill: the stop's reason is "killed"
+        self._killed_for_stop = False  # a stop had to kill: a normal stop is "killed"
         self._starting = False  # on_start (or hydration) is running
         self._done: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -171,6 +193,11 @@ class Cell:
     @property
     def accepting(self) -> bool:
         return self.state < STOPPING
+
+    @property
+    def listed(self) -> bool:
+        """Whether its supervisor lists it: not stopped, or stopped with its spec kept."""
+        return self.state != STOPPED or (self.keep_spec and self.options.restart != "temporary")
 
     def enqueue(self, envelope: Envelope) -> None:
         """Queue a user message (the `tell`/`ask` hot path) and wake the cell if idle."""
@@ -242,7 +269,7 @@ class Cell:
                     self._absorb_kill()
         except asyncio.CancelledError:
             if self.state != STOPPED:
-                self._finalize("killed", None)
+                self._finalize(KILLED, None)
             raise
         finally:
             self.current = None
@@ -278,7 +305,7 @@ class Cell:
                         # Killed by a stop or restart that could not wait for this message.
                         self._absorb_kill()
                         self._reply_error(envelope, ActorStopped(self.path, envelope.message,
-                                                                 "killed"))
+                                                                 KILLED))
                     elif asyncio.current_task().cancelling():  # type: ignore[union-attr]
                         raise  # this task is being cancelled (shutdown)
                     else:
@@ -297,6 +324,10 @@ class Cell:
                         self._fail(error, envelope, "receive")
                     else:
                         self._reply_error(envelope, error)
+                        if isinstance(error, CheckpointUnencodable):
+                            # Its state cannot be saved, so it cannot be trusted either:
+                            # restart from the last good checkpoint (the asker has its error).
+                            self._fail(error, None, "receive")
                 else:
                     # Read after receive: forward() hands the reply to another actor.
                     reply = envelope.reply
@@ -340,7 +371,7 @@ class Cell:
             # A start that hung past the timeout was cancelled: it failed.
             self._absorb_kill()
             error: Exception = TimeoutError(
-                f"{self.path}: on_start did not finish within {self.shutdown_timeout:g}s "
+                f"{self.path}: on_start did not finish within {self.start_timeout:g}s "
                 "and was cancelled")
             return self._start_failed(error, report)
         except Exception as error:
@@ -351,6 +382,8 @@ class Cell:
             return None  # stopped (or abandoned) while starting: do not come back to life
         self._started = True
         self.state = RUNNING
+        self.crash = None
+        self.started_at = self.engine.clock()
         return None
 
     def _start_failed(self, error: Exception, report: bool) -> Exception:
@@ -365,12 +398,15 @@ class Cell:
     def _fail(self, error: BaseException | None, envelope: Envelope | None, context: str) -> None:
         """Suspend after a crash or exit, keep (or dead-letter) the message, tell the parent."""
         self.state = SUSPENDED
+        if error is not None:
+            self.crash = error
         if envelope is not None and error is not None:
             envelope.crashes += 1
             if envelope.crashes >= self.poison_after:
                 sender = envelope.sender.path if envelope.sender is not None else None
                 self.engine.dead_letters.record(
-                    "poison", self.path, envelope.message, sender, error
+                    "poison", self.path, envelope.message, sender, error,
+                    crashes=envelope.crashes,
                 )
                 _log.warning(
                     "poison_message_dead_lettered",
@@ -426,9 +462,10 @@ class Cell:
         elif isinstance(message, ChildStopped):
             child = message.child
             if self.children.get(child.name) is child:
-                del self.children[child.name]
                 if self.supervision is not None:
                     self.supervision.forget(child)
+                if not child.listed:  # a kept spec stays in its place in the start order
+                    del self.children[child.name]
 
     def _forget_supervision(self) -> None:
         """A fresh instance gets a fresh restart history (and no pending restarts)."""
@@ -457,20 +494,23 @@ class Cell:
     async def request(self, message: Any, ack: asyncio.Future[Any]) -> Any:
         """Post a restart phase and wait for its ack; kill the actor if it is stuck.
 
+        A start is bounded by `start_timeout`, a stop by `shutdown_timeout`.
         Returns the ack's value; None if the actor stopped meanwhile; a `TimeoutError`
         if it never answered and had to be abandoned.
         """
+        timeout = (self.start_timeout if isinstance(message, StartInstance)
+                   else self.shutdown_timeout)
         self.post_system(message)
         done = self.termination()
-        await asyncio.wait({ack, done}, timeout=self.shutdown_timeout,
+        await asyncio.wait({ack, done}, timeout=_bound(timeout),
                            return_when=asyncio.FIRST_COMPLETED)
         if not ack.done() and not done.done():
-            self.kill()
+            self.kill(timeout)
             await asyncio.wait({ack, done}, timeout=KILL_GRACE, return_when=asyncio.FIRST_COMPLETED)
             if not ack.done() and not done.done():
                 self._abandon()
                 return TimeoutError(f"{self.path}: did not answer {type(message).__name__} "
-                                    f"within {self.shutdown_timeout:g}s and was abandoned")
+                                    f"within {timeout:g}s and was abandoned")
         return ack.result() if ack.done() else None
 
     def post_restart(self, group: list[Cell], failed: Cell) -> None:
@@ -488,8 +528,11 @@ class Cell:
 
     # --- stopping -------------------------------------------------------------------------
 
-    async def stop(self, reason: str = "normal", error: BaseException | None = None) -> None:
-        """Stop and wait until stopped; kill after `shutdown_timeout` if stuck in a message."""
+    async def stop(self, reason: StopReason = NORMAL, error: BaseException | None = None) -> None:
+        """Stop and wait until stopped; kill after `shutdown_timeout` if stuck in a message.
+
+        A timeout of 0 kills a busy actor at once; `math.inf` waits for ever.
+        """
         if self.state == STOPPED:
             return
         done = self.termination()
@@ -498,11 +541,11 @@ class Cell:
                 self._stopping = self.loop.create_future()
             self.post_system(Stop(reason, error))
             # Phase 1: the actor may be busy with a message; give it its shutdown timeout.
-            await asyncio.wait({self._stopping, done}, timeout=self.shutdown_timeout,
+            await asyncio.wait({self._stopping, done}, timeout=_bound(self.shutdown_timeout),
                                return_when=asyncio.FIRST_COMPLETED)
             if self.state < STOPPING:
                 self._killed_for_stop = True
-                self.kill()
+                self.kill(self.shutdown_timeout)
                 await asyncio.wait({self._stopping, done}, timeout=KILL_GRACE,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if self.state < STOPPING:
@@ -511,74 +554,103 @@ class Cell:
         # Phase 2: the stop sequence bounds itself (children and on_stop have timeouts).
         await asyncio.shield(done)
 
-    def kill(self) -> None:
-        """Cancel the message being handled so the actor can stop (it was stuck)."""
+    def kill(self, timeout: float) -> None:
+        """Cancel the message (or `on_start`) being handled: it ran past `timeout` seconds."""
         task = self.task
         busy = self.state == RUNNING or self._starting
         if task is not None and not task.done() and busy and self.state < STOPPING:
             self._killing = True
-            _log.warning("actor_killed", actor=self.path, timeout=self.shutdown_timeout)
-            task.cancel()
+            _log.warning("actor_killed", actor=self.path, timeout=timeout)
+            task.cancel(f"{self.path}: killed, still busy after its timeout of {timeout:g}s")
 
     def _abandon(self) -> None:
-        _log.error(
-            "actor_abandoned",
-            actor=self.path,
-            detail="the actor ignored cancellation; its task is left running",
-        )
-        self.engine.count_abandoned()
-        self._finalize("killed", None)
+        """Give up on an actor that ignored its kill: stop it, and leave its task running."""
+        self.engine.abandon(self.task, "actor_abandoned", self.path,
+                            f"ignored cancellation for {KILL_GRACE:g}s after its kill")
+        self._finalize(KILLED, None)
 
     def termination(self) -> asyncio.Future[None]:
         if self._done is None:
             self._done = self.loop.create_future()
         return self._done
 
-    async def _stop_sequence(self, reason: str, error: BaseException | None) -> None:
+    async def _stop_sequence(self, reason: StopReason, error: BaseException | None) -> None:
+        """Stop the children, run `on_stop`, and finalize with the reason that applies.
+
+        `failure` wins over `killed`, which wins over `normal`: a crash not yet
+        followed by a restart is a failure whoever stops the actor, and a message or
+        `on_stop` cut short at the shutdown timeout makes a normal stop `killed`.
+        """
         if self.state >= STOPPING:
             return
+        if self.state == SUSPENDED and self.crash is not None:
+            reason, error = FAILURE, self.crash
         self.state = STOPPING
         if self._stopping is not None and not self._stopping.done():
             self._stopping.set_result(None)
-        if self._killed_for_stop:
-            reason = "killed"
+        killed = self._killed_for_stop
         if self.supervision is not None:
             self.supervision.close()
-        await self.stop_children()
-        if self.actor is not None and self._started:
-            await self._run_on_stop(self.actor)
-        self._finalize(reason, error)
+        # Children of an actor that failed for good are given up on with it.
+        if reason == FAILURE:
+            await self.stop_children(FAILURE, error)
+        else:
+            await self.stop_children()
+        if self.actor is not None and self._started and not await self._run_on_stop(self.actor):
+            killed = True
+        self._finalize(KILLED if killed and reason == NORMAL else reason, error)
 
-    async def stop_children(self) -> None:
-        """Stop every child, in reverse start order, each within its shutdown timeout."""
-        for child in reversed(list(self.children.values())):
-            await child.stop()
-            self.children.pop(child.name, None)
+    async def stop_children(self, reason: StopReason = NORMAL,
+                            error: BaseException | None = None) -> None:
+        """Stop every child, each within its shutdown timeout, in reverse start order.
 
-    async def _run_on_stop(self, actor: Actor) -> None:
+        A supervisor with `stop_children_together` (a pool) stops them all at once.
+        """
+        children = list(self.children.values())
+        if not children:
+            return
+        if getattr(self.actor, "stop_children_together", False):
+            await asyncio.gather(*(child.stop(reason, error) for child in children))
+        else:
+            for child in reversed(children):
+                await child.stop(reason, error)
+        for child in children:
+            if self.children.get(child.name) is child:
+                del self.children[child.name]
+            if child.stop_reason == KILLED:
+                _log.warning("child_shutdown_error", supervisor=self.path,
+                             context="shutdown_error", reason=KILLED, offender=child.path)
+
+    async def _run_on_stop(self, actor: Actor) -> bool:
+        """Run `on_stop` within the shutdown timeout; False if it had to be cut short."""
         from roost.actors.actor import Actor
 
         if type(actor).on_stop is Actor.on_stop:
-            return  # nothing to run
+            return True  # nothing to run
+        timeout = self.shutdown_timeout
+        if timeout == 0:  # stop at once (OTP's brutal_kill): on_stop is not run
+            _log.info("on_stop_skipped", actor=self.path, timeout=0)
+            return False
         # A separate task, so an on_stop that swallows cancellation cannot hang this actor.
         task = self.loop.create_task(actor.on_stop(), context=contextvars.Context())
-        done, _ = await asyncio.wait({task}, timeout=self.shutdown_timeout)
+        done, _ = await asyncio.wait({task}, timeout=_bound(timeout))
         if not done:
-            task.cancel()
-            _log.warning("on_stop_timed_out", actor=self.path, timeout=self.shutdown_timeout)
+            task.cancel(f"{self.path}: on_stop cancelled after its shutdown_timeout of "
+                        f"{timeout:g}s")
+            _log.warning("on_stop_timed_out", actor=self.path, timeout=timeout)
             done, _ = await asyncio.wait({task}, timeout=KILL_GRACE)
             if not done:
-                self.engine.count_abandoned()
-                self.engine.own(task)
-                _log.error("on_stop_abandoned", actor=self.path)
-                return
+                self.engine.abandon(task, "on_stop_abandoned", self.path,
+                                    f"ignored cancellation for {KILL_GRACE:g}s")
+            return False
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
             _log.warning(
                 "on_stop_failed", actor=self.path, error_type=type(error).__name__, error=str(error)
             )
+        return True
 
-    def _finalize(self, reason: str, error: BaseException | None) -> None:
+    def _finalize(self, reason: StopReason, error: BaseException | None) -> None:
         """Mark stopped, dead-letter what is queued, and tell watchers and the parent."""
         if self.state == STOPPED:
             return
@@ -617,7 +689,7 @@ class Cell:
     def watch(self, target: Cell) -> None:
         """Deliver `Terminated(target.ref, reason)` to this actor once when `target` stops."""
         if target.state == STOPPED:
-            self.deliver_forced(Terminated(target.ref, target.stop_reason or "normal",
+            self.deliver_forced(Terminated(target.ref, target.stop_reason or NORMAL,
                                            target.stop_error))
             return
         if target.watchers is None:
@@ -628,11 +700,19 @@ class Cell:
         self.watching.add(target)
 
     def unwatch(self, target: Cell) -> None:
-        """Stop watching `target`; no `Terminated` will come from it."""
+        """Stop watching `target`; no `Terminated` will come from it, even one already queued."""
         if target.watchers is not None:
             target.watchers.discard(self)
         if self.watching is not None:
             self.watching.discard(target)
+        lane = self.mailbox.user_lane
+        if target.state == STOPPED and lane:  # only a stopped target can have queued one
+            ref = target.ref
+            kept = [e for e in lane
+                    if not (type(e.message) is Terminated and e.message.ref is ref)]
+            if len(kept) != len(lane):
+                lane.clear()
+                lane.extend(kept)
 
     # --- introspection --------------------------------------------------------------------
 
@@ -642,7 +722,7 @@ class Cell:
             "path": self.path,
             "state": STATE_NAMES[self.state],
             "restarts": self.restarts,
-            "children": len(self.children),
+            "children": sum(1 for child in self.children.values() if child.state != STOPPED),
             **self.mailbox.statistics(),
         }
 

@@ -16,14 +16,21 @@ from typing import Any
 
 import structlog
 
-from roost.actors._cell import STATE_NAMES, STOPPED, STOPPING, Cell
+from roost.actors._cell import KILL_GRACE, STATE_NAMES, STOPPED, STOPPING, Cell
 from roost.actors._deadlines import Deadlines
 from roost.actors._system_messages import StartInstance
 from roost.actors.actor import Actor
 from roost.actors.child_spec import ChildSpec
+from roost.actors.messages import StopReason, Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Supervision, as_child_spec, supervision_for
-from roost.errors import ActorNameTaken, ActorNotFound, ActorStartFailed, SystemNotRunning
+from roost.errors import (
+    ActorNameTaken,
+    ActorNotFound,
+    ActorStartFailed,
+    ChildAlreadyPresent,
+    SystemNotRunning,
+)
 from roost.mailbox.dead_letters import DeadLetters
 
 _log = structlog.get_logger("roost")
@@ -71,6 +78,8 @@ class Engine:
         self._names = itertools.count(1)
         self._context = contextvars.Context()
         self.abandoned = 0
+        #: Tasks that ignored cancellation and were left running (logged and counted once).
+        self.abandoned_tasks: set[asyncio.Task[Any]] = set()
         self.failure: BaseException | None = None
         self.guardian: Cell | None = None
         self.running = False
@@ -87,15 +96,24 @@ class Engine:
         self.running = True
 
     async def stop_root(self) -> None:
-        """Stop every actor (reverse start order), then cancel the tasks left behind."""
+        """Stop every actor (reverse start order), then cancel the tasks left behind.
+
+        A leftover task still running `KILL_GRACE` seconds after its cancellation is
+        abandoned (logged and counted); tasks abandoned before are not waited for again.
+        """
         self.running = False
         if self.guardian is not None:
             await self.guardian.stop()
         leftovers = [t for t in self._tasks if not t.done()]
         for task in leftovers:
-            task.cancel()
-        if leftovers:
-            await asyncio.wait(leftovers, timeout=1.0)
+            task.cancel("roost: the actor system is shutting down")
+        waited = [t for t in leftovers if t not in self.abandoned_tasks]
+        if waited:
+            await asyncio.wait(waited, timeout=KILL_GRACE)
+        for task in waited:
+            if not task.done():
+                self.abandon(task, "task_abandoned", None,
+                             f"ignored cancellation at shutdown for {KILL_GRACE:g}s")
 
     def root(self, what: str) -> Cell:
         """The guardian, or `SystemNotRunning` naming `what` was attempted."""
@@ -113,29 +131,46 @@ class Engine:
         cell.begin()
         return cell.ref
 
-    async def start_child(self, parent: Cell | ActorRef, spec: ChildSpec) -> ActorRef:
+    async def start_child(self, parent: Cell | ActorRef, spec: ChildSpec, *,
+                          keep_spec: bool = False, replacing: Cell | None = None) -> ActorRef:
         """Create a child of `parent` and wait for its first start.
+
+        Args:
+            parent: the supervising actor.
+            spec: the child's spec.
+            keep_spec: the parent keeps the spec once the child stops for good
+                (a supervisor's static and `StartChild` children).
+            replacing: the stopped child, with its spec kept, that this one restarts:
+                it takes its place, and keeps it again if the start fails.
 
         Raises:
             ActorStartFailed: its `on_start` raised; the child is removed.
         """
         parent = _cell_of(parent)
-        cell = self._create(parent, spec)
+        cell = self._create(parent, spec, replacing)
+        cell.keep_spec = keep_spec
         ack: asyncio.Future[BaseException | None] = self.loop.create_future()
         error = await cell.request(StartInstance(ack, report=False), ack)
         if error is not None:
-            parent.children.pop(cell.name, None)
-            await cell.stop("failure", error)
+            if parent.children.get(cell.name) is cell:
+                if replacing is not None:
+                    parent.children[cell.name] = replacing
+                else:
+                    del parent.children[cell.name]
+            await cell.stop(StopReason.FAILURE, error)
             raise ActorStartFailed(cell.path, error) from error
         return cell.ref
 
-    def _create(self, parent: Cell, spec: ChildSpec) -> Cell:
+    def _create(self, parent: Cell, spec: ChildSpec, replacing: Cell | None = None) -> Cell:
         name = spec.child_name
         if name is None:
             name = f"{spec.factory.__name__.lower()}-{next(self._names)}"
         existing = parent.children.get(name)
-        if existing is not None and existing.accepting:
-            raise ActorNameTaken(f"{parent.path.rstrip('/')}/{name}")
+        if existing is not None and existing is not replacing:
+            if existing.accepting:
+                raise ActorNameTaken(f"{parent.path.rstrip('/')}/{name}")
+            if existing.state == STOPPED and existing.listed:
+                raise ChildAlreadyPresent(parent.path, name)
         if parent.state >= STOPPING:
             raise SystemNotRunning(f"spawn {name!r} under {parent.path} while it stops")
         cell = Cell(self, parent, name, spec)
@@ -161,8 +196,18 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def count_abandoned(self) -> None:
+    def abandon(self, task: asyncio.Task[Any] | None, event: str, actor: str | None,
+                detail: str) -> None:
+        """Leave a task that ignores cancellation running: log it, count it, keep it owned.
+
+        Python cannot kill a task; shutdown goes on without it.
+        """
+        _log.error(event, actor=actor, detail=f"{detail}; its task is left running")
         self.abandoned += 1
+        if task is not None and not task.done():
+            self.abandoned_tasks.add(task)
+            task.add_done_callback(self.abandoned_tasks.discard)
+            self.own(task)
 
     def unregister(self, cell: Cell) -> None:
         if self._registry.get(cell.path) is cell:
@@ -206,11 +251,12 @@ class Engine:
         """A future that is done once the actor behind `ref` has stopped."""
         return ref._cell.termination()
 
-    async def join(self, ref: ActorRef) -> None:
-        """Wait until the actor has stopped (returns at once if it already has)."""
+    async def join(self, ref: ActorRef) -> Terminated:
+        """Wait until the actor has stopped (at once if it already has); say how it ended."""
         cell = ref._cell
         if cell.state != STOPPED:
             await asyncio.shield(cell.termination())
+        return Terminated(ref, cell.stop_reason or StopReason.NORMAL, cell.stop_error)
 
     def statistics(self) -> dict[str, Any]:
         """Counts of live actors by state, busy actors, dead letters and abandoned tasks."""

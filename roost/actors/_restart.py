@@ -1,4 +1,4 @@
-"""The pure parts of supervision: whether to restart, and restart intensity.
+"""The pure parts of supervision: whether to restart, restart intensity, restarts in a row.
 
 Kept free of the runtime (the clock is a parameter) so they can be tested
 exhaustively without sleeping.
@@ -21,6 +21,18 @@ def should_restart(restart: str, abnormal: bool) -> bool:
     if restart == "transient":
         return abnormal
     return False
+
+
+def restarts_in_a_row(previous: int, ran_for: float, reset_after: float) -> int:
+    """How many restarts in a row the next restart of a child is, counting itself.
+
+    Args:
+        previous: the restarts in a row so far (0 if it never failed).
+        ran_for: seconds the child ran since its last (re)start before failing now;
+            the wait for that restart is not included.
+        reset_after: seconds of clean running after which the count starts again.
+    """
+    return 1 if ran_for >= reset_after else previous + 1
 
 
 class RestartIntensity:

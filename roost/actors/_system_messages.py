@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from roost.actors.messages import StopReason
+
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
 
@@ -14,7 +16,8 @@ class Stop:
 
     __slots__ = ("error", "reason")
 
-    def __init__(self, reason: str = "normal", error: BaseException | None = None) -> None:
+    def __init__(self, reason: StopReason = StopReason.NORMAL,
+                 error: BaseException | None = None) -> None:
         self.reason = reason
         self.error = error
 
@@ -84,7 +87,7 @@ class ChildStopped:
 
     __slots__ = ("child", "error", "reason")
 
-    def __init__(self, child: Cell, reason: str, error: BaseException | None) -> None:
+    def __init__(self, child: Cell, reason: StopReason, error: BaseException | None) -> None:
         self.child = child
         self.reason = reason
         self.error = error

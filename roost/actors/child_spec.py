@@ -17,10 +17,8 @@ from roost.mailbox.mailbox import DEFAULT_CAPACITY, OVERFLOW_POLICIES, Overflow
 
 Restart = Literal["permanent", "transient", "temporary"]
 RESTART_TYPES: tuple[Restart, ...] = ("permanent", "transient", "temporary")
-
-
-
-
+#: Seconds an actor gets to stop (and, when this is 0, to start) unless its spec says otherwise.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
 
 def check_name(owner: str, name: Any) -> None:
@@ -31,13 +29,25 @@ def check_name(owner: str, name: Any) -> None:
         )
 
 
+def check_shutdown_timeout(owner: str, value: Any) -> None:
+    """Raise unless `value` is seconds >= 0: 0 stops at once, `math.inf` waits for ever."""
+    if not (isinstance(value, int | float) and not isinstance(value, bool)
+            and (is_number(value) or value == math.inf) and value >= 0):
+        raise ConfigurationError(
+            f"{owner}: shutdown_timeout must be a number of seconds >= 0 (0: stop at once, "
+            f"math.inf: wait for ever), got {value!r}"
+        )
+
+
 class Backoff(msgspec.Struct, frozen=True, kw_only=True):
     """Delay between consecutive restarts of one child: exponential, jittered, bounded.
 
     The first restart is immediate; the n-th consecutive one waits
     `min(maximum, initial * multiplier ** (n - 2))`, reduced by up to `jitter`
     (a fraction) at random, so it never exceeds `maximum`. The count resets once
-    the child has run for `reset_after` seconds without failing.
+    the child has run cleanly for `reset_after` seconds since its last (re)start:
+    the time spent waiting out a delay does not count, so a crash loop is never
+    mistaken for a recovery and the delays do reach `maximum`.
     """
 
     initial: float = 0.01
@@ -84,8 +94,13 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
         args: positional arguments for the actor's `__init__`.
         kwargs: keyword arguments for the actor's `__init__`.
         restart: `permanent` (always restarted), `transient` (restarted only after a
-            failure, not after a normal exit) or `temporary` (never restarted).
-        shutdown_timeout: seconds `on_stop` may take before it is cancelled.
+            failure, not after a normal exit) or `temporary` (never restarted). The
+            default is OTP's `permanent`; `spawn` and `start` default to `transient`.
+        shutdown_timeout: seconds a stopping actor gets to finish the message it is
+            handling and then its `on_stop`, each, before it is cancelled; it also
+            bounds `on_start`. `0` stops at once: the message is cancelled and
+            `on_stop` does not run (OTP's `brutal_kill`; `on_start` then gets the
+            default 5 s). `math.inf` waits for ever (OTP's `infinity`).
         capacity: mailbox capacity.
         overflow: mailbox overflow policy (`wait`, `drop_newest`, `drop_oldest`, `fail`).
         poison_after: after this many crashes on the same message, the message is
@@ -97,7 +112,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     restart: Restart = "permanent"
-    shutdown_timeout: float = 5.0
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     capacity: int = DEFAULT_CAPACITY
     overflow: Overflow = "wait"
     poison_after: int = 3
@@ -122,7 +137,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"{owner}: restart must be one of {', '.join(RESTART_TYPES)}, got {self.restart!r}"
             )
-        check_seconds(owner, "shutdown_timeout", self.shutdown_timeout, allow_zero=False)
+        check_shutdown_timeout(owner, self.shutdown_timeout)
         check_count(owner, "capacity", self.capacity, 1)
         if self.overflow not in OVERFLOW_POLICIES:
             raise ConfigurationError(

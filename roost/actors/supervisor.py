@@ -7,32 +7,49 @@ intensity (at most `max_restarts` within `within` seconds, counted across all
 children, failed restarts included); past it the supervisor stops its children
 and fails with `IntensityExceeded`, so its own parent treats it like any crashed
 child. At the root the system stops with that error.
+
+A supervisor keeps the spec of a permanent or transient child it started (from
+its spec, `StartChild` or `RestartChild`) once the child has stopped for good:
+`WhichChildren` lists it as `stopped` until `RestartChild` starts it again or
+`DeleteChild` forgets it (OTP's `restart_child` and `delete_child`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import random
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 import structlog
 
 from roost._validate import check_count, check_seconds
-from roost.actors._restart import RestartIntensity, should_restart
+from roost.actors._restart import RestartIntensity, restarts_in_a_row, should_restart
 from roost.actors._system_messages import StartInstance, StopInstance
 from roost.actors.actor import Actor, Message
 from roost.actors.child_spec import Backoff, ChildSpec, check_name
-from roost.errors import ConfigurationError, IntensityExceeded
+from roost.actors.messages import StopReason
+from roost.errors import (
+    ChildNotFound,
+    ChildNotStopped,
+    ConfigurationError,
+    IntensityExceeded,
+)
 
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 STRATEGIES: tuple[Strategy, ...] = ("one_for_one", "one_for_all", "rest_for_one")
+#: The keyword arguments of `Supervisor.spec` besides a subclass's `spec_options`.
+SPEC_ARGUMENTS = ("strategy", "max_restarts", "within", "backoff", "children")
+#: The `ChildSpec` fields `spawn` and `start` take as keyword options.
+SPAWN_OPTIONS = ("restart", "shutdown_timeout", "capacity", "overflow", "poison_after")
 
 _log = structlog.get_logger("roost")
 
@@ -69,6 +86,32 @@ class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
             if name in names:
                 raise ConfigurationError(f"{owner}: two children are named {name!r}")
             names.add(name)
+        actor = self.actor if self.actor is not None else Supervisor
+        allowed = tuple(getattr(actor, "spec_options", ()))
+        check_options(owner, self.options, (*SPEC_ARGUMENTS, *allowed))
+
+
+def check_options(owner: str, options: Iterable[str], valid: Sequence[str],
+                  listing: str | None = None) -> None:
+    """Raise `ConfigurationError` naming every option not in `valid`, and listing `valid`.
+
+    Args:
+        owner: who took the options, e.g. `Supervisor 'app'`.
+        options: the option names given.
+        valid: the names allowed.
+        listing: how to list them in the message (default: comma-separated).
+    """
+    unknown = [name for name in options if name not in valid]
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1)
+        described.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    raise ConfigurationError(
+        f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(described)}; "
+        f"valid options are {listing or ', '.join(valid) or 'none'}"
+    )
 
 
 class StartChild(Message, frozen=True):
@@ -78,17 +121,52 @@ class StartChild(Message, frozen=True):
 
 
 class StopChild(Message, frozen=True):
-    """Ask a supervisor to stop a child for good (it is not restarted)."""
+    """Ask a supervisor to stop a child for good (OTP's `terminate_child`).
+
+    The child is not restarted; a permanent or transient child's spec is kept
+    (state `stopped`) for `RestartChild`. Stopping a stopped child does nothing.
+    An unknown name raises `ChildNotFound` to the asker.
+    """
+
+    name: str
+
+
+class RestartChild(Message, frozen=True):
+    """Ask a supervisor to start a stopped child again from its kept spec; the reply is its ref.
+
+    The child gets a new ref (its old one stays dead) and keeps its place in the
+    start order. It is OTP's `restart_child`: raises `ChildNotFound` for an unknown
+    name, `ChildNotStopped` if it is running, and `ActorStartFailed` if its
+    `on_start` raises (the spec is still kept).
+    """
+
+    name: str
+
+
+class DeleteChild(Message, frozen=True):
+    """Ask a supervisor to forget a stopped child's spec (OTP's `delete_child`).
+
+    Raises `ChildNotFound` for an unknown name and `ChildNotStopped` if it is running.
+    """
 
     name: str
 
 
 class WhichChildren(Message, frozen=True):
-    """Ask a supervisor for its children; the reply is a list of `ChildInfo`."""
+    """Ask a supervisor for its children, in start order; the reply is a list of `ChildInfo`."""
 
 
 class ChildInfo(msgspec.Struct, frozen=True):
-    """One child of a supervisor, as reported by `WhichChildren`."""
+    """One child of a supervisor, as reported by `WhichChildren`.
+
+    Attributes:
+        name: the child's name.
+        ref: its ref, or None while it is stopped (its spec kept).
+        state: `new`, `running`, `suspended` (failed, waiting for its restart),
+            `stopping` or `stopped`.
+        restarts: how many times its supervisor restarted it.
+        restart: its restart type.
+    """
 
     name: str
     ref: Any
@@ -108,6 +186,14 @@ class Supervisor(Actor):
         app = await system.start(tree)
     """
 
+    #: Keyword options `spec()` accepts beyond its own arguments, kept in
+    #: `SupervisorSpec.options` for the subclass to read (`self.tree.options`).
+    spec_options: ClassVar[tuple[str, ...]] = ()
+    #: Stop the children all at once at shutdown (bounded by one shutdown timeout)
+    #: instead of one by one in reverse start order; for children that do not
+    #: depend on each other, e.g. a pool's workers.
+    stop_children_together: ClassVar[bool] = False
+
     def __init__(self, spec: SupervisorSpec) -> None:
         self.tree = spec
 
@@ -123,7 +209,12 @@ class Supervisor(Actor):
         children: Sequence[ChildSpec | SupervisorSpec] = (),
         **options: Any,
     ) -> SupervisorSpec:
-        """Describe a supervisor; nested `SupervisorSpec`s become permanent children."""
+        """Describe a supervisor; nested `SupervisorSpec`s become permanent children.
+
+        Raises:
+            ConfigurationError: a bad value, or an option this class does not take
+                (the message lists the valid ones).
+        """
         specs = tuple(
             ChildSpec(factory=child) if isinstance(child, SupervisorSpec) else child
             for child in children
@@ -140,34 +231,60 @@ class Supervisor(Actor):
         )
 
     async def on_start(self) -> None:
+        cell = self.ctx._cell
         for child in self.tree.children:
             if child.child_name is None:  # static children are named after their class
                 child = msgspec.structs.replace(child, name=child.factory.__name__.lower())
-            await self.ctx._cell.engine.start_child(self.ctx._cell, child)
+            await cell.engine.start_child(cell, child, keep_spec=True)
 
     async def receive(self, message: Any) -> Any:
+        cell = self.ctx._cell
         match message:
             case StartChild(spec=spec):
-                return await self.ctx._cell.engine.start_child(self.ctx._cell, spec)
+                return await cell.engine.start_child(cell, spec, keep_spec=True)
             case StopChild(name=name):
-                child = self.ctx._cell.children.get(name)
-                if child is not None:
-                    await child.stop()
+                await self._child(name).stop()
+                return None
+            case RestartChild(name=name):
+                child = self._stopped_child(name, "restart")
+                spec = msgspec.structs.replace(child.options, name=child.name)
+                return await cell.engine.start_child(cell, spec, keep_spec=True, replacing=child)
+            case DeleteChild(name=name):
+                self._stopped_child(name, "delete")
+                del cell.children[name]
                 return None
             case WhichChildren():
-                from roost.actors._cell import STATE_NAMES
+                from roost.actors._cell import STATE_NAMES, STOPPED
 
                 return [
-                    ChildInfo(c.name, c.ref, STATE_NAMES[c.state], c.restarts, c.options.restart)
-                    for c in self.ctx._cell.children.values()
+                    ChildInfo(c.name, None if c.state == STOPPED else c.ref, STATE_NAMES[c.state],
+                              c.restarts, c.options.restart)
+                    for c in cell.children.values() if c.listed
                 ]
         return await self.handle(message)
+
+    def _child(self, name: str) -> Cell:
+        """The child named `name` (running or kept stopped), or `ChildNotFound`."""
+        cell = self.ctx._cell
+        child = cell.children.get(name)
+        if child is None or not child.listed:
+            known = [n for n, c in cell.children.items() if c.listed]
+            raise ChildNotFound(cell.path, name, known)
+        return child
+
+    def _stopped_child(self, name: str, operation: str) -> Cell:
+        from roost.actors._cell import STATE_NAMES, STOPPED
+
+        child = self._child(name)
+        if child.state != STOPPED:
+            raise ChildNotStopped(self.ctx.path, name, STATE_NAMES[child.state], operation)
+        return child
 
     async def handle(self, message: Any) -> Any:
         """Messages other than supervisor commands; subclasses (pools) override this."""
         raise ConfigurationError(
-            f"{self.ctx.path}: a Supervisor only takes StartChild, StopChild and "
-            f"WhichChildren, got {type(message).__name__}"
+            f"{self.ctx.path}: a Supervisor only takes StartChild, StopChild, RestartChild, "
+            f"DeleteChild and WhichChildren, got {type(message).__name__}"
         )
 
 
@@ -202,9 +319,8 @@ class Supervision:
         self.backoff = backoff if backoff is not None else Backoff()
         self.clock = clock
         self.rand = rand
-        self._streaks: weakref.WeakKeyDictionary[Cell, tuple[int, float]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Per child: how many restarts in a row it has had.
+        self._streaks: weakref.WeakKeyDictionary[Cell, int] = weakref.WeakKeyDictionary()
         # Delayed restarts not yet done, by the child whose failure scheduled them.
         self._pending: dict[Cell, asyncio.TimerHandle] = {}
 
@@ -213,7 +329,7 @@ class Supervision:
         abnormal = error is not None
         if not should_restart(child.options.restart, abnormal):
             self._report("child_terminated", child, error, context)
-            await child.stop("failure" if abnormal else "normal", error)
+            await child.stop(StopReason.FAILURE if abnormal else StopReason.NORMAL, error)
             return
         now = self.clock()
         if not self.intensity.allow(now):
@@ -222,7 +338,8 @@ class Supervision:
                 self.cell.path, self.intensity.max_restarts, self.intensity.within, cause
             )
             self._report("supervisor_intensity_exceeded", child, error, context)
-            await self.cell.stop_children()
+            # The children are given up on with their supervisor: their watchers hear why.
+            await self.cell.stop_children(StopReason.FAILURE, exceeded)
             self.cell.fail_from_supervision(exceeded)
             return
         group = self._group(child)
@@ -283,11 +400,11 @@ class Supervision:
         return [child]
 
     def _delay(self, child: Cell, now: float) -> float:
-        streak, last = self._streaks.get(child, (0, float("-inf")))
-        if now - last >= self.backoff.reset_after:
-            streak = 0
-        streak += 1
-        self._streaks[child] = (streak, now)
+        # Clean running counts from the child's last successful (re)start, so the wait
+        # for a delayed restart never passes for recovery.
+        streak = restarts_in_a_row(self._streaks.get(child, 0), now - child.started_at,
+                                   self.backoff.reset_after)
+        self._streaks[child] = streak
         return self.backoff.delay(streak, self.rand())
 
     def _report(
@@ -297,10 +414,12 @@ class Supervision:
         log(
             event,
             supervisor=self.cell.path,
-            context=context,
-            reason="normal" if error is None else "failure",
+            context="start_error" if context == "start" else "child_terminated",
+            reason=StopReason.NORMAL if error is None else StopReason.FAILURE,
             offender=child.path,
+            during=context,
             error_type=None if error is None else type(error).__name__,
+            error=None if error is None else str(error),
             restarts=child.restarts,
             **extra,
         )
@@ -325,7 +444,18 @@ def supervision_for(cell: Cell, clock: Callable[[], float], rand: Callable[[], f
 
 def as_child_spec(factory: Any, args: tuple[Any, ...], name: str | None,
                   options: dict[str, Any]) -> ChildSpec:
-    """Turn `spawn`'s arguments into a `ChildSpec` (plain spawns default to `transient`)."""
+    """Turn `spawn`'s arguments into a `ChildSpec`.
+
+    `spawn` and `start` default to `transient` (restarted after a failure, ended by
+    a normal exit), for an actor class and a `SupervisorSpec` alike, unlike a
+    `ChildSpec`'s OTP default `permanent`: a spawned actor may finish its work and
+    stop itself, which a `permanent` one could not.
+
+    Raises:
+        ConfigurationError: `factory` is not an actor, or an option is neither a
+            spawn option nor a parameter of the actor's `__init__` (the message
+            lists both).
+    """
     if isinstance(factory, ChildSpec):
         if args or options:
             raise ConfigurationError(
@@ -333,7 +463,8 @@ def as_child_spec(factory: Any, args: tuple[Any, ...], name: str | None,
             )
         return factory if name is None else msgspec.structs.replace(factory, name=name)
     if isinstance(factory, SupervisorSpec):
-        return ChildSpec(factory=factory, name=name, **options)
+        check_options(f"spawn {factory.name!r}", options, SPAWN_OPTIONS)
+        return ChildSpec(factory=factory, name=name, **{"restart": "transient", **options})
     if not (isinstance(factory, type) and issubclass(factory, Actor)):
         raise ConfigurationError(
             f"spawn: {factory!r} is not an Actor subclass, ChildSpec or SupervisorSpec; "
@@ -341,10 +472,49 @@ def as_child_spec(factory: Any, args: tuple[Any, ...], name: str | None,
         )
     if name is not None:
         check_name(f"spawn {factory.__name__}", name)
-    spec_fields = set(ChildSpec.__struct_fields__)
-    settings = {k: v for k, v in options.items() if k in spec_fields and k not in {"args", "kwargs"}}
+    settings = {k: v for k, v in options.items() if k in SPAWN_OPTIONS}
     kwargs = {k: v for k, v in options.items() if k not in settings}
+    if kwargs:
+        _check_init_keywords(factory, kwargs)
     settings.setdefault("restart", "transient")
     settings.setdefault("shutdown_timeout", factory.shutdown_timeout)
     return ChildSpec(factory=factory, name=name, args=args, kwargs=kwargs, **settings)
+
+
+# The keyword parameters of each actor class's __init__ (None: it takes **kwargs).
+_init_keywords: weakref.WeakKeyDictionary[type, tuple[str, ...] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _check_init_keywords(factory: type[Actor], kwargs: dict[str, Any]) -> None:
+    """Refuse a keyword that is neither a spawn option nor an `__init__` parameter."""
+    try:
+        accepted = _init_keywords[factory]
+    except KeyError:
+        accepted = _keywords_of(factory)
+        _init_keywords[factory] = accepted
+    if accepted is None:
+        return
+    takes = (f"{', '.join(accepted)} ({factory.__name__}.__init__'s parameters)"
+             if accepted else f"none from {factory.__name__}.__init__, which takes no keywords")
+    check_options(f"spawn {factory.__name__}", kwargs, (*SPAWN_OPTIONS, *accepted),
+                  listing=f"{', '.join(SPAWN_OPTIONS)} (spawn options) and {takes}")
+
+
+def _keywords_of(factory: type[Actor]) -> tuple[str, ...] | None:
+    if factory.__init__ is object.__init__:
+        return ()
+    try:
+        parameters = inspect.signature(factory).parameters.values()  # without `self`
+    except (TypeError, ValueError):  # no signature to read: let __init__ decide
+        return None
+    keywords = []
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              inspect.Parameter.KEYWORD_ONLY):
+            keywords.append(parameter.name)
+    return tuple(keywords)
 

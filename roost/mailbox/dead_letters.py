@@ -28,9 +28,19 @@ _log = structlog.get_logger("roost.dead_letters")
 
 
 class DeadLetter:
-    """One undelivered message: why, to whom, from whom, when, and the message itself."""
+    """One undelivered message: why, to whom, from whom, when, and the message itself.
 
-    __slots__ = ("at", "error", "message", "reason", "recipient", "sender")
+    Attributes:
+        reason: one of `REASONS`.
+        recipient: the path of the actor it was meant for.
+        message: the message itself.
+        sender: the sending actor's path, or None from outside any actor.
+        error: the exception behind it (for `poison`: the last crash), or None.
+        crashes: for `poison`: how many times the message crashed its actor; else None.
+        at: when it was recorded (wall-clock seconds).
+    """
+
+    __slots__ = ("at", "crashes", "error", "message", "reason", "recipient", "sender")
 
     def __init__(
         self,
@@ -39,12 +49,14 @@ class DeadLetter:
         message: Any,
         sender: str | None,
         error: BaseException | None = None,
+        crashes: int | None = None,
     ) -> None:
         self.reason = reason
         self.recipient = recipient
         self.message = message
         self.sender = sender
         self.error = error
+        self.crashes = crashes
         self.at = time.time()
 
     def __repr__(self) -> str:
@@ -75,9 +87,10 @@ class DeadLetters:
         message: Any,
         sender: str | None = None,
         error: BaseException | None = None,
+        crashes: int | None = None,
     ) -> DeadLetter:
-        """Count, log and keep one dead letter."""
-        letter = DeadLetter(reason, recipient, message, sender, error)
+        """Count, log and keep one dead letter (`crashes`: a poison message's crash count)."""
+        letter = DeadLetter(reason, recipient, message, sender, error, crashes)
         self._counts[reason] += 1
         self._recent.append(letter)
         _log.info(
@@ -87,6 +100,7 @@ class DeadLetters:
             message_type=type(message).__name__,
             sender=sender,
             error=None if error is None else f"{type(error).__name__}: {error}",
+            crashes=crashes,
         )
         return letter
 

@@ -1,5 +1,11 @@
 """The `roost` command: `roost run PATH` starts a system and runs a bootstrap script's root.
 
+The root tree is started as a temporary child of the system: when it fails (its
+supervisor gave up) it is not restarted, and the process exits 1 at once naming
+it and the cause. SIGINT and SIGTERM shut the system down; a task that ignores
+cancellation is abandoned after its timeout plus a grace period, and the process
+exits anyway.
+
 `roost store check|backup` (in `store_commands`) look after a store folder offline.
 """
 
@@ -8,10 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
+import structlog
+
+from roost.actors._cell import KILL_GRACE
+from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
 from roost.errors import BootstrapError, RoostError
 from roost.runtime.bootstrap import Root, load_root
@@ -20,6 +32,8 @@ from roost.runtime.store_commands import add_store_commands, run_store_command
 from roost.runtime.system import ActorSystem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+_log = structlog.get_logger("roost")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +50,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `roost` console script; returns the exit code."""
+    """Entry point of the `roost` console script; returns the exit code.
+
+    If a task is still running after shutdown because it ignores cancellation, the
+    process ends with `os._exit` once the output is flushed: Python cannot kill the
+    task, and waiting for it (or for a thread it runs) would keep the process alive
+    for ever.
+    """
     args = _parser().parse_args(argv)
     if args.command == "store":
         return run_store_command(args)
@@ -45,13 +65,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BootstrapError as error:
         print(f"roost: {error}", file=sys.stderr)
         return EXIT_USAGE
+    abandoned: set[asyncio.Task[Any]] = set()
+    code, stuck = _run_to_the_end(_run(root, args, abandoned), abandoned)
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_to_the_end(main: Coroutine[Any, Any, int],
+                    abandoned: set[asyncio.Task[Any]]) -> tuple[int, bool]:
+    """Like `asyncio.run`, but a task that ignores cancellation cannot hang the exit.
+
+    Returns the exit code, and whether something is left running (a task, or a
+    thread of the default executor) that the process must exit without.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        return asyncio.run(_run(root, args))
-    except KeyboardInterrupt:
-        return EXIT_OK
+        try:
+            code = loop.run_until_complete(main)
+        except KeyboardInterrupt:  # before the signal handlers were installed
+            code = EXIT_OK
+        if _settle_tasks(loop, abandoned):
+            return code, True
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        executor = loop.create_task(loop.shutdown_default_executor())
+        loop.run_until_complete(asyncio.wait({executor}, timeout=KILL_GRACE))
+        return code, not executor.done()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
-async def _run(root: Root, args: argparse.Namespace) -> int:
+def _settle_tasks(loop: asyncio.AbstractEventLoop, abandoned: set[asyncio.Task[Any]]) -> bool:
+    """Cancel the tasks still running; True if any ignores it (it is logged and left).
+
+    Tasks in `abandoned` already had their grace period and are not waited for again.
+    """
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel("roost: the process is exiting")
+    waited = [task for task in pending if task not in abandoned]
+    if waited:
+        loop.run_until_complete(asyncio.wait(waited, timeout=KILL_GRACE))
+    stuck = [task for task in pending if not task.done()]
+    for task in stuck:
+        if task not in abandoned:
+            _log.error("task_abandoned", task=task.get_name(),
+                       detail=f"ignored cancellation for {KILL_GRACE:g}s at exit")
+    return bool(stuck)
+
+
+async def _run(root: Root, args: argparse.Namespace, abandoned: set[asyncio.Task[Any]]) -> int:
+    """Run the root in a system until it ends or a signal comes; return the exit code.
+
+    Tasks abandoned on the way (they ignored cancellation) are added to `abandoned`.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []
@@ -62,26 +133,48 @@ async def _run(root: Root, args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    system = ActorSystem(
+        store=args.store,
+        durability=args.durability,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
     try:
-        async with ActorSystem(
-            store=args.store,
-            durability=args.durability,
-            log_format=args.log_format,
-            log_level=args.log_level,
-        ) as system:
-            body = _run_tree(system, root) if isinstance(root, SupervisorSpec) else _run_main(system, root)
-            work = asyncio.ensure_future(body)
-            waiter = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-                print(f"roost: received {received[0]}, shut down gracefully", file=sys.stderr)
-                return EXIT_OK
-            work.result()
+        try:
+            async with system:
+                body = (_run_tree(system, root) if isinstance(root, SupervisorSpec)
+                        else _run_main(system, root))
+                work = asyncio.ensure_future(body)
+                waiter = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if not work.done():
+                    work.cancel(f"roost: received {received[0]}")
+                    # A main() that ignores cancellation is left behind: shutdown goes on.
+                    await asyncio.wait({work}, timeout=KILL_GRACE)
+                    if not work.done():
+                        _log.error("task_abandoned", task=work.get_name(),
+                                   detail=f"main(system) ignored cancellation for "
+                                          f"{KILL_GRACE:g}s")
+                        abandoned.add(work)
+                ended = work.result() if work.done() and not work.cancelled() else None
+        finally:
+            if system.engine is not None:
+                abandoned.update(system.engine.abandoned_tasks)
+        if received:
+            left = system.engine.abandoned + (1 if work in abandoned else 0)
+            print(f"roost: received {received[0]}, shut down "
+                  + ("gracefully" if not left else
+                     f"after abandoning {left} task{'s' if left > 1 else ''} that ignored "
+                     "cancellation"), file=sys.stderr)
+            return EXIT_OK
+        if isinstance(ended, Terminated) and ended.reason == StopReason.FAILURE:
+            error = ended.error
+            print(f"roost: root {ended.ref.path} failed: {type(error).__name__}: {error}",
+                  file=sys.stderr)
+            return EXIT_FAILED
         return EXIT_OK
     except RoostError as error:
         print(f"roost: {type(error).__name__}: {error}", file=sys.stderr)
@@ -91,9 +184,11 @@ async def _run(root: Root, args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-async def _run_tree(system: ActorSystem, spec: SupervisorSpec) -> None:
-    ref = await system.start(spec)
-    await system.join(ref)
+async def _run_tree(system: ActorSystem, spec: SupervisorSpec) -> Terminated:
+    # Temporary: a root whose supervisor gave up is not restarted by the system's guardian
+    # (which would only delay the exit, or keep a slow crash loop alive for ever).
+    ref = await system.start(spec, restart="temporary")
+    return await system.join(ref)
 
 
 async def _run_main(system: ActorSystem, main: Root) -> None:

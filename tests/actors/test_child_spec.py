@@ -67,9 +67,10 @@ def test_a_child_spec_accepts_every_restart_type_and_overflow_policy() -> None:
         ("args", [1, 2], r"args must be a tuple, got \[1, 2\]"),
         ("restart", "sometimes", r"restart must be one of permanent, transient, temporary, got 'sometimes'"),
         ("restart", None, r"restart must be one of .*got None"),
-        ("shutdown_timeout", 0, r"shutdown_timeout must be a number of seconds > 0, got 0"),
-        ("shutdown_timeout", -1.5, r"shutdown_timeout must be .*got -1\.5"),
-        ("shutdown_timeout", math.inf, r"shutdown_timeout must be .*got inf"),
+        ("shutdown_timeout", -1.5,
+         r"shutdown_timeout must be a number of seconds >= 0 \(0: stop at once, math\.inf: wait "
+         r"for ever\), got -1\.5"),
+        ("shutdown_timeout", -math.inf, r"shutdown_timeout must be .*got -inf"),
         ("shutdown_timeout", math.nan, r"shutdown_timeout must be .*got nan"),
         ("shutdown_timeout", True, r"shutdown_timeout must be .*got True"),
         ("shutdown_timeout", "5", r"shutdown_timeout must be .*got '5'"),
@@ -86,6 +87,12 @@ def test_a_bad_child_spec_field_is_named_with_its_value(field: str, value: Any, 
     fields[field] = value
     with pytest.raises(ConfigurationError, match=pattern):
         ChildSpec(**fields)
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, math.inf])
+def test_shutdown_timeout_takes_0_to_stop_at_once_and_inf_to_wait_for_ever(timeout: float) -> None:
+    # OTP's brutal_kill and infinity.
+    assert ChildSpec(factory=Worker, shutdown_timeout=timeout).shutdown_timeout == timeout
 
 
 def test_a_child_spec_error_names_the_child() -> None:
@@ -152,6 +159,24 @@ def test_a_bad_supervisor_spec_field_is_named_with_its_value(kwargs: dict[str, A
 def test_a_supervisor_spec_error_names_the_supervisor() -> None:
     with pytest.raises(ConfigurationError, match=r"Supervisor 'app': max_restarts"):
         Supervisor.spec("app", max_restarts=-3)
+
+
+def test_an_unknown_supervisor_option_is_refused_listing_the_valid_ones() -> None:
+    with pytest.raises(ConfigurationError, match=(
+            r"^Supervisor 's': unknown options 'max_restart' \(did you mean 'max_restarts'\?\), "
+            r"'stratgy' \(did you mean 'strategy'\?\); valid options are strategy, "
+            r"max_restarts, within, backoff, children$")):
+        Supervisor.spec("s", max_restart=0, stratgy="one_for_all")
+
+
+def test_a_supervisor_subclass_takes_the_options_it_declares() -> None:
+    class Tagged(Supervisor):
+        spec_options = ("tag",)
+
+    assert Tagged.spec("t", tag="blue").options == {"tag": "blue"}
+    with pytest.raises(ConfigurationError,
+                       match=r"unknown option 'colour'; valid options are .*children, tag$"):
+        Tagged.spec("t", colour="blue")
 
 
 def test_zero_max_restarts_is_a_valid_supervisor_spec() -> None:

@@ -18,6 +18,12 @@ class Unwatch(roost.Message, frozen=True):
     ref: Any
 
 
+class StopThenUnwatch(roost.Message, frozen=True):
+    """Stop `ref` (its `Terminated` is queued meanwhile), then unwatch it."""
+
+    ref: Any
+
+
 class Spawn(roost.Message, frozen=True):
     name: str
 
@@ -64,6 +70,9 @@ class Watcher(roost.Actor):
             case Watch(ref=ref):
                 return self.ctx.watch(ref)
             case Unwatch(ref=ref):
+                self.ctx.unwatch(ref)
+            case StopThenUnwatch(ref=ref):
+                await self.ctx.stop(ref)
                 self.ctx.unwatch(ref)
             case roost.Terminated():
                 self.seen.append(message)
@@ -269,3 +278,21 @@ async def test_an_unwatched_actor_stops_without_a_notice(
 
     # A notice would have been queued before this ask, and handled first.
     assert await watcher.ask("seen") == 0
+
+
+@pytest.mark.anyio
+async def test_a_terminated_already_queued_when_unwatch_is_called_is_not_delivered(
+    system: roost.ActorSystem, seen: list[roost.Terminated], got: anyio.Event
+) -> None:
+    watcher = system.spawn(Watcher, seen, got, name="watcher")
+    target = system.spawn(Echo, name="target")
+    other = system.spawn(Echo, name="other")
+    await watcher.ask(Watch(target))
+    await watcher.ask(Watch(other))
+
+    await watcher.ask(StopThenUnwatch(target))
+    await other.stop()  # still watched: its notice comes
+    await got.wait()
+
+    assert await watcher.ask("seen") == 1
+    assert seen == [roost.Terminated(other, "normal", None)]

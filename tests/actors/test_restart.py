@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roost.actors._restart import RestartIntensity, should_restart
+from roost.actors._restart import RestartIntensity, restarts_in_a_row, should_restart
 
 # Every restart type against both kinds of exit: OTP's table, written out in full.
 RESTART_TABLE = [
@@ -73,3 +73,20 @@ def test_restarts_spread_wider_than_the_window_are_always_allowed() -> None:
     intensity = RestartIntensity(1, 1.0)
     assert all(intensity.allow(float(t)) for t in range(0, 100, 2))
     assert len(intensity) == 1
+
+
+@pytest.mark.parametrize(
+    ("previous", "ran_for", "expected"),
+    [
+        (0, 0.0, 1),  # the first failure
+        (0, 100.0, 1),
+        (1, 0.5, 2),  # crashed again soon after its restart
+        (5, 9.999, 6),
+        (5, 10.0, 1),  # ran cleanly for reset_after since its last restart: a new series
+        (5, float("inf"), 1),  # never (re)started under this supervisor
+    ],
+)
+def test_restarts_in_a_row_reset_only_after_clean_running_since_the_last_restart(
+    previous: int, ran_for: float, expected: int
+) -> None:
+    assert restarts_in_a_row(previous, ran_for, reset_after=10.0) == expected

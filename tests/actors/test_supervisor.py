@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +21,14 @@ import roost
 from roost import (
     ActorStartFailed,
     Backoff,
+    ChildAlreadyPresent,
     ChildInfo,
+    ChildNotFound,
+    ChildNotStopped,
     ChildSpec,
+    DeleteChild,
     IntensityExceeded,
+    RestartChild,
     StartChild,
     StopChild,
     Supervisor,
@@ -133,6 +139,8 @@ def child(name: str, log: EventLog, **options: Any) -> ChildSpec:
 
 class LoggedSupervisor(Supervisor):
     """A supervisor that logs its own lifecycle (the log comes through its spec's options)."""
+
+    spec_options = ("log",)
 
     def __init__(self, spec: roost.SupervisorSpec) -> None:
         super().__init__(spec)
@@ -324,7 +332,12 @@ async def test_the_restart_type_decides_what_follows_a_failure_or_a_normal_exit(
     else:
         await system.join(w)
         assert not w.is_alive
-        assert list(await children_of(sup)) == ["z"]
+        children = await children_of(sup)
+        if restart == "transient":  # OTP keeps a non-temporary child's spec, state stopped
+            assert children["w"] == ChildInfo("w", None, "stopped", 0, "transient")
+            assert list(children) == ["w", "z"]
+        else:
+            assert list(children) == ["z"]
         await watched.wait_len(1)
         (terminated,) = watched.entries
         assert terminated.ref is w
@@ -745,6 +758,7 @@ async def test_a_poison_message_is_dead_lettered_after_poison_after_crashes(
     assert letter.message is crash
     assert letter.recipient == "/app/w"
     assert isinstance(letter.error, RuntimeError)
+    assert letter.crashes == 2
     assert system.dead_letters.counts()["poison"] == 1
     assert (await children_of(sup))["w"].restarts == 2
 
@@ -829,14 +843,21 @@ async def test_start_child_with_a_taken_name_is_refused(system: roost.ActorSyste
     assert list(await children_of(sup)) == ["a"]
 
 
-async def test_stop_child_stops_a_permanent_child_for_good(system: roost.ActorSystem) -> None:
+async def test_stop_child_stops_a_permanent_child_for_good_and_keeps_its_spec(
+    system: roost.ActorSystem,
+) -> None:
     log = EventLog()
     sup = await system.start(Supervisor.spec("app", children=[child("a", log), child("b", log)]))
     a = system.lookup("/app/a")
-    await sup.ask(StopChild("a"))
+    assert await sup.ask(StopChild("a")) is None
     assert not a.is_alive
-    assert list(await children_of(sup)) == ["b"]
+    children = await children_of(sup)
+    assert list(children) == ["a", "b"]  # the spec keeps its place in the start order
+    assert children["a"] == ChildInfo("a", None, "stopped", 0, "permanent")
     assert log.entries == ["start:a", "start:b", "stop:a"]
+    assert await sup.ask(StopChild("a")) is None  # stopping a stopped child does nothing
+    with pytest.raises(roost.ActorNotFound):
+        system.lookup("/app/a")
 
 
 async def test_an_unnamed_static_child_is_named_after_its_class(system: roost.ActorSystem) -> None:
@@ -1114,3 +1135,313 @@ async def test_a_restart_of_a_watched_actor_delivers_no_terminated(
     await target.stop()
     await watched.wait_len(1)
     assert watched.entries[0].reason == "normal"
+
+
+# --- stop reasons ---------------------------------------------------------------------------
+
+
+async def test_an_on_stop_cancelled_at_its_shutdown_timeout_reports_killed(
+    system: roost.ActorSystem,
+) -> None:
+    log, watched = EventLog(), EventLog()
+    stuck = await system.start(Stuck, log, name="stuck", shutdown_timeout=0.05)
+    await system.start(Watcher, stuck, watched, name="watcher")
+    await stuck.stop()
+    assert log.entries == ["start:stuck", "stop:stuck", "cancelled:stuck"]
+    await watched.wait_len(1)
+    (terminated,) = watched.entries
+    assert (terminated.ref, terminated.reason, terminated.error) == (stuck, "killed", None)
+    assert terminated.reason is roost.StopReason.KILLED
+    assert await system.join(stuck) == terminated
+
+
+class Failer(roost.Actor):
+    """Holds each message until its gate opens, then fails."""
+
+    def __init__(self, gate: asyncio.Event, log: EventLog) -> None:
+        self.gate = gate
+        self.log = log
+
+    async def receive(self, message: Any) -> Any:
+        self.log.append("holding")
+        await self.gate.wait()
+        raise RuntimeError("failed while its supervisor stopped")
+
+
+async def test_a_child_crashing_while_its_supervisor_stops_reports_failure_with_the_error(
+    system: roost.ActorSystem,
+) -> None:
+    log, watched = EventLog(), EventLog()
+    gate = asyncio.Event()
+    sup = await system.start(Supervisor.spec("app", children=[
+        ChildSpec(factory=Failer, name="w", kwargs={"gate": gate, "log": log}), child("z", log),
+    ]))
+    w = system.lookup("/app/w")
+    await system.start(Watcher, w, watched, name="watcher")
+    w.tell(Hold())
+    await log.wait_count("holding", 1)
+    stopping = asyncio.ensure_future(sup.stop())
+    await log.wait_count("stop:z", 1)  # the supervisor is stopping its children, z first
+    gate.set()  # w fails now: its supervisor no longer restarts anything
+    await stopping
+    await watched.wait_len(1)
+    (terminated,) = watched.entries
+    assert terminated.reason == "failure"
+    assert isinstance(terminated.error, RuntimeError)
+    assert str(terminated.error) == "failed while its supervisor stopped"
+
+
+async def test_the_children_of_a_supervisor_that_gives_up_report_failure(
+    system: roost.ActorSystem,
+) -> None:
+    log, watched = EventLog(), EventLog()
+    tree = Supervisor.spec("app", max_restarts=0, backoff=NO_BACKOFF,
+                           children=[child("a", log), child("b", log), child("c", log)])
+    sup = await system.start(ChildSpec(factory=tree, restart="temporary"))
+    refs = [sup, *(system.lookup(f"/app/{name}") for name in "abc")]
+    for i, ref in enumerate(refs):
+        await system.start(Watcher, ref, watched, name=f"watcher-{i}")
+    refs[2].tell(Crash())  # b: no restart is allowed
+    await watched.wait_len(4)
+    ended = {t.ref.path: (t.reason, type(t.error).__name__, str(t.error)[:30])
+             for t in watched.entries}
+    exceeded = ("failure", "IntensityExceeded", "/app: more than 0 restarts wit")
+    assert ended == {
+        "/app": exceeded,
+        "/app/a": exceeded,  # given up on with their supervisor
+        "/app/b": ("failure", "RuntimeError", "b crashed"),  # the offender: its own crash
+        "/app/c": exceeded,
+    }
+    assert log.entries[3:] == ["stop:c", "stop:b", "stop:a"]
+
+
+# --- shutdown timeouts 0 and infinity -------------------------------------------------------
+
+
+async def test_a_shutdown_timeout_of_0_stops_at_once_without_on_stop(
+    system: roost.ActorSystem,
+) -> None:
+    # OTP's brutal_kill: the message in progress is cancelled at once, on_stop does not run.
+    log, watched = EventLog(), EventLog()
+    holder = await system.start(Holder, log, name="holder", shutdown_timeout=0)
+    idle = await system.start(Child, log, name="idle", shutdown_timeout=0)
+    await system.start(Watcher, holder, watched, name="watcher")
+    holder.tell(Hold())
+    await log.wait_count("holding:holder", 1)
+    started = time.monotonic()
+    await holder.stop()
+    await idle.stop()
+    assert time.monotonic() - started < 0.5
+    assert log.entries == ["start:holder", "start:idle", "holding:holder", "killed:holder"]
+    await watched.wait_len(1)
+    assert watched.entries[0].reason == "killed"
+    assert (await system.join(idle)).reason == "killed"  # its on_stop was cut
+
+
+async def test_a_child_with_a_shutdown_timeout_of_0_still_starts_and_restarts(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", backoff=NO_BACKOFF, children=[
+        child("w", log, shutdown_timeout=0)]))
+    w = system.lookup("/app/w")
+    await crash_and_wait_restart(w, log)
+    assert await w.ask(Ping()) == "w"
+    assert log.entries == ["start:w", "start:w"]  # no on_stop on the way
+    assert (await children_of(sup))["w"].restarts == 1
+
+
+class Lingering(roost.Actor):
+    """An on_stop that ends only when its gate opens."""
+
+    def __init__(self, gate: asyncio.Event, log: EventLog) -> None:
+        self.gate = gate
+        self.log = log
+
+    async def on_stop(self) -> None:
+        self.log.append("stopping")
+        await self.gate.wait()
+        self.log.append("stopped")
+
+    async def receive(self, message: Any) -> Any:
+        return None
+
+
+async def test_an_infinite_shutdown_timeout_waits_for_on_stop_to_finish(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    gate = asyncio.Event()
+    ref = await system.start(Lingering, gate, log, name="lingering", shutdown_timeout=math.inf)
+    stopping = asyncio.ensure_future(ref.stop())
+    await log.wait_count("stopping", 1)
+    assert not stopping.done()
+    gate.set()
+    await stopping
+    assert log.entries == ["stopping", "stopped"]
+    assert (await system.join(ref)).reason == "normal"
+
+
+# --- kept specs: StopChild, RestartChild, DeleteChild ---------------------------------------
+
+
+async def test_restart_child_starts_a_stopped_child_again_in_its_place(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", children=[child("a", log), child("b", log)]))
+    old = system.lookup("/app/a")
+    await sup.ask(StopChild("a"))
+    new = await sup.ask(RestartChild("a"))
+    assert isinstance(new, roost.ActorRef)
+    assert new is not old and not old.is_alive  # OTP: a new process
+    assert system.lookup("/app/a") is new
+    assert await new.ask(Ping()) == "a"
+    assert log.entries == ["start:a", "start:b", "stop:a", "start:a"]
+    assert await sup.ask(WhichChildren()) == [
+        ChildInfo("a", new, "running", 0, "permanent"),
+        ChildInfo("b", system.lookup("/app/b"), "running", 0, "permanent"),
+    ]
+    await sup.stop()  # still in its place: stopped after b
+    assert log.entries[4:] == ["stop:b", "stop:a"]
+
+
+async def test_restart_child_keeps_the_spec_when_the_start_fails(
+    system: roost.ActorSystem,
+) -> None:
+    failing = False
+
+    class Flaky(roost.Actor):
+        async def on_start(self) -> None:
+            if failing:
+                raise OSError("not now")
+
+        async def receive(self, message: Any) -> Any:
+            return "up"
+
+    sup = await system.start(Supervisor.spec("app", children=[
+        ChildSpec(factory=Flaky, name="f"), ChildSpec(factory=Flaky, name="g")]))
+    await sup.ask(StopChild("f"))
+    failing = True
+    with pytest.raises(ActorStartFailed, match=r"/app/f: on_start failed: OSError: not now"):
+        await sup.ask(RestartChild("f"))
+    failing = False
+    infos = await children_of(sup)
+    assert list(infos) == ["f", "g"]
+    assert infos["f"].state == "stopped"
+    again = await sup.ask(RestartChild("f"))
+    assert await again.ask(Ping()) == "up"
+
+
+async def test_delete_child_forgets_a_stopped_child_and_frees_its_name(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", children=[child("a", log), child("b", log)]))
+    await sup.ask(StopChild("a"))
+    assert await sup.ask(DeleteChild("a")) is None
+    assert list(await children_of(sup)) == ["b"]
+    with pytest.raises(ChildNotFound):
+        await sup.ask(RestartChild("a"))
+    fresh = await sup.ask(StartChild(child("a", log)))
+    assert list(await children_of(sup)) == ["b", "a"]
+    assert await fresh.ask(Ping()) == "a"
+
+
+async def test_a_stopped_childs_kept_name_is_refused_to_a_new_child(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", children=[child("a", log)]))
+    await sup.ask(StopChild("a"))
+    with pytest.raises(ChildAlreadyPresent,
+                       match=r"^/app: a stopped child named 'a' is kept; start it again with "
+                             r"RestartChild\('a'\) or remove it with DeleteChild\('a'\) first$"):
+        await sup.ask(StartChild(child("a", log)))
+    with pytest.raises(roost.ActorNameTaken):  # what it is a kind of
+        await sup.ask(StartChild(child("a", log)))
+
+
+@pytest.mark.parametrize("command", [RestartChild, DeleteChild])
+async def test_restart_child_and_delete_child_refuse_a_running_child(
+    system: roost.ActorSystem, command: type,
+) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", children=[child("a", log)]))
+    operation = "restart" if command is RestartChild else "delete"
+    with pytest.raises(ChildNotStopped,
+                       match=rf"^/app: cannot {operation} child 'a': it is running, not stopped; "
+                             r"send StopChild\('a'\) first$") as caught:
+        await sup.ask(command("a"))
+    assert (caught.value.supervisor, caught.value.name, caught.value.state) == (
+        "/app", "a", "running")
+    assert (await children_of(sup))["a"].state == "running"
+
+
+@pytest.mark.parametrize("command", [StopChild, RestartChild, DeleteChild])
+async def test_a_command_naming_an_unknown_child_raises_child_not_found(
+    system: roost.ActorSystem, command: type,
+) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", children=[child("a", log), child("b", log)]))
+    with pytest.raises(ChildNotFound,
+                       match=r"^/app: no child named 'x' \(children: a, b\); check the name, "
+                             r"e\.g\. with WhichChildren$") as caught:
+        await sup.ask(command("x"))
+    assert (caught.value.supervisor, caught.value.name, caught.value.known) == (
+        "/app", "x", ["a", "b"])
+    assert sup.is_alive
+
+
+async def test_a_stopped_temporary_child_is_forgotten(system: roost.ActorSystem) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", children=[
+        child("t", log, restart="temporary"), child("b", log)]))
+    t = system.lookup("/app/t")
+    await sup.ask(StopChild("t"))
+    await system.join(t)
+    assert list(await children_of(sup)) == ["b"]
+    with pytest.raises(ChildNotFound):
+        await sup.ask(RestartChild("t"))
+
+
+async def test_a_kept_stopped_child_is_not_started_by_a_group_restart(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    sup = await system.start(Supervisor.spec("app", strategy="one_for_all", backoff=NO_BACKOFF,
+                                             children=[child("a", log), child("b", log)]))
+    await sup.ask(StopChild("a"))
+    await crash_and_wait_restart(system.lookup("/app/b"), log)
+    assert log.entries == ["start:a", "start:b", "stop:a", "stop:b", "start:b"]
+    assert {n: i.state for n, i in (await children_of(sup)).items()} == {
+        "a": "stopped", "b": "running"}
+
+
+# --- backoff reset --------------------------------------------------------------------------
+
+
+async def test_the_backoff_does_not_reset_while_a_crash_loop_waits_out_its_delays() -> None:
+    # The wait before a restart is not clean running: even when it outlasts reset_after
+    # (the clock is moved past it during the wait), the next crash is the next in a row.
+    clock = FakeClock()
+    starts: list[float] = []
+    log = EventLog()
+    backoff = Backoff(initial=0.2, maximum=0.2, jitter=0.0, reset_after=10.0)
+    spec = ChildSpec(factory=Stamper, name="w", kwargs={"starts": starts, "log": log},
+                     poison_after=1)
+    async with quiet_system(clock=clock) as system:
+        sup = await system.start(Supervisor.spec("app", max_restarts=20, within=60.0,
+                                                 backoff=backoff, children=[spec]))
+        w = system.lookup("/app/w")
+        w.tell(Crash())  # first in a row: immediate
+        await log.wait_count("start", 2)
+        w.tell(Crash())  # second in a row: waits 0.2 s
+        await child_state(sup, "w", "suspended")
+        clock.advance(11.0)  # ... and that wait "took" longer than reset_after
+        await log.wait_count("start", 3)
+        w.tell(Crash())  # it crashed at once after its restart: third in a row, waits again
+        await log.wait_count("start", 4)
+    _, second, third = (b - a for a, b in itertools.pairwise(starts))
+    assert second >= 0.199
+    assert third >= 0.199, "the backoff was reset by the wait before the last restart"

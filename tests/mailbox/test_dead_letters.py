@@ -48,9 +48,17 @@ def test_a_recorded_dead_letter_keeps_who_why_and_what() -> None:
         error,
     )
     assert letter.at > 0
+    assert letter.crashes is None
     assert repr(letter) == (
         "DeadLetter(reason='poison', recipient='/app/worker', message=Ping, sender='/app')"
     )
+
+
+def test_a_poison_dead_letter_carries_its_crash_count() -> None:
+    letter = DeadLetters().record("poison", "/app/worker", Ping(1), None, ValueError("boom"),
+                                  crashes=3)
+
+    assert letter.crashes == 3
 
 
 def test_dead_letters_are_counted_per_reason_and_listed_oldest_first() -> None:

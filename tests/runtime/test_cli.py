@@ -1,7 +1,8 @@
 """Tests of roost/runtime/cli.py and bootstrap.py: `roost run` as a real process, and its exit codes.
 
 0: the root ended (or SIGTERM shut it down gracefully); 1: the root failed, with a one-line
-`roost: IntensityExceeded: ...`; 2: the script is missing, broken or defines no root.
+`roost: root /PATH failed: IntensityExceeded: ...` (the root is never restarted); 2: the
+script is missing, broken or defines no root.
 """
 
 from __future__ import annotations
@@ -119,14 +120,21 @@ def test_sigterm_shuts_the_tree_down_gracefully_and_exits_0(tmp_path: Path) -> N
             process.communicate()
     assert process.returncode == 0, err
     assert "roost: received SIGTERM, shut down gracefully" in err
-    # Every on_stop ran, in reverse start order, children before their parents.
-    assert out.read_text().splitlines() == [
-        "/late", "/app/pool/pool-2", "/app/pool/pool-1", "/app/b", "/app/a", "/app",
-    ]
+    # Every on_stop ran, in reverse start order, children before their parents; a pool's
+    # workers stop together, so in any order.
+    stopped = out.read_text().splitlines()
+    assert stopped[0] == "/late"
+    assert sorted(stopped[1:3]) == ["/app/pool/pool-1", "/app/pool/pool-2"]
+    assert stopped[3:] == ["/app/b", "/app/a", "/app"]
 
 
 ESCALATING = """\
+    import asyncio
+    from pathlib import Path
+
     import roost
+
+    OUT = Path({out!r})
 
 
     class Crash(roost.Message):
@@ -135,13 +143,16 @@ ESCALATING = """\
 
     class Crasher(roost.Actor):
         async def on_start(self) -> None:
-            self.ctx.self_ref.tell(Crash())
+            with OUT.open("a") as out:
+                out.write("start\\n")
+            # Crash {after} s after every start.
+            asyncio.get_running_loop().call_later({after}, self.ctx.self_ref.tell, Crash())
 
         async def receive(self, message):
             raise RuntimeError("worker crashed")
 
 
-    root = roost.Supervisor.spec("top", max_restarts=0, children=[
+    root = roost.Supervisor.spec("top", max_restarts={top_restarts}, within=60.0, children=[
         roost.Supervisor.spec("mid", max_restarts=0, children=[
             roost.ChildSpec(factory=Crasher, name="worker", poison_after=1),
         ]),
@@ -149,17 +160,88 @@ ESCALATING = """\
 """
 
 
-def test_a_root_past_its_intensity_exits_1_with_a_one_line_reason(tmp_path: Path) -> None:
-    script = write_script(tmp_path, "escalating.py", ESCALATING)
+def test_a_root_past_its_intensity_is_not_restarted_and_exits_1_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "starts.txt"
+    script = write_script(tmp_path, "escalating.py",
+                          ESCALATING.format(out=str(out), after=0.0, top_restarts=0))
     started = time.monotonic()
     result = run([str(script), "--log-level", "critical"], tmp_path)
     assert result.returncode == 1, result.stderr
-    assert time.monotonic() - started < 20.0
+    assert time.monotonic() - started < 10.0
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("roost: IntensityExceeded: /: more than 10 restarts within 10s")
+    assert lines[0].startswith(
+        "roost: root /top failed: IntensityExceeded: /top: more than 0 restarts within 60s")
     assert "IntensityExceeded: /top/mid: more than 0 restarts" in lines[0]
     assert "RuntimeError: worker crashed" in lines[0]
+    assert out.read_text().splitlines() == ["start"]  # the root was not started again
+
+
+def test_a_slowly_crash_looping_root_that_gives_up_exits_instead_of_being_restarted(
+    tmp_path: Path,
+) -> None:
+    # The worker crashes 0.6 s after each start and /top gives up on the second crash, so a
+    # root restarted by the system would fail about once a second: never 10 times in 10 s.
+    out = tmp_path / "starts.txt"
+    script = write_script(tmp_path, "slow.py",
+                          ESCALATING.format(out=str(out), after=0.6, top_restarts=1))
+    result = run([str(script), "--log-level", "critical"], tmp_path, timeout=15.0)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("roost: root /top failed: IntensityExceeded: /top: more than 1 restarts")
+    assert "RuntimeError: worker crashed" in line
+    assert out.read_text().splitlines() == ["start", "start"]
+
+
+STUBBORN = """\
+    import asyncio
+
+    import roost
+
+
+    class Stubborn(roost.Actor):
+        shutdown_timeout = 0.2
+
+        async def on_stop(self) -> None:
+            while True:  # swallows every cancellation
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    pass
+
+        async def receive(self, message):
+            return None
+
+
+    async def main(system):
+        await system.start(Stubborn, name="stubborn")
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+"""
+
+
+def test_sigterm_exits_even_when_an_on_stop_swallows_cancellation(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "stubborn.py", STUBBORN)
+    process = subprocess.Popen(
+        [*MODULE, "run", str(script), "--store", str(tmp_path / "store"), "--log-level", "error"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert read_line(process, timeout=20.0) == "ready\n"
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10.0)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    # Cancelled after its 0.2 s timeout, abandoned after the 1 s grace: no further waiting.
+    assert elapsed < 5.0, elapsed
+    assert "on_stop_abandoned" in err  # logged
+    assert err.splitlines()[-1] == (
+        "roost: received SIGTERM, shut down after abandoning 1 task that ignored cancellation")
 
 
 def test_a_script_with_a_syntax_error_exits_2_naming_the_line(tmp_path: Path) -> None:

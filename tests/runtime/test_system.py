@@ -217,6 +217,38 @@ async def test_join_waits_until_the_actor_has_stopped(system: roost.ActorSystem)
     assert log == ["start:joined", "stop:joined"]
 
 
+@pytest.mark.anyio
+async def test_join_says_how_the_actor_ended(system: roost.ActorSystem) -> None:
+    class Breaks(roost.Actor):
+        async def receive(self, message: Any) -> None:
+            raise OSError("disk gone")
+
+    calm = await system.start(Echo, name="calm")
+    broken = await system.start(Breaks, name="broken", restart="temporary")
+    broken.tell("go")
+    await calm.stop()
+
+    assert await system.join(calm) == roost.Terminated(calm, roost.StopReason.NORMAL, None)
+    ended = await system.join(broken)
+    assert (ended.ref, ended.reason, type(ended.error)) == (broken, "failure", OSError)
+
+
+class Quitting(roost.Supervisor):
+    """A supervisor that ends itself normally when told anything."""
+
+    async def handle(self, message: Any) -> Any:
+        await self.ctx.stop()
+
+
+@pytest.mark.anyio
+async def test_a_spawned_tree_is_transient_like_a_spawned_actor(system: roost.ActorSystem) -> None:
+    tree = await system.start(Quitting.spec("tree"))
+    tree.tell("quit")  # a normal exit: a transient actor is not restarted
+    assert (await system.join(tree)).reason == "normal"
+    with pytest.raises(roost.ActorNotFound):
+        system.lookup("/tree")
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 
@@ -248,6 +280,32 @@ async def test_an_unknown_overflow_policy_raises_configuration_error_naming_it(
 ) -> None:
     with pytest.raises(ConfigurationError, match=r"overflow must be one of .* got 'bounce'"):
         system.spawn(Echo, overflow="bounce")
+
+
+class Sized(roost.Actor):
+    def __init__(self, width: int, *, height: int = 1) -> None:
+        self.area = width * height
+
+    async def receive(self, message: Any) -> Any:
+        return self.area
+
+
+@pytest.mark.anyio
+async def test_an_unknown_spawn_option_is_named_with_the_options_and_init_parameters(
+    system: roost.ActorSystem,
+) -> None:
+    with pytest.raises(ConfigurationError, match=(
+            r"^spawn Sized: unknown option 'capcity' \(did you mean 'capacity'\?\); valid options "
+            r"are restart, shutdown_timeout, capacity, overflow, poison_after \(spawn options\) "
+            r"and width, height \(Sized.__init__'s parameters\)$")):
+        system.spawn(Sized, name="sized", capcity=10)
+    with pytest.raises(ConfigurationError,
+                       match=r"unknown option 'size'; .* and none from Echo.__init__, which "
+                             r"takes no keywords$"):
+        system.spawn(Echo, size=3)
+    with pytest.raises(ConfigurationError, match=r"^spawn 'tree': unknown option 'capcity'"):
+        system.spawn(roost.Supervisor.spec("tree"), capcity=3)
+    assert await system.spawn(Sized, width=2, height=3, capacity=5).ask("area") == 6
 
 
 @pytest.mark.anyio
