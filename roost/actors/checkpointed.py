@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
-from roost.errors import CheckpointCorrupt, ConfigurationError
+from roost.errors import CheckpointCorrupt, CheckpointUnencodable, ConfigurationError
 
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
@@ -85,9 +86,48 @@ async def save(actor: Actor, step: str, durable: bool | None) -> Checkpoint:
     store = _checkpoints(cell.engine.checkpoints, actor)
     current = cell.current
     run_id = None if current is None or current.trace is None else current.trace.run_id
+    try:
+        encoded = encode_state(state)
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        field, error = unencodable_field(state, "state")
+        raise CheckpointUnencodable(cell.path, type(state).__qualname__, field,
+                                    error or str(exc)) from exc
     checkpoint = await store.save(
-        checkpoint_id(actor), step=step, actor_path=cell.path, state=encode_state(state),
+        checkpoint_id(actor), step=step, actor_path=cell.path, state=encoded,
         durable=durable,
     )
     _log.debug("checkpoint_saved", actor=cell.path, step=step, seq=checkpoint.seq, run_id=run_id)
     return checkpoint
+
+
+def unencodable_field(value: Any, path: str) -> tuple[str, str | None]:
+    """The path of the innermost part of `value` that msgpack cannot encode, and why.
+
+    Walks structs, mappings and sequences; returns `(path, None)` if no part fails
+    on its own (e.g. a cycle), so the caller falls back to the whole state's error.
+    """
+    try:
+        _PROBE.encode(value)
+        return path, None
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        reason = f"{type(value).__name__} is not encodable ({exc})"
+    if isinstance(value, msgspec.Struct):
+        parts: list[tuple[str, Any]] = [
+            (f"{path}.{name}", getattr(value, name)) for name in value.__struct_fields__]
+    elif isinstance(value, dict):
+        parts = [(f"{path}[{key!r}]", item) for key, item in value.items()]
+        parts += [(f"{path} key {key!r}", key) for key in value
+                  if not isinstance(key, (str, int, float, bool, bytes))]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        parts = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return path, reason
+    for part_path, part in parts:
+        try:
+            _PROBE.encode(part)
+        except (TypeError, ValueError, msgspec.EncodeError):
+            return unencodable_field(part, part_path)
+    return path, reason
+
+
+_PROBE = msgspec.msgpack.Encoder()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from roost.mailbox.envelope import Envelope, current_envelope
+from roost.mailbox.envelope import current_envelope
 from roost.trace import handling
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ class ActorContext:
     @property
     def children(self) -> list[ActorRef]:
         """Refs of this actor's live children, in start order."""
-        return [child.ref for child in self._cell.children.values()]
+        # A supervisor also keeps stopped children (their specs) among its children.
+        return [child.ref for child in self._cell.children.values() if child.accepting]
 
     @property
     def restarts(self) -> int:
@@ -89,7 +90,7 @@ class ActorContext:
         await ref._cell.stop()
 
     def forward(self, ref: ActorRef) -> None:
-        """Pass the message being handled on to `ref`, keeping its sender and reply.
+        """Pass the message being handled on to `ref`, keeping its sender, reply and id.
 
         The other actor's `receive` then answers the original `ask`; this actor's
         return value for the message is ignored.
@@ -100,10 +101,22 @@ class ActorContext:
         envelope = self._cell.current if handling.get() is self._cell else None
         if envelope is None:
             raise RuntimeError(f"{self._cell.path}: forward() works only inside receive()")
-        forwarded = Envelope(
-            envelope.message, envelope.sender, envelope.reply, envelope.trace_context()
-        )
+        forwarded = envelope.forwarded()
         ref._cell.enqueue(forwarded)  # if this raises (a full mailbox), we still owe the reply
+        envelope.reply = None
+
+    async def forward_send(self, ref: ActorRef) -> None:
+        """Like `forward`, but wait for room in `ref`'s mailbox as `send` does (backpressure).
+
+        Raises:
+            RuntimeError: called outside the handling of a message.
+            ActorStopped: `ref` stopped before the message could be queued (this actor
+                still owes the reply, so the error reaches the original asker).
+        """
+        envelope = self._cell.current if handling.get() is self._cell else None
+        if envelope is None:
+            raise RuntimeError(f"{self._cell.path}: forward_send() works only inside receive()")
+        await ref._cell.enqueue_waiting(envelope.forwarded())
         envelope.reply = None
 
     def take_reply(self) -> asyncio.Future[Any] | None:
@@ -129,5 +142,8 @@ class ActorContext:
         return ref
 
     def unwatch(self, ref: ActorRef) -> None:
-        """Stop watching `ref`."""
+        """Stop watching `ref`: no `Terminated` from it arrives after this returns.
+
+        A `Terminated` already queued in this actor's mailbox is removed too.
+        """
         self._cell.unwatch(ref._cell)

@@ -7,22 +7,28 @@ from typing import Any, Literal
 
 from roost._validate import check_count
 from roost.actors.child_spec import Backoff, ChildSpec
-from roost.actors.supervisor import Strategy, Supervisor, SupervisorSpec
+from roost.actors.supervisor import Strategy, Supervisor, SupervisorSpec, check_options
 from roost.errors import ConfigurationError
 
 Routing = Literal["round_robin", "least_busy"]
 ROUTINGS: tuple[Routing, ...] = ("round_robin", "least_busy")
+#: The `ChildSpec` fields `Pool.spec` passes on to every worker.
+WORKER_OPTIONS = ("capacity", "overflow", "poison_after", "shutdown_timeout")
 
 
 class Pool(Supervisor):
     """Keeps `size` workers under one_for_one supervision and forwards each message to one.
 
     The worker's reply answers the original `ask`. A crashed worker is restarted
-    with its mailbox, so messages routed to it are not lost. Example::
+    with its mailbox, so messages routed to it are not lost. At shutdown the
+    workers stop together, within one shutdown timeout. Example::
 
         pool = system.spawn(roost.Pool.spec("drafters", Drafter, size=8))
         draft = await pool.ask(Draft(email))
     """
+
+    spec_options = ("routing",)
+    stop_children_together = True
 
     def __init__(self, spec: SupervisorSpec) -> None:
         super().__init__(spec)
@@ -58,7 +64,14 @@ class Pool(Supervisor):
             restart: the workers' restart type.
             **worker_options: further `ChildSpec` fields for each worker
                 (`capacity`, `overflow`, `poison_after`, `shutdown_timeout`).
+
+        Raises:
+            ConfigurationError: a bad value, or an unknown option (the message lists
+                the valid ones).
         """
+        check_options(f"Pool {name!r}", worker_options, WORKER_OPTIONS,
+                      listing=f"{', '.join(WORKER_OPTIONS)} (besides size, args, kwargs, "
+                              "routing, restart, strategy, max_restarts, within, backoff)")
         check_count(f"Pool {name!r}", "size", size, 1)
         if routing not in ROUTINGS:
             raise ConfigurationError(
@@ -80,5 +93,12 @@ class Pool(Supervisor):
             target = min(workers, key=lambda c: len(c.mailbox))
         else:
             target = workers[next(self._turn) % len(workers)]
+        if target.mailbox.full:
+            # Backpressure, not failure: another worker with room, else wait for one.
+            roomy = [c for c in workers if not c.mailbox.full]
+            if not roomy:
+                await self.ctx.forward_send(target.ref)
+                return None
+            target = roomy[0]
         self.ctx.forward(target.ref)
         return None

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from roost._validate import is_number
-from roost.errors import ActorStopped, ConfigurationError
+from roost.errors import ActorStopped, AskTimeout, ConfigurationError
 from roost.mailbox.envelope import Envelope
 from roost.trace import TraceContext, call_trace, handling
 
@@ -95,9 +95,12 @@ class ActorRef:
                   trace: TraceContext | None = None) -> Any:
         """Send a message and wait for the reply (`receive`'s return value).
 
+        If the mailbox is full and its policy is `wait`, the ask first waits for room,
+        within the same `timeout`.
+
         Args:
             message: the request.
-            timeout: seconds to wait for the reply.
+            timeout: seconds to wait for room (if the mailbox is full) and the reply.
             trace: the trace context to send the message with, e.g. one continued
                 from an incoming request (default: the current actor's, if any).
 
@@ -106,10 +109,11 @@ class ActorRef:
 
         Raises:
             AskTimeout: no reply within `timeout`, naming the actor and message
-                type. The message may still be processed later.
+                type. The message may still be processed later, unless the ask
+                timed out waiting for room: then it was never queued.
             ActorStopped: the actor has stopped, or stopped before replying
                 (raised at once, not after the timeout).
-            MailboxFull: the mailbox is full (policy `fail` or `wait`).
+            MailboxFull: the mailbox is full and its policy is `fail`.
             Exception: whatever `receive` raised for this message.
         """
         if timeout != DEFAULT_ASK_TIMEOUT:
@@ -125,6 +129,11 @@ class ActorRef:
             envelope = Envelope(message, None, reply, call_trace.get())
         else:
             envelope = _from_actor(sender, message, reply)
+        mailbox = cell.mailbox
+        if mailbox.full and mailbox.overflow == "wait":  # rare: only this path pays for a timer
+            waiting = self._ask_when_room(cell, envelope, reply, timeout)
+            del envelope  # untracked by the GC: only the waiting coroutine holds it
+            return await waiting
         cell.enqueue(envelope)
         del envelope  # the envelope is untracked by the GC: hold no reference to it here
         deadlines = cell.engine.deadlines
@@ -133,6 +142,24 @@ class ActorRef:
             return await reply
         finally:
             deadlines.discard(slot, reply)
+
+    async def _ask_when_room(self, cell: Cell, envelope: Envelope, reply: asyncio.Future[Any],
+                             timeout: float) -> Any:
+        """`ask` into a full `wait` mailbox: wait for room, then for the reply, within `timeout`.
+
+        A timeout (or cancellation) while waiting for room leaves nothing queued.
+        """
+        message = envelope.message
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                await cell.enqueue_waiting(envelope)
+                del envelope  # as in `ask`: hold no reference to the queued envelope
+                return await reply
+        except TimeoutError:
+            if not scope.expired():
+                raise  # a TimeoutError that `receive` raised, not ours
+            raise AskTimeout(self.path, message, timeout) from None
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot of the actor: path, state, restarts, children and mailbox depth."""

@@ -43,7 +43,8 @@ class Mailbox:
         dead_letters: where dropped and refused messages are recorded.
         capacity: the most user messages held at once.
         overflow: what a put does when the mailbox is full: `wait` (refuse a
-            `put_nowait` with `MailboxFull`, make `put` wait for room),
+            `put_nowait` with `MailboxFull`, make `put` wait for room; an `ask`
+            waits too),
             `drop_newest` (drop the new message), `drop_oldest` (evict the
             oldest queued message), `fail` (raise `MailboxFull`).
     """
@@ -81,6 +82,11 @@ class Mailbox:
     def has_system(self) -> bool:
         """Whether a system message is waiting."""
         return bool(self._system)
+
+    @property
+    def full(self) -> bool:
+        """Whether a user message put now would overflow (no free slot, or senders wait for one)."""
+        return len(self._user) + self._reserved >= self.capacity or bool(self._putters)
 
     def put_nowait(self, envelope: Envelope) -> bool:
         """Enqueue a user message, applying the overflow policy when full.

@@ -79,6 +79,8 @@ class Step(msgspec.Struct, frozen=True):
         optional: on failure the run goes on; the step's result is a `StepFailure`.
         output: the result's type, to decode it exactly when a run resumes.
         workers: pool size for an actor step.
+        capacity: the mailbox size of each of those workers; a full one makes the
+            step's dispatch wait for room (backpressure), never fail.
     """
 
     name: str
@@ -94,6 +96,7 @@ class Step(msgspec.Struct, frozen=True):
     optional: bool = False
     output: Any = Any
     workers: int = 4
+    capacity: int = 1000
 
     def __post_init__(self) -> None:
         after: Any = self.after
@@ -165,6 +168,9 @@ class Pipeline:
         if isinstance(item.workers, bool) or not isinstance(item.workers, int) or item.workers < 1:
             raise PipelineDefinitionError(
                 f"{where}: workers must be a whole number >= 1, got {item.workers!r}")
+        if isinstance(item.capacity, bool) or not isinstance(item.capacity, int) or item.capacity < 1:
+            raise PipelineDefinitionError(
+                f"{where}: capacity must be a whole number >= 1, got {item.capacity!r}")
 
     def _topological_order(self) -> list[str]:
         order: list[str] = []

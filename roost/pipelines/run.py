@@ -21,8 +21,8 @@ import structlog
 from roost.actors.actor import Actor, Message
 from roost.errors import CheckpointCorrupt, StoreError
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
-from roost.storage import Checkpoint, checkpoint_key
-from roost.tools.keys import derive_key
+from roost.storage import Checkpoint, RunRecord, RunStatus, Update, checkpoint_key
+from roost.tools.keys import derive_key, step_unit
 from roost.tools.retry import Retry, call_with_retry
 from roost.trace import TraceContext, new_span_id, new_trace_id
 
@@ -36,7 +36,10 @@ _ENCODER = msgspec.msgpack.Encoder()
 class NeedsReview(msgspec.Struct, frozen=True, tag="needs_review"):
     """A step result that ends the run in status `needs_review`, for a person to look at.
 
-    Steps after it do not run; the results so far are kept with the run.
+    Steps after it do not run, not even after a crash or a resume: the step's
+    checkpoint and the run's status are stored in one write, and a run actor never
+    advances a run whose checkpoint holds a review. The results so far are kept
+    with the run.
     """
 
     reason: str
@@ -96,6 +99,14 @@ class CancelRun(Message, frozen=True):
 _PROGRESS_DECODER = msgspec.msgpack.Decoder(RunProgress)
 
 
+def _step_scope(name: str, index: int | None, *, fallback: bool) -> str:
+    """What a step's request does within its run (`TraceContext.step`): `name`, `name/3`
+    for item 3 of a map step, `name/fallback` for its fallback. Step names hold no '/'."""
+    if fallback:
+        return f"{name}/fallback"
+    return name if index is None else f"{name}/{index}"
+
+
 def load_progress(checkpoint: Checkpoint) -> RunProgress:
     """The `RunProgress` a run's checkpoint holds.
 
@@ -129,16 +140,34 @@ class RunActor(Actor):
 
     async def on_start(self) -> None:
         try:
-            await self._load()
+            record = await self._load()
         except StoreError as corrupt:
             # Restarting cannot mend stored bytes: the run fails, naming them; they stay
             # in the store for a person to inspect.
             await self._finish("failed", error=str(corrupt))
             return
+        if record.status == RunStatus.QUEUED:  # admitted from the queue: it starts now
+            await self.pipelines.runs.update(self.run_id, status=RunStatus.RUNNING)
+        elif record.status != RunStatus.RUNNING:
+            # It ended before this actor started (e.g. a restart after its last write):
+            # report that end again, run nothing.
+            _log.info("run_already_ended", run_id=self.run_id, status=str(record.status))
+            await self._ended(str(record.status), record.error, record.failed_step)
+            return
+        if self.reviews:
+            # The checkpoint holds a step's review but the record says running (a crash
+            # between the two writes of a roost that made them separately): the run waits
+            # for a person; it must not go on to its next steps.
+            await self._finish("needs_review", error=next(iter(self.reviews.values())))
+            return
         self._advance()
 
-    async def _load(self) -> None:
-        """Load the input and the latest checkpoint (a resume goes on from there)."""
+    async def _load(self) -> RunRecord:
+        """Load the input and the latest checkpoint (a resume goes on from there).
+
+        Returns:
+            The run's record, as stored when this actor started.
+        """
         record = await self.pipelines.runs.get(self.run_id)
         self.input = self.pipelines.decode_input(self.pipeline, self.run_id, record.input)
         latest = await self.pipelines.checkpoints.latest(self.run_id)
@@ -152,6 +181,7 @@ class RunActor(Actor):
             self.results = decode_progress(progress, self.pipeline, self.pipelines.decoder)
             _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
+        return record
 
     async def on_stop(self) -> None:
         for task in self.running.values():
@@ -237,7 +267,7 @@ class RunActor(Actor):
         if step.fallback is not None:
             try:
                 result = await self._attempts(step, step.fallback, None, None, attempts,
-                                              retry=False)
+                                              fallback=True)
             except Exception as fallback_error:
                 error = fallback_error
             else:
@@ -249,30 +279,32 @@ class RunActor(Actor):
         return _StepDone(instance=id(self), step=step.name, error=text, attempts=attempts[0])
 
     async def _attempts(self, step: Step, worker: Any, item: Any, index: int | None,
-                        attempts: list[int], *, retry: bool = True) -> Any:
-        policy = (step.retry if retry and step.retry is not None else Retry(attempts=1))
+                        attempts: list[int], *, fallback: bool = False) -> Any:
+        """Run the step (or, with `fallback`, its fallback once) under its retry policy."""
+        policy = (step.retry if not fallback and step.retry is not None else Retry(attempts=1))
         policy = msgspec.structs.replace(policy, attempt_timeout=step.timeout)
 
         async def attempt() -> Any:
             attempts[0] += 1
-            return await self._once(step, worker, item, index, attempts[0])
+            return await self._once(step, worker, item, index, attempts[0], fallback)
 
         return await call_with_retry(attempt, policy, tool=f"step {step.name}", key=self.run_id)
 
     async def _once(self, step: Step, worker: Any, item: Any, index: int | None,
-                    attempt: int) -> Any:
+                    attempt: int, fallback: bool) -> Any:
+        scope = _step_scope(step.name, index, fallback=fallback)
         if isinstance(worker, str):  # a tool
             assert step.args is not None
             arguments = dict(step.args(self.results, self.input if index is None else item))
-            scope = step.name if index is None else f"{step.name}[{index}]"
-            tools = self.ctx.system.tools
-            bound = tools.registry.get(worker).bind(arguments)
-            key = derive_key(self.run_id, scope, worker, bound)
-            return await tools.call(worker, key=key, **arguments)
+            # The one call of the step's unit of work: number 0, in every attempt and resume.
+            key = derive_key(worker, step_unit(self.run_id, scope), 0)
+            return await self.ctx.system.tools.call(worker, key=key, **arguments)
         pool = self.pipelines.worker_pool(self.pipeline, step, worker)
         request = RunStep(run_id=self.run_id, step=step.name, input=self.input,
                           results=dict(self.results), item=item, index=index, attempt=attempt)
-        trace = TraceContext(self.trace_id, new_span_id(), self.run_id)
+        # `scope` makes the request the step's unit of work: the tool calls the worker
+        # makes while handling it derive their keys from the run and the step.
+        trace = TraceContext(self.trace_id, new_span_id(), self.run_id, scope)
         return await pool.ask(request, timeout=step.timeout + 1.0, trace=trace)
 
     # --- outcomes ---------------------------------------------------------------------
@@ -303,24 +335,47 @@ class RunActor(Actor):
         self.pipelines.record_timing(self.pipeline.name, StepTiming(done.step, done.seconds,
                                                                     done.attempts))
         self.results[done.step] = result
-        await self.pipelines.checkpoints.save(
-            self.run_id, step=done.step, actor_path=self.ctx.path, state=self._progress())
-        await self.pipelines.runs.update(self.run_id, last_step=done.step, durable=False)
-        if isinstance(done.result, NeedsReview):
-            await self._finish("needs_review", error=done.result.reason)
+        if isinstance(result, NeedsReview):
+            # The review and the status in one write: no crash can leave a run whose
+            # checkpoint holds a review stored as `running`, free to go on by itself.
+            await self._finish("needs_review", error=result.reason, checkpoint=done.step)
             return
+        await self._checkpoint(done.step,
+                               self.pipelines.runs.change(self.run_id, last_step=done.step))
         self._advance()
 
+    async def _checkpoint(self, step: str, change: Update) -> None:
+        """Save the run's progress after `step` and `change` its record, in one store write."""
+        await self.pipelines.checkpoints.save(self.run_id, step=step, actor_path=self.ctx.path,
+                                              state=self._progress(), also=[change])
+
     async def _finish(self, status: str, *, error: str | None = None,
-                      failed_step: str | None = None) -> None:
+                      failed_step: str | None = None, checkpoint: str | None = None) -> None:
+        """End the run: store its status, then report the end and stop.
+
+        Args:
+            checkpoint: the step just completed, whose checkpoint is saved in the same
+                write as the status (None: the status alone).
+        """
         self.finished = True
         for task in self.running.values():
             task.cancel()
+        runs = self.pipelines.runs
         result = _ENCODER.encode(self.encoded)
-        await self.pipelines.runs.update(self.run_id, status=status, error=error, result=result,
-                                         failed_step=failed_step)
+        if checkpoint is None:
+            await runs.update(self.run_id, status=status, error=error, result=result,
+                              failed_step=failed_step)
+        else:
+            await self._checkpoint(checkpoint, runs.change(
+                self.run_id, status=status, error=error, result=result, failed_step=failed_step,
+                last_step=checkpoint))
         _log.info("run_finished", run_id=self.run_id, pipeline=self.pipeline.name, status=status,
                   failed_step=failed_step, error=error)
+        await self._ended(status, error, failed_step)
+
+    async def _ended(self, status: str, error: str | None, failed_step: str | None) -> None:
+        """Wake whoever waits for the run's outcome, and stop."""
+        self.finished = True
         self.pipelines.finished(self.run_id, status, dict(self.results), error, failed_step)
         await self.ctx.stop()
 

@@ -6,12 +6,17 @@ the runs at shutdown and a run interrupted by shutdown stays `running`). Every
 run has a record in the store; a run still `running` when its process died is
 listed by `interrupted()` and goes on from its last completed step with
 `resume(run_id)` (or automatically, when its pipeline is registered with
-`resume=True`)."""
+`resume=True`). A run that waits for a person (`needs_review`) never goes on:
+resuming it runs nothing and reports its `needs_review` outcome.
+
+At most `max_active_runs` runs are in flight; a run started past that is stored as
+`queued` and starts when a slot frees (see `admission`), also after a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
@@ -27,7 +32,9 @@ from roost.errors import (
     RunCancelled,
     RunInterrupted,
     StepFailed,
+    SystemBusy,
 )
+from roost.pipelines.admission import Admission
 from roost.pipelines.definition import Pipeline, Step
 from roost.pipelines.run import (
     CancelRun,
@@ -46,6 +53,8 @@ _ENCODER = msgspec.msgpack.Encoder()
 #: How many recent step timings are kept per pipeline.
 TIMINGS_KEPT = 10_000
 _RESULTS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+#: Statuses of runs that can never go on: their checkpoints may be pruned.
+_ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 class RunOutcome(msgspec.Struct, frozen=True):
@@ -70,6 +79,9 @@ class RunHandle:
 
     async def result(self) -> RunOutcome:
         """Wait for the run to end and return its outcome.
+
+        A run that waits for a person ends with an outcome of status `needs_review`,
+        the reason in `error`.
 
         Raises:
             StepFailed: a step failed (after retries and fallback) and was not optional.
@@ -98,10 +110,12 @@ class Pipelines:
     Args:
         system: the `ActorSystem` that owns them (typed loosely: pipelines sit below
             the runtime and must not import it).
+        max_active_runs: the most runs in flight at once; more wait in a durable queue.
     """
 
-    def __init__(self, system: Any) -> None:
+    def __init__(self, system: Any, *, max_active_runs: int = 1000) -> None:
         self.system = system
+        self.admission = Admission(max_active_runs)
         self._registered: dict[str, Pipeline] = {}
         self._root: asyncio.Future[ActorRef] | None = None
         self._pools: dict[tuple[str, str, str], ActorRef] = {}
@@ -183,8 +197,8 @@ class Pipelines:
         if ref is None or not ref.is_alive:
             name = step.name if worker is step.worker else f"{step.name}-fallback"
             group = self._pipeline_group(pipeline)
-            ref = self.system.engine.spawn_under(group, Pool.spec(name, worker, size=step.workers),
-                                          (), None, {})
+            spec = Pool.spec(name, worker, size=step.workers, capacity=step.capacity)
+            ref = self.system.engine.spawn_under(group, spec, (), None, {})
             self._pools[key] = ref
         return ref
 
@@ -198,34 +212,72 @@ class Pipelines:
     # --- runs -------------------------------------------------------------------------
 
     async def start(self, pipeline: Pipeline, input: Any = None, *,
-                    run_id: str | None = None) -> RunHandle:
-        """Start a run of `pipeline` with `input` and return its handle at once.
+                    run_id: str | None = None, wait: bool = True) -> RunHandle:
+        """Record a run of `pipeline` with `input` and return its handle once it is stored.
+
+        The run starts at once if fewer than `max_active_runs` runs are in flight;
+        otherwise it is stored as `queued` and starts when a slot frees (in the order
+        runs were started), in this process or, after a restart, when its pipeline is
+        registered with `resume=True`.
+
+        Args:
+            pipeline: the pipeline to run.
+            input: the run's input (stored with the run).
+            run_id: the run's id (generated if omitted).
+            wait: queue the run when every slot is taken (True), or refuse it with
+                `SystemBusy` (False).
 
         Raises:
             ConfigurationError: no store, or `run_id` is already used.
+            SystemBusy: `wait=False` and every slot is taken; nothing was stored.
         """
         await self.register(pipeline)
         run_id = run_id or uuid.uuid4().hex
-        await self.runs.create(run_id, pipeline=pipeline.name, input=_ENCODER.encode(input))
+        admission = self.admission
+        if not admission.has_room():
+            if not wait:
+                raise SystemBusy(pipeline.name, admission.active, admission.limit)
+            await self.runs.create(run_id, pipeline=pipeline.name, input=_ENCODER.encode(input),
+                                   status=RunStatus.QUEUED)
+            admission.wait(run_id, pipeline.name)
+            return RunHandle(self, run_id)
+        admission.take_slot(run_id)  # before the await: concurrent starts see it taken
+        try:
+            await self.runs.create(run_id, pipeline=pipeline.name, input=_ENCODER.encode(input))
+        except BaseException:
+            self._slot_freed(run_id)
+            raise
         await self._spawn_run(pipeline, run_id)
         return RunHandle(self, run_id)
 
     async def resume(self, run_id: str) -> RunHandle:
         """Continue a run from its last completed step (a no-op for a live or ended run).
 
+        A run that waits for a person is not continued: for one stored as
+        `needs_review` this does nothing, and for one whose checkpoint holds a step's
+        review while its record says `running` (left so by a crash of an older roost)
+        the run's actor stores it as `needs_review` without running a step. Either
+        way the handle's `result()` is the `needs_review` outcome, with the reason in
+        `error`.
+
         Raises:
             RunNotFound: no such run.
             ConfigurationError: its pipeline is not registered in this process.
         """
         record = await self.runs.get(run_id)
-        if record.status != RunStatus.RUNNING or run_id in self._live:
+        resumable = record.status in (RunStatus.RUNNING, RunStatus.QUEUED)
+        if not resumable or run_id in self._live or self.admission.is_waiting(run_id):
             return RunHandle(self, run_id)
         pipeline = self._registered.get(record.pipeline)
         if pipeline is None:
             raise ConfigurationError(
                 f"run {run_id!r} belongs to pipeline {record.pipeline!r}, which is not registered "
                 "here; call system.pipelines.register(pipeline) first")
-        await self._spawn_run(pipeline, run_id)
+        if self.admission.has_room():
+            self.admission.take_slot(run_id)
+            await self._spawn_run(pipeline, run_id)
+        else:
+            self.admission.wait(run_id, pipeline.name)
         return RunHandle(self, run_id)
 
     async def _spawn_run(self, pipeline: Pipeline, run_id: str) -> None:
@@ -238,6 +290,7 @@ class Pipelines:
 
     def _run_actor_ended(self, run_id: str) -> None:
         """A run's actor stopped for good: if the run did not end, it is interrupted."""
+        self._slot_freed(run_id)
         if run_id not in self._live:
             return  # it finished (and said so) first
         self._live.discard(run_id)
@@ -245,10 +298,46 @@ class Pipelines:
             if not future.done():
                 future.set_exception(RunInterrupted(run_id))
 
+    def _slot_freed(self, run_id: str) -> None:
+        """Give the slot `run_id` held to the oldest queued runs (started in the background)."""
+        for next_id, name in self.admission.release(run_id):
+            pipeline = self._registered[name]
+            task = self.system.loop.create_task(self._start_admitted(pipeline, next_id))
+            self.system.engine.own(task)
+
+    async def _start_admitted(self, pipeline: Pipeline, run_id: str) -> None:
+        try:
+            await self._spawn_run(pipeline, run_id)
+        except BaseException as error:  # e.g. the system stops: it stays queued in the store
+            self._slot_freed(run_id)
+            for future in self._waiters.pop(run_id, []):
+                if not future.done():
+                    future.set_exception(RunInterrupted(run_id))
+            if not isinstance(error, Exception):
+                raise
+
+    async def prune_finished(self, older_than: float) -> int:
+        """Delete the checkpoints of runs that ended (completed, failed or cancelled) more
+        than `older_than` seconds ago; their records stay, with their plain results.
+
+        Runs waiting for a person keep theirs. Returns how many checkpoints went.
+        """
+        cutoff = time.time() - older_than
+        ended = [r.run_id for status in _ENDED for r in await self.runs.list(status=status)
+                 if r.updated_at < cutoff]
+        return await self.checkpoints.delete_runs(ended)
+
+    def statistics(self) -> dict[str, int]:
+        """Runs in flight, runs queued for a slot, and the bound (`max_active_runs`)."""
+        return self.admission.statistics()
+
     async def interrupted(self) -> list[RunRecord]:
-        """Runs stored as `running` that no actor in this process is running."""
-        return [r for r in await self.runs.list(status=RunStatus.RUNNING)
-                if r.run_id not in self._live]
+        """Runs stored as `running` or `queued` that this process neither runs nor queues,
+        oldest first."""
+        records = [r for status in (RunStatus.RUNNING, RunStatus.QUEUED)
+                   for r in await self.runs.list(status=status)
+                   if r.run_id not in self._live and not self.admission.is_waiting(r.run_id)]
+        return sorted(records, key=lambda r: r.created_at)
 
     async def resume_interrupted(self) -> list[RunHandle]:
         """Resume every interrupted run whose pipeline is registered."""
@@ -260,7 +349,11 @@ class Pipelines:
         return await self.runs.list(status=status)
 
     async def cancel(self, run_id: str) -> None:
-        """Cancel a live run and wait for it to end."""
+        """Cancel a live or queued run and wait for it to end."""
+        if self.admission.leave(run_id):
+            await self.runs.update(run_id, status=RunStatus.CANCELLED, error="cancelled")
+            self.finished(run_id, "cancelled", {}, "cancelled", None)
+            return
         if run_id not in self._live:
             await self.runs.get(run_id)  # raises RunNotFound for an unknown run
             return  # it has ended already
@@ -271,10 +364,10 @@ class Pipelines:
 
     async def outcome(self, run_id: str) -> RunOutcome:
         """Wait until the run ends (at once if it has) and return its outcome."""
-        if run_id in self._live:
+        if run_id in self._live or self.admission.is_waiting(run_id):
             return await self._wait(run_id)
         record = await self.runs.get(run_id)
-        if record.status in (RunStatus.RUNNING, RunStatus.SUSPENDED):
+        if record.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.SUSPENDED):
             raise ConfigurationError(
                 f"run {run_id!r} is {record.status} but not live here; resume it first")
         pipeline = self._registered.get(record.pipeline)

@@ -22,15 +22,19 @@ import anyio
 import structlog
 
 from roost.actors._engine import Engine
+from roost.actors.messages import Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import as_child_spec
 from roost.errors import ActorNotFound, ConfigurationError, SystemNotRunning
 from roost.mailbox.dead_letters import DeadLetters
 from roost.pipelines.service import Pipelines
 from roost.runtime.log import configure_logging
+from roost.runtime.loop_monitor import LoopMonitor
 from roost.tools.client import Tools
 
 _log = structlog.get_logger("roost")
+#: Seconds between sweeps for checkpoints of runs past their retention.
+_SWEEP_INTERVAL = 3600.0
 
 
 class ActorSystem:
@@ -49,6 +53,16 @@ class ActorSystem:
         within: the root's restart-intensity window, in seconds.
         dead_letters_kept: how many recent dead letters stay inspectable.
         ledger_retention: how long settled idempotency keys are kept, in seconds.
+        checkpoints_kept: how many checkpoints of each run or checkpointed actor are
+            kept (0: all of them); each save deletes the one that falls out.
+        run_retention: seconds after which the checkpoints of an ended run
+            (completed, failed, cancelled) are deleted; its record and plain results
+            stay. Swept at start and then hourly, in small batches.
+        loop_lag_threshold: seconds of event-loop lag logged as `event_loop_blocked`
+            with the actor and message type that blocked it; None turns the
+            monitor off.
+        max_active_runs: the most pipeline runs in flight at once; runs started
+            past it are stored as `queued` and start as slots free.
         clock: monotonic seconds for supervision (inject a fake in tests).
         rand: uniform [0, 1) numbers for backoff jitter (inject in tests).
 
@@ -71,6 +85,10 @@ class ActorSystem:
         within: float = 10.0,
         dead_letters_kept: int = 1000,
         ledger_retention: float = 86_400.0,
+        checkpoints_kept: int = 3,
+        run_retention: float = 7 * 86_400.0,
+        loop_lag_threshold: float | None = 0.1,
+        max_active_runs: int = 1000,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -85,8 +103,12 @@ class ActorSystem:
         self.log_level = log_level
         self.dead_letters = DeadLetters(keep=dead_letters_kept)
         self.ledger_retention = ledger_retention
+        self.checkpoints_kept = checkpoints_kept
+        self.run_retention = run_retention
+        self.loop_monitor = (None if loop_lag_threshold is None
+                             else LoopMonitor(threshold=loop_lag_threshold))
         self.tools = Tools(clock)
-        self.pipelines = Pipelines(self)
+        self.pipelines = Pipelines(self, max_active_runs=max_active_runs)
         self._http: aiohttp.ClientSession | None = None
         self.clock = clock
         self.rand = rand
@@ -120,8 +142,11 @@ class ActorSystem:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._watch_root)
+        if self.loop_monitor is not None:
+            self.loop_monitor.start()
         if self.store is not None:
             self.engine.own(self.loop.create_task(self._prune_ledger()))
+            self.engine.own(self.loop.create_task(self._sweep_ended_runs()))
         _log.info("system_started", system=self.name, store=str(self.store_path))
         return self
 
@@ -184,6 +209,14 @@ class ActorSystem:
         if pruned:
             _log.info("ledger_pruned", entries=pruned)
 
+    async def _sweep_ended_runs(self) -> None:
+        """Delete checkpoints of runs ended past `run_retention`: at start, then hourly."""
+        while True:
+            pruned = await self.pipelines.prune_finished(self.run_retention)
+            if pruned:
+                _log.info("run_checkpoints_pruned", checkpoints=pruned)
+            await asyncio.sleep(_SWEEP_INTERVAL)
+
     async def _watch_root(self) -> None:
         assert self._failed is not None
         await self._failed.wait()
@@ -197,6 +230,8 @@ class ActorSystem:
 
     async def _shutdown(self) -> None:
         await self.engine.stop_root()
+        if self.loop_monitor is not None:
+            await self.loop_monitor.stop()
         self.tools.detach()
         if self._http is not None:
             await self._http.close()
@@ -219,7 +254,7 @@ class ActorSystem:
         self.store = await Store.open(self.store_path, durability=self.durability)
         # A store that can no longer write stops the system with its error (no hanging).
         self.store.on_failure(self.engine.fail)
-        self.checkpoints = CheckpointStore(self.store)
+        self.checkpoints = CheckpointStore(self.store, keep_last=self.checkpoints_kept)
 
     async def _close_store(self) -> None:
         if self.store is not None:
@@ -248,11 +283,13 @@ class ActorSystem:
             *args: positional arguments for the actor's `__init__`.
             name: the actor's name (its path is `/name`); generated if omitted.
             **options: `capacity`, `overflow`, `shutdown_timeout`, `poison_after` and
-                `restart` (default `transient`: restarted after a failure) set up
-                the actor; any other keyword goes to its `__init__`.
+                `restart` (default `transient`: restarted after a failure, also for a
+                `SupervisorSpec`) set up the actor; any other keyword goes to its
+                `__init__`.
 
         Raises:
-            ConfigurationError: `factory` is not an actor, or an option is invalid.
+            ConfigurationError: `factory` is not an actor, an option is invalid, or a
+                keyword is neither an option nor an `__init__` parameter.
             ActorNameTaken: a live top-level actor already has the name.
         """
         guardian = self._root(f"spawn {getattr(factory, '__name__', factory)!r}")
@@ -286,13 +323,23 @@ class ActorSystem:
         """Stop an actor (children first, then its `on_stop`) and wait until it has stopped."""
         await ref.stop()
 
-    async def join(self, ref: ActorRef) -> None:
-        """Wait until the actor has stopped (returns at once if it already has)."""
-        await self.engine.join(ref)
+    async def join(self, ref: ActorRef) -> Terminated:
+        """Wait until the actor has stopped (returns at once if it already has).
+
+        Returns:
+            How it ended: a `Terminated` with its reason (`normal`, `failure` or
+            `killed`) and, after a failure, the error.
+        """
+        return await self.engine.join(ref)
 
     def statistics(self) -> dict[str, Any]:
-        """Counts of live actors by state, busy actors, dead letters and abandoned tasks."""
+        """Counts of live actors by state, busy actors, dead letters and abandoned tasks,
+        and the event loop's lag in seconds (`loop_lag`: last, max, blocks reported)."""
         if self.engine is None:
-            return {"actors": 0, "states": {}, "busy": 0,
-                    "dead_letters": self.dead_letters.counts(), "abandoned": 0}
-        return self.engine.statistics()
+            counts = {"actors": 0, "states": {}, "busy": 0,
+                      "dead_letters": self.dead_letters.counts(), "abandoned": 0}
+        else:
+            counts = self.engine.statistics()
+        if self.loop_monitor is not None:
+            counts["loop_lag"] = self.loop_monitor.statistics()
+        return counts

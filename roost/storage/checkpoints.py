@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ import msgspec
 from roost.errors import CheckpointCorrupt, ConfigurationError, StoreError
 from roost.storage._keys import SEQ_SIZE, pack_seq, unpack_seq
 from roost.storage.codecs import Record, RecordCodec
-from roost.storage.ops import Append, Delete
+from roost.storage.ops import Append, Delete, Op
 from roost.storage.store import Store
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -30,6 +30,7 @@ _DB = "checkpoints"
 _SEPARATOR = b"\x00"
 # Deletes per commit while pruning: small enough to keep each transaction short.
 _PRUNE_BATCH = 1000
+_DELETE_BATCH = 256
 
 
 class Checkpoint(Record, tag="checkpoint", frozen=True, kw_only=True, gc=False):
@@ -89,15 +90,22 @@ class CheckpointStore:
 
     Args:
         store: the open store.
+        keep_last: how many checkpoints of each run (or actor) are kept; each save
+            deletes the one that falls out (0 keeps every checkpoint).
         clock: wall-clock time in seconds since the epoch (injectable for tests).
     """
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, *, keep_last: int = 3,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 0:
+            raise ConfigurationError(f"keep_last={keep_last!r} must be an int >= 0 (0 keeps "
+                                     "every checkpoint)")
         self._store = store
+        self._keep_last = keep_last
         self._clock = clock
 
     async def save(self, run_id: str, *, step: str, actor_path: str, state: bytes,
-                   durable: bool | None = None) -> Checkpoint:
+                   durable: bool | None = None, also: Sequence[Op] = ()) -> Checkpoint:
         """Save the next checkpoint of run `run_id` and wait until it is stored.
 
         Args:
@@ -106,6 +114,9 @@ class CheckpointStore:
             actor_path: the actor whose state it is.
             state: the state's bytes (`encode_state` makes them from a struct).
             durable: wait for the flush to disk; None uses the store's durability mode.
+            also: other operations to commit in the same transaction, after the
+                checkpoint, all or nothing: e.g. the run record's change
+                (`RunStore.change`), so a crash cannot keep one without the other.
 
         Returns:
             The stored checkpoint, with its sequence number.
@@ -113,6 +124,7 @@ class CheckpointStore:
         Raises:
             ConfigurationError: an invalid run id.
             StoreError: the write failed (nothing was saved).
+            RoostError: an operation in `also` refused the write (nothing was saved).
 
         If cancelled, the checkpoint may still be saved.
         """
@@ -123,7 +135,8 @@ class CheckpointStore:
         def encoded(seq: int) -> bytes:
             return _CODEC.encode(msgspec.structs.replace(template, seq=seq))
 
-        [seq] = await self._store.commit([Append(_DB, prefix, encoded)], durable=durable)
+        [seq, *_] = await self._store.commit([Append(_DB, prefix, encoded, self._keep_last), *also],
+                                             durable=durable)
         return msgspec.structs.replace(template, seq=seq)
 
     async def latest(self, run_id: str) -> Checkpoint | None:
@@ -180,6 +193,24 @@ class CheckpointStore:
         sweep.finish_run()
         await self._delete(sweep.take())
         return Pruned(checkpoints=sweep.deleted, runs=sweep.runs)
+
+    async def delete_runs(self, run_ids: Iterable[str]) -> int:
+        """Delete every checkpoint of the runs `run_ids` (e.g. finished ones past retention).
+
+        Deletes go to the writer in batches of a few hundred, so a large sweep never
+        holds one long write transaction. Returns how many checkpoints were deleted.
+        """
+        doomed: builtins.list[bytes] = []
+        deleted = 0
+        for run_id in run_ids:
+            doomed.extend([key async for key, _ in self._store.scan(_DB, prefix=self._prefix(run_id))])
+            if len(doomed) >= _DELETE_BATCH:
+                deleted += len(doomed)
+                await self._delete(doomed)
+                doomed = []
+        deleted += len(doomed)
+        await self._delete(doomed)
+        return deleted
 
     async def _delete(self, keys: builtins.list[bytes]) -> None:
         if keys:

@@ -22,6 +22,7 @@ _DB = "runs"
 class RunStatus(enum.StrEnum):
     """Where a run is in its life."""
 
+    QUEUED = "queued"  # accepted, waiting for a slot (see ActorSystem(max_active_runs=...))
     RUNNING = "running"
     SUSPENDED = "suspended"
     NEEDS_REVIEW = "needs_review"
@@ -130,6 +131,27 @@ class RunStore:
             RecordCorrupt: the stored record does not decode.
             StoreError: the write failed.
         """
+        change = self.change(run_id, status=status, last_step=last_step, error=error,
+                             result=result, failed_step=failed_step)
+        [stored] = await self._store.commit([change], durable=durable)
+        return _CODEC.decode(change.key, stored)
+
+    def change(self, run_id: str, *, status: RunStatus | str | UnsetType = UNSET,
+               last_step: str | UnsetType | None = UNSET,
+               error: str | UnsetType | None = UNSET,
+               result: bytes | UnsetType | None = UNSET,
+               failed_step: str | UnsetType | None = UNSET) -> Update:
+        """The store operation that `update` commits, to commit it with other writes at once.
+
+        A run's step checkpoint and its status change must be one write, so that a
+        crash cannot store one without the other: pass the operation in `also=` of
+        `CheckpointStore.save`. Fields and `updated_at` change as in `update`; the
+        operation's result in `Store.commit` is the updated record's bytes, and it
+        refuses the whole commit with `RunNotFound` if no run has this id.
+
+        Raises:
+            ConfigurationError: an invalid run id or status.
+        """
         key = self._key(run_id)
         changes: dict[str, Any] = {
             name: value for name, value in (("last_step", last_step), ("error", error),
@@ -144,8 +166,7 @@ class RunStore:
                 raise RunNotFound(run_id)
             return _CODEC.encode(msgspec.structs.replace(_CODEC.decode(key, current), **changes))
 
-        [stored] = await self._store.commit([Update(_DB, key, update)], durable=durable)
-        return _CODEC.decode(key, stored)
+        return Update(_DB, key, update)
 
     async def list(self, status: RunStatus | str | None = None) -> builtins.list[RunRecord]:
         """Every run record in run id order, or only those with `status`.

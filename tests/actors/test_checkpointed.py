@@ -168,3 +168,51 @@ async def test_concurrent_checkpoints_from_many_actors_share_commits(tmp_path: P
         await asyncio.gather(*(c.ask(Add("a")) for c in counters))
         commits = system.store.statistics().commits - before
         assert commits < 25
+
+
+class Basket(msgspec.Struct):
+    items: list[Any] = msgspec.field(default_factory=list)
+    notes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Put_(roost.Message):
+    item: Any
+    under: str | None = None
+
+
+class Keeper(roost.Actor):
+    state_type = Basket
+
+    def __init__(self) -> None:
+        self.state = Basket()
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Put_(item=item, under=None):
+                self.state.items.append(item)
+            case Put_(item=item, under=str(key)):
+                self.state.notes[key] = {"inner": [1, item]}
+            case Get():
+                return self.state
+        await self.checkpoint(step="put")
+        return len(self.state.items)
+
+
+@pytest.mark.parametrize(("message", "field"), [
+    (Put_(object()), r"state\.items\[1\]"),
+    (Put_(object(), under="k"), r"state\.notes\['k'\]\['inner'\]\[1\]"),
+])
+async def test_unencodable_state_fails_the_actor_naming_the_field_and_it_restarts_from_the_last_checkpoint(
+        tmp_path: Path, message: Put_, field: str) -> None:
+    async with roost.ActorSystem(store=tmp_path, log_format="json", log_level="critical") as system:
+        keeper = system.spawn(Keeper, name="keeper")
+        assert await keeper.ask(Put_("apple"), timeout=5) == 1
+
+        with pytest.raises(roost.CheckpointUnencodable,
+                           match=rf"/keeper: cannot checkpoint its Basket state: {field} cannot be "
+                                 r"encoded \(.*object.*\); keep only msgspec-encodable values"):
+            await keeper.ask(message, timeout=5)
+
+        state = await keeper.ask(Get(), timeout=5)  # a fresh instance, hydrated
+        assert state.items == ["apple"] and state.notes == {}
+        assert keeper.statistics()["restarts"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
 
 import pytest
@@ -159,9 +160,56 @@ async def test_a_pool_without_live_workers_says_so_to_the_asker(system: roost.Ac
         ({"restart": "sometimes"}, r"restart must be one of .*got 'sometimes'"),
         ({"poison_after": 0}, r"poison_after must be a whole number >= 1, got 0"),
         ({"strategy": "none"}, r"strategy must be one of .*got 'none'"),
+        ({"capcity": 10}, r"^Pool 'pool': unknown option 'capcity' \(did you mean 'capacity'\?\); "
+                          r"valid options are capacity, overflow, poison_after, shutdown_timeout "
+                          r"\(besides size, args, kwargs, routing, restart, strategy, max_restarts, "
+                          r"within, backoff\)$"),
     ],
 )
 def test_a_bad_pool_setting_is_named_with_its_value(options: dict[str, Any], pattern: str) -> None:
     settings: dict[str, Any] = {"size": 2, **options}
     with pytest.raises(ConfigurationError, match=pattern):
         Pool.spec("pool", Worker, **settings)
+
+
+class SlowStop(roost.Actor):
+    """Takes `seconds` to stop, and says when it did."""
+
+    def __init__(self, seconds: float, stopped: list[str]) -> None:
+        self.seconds = seconds
+        self.stopped = stopped
+
+    async def on_stop(self) -> None:
+        await asyncio.sleep(self.seconds)
+        self.stopped.append(self.ctx.path)
+
+    async def receive(self, message: Any) -> Any:
+        return None
+
+
+async def test_a_pools_workers_stop_together_within_one_shutdown_timeout(
+    system: roost.ActorSystem,
+) -> None:
+    stopped: list[str] = []
+    pool = await system.start(Pool.spec("pool", SlowStop, size=3, args=(0.3, stopped)))
+    started = time.monotonic()
+    await pool.stop()
+    elapsed = time.monotonic() - started
+    assert sorted(stopped) == ["/pool/pool-1", "/pool/pool-2", "/pool/pool-3"]
+    assert elapsed < 0.6, f"one after another would take 0.9 s; took {elapsed:.2f} s"
+
+
+class Echo(roost.Actor):
+    async def receive(self, message: Any) -> Any:
+        await asyncio.sleep(0)
+        return message.n
+
+
+async def test_a_pool_whose_workers_mailboxes_are_full_waits_for_room_instead_of_failing(
+        system: roost.ActorSystem) -> None:
+    pool = system.spawn(Pool.spec("echo", Echo, size=2, capacity=2))
+
+    replies = await asyncio.gather(*(pool.ask(Work(n), timeout=5) for n in range(200)))
+
+    assert replies == list(range(200))
+    assert system.dead_letters.counts() == {}

@@ -175,7 +175,7 @@ async def test_tell_on_a_full_wait_mailbox_raises_mailbox_full(
     with pytest.raises(roost.MailboxFull, match=r"/full: mailbox full \(capacity=4\)"):
         ref.tell(5)
     with pytest.raises(roost.MailboxFull, match="capacity=4"):
-        await ref.ask(6)
+        ref.tell(6)
 
     gate.set()
     assert system.dead_letters.counts() == {"mailbox_full": 2}
@@ -326,6 +326,143 @@ async def test_ask_returns_what_receive_returned(system: roost.ActorSystem) -> N
     ref = system.spawn(Echo, name="echo")
 
     assert await ref.ask(Ping(3)) == Ping(3)
+
+
+@pytest.mark.anyio
+async def test_an_ask_after_a_thousand_tells_filled_the_mailbox_waits_for_room_and_is_answered(
+    system: roost.ActorSystem,
+) -> None:
+    received: list[Any] = []
+    ref = system.spawn(Recorder, received, name="flooded", capacity=1000)
+    for n in range(1000):  # all before the actor runs: the mailbox is full
+        ref.tell(n)
+
+    assert await ref.ask(Ping(1000), timeout=5) == Ping(1000)
+
+    assert received == [*range(1000), Ping(1000)]
+    assert len(system.dead_letters) == 0
+
+
+@pytest.mark.anyio
+async def test_an_ask_that_times_out_waiting_for_room_raises_ask_timeout_and_queues_nothing(
+    system: roost.ActorSystem, gate: anyio.Event, holding: anyio.Event
+) -> None:
+    received: list[Any] = []
+    ref = system.spawn(Recorder, received, gate=gate, holding=holding, name="jammed", capacity=2)
+    ref.tell(0)
+    await holding.wait()
+    ref.tell(1)
+    ref.tell(2)
+
+    with pytest.raises(roost.AskTimeout, match=r"^/jammed: no reply to Ping within 0\.05s") as caught:
+        await ref.ask(Ping(3), timeout=0.05)
+
+    assert (caught.value.actor, caught.value.message, caught.value.timeout) == (
+        "/jammed", Ping(3), 0.05)
+    statistics = ref.statistics()
+    assert (statistics["depth"], statistics["waiting_senders"]) == (2, 0)
+    gate.set()
+    assert await ref.ask(4) == 4  # served after everything queued before it
+    assert received == [0, 1, 2, 4]
+    assert len(system.dead_letters) == 0
+
+
+@pytest.mark.anyio
+async def test_an_ask_waiting_for_room_takes_its_turn_behind_senders_already_waiting(
+    system: roost.ActorSystem, gate: anyio.Event, holding: anyio.Event
+) -> None:
+    received: list[Any] = []
+    ref = system.spawn(Recorder, received, gate=gate, holding=holding, name="queue", capacity=1)
+    ref.tell(0)
+    await holding.wait()
+    ref.tell(1)
+    results: list[Any] = []
+
+    async def ask() -> None:
+        results.append(await ref.ask(3, timeout=5))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ref.send, 2)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(ask)
+        await anyio.wait_all_tasks_blocked()
+        assert ref.statistics()["waiting_senders"] == 2
+        gate.set()
+
+    assert received == [0, 1, 2, 3]
+    assert results == [3]
+
+
+@pytest.mark.anyio
+async def test_an_ask_waiting_for_room_fails_with_actor_stopped_when_the_actor_stops(
+    system: roost.ActorSystem, gate: anyio.Event, holding: anyio.Event
+) -> None:
+    ref = system.spawn(Recorder, [], gate=gate, holding=holding, name="closing", capacity=1)
+    ref.tell(0)
+    await holding.wait()
+    ref.tell(1)
+    results: list[Any] = []
+
+    async def ask() -> None:
+        results.append(await outcome(ref.ask(Ping(2), timeout=5)))
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(ref.stop)
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+
+    [result] = results
+    assert isinstance(result, roost.ActorStopped)
+    assert result.actor == "/closing"
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.anyio
+async def test_a_timeout_error_raised_by_receive_reaches_an_ask_that_waited_for_room(
+    system: roost.ActorSystem, gate: anyio.Event, holding: anyio.Event
+) -> None:
+    class Impatient(Recorder):
+        async def receive(self, message: Any) -> Any:
+            if message == "late":
+                raise TimeoutError("the upstream did not answer")
+            return await super().receive(message)
+
+    ref = system.spawn(Impatient, [], gate=gate, holding=holding, name="impatient", capacity=1)
+    ref.tell(0)
+    await holding.wait()
+    ref.tell(1)
+    results: list[Any] = []
+
+    async def ask() -> None:
+        results.append(await outcome(ref.ask("late", timeout=5)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask)
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+
+    [result] = results
+    assert type(result) is TimeoutError
+    assert str(result) == "the upstream did not answer"
+
+
+@pytest.mark.anyio
+async def test_an_ask_on_a_full_fail_mailbox_raises_mailbox_full_at_once(
+    system: roost.ActorSystem, gate: anyio.Event, holding: anyio.Event
+) -> None:
+    ref = system.spawn(Recorder, [], gate=gate, holding=holding, name="strict", capacity=1,
+                       overflow="fail")
+    ref.tell(0)
+    await holding.wait()
+    ref.tell(1)
+
+    with pytest.raises(roost.MailboxFull, match=r"^/strict: mailbox full \(capacity=1\), refused Ping"):
+        await ref.ask(Ping(2), timeout=5)
+
+    assert [d.reason for d in system.dead_letters.recent()] == ["mailbox_full"]
 
 
 @pytest.mark.anyio

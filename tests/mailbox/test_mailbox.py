@@ -258,6 +258,23 @@ async def test_a_put_nowait_cannot_jump_ahead_of_waiting_senders() -> None:
 
 
 @pytest.mark.anyio
+async def test_full_holds_while_no_slot_is_free_or_a_freed_slot_is_promised_to_a_waiting_sender(
+) -> None:
+    mailbox, _ = make(capacity=2)
+    assert not mailbox.full
+    fill(mailbox, "a", "b")
+    assert mailbox.full
+    [waiting] = await put_all(mailbox, "c")
+
+    assert mailbox.get_nowait() is not None
+    assert mailbox.full  # one message queued, but the free slot is the waiting sender's
+    await waiting
+    assert mailbox.get_nowait() is not None
+
+    assert not mailbox.full
+
+
+@pytest.mark.anyio
 async def test_a_sender_cancelled_while_waiting_gives_up_its_place_to_the_next() -> None:
     mailbox, _ = make(capacity=1)
     fill(mailbox, "queued")

@@ -24,7 +24,7 @@ from roost.errors import PermanentToolError, RunCancelled, StepFailed, Transient
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.run import NeedsReview, RunProgress
 from roost.pipelines.service import RunOutcome
-from roost.storage import RunStatus
+from roost.storage import CheckpointStore, RunStatus, RunStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]
 
@@ -626,6 +626,41 @@ async def test_a_step_returning_needs_review_ends_the_run_for_review(
     record = await system.pipelines.runs.get("run-1")
     assert (record.status, record.last_step) == ("needs_review", "check")
     assert await run.status() == "needs_review"
+
+
+async def test_no_write_leaves_a_steps_review_checkpointed_while_the_run_is_still_running(
+        system: roost.ActorSystem, board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a crash right after any write would leave: never a review on a running run."""
+    @board.on("check")
+    async def check(request: RunStep) -> Any:
+        return NeedsReview("unsure")
+
+    store = system.store
+    commit = store.commit
+    after_checkpoints: list[tuple[str, dict[str, str], RunStatus]] = []
+
+    async def observed(ops: Any, *, durable: bool | None = None) -> list[Any]:
+        results = await commit(ops, durable=durable)
+        if any(getattr(op, "db", None) == "checkpoints" for op in ops):
+            latest = await CheckpointStore(store).latest("run-1")
+            assert latest is not None
+            progress = msgspec.msgpack.decode(latest.state, type=RunProgress)
+            status = (await RunStore(store).get("run-1")).status
+            after_checkpoints.append((latest.step, progress.reviews, status))
+        return results
+
+    monkeypatch.setattr(store, "commit", observed)
+    pipeline = Pipeline("review", [
+        Step("draft", Worker),
+        Step("check", Worker, after="draft"),
+        Step("send", Worker, after="check"),
+    ])
+    run = await system.pipelines.start(pipeline, run_id="run-1")
+    outcome = await run.result()
+
+    assert outcome.status == "needs_review"
+    assert after_checkpoints == [("draft", {}, RunStatus.RUNNING),
+                                 ("check", {"check": "unsure"}, RunStatus.NEEDS_REVIEW)]
 
 
 async def test_a_cancelled_run_stops_its_steps_and_ends_cancelled(

@@ -20,7 +20,7 @@ import pytest
 import roost
 from roost.errors import ConfigurationError, RunNotFound
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
-from roost.pipelines.run import NeedsReview
+from roost.pipelines.run import NeedsReview, RunProgress
 from roost.pipelines.service import RunHandle, RunOutcome
 from roost.storage import RunStatus
 
@@ -192,7 +192,7 @@ async def test_list_gives_every_run_or_only_those_with_one_status(
 
 async def test_listing_an_unknown_status_names_the_valid_ones(system: roost.ActorSystem) -> None:
     with pytest.raises(ConfigurationError,
-                       match=r"status='done' is not a run status; use one of running, suspended"):
+                       match=r"status='done' is not a run status; use one of queued, running, suspended"):
         await system.pipelines.list("done")
 
 
@@ -354,6 +354,88 @@ async def test_an_ended_runs_outcome_is_read_back_by_a_later_system(
         stored = await outcome_of(await system.pipelines.resume("run-1"))
     assert stored == live == RunOutcome("run-1", "completed", {
         "classify": Ticket("ada@example.org", "urgent"), "reply": "reply:done"})
+
+
+async def test_checkpoints_of_runs_ended_past_retention_are_pruned_and_their_outcome_remains(
+        system: roost.ActorSystem, board: Board) -> None:
+    async def unsure(request: RunStep) -> Any:
+        return NeedsReview("check the amount")
+
+    simple = Pipeline("simple", [Step("one", Worker), Step("two", Worker, after="one")])
+    done = await outcome_of(await system.pipelines.start(simple, run_id="done"))
+    board.behaviours["check"] = unsure
+    await outcome_of(await system.pipelines.start(reviewed(), "order-1", run_id="waiting"))
+
+    pruned = await system.pipelines.prune_finished(older_than=0)
+
+    checkpoints = system.pipelines.checkpoints
+    assert pruned == 2 and await checkpoints.list("done") == []
+    assert await checkpoints.latest("waiting") is not None  # a person may still decide
+    assert await outcome_of(await system.pipelines.resume("done")) == done
+    assert await system.pipelines.prune_finished(older_than=3600) == 0
+
+
+# --- runs that wait for a person -------------------------------------------------------
+
+
+def reviewed() -> Pipeline:
+    """draft -> check (asks for review in these tests) -> charge (a side effect)."""
+    return Pipeline("reviewed", [
+        Step("draft", Worker),
+        Step("check", Worker, after="draft"),
+        Step("charge", tool="charge", after="check", args=lambda results, input: {"order": input}),
+    ])
+
+
+async def test_resuming_a_run_that_needs_review_runs_nothing_and_gives_its_needs_review_outcome(
+        store: Path, board: Board) -> None:
+    async def unsure(request: RunStep) -> Any:
+        return NeedsReview("refund over the limit")
+
+    board.behaviours["check"] = unsure
+    async with new_system(store) as system:
+        live = await outcome_of(await system.pipelines.start(reviewed(), "order-1",
+                                                             run_id="run-1"))
+
+    async with new_system(store) as system:
+        assert await system.pipelines.register(reviewed(), resume=True) == []
+        assert await system.pipelines.interrupted() == []
+        resumed = await outcome_of(await system.pipelines.resume("run-1"))
+        record = await system.pipelines.runs.get("run-1")
+
+    assert resumed == live == RunOutcome("run-1", "needs_review", {
+        "draft": "draft:done", "check": NeedsReview("refund over the limit")},
+        error="refund over the limit")
+    assert (record.status, record.last_step) == ("needs_review", "check")
+    assert board.steps_run() == ["draft", "check"]
+    assert board.effects == []
+
+
+async def test_a_run_left_running_with_a_review_in_its_checkpoint_ends_needs_review_on_resume(
+        store: Path, board: Board) -> None:
+    """The state a crash between the review's checkpoint and the status write used to leave."""
+    async with new_system(store) as system:
+        await system.pipelines.runs.create("run-1", pipeline="reviewed",
+                                           input=msgspec.msgpack.encode("order-1"))
+        progress = RunProgress(
+            results={"draft": msgspec.Raw(msgspec.msgpack.encode("draft:done"))}, failures={},
+            reviews={"check": "refund over the limit"}, skipped=[], trace_id="trace-1")
+        await system.pipelines.checkpoints.save(
+            "run-1", step="check", actor_path="/pipelines/runs/run-1",
+            state=msgspec.msgpack.encode(progress))
+
+    async with new_system(store) as system:
+        [handle] = await system.pipelines.register(reviewed(), resume=True)
+        outcome = await outcome_of(handle)
+        again = await outcome_of(await system.pipelines.resume("run-1"))
+        record = await system.pipelines.runs.get("run-1")
+
+    assert outcome == again == RunOutcome("run-1", "needs_review", {
+        "draft": "draft:done", "check": NeedsReview("refund over the limit")},
+        error="refund over the limit")
+    assert record.status == "needs_review"
+    assert board.steps_run() == []
+    assert board.effects == []
 
 
 # --- what a resumed run's steps see ---------------------------------------------------

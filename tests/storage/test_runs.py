@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from roost.errors import ConfigurationError, RecordCorrupt, RunNotFound
-from roost.storage import Put, RunRecord, RunStatus, RunStore, Store
+from roost.storage import CheckpointStore, Put, RunRecord, RunStatus, RunStore, Store
 from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -73,6 +73,35 @@ async def test_reading_or_updating_an_unknown_run_raises_run_not_found(runs: Run
         await runs.update("ghost", status="completed")
 
 
+async def test_a_change_saved_with_a_checkpoint_is_stored_in_the_same_write(
+        store: Store, runs: RunStore, clock: FakeClock) -> None:
+    checkpoints = CheckpointStore(store, clock=clock)
+    await runs.create("run-1", pipeline="p")
+    clock.now += 5
+    writes = store.statistics().writes
+
+    saved = await checkpoints.save("run-1", step="check", actor_path="/run", state=b"s",
+                                   also=[runs.change("run-1", status=RunStatus.NEEDS_REVIEW,
+                                                     last_step="check", error="unsure")])
+
+    assert store.statistics().writes == writes + 1
+    assert await checkpoints.latest("run-1") == saved
+    record = await runs.get("run-1")
+    assert (record.status, record.last_step, record.error, record.updated_at) \
+        == (RunStatus.NEEDS_REVIEW, "check", "unsure", 1_005.0)
+
+
+async def test_a_checkpoint_whose_run_change_is_refused_is_not_saved_either(
+        store: Store, runs: RunStore) -> None:
+    checkpoints = CheckpointStore(store)
+
+    with pytest.raises(RunNotFound, match="no run with id 'ghost'"):
+        await checkpoints.save("ghost", step="check", actor_path="/run", state=b"s",
+                               also=[runs.change("ghost", status=RunStatus.NEEDS_REVIEW)])
+
+    assert await checkpoints.latest("ghost") is None
+
+
 async def test_list_returns_every_run_or_those_with_a_status(runs: RunStore) -> None:
     await runs.create("b", pipeline="p")
     await runs.create("a", pipeline="p", status=RunStatus.COMPLETED)
@@ -88,7 +117,7 @@ async def test_an_invalid_status_is_refused_with_the_allowed_ones(runs: RunStore
     await runs.create("run-1", pipeline="p")
 
     with pytest.raises(ConfigurationError, match="status='done' is not a run status; use one "
-                                                 "of running, suspended, needs_review"):
+                                                 "of queued, running, suspended, needs_review"):
         await runs.update("run-1", status="done")
 
 
