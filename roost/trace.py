@@ -15,7 +15,9 @@ from typing import Any
 import msgspec
 
 # Trace ids need to be unique, not secret: a seeded generator avoids a syscall per id.
+# A forked child reseeds, or it would repeat its parent's ids.
 _random = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
 
 #: The actor cell whose task is running (None outside any actor). Set once per drain
 #: task; the cell's `current` attribute is the envelope being handled.
@@ -44,11 +46,17 @@ class TraceContext(msgspec.Struct, frozen=True, gc=False):
         trace_id: 32 hex digits shared by every hop of one request.
         span_id: the span that sent the message (the receiver's parent span).
         run_id: the pipeline run the message belongs to, if any.
+        step: set only on a run's request to a worker: the step it asks for (`name`,
+            `name/3` for item 3 of a map step, `name/fallback` for its fallback).
+            Tool calls made while handling that request derive their idempotency
+            keys from the run and this step. Messages the worker sends on do not
+            carry it: each of them is a unit of work of its own.
     """
 
     trace_id: str
     span_id: str | None = None
     run_id: str | None = None
+    step: str | None = None
 
     @classmethod
     def new(cls, run_id: str | None = None) -> TraceContext:

@@ -192,6 +192,16 @@ def test_a_handling_continues_its_incoming_trace_and_run_in_a_span_of_its_own() 
     assert envelope.trace_context() is outgoing  # created once, then kept
 
 
+def test_a_steps_request_does_not_pass_its_step_on_to_what_its_handler_sends() -> None:
+    incoming = TraceContext("ab" * 16, "cd" * 8, "run-42", "draft")
+    envelope = Envelope("message", trace=incoming)
+
+    outgoing = envelope.trace_context()
+
+    assert (outgoing.trace_id, outgoing.run_id, outgoing.step) == (
+        incoming.trace_id, "run-42", None)
+
+
 def test_a_handling_without_an_incoming_trace_starts_one() -> None:
     envelope = Envelope("message")
 

@@ -6,6 +6,7 @@ the runtime state machine that every caller of that tool shares:
     closed --(failure threshold)--> open --(cooldown)--> half-open
     half-open --(the one probe succeeds)--> closed
     half-open --(the probe fails)--> open (the cooldown starts again)
+    any --force_open()--> open (until reset())      any --reset()--> closed
 
 A caller asks for a `Permit` before each call and reports the outcome with it:
 
@@ -17,7 +18,8 @@ A caller asks for a `Permit` before each call and reports the outcome with it:
         raise
     breaker.on_success(permit)
 
-All durations are seconds of the injected clock (`time.monotonic` by default).
+All durations and times are seconds of the injected clock (`time.monotonic` by
+default). `BreakerView` is what users get from `system.tools.breaker(name)`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "Breaker",
     "BreakerState",
     "BreakerStatistics",
+    "BreakerTransition",
+    "BreakerView",
     "CircuitBreaker",
     "ErrorFilter",
     "Permit",
@@ -53,8 +57,8 @@ ErrorFilter = (
 )
 """Which errors a rule applies to: exception types, or a predicate on the error."""
 
-Listener = Callable[[str, "BreakerState", "BreakerState"], object]
-"""Called as `listener(tool, old_state, new_state)` after every state change."""
+Listener = Callable[["BreakerTransition"], object]
+"""Called as `listener(transition)` after every state change."""
 
 DEFAULT_COUNTS: Final = (TransientToolError, TimeoutError, OSError)
 """Errors that count as failures unless `Breaker.counts` says otherwise (OSError
@@ -134,6 +138,29 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+class BreakerTransition(msgspec.Struct, frozen=True, kw_only=True):
+    """One change of a breaker's state, as its listeners hear it.
+
+    Attributes:
+        tool: The tool the breaker guards.
+        old: The state before.
+        new: The state after.
+        at: Clock time of the change (the breaker's clock, like `retry_at`).
+        reason: Why: `failures` (consecutive failures reached the threshold),
+            `failure_rate`, `probe_failed`, `cooldown_ended`, `probe_succeeded`,
+            `forced_open` or `reset`.
+        cause: The error that opened the breaker, for a change to open by a
+            failure; None otherwise.
+    """
+
+    tool: str
+    old: BreakerState
+    new: BreakerState
+    at: float
+    reason: str
+    cause: BaseException | None = None
+
+
 class Permit:
     """Leave to make one call; hand it back with `on_success`, `on_failure` or `release`.
 
@@ -157,7 +184,9 @@ class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     Attributes:
         tool: The tool the breaker guards.
         state: Its state when the snapshot was taken.
-        retry_at: Clock time the cooldown ends, when open; otherwise None.
+        opened_at: Clock time it last opened, unless it is closed; otherwise None.
+        retry_at: Clock time the cooldown ends, when open (inf when forced open);
+            otherwise None.
         probe_in_flight: Whether the half-open probe permit is out.
         consecutive_failures: Counted failures since the last success.
         window_calls: Calls in the failure-rate window (0 when that rule is off).
@@ -171,6 +200,7 @@ class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     tool: str
     state: BreakerState
+    opened_at: float | None
     retry_at: float | None
     probe_in_flight: bool
     consecutive_failures: int
@@ -211,6 +241,10 @@ class CircuitBreaker:
         self._closed_permit = Permit(probe=False)
         self._probe: Permit | None = None
         self._retry_at = 0.0
+        self._opened_at: float | None = None
+        self._opened_by: BaseException | None = None
+        self._forced = False
+        self._last_error: BaseException | None = None
         self._consecutive = 0
         self._successes = 0
         self._failures = 0
@@ -222,8 +256,18 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         """The current state; an open breaker whose cooldown has ended turns half-open."""
         if self._state is BreakerState.OPEN and self._clock() >= self._retry_at:
-            self._change_state(BreakerState.HALF_OPEN)
+            self._change_state(BreakerState.HALF_OPEN, "cooldown_ended")
         return self._state
+
+    @property
+    def opened_at(self) -> float | None:
+        """Clock time the breaker last opened, unless it is closed; otherwise None."""
+        return None if self.state is BreakerState.CLOSED else self._opened_at
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The last failure the breaker counted (None before the first and after `reset`)."""
+        return self._last_error
 
     def acquire(self) -> Permit:
         """Ask leave to make one call. Never waits.
@@ -233,9 +277,10 @@ class CircuitBreaker:
 
         Raises:
             ToolUnavailable: The breaker is open, or half-open with its one probe
-                already out. `retry_at`/`retry_in` say when the cooldown ends; while
-                a probe is out they are a full cooldown from now, since the probe
-                may fail and restart it.
+                already out; its `cause` is the error that opened the breaker.
+                `retry_at`/`retry_in` say when the cooldown ends; while a probe is
+                out they are a full cooldown from now, since the probe may fail and
+                restart it.
         """
         if self._state is BreakerState.CLOSED:
             return self._closed_permit
@@ -243,14 +288,15 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN:
             if now < self._retry_at:
                 self._rejected += 1
-                raise ToolUnavailable(self.tool, self._retry_at, self._retry_at - now)
-            self._change_state(BreakerState.HALF_OPEN)
+                raise ToolUnavailable(self.tool, self._retry_at, self._retry_at - now,
+                                      self._opened_by, forced=self._forced)
+            self._change_state(BreakerState.HALF_OPEN, "cooldown_ended")
         if self._probe is None:
             self._probe = Permit(probe=True)
             return self._probe
         self._rejected += 1
         cooldown = self.config.cooldown
-        raise ToolUnavailable(self.tool, now + cooldown, cooldown)
+        raise ToolUnavailable(self.tool, now + cooldown, cooldown, self._opened_by)
 
     def on_success(self, permit: Permit) -> None:
         """Report that the call made with `permit` succeeded; a probe's success closes."""
@@ -260,7 +306,7 @@ class CircuitBreaker:
             if self._window is not None:
                 self._window.record(self._clock(), failed=False)
         elif permit is self._probe:
-            self._change_state(BreakerState.CLOSED)
+            self._change_state(BreakerState.CLOSED, "probe_succeeded")
 
     def on_failure(self, permit: Permit, error: BaseException) -> None:
         """Report that the call made with `permit` raised `error`.
@@ -269,30 +315,61 @@ class CircuitBreaker:
         Exception (cancellation), is ignored and gives the probe permit back. A
         counted failure of the probe opens the breaker again; in the closed
         state it may open it. The caller still raises its own error.
+
+        A `counts` predicate that raises is a bug to fix, but must not leave the
+        breaker stuck: it is logged (`breaker_counts_failed`) and the error counts
+        as a failure, so a probe's permit is not lost.
         """
-        if not isinstance(error, Exception) or not error_matches(self._counts, error):
+        if not isinstance(error, Exception) or not self._counted(error):
             self._ignored += 1
             self.release(permit)
             return
         self._failures += 1
+        self._last_error = error
         if permit is self._probe:
-            self._change_state(BreakerState.OPEN)
+            self._change_state(BreakerState.OPEN, "probe_failed", error)
         elif permit is self._closed_permit:
             self._consecutive += 1
-            trips = self._threshold is not None and self._consecutive >= self._threshold
+            reason = None
+            if self._threshold is not None and self._consecutive >= self._threshold:
+                reason = "failures"
             if self._window is not None:
                 calls, failures = self._window.record(self._clock(), failed=True)
-                trips = trips or self._rate_reached(calls, failures)
-            if trips:
-                self._change_state(BreakerState.OPEN)
+                if reason is None and self._rate_reached(calls, failures):
+                    reason = "failure_rate"
+            if reason is not None:
+                self._change_state(BreakerState.OPEN, reason, error)
 
     def release(self, permit: Permit) -> None:
         """Hand back a permit whose call ended with no verdict; a probe permit becomes free."""
         if permit is self._probe:
             self._probe = None
 
+    def reset(self) -> None:
+        """Close the breaker now and forget its failures (`last_error` included).
+
+        Outcomes of calls admitted before are ignored. Listeners hear a change
+        (reason `reset`) unless it was closed already.
+        """
+        self._last_error = None
+        if self._state is BreakerState.CLOSED:
+            self._consecutive = 0
+            if self._window is not None:
+                self._window.clear()
+            return
+        self._change_state(BreakerState.CLOSED, "reset")
+
+    def force_open(self) -> None:
+        """Open the breaker and keep it open, with no probe, until `reset`.
+
+        Callers get `ToolUnavailable` (with `forced` set) or the fallback, as
+        for any open breaker. Forcing a forced-open breaker does nothing.
+        """
+        if not self._forced:
+            self._change_state(BreakerState.OPEN, "forced_open")
+
     def add_listener(self, listener: Listener) -> None:
-        """Call `listener(tool, old, new)` after every state change (for logs, metrics).
+        """Call `listener(transition)` after every state change (for logs, metrics).
 
         A listener that raises is logged (`breaker_listener_failed`) and does not
         stop the breaker or the other listeners.
@@ -312,6 +389,7 @@ class CircuitBreaker:
         return BreakerStatistics(
             tool=self.tool,
             state=state,
+            opened_at=None if state is BreakerState.CLOSED else self._opened_at,
             retry_at=self._retry_at if state is BreakerState.OPEN else None,
             probe_in_flight=self._probe is not None,
             consecutive_failures=self._consecutive,
@@ -324,28 +402,121 @@ class CircuitBreaker:
             times_opened=self._times_opened,
         )
 
+    def _counted(self, error: Exception) -> bool:
+        try:
+            return error_matches(self._counts, error)
+        except Exception:
+            _log.exception("breaker_counts_failed", tool=self.tool,
+                           error_type=type(error).__name__, error=str(error))
+            return True
+
     def _rate_reached(self, calls: int, failures: int) -> bool:
         rate = self.config.failure_rate
         return rate is not None and calls >= self.config.min_calls and failures >= rate * calls
 
-    def _change_state(self, new: BreakerState) -> None:
+    def _change_state(self, new: BreakerState, reason: str,
+                      cause: BaseException | None = None) -> None:
         old = self._state
+        now = self._clock()
         self._state = new
         self._probe = None
         self._consecutive = 0
         if self._window is not None:
             self._window.clear()
         if new is BreakerState.OPEN:
-            self._retry_at = self._clock() + self.config.cooldown
+            self._forced = reason == "forced_open"
+            self._retry_at = math.inf if self._forced else now + self.config.cooldown
+            self._opened_at = now
+            self._opened_by = cause
             self._closed_permit = Permit(probe=False)
             self._times_opened += 1
+        elif new is BreakerState.CLOSED:
+            self._forced = False
+            self._opened_at = None
+            self._opened_by = None
+        transition = BreakerTransition(tool=self.tool, old=old, new=new, at=now, reason=reason,
+                                       cause=cause)
         for listener in tuple(self._listeners):
             try:
-                listener(self.tool, old, new)
+                listener(transition)
             except Exception:
                 _log.exception(
                     "breaker_listener_failed", tool=self.tool, old=str(old), new=str(new)
                 )
+
+
+class BreakerView:
+    """A live view of one tool's circuit breaker: `system.tools.breaker(name)`.
+
+    Every read reflects the breaker as it is now; `reset` and `force_open` act
+    on the breaker every caller of the tool shares. Times are seconds of the
+    system's clock (`time.monotonic` unless the system was given another).
+
+    Example:
+        view = system.tools.breaker("send_email")
+        if view.state == "open":
+            log.warning("mail is down", since=view.opened_at, error=view.last_error)
+        view.force_open()       # e.g. during a provider's maintenance window
+        view.reset()
+    """
+
+    __slots__ = ("_breaker",)
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+
+    def __repr__(self) -> str:
+        return f"<BreakerView {self.tool!r} {self.state}>"
+
+    @property
+    def tool(self) -> str:
+        """The tool the breaker guards."""
+        return self._breaker.tool
+
+    @property
+    def config(self) -> Breaker:
+        """The breaker's settings."""
+        return self._breaker.config
+
+    @property
+    def state(self) -> BreakerState:
+        """`closed`, `open` or `half_open`."""
+        return self._breaker.state
+
+    @property
+    def opened_at(self) -> float | None:
+        """Clock time it last opened, unless it is closed; otherwise None."""
+        return self._breaker.opened_at
+
+    @property
+    def retry_at(self) -> float | None:
+        """Clock time the cooldown ends while open (inf when forced open); otherwise None."""
+        return self._breaker.statistics().retry_at
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The last failure the breaker counted (None before the first and after `reset`)."""
+        return self._breaker.last_error
+
+    def statistics(self) -> BreakerStatistics:
+        """A snapshot of the state and the counts: successes, failures, ignored, rejected, ..."""
+        return self._breaker.statistics()
+
+    def reset(self) -> None:
+        """Close the breaker now and forget its failures."""
+        self._breaker.reset()
+
+    def force_open(self) -> None:
+        """Open the breaker until `reset()`: callers get the fallback or `ToolUnavailable`."""
+        self._breaker.force_open()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(transition)` (a `BreakerTransition`) after every state change."""
+        self._breaker.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling `listener`; raises ValueError if it was not added."""
+        self._breaker.remove_listener(listener)
 
 
 class _Window:

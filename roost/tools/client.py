@@ -1,12 +1,14 @@
 """`Tools`: how actors and applications register and call tools (`ctx.tools`, `system.tools`).
 
-A call is checked where it is made, before any hop: an open circuit breaker is
-answered at once (the tool's fallback or `ToolUnavailable`), and an unknown
-tool or arguments that do not fit (or cannot be hashed into a key) raise at
-once. Read-only tools then run in the caller's task under the shared breaker
-and bulkhead: they need no ledger and no join, so a hop would only add
-latency. Side-effecting calls go to the tool-proxy actor, which runs each key
-at most once.
+A call is checked where it is made, before any hop and before any key is
+claimed: an unknown tool, an invalid key, or arguments that do not fit (or
+cannot be hashed into a fingerprint) raise at once, and an open circuit breaker
+is answered at once (the tool's fallback or `ToolUnavailable`). Read-only
+tools then run in the caller's task under the shared breaker and bulkhead:
+they need no ledger and no join, so a hop would only add latency.
+Side-effecting calls go to the tool-proxy actor, which runs each key at most
+once. A call without `key=` gets one from its unit of work (see
+`roost.tools.keys`): the pipeline step or the message being handled.
 """
 
 from __future__ import annotations
@@ -14,13 +16,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from roost.errors import SystemNotRunning, ToolUnavailable
+import structlog
+
+from roost.errors import ConfigurationError, SystemNotRunning, ToolUnavailable
 from roost.mailbox.envelope import current_envelope
-from roost.tools.breaker import BreakerState
-from roost.tools.keys import derive_key, fingerprint
+from roost.tools.breaker import BreakerState, BreakerView
+from roost.tools.keys import (
+    check_key,
+    derive_key,
+    fingerprint,
+    fresh_key,
+    message_unit,
+    step_unit,
+)
 from roost.tools.proxy import Call, ToolState, ToolStatistics
 from roost.tools.spec import ToolRegistry, ToolSpec
-from roost.trace import call_trace, handling
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
@@ -31,6 +41,8 @@ DEFAULT_CALL_TIMEOUT = 300.0
 #: Extra time the caller waits past a tool's deadline, so that the proxy's own
 #: `ToolTimeout` (measured from when the call started running) arrives first.
 DEADLINE_MARGIN = 5.0
+
+_log = structlog.get_logger("roost")
 
 
 class Tools:
@@ -57,33 +69,56 @@ class Tools:
         Raises:
             ConfigurationError: not a tool, or a tool with that name exists.
         """
-        return self.registry.register(tool)
+        spec = self.registry.register(tool)
+        self.state.breaker(spec)  # so that `breaker(name)` shows it before the first call
+        return spec
 
     async def call(self, name: str, /, *, key: str | None = None,
                    timeout: float | None = None, **arguments: Any) -> Any:
         """Call tool `name` with keyword `arguments` and wait for its result.
 
-        Side-effecting tools are called at most once per idempotency key: `key`
-        if given, else one derived from the current run (or the calling actor's
-        path) and the arguments. A repeated key returns the stored result (with
-        a store; without one, only concurrent duplicates are joined).
+        Side-effecting tools are called at most once per idempotency key (and
+        tool). A repeated key returns the stored result (with a store; without
+        one, only concurrent duplicates are joined). Without `key`, the key is
+        derived from the unit of work the call belongs to and the call's number
+        in it, counting the calls made without a key to side-effecting tools:
+
+        - inside a pipeline step's worker: the run and the step (a map item and
+          a step's fallback count as steps of their own), so a retried or
+          resumed step gets its earlier calls' results;
+        - inside any other actor: the id of the message being handled, so a
+          message redelivered after a crash gets its earlier calls' results;
+        - outside any actor (or between messages, e.g. in a task the actor left
+          running): a fresh random key, so the call is never deduplicated;
+          pass `key=` for that.
+
+        The arguments are not part of a derived key: a unit that runs again and
+        makes a call with other arguments in the same place gets
+        `IdempotencyConflict`, not a second side effect.
 
         Args:
             name: the tool's registered name.
-            key: the idempotency key; derived when omitted.
+            key: the idempotency key: a non-empty str of at most 255
+                characters; derived when omitted. Read-only tools ignore it.
             timeout: how long to wait in all, in seconds (default: the tool's
                 retry deadline plus a margin, else 300).
             **arguments: the tool's keyword arguments.
 
         Raises:
             UnknownTool: no tool is registered under `name`.
-            ToolArgumentsInvalid: the arguments do not fit the tool, or cannot be
-                hashed into an idempotency key.
+            ToolArgumentsInvalid: the key is not a valid key, or the arguments do
+                not fit the tool's signature or annotations, or cannot be hashed
+                into a fingerprint.
             ToolUnavailable: the breaker is open and the tool has no fallback.
+            ToolFallbackFailed: the breaker is open and the fallback raised.
             ToolBusy: the tool's concurrency limit and waiting line are full.
             IdempotencyConflict: `key` was used with other arguments.
-            ToolOutcomeUnknown: a call with this key was in flight when an
-                earlier process died, and the tool cannot tell if it took effect.
+            ToolOutcomeUnknown: the call (or an earlier one with this key) was
+                cut off by a timeout, a lost connection or a crash, the tool is
+                not idempotent, and its verify hook cannot tell if it took effect.
+            ToolResultUnrecordable: the tool ran but its result could not be
+                recorded; it is not run again for this key.
+            PermanentToolError: a permanent failure stored for this key, replayed.
             Exception: the tool's own error after its retries.
 
         If cancelled, a side-effecting call goes on in the proxy and its result
@@ -93,27 +128,49 @@ class Tools:
         if proxy is None:
             raise SystemNotRunning(f"call tool {name!r}")
         spec = self.registry.get(name)
-        breaker = self.state.breakers.get(name)
-        if breaker is not None and breaker.state is BreakerState.OPEN:
-            try:
-                permit = breaker.acquire()
-            except ToolUnavailable as unavailable:
-                bound = spec.bind(arguments) if spec.fallback is not None else arguments
-                return await self.state.fallback(spec, bound, None, unavailable)
-            # The cooldown ended just now: give the permit back and go on as a normal
-            # call, whose first attempt takes the half-open probe.
-            breaker.release(permit)
+        if key is not None:
+            check_key(spec.name, key)
         bound = spec.bind(arguments)
         if spec.read_only:
+            if key is not None:
+                _log.info("tool_call_key_ignored", tool=spec.name, key=key,
+                          reason="read-only tools skip the idempotency ledger")
+            refused = None if spec.breaker is None else self._refusal(spec)
+            if refused is not None:
+                return await self.state.fallback(spec, bound, key, refused)
             self.state.stats.calls += 1
             return await self.state.run(spec, bound, key)
         fp = fingerprint(bound, tool=spec.name)
         if key is None:
-            key = derive_key(_scope(), "", spec.name, bound)
+            key = _derived_key(spec.name)  # numbered before any await, in the order of the calls
+        refused = self._refusal(spec)
+        if refused is not None and not await self._in_ledger(spec, key):
+            return await self.state.fallback(spec, bound, key, refused)
         if timeout is None:
             deadline = spec.retry_policy.deadline
             timeout = DEFAULT_CALL_TIMEOUT if deadline is None else deadline + DEADLINE_MARGIN
         return await proxy.ask(Call(spec, bound, key, fp), timeout=timeout)
+
+    def _refusal(self, spec: ToolSpec) -> ToolUnavailable | None:
+        """The error an open breaker refuses a call with now, or None when the call may go on."""
+        breaker = self.state.breakers.get(spec.name)
+        if breaker is None or breaker.state is not BreakerState.OPEN:
+            return None
+        try:
+            permit = breaker.acquire()
+        except ToolUnavailable as unavailable:
+            return unavailable
+        # The cooldown ended just now: give the permit back and go on as a normal
+        # call, whose first attempt takes the half-open probe.
+        breaker.release(permit)
+        return None
+
+    async def _in_ledger(self, spec: ToolSpec, key: str) -> bool:
+        """Whether the ledger holds `key`: then the proxy answers even while the breaker is
+        open, replaying the stored result or failure (or joining or settling the call),
+        since the breaker only guards a real execution."""
+        ledger = self._ledger
+        return ledger is not None and await ledger.get(spec.name, key) is not None
 
     def statistics(self) -> ToolStatistics:
         """Counts of calls, dedup hits, joins, retries, breaker trips, rejections, fallbacks."""
@@ -123,16 +180,37 @@ class Tools:
         """Each tool's breaker state (`closed`, `open`, `half_open`), for tools that have one."""
         return {name: str(b.state) for name, b in self.state.breakers.items()}
 
+    def breaker(self, name: str) -> BreakerView:
+        """A live view of tool `name`'s circuit breaker: its state, counts, when it opened,
+        the last error it counted; `reset()` and `force_open()` act on it.
+
+        Available from registration on, before the first call.
+
+        Raises:
+            UnknownTool: no tool is registered under `name`.
+            ConfigurationError: the tool has no breaker.
+        """
+        spec = self.registry.get(name)
+        breaker = self.state.breaker(spec)
+        if breaker is None:
+            raise ConfigurationError(
+                f"tool {name!r} has no circuit breaker; declare one with "
+                "@tool(breaker=roost.Breaker(...)) to watch or force it")
+        return BreakerView(breaker)
+
     async def prune(self) -> int:
         """Delete ledger entries past their retention window; returns how many."""
         return 0 if self._ledger is None else await self._ledger.prune()
 
 
-def _scope() -> str:
-    """What a derived key is scoped to: the current run and step, else the calling actor."""
+def _derived_key(tool: str) -> str:
+    """The key of a call made without one: its unit of work and its number there, or a fresh one."""
     envelope = current_envelope()
-    trace = call_trace.get() if envelope is None else envelope.trace
-    if trace is not None and trace.run_id is not None:
-        return trace.run_id
-    cell = handling.get()
-    return "" if cell is None else cell.path
+    if envelope is None:  # outside any actor, or in a task its actor left between messages
+        return fresh_key()
+    trace = envelope.trace
+    if trace is not None and trace.step is not None and trace.run_id is not None:
+        unit = step_unit(trace.run_id, trace.step)
+    else:
+        unit = message_unit(envelope.message_id())
+    return derive_key(tool, unit, envelope.next_call())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import anyio
 import anyio.lowlevel
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from structlog.testing import capture_logs
 
 from roost.errors import (
     ConfigurationError,
@@ -17,7 +19,7 @@ from roost.errors import (
     ToolUnavailable,
     TransientToolError,
 )
-from roost.tools.breaker import Breaker, BreakerState, CircuitBreaker, Permit
+from roost.tools.breaker import Breaker, BreakerState, BreakerTransition, CircuitBreaker, Permit
 from tests.support import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
@@ -168,22 +170,33 @@ def test_outcomes_of_calls_admitted_before_the_breaker_opened_are_ignored(
     assert breaker.state is CLOSED
 
 
-def test_listeners_hear_every_transition_in_order(clock: FakeClock) -> None:
+def test_listeners_hear_every_transition_in_order_with_its_time_reason_and_cause(
+    clock: FakeClock,
+) -> None:
     breaker = make(clock, failures=1, cooldown=5.0)
-    log: list[tuple[str, str, str]] = []
-    breaker.add_listener(lambda tool, old, new: log.append((tool, old, new)))
-    trip(breaker)
+    heard: list[BreakerTransition] = []
+    breaker.add_listener(heard.append)
+    tripped, probe_failed = TransientToolError("boom"), TimeoutError("slow")
+    fail(breaker, error=tripped)
     clock.advance(5.0)
-    breaker.on_failure(breaker.acquire(), TimeoutError())
+    breaker.on_failure(breaker.acquire(), probe_failed)
     clock.advance(5.0)
     breaker.on_success(breaker.acquire())
-    assert log == [
-        ("search", "closed", "open"),
-        ("search", "open", "half_open"),
-        ("search", "half_open", "open"),
-        ("search", "open", "half_open"),
-        ("search", "half_open", "closed"),
+    assert [(t.tool, t.old, t.new, t.at, t.reason, t.cause) for t in heard] == [
+        ("search", "closed", "open", 1000.0, "failures", tripped),
+        ("search", "open", "half_open", 1005.0, "cooldown_ended", None),
+        ("search", "half_open", "open", 1005.0, "probe_failed", probe_failed),
+        ("search", "open", "half_open", 1010.0, "cooldown_ended", None),
+        ("search", "half_open", "closed", 1010.0, "probe_succeeded", None),
     ]
+
+
+def test_a_failure_rate_transition_names_its_reason(clock: FakeClock) -> None:
+    breaker = make(clock, failure_rate=0.5, window=10.0, min_calls=2)
+    heard: list[BreakerTransition] = []
+    breaker.add_listener(heard.append)
+    fail(breaker, 2)
+    assert [(t.new, t.reason) for t in heard] == [("open", "failure_rate")]
 
 
 def test_a_failing_listener_does_not_stop_the_breaker_or_other_listeners(
@@ -192,16 +205,107 @@ def test_a_failing_listener_does_not_stop_the_breaker_or_other_listeners(
     breaker = make(clock, failures=1)
     heard: list[str] = []
 
-    def broken(tool: str, old: BreakerState, new: BreakerState) -> None:
+    def broken(transition: BreakerTransition) -> None:
         raise RuntimeError("listener bug")
 
     breaker.add_listener(broken)
-    breaker.add_listener(lambda tool, old, new: heard.append(new))
+    breaker.add_listener(lambda transition: heard.append(transition.new))
     trip(breaker)
     assert heard == ["open"]
     breaker.remove_listener(broken)
     with pytest.raises(ValueError):
         breaker.remove_listener(broken)
+
+
+# --- the error that opened it, a failing predicate, reset and force_open --------------------
+
+
+def test_an_open_breaker_refuses_with_the_error_that_opened_it(clock: FakeClock) -> None:
+    breaker = make(clock, failures=2, cooldown=5.0)
+    first, second = TransientToolError("first"), TransientToolError("second")
+    fail(breaker, error=first)
+    fail(breaker, error=second)
+    with pytest.raises(ToolUnavailable, match=r"tool 'search' is unavailable: its circuit breaker "
+                       r"is open \(opened by TransientToolError: second\); it will be probed "
+                       r"again in 5.00s") as caught:
+        breaker.acquire()
+    assert caught.value.cause is second
+    clock.advance(5.0)
+    breaker.acquire()  # the probe
+    with pytest.raises(ToolUnavailable) as while_probing:
+        breaker.acquire()
+    assert while_probing.value.cause is second
+
+
+def test_the_breaker_tells_when_it_opened_and_the_last_error_it_counted(clock: FakeClock) -> None:
+    breaker = make(clock, failures=1, cooldown=5.0)
+    assert (breaker.opened_at, breaker.last_error) == (None, None)
+    error = TransientToolError("down")
+    fail(breaker, error=error)
+    assert (breaker.opened_at, breaker.last_error) == (1000.0, error)
+    assert breaker.statistics().opened_at == 1000.0
+    clock.advance(5.0)
+    assert breaker.state is HALF_OPEN
+    assert breaker.opened_at == 1000.0
+    breaker.on_success(breaker.acquire())
+    assert breaker.opened_at is None
+    assert breaker.statistics().opened_at is None
+    assert breaker.last_error is error
+
+
+def test_a_counts_predicate_that_raises_counts_the_failure_and_frees_the_probe(
+    clock: FakeClock,
+) -> None:
+    def broken(error: BaseException) -> bool:
+        raise KeyError("predicate bug")
+
+    breaker = make(clock, failures=1, cooldown=5.0, counts=broken)
+    with capture_logs() as logs:
+        fail(breaker, error=ValueError("tool error"))
+        assert breaker.state is OPEN
+        clock.advance(5.0)
+        breaker.on_failure(breaker.acquire(), ValueError("the probe's error"))
+    assert breaker.state is OPEN  # the probe counted as failed: not stuck half-open
+    clock.advance(5.0)
+    assert breaker.acquire().probe
+    failed = [log for log in logs if log["event"] == "breaker_counts_failed"]
+    assert [(log["tool"], log["error"]) for log in failed] == [
+        ("search", "tool error"), ("search", "the probe's error")]
+
+
+def test_force_open_keeps_the_breaker_open_until_reset(clock: FakeClock) -> None:
+    breaker = make(clock, failures=5, cooldown=5.0)
+    heard: list[BreakerTransition] = []
+    breaker.add_listener(heard.append)
+    breaker.force_open()
+    breaker.force_open()
+    clock.advance(3600.0)
+    with pytest.raises(ToolUnavailable, match=r"forced open and stays open until "
+                       r"system.tools.breaker\('search'\).reset\(\)") as caught:
+        breaker.acquire()
+    assert caught.value.forced
+    assert caught.value.cause is None
+    assert breaker.statistics().retry_at == math.inf
+    breaker.reset()
+    assert breaker.state is CLOSED
+    breaker.on_success(breaker.acquire())
+    assert [(t.old, t.new, t.reason, t.cause) for t in heard] == [
+        ("closed", "open", "forced_open", None), ("open", "closed", "reset", None)]
+
+
+def test_reset_closes_an_open_breaker_and_forgets_its_failures(clock: FakeClock) -> None:
+    breaker = make(clock, failures=2, cooldown=60.0)
+    admitted = breaker.acquire()
+    trip(breaker)
+    breaker.reset()
+    assert (breaker.state, breaker.opened_at, breaker.last_error) == (CLOSED, None, None)
+    breaker.on_failure(admitted, TransientToolError("late"))  # admitted before it opened
+    fail(breaker)
+    assert breaker.state is CLOSED
+    breaker.reset()  # closed already: only the count of failures goes
+    fail(breaker)
+    assert breaker.state is CLOSED
+    assert breaker.statistics().consecutive_failures == 1
 
 
 # --- the single probe -----------------------------------------------------------------------
@@ -356,6 +460,7 @@ class BreakerModel(RuleBasedStateMachine):
         self.retry_at = 0.0
         self.period = 0  # bumped on every transition into open or closed
         self.probe_out = False
+        self.forced = False
         self.permits: list[tuple[Permit, int]] = []  # outstanding, with their period
 
     def model_state(self) -> BreakerState:
@@ -364,12 +469,13 @@ class BreakerModel(RuleBasedStateMachine):
             self.probe_out = False
         return self.state
 
-    def open(self) -> None:
+    def open(self, *, forced: bool = False) -> None:
         self.state = OPEN
-        self.retry_at = self.clock.now + self.COOLDOWN
+        self.retry_at = math.inf if forced else self.clock.now + self.COOLDOWN
         self.failures = 0
         self.period += 1
         self.probe_out = False
+        self.forced = forced
 
     @rule()
     def acquire(self) -> None:
@@ -423,6 +529,23 @@ class BreakerModel(RuleBasedStateMachine):
         self.acquire()
         if self.permits:
             self.finish(0, outcome)  # the oldest call: often one admitted in an earlier period
+
+    @rule()
+    def force_open(self) -> None:
+        self.breaker.force_open()
+        if not self.forced:
+            self.open(forced=True)
+
+    @rule()
+    def reset(self) -> None:
+        state = self.model_state()
+        self.breaker.reset()
+        self.failures = 0
+        self.forced = False
+        if state is not CLOSED:
+            self.state = CLOSED
+            self.period += 1
+            self.probe_out = False
 
     @rule(seconds=st.sampled_from([0.5, 3.0, 9.99, 10.0, 25.0]))
     def time_passes(self, seconds: float) -> None:

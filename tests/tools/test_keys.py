@@ -1,14 +1,22 @@
-"""Tests of roost/tools/keys.py: fingerprints and derived idempotency keys."""
+"""Tests of roost/tools/keys.py: key checks, fingerprints and derived idempotency keys."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 import pytest
 
 from roost.errors import ToolArgumentsInvalid
-from roost.tools.keys import derive_key, fingerprint
+from roost.tools.keys import (
+    check_key,
+    derive_key,
+    fingerprint,
+    fresh_key,
+    message_unit,
+    step_unit,
+)
 
 
 class Address(msgspec.Struct):
@@ -16,19 +24,80 @@ class Address(msgspec.Struct):
     email: str
 
 
-def test_the_same_arguments_in_another_order_give_the_same_key_and_fingerprint() -> None:
-    one = {"to": "ada", "body": "hi", "meta": {"b": 1, "a": [1, 2]}}
-    two = {"meta": {"a": [1, 2], "b": 1}, "body": "hi", "to": "ada"}
-    assert fingerprint(one, tool="mail") == fingerprint(two, tool="mail")
-    assert derive_key("run-1", "send", "mail", one) == derive_key("run-1", "send", "mail", two)
+# --- derived keys ---------------------------------------------------------------------------
 
 
 def test_keys_are_stable_across_processes_and_hash_seeds() -> None:
-    # Golden value: keys live in the ledger, so the same call must keep its key
-    # (set order varies with PYTHONHASHSEED). Changing the derivation means
-    # bumping its scheme tag and updating this value.
-    key = derive_key("run-1", "send", "mail", {"to": "ada", "tags": {"b", "a", "c"}})
-    assert key == "0e87cd988c0a2bcf2ed13e969d15c23b0149dd2bc5bd83d95aff1b974b2e1671"
+    # Golden value: keys live in the ledger, so the same call must keep its key.
+    # Changing the derivation means bumping its scheme tag and updating this value.
+    key = derive_key("mail", step_unit("run-1", "send"), 0)
+    assert key == "fb1d83ca7d3ed101cb8c9f4845f618ad735f6f8fa537886291a55838ac32256f"
+
+
+def test_the_key_names_the_tool_the_unit_of_work_and_the_calls_number_in_it() -> None:
+    keys = {
+        derive_key("mail", step_unit("run-1", "send"), 0),
+        derive_key("mail", step_unit("run-2", "send"), 0),
+        derive_key("mail", step_unit("run-1", "resend"), 0),
+        derive_key("mail", step_unit("run-1", "send/0"), 0),
+        derive_key("mail", step_unit("run-1", "send/fallback"), 0),
+        derive_key("mail", step_unit("run-1", "send"), 1),
+        derive_key("sms", step_unit("run-1", "send"), 0),
+        derive_key("mail", message_unit("run-1"), 0),
+        derive_key("mail", message_unit("m-1"), 0),
+    }
+    assert len(keys) == 9
+    assert derive_key("mail", step_unit("run-1", "send"), 0) == derive_key(
+        "mail", step_unit("run-1", "send"), 0)
+
+
+def test_a_fresh_key_is_a_valid_key_that_never_repeats() -> None:
+    first, second = fresh_key(), fresh_key()
+    assert first != second
+    check_key("mail", first)
+
+
+# --- checking a given key -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["k", "order-42", "x" * 255, "commande-été", " "])
+def test_a_key_is_any_non_empty_str_of_at_most_255_characters(key: str) -> None:
+    check_key("mail", key)
+
+
+@pytest.mark.parametrize(
+    ("key", "match", "given"),
+    [
+        ("", r"tool 'mail': .*key='' is not a valid idempotency key; pass a non-empty str of "
+             r"at most 255 characters", "str"),
+        ("x" * 256, r"key='xxxxxxxxxxxxxxxxxxxx'\.\.\. \(256 characters\) is not a valid", "str"),
+        (123, r"key=123 \(int\) is not a valid idempotency key", "int"),
+        (b"k", r"key=b'k' \(bytes\) is not a valid", "bytes"),
+        (None, r"key=None \(NoneType\)", "NoneType"),
+    ],
+)
+def test_any_other_key_is_refused_naming_the_tool_and_the_value(
+    key: object, match: str, given: str
+) -> None:
+    with pytest.raises(ToolArgumentsInvalid, match=match) as caught:
+        check_key("mail", key)
+    assert (caught.value.tool, caught.value.argument, caught.value.given) == ("mail", "key", given)
+
+
+# --- fingerprints ---------------------------------------------------------------------------
+
+
+def test_the_same_arguments_in_another_order_give_the_same_fingerprint() -> None:
+    one = {"to": "ada", "body": "hi", "meta": {"b": 1, "a": [1, 2]}}
+    two = {"meta": {"a": [1, 2], "b": 1}, "body": "hi", "to": "ada"}
+    assert fingerprint(one, tool="mail") == fingerprint(two, tool="mail")
+
+
+def test_fingerprints_are_stable_across_processes_and_hash_seeds() -> None:
+    # Golden value: fingerprints live in the ledger (set order varies with PYTHONHASHSEED).
+    arguments = {"to": "ada", "tags": {"b", "a", "c"}, "n": 2**70, "x": math.nan}
+    assert fingerprint(arguments, tool="mail") == (
+        "65d3cbc9eecf238aa1f40f8a2c45d373f65d974835c77dadde57bde5f0ecabbc")
 
 
 @pytest.mark.parametrize(
@@ -37,6 +106,11 @@ def test_keys_are_stable_across_processes_and_hash_seeds() -> None:
         ({"to": "ada"}, {"to": "bob"}),
         ({"n": 1}, {"n": "1"}),
         ({"n": 1}, {"n": 1.5}),
+        ({"n": 1}, {"n": 1.0}),
+        ({"n": 1}, {"n": True}),
+        ({"n": "a"}, {"n": b"a"}),
+        ({"n": 2**70}, {"n": 2**70 + 1}),
+        ({"n": 2**70}, {"n": str(2**70)}),
         ({"to": "ada"}, {"to": "ada", "cc": None}),
         ({"who": Address("Ada", "a@x")}, {"who": Address("Ada", "b@x")}),
     ],
@@ -47,17 +121,19 @@ def test_different_arguments_give_different_fingerprints(
     assert fingerprint(one, tool="mail") != fingerprint(two, tool="mail")
 
 
-def test_the_key_depends_on_run_step_and_tool() -> None:
-    args = {"to": "ada"}
-    keys = {
-        derive_key("run-1", "send", "mail", args),
-        derive_key("run-2", "send", "mail", args),
-        derive_key("run-1", "resend", "mail", args),
-        derive_key("run-1", "send", "sms", args),
-    }
-    assert len(keys) == 4
+def test_none_nan_inf_and_minus_inf_give_four_different_fingerprints() -> None:
+    values = [None, math.nan, math.inf, -math.inf]
+    assert len({fingerprint({"x": value}, tool="mail") for value in values}) == 4
+    assert len({fingerprint({"x": [value, 2**70]}, tool="mail") for value in values}) == 4
 
 
-def test_arguments_that_cannot_be_encoded_name_the_tool() -> None:
-    with pytest.raises(ToolArgumentsInvalid, match=r"tool 'mail': .*must be JSON-encodable"):
-        derive_key("run-1", "send", "mail", {"handle": object()})
+def test_an_argument_that_cannot_be_encoded_is_named() -> None:
+    with pytest.raises(ToolArgumentsInvalid, match=r"tool 'mail': .*argument 'handle' \(object\) "
+                       r"cannot be hashed .*must be JSON-encodable") as caught:
+        fingerprint({"to": "ada", "handle": object()}, tool="mail")
+    assert (caught.value.argument, caught.value.given) == ("handle", "object")
+
+
+def test_a_dict_argument_with_keys_that_are_not_strings_is_named() -> None:
+    with pytest.raises(ToolArgumentsInvalid, match=r"argument 'table' \(dict\) cannot be hashed"):
+        fingerprint({"table": {1: "a"}}, tool="mail")
