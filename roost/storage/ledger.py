@@ -46,6 +46,7 @@ class LedgerEntry(Record, tag="ledger_entry", frozen=True, kw_only=True, gc=Fals
         result: the msgpack bytes of the result, once completed.
         error_type: the permanent error's type name, once failed.
         error: the permanent error's message (or why the result was unrecordable).
+        error_code: the permanent error's `code` attribute (a str or int), if it had one.
     """
 
     tool: str
@@ -59,6 +60,7 @@ class LedgerEntry(Record, tag="ledger_entry", frozen=True, kw_only=True, gc=Fals
     result: bytes | None = None
     error_type: str | None = None
     error: str | None = None
+    error_code: str | int | None = None
 
 
 _CODEC = RecordCodec(LedgerEntry)
@@ -188,9 +190,16 @@ class Ledger:
         await self._settle(entry, status="completed", result=result)
 
     async def fail(self, entry: LedgerEntry, error: BaseException) -> None:
-        """Record a permanent failure, to be replayed to later calls with the key."""
+        """Record a permanent failure, to be replayed to later calls with the key.
+
+        Keeps the error's type name, message and `code` attribute (when it is a str
+        or an int), so that the replay can carry them.
+        """
+        code = getattr(error, "code", None)
+        if isinstance(code, bool) or not isinstance(code, str | int):
+            code = None
         await self._settle(entry, status="failed", error_type=type(error).__name__,
-                           error=str(error))
+                           error=str(error), error_code=code)
 
     async def unrecordable(self, entry: LedgerEntry, reason: str) -> None:
         """Record that the call is done but its result could not be stored."""

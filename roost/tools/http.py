@@ -5,9 +5,12 @@
     registry.register(create_ticket)
     # the proxy calls: await create_ticket(idempotency_key=key, json={...})
 
-Failures map onto the tool errors the proxy acts on: timeouts raise
-`ToolTimeout`; connection errors, 429 and 5xx raise `TransientToolError`
-(retried, counted by the breaker); other 4xx raise `PermanentToolError`.
+Failures map onto the tool errors the proxy acts on: a connection that could
+not be made, 429 and 5xx raise `TransientToolError` (retried, counted by the
+breaker); timeouts raise `ToolTimeout` and a connection that broke once the
+request may have been sent raises `ToolConnectionLost`, both transient but
+with an unknown outcome (retried only for idempotent tools, else settled by
+`verify`); other 4xx raise `PermanentToolError`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from roost.errors import ConfigurationError, PermanentToolError, ToolTimeout, TransientToolError
+from roost.errors import (
+    ConfigurationError,
+    PermanentToolError,
+    ToolConnectionLost,
+    ToolTimeout,
+    TransientToolError,
+)
 from roost.tools.breaker import Breaker
 from roost.tools.bulkhead import DEFAULT_MAX_WAITING
 from roost.tools.retry import Retry
@@ -54,7 +63,8 @@ class HttpTool:
         session: The system's pooled `aiohttp.ClientSession`, or a callable
             returning it; the tool never closes it.
         headers: Headers sent with every request (e.g. authorization).
-        timeout: Time limit of one request in seconds, connecting included.
+        timeout: Time limit of one request in seconds, connecting included; also
+            the limit of each attempt, unless `retry.attempt_timeout` sets one.
         idempotent: Default: True for GET, HEAD, OPTIONS, PUT and DELETE.
         read_only: Default: True for GET, HEAD and OPTIONS (skips the ledger).
         breaker: See `ToolSpec`.
@@ -121,6 +131,8 @@ class HttpTool:
             read_only=method in _SAFE_METHODS if read_only is None else read_only,
             breaker=breaker,
             retry=retry,
+            # The request's own limit is the attempt's, unless the retry policy sets one.
+            timeout=timeout if retry is None or retry.attempt_timeout is None else None,
             concurrency=concurrency,
             max_waiting=max_waiting,
             fallback=fallback,
@@ -151,8 +163,10 @@ class HttpTool:
 
         Raises:
             ToolTimeout: No complete response within the timeout.
-            TransientToolError: The connection failed or broke, or the status
-                was 429 or 5xx.
+            ToolConnectionLost: The connection broke after it was made (the
+                request may have been sent and processed).
+            TransientToolError: The connection could not be made (nothing was
+                sent), or the status was 429 or 5xx.
             PermanentToolError: Any other 4xx status, or a JSON response whose
                 body does not decode.
 
@@ -173,10 +187,16 @@ class HttpTool:
                 body = await response.read()
         except TimeoutError as error:
             raise ToolTimeout(tool, self.timeout, self._shown_url) from error
-        except aiohttp.ClientError as error:
+        except aiohttp.ClientConnectorError as error:
             raise TransientToolError(
                 f"tool {tool!r}: {self._shown_url} failed: {type(error).__name__}: {error}; "
-                "the service may be down or unreachable (transient, safe to retry)"
+                "the service may be down or unreachable (nothing was sent, safe to retry)"
+            ) from error
+        except aiohttp.ClientError as error:
+            raise ToolConnectionLost(
+                f"tool {tool!r}: {self._shown_url} broke off: {type(error).__name__}: {error}; "
+                "the request may have been processed (retried only if the tool is idempotent, "
+                "else settled by its verify hook)"
             ) from error
         status = response.status
         if status >= 400:

@@ -6,15 +6,23 @@ its `receive` only makes the decisions that must be serialized (join a
 duplicate in flight, or lead a new call) and runs each call as a task it owns,
 so calls run concurrently and the proxy is never a serial bottleneck. Callers
 use the `Tools` facade (`ctx.tools` / `system.tools`).
+
+The ledger decides first: a stored result or permanent failure is replayed
+before the breaker is asked. A call whose outcome is unknown (cut off by its
+time limit, its connection lost after sending, or found in flight after a
+crash) is never run again blindly unless the tool is idempotent: its `verify`
+hook settles it, or it ends in `ToolOutcomeUnknown` with the key left in
+flight. A result that cannot be recorded finalizes the key as `unrecordable`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import msgspec
@@ -26,15 +34,17 @@ from roost.errors import (
     IdempotencyConflict,
     PermanentToolError,
     ToolBusy,
+    ToolFallbackFailed,
     ToolOutcomeUnknown,
     ToolResultUnrecordable,
+    ToolTimeout,
     ToolUnavailable,
 )
 from roost.mailbox.envelope import current_envelope
-from roost.tools.breaker import BreakerState, CircuitBreaker
+from roost.tools.breaker import BreakerState, BreakerTransition, CircuitBreaker
 from roost.tools.bulkhead import Bulkhead
-from roost.tools.retry import call_with_retry
-from roost.tools.spec import Done, ToolSpec
+from roost.tools.retry import Recheck, Watchdog, call_once, call_with_retry
+from roost.tools.spec import Done, NotDone, ToolSpec, Verified
 from roost.trace import call_trace, handling
 
 if TYPE_CHECKING:
@@ -88,7 +98,8 @@ class _InFlight:
 
 
 class ToolState:
-    """What the system knows about its tools: breakers, bulkheads and counts.
+    """What the system knows about its tools: breakers, bulkheads, the watchdog that times
+    their attempts, and counts.
 
     Shared by the proxy actor and the callers' side (`Tools`), and kept across
     proxy restarts: a dependency does not heal because the proxy restarted.
@@ -97,6 +108,7 @@ class ToolState:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stats = ToolStatistics()
+        self.watchdog = Watchdog()  # times every attempt of every tool
         self.breakers: dict[str, CircuitBreaker] = {}
         self._bulkheads: dict[str, Bulkhead] = {}
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
@@ -112,10 +124,13 @@ class ToolState:
             breaker.add_listener(self._breaker_changed)
         return breaker
 
-    def _breaker_changed(self, tool: str, old: BreakerState, new: BreakerState) -> None:
-        if new is BreakerState.OPEN:
+    def _breaker_changed(self, change: BreakerTransition) -> None:
+        if change.new is BreakerState.OPEN and change.reason != "forced_open":
             self.stats.breaker_trips += 1
-        _log.warning("breaker_state_changed", tool=tool, old=str(old), new=str(new))
+        cause = change.cause
+        _log.warning("breaker_state_changed", tool=change.tool, old=str(change.old),
+                     new=str(change.new), reason=change.reason,
+                     cause=None if cause is None else f"{type(cause).__name__}: {cause}")
 
     def bulkhead(self, spec: ToolSpec) -> Bulkhead | None:
         """The tool's concurrency limit (created on first use), or None if it has none."""
@@ -147,28 +162,134 @@ class ToolState:
             return await self.fallback(spec, arguments, key, unavailable)
 
     async def attempts(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
-        """Await the tool until it succeeds or its retry policy gives up."""
+        """Await the tool until it succeeds or its retry policy gives up.
+
+        Logs `tool_call_executed` with its outcome for a side-effecting tool,
+        unless the breaker or the bulkhead refused the call before it ran.
+        Read-only calls skip the ledger and are not logged: they are the hot path,
+        and a structlog call costs microseconds.
+
+        Raises:
+            ToolOutcomeUnknown: An attempt of a tool that is not idempotent was
+                cut off with its outcome unknown, and `verify` could not tell
+                whether it took effect.
+        """
         policy = spec.retry_policy
-        if (policy.attempts == 1 and policy.attempt_timeout is None and policy.deadline is None
-                and spec.breaker is None and spec.concurrency is None):
-            return await spec.invoke(arguments, key=key)  # nothing to guard: no wrapping
-        return await call_with_retry(
-            lambda: spec.invoke(arguments, key=key), policy, tool=spec.name, key=key,
-            breaker=self.breaker(spec), bulkhead=self.bulkhead(spec), sleep=self._retry_sleep)
+        try:
+            if (policy.attempts == 1 and policy.deadline is None and spec.breaker is None
+                    and spec.concurrency is None):
+                if policy.attempt_timeout is None:  # read-only with nothing to guard: no wrapping
+                    result = await spec.invoke(arguments, key=key)
+                else:
+                    result = await call_once(
+                        lambda: spec.invoke(arguments, key=key), policy.attempt_timeout,
+                        tool=spec.name, watchdog=self.watchdog,
+                        recheck=self._recheck_of(spec, arguments, key))
+            else:
+                result = await call_with_retry(
+                    lambda: spec.invoke(arguments, key=key), policy, tool=spec.name, key=key,
+                    breaker=self.breaker(spec), bulkhead=self.bulkhead(spec),
+                    sleep=self._retry_sleep, recheck=self._recheck_of(spec, arguments, key),
+                    watchdog=self.watchdog)
+        except (ToolUnavailable, ToolBusy):
+            raise
+        except Exception as error:
+            if not spec.read_only:
+                _log.info("tool_call_executed", tool=spec.name, key=key, outcome="failed",
+                          error=f"{type(error).__name__}: {error}")
+            raise
+        if not spec.read_only:
+            _log.info("tool_call_executed", tool=spec.name, key=key, outcome="completed")
+        return result
 
     async def _retry_sleep(self, delay: float) -> None:
         self.stats.retries += 1
         await anyio.sleep(delay)
 
+    def _recheck_of(self, spec: ToolSpec, arguments: dict[str, Any],
+                    key: str | None) -> Recheck[Any] | None:
+        """What settles an attempt of this call cut off with its outcome unknown: nothing
+        for tools that are safe to repeat (idempotent or read-only), else `recheck`."""
+        if spec.idempotent or spec.read_only:
+            return None
+        return functools.partial(self.recheck, spec, arguments, key)
+
+    async def recheck(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
+                      error: Exception) -> tuple[Any] | None:
+        """Whether an attempt cut off with its outcome unknown (by `error`) took effect.
+
+        Returns:
+            `(result,)` when `verify` finds it done; None when it finds it not
+            done, so that it may be tried again.
+
+        Raises:
+            ToolOutcomeUnknown: The tool has no verify hook, or the hook could
+                not tell.
+        """
+        verdict = await self.verify(spec, arguments, key, error)
+        if isinstance(verdict, Done):
+            _log.warning("tool_call_verified_done", tool=spec.name, key=key)
+            return (verdict.result,)
+        _log.warning("tool_call_verified_not_done", tool=spec.name, key=key)
+        return None
+
+    async def verify(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
+                     attempt_error: Exception | None = None, *, left_here: bool = False,
+                     ) -> Verified:
+        """The tool's verify verdict on the call keyed `key`, within `spec.verify_timeout`.
+
+        Args:
+            attempt_error: What the attempt was cut off by; None for a key found
+                in flight.
+            left_here: The key was found in flight, left by this process.
+
+        Raises:
+            ToolOutcomeUnknown: The tool has no verify hook, or the hook raised,
+                ran past its time limit, or returned neither Done nor NotDone
+                (that failure is the error's cause).
+        """
+        failure: Exception | None = None
+        if spec.verify is not None:
+            verdict: object = None
+            try:
+                with anyio.move_on_after(spec.verify_timeout) as scope:
+                    verdict = await spec.verify(key or "", arguments)
+            except Exception as error:
+                failure = error
+            else:
+                if isinstance(verdict, Done | NotDone):
+                    return verdict
+                if scope.cancelled_caught:
+                    failure = ToolTimeout(spec.name, spec.verify_timeout, "verify")
+                else:
+                    failure = TypeError(
+                        f"tool {spec.name!r}: verify returned {verdict!r}; return "
+                        "roost.Done(result) or roost.NotDone()")
+        unknown = ToolOutcomeUnknown(spec.name, key or "", attempt_error, failure,
+                                     left_here=left_here)
+        _log.error("tool_outcome_unknown", tool=spec.name, key=key,
+                   error=None if unknown.cause is None else _describe(unknown.cause))
+        raise unknown from unknown.cause
+
     async def fallback(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
                        unavailable: ToolUnavailable) -> Any:
-        """The fallback's result while the breaker is open, else `unavailable` is raised."""
+        """The fallback's result while the breaker is open, else `unavailable` is raised.
+
+        Raises:
+            ToolUnavailable: The tool has no fallback.
+            ToolFallbackFailed: The fallback raised (its error is the `__cause__`).
+        """
         if spec.fallback is None:
             self.stats.rejected += 1
             raise unavailable
         self.stats.fallbacks += 1
         _log.info("tool_fallback_used", tool=spec.name, key=key)
-        return await spec.fallback(**arguments)
+        try:
+            return await spec.fallback(**arguments)
+        except Exception as error:
+            _log.warning("tool_fallback_failed", tool=spec.name, key=key,
+                         error=f"{type(error).__name__}: {error}")
+            raise ToolFallbackFailed(unavailable, error) from error
 
 
 class ToolProxy(Actor):
@@ -244,6 +365,7 @@ class ToolProxy(Actor):
                 reply.set_exception(IdempotencyConflict(call.spec.name, call.key))
             return
         self.state.stats.joined += 1
+        _log.info("tool_call_joined", tool=call.spec.name, key=call.key)
         pending.callers += 1
         if reply is not None:
             pending.waiters.append(reply)
@@ -280,33 +402,36 @@ class ToolProxy(Actor):
             return await self._run_recorded(spec, arguments, key, entry)
         if entry.status == "completed":
             self.state.stats.dedup_hits += 1
-            _log.info("tool_call_deduplicated", tool=spec.name, key=key)
+            _log.info("tool_call_replayed", tool=spec.name, key=key, status="completed")
             return self.state.decoder(spec).decode(entry.result or b"\xc0")
         if entry.status == "failed":
             self.state.stats.dedup_hits += 1
+            _log.info("tool_call_replayed", tool=spec.name, key=key, status="failed")
             raise PermanentToolError(
                 f"tool {spec.name!r}: call with key {key!r} failed before and is not retried: "
-                f"{entry.error_type}: {entry.error}"
+                f"{entry.error_type}: {entry.error}",
+                code=entry.error_code, original_type=entry.error_type,
             )
         if entry.status == "unrecordable":
+            _log.info("tool_call_replayed", tool=spec.name, key=key, status="unrecordable")
             raise ToolResultUnrecordable(spec.name, key, entry.error or "unknown")
-        # In flight, but not in this process's table: an earlier process died mid-call.
-        return await self._recover(spec, arguments, key, entry)
+        # In flight, but not in this process's table: an earlier process died mid-call, or
+        # an earlier call here was cut off with its outcome unknown.
+        return await self._recover(spec, arguments, key, entry, left_here=claim.ours)
 
     async def _recover(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
-                       entry: LedgerEntry) -> Any:
+                       entry: LedgerEntry, *, left_here: bool) -> Any:
+        """Settle a key left in flight: by `verify`, by running an idempotent tool again, or
+        with ToolOutcomeUnknown (the key stays in flight)."""
         ledger = self.ledger
         assert ledger is not None
-        if spec.verify is not None:
-            verdict = await spec.verify(key, arguments)
+        if spec.verify is not None or not spec.idempotent:
+            verdict = await self.state.verify(spec, arguments, key, left_here=left_here)
             if isinstance(verdict, Done):
                 _log.warning("tool_call_verified_done", tool=spec.name, key=key)
                 await self._record(spec, key, entry, verdict.result)
                 return verdict.result
             _log.warning("tool_call_verified_not_done", tool=spec.name, key=key)
-        elif not spec.idempotent:
-            _log.error("tool_outcome_unknown", tool=spec.name, key=key)
-            raise ToolOutcomeUnknown(spec.name, key)
         return await self._run_recorded(spec, arguments, key, await ledger.take_over(entry))
 
     async def _run_recorded(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
@@ -321,6 +446,8 @@ class ToolProxy(Actor):
         except ToolBusy:
             await ledger.release(entry)  # refused before it ran: the key stays usable
             raise
+        except ToolOutcomeUnknown:
+            raise  # it may have taken effect: the key stays in flight, never run blindly
         except Exception as error:
             if spec.retry_policy.retries(error):
                 await ledger.release(entry)  # transient: a later call may try again
@@ -331,12 +458,38 @@ class ToolProxy(Actor):
         return result
 
     async def _record(self, spec: ToolSpec, key: str, entry: LedgerEntry, result: Any) -> None:
-        """Persist the result before the caller gets it; an unencodable one finalizes the key."""
+        """Persist the result before the caller gets it.
+
+        The tool has run by now, so a result that does not encode, or a write that
+        fails, finalizes the key as unrecordable instead of inviting a retry.
+        """
         ledger = self.ledger
         assert ledger is not None
         try:
             encoded = _ENCODER.encode(result)
         except (TypeError, msgspec.EncodeError) as error:
-            await ledger.unrecordable(entry, f"{type(error).__name__}: {error}")
-            raise ToolResultUnrecordable(spec.name, key, str(error)) from error
-        await ledger.complete(entry, encoded)
+            await self._unrecordable(spec, key, entry, error)
+        try:
+            await ledger.complete(entry, encoded)
+        except Exception as error:  # StoreError, most likely: the disk, the map, the writer
+            await self._unrecordable(spec, key, entry, error)
+
+    async def _unrecordable(self, spec: ToolSpec, key: str, entry: LedgerEntry,
+                            error: Exception) -> NoReturn:
+        """Mark the key done without a result, and raise ToolResultUnrecordable for `error`."""
+        ledger = self.ledger
+        assert ledger is not None
+        reason = _describe(error)
+        _log.error("tool_result_unrecordable", tool=spec.name, key=key, error=reason)
+        try:
+            await ledger.unrecordable(entry, reason)
+        except Exception as store_error:
+            # The key stays in flight: later calls find its outcome unknown, so the tool
+            # still never runs again on its own.
+            _log.error("tool_result_unrecordable_not_saved", tool=spec.name, key=key,
+                       error=_describe(store_error))
+        raise ToolResultUnrecordable(spec.name, key, reason, error) from error
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -5,18 +5,25 @@ call under it, optionally through the tool's circuit breaker and bulkhead:
 
     result = await call_with_retry(
         lambda: send_email(to=to, body=body), Retry(attempts=3, attempt_timeout=10.0),
-        tool="send_email", key=key, breaker=breaker, bulkhead=bulkhead)
+        tool="send_email", key=key, breaker=breaker, bulkhead=bulkhead, recheck=recheck)
+
+An attempt that timed out, or lost its connection after the request was sent,
+may have taken effect (`leaves_outcome_unknown`). For a tool that is not
+idempotent the caller passes `recheck`, which settles such an attempt before
+anything else happens to the call: only an attempt known not to have taken
+effect is retried.
 
 All durations are seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import anyio
 import msgspec
@@ -27,7 +34,15 @@ from roost.errors import ConfigurationError, ToolTimeout, ToolUnavailable, Trans
 from roost.tools.breaker import CircuitBreaker, ErrorFilter, error_matches, is_error_filter
 from roost.tools.bulkhead import Bulkhead
 
-__all__ = ["DEFAULT_RETRY_ON", "Retry", "call_with_retry"]
+__all__ = [
+    "DEFAULT_RETRY_ON",
+    "Recheck",
+    "Retry",
+    "Watchdog",
+    "call_once",
+    "call_with_retry",
+    "leaves_outcome_unknown",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +53,23 @@ DEFAULT_RETRY_ON: Final = (TransientToolError, TimeoutError, ConnectionError)
 
 # 2.0 ** 1024 overflows; past this exponent the cap is max_delay anyway.
 _MAX_EXPONENT: Final = 1023
+
+Recheck = Callable[[Exception], Awaitable[tuple[T] | None]]
+"""`await recheck(error)` after an attempt whose outcome is unknown: `(result,)` when it took
+effect, None when it did not (so it may be tried again); raises when nothing can tell."""
+
+
+def leaves_outcome_unknown(error: BaseException) -> bool:
+    """Whether an attempt that failed with `error` may still have taken effect.
+
+    A timeout (the attempt was cut off, or the tool's own client gave up
+    waiting) or a connection that broke (reset, aborted, or `ToolConnectionLost`
+    after the request was sent) says nothing about what the other side did. A
+    refused connection never carried the request, and an answered failure
+    (e.g. HTTP 503, a `TransientToolError`) is known.
+    """
+    return isinstance(error, TimeoutError | ConnectionError) and not isinstance(
+        error, ConnectionRefusedError)
 
 
 class Retry(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +83,8 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
         base_delay: Cap of the first backoff; the cap doubles after each failure.
         max_delay: No backoff is longer than this.
         retry_on: Which errors are retried: exception types or a predicate.
-        attempt_timeout: Time limit of one attempt; None for no limit.
+        attempt_timeout: Time limit of one attempt; None for none of its own (a
+            tool's attempts then get its `timeout`, by default 60 s).
         deadline: Time limit of the whole call, backoff included; None for no limit.
     """
 
@@ -118,15 +151,21 @@ async def call_with_retry(
     sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    recheck: Recheck[T] | None = None,
+    watchdog: Watchdog | None = None,
 ) -> T:
     """Await `call()` until it succeeds, a failure is not retried, or the policy runs out.
 
     Each attempt asks `breaker` for a permit, takes a slot in `bulkhead`
     (waiting counts toward the deadline, not the attempt timeout), then awaits a
     fresh `call()` within `policy.attempt_timeout`, and reports the outcome to
-    the breaker. Between attempts it sleeps `policy.delay(...)`; when that sleep
-    would end past `policy.deadline`, it gives up at once. It logs
-    `tool_attempt_failed`, `tool_retry_scheduled` and `tool_gave_up`.
+    the breaker. An attempt that ran and failed with its outcome unknown (see
+    `leaves_outcome_unknown`) is settled by `recheck`, when given, before
+    anything else: its result ends the call, its error ends the call, and only
+    an attempt found not done goes on to the usual retry decision. Between
+    attempts it sleeps `policy.delay(...)`; when that sleep would end past
+    `policy.deadline`, it gives up at once. It logs `tool_attempt_failed`,
+    `tool_retry_scheduled` and `tool_gave_up`.
 
     Args:
         call: Makes one attempt; called anew for each.
@@ -138,9 +177,14 @@ async def call_with_retry(
         sleep: Awaited for each backoff; inject a fake in tests.
         clock: Monotonic seconds, for the deadline and latencies.
         rng: Randomness for the jitter.
+        recheck: For a tool that is not idempotent: tells whether an attempt whose
+            outcome is unknown took effect. None (idempotent and read-only tools)
+            retries such attempts like any other retryable failure.
+        watchdog: Enforces `attempt_timeout`; the caller's shared one, else one
+            for this call.
 
     Returns:
-        What the successful attempt returned.
+        What the successful attempt returned (or what `recheck` found it returned).
 
     Raises:
         ToolUnavailable: The breaker refused the first attempt (use the
@@ -149,6 +193,8 @@ async def call_with_retry(
         ToolTimeout: An attempt ran past `attempt_timeout` ("attempt"), or the
             call past `deadline` ("call"), and was cancelled.
         ToolBusy: The bulkhead's slots and queue were full.
+        ToolOutcomeUnknown: From `recheck`: an attempt's outcome is unknown and
+            nothing could tell whether it took effect; it was not retried.
         Exception: The last attempt's error, when it is not retried or the
             attempts or the deadline ran out.
 
@@ -158,6 +204,8 @@ async def call_with_retry(
     started = clock()
     previous: Exception | None = None
     number = 0
+    if watchdog is None and policy.attempt_timeout is not None:
+        watchdog = Watchdog()
     while True:
         number += 1
         permit = None
@@ -175,11 +223,9 @@ async def call_with_retry(
             raise previous
         remaining = None if policy.deadline is None else policy.deadline - (clock() - started)
         attempt_started = clock()
+        slot = _Slot(call, policy.attempt_timeout, tool, bulkhead, watchdog)
         try:
-            result = await _bounded(
-                lambda: _in_slot(call, policy.attempt_timeout, tool, bulkhead),
-                remaining, tool, "call", reported=policy.deadline,
-            )
+            result = await _bounded(slot.run, remaining, tool, "call", reported=policy.deadline)
         except Exception as error:
             if breaker is not None and permit is not None:
                 breaker.on_failure(permit, error)
@@ -187,6 +233,10 @@ async def call_with_retry(
                 "tool_attempt_failed", tool=tool, key=key, attempt=number,
                 latency=clock() - attempt_started, error=_describe(error),
             )
+            if recheck is not None and slot.entered and leaves_outcome_unknown(error):
+                took = await recheck(error)
+                if took is not None:
+                    return took[0]
             delay = 0.0
             reason: str | None = None
             if not policy.retries(error):
@@ -216,11 +266,127 @@ async def call_with_retry(
         await sleep(delay)
 
 
-async def _in_slot(
-    call: Callable[[], Awaitable[T]], limit: float | None, tool: str, bulkhead: Bulkhead | None
+async def call_once(
+    call: Callable[[], Awaitable[T]],
+    limit: float,
+    *,
+    tool: str,
+    watchdog: Watchdog,
+    recheck: Recheck[T] | None = None,
 ) -> T:
-    async with bulkhead if bulkhead is not None else contextlib.nullcontext():
-        return await _bounded(call, limit, tool, "attempt")
+    """One attempt of `call()` within `limit` seconds, settled by `recheck` if cut off.
+
+    What `call_with_retry` does for a single attempt with no deadline, breaker or
+    bulkhead, without its bookkeeping: the path of most calls.
+
+    Raises:
+        ToolTimeout: The attempt ran past `limit` and was cancelled.
+        ToolOutcomeUnknown: From `recheck`, as in `call_with_retry`.
+        Exception: What the attempt raised.
+    """
+    try:
+        return await watchdog.run(call, limit, tool)
+    except Exception as error:
+        if recheck is None or not leaves_outcome_unknown(error):
+            raise
+        took = await recheck(error)
+        if took is None:
+            raise
+        return took[0]
+
+
+class Watchdog:
+    """Cuts off tool attempts that run past their time limit, with few timers for all of them.
+
+    A timer per attempt (`asyncio.timeout`, `anyio.move_on_after`) costs a few
+    microseconds, a good share of a whole call through the proxy, while most
+    attempts end long before their limit. So an attempt only enters a table. A
+    sweep, scheduled while the table is not empty, runs `SWEEP` seconds later and
+    gives each attempt still running a timer that cancels its task when its
+    limit has passed; the attempt then raises ToolTimeout. An attempt is so cut
+    off between `limit` and `limit + SWEEP` seconds after it started.
+
+    It serves one event loop at a time (the system's tools share one); moved to
+    another, it forgets what it held on the one before.
+    """
+
+    SWEEP: ClassVar[float] = 0.01
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._new: dict[object, tuple[asyncio.Task[Any], float]] = {}
+        self._timers: dict[object, asyncio.TimerHandle] = {}
+        self._expired: dict[object, int] = {}  # attempt -> its task's cancel count before
+        self._sweep: asyncio.TimerHandle | None = None
+
+    async def run(self, call: Callable[[], Awaitable[T]], limit: float, tool: str) -> T:
+        """Await `call()`; once it has run `limit` seconds, cancel it and raise ToolTimeout."""
+        attempt = call()
+        task = asyncio.current_task()
+        assert task is not None, "Watchdog.run runs in a task"
+        loop = task.get_loop()
+        if loop is not self._loop:  # a new loop: whatever the last one left is dead
+            self._loop = loop
+            self._sweep = None
+            self._new.clear()
+            self._timers.clear()
+            self._expired.clear()
+        self._new[attempt] = (task, limit)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.SWEEP, self._arm)
+        try:
+            return await attempt
+        except asyncio.CancelledError:
+            before = self._expired.pop(attempt, None)
+            if before is not None and task.uncancel() <= before:
+                raise ToolTimeout(tool, limit, "attempt") from None
+            raise
+        finally:
+            if self._new.pop(attempt, None) is None:
+                timer = self._timers.pop(attempt, None)
+                if timer is not None:
+                    timer.cancel()
+                elif self._expired.pop(attempt, None) is not None:
+                    task.uncancel()  # it ended without raising as its cancellation arrived
+
+    def _arm(self) -> None:
+        self._sweep = None
+        for attempt, (task, limit) in self._new.items():
+            # It started at most SWEEP seconds ago: from now, `limit` is never too early.
+            self._timers[attempt] = task.get_loop().call_later(limit, self._expire, attempt, task)
+        self._new.clear()
+
+    def _expire(self, attempt: object, task: asyncio.Task[Any]) -> None:
+        del self._timers[attempt]
+        self._expired[attempt] = task.cancelling()
+        task.cancel("tool attempt past its time limit")
+
+
+class _Slot(Generic[T]):
+    """One attempt: a slot in the bulkhead, then `call()` within the attempt's time limit.
+
+    `entered` tells whether the attempt got as far as calling the tool: one cut
+    off by the deadline while it waited for a slot never ran, so its outcome is
+    known.
+    """
+
+    __slots__ = ("_bulkhead", "_call", "_limit", "_tool", "_watchdog", "entered")
+
+    def __init__(self, call: Callable[[], Awaitable[T]], limit: float | None, tool: str,
+                 bulkhead: Bulkhead | None, watchdog: Watchdog | None) -> None:
+        self._call = call
+        self._limit = limit
+        self._tool = tool
+        self._bulkhead = bulkhead
+        self._watchdog = watchdog
+        self.entered = False
+
+    async def run(self) -> T:
+        async with self._bulkhead if self._bulkhead is not None else contextlib.nullcontext():
+            self.entered = True
+            if self._limit is None or self._watchdog is None:
+                return await self._call()
+            return await self._watchdog.run(self._call, self._limit, self._tool)
 
 
 async def _bounded(
@@ -231,7 +397,10 @@ async def _bounded(
     *,
     reported: float | None = None,
 ) -> T:
-    """Await `call()`; past `limit` seconds cancel it and raise ToolTimeout naming `reported`."""
+    """Await `call()`; past `limit` seconds cancel it and raise ToolTimeout naming `reported`.
+
+    For the call's deadline, which few tools set; attempts are timed by a `Watchdog`.
+    """
     if limit is None:
         return await call()
     with anyio.move_on_after(limit):
@@ -241,8 +410,6 @@ async def _bounded(
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
-
-
 
 
 def _invalid(field: str, value: object, allowed: str) -> ConfigurationError:

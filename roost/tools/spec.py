@@ -6,8 +6,7 @@
     registry = ToolRegistry()
     registry.register(send_email)
     spec = registry.get("send_email")
-    args = spec.bind({"to": "ada@example.org", "body": "hi"})
-    key = derive_key(run_id, step_id, spec.name, args)
+    args = spec.bind({"to": "ada@example.org", "body": "hi"})   # checked and converted
 
 The decorator leaves the function as it was and records its spec on it. All
 durations are seconds.
@@ -16,7 +15,10 @@ durations are seconds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import re
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar, overload
 
@@ -29,6 +31,8 @@ from roost.tools.bulkhead import DEFAULT_MAX_WAITING
 from roost.tools.retry import Retry
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_VERIFY_TIMEOUT",
     "Done",
     "NotDone",
     "ToolRegistry",
@@ -44,6 +48,12 @@ SPEC_ATTRIBUTE: Final = "__roost_tool__"
 """Attribute under which `@tool` (and tool objects such as HttpTool) keep their spec."""
 
 _SINGLE_ATTEMPT: Final = Retry(attempts=1)
+
+DEFAULT_TIMEOUT: Final = 60.0
+"""Time limit of one attempt of a tool that sets neither `timeout` nor `retry.attempt_timeout`."""
+
+DEFAULT_VERIFY_TIMEOUT: Final = 30.0
+"""Time limit of one run of a tool's verify hook, unless it sets `verify_timeout`."""
 
 
 class Done(msgspec.Struct, frozen=True):
@@ -76,22 +86,34 @@ class ToolSpec:
             ledger (and so never need `verify`).
         breaker: Circuit breaker settings; None for no breaker.
         retry: Retry policy; None for a single attempt.
-        timeout: Time limit of one attempt; None for none. Set either this or
-            `retry.attempt_timeout`, not both.
+        timeout: Time limit of one attempt. None for the default: 60 s
+            (`DEFAULT_TIMEOUT`), or `retry.attempt_timeout` when that is set; set
+            either this or `retry.attempt_timeout`, not both. An attempt past it
+            is cancelled; its outcome is unknown, so a tool that is not
+            idempotent is not retried unless `verify` finds it not done. Only a
+            read-only tool with no breaker, bulkhead or retry and no timeout of
+            its own runs without a limit: it runs in its caller's task as a
+            plain await, holds nothing shared, and its caller can cancel it.
         concurrency: Calls allowed to run at once (bulkhead); None for no limit.
         max_waiting: Callers allowed to wait for a slot when `concurrency` is set
             (default 100; past it, callers get ToolBusy at once).
         fallback: Async callable taking the same keyword arguments, awaited
             instead of the tool while its breaker is open.
         verify: Async read-before-write check `verify(key, args)` that settles a
-            call found in flight after a crash: `Done(result)` or `NotDone()`.
+            call whose outcome is unknown (found in flight after a crash, or an
+            attempt that timed out or lost its connection after sending):
+            `Done(result)` or `NotDone()`. If it raises, runs past
+            `verify_timeout` or returns anything else, the call ends in
+            ToolOutcomeUnknown.
+        verify_timeout: Time limit of one run of `verify` (default 30 s).
         key_param: Name of a keyword parameter of `fn` through which the proxy
             passes the idempotency key (e.g. to send it to a remote API);
             callers do not pass it.
         signature: Derived: the signature callers' arguments must fit (without
-            `key_param`).
+            `key_param`). Arguments are also checked against its annotations
+            (see `bind`).
         retry_policy: Derived: the policy calls run under, `retry` (or a single
-            attempt) with `timeout` as its attempt limit.
+            attempt) with the attempt limit described under `timeout`.
     """
 
     name: str
@@ -105,11 +127,13 @@ class ToolSpec:
     max_waiting: int = DEFAULT_MAX_WAITING
     fallback: Callable[..., Awaitable[Any]] | None = None
     verify: Verify | None = None
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     key_param: str | None = None
     signature: inspect.Signature = dataclasses.field(init=False, repr=False, compare=False)
     retry_policy: Retry = dataclasses.field(init=False, repr=False, compare=False)
     _plain: tuple[frozenset[str], frozenset[str], dict[str, Any]] | None = dataclasses.field(
         init=False, repr=False, compare=False)
+    _types: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -148,15 +172,32 @@ class ToolSpec:
                     name, "verify", self.verify,
                     "read-only tools skip the ledger, so verify would never run; drop one",
                 )
+        if not (is_number(self.verify_timeout) and self.verify_timeout > 0):
+            raise _invalid(name, "verify_timeout", self.verify_timeout,
+                           "use a positive number of seconds")
         object.__setattr__(self, "signature", _tool_signature(name, self.fn, self.key_param))
         object.__setattr__(self, "_plain", _plain_parameters(self.signature))
+        object.__setattr__(self, "_types", _argument_types(self.fn, self.signature))
         policy = self.retry or _SINGLE_ATTEMPT
         if self.timeout is not None:
             policy = msgspec.structs.replace(policy, attempt_timeout=self.timeout)
+        elif policy.attempt_timeout is None and not (
+            self.read_only and self.retry is None and self.breaker is None
+            and self.concurrency is None
+        ):
+            policy = msgspec.structs.replace(policy, attempt_timeout=DEFAULT_TIMEOUT)
         object.__setattr__(self, "retry_policy", policy)
 
     def bind(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """Check `arguments` against the tool's signature and fill in defaults.
+        """Check `arguments` against the tool's signature and its annotations; fill in defaults.
+
+        Each argument given is converted to its parameter's annotated type the
+        way `msgspec.convert` does (strictly: a dict becomes the annotated
+        Struct, an int a float, but "5" never an int), so that a call is checked
+        before any key is claimed and equal calls fingerprint alike. Defaults are
+        taken as they are. Parameters without an annotation, annotated `Any`,
+        or with a type msgspec cannot check (or an annotation that does not
+        resolve) take any value.
 
         Returns:
             The complete keyword arguments to call `fn` with (extra keywords of a
@@ -164,14 +205,27 @@ class ToolSpec:
 
         Raises:
             ToolArgumentsInvalid: A required argument is missing, an unknown one
-                was given, or the idempotency key was passed as an argument.
+                was given, one does not fit its annotation (naming it, the
+                expected and the given type), or the idempotency key was passed
+                as an argument.
         """
         plain = self._plain
+        types = self._types
         if plain is not None:  # the fast path: only named parameters, all arguments fit
             names, required, defaults = plain
             given = arguments.keys()
             if given <= names and required <= given:
-                return {**defaults, **arguments}
+                checked = {**defaults, **arguments}
+                for name in given:
+                    expected = types.get(name)
+                    value = checked[name]
+                    # A value of exactly the annotated class is as convert would leave it.
+                    if expected is not None and type(value) is not expected:
+                        try:
+                            checked[name] = msgspec.convert(value, expected)
+                        except msgspec.ValidationError as error:
+                            raise self._mismatch(name, value, expected, error) from None
+                return checked
         if self.key_param is not None and self.key_param in arguments:
             raise ToolArgumentsInvalid(
                 self.name,
@@ -184,14 +238,44 @@ class ToolSpec:
             raise ToolArgumentsInvalid(
                 self.name, f"{error}; expected {self.name}{_without_annotations(self.signature)}"
             ) from None
+        parameters = self.signature.parameters
+        for name, value in list(bound.arguments.items()):  # those given: defaults come next
+            expected = types.get(name)
+            if expected is None:
+                continue
+            if parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                bound.arguments[name] = {
+                    extra: self._convert(extra, item, expected) for extra, item in value.items()}
+            else:
+                bound.arguments[name] = self._convert(name, value, expected)
         bound.apply_defaults()
         flat: dict[str, Any] = {}
         for name, value in bound.arguments.items():
-            if self.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            if parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
                 flat.update(value)
             else:
                 flat[name] = value
         return flat
+
+    def _convert(self, name: str, value: Any, expected: Any) -> Any:
+        """`value` as the type `expected` (as `msgspec.convert` makes it), for argument `name`."""
+        if type(value) is expected:
+            return value
+        try:
+            return msgspec.convert(value, expected)
+        except msgspec.ValidationError as error:
+            raise self._mismatch(name, value, expected, error) from None
+
+    def _mismatch(self, name: str, value: Any, expected: Any,
+                  error: msgspec.ValidationError) -> ToolArgumentsInvalid:
+        shown = _type_name(expected)
+        detail = str(error).replace("`$", f"`{name}")
+        return ToolArgumentsInvalid(
+            self.name,
+            f"argument {name!r} must be {shown}, got {type(value).__name__} {value!r:.60} "
+            f"({detail}); pass a value of that type",
+            argument=name, expected=shown, given=type(value).__name__,
+        )
 
     def invoke(self, arguments: Mapping[str, Any], *, key: str | None) -> Awaitable[Any]:
         """Start a call of `fn` with bound `arguments`, passing `key` through `key_param`."""
@@ -222,6 +306,7 @@ def tool(
     max_waiting: int = DEFAULT_MAX_WAITING,
     fallback: Callable[..., Awaitable[Any]] | None = None,
     verify: Verify | None = None,
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     key_param: str | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -340,6 +425,61 @@ def _plain_parameters(
     names = frozenset(p.name for p in parameters)
     defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
     return names, names - defaults.keys(), defaults
+
+
+def _argument_types(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
+    """The type each parameter's arguments are checked and converted against, by name.
+
+    Left out (so taking any value): parameters without an annotation or annotated
+    `Any`/`object`, annotations that do not resolve (e.g. a name defined inside a
+    function under `from __future__ import annotations`), and types msgspec cannot
+    check (e.g. a union of two classes). For `**kwargs` the type is each value's.
+    """
+    namespace = _namespace(fn)
+    types: dict[str, Any] = {}
+    for parameter in signature.parameters.values():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            holder = _Annotations({parameter.name: annotation})
+            try:
+                annotation = typing.get_type_hints(holder, globalns=namespace)[parameter.name]
+            except Exception:
+                continue
+        if annotation in (inspect.Parameter.empty, Any, object):
+            continue
+        try:
+            msgspec.convert(None, annotation)
+        except msgspec.ValidationError:
+            pass  # a type msgspec checks, which None does not fit
+        except Exception:
+            continue  # a type msgspec cannot check
+        types[parameter.name] = annotation
+    return types
+
+
+class _Annotations:
+    """Something `typing.get_type_hints` resolves string annotations of, one at a time."""
+
+    def __init__(self, annotations: dict[str, str]) -> None:
+        self.__annotations__ = annotations
+
+
+def _namespace(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The globals string annotations of `fn`'s parameters are to be resolved in."""
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = inspect.unwrap(getattr(target, "__func__", target))
+    if not inspect.isfunction(target) and callable(target):  # an object: its __call__
+        target = type(target).__call__
+    return getattr(target, "__globals__", {})
+
+
+def _type_name(annotation: Any) -> str:
+    """How an error shows a type: `int`, `list[str]`, `Address | None` (no module paths)."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__qualname__
+    return re.sub(r"(?:\w+\.)+(?=\w)", "", repr(annotation))
 
 
 def _tool_signature(name: str, fn: Callable[..., Any], key_param: str | None) -> inspect.Signature:

@@ -13,7 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from roost.errors import IdempotencyConflict, RecordCorrupt
+from roost.errors import IdempotencyConflict, PermanentToolError, RecordCorrupt
 from roost.storage import Ledger, LedgerEntry, Put, Store
 from roost.storage.ledger import ledger_key
 from tests.support import FakeClock
@@ -82,6 +82,30 @@ async def test_a_permanent_failure_and_an_unrecordable_result_say_why(ledger: Le
     assert a is not None and (a.status, a.error_type, a.error) == (
         "failed", "ValueError", "card declined")
     assert b is not None and (b.status, b.error) == ("unrecordable", "TypeError: socket")
+
+
+class Declined(Exception):
+    def __init__(self, message: str, code: object) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(PermanentToolError("card declined", code="card_declined"), "card_declined"),
+     (Declined("card declined", 402), 402),
+     (Declined("card declined", {"not": "a code"}), None),
+     (Declined("card declined", True), None),
+     (ValueError("card declined"), None)],
+)
+async def test_a_permanent_failure_keeps_its_type_message_and_a_str_or_int_code(
+    ledger: Ledger, error: Exception, code: object,
+) -> None:
+    await ledger.fail((await ledger.claim("send", "a", "fp")).entry, error)
+    stored = await ledger.get("send", "a")
+    assert stored is not None
+    assert (stored.error_type, stored.error, stored.error_code) == (
+        type(error).__name__, "card declined", code)
 
 
 async def test_a_released_key_can_be_claimed_again(ledger: Ledger) -> None:

@@ -17,10 +17,17 @@ import msgspec
 import pytest
 
 import roost
-from roost.errors import ToolArgumentsInvalid, ToolBusy, ToolResultUnrecordable, ToolTimeout
+from roost.errors import (
+    StoreError,
+    ToolArgumentsInvalid,
+    ToolBusy,
+    ToolResultUnrecordable,
+    ToolTimeout,
+)
 from roost.storage import Ledger, Store, Update
 from roost.tools.keys import fingerprint
 from roost.tools.proxy import ToolProxy, ToolStatistics
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -35,7 +42,7 @@ class Send(roost.Message, frozen=True):
 
 
 class Sender(roost.Actor):
-    """Sends through `ctx.tools`, with the key derived from its path or its run."""
+    """Sends through `ctx.tools`, with the key derived from its message or its run's step."""
 
     async def receive(self, message: Any) -> Any:
         match message:
@@ -132,28 +139,36 @@ async def test_read_only_tools_skip_the_ledger(tmp_path: Path) -> None:
         assert await ledger_keys(system) == []
 
 
-async def test_derived_keys_are_scoped_to_the_calling_actor(tmp_path: Path) -> None:
+async def test_derived_keys_are_scoped_to_the_message_being_handled(tmp_path: Path) -> None:
     mailer = Mailer()
     async with open_system(tmp_path / "store") as system:
         registered(system, mailer.tool)
         alice, bob = system.spawn(Sender, name="alice"), system.spawn(Sender, name="bob")
-        first = await alice.ask(Send("ada"))
-        assert await alice.ask(Send("ada")) == first  # same actor, same arguments: once
-        assert await bob.ask(Send("ada")) == Receipt("ada", 2)  # another actor: its own key
-        assert await alice.ask(Send("bo")) == Receipt("bo", 3)
-    assert mailer.sent == ["ada", "ada", "bo"]
+        assert await alice.ask(Send("ada")) == Receipt("ada", 1)
+        assert await alice.ask(Send("ada")) == Receipt("ada", 2)  # another message: its own key
+        assert await bob.ask(Send("ada")) == Receipt("ada", 3)
+    assert mailer.sent == ["ada", "ada", "ada"]
 
 
-async def test_derived_keys_are_scoped_to_the_run(tmp_path: Path) -> None:
+async def test_derived_keys_are_scoped_to_the_run_and_step_of_a_steps_request(
+    tmp_path: Path,
+) -> None:
     mailer = Mailer()
+
+    def step(run_id: str, name: str | None) -> roost.TraceContext:
+        return roost.TraceContext("ab" * 16, None, run_id, name)
+
     async with open_system(tmp_path / "store") as system:
         registered(system, mailer.tool)
         alice, bob = system.spawn(Sender, name="alice"), system.spawn(Sender, name="bob")
-        run_1, run_2 = roost.TraceContext.new("run-1"), roost.TraceContext.new("run-2")
-        assert await alice.ask(Send("ada"), trace=run_1) == Receipt("ada", 1)
-        assert await bob.ask(Send("ada"), trace=run_1) == Receipt("ada", 1)  # same run: once
-        assert await bob.ask(Send("ada"), trace=run_2) == Receipt("ada", 2)
-    assert mailer.sent == ["ada", "ada"]
+        assert await alice.ask(Send("ada"), trace=step("run-1", "a")) == Receipt("ada", 1)
+        # The same step of the same run, asked again (a retry or a resume): once.
+        assert await bob.ask(Send("ada"), trace=step("run-1", "a")) == Receipt("ada", 1)
+        assert await bob.ask(Send("ada"), trace=step("run-1", "b")) == Receipt("ada", 2)
+        assert await bob.ask(Send("ada"), trace=step("run-2", "a")) == Receipt("ada", 3)
+        # In a run but not a step's request: a unit of work of its own.
+        assert await bob.ask(Send("ada"), trace=step("run-1", None)) == Receipt("ada", 4)
+    assert mailer.sent == ["ada"] * 4
 
 
 async def test_a_caller_that_gives_up_leaves_the_call_running_and_its_result_recorded(
@@ -191,8 +206,10 @@ async def test_a_permanent_failure_is_stored_and_replayed_without_running_the_to
         with pytest.raises(ValueError, match="card 4242 declined"):
             await system.tools.call("charge", key="order-1", card="4242")
         with pytest.raises(roost.PermanentToolError,
-                           match=r"'order-1' failed before .*ValueError: card 4242 declined"):
+                           match=r"'order-1' failed before .*ValueError: card 4242 declined",
+                           ) as replayed:
             await system.tools.call("charge", key="order-1", card="4242")
+        assert (replayed.value.original_type, replayed.value.code) == ("ValueError", None)
         stats = system.tools.statistics()
         assert (stats.calls, stats.failures, stats.dedup_hits) == (2, 2, 1)
     assert attempts == ["4242"]
@@ -415,7 +432,8 @@ async def test_a_key_in_flight_with_other_arguments_is_still_a_conflict(tmp_path
 async def test_a_call_past_its_deadline_raises_tool_timeout_even_when_the_ledger_is_slow(
     tmp_path: Path,
 ) -> None:
-    @roost.tool(retry=roost.Retry(attempts=3, deadline=0.2))
+    # Idempotent: cutting off a call of any other tool leaves its outcome unknown.
+    @roost.tool(idempotent=True, retry=roost.Retry(attempts=3, deadline=0.2))
     async def hang(n: int) -> None:
         await anyio.sleep_forever()
 
@@ -455,13 +473,19 @@ async def test_arguments_that_do_not_fit_are_refused_before_the_proxy(system: ro
 
 
 async def test_arguments_that_cannot_make_a_key_are_a_clear_error(tmp_path: Path) -> None:
-    mailer = Mailer()
+    sent: list[object] = []
+
+    @roost.tool
+    async def send(to: object) -> None:
+        sent.append(to)
+
     async with open_system(tmp_path / "store") as system:
-        registered(system, mailer.tool)
+        registered(system, send)
         with anyio.fail_after(2):
-            with pytest.raises(ToolArgumentsInvalid, match="arguments must be JSON-encodable"):
-                await system.tools.call("send", to=object())  # type: ignore[arg-type]
-    assert mailer.sent == []
+            with pytest.raises(ToolArgumentsInvalid, match=r"argument 'to' \(object\) cannot be "
+                               r"hashed .*arguments must be JSON-encodable"):
+                await system.tools.call("send", to=object())
+    assert sent == []
 
 
 async def test_a_call_with_bad_arguments_does_not_disturb_calls_in_flight(tmp_path: Path) -> None:
@@ -507,3 +531,378 @@ async def test_statistics_and_breaker_states_follow_the_proxy_across_its_restart
         assert system.tools.breaker_states() == {"flaky": "open"}
         with pytest.raises(roost.ToolUnavailable):
             await system.tools.call("flaky")
+
+
+# --- attempts cut off with their outcome unknown --------------------------------------------
+
+
+class Courier:
+    """A side-effecting `deliver` tool that records each send, then hangs while `hanging`."""
+
+    def __init__(self, **options: Any) -> None:
+        self.sent: list[str] = []
+        self.hanging = True
+
+        @roost.tool(name="deliver", **options)
+        async def deliver(to: str) -> Receipt:
+            self.sent.append(to)
+            if self.hanging:
+                await anyio.sleep_forever()
+            return Receipt(to, len(self.sent))
+
+        self.tool = deliver
+
+
+async def test_a_timed_out_attempt_of_a_non_idempotent_tool_is_not_retried_and_stays_unknown(
+    tmp_path: Path,
+) -> None:
+    courier = Courier(timeout=0.2, retry=roost.Retry(attempts=3, base_delay=0.0))
+    async with open_system(tmp_path / "store") as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5), pytest.raises(
+            roost.ToolOutcomeUnknown,
+            match=r"tool 'deliver': call with key 'k' was cut off with its outcome unknown "
+                  r"\(ToolTimeout: tool 'deliver': attempt timed out after 0\.2s\) and the tool "
+                  r"has no verify hook; it was not repeated and the key stays in flight",
+        ) as caught:
+            await system.tools.call("deliver", key="k", to="ada")
+        assert isinstance(caught.value.attempt_error, ToolTimeout)
+        assert caught.value.cause is caught.value.__cause__ is caught.value.attempt_error
+        courier.hanging = False
+        with pytest.raises(roost.ToolOutcomeUnknown,
+                           match="'k' was left in flight by an earlier call in this process"):
+            await system.tools.call("deliver", key="k", to="ada")
+        entry = await Ledger(system.store).get("deliver", "k")
+        assert entry is not None and entry.status == "in_flight"
+    assert courier.sent == ["ada"]
+
+
+async def test_a_timed_out_attempt_is_tried_again_only_when_verify_finds_it_not_done(
+    tmp_path: Path,
+) -> None:
+    asked: list[str] = []
+
+    async def verify(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+        asked.append(key)
+        courier.hanging = False  # the next attempt answers
+        return roost.NotDone()
+
+    courier = Courier(timeout=0.1, retry=roost.Retry(attempts=3, base_delay=0.0), verify=verify)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5):
+            assert await system.tools.call("deliver", key="k", to="ada") == Receipt("ada", 2)
+        assert await system.tools.call("deliver", key="k", to="ada") == Receipt("ada", 2)
+    assert asked == ["k"]
+    assert courier.sent == ["ada", "ada"]
+
+
+async def test_a_timed_out_attempt_that_verify_finds_done_ends_with_verifys_result(
+    tmp_path: Path,
+) -> None:
+    async def verify(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+        return roost.Done(Receipt(arguments["to"], 7))
+
+    courier = Courier(timeout=0.1, retry=roost.Retry(attempts=3, base_delay=0.0), verify=verify)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5):
+            assert await system.tools.call("deliver", key="k", to="ada") == Receipt("ada", 7)
+        entry = await Ledger(system.store).get("deliver", "k")
+        assert entry is not None and entry.status == "completed"
+    assert courier.sent == ["ada"]
+
+
+async def test_a_last_attempt_that_verify_finds_not_done_releases_the_key(tmp_path: Path) -> None:
+    async def verify(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+        return roost.NotDone()
+
+    courier = Courier(timeout=0.1, verify=verify)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5), pytest.raises(ToolTimeout, match=r"timed out after 0\.1s"):
+            await system.tools.call("deliver", key="k", to="ada")
+        assert await Ledger(system.store).get("deliver", "k") is None  # known not done
+        courier.hanging = False
+        assert await system.tools.call("deliver", key="k", to="ada") == Receipt("ada", 2)
+
+
+async def test_a_timed_out_attempt_of_an_idempotent_tool_is_retried(tmp_path: Path) -> None:
+    courier = Courier(idempotent=True, timeout=0.1, retry=roost.Retry(attempts=2, base_delay=0.0))
+    async with open_system(tmp_path / "store") as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5), pytest.raises(ToolTimeout):
+            await system.tools.call("deliver", key="k", to="ada")
+        assert await Ledger(system.store).get("deliver", "k") is None  # retryable: released
+    assert courier.sent == ["ada", "ada"]
+
+
+@pytest.mark.parametrize(
+    ("lost", "unknown"),
+    [(ConnectionResetError("reset by peer"), True), (BrokenPipeError("broken pipe"), True),
+     (ConnectionRefusedError("refused"), False), (roost.TransientToolError("503"), False)],
+)
+async def test_a_connection_broken_after_sending_is_an_unknown_outcome_a_refused_one_is_not(
+    tmp_path: Path, lost: Exception, unknown: bool,
+) -> None:
+    attempts: list[str] = []
+
+    @roost.tool(retry=roost.Retry(attempts=2, base_delay=0.0))
+    async def post(to: str) -> str:
+        attempts.append(to)
+        raise lost
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, post)
+        with pytest.raises(roost.ToolOutcomeUnknown if unknown else type(lost)) as caught:
+            await system.tools.call("post", key="k", to="ada")
+        entry = await Ledger(system.store).get("post", "k")
+    if unknown:
+        assert caught.value.__cause__ is lost
+        assert (attempts, entry is not None and entry.status) == (["ada"], "in_flight")
+    else:
+        assert (attempts, entry) == (["ada", "ada"], None)
+
+
+async def test_without_a_store_a_timed_out_non_idempotent_call_still_has_an_unknown_outcome(
+) -> None:
+    courier = Courier(timeout=0.1, retry=roost.Retry(attempts=3, base_delay=0.0))
+    async with open_system() as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5), pytest.raises(roost.ToolOutcomeUnknown):
+            await system.tools.call("deliver", key="k", to="ada")
+    assert courier.sent == ["ada"]
+
+
+# --- time limits ----------------------------------------------------------------------------
+
+
+async def test_every_attempt_of_a_side_effecting_tool_has_the_default_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert roost.tools.spec.DEFAULT_TIMEOUT == 60.0
+    assert Courier().tool.__roost_tool__.retry_policy.attempt_timeout == 60.0  # type: ignore[attr-defined]
+    monkeypatch.setattr(roost.tools.spec, "DEFAULT_TIMEOUT", 0.1)  # not a minute in a test
+    courier = Courier(idempotent=True)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5), pytest.raises(
+                ToolTimeout, match=r"tool 'deliver': attempt timed out after 0\.1s"):
+            await system.tools.call("deliver", key="k", to="ada")
+        assert await Ledger(system.store).get("deliver", "k") is None
+
+
+async def test_a_hanging_half_open_probe_is_cut_off_and_the_breaker_opens_again(
+    clock: FakeClock,
+) -> None:
+    courier = Courier(idempotent=True, timeout=0.1,
+                      breaker=roost.Breaker(failures=1, cooldown=5.0))
+    async with open_system(clock=clock) as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5):
+            with pytest.raises(ToolTimeout):
+                await system.tools.call("deliver", key="first", to="ada")  # trips the breaker
+            assert system.tools.breaker_states() == {"deliver": "open"}
+            clock.advance(5.0)
+            with pytest.raises(ToolTimeout):
+                await system.tools.call("deliver", key="probe", to="ada")  # the probe hangs
+        assert system.tools.breaker_states() == {"deliver": "open"}  # not stuck half-open
+    assert courier.sent == ["ada", "ada"]
+
+
+# --- replays come before the breaker --------------------------------------------------------
+
+
+async def test_a_stored_result_is_replayed_while_the_breaker_is_open_not_the_fallback(
+    tmp_path: Path, clock: FakeClock,
+) -> None:
+    fallbacks: list[str] = []
+    failing: list[bool] = [False]
+
+    async def cached(to: str) -> Receipt:
+        fallbacks.append(to)
+        return Receipt(to, 0)
+
+    @roost.tool(breaker=roost.Breaker(failures=1, cooldown=60.0), fallback=cached)
+    async def send(to: str) -> Receipt:
+        if failing[0]:
+            raise roost.TransientToolError("503")
+        return Receipt(to, 1)
+
+    async with open_system(tmp_path / "store", clock=clock) as system:
+        registered(system, send)
+        assert await system.tools.call("send", key="done", to="ada") == Receipt("ada", 1)
+        failing[0] = True
+        with pytest.raises(roost.TransientToolError):
+            await system.tools.call("send", key="trip", to="bo")
+        assert system.tools.breaker_states() == {"send": "open"}
+        assert await system.tools.call("send", key="done", to="ada") == Receipt("ada", 1)
+        assert await system.tools.call("send", key="new", to="cy") == Receipt("cy", 0)
+    assert fallbacks == ["cy"]
+
+
+async def test_a_stored_permanent_failure_is_replayed_while_the_breaker_is_open(
+    tmp_path: Path, clock: FakeClock,
+) -> None:
+    @roost.tool(breaker=roost.Breaker(failures=1, cooldown=60.0))
+    async def charge(card: str) -> str:
+        if card == "bad":
+            raise roost.PermanentToolError("card declined", code="card_declined")
+        raise roost.TransientToolError("503")
+
+    async with open_system(tmp_path / "store", clock=clock) as system:
+        registered(system, charge)
+        with pytest.raises(roost.PermanentToolError):
+            await system.tools.call("charge", key="declined", card="bad")
+        with pytest.raises(roost.TransientToolError):
+            await system.tools.call("charge", key="trip", card="good")
+        assert system.tools.breaker_states() == {"charge": "open"}
+        with pytest.raises(roost.PermanentToolError, match="failed before") as replayed:
+            await system.tools.call("charge", key="declined", card="bad")
+        assert replayed.value.code == "card_declined"
+        with pytest.raises(roost.ToolUnavailable):
+            await system.tools.call("charge", key="other", card="good")
+
+
+# --- results that cannot be recorded --------------------------------------------------------
+
+
+def failing_writes(monkeypatch: pytest.MonkeyPatch, *methods: str) -> None:
+    """Make the ledger's `methods` fail as a full disk would."""
+
+    async def fail(self: Ledger, *args: Any) -> None:
+        raise StoreError("store at 'store': commit of 1 op failed (MapFullError: map full)")
+
+    for method in methods:
+        monkeypatch.setattr(Ledger, method, fail)
+
+
+async def test_a_result_whose_write_fails_is_unrecordable_and_never_invites_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mailer = Mailer()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with monkeypatch.context() as patch:
+            failing_writes(patch, "complete")
+            with pytest.raises(
+                ToolResultUnrecordable,
+                match=r"tool 'send': call with key 'k' took effect but its result could not be "
+                      r"recorded \(StoreError: .*map full\)\); it will not be run again for this "
+                      r"key: do not retry it",
+            ) as caught:
+                await system.tools.call("send", key="k", to="ada")
+        assert isinstance(caught.value.cause, StoreError)
+        assert caught.value.__cause__ is caught.value.cause
+        assert "retry, and" not in str(caught.value)
+        with pytest.raises(ToolResultUnrecordable, match="will not be run again"):
+            await system.tools.call("send", key="k", to="ada")
+        entry = await Ledger(system.store).get("send", "k")
+        assert entry is not None and entry.status == "unrecordable"
+    assert mailer.sent == ["ada"]
+
+
+async def test_when_not_even_unrecordable_can_be_written_the_key_stays_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mailer = Mailer()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with monkeypatch.context() as patch:
+            failing_writes(patch, "complete", "unrecordable")
+            with pytest.raises(ToolResultUnrecordable, match="took effect"):
+                await system.tools.call("send", key="k", to="ada")
+        with pytest.raises(roost.ToolOutcomeUnknown):
+            await system.tools.call("send", key="k", to="ada")
+    assert mailer.sent == ["ada"]
+
+
+# --- verify hooks that cannot tell ----------------------------------------------------------
+
+
+async def raises(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+    raise RuntimeError("outbox unreachable")
+
+
+async def hangs(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def answers_nonsense(key: str, arguments: Any) -> roost.Done | roost.NotDone:
+    return True  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("verify", "cause", "match"),
+    [(raises, RuntimeError, r"RuntimeError: outbox unreachable"),
+     (hangs, ToolTimeout, r"ToolTimeout: tool 'send': verify timed out after 0\.1s"),
+     (answers_nonsense, TypeError,
+      r"TypeError: tool 'send': verify returned True; return roost\.Done\(result\)")],
+)
+async def test_a_verify_hook_that_fails_hangs_or_talks_nonsense_leaves_the_outcome_unknown(
+    tmp_path: Path, verify: Any, cause: type[Exception], match: str,
+) -> None:
+    mailer = Mailer(verify=verify, verify_timeout=0.1)
+    await leave_in_flight(tmp_path / "store", "send", "k", {"to": "ada"})
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with anyio.fail_after(5), pytest.raises(
+            roost.ToolOutcomeUnknown,
+            match=rf"call with key 'k' was in flight when the process stopped and its verify "
+                  rf"hook could not settle it \({match}",
+        ) as caught:
+            await system.tools.call("send", key="k", to="ada")
+        assert isinstance(caught.value.cause, cause)
+        assert caught.value.__cause__ is caught.value.cause is caught.value.verify_error
+        entry = await Ledger(system.store).get("send", "k")
+        assert entry is not None and entry.status == "in_flight"
+    assert mailer.sent == []
+
+
+async def test_a_verify_hook_that_fails_after_a_timeout_leaves_the_outcome_unknown(
+    tmp_path: Path,
+) -> None:
+    courier = Courier(timeout=0.1, retry=roost.Retry(attempts=3, base_delay=0.0), verify=raises)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, courier.tool)
+        with anyio.fail_after(5), pytest.raises(roost.ToolOutcomeUnknown) as caught:
+            await system.tools.call("deliver", key="k", to="ada")
+    assert isinstance(caught.value.attempt_error, ToolTimeout)
+    assert isinstance(caught.value.verify_error, RuntimeError)
+    assert courier.sent == ["ada"]
+
+
+# --- replayed failures keep what the tool raised --------------------------------------------
+
+
+class CardDeclined(roost.PermanentToolError):
+    """A tool's own permanent error, with a code."""
+
+    def __init__(self, card: str) -> None:
+        super().__init__(f"card {card} declined", code="card_declined")
+
+
+async def test_a_replayed_failure_keeps_the_original_type_message_and_code_across_restarts(
+    tmp_path: Path,
+) -> None:
+    attempts: list[str] = []
+
+    @roost.tool
+    async def charge(card: str) -> str:
+        attempts.append(card)
+        raise CardDeclined(card)
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, charge)
+        with pytest.raises(CardDeclined) as first:
+            await system.tools.call("charge", key="order-1", card="4242")
+        assert (first.value.code, first.value.original_type) == ("card_declined", None)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, charge)
+        with pytest.raises(roost.PermanentToolError,
+                           match=r"'order-1' failed before .*CardDeclined: card 4242 declined",
+                           ) as replayed:
+            await system.tools.call("charge", key="order-1", card="4242")
+    assert (replayed.value.original_type, replayed.value.code) == ("CardDeclined", "card_declined")
+    assert attempts == ["4242"]

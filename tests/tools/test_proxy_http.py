@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import msgspec
 import pytest
@@ -23,7 +24,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 import roost
-from roost.errors import ToolArgumentsInvalid, ToolBusy
+from roost.errors import ToolArgumentsInvalid, ToolBusy, ToolConnectionLost
 from roost.storage import Ledger
 from tests.support import FakeClock
 
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.anyio
 
 HOLD = "hold"
 """Plan step: apply the effect, then hold the answer until `Service.release` is set."""
+DROP = "drop"
+"""Plan step: apply the effect, then close the connection instead of answering."""
 OK = "ok"
 
 
@@ -85,6 +88,9 @@ class Service:
                 self.effects[key] = answer
             if step == HOLD:
                 await self.release.wait()
+            if step == DROP:
+                assert request.transport is not None
+                request.transport.close()
             return web.json_response(answer, status=201)
         finally:
             self.running -= 1
@@ -295,8 +301,9 @@ async def test_a_retry_after_a_lost_response_does_not_repeat_the_side_effect(
     service: Service, tmp_path: Path,
 ) -> None:
     async with open_system(store=tmp_path / "store") as system:
-        orders_tool(system, service, retry=roost.Retry(attempts=2, base_delay=0.0,
-                                                       attempt_timeout=0.1))
+        # Declared idempotent: the service applies each Idempotency-Key once.
+        orders_tool(system, service, idempotent=True,
+                    retry=roost.Retry(attempts=2, base_delay=0.0, attempt_timeout=0.1))
         service.plan.append(HOLD)  # processed, but the answer comes too late for the proxy
         answer = await call(system, "lamp", key="order-9")
         assert answer == {"status": 200, "body": {"order": 1, "item": "lamp"}}
@@ -450,3 +457,49 @@ async def test_arguments_that_do_not_fit_the_http_tool_are_refused_before_any_re
             await system.tools.call("orders", idempotency_key="k")
         assert service.count() == 0
         assert system.tools.statistics().calls == 0
+
+
+async def test_a_lost_response_of_a_non_idempotent_tool_is_an_unknown_outcome_not_a_retry(
+    service: Service, tmp_path: Path,
+) -> None:
+    async with open_system(store=tmp_path / "store") as system:
+        orders_tool(system, service, retry=roost.Retry(attempts=3, base_delay=0.0,
+                                                       attempt_timeout=0.1))
+        service.plan.append(HOLD)
+        with anyio.fail_after(5), pytest.raises(
+                roost.ToolOutcomeUnknown, match="'order-9' was cut off with its outcome unknown"):
+            await call(system, "lamp", key="order-9")
+        entry = await Ledger(system.store).get("orders", "order-9")
+        assert entry is not None and entry.status == "in_flight"
+        assert service.count() == 1
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_a_connection_broken_after_sending_is_retried_only_for_an_idempotent_tool(
+    service: Service, tmp_path: Path, idempotent: bool,
+) -> None:
+    async with open_system(store=tmp_path / "store") as system:
+        orders_tool(system, service, idempotent=idempotent,
+                    retry=roost.Retry(attempts=2, base_delay=0.0))
+        service.plan.append(DROP)
+        with anyio.fail_after(5):
+            if idempotent:
+                answer = await call(system, "lamp", key="order-3")
+                assert answer == {"status": 200, "body": {"order": 1, "item": "lamp"}}
+            else:
+                with pytest.raises(roost.ToolOutcomeUnknown) as caught:
+                    await call(system, "lamp", key="order-3")
+                assert isinstance(caught.value.attempt_error, ToolConnectionLost)
+                assert "the request may have been processed" in str(caught.value)
+        assert service.count() == (2 if idempotent else 1)
+        assert list(service.effects) == ["order-3"]
+
+
+def test_an_http_tools_request_timeout_is_its_attempt_limit() -> None:
+    slow = roost.HttpTool("slow", "POST", "http://127.0.0.1:9/x", session=aiohttp.ClientSession,
+                          timeout=90.0)
+    assert slow.spec.retry_policy.attempt_timeout == 90.0  # not cut at the 60 s default
+    retried = roost.HttpTool("retried", "POST", "http://127.0.0.1:9/x",
+                             session=aiohttp.ClientSession, timeout=90.0,
+                             retry=roost.Retry(attempt_timeout=5.0))
+    assert retried.spec.retry_policy.attempt_timeout == 5.0

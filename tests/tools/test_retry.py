@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,13 +18,15 @@ from roost.errors import (
     ConfigurationError,
     PermanentToolError,
     ToolBusy,
+    ToolConnectionLost,
+    ToolOutcomeUnknown,
     ToolTimeout,
     ToolUnavailable,
     TransientToolError,
 )
 from roost.tools.breaker import Breaker, BreakerState, CircuitBreaker
 from roost.tools.bulkhead import Bulkhead
-from roost.tools.retry import Retry, call_with_retry
+from roost.tools.retry import Retry, Watchdog, call_with_retry, leaves_outcome_unknown
 
 
 @pytest.fixture
@@ -306,3 +310,145 @@ async def test_a_full_bulkhead_is_not_retried_and_not_held_against_the_breaker()
     )
     assert result == "sent"
     assert bulkhead.statistics().running == 0
+
+
+# --- attempts whose outcome is unknown ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "unknown"),
+    [
+        (ToolTimeout("mail", 1.0), True),
+        (TimeoutError(), True),
+        (ConnectionResetError(), True),
+        (BrokenPipeError(), True),
+        (ToolConnectionLost("broke off after sending"), True),
+        (ConnectionRefusedError(), False),
+        (TransientToolError("503"), False),
+        (PermanentToolError("404"), False),
+        (ValueError("bad"), False),
+    ],
+)
+def test_timeouts_and_broken_connections_leave_the_outcome_unknown(
+    error: Exception, unknown: bool,
+) -> None:
+    assert leaves_outcome_unknown(error) is unknown
+
+
+class Rechecks:
+    """A recheck hook that answers each call with the next verdict, and records the errors."""
+
+    def __init__(self, *verdicts: tuple[Any] | Exception | None) -> None:
+        self.verdicts = list(verdicts)
+        self.errors: list[Exception] = []
+
+    async def __call__(self, error: Exception) -> tuple[Any] | None:
+        self.errors.append(error)
+        verdict = self.verdicts.pop(0)
+        if isinstance(verdict, Exception):
+            raise verdict
+        return verdict
+
+
+@pytest.mark.anyio
+async def test_an_attempt_with_an_unknown_outcome_is_retried_only_when_recheck_finds_it_not_done(
+) -> None:
+    fake = FakeTime()
+    lost = ConnectionResetError("reset")
+    attempt, calls = scripted(lost, "sent")
+    recheck = Rechecks(None)
+    result = await call_with_retry(attempt, Retry(attempts=3), tool="mail", sleep=fake.sleep,
+                                   clock=fake.clock, recheck=recheck)
+    assert (result, calls, recheck.errors) == ("sent", [1, 2], [lost])
+
+
+@pytest.mark.anyio
+async def test_an_attempt_recheck_finds_done_ends_the_call_with_its_result() -> None:
+    fake = FakeTime()
+    attempt, calls = scripted(TimeoutError("no answer"))
+    result = await call_with_retry(attempt, Retry(attempts=3), tool="mail", sleep=fake.sleep,
+                                   clock=fake.clock, recheck=Rechecks(("sent earlier",)))
+    assert (result, calls, fake.sleeps) == ("sent earlier", [1], [])
+
+
+@pytest.mark.anyio
+async def test_when_recheck_cannot_tell_the_call_ends_without_another_attempt() -> None:
+    fake = FakeTime()
+    breaker = CircuitBreaker("mail", Breaker(failures=1), clock=fake.clock)
+    attempt, calls = scripted(TimeoutError("no answer"))
+    unknown = ToolOutcomeUnknown("mail", "k", TimeoutError("no answer"))
+    with pytest.raises(ToolOutcomeUnknown):
+        await call_with_retry(attempt, Retry(attempts=3), tool="mail", breaker=breaker,
+                              sleep=fake.sleep, clock=fake.clock, recheck=Rechecks(unknown))
+    assert calls == [1]
+    assert breaker.state is BreakerState.OPEN  # the attempt still counts against the breaker
+
+
+@pytest.mark.anyio
+async def test_recheck_is_not_asked_about_failures_with_a_known_outcome() -> None:
+    fake = FakeTime()
+    attempt, calls = scripted(TransientToolError("503"), ConnectionRefusedError(), "sent")
+    recheck = Rechecks()
+    assert await call_with_retry(attempt, Retry(attempts=3), tool="mail", sleep=fake.sleep,
+                                 clock=fake.clock, recheck=recheck) == "sent"
+    assert (calls, recheck.errors) == ([1, 2, 3], [])
+
+
+@pytest.mark.anyio
+async def test_a_deadline_that_ends_the_wait_for_a_slot_is_a_known_outcome() -> None:
+    bulkhead = Bulkhead("mail", limit=1, max_waiting=1)
+    attempt, calls = scripted("sent")
+    recheck = Rechecks()
+    async with bulkhead:  # the slot stays taken: the call waits until its deadline
+        with pytest.raises(ToolTimeout, match=r"call timed out after 0\.05s"):
+            await call_with_retry(attempt, Retry(attempts=1, deadline=0.05), tool="mail",
+                                  bulkhead=bulkhead, recheck=recheck)
+    assert (calls, recheck.errors) == ([], [])
+
+
+# --- the watchdog ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_watchdog_cuts_off_only_the_attempts_past_their_limit() -> None:
+    watchdog = Watchdog()
+    go = anyio.Event()
+    finished: list[str] = []
+
+    async def within_its_limit() -> str:
+        await go.wait()
+        finished.append("within")
+        return "within"
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watchdog.run, within_its_limit, 10.0, "mail")
+            with pytest.raises(ToolTimeout, match=r"tool 'mail': attempt timed out after 0\.05s"):
+                await watchdog.run(forever, 0.05, "mail")
+            go.set()  # it has run past a sweep too, and ends well within its limit
+    assert finished == ["within"]
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_from_outside_is_not_turned_into_a_timeout() -> None:
+    watchdog = Watchdog()
+    with anyio.move_on_after(0.05) as scope:
+        await watchdog.run(forever, 10.0, "mail")
+    assert scope.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_an_attempt_that_swallows_its_cut_off_leaves_its_task_uncancelled() -> None:
+    watchdog = Watchdog()
+
+    async def stubborn() -> str:
+        try:
+            await forever()
+        except BaseException:
+            return "kept going"
+        return "unreachable"
+
+    assert await watchdog.run(stubborn, 0.02, "mail") == "kept going"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await anyio.lowlevel.checkpoint()  # a pending cancellation would be raised here

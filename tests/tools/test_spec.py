@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import pytest
 
 from roost.errors import ConfigurationError, ToolArgumentsInvalid, UnknownTool
 from roost.tools.breaker import Breaker
+from roost.tools.http import HttpTool
 from roost.tools.retry import Retry
 from roost.tools.spec import (
     Done,
@@ -236,3 +239,85 @@ async def test_a_verify_hook_answers_done_with_the_result_or_not_done() -> None:
         case NotDone():
             pytest.fail("k1 was sent")
     assert await spec.verify("k2", {}) == NotDone()
+
+
+# --- arguments checked and converted against the annotations ---------------------------------
+
+
+class Room(msgspec.Struct, frozen=True):
+    number: int
+
+
+async def book(room: Room, nights: float, guests: list[str] | None = None,
+               note: Any = None, when: datetime.date | None = None) -> str:
+    return f"{room.number}"
+
+
+def test_arguments_are_converted_to_their_annotated_types() -> None:
+    bound = spec_of(book).bind({"room": {"number": 7}, "nights": 2, "guests": ("ada",),
+                                "when": "2025-01-31"})
+    assert bound == {"room": Room(7), "nights": 2.0, "guests": ["ada"], "note": None,
+                     "when": datetime.date(2025, 1, 31)}
+    assert type(bound["nights"]) is float
+
+
+def test_defaults_are_taken_as_they_are_and_unannotated_arguments_take_anything() -> None:
+    odd = object()
+    assert spec_of(book).bind({"room": Room(1), "nights": 1.0, "note": odd})["note"] is odd
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match", "attributes"),
+    [
+        ({"room": Room(1), "nights": "two"},
+         r"tool 'book': arguments do not fit its signature: argument 'nights' must be float, "
+         r"got str 'two' \(Expected `float`, got `str`\); pass a value of that type",
+         ("nights", "float", "str")),
+        ({"room": Room(1), "nights": True}, r"argument 'nights' must be float, got bool True",
+         ("nights", "float", "bool")),
+        ({"room": {"number": "7"}, "nights": 1},
+         r"argument 'room' must be Room, got dict .*Expected `int`, got `str` - at `room.number`",
+         ("room", "Room", "dict")),
+        ({"room": Room(1), "nights": 1, "guests": ["ada", 3]},
+         r"argument 'guests' must be list\[str\] \| None, .*at `guests\[1\]`",
+         ("guests", "list[str] | None", "list")),
+    ],
+)
+def test_an_argument_that_does_not_fit_its_annotation_names_it_and_both_types(
+    arguments: dict[str, Any], match: str, attributes: tuple[str, str, str],
+) -> None:
+    with pytest.raises(ToolArgumentsInvalid, match=match) as caught:
+        spec_of(book).bind(arguments)
+    assert (caught.value.argument, caught.value.expected, caught.value.given) == attributes
+
+
+def test_extra_keywords_are_checked_against_the_var_keyword_annotation() -> None:
+    async def tag(path: str, **counts: int) -> None: ...
+
+    spec = ToolSpec(name="tag", fn=tag)
+    assert spec.bind({"path": "/x", "a": 1}) == {"path": "/x", "a": 1}
+    with pytest.raises(ToolArgumentsInvalid, match=r"argument 'b' must be int, got str 'x'"):
+        spec.bind({"path": "/x", "b": "x"})
+
+
+def test_annotations_that_do_not_resolve_or_msgspec_cannot_check_take_anything() -> None:
+    class Local:
+        pass
+
+    class Other:
+        pass
+
+    async def handle(item: Local, either: Local | Other, count: int) -> None: ...
+
+    spec = ToolSpec(name="handle", fn=handle)  # `Local` is a string this module cannot resolve
+    assert spec.bind({"item": 1, "either": "x", "count": 2}) == {
+        "item": 1, "either": "x", "count": 2}
+    with pytest.raises(ToolArgumentsInvalid, match=r"argument 'count' must be int"):
+        spec.bind({"item": 1, "either": "x", "count": "2"})
+
+
+def test_the_arguments_of_an_http_tool_are_checked_too() -> None:
+    orders = HttpTool("orders", "POST", "https://api.example.org/orders", session=None)
+    with pytest.raises(ToolArgumentsInvalid, match=r"argument 'params' must be "
+                       r"Mapping\[str, str\] \| None"):
+        orders.spec.bind({"params": {"page": 2}})
