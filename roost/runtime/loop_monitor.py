@@ -3,8 +3,9 @@
 A blocking call inside `receive` (a `time.sleep`, a synchronous HTTP request, a long
 computation) stalls every actor of the system. Two cheap probes catch it:
 
-- a task on the loop wakes every `interval` seconds and measures how late it woke:
-  that is the loop's lag, kept for `statistics()`;
+- a timer callback on the loop fires every `interval` seconds and measures how late
+  it fired: that is the loop's lag, kept for `statistics()` (a callback, not a task,
+  so it never looks busy to anything that waits for all tasks to block);
 - a watchdog thread checks the task's heartbeat. When the heartbeat is older than
   `threshold` the loop is blocked right now, so the thread reads the loop thread's
   Python stack (`sys._current_frames`, no asyncio internals) for the actor cell whose
@@ -47,24 +48,23 @@ class LoopMonitor:
         self._reported_beat: float | None = None
         self._loop_thread = threading.get_ident()
         self._stopped = threading.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the probe task on the running loop and the watchdog thread."""
+        """Start the probe on the running loop and the watchdog thread."""
         self._loop_thread = threading.get_ident()
         self._beat = time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._probe(), name="roost-loop-probe")
+        self._schedule(asyncio.get_running_loop())
         self._thread = threading.Thread(target=self._watch, name="roost-loop-watchdog",
                                         daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
-        """Stop both probes and wait for them."""
+        """Stop both probes and wait for the thread."""
         self._stopped.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 1.0)
 
@@ -72,20 +72,22 @@ class LoopMonitor:
         """The last and largest lag seen (seconds) and how many blocks were reported."""
         return {"last": self.last_lag, "max": self.max_lag, "blocks": self.blocks}
 
-    async def _probe(self) -> None:
-        while True:
-            started = time.monotonic()
-            await asyncio.sleep(self.interval)
-            now = time.monotonic()
-            lag = max(0.0, now - started - self.interval)
-            self.last_lag = lag
-            self.max_lag = max(self.max_lag, lag)
-            if lag > self.threshold and self._reported_beat != self._beat:
-                # The watchdog missed it (a block shorter than its wake-up interval).
-                self.blocks += 1
-                _log.warning("event_loop_blocked", blocked_for=round(lag, 3), actor=None,
-                             message_type=None, threshold=self.threshold)
-            self._beat = now
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = loop.call_later(self.interval, self._probe, loop, time.monotonic())
+
+    def _probe(self, loop: asyncio.AbstractEventLoop, scheduled_at: float) -> None:
+        now = time.monotonic()
+        lag = max(0.0, now - scheduled_at - self.interval)
+        self.last_lag = lag
+        self.max_lag = max(self.max_lag, lag)
+        if lag > self.threshold and self._reported_beat != self._beat:
+            # The watchdog missed it (a block shorter than its wake-up interval).
+            self.blocks += 1
+            _log.warning("event_loop_blocked", blocked_for=round(lag, 3), actor=None,
+                         message_type=None, threshold=self.threshold)
+        self._beat = now
+        if not self._stopped.is_set():
+            self._schedule(loop)
 
     def _watch(self) -> None:
         while not self._stopped.wait(self.interval):
