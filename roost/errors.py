@@ -522,11 +522,15 @@ class RunNotFound(RoostError, LookupError):
 class RunInterrupted(RoostError):
     """The run's actor stopped before the run ended (e.g. it was stopped, or given up on)."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, cause: BaseException | None = None) -> None:
         self.run_id = run_id
+        self.cause = cause
+        why = ("its actor stopped" if cause is None else
+               f"paused: the store could not save its progress ({type(cause).__name__}: {cause})")
         super().__init__(
-            f"run {run_id!r} was interrupted before it ended (its actor stopped); it is still "
-            "stored as running: resume it with system.pipelines.resume(run_id)"
+            f"run {run_id!r} was interrupted before it ended ({why}); it is still stored as "
+            "running: resume it with system.pipelines.resume(run_id)"
+            + ("" if cause is None else " once the store can write again")
         )
 
 

@@ -1,6 +1,9 @@
-"""Helpers shared by tests: a fake clock for deadlines, cooldowns and restart windows."""
+"""Helpers shared by tests: a fake clock for deadlines, cooldowns and restart windows; a disk filler."""
 
 from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 
 class FakeClock:
@@ -14,3 +17,14 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until the disk is full."""
+    with open(path, "wb") as file:
+        try:
+            while True:
+                file.write(bytes(65536))
+                file.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC

@@ -147,7 +147,13 @@ class RunActor(Actor):
             await self._finish("failed", error=str(corrupt))
             return
         if record.status == RunStatus.QUEUED:  # admitted from the queue: it starts now
-            await self.pipelines.runs.update(self.run_id, status=RunStatus.RUNNING)
+            # Not durable: if a crash loses this, the run is found queued and admitted again.
+            try:
+                await self.pipelines.runs.update(self.run_id, status=RunStatus.RUNNING,
+                                                 durable=False)
+            except StoreError as error:
+                await self._pause(error)
+                return
         elif record.status != RunStatus.RUNNING:
             # It ended before this actor started (e.g. a restart after its last write):
             # report that end again, run nothing.
@@ -340,14 +346,30 @@ class RunActor(Actor):
             # checkpoint holds a review stored as `running`, free to go on by itself.
             await self._finish("needs_review", error=result.reason, checkpoint=done.step)
             return
-        await self._checkpoint(done.step,
-                               self.pipelines.runs.change(self.run_id, last_step=done.step))
+        try:
+            await self._checkpoint(done.step,
+                                   self.pipelines.runs.change(self.run_id, last_step=done.step))
+        except StoreError as error:
+            await self._pause(error)
+            return
         self._advance()
 
     async def _checkpoint(self, step: str, change: Update) -> None:
         """Save the run's progress after `step` and `change` its record, in one store write."""
         await self.pipelines.checkpoints.save(self.run_id, step=step, actor_path=self.ctx.path,
                                               state=self._progress(), also=[change])
+
+    async def _pause(self, error: StoreError) -> None:
+        """The store cannot save the run's progress (a full disk, a failing store): stop
+        without an end, so the run stays stored as it was and resumes from its last
+        checkpoint once the store can write. Restarting here would only loop."""
+        self.finished = True
+        for task in self.running.values():
+            task.cancel()
+        _log.error("run_paused", run_id=self.run_id, pipeline=self.pipeline.name,
+                   error_type=type(error).__name__, error=str(error))
+        self.pipelines.paused(self.run_id, error)
+        await self.ctx.stop()
 
     async def _finish(self, status: str, *, error: str | None = None,
                       failed_step: str | None = None, checkpoint: str | None = None) -> None:
@@ -362,13 +384,17 @@ class RunActor(Actor):
             task.cancel()
         runs = self.pipelines.runs
         result = _ENCODER.encode(self.encoded)
-        if checkpoint is None:
-            await runs.update(self.run_id, status=status, error=error, result=result,
-                              failed_step=failed_step)
-        else:
-            await self._checkpoint(checkpoint, runs.change(
-                self.run_id, status=status, error=error, result=result, failed_step=failed_step,
-                last_step=checkpoint))
+        try:
+            if checkpoint is None:
+                await runs.update(self.run_id, status=status, error=error, result=result,
+                                  failed_step=failed_step)
+            else:
+                await self._checkpoint(checkpoint, runs.change(
+                    self.run_id, status=status, error=error, result=result,
+                    failed_step=failed_step, last_step=checkpoint))
+        except StoreError as store_error:
+            await self._pause(store_error)
+            return
         _log.info("run_finished", run_id=self.run_id, pipeline=self.pipeline.name, status=status,
                   failed_step=failed_step, error=error)
         await self._ended(status, error, failed_step)

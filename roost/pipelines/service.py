@@ -32,6 +32,7 @@ from roost.errors import (
     RunCancelled,
     RunInterrupted,
     StepFailed,
+    StoreError,
     SystemBusy,
 )
 from roost.pipelines.admission import Admission
@@ -297,6 +298,14 @@ class Pipelines:
         for future in self._waiters.pop(run_id, []):
             if not future.done():
                 future.set_exception(RunInterrupted(run_id))
+
+    def paused(self, run_id: str, cause: StoreError) -> None:
+        """Called by a run's actor that stops because the store cannot save its progress:
+        its waiters hear `RunInterrupted` with the cause; the run stays resumable."""
+        self._live.discard(run_id)
+        for future in self._waiters.pop(run_id, []):
+            if not future.done():
+                future.set_exception(RunInterrupted(run_id, cause))
 
     def _slot_freed(self, run_id: str) -> None:
         """Give the slot `run_id` held to the oldest queued runs (started in the background)."""

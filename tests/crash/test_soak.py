@@ -4,9 +4,11 @@ resumable and no effect happened twice; at the end every effect happened exactly
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
-from benches.soak import soak
+from benches.soak import Soak, soak
 
 SEED = 20261202
 
@@ -20,3 +22,18 @@ def test_fifty_kills_lose_no_acknowledged_checkpoint_and_repeat_no_side_effect(
     assert result.kills == 50
     assert result.acked > 0
     assert lines[-1] == "soak: passed after 50 kills"
+
+
+def test_a_store_damaged_between_runs_is_refused_and_no_side_effect_repeats(
+        tmp_path: Path) -> None:
+    state = Soak(tmp_path, runs=400, seed=SEED, log=lambda _: None)
+    state.kill_round(random.Random(SEED))
+    effects = state.effects.read_text()
+    data = state.store / "data.mdb"
+    os.truncate(data, data.stat().st_size * 9 // 10)
+
+    code, stderr = state.round(None)
+
+    assert code == 1
+    assert "StoreCorrupt" in stderr and "truncated" in stderr and "restore the folder" in stderr
+    assert state.effects.read_text() == effects

@@ -4,8 +4,6 @@ it dies anyway every waiter (and the system) hears it at once instead of hanging
 from __future__ import annotations
 
 import errno
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import roost
 from roost.errors import StoreError
 from roost.storage import Put, Store, Update
 from roost.storage._writer import Writer
+from tests.support import fill
 
 pytestmark = pytest.mark.anyio
 
@@ -100,32 +99,6 @@ async def test_a_system_whose_store_writer_dies_stops_with_that_error(tmp_path: 
             with pytest.raises(StoreError):
                 await system.store.commit([Update("runs", b"a", kill_the_writer)])
             await anyio.sleep_forever()  # the failure cancels the block
-
-
-def fill(path: Path) -> None:
-    """Write zeros to `path` until the disk is full."""
-    with open(path, "wb") as file:
-        try:
-            while True:
-                file.write(bytes(65536))
-                file.flush()
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs mounted for the test (skipped where mounting is not allowed)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_a_full_disk_fails_writes_clearly_and_the_store_recovers_when_space_is_freed(

@@ -1,0 +1,59 @@
+"""A disk that fills up while runs are in flight: the runs pause with a clear error, nothing
+hangs, the store stays openable, and once space is freed the runs resume and complete."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import roost
+from tests.support import fill
+
+pytestmark = pytest.mark.anyio
+
+GATE: list[asyncio.Event] = []
+
+
+class Big(roost.Actor):
+    """A step with an ~8 KB result that waits for the gate (so the disk fills meanwhile)."""
+
+    async def receive(self, message: roost.RunStep) -> Any:
+        await GATE[0].wait()
+        return {"run": message.run_id, "text": "x" * 8192}
+
+
+PIPELINE = roost.Pipeline("big", [roost.Step("a", Big, workers=8),
+                                  roost.Step("b", Big, after="a", workers=8)])
+
+
+async def test_runs_pause_on_a_full_disk_and_resume_once_space_is_freed(small_disk: Path) -> None:
+    store = small_disk / "store"
+    filler = small_disk / "filler"
+    GATE[:] = [asyncio.Event()]
+    async with roost.ActorSystem(store=store, log_format="json", log_level="critical") as system:
+        handles = [await system.pipelines.start(PIPELINE, run_id=f"run-{i}") for i in range(30)]
+        await anyio.to_thread.run_sync(fill, filler)
+        GATE[0].set()
+        with anyio.fail_after(20):  # nothing hangs
+            outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
+
+    paused = [o for o in outcomes if isinstance(o, roost.RunInterrupted)]
+    assert paused, outcomes
+    assert all(isinstance(o, roost.RunInterrupted | roost.RunOutcome) for o in outcomes), outcomes
+    assert "could not save its progress" in str(paused[0])
+    assert "check the disk (space, permissions)" in str(paused[0])
+
+    await anyio.to_thread.run_sync(filler.unlink)
+    async with roost.ActorSystem(store=store, log_format="json", log_level="critical") as system:
+        resumed = await system.pipelines.register(PIPELINE, resume=True)
+        with anyio.fail_after(20):
+            finished = [await handle.result() for handle in resumed]
+        statuses = {r.run_id: str(r.status) for r in await system.pipelines.list()}
+
+    assert len(resumed) == len(paused)
+    assert {o.status for o in finished} == {"completed"}
+    assert set(statuses.values()) == {"completed"} and len(statuses) == 30
