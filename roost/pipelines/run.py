@@ -294,7 +294,8 @@ class RunActor(Actor):
             attempts[0] += 1
             return await self._once(step, worker, item, index, attempts[0], fallback)
 
-        return await call_with_retry(attempt, policy, tool=f"step {step.name}", key=self.run_id)
+        return await call_with_retry(attempt, policy, tool=f"step {step.name}", key=self.run_id,
+                                     step=step.name)
 
     async def _once(self, step: Step, worker: Any, item: Any, index: int | None,
                     attempt: int, fallback: bool) -> Any:

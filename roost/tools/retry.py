@@ -153,6 +153,7 @@ async def call_with_retry(
     rng: random.Random | None = None,
     recheck: Recheck[T] | None = None,
     watchdog: Watchdog | None = None,
+    step: str | None = None,
 ) -> T:
     """Await `call()` until it succeeds, a failure is not retried, or the policy runs out.
 
@@ -182,6 +183,9 @@ async def call_with_retry(
             retries such attempts like any other retryable failure.
         watchdog: Enforces `attempt_timeout`; the caller's shared one, else one
             for this call.
+        step: For a pipeline step's retries: its name. Logs are then
+            `step_attempt_failed`, `step_retry_scheduled` and `step_gave_up` with
+            `step` and `run_id` (`key`), not tool events.
 
     Returns:
         What the successful attempt returned (or what `recheck` found it returned).
@@ -204,6 +208,8 @@ async def call_with_retry(
     started = clock()
     previous: Exception | None = None
     number = 0
+    subject, who = ("tool", {"tool": tool, "key": key}) if step is None else (
+        "step", {"step": step, "run_id": key})
     if watchdog is None and policy.attempt_timeout is not None:
         watchdog = Watchdog()
     while True:
@@ -217,7 +223,7 @@ async def call_with_retry(
                     raise
         if breaker is not None and permit is None and previous is not None:
             _log.warning(
-                "tool_gave_up", tool=tool, key=key, attempts=number - 1, reason="breaker_open",
+                f"{subject}_gave_up", **who, attempts=number - 1, reason="breaker_open",
                 error=_describe(previous),
             )
             raise previous
@@ -230,7 +236,7 @@ async def call_with_retry(
             if breaker is not None and permit is not None:
                 breaker.on_failure(permit, error)
             _log.warning(
-                "tool_attempt_failed", tool=tool, key=key, attempt=number,
+                f"{subject}_attempt_failed", **who, attempt=number,
                 latency=clock() - attempt_started, error=_describe(error),
             )
             if recheck is not None and slot.entered and leaves_outcome_unknown(error):
@@ -249,7 +255,7 @@ async def call_with_retry(
                     reason = "deadline"
             if reason is not None:
                 _log.warning(
-                    "tool_gave_up", tool=tool, key=key, attempts=number, reason=reason,
+                    f"{subject}_gave_up", **who, attempts=number, reason=reason,
                     error=_describe(error),
                 )
                 raise
@@ -262,7 +268,7 @@ async def call_with_retry(
             if breaker is not None and permit is not None:
                 breaker.on_success(permit)
             return result
-        _log.info("tool_retry_scheduled", tool=tool, key=key, attempt=number, delay=delay)
+        _log.info(f"{subject}_retry_scheduled", **who, attempt=number, delay=delay)
         await sleep(delay)
 
 

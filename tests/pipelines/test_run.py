@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 import roost
 from roost.errors import PermanentToolError, RunCancelled, StepFailed, TransientToolError
@@ -450,6 +451,28 @@ async def test_a_step_is_retried_until_it_succeeds_and_each_attempt_is_numbered(
 
     assert outcome.results == {"flaky": "third time lucky"}
     assert [r.attempt for r in board.requests] == [1, 2, 3]
+
+
+async def test_step_retries_are_logged_as_step_events_naming_the_step_and_run(
+        tmp_path: Path, board: Board) -> None:
+    @board.on("flaky")
+    async def flaky(request: RunStep) -> Any:
+        if request.attempt < 2:
+            raise ValueError("not yet")
+        return "ok"
+
+    pipeline = Pipeline("retry-logs", [
+        Step("flaky", Worker, retry=roost.Retry(attempts=2, base_delay=0.0, retry_on=Exception)),
+    ])
+    with capture_logs() as logs:
+        async with roost.ActorSystem(store=tmp_path / "logged", log_format=None) as system:
+            run = await system.pipelines.start(pipeline, run_id="run-1")
+            await run.result()
+
+    retries = [e for e in logs if e["event"].endswith(("attempt_failed", "retry_scheduled"))]
+    assert [e["event"] for e in retries] == ["step_attempt_failed", "step_retry_scheduled"]
+    assert all(e["step"] == "flaky" and e["run_id"] == "run-1" and "tool" not in e
+               for e in retries)
 
 
 async def test_by_default_only_transient_errors_are_retried(
