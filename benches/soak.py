@@ -10,6 +10,9 @@ A final round runs without a kill: every run completes and every effect happened
 exactly once. Every kill is logged (round, delay, acks and effects seen), so a
 failure is reproducible from its seed.
 
+Then 10,000 runs are started at once (9,000 queued) while 1% of step messages crash
+their worker: every run completes, and the RSS growth is printed.
+
 It also reports `soak_kill_recovery`: seconds from a SIGKILL to the restarted process
 having resumed every run, against a clean start of the same store (target <= 2x).
 """
@@ -25,11 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import roost
 from benches._figure import Figure
 from roost.storage import CheckpointStore, RunStatus, RunStore, Store, decode_state
 
@@ -143,6 +149,37 @@ def soak(folder: Path, *, kills: int, runs: int, seed: int,
     return state
 
 
+class _Crashy(roost.Actor):
+    """A step's worker that crashes on about 1% of its messages (seeded by run and step)."""
+
+    async def receive(self, message: roost.RunStep) -> Any:
+        if message.attempt == 1 and zlib.crc32(f"{message.run_id}/{message.step}".encode()) % 100 == 0:
+            raise RuntimeError(f"crashed on {message.run_id}/{message.step}")
+        return {"run": message.run_id, "text": "x" * 1024}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def crash_load(folder: Path, *, runs: int, max_active: int = 1000) -> tuple[int, int]:
+    """Start `runs` runs at once (most wait in the queue) while 1% of step messages crash
+    their worker; every run must complete. Returns (runs completed, RSS growth in bytes)."""
+    retry = roost.Retry(attempts=3, base_delay=0.0, retry_on=RuntimeError)
+    pipeline = roost.Pipeline("crashy", [
+        roost.Step(f"s{i}", _Crashy, after=() if i == 0 else f"s{i - 1}", retry=retry, workers=8)
+        for i in range(3)])
+    before = _rss()
+    async with roost.ActorSystem(store=folder, durability="async", log_format="json",
+                                 log_level="critical", max_active_runs=max_active) as system:
+        handles = await asyncio.gather(*(system.pipelines.start(pipeline) for _ in range(runs)))
+        outcomes = await asyncio.gather(*(handle.result() for handle in handles))
+    completed = sum(outcome.status == "completed" for outcome in outcomes)
+    assert completed == runs, f"{runs - completed} of {runs} runs did not complete"
+    return completed, _rss() - before
+
+
 def recovery_seconds(folder: Path, runs: int) -> tuple[float, float]:
     """(seconds from a SIGKILL to every run resumed, seconds to a clean start of that store)."""
     state = Soak(folder, runs, 0, log=lambda _: None)
@@ -188,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="roost-soak-"))
     soak(folder, kills=args.kills, runs=args.runs, seed=args.seed)
+    completed, growth = asyncio.run(crash_load(folder / "crash-load", runs=10_000))
+    print(f"crash load: {completed} runs completed with 1% of step messages crashing; "
+          f"RSS grew {growth / 2**20:.1f} MiB")
     return 0
 
 
