@@ -80,6 +80,7 @@ from roost.tools import (
     Retry,
     tool,
 )
+from roost.tracing import Price, Span, SpanKind, Usage
 
 __all__ = [
     "Actor",
@@ -120,6 +121,7 @@ __all__ = [
     "Pipeline",
     "PipelineDefinitionError",
     "Pool",
+    "Price",
     "RecordCorrupt",
     "RestartChild",
     "Retry",
@@ -130,6 +132,8 @@ __all__ = [
     "RunNotFound",
     "RunOutcome",
     "RunStep",
+    "Span",
+    "SpanKind",
     "StartChild",
     "Step",
     "StepFailed",
@@ -156,6 +160,7 @@ __all__ = [
     "TraceContext",
     "TransientToolError",
     "UnknownTool",
+    "Usage",
     "WhichChildren",
     "configure_logging",
     "current_trace",

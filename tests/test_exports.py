@@ -12,7 +12,7 @@ import roost
 
 PACKAGES = [
     "roost", "roost.actors", "roost.mailbox", "roost.pipelines", "roost.runtime", "roost.storage",
-    "roost.tools",
+    "roost.tools", "roost.tracing",
 ]
 
 

@@ -1,6 +1,6 @@
 """roost's packages depend one way: mailbox <- actors <- tools <- pipelines <- runtime.
 
-`storage`, `errors`, `trace` and `_validate` sit below all of them. Every import is
+`storage`, `tracing`, `errors`, `trace` and `_validate` sit below all of them. Every import is
 read from the source with `ast`, including imports inside functions and under
 `if TYPE_CHECKING:`, so a cycle cannot hide behind a lazy import.
 """
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "roost"
 
-FOUNDATION = {"roost.errors", "roost.trace", "roost._validate", "roost.storage"}
+FOUNDATION = {"roost.errors", "roost.trace", "roost._validate", "roost.storage", "roost.tracing"}
 
 #: What each layer may import from roost, besides itself.
 ALLOWED: dict[str, set[str]] = {
@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "roost.trace": set(),
     "roost._validate": {"roost.errors"},
     "roost.storage": {"roost.errors", "roost.trace", "roost._validate"},
+    "roost.tracing": {"roost.errors", "roost.trace", "roost._validate", "roost.storage"},
     "roost.mailbox": FOUNDATION,
     "roost.actors": FOUNDATION | {"roost.mailbox"},
     "roost.tools": FOUNDATION | {"roost.mailbox", "roost.actors"},

@@ -72,6 +72,7 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.checkpoints: Any = None  # a CheckpointStore when the system has a store
+        self.tracer: Any = None  # the system's Tracer (roost.tracing), set by the host
         self._on_failure = on_failure
         self._registry: dict[str, Cell] = {}
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -31,6 +31,8 @@ from roost.pipelines.service import Pipelines
 from roost.runtime.log import configure_logging
 from roost.runtime.loop_monitor import LoopMonitor
 from roost.tools.client import Tools
+from roost.tracing import Price, Tracer
+from roost.tracing.tracer import Redact
 
 _log = structlog.get_logger("roost")
 #: Seconds between sweeps for checkpoints of runs past their retention.
@@ -63,6 +65,13 @@ class ActorSystem:
             monitor off.
         max_active_runs: the most pipeline runs in flight at once; runs started
             past it are stored as `queued` and start as slots free.
+        tracing: record spans for every run, step, tool call and message in a run.
+        payload_limit: the most bytes of one payload (step input or result, tool
+            arguments or result) kept on a span; longer ones are cut with a marker.
+        redact: `redact(name, value)` is called on every payload before it is
+            stored or exported, and returns what to keep (e.g. with secrets masked).
+        prices: price per model (`roost.Price`) to turn reported token usage into
+            cost; none is built in.
         clock: monotonic seconds for supervision (inject a fake in tests).
         rand: uniform [0, 1) numbers for backoff jitter (inject in tests).
 
@@ -89,6 +98,10 @@ class ActorSystem:
         run_retention: float = 7 * 86_400.0,
         loop_lag_threshold: float | None = 0.1,
         max_active_runs: int = 1000,
+        tracing: bool = True,
+        payload_limit: int = 8192,
+        redact: Redact | None = None,
+        prices: Mapping[str, Price] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -105,6 +118,9 @@ class ActorSystem:
         self.ledger_retention = ledger_retention
         self.checkpoints_kept = checkpoints_kept
         self.run_retention = run_retention
+        self.tracing = tracing
+        #: Starts the runtime's spans; sinks (the trace store, exporters) receive them.
+        self.tracer = Tracer(payload_limit=payload_limit, redact=redact, prices=prices)
         self.loop_monitor = (None if loop_lag_threshold is None
                              else LoopMonitor(threshold=loop_lag_threshold))
         self.tools = Tools(clock)
@@ -137,6 +153,7 @@ class ActorSystem:
         )
         await self._open_store()
         self.engine.checkpoints = self.checkpoints
+        self.engine.tracer = self.tracer
         self.engine.start_root(max_restarts=self._max_restarts, within=self._within)
         self._start_tool_proxy()
         self._task_group = anyio.create_task_group()

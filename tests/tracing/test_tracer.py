@@ -1,0 +1,115 @@
+"""Tests of roost/tracing/tracer.py: spans, payload shaping, usage and cost, failing sinks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from roost.tracing import Price, Span, SpanKind, Tracer, Usage
+
+
+class Reply(msgspec.Struct):
+    text: str
+
+
+def collecting(tracer: Tracer) -> list[Span]:
+    spans: list[Span] = []
+    tracer.add_sink(spans.append)
+    return spans
+
+
+def fake_clock() -> Any:
+    ticks = iter(range(1_000, 10**9, 1_000))
+    return lambda: next(ticks)
+
+
+def test_an_ended_span_reaches_every_sink_once_with_its_events_and_status() -> None:
+    tracer = Tracer(clock_ns=fake_clock())
+    spans = collecting(tracer)
+    span = tracer.start("step draft", SpanKind.STEP, trace_id="t" * 32, run_id="run-1", attempt=1)
+    span.event("retry_scheduled", delay=0.5)
+    span.fail(ValueError("bad draft"))
+
+    span.end()
+    span.end()
+
+    [ended] = spans
+    assert (ended.name, ended.kind, ended.run_id, ended.status) == ("step draft", "step", "run-1",
+                                                                    "error")
+    assert (ended.error_type, ended.error_message) == ("ValueError", "bad draft")
+    assert ended.attributes == {"attempt": 1}
+    assert [(e.name, e.attributes) for e in ended.events] == [("retry_scheduled", {"delay": 0.5})]
+    assert ended.start_ns < ended.events[0].time_ns < ended.end_ns
+
+
+def test_payloads_are_encoded_cut_to_the_limit_with_a_marker_and_redacted() -> None:
+    seen: list[str] = []
+
+    def redact(name: str, value: Any) -> Any:
+        seen.append(name)
+        return {**value, "password": "***"} if isinstance(value, dict) and "password" in value else value
+
+    tracer = Tracer(payload_limit=64, redact=redact)
+
+    assert tracer.payload("tool.arguments", {"to": "ada", "password": "hunter2"}) == {
+        "to": "ada", "password": "***"}
+    assert tracer.payload("step.output", Reply("hi")) == {"text": "hi"}
+    long = tracer.payload("step.output", Reply("x" * 1000))
+    assert long["roost.truncated"] is True and long["bytes"] == len('{"text":""}') + 1000
+    assert len(long["preview"]) == 64
+    assert seen == ["tool.arguments", "step.output", "step.output"]
+
+
+def test_an_unencodable_payload_becomes_a_typed_placeholder_and_a_failing_redaction_hides_it(
+        ) -> None:
+    assert Tracer().payload("step.output", object()) == {"roost.unencodable": "object"}
+
+    def broken(name: str, value: Any) -> Any:
+        raise RuntimeError("oops")
+
+    assert Tracer(redact=broken).payload("x", {"secret": 1}) == {
+        "roost.redaction_failed": "RuntimeError"}
+
+
+def test_usage_becomes_gen_ai_attributes_and_cost_from_the_price_table() -> None:
+    tracer = Tracer(prices={"small-model": Price(input_per_million=1.0, output_per_million=4.0)})
+    spans = collecting(tracer)
+    span = tracer.start("step draft", SpanKind.STEP, trace_id="t" * 32)
+
+    assert span.usage(Usage("small-model", input_tokens=1000, output_tokens=500)) == pytest.approx(
+        0.003)
+    span.usage(Usage("small-model", input_tokens=1000, output_tokens=0))
+    assert span.usage(Usage("unpriced", input_tokens=5)) is None
+    span.end()
+
+    attributes = spans[0].attributes
+    assert attributes["gen_ai.usage.input_tokens"] == 2005
+    assert attributes["gen_ai.usage.output_tokens"] == 500
+    assert attributes["roost.cost"] == pytest.approx(0.004)
+
+
+def test_a_failing_sink_drops_the_span_and_never_the_caller() -> None:
+    tracer = Tracer()
+
+    def full_disk(span: Span) -> None:
+        raise OSError("No space left on device")
+
+    tracer.add_sink(full_disk)
+    spans = collecting(tracer)
+    tracer.start("run", SpanKind.RUN, trace_id="t" * 32).end()
+
+    assert tracer.dropped == 1 and len(spans) == 1
+
+
+def test_a_span_survives_the_store_codec_round_trip() -> None:
+    tracer = Tracer()
+    spans = collecting(tracer)
+    span = tracer.start("tool send", SpanKind.TOOL_CALL, trace_id="t" * 32, actor="/a")
+    span.payload("tool.result", {"id": 7})
+    span.end()
+
+    encoded = msgspec.msgpack.encode(spans[0])
+
+    assert msgspec.msgpack.decode(encoded, type=Span) == spans[0]
