@@ -51,7 +51,8 @@ async def main(system: roost.ActorSystem) -> None:
         inbox = emails.generate(limit)
         known = {r.run_id: r.status for r in await system.pipelines.list()}
         run_ids = {e.email_id for e in inbox} | {h.run_id for h in resumed}
-        finished = [i for i in run_ids if i in known and known[i] != RunStatus.RUNNING]
+        waiting = (RunStatus.RUNNING, RunStatus.QUEUED)
+        finished = [i for i in run_ids if i in known and known[i] not in waiting]
         progress = Progress(len(run_ids), done=len(finished),
                             failed=sum(known[i] == RunStatus.FAILED for i in finished))
         slots = anyio.Semaphore(concurrency)

@@ -28,12 +28,13 @@ async def render(system: roost.ActorSystem, pipeline: Pipeline, run_ids: Collect
     """The summary of the runs `run_ids` of `pipeline`, as lines of text to print."""
     records = [r for r in await system.pipelines.list() if r.run_id in run_ids]
     statuses = Counter(r.status for r in records)
-    processed = sum(n for status, n in statuses.items() if status != RunStatus.RUNNING)
+    waiting = (RunStatus.RUNNING, RunStatus.QUEUED)
+    processed = sum(n for status, n in statuses.items() if status not in waiting)
     failures = Counter(f"{r.failed_step}: {(r.error or '').split(':')[0]}" for r in records
                        if r.status == RunStatus.FAILED)
     tokens = 0
     for record in records:
-        if record.status != RunStatus.RUNNING:
+        if record.status not in waiting:
             outcome = await system.pipelines.outcome(record.run_id)
             tokens += sum(r.tokens for r in outcome.results.values() if isinstance(r, StepOutput))
     tools = system.tools.statistics()
