@@ -23,6 +23,19 @@ class ConfigurationError(RoostError, ValueError):
     """A bad argument or setting: names the setting, the value and what is allowed."""
 
 
+class ExtraNotInstalled(ConfigurationError, ImportError):
+    """A feature needs an optional extra (`roost[otel]`, `roost[metrics]`) that is not installed."""
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        self.missing = missing
+        super().__init__(
+            f"{feature} needs the optional extra {extra!r}, but {missing!r} cannot be imported; "
+            f"install it with: pip install 'roost[{extra}]'"
+        )
+
+
 class InternalError(RoostError):
     """A broken internal invariant: this is a bug in roost, please report it."""
 
@@ -65,13 +78,17 @@ class ActorStopped(RoostError):
 class AskTimeout(RoostError, TimeoutError):
     """An `ask` got no reply within its timeout."""
 
-    def __init__(self, actor: str, message: object, timeout: float) -> None:
+    def __init__(self, actor: str, message: object, timeout: float, *,
+                 queued: bool = True) -> None:
         self.actor = actor
         self.message = message
         self.timeout = timeout
+        self.queued = queued
+        fate = ("the message may still be processed" if queued else
+                "its mailbox stayed full, so the message was never queued")
         super().__init__(
             f"{actor}: no reply to {_type_name(message)} within {timeout:g}s; the actor may "
-            "be busy or stuck, or the timeout too short (the message may still be processed)"
+            f"be busy or stuck, or the timeout too short ({fate})"
         )
 
 
@@ -199,8 +216,8 @@ class StoreCorrupt(StoreError):
         self.detail = detail
         super().__init__(
             f"the store at {path!r} is damaged: {detail}; restore the folder from a backup "
-            f"(`roost store backup DIR DEST` makes one) and run `roost store check {path}` to "
-            "see which records are readable"
+            "(`roost store backup DIR DEST` makes one while the store is healthy); roost will "
+            "not open it or start a new store in its place"
         )
 
 
@@ -242,6 +259,19 @@ class RecordCorrupt(StoreError):
         self.key = key
         self.error = error
         super().__init__(f"{kind} record at key {key!r} does not decode: {error}")
+
+
+class TraceNotFound(RoostError, LookupError):
+    """No run or trace in the trace store has the id (or its trace was pruned)."""
+
+    def __init__(self, run_or_trace_id: str, store: str) -> None:
+        self.id = run_or_trace_id
+        self.store = store
+        super().__init__(
+            f"no run or trace named {run_or_trace_id!r} in the store at {store!r}; check the id "
+            f"(`roost runs --store {store}` lists the runs), or its trace may be past the "
+            "trace retention"
+        )
 
 
 # --- tools ----------------------------------------------------------------------------------

@@ -14,15 +14,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "roost"
 
-FOUNDATION = {"roost.errors", "roost.trace", "roost._validate", "roost.storage", "roost.tracing"}
+FOUNDATION = {"roost.errors", "roost.trace", "roost._validate", "roost._logging", "roost.storage",
+              "roost.tracing"}
 
 #: What each layer may import from roost, besides itself.
 ALLOWED: dict[str, set[str]] = {
     "roost.errors": set(),
     "roost.trace": set(),
     "roost._validate": {"roost.errors"},
-    "roost.storage": {"roost.errors", "roost.trace", "roost._validate"},
-    "roost.tracing": {"roost.errors", "roost.trace", "roost._validate", "roost.storage"},
+    "roost._logging": set(),
+    "roost.storage": {"roost.errors", "roost.trace", "roost._validate", "roost._logging"},
+    "roost.tracing": {"roost.errors", "roost.trace", "roost._validate", "roost._logging",
+                      "roost.storage"},
     "roost.mailbox": FOUNDATION,
     "roost.actors": FOUNDATION | {"roost.mailbox"},
     "roost.tools": FOUNDATION | {"roost.mailbox", "roost.actors"},

@@ -7,6 +7,12 @@ actor at roughly a kilobyte, and a busy one free of per-message tasks.
 
 The cell outlives actor instances: a restart swaps the instance and keeps the
 ref and the mailbox, so senders keep their refs and no queued message is lost.
+
+A message that belongs to a pipeline run (its trace has a run id) is recorded as a
+`message` span, a child of the span that sent it, when tracing is on; a crash while
+handling it is the span's error, and the restart (or the end) that follows is an
+event on the run's span. Messages outside runs cost one check: the tell hot path
+stays as it was.
 """
 
 from __future__ import annotations
@@ -34,13 +40,15 @@ from roost.actors.supervisor import Supervisor, SupervisorSpec
 from roost.errors import ActorStopped, CheckpointUnencodable
 from roost.mailbox.envelope import Envelope
 from roost.mailbox.mailbox import Mailbox
-from roost.trace import handling
+from roost.trace import TraceContext, handling
+from roost.tracing.spans import SpanKind
 
 if TYPE_CHECKING:
     from roost.actors._engine import Engine
     from roost.actors.actor import Actor
     from roost.actors.child_spec import ChildSpec
     from roost.actors.context import ActorContext
+    from roost.tracing.tracer import OpenSpan
 
 # Lifecycle states, in order. Plain ints, not an IntEnum: the drain loop and `tell` compare
 # them on every message, and only exact ints get the interpreter's fast comparison.
@@ -82,6 +90,7 @@ class Cell:
         "args",
         "children",
         "crash",
+        "crash_run",
         "ctx",
         "current",
         "engine",
@@ -98,6 +107,7 @@ class Cell:
         "ref",
         "restarts",
         "shutdown_timeout",
+        "span",
         "start_timeout",
         "started_at",
         "state",
@@ -139,6 +149,7 @@ class Cell:
         self.task: asyncio.Task[None] | None = None
         self.children: dict[str, Cell] = {}
         self.current: Envelope | None = None  # the message being handled
+        self.span: OpenSpan | None = None  # its `message` span, when it is recorded
         self.watchers: set[Cell] | None = None
         self.watching: set[Cell] | None = None
         self.supervision: Any = None
@@ -148,6 +159,7 @@ class Cell:
         # child stopped for good (unless temporary), for RestartChild.
         self.keep_spec = False
         self.crash: BaseException | None = None  # the failure not yet followed by a restart
+        self.crash_run: str | None = None  # the run whose message that failure crashed on
         self.stop_reason: StopReason | None = None
         self.stop_error: BaseException | None = None
         self._started = False
@@ -298,15 +310,24 @@ class Cell:
                 envelope = mailbox.get_nowait()
                 assert envelope is not None  # the lane was not empty
                 self.current = envelope
+                trace = envelope.trace
+                if trace is not None and trace.run_id is not None:  # part of a run: a span
+                    self.span = self._message_span(envelope, trace)
                 try:
                     result = await self.actor.receive(envelope.message)  # type: ignore[union-attr]
                 except asyncio.CancelledError as cancelled:
                     if self._killing:
                         # Killed by a stop or restart that could not wait for this message.
                         self._absorb_kill()
-                        self._reply_error(envelope, ActorStopped(self.path, envelope.message,
-                                                                 KILLED))
+                        killed = ActorStopped(self.path, envelope.message, KILLED)
+                        self._reply_error(envelope, killed)
+                        if self.span is not None:
+                            self._span_failed(killed, envelope, failed=False)
                     elif asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        if self.span is not None:
+                            self._span_failed(cancelled, envelope, failed=False)
+                            self.span.end()
+                            self.span = None
                         raise  # this task is being cancelled (shutdown)
                     else:
                         # Something receive awaited was cancelled, not this actor: a failure.
@@ -315,11 +336,16 @@ class Cell:
                             f"{type(envelope.message).__name__} although the actor was not "
                             "cancelled (a task or future it awaited was)")
                         error.__cause__ = cancelled
+                        if self.span is not None:
+                            self._span_failed(error, envelope, failed=envelope.reply is None)
                         if envelope.reply is None:
                             self._fail(error, envelope, "receive")
                         else:
                             self._reply_error(envelope, error)
                 except Exception as error:
+                    if self.span is not None:
+                        self._span_failed(error, envelope, failed=envelope.reply is None or
+                                          isinstance(error, CheckpointUnencodable))
                     if envelope.reply is None:
                         self._fail(error, envelope, "receive")
                     else:
@@ -333,6 +359,9 @@ class Cell:
                     reply = envelope.reply
                     if reply is not None and not reply.done():
                         reply.set_result(result)
+                if self.span is not None:
+                    self.span.end()
+                    self.span = None
                 # Drop our references: an untracked envelope must not sit in a cycle
                 # (e.g. through an exception's traceback that holds this frame).
                 self.current = envelope = None  # type: ignore[assignment]
@@ -345,6 +374,47 @@ class Cell:
             else:
                 return  # suspended: only system messages until the supervisor decides
             lingered = False
+
+    def _message_span(self, envelope: Envelope, trace: TraceContext) -> OpenSpan | None:
+        """Start the span of handling `envelope`, a message of run `trace.run_id`, as a child
+        of the span that sent it; None when tracing is off or the actor only passes messages
+        on (a supervisor or pool: the worker's span then hangs under the sender's)."""
+        tracer = self.engine.tracer
+        if tracer is None or not tracer.enabled:
+            return None
+        actor = self.actor
+        if isinstance(actor, Supervisor):
+            # What it forwards is sent from the sender's span, not from one of its own.
+            envelope.outgoing = TraceContext(trace.trace_id, trace.span_id, trace.run_id)
+            return None
+        if not getattr(actor, "message_spans", True):
+            return None
+        outgoing = envelope.trace_context()
+        span: OpenSpan = tracer.start(
+            type(envelope.message).__name__, SpanKind.MESSAGE, trace_id=outgoing.trace_id,
+            span_id=outgoing.span_id, parent_span_id=trace.span_id, actor=self.path,
+            run_id=trace.run_id)
+        if trace.step is not None:
+            span.attributes["step"] = trace.step
+        if envelope.crashes:
+            span.attributes["redelivery"] = envelope.crashes
+        return span
+
+    def _span_failed(self, error: BaseException, envelope: Envelope, *, failed: bool) -> None:
+        """Record on the message's span that handling it raised `error`; with `failed`, that
+        the actor failed of it (its supervisor decides next: see `_start` and `_finalize`)."""
+        span = self.span
+        assert span is not None
+        span.fail(error)
+        if failed:
+            if envelope.reply is not None:
+                then = "the asker got the error"
+            elif envelope.crashes + 1 >= self.poison_after:
+                then = "dead-lettered as poison"
+            else:
+                then = "kept for redelivery after the restart"
+            span.event("actor_failed", error_type=type(error).__name__, message=then)
+            self.crash_run = span.run_id
 
     def _absorb_kill(self) -> None:
         """The CancelledError of our own kill arrived: carry on (stopping or restarting)."""
@@ -382,6 +452,11 @@ class Cell:
             return None  # stopped (or abandoned) while starting: do not come back to life
         self._started = True
         self.state = RUNNING
+        if self.crash_run is not None:  # a restart after a crash in a run: the run hears of it
+            self.engine.tracer.run_event(
+                self.crash_run, "actor_restarted", actor=self.path, restarts=self.restarts,
+                error_type=None if self.crash is None else type(self.crash).__name__)
+            self.crash_run = None
         self.crash = None
         self.started_at = self.engine.clock()
         return None
@@ -657,6 +732,11 @@ class Cell:
         self.state = STOPPED
         self.stop_reason = reason
         self.stop_error = error
+        if self.crash_run is not None:  # crashed in a run and never restarted: stopped instead
+            self.engine.tracer.run_event(
+                self.crash_run, "actor_stopped", actor=self.path, reason=str(reason),
+                error_type=None if error is None else type(error).__name__)
+            self.crash_run = None
         current, self.current = self.current, None
         if current is not None:  # the message being handled will get no reply now
             self._reply_error(current, ActorStopped(self.path, current.message, reason))

@@ -14,8 +14,7 @@ import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import structlog
-
+from roost._logging import get_logger
 from roost.actors._cell import KILL_GRACE, STATE_NAMES, STOPPED, STOPPING, Cell
 from roost.actors._deadlines import Deadlines
 from roost.actors._system_messages import StartInstance
@@ -33,7 +32,7 @@ from roost.errors import (
 )
 from roost.mailbox.dead_letters import DeadLetters
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 
 class _Guardian(Actor):

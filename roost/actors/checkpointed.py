@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost.errors import CheckpointCorrupt, CheckpointUnencodable, ConfigurationError
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from roost.actors.actor import Actor
     from roost.storage import Checkpoint
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 
 def checkpoint_id(actor: Actor) -> str:
@@ -88,7 +88,7 @@ async def save(actor: Actor, step: str, durable: bool | None) -> Checkpoint:
     run_id = None if current is None or current.trace is None else current.trace.run_id
     try:
         encoded = encode_state(state)
-    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+    except _UNENCODABLE as exc:
         field, error = unencodable_field(state, "state")
         raise CheckpointUnencodable(cell.path, type(state).__qualname__, field,
                                     error or str(exc)) from exc
@@ -109,7 +109,7 @@ def unencodable_field(value: Any, path: str) -> tuple[str, str | None]:
     try:
         _PROBE.encode(value)
         return path, None
-    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+    except _UNENCODABLE as exc:
         reason = f"{type(value).__name__} is not encodable ({exc})"
     if isinstance(value, msgspec.Struct):
         parts: list[tuple[str, Any]] = [
@@ -125,9 +125,11 @@ def unencodable_field(value: Any, path: str) -> tuple[str, str | None]:
     for part_path, part in parts:
         try:
             _PROBE.encode(part)
-        except (TypeError, ValueError, msgspec.EncodeError):
+        except _UNENCODABLE:
             return unencodable_field(part, part_path)
     return path, reason
 
 
 _PROBE = msgspec.msgpack.Encoder()
+#: What msgpack raises for a value it cannot encode (OverflowError: an int past 64 bits).
+_UNENCODABLE = (TypeError, ValueError, OverflowError, msgspec.EncodeError)

@@ -100,7 +100,8 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             handling and then its `on_stop`, each, before it is cancelled; it also
             bounds `on_start`. `0` stops at once: the message is cancelled and
             `on_stop` does not run (OTP's `brutal_kill`; `on_start` then gets the
-            default 5 s). `math.inf` waits for ever (OTP's `infinity`).
+            default 5 s). `math.inf` waits for ever (OTP's `infinity`). Not given: the
+            actor class's `shutdown_timeout` (5 s unless the class sets it).
         capacity: mailbox capacity.
         overflow: mailbox overflow policy (`wait`, `drop_newest`, `drop_oldest`, `fail`).
         poison_after: after this many crashes on the same message, the message is
@@ -112,7 +113,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     restart: Restart = "permanent"
-    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    shutdown_timeout: float = None  # type: ignore[assignment]  # see __post_init__
     capacity: int = DEFAULT_CAPACITY
     overflow: Overflow = "wait"
     poison_after: int = 3
@@ -137,6 +138,9 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"{owner}: restart must be one of {', '.join(RESTART_TYPES)}, got {self.restart!r}"
             )
+        if self.shutdown_timeout is None:  # the class says how long its instances need
+            msgspec.structs.force_setattr(self, "shutdown_timeout", getattr(
+                factory, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT))
         check_shutdown_timeout(owner, self.shutdown_timeout)
         check_count(owner, "capacity", self.capacity, 1)
         if self.overflow not in OVERFLOW_POLICIES:

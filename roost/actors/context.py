@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from roost.errors import ConfigurationError
 from roost.mailbox.envelope import current_envelope
 from roost.trace import handling
+from roost.tracing.spans import Usage
+from roost.tracing.tracer import valid_usage
 
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
@@ -130,6 +133,27 @@ class ActorContext:
             raise RuntimeError(f"{self._cell.path}: take_reply() works only inside receive()")
         reply, envelope.reply = envelope.reply, None
         return reply
+
+    def report_usage(self, usage: Usage) -> None:
+        """Record the tokens a model call made for the message being handled used.
+
+        Inside a pipeline run (e.g. a step's worker handling its `RunStep`), with
+        tracing on, the usage goes on the message's span as OpenTelemetry GenAI
+        attributes, with its cost by the system's price table, and adds to the run's
+        totals (its `run` span and `RunOutcome.usage`). Elsewhere nothing is recorded.
+        Report each model call once: a step result's `usage` field is recorded too.
+
+        Raises:
+            ConfigurationError: `usage` is not a `roost.Usage` with whole token counts >= 0.
+        """
+        if not valid_usage(usage):
+            raise ConfigurationError(
+                f"{self._cell.path}: report_usage takes roost.Usage(model: str, input_tokens: "
+                f"int >= 0, output_tokens: int >= 0), got {usage!r}")
+        cell = self._cell
+        span = cell.span if handling.get() is cell else None
+        if span is not None:
+            cell.engine.tracer.record_usage(span, usage)
 
     @property
     def tools(self) -> Any:

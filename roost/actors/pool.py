@@ -41,7 +41,7 @@ class Pool(Supervisor):
         name: str,
         worker: Any,
         *,
-        size: int,
+        size: int | None = None,
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         routing: Routing = "round_robin",
@@ -57,7 +57,7 @@ class Pool(Supervisor):
         Args:
             name: the pool's name.
             worker: the worker's `Actor` subclass.
-            size: how many workers to keep.
+            size: how many workers to keep (required).
             args: positional arguments for each worker's `__init__`.
             kwargs: keyword arguments for each worker's `__init__`.
             routing: `round_robin`, or `least_busy` (the shortest mailbox).
@@ -72,6 +72,8 @@ class Pool(Supervisor):
         check_options(f"Pool {name!r}", worker_options, WORKER_OPTIONS,
                       listing=f"{', '.join(WORKER_OPTIONS)} (besides size, args, kwargs, "
                               "routing, restart, strategy, max_restarts, within, backoff)")
+        if size is None:
+            raise ConfigurationError(f"Pool {name!r}: size is required (how many workers to keep)")
         check_count(f"Pool {name!r}", "size", size, 1)
         if routing not in ROUTINGS:
             raise ConfigurationError(

@@ -150,16 +150,18 @@ class ActorRef:
         A timeout (or cancellation) while waiting for room leaves nothing queued.
         """
         message = envelope.message
+        queued = False
         scope = asyncio.timeout(timeout)
         try:
             async with scope:
                 await cell.enqueue_waiting(envelope)
+                queued = True
                 del envelope  # as in `ask`: hold no reference to the queued envelope
                 return await reply
         except TimeoutError:
             if not scope.expired():
                 raise  # a TimeoutError that `receive` raised, not ours
-            raise AskTimeout(self.path, message, timeout) from None
+            raise AskTimeout(self.path, message, timeout, queued=queued) from None
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot of the actor: path, state, restarts, children and mailbox depth."""

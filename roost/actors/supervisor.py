@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost._validate import check_count, check_seconds
 from roost.actors._restart import RestartIntensity, restarts_in_a_row, should_restart
 from roost.actors._system_messages import StartInstance, StopInstance
@@ -51,7 +51,7 @@ SPEC_ARGUMENTS = ("strategy", "max_restarts", "within", "backoff", "children")
 #: The `ChildSpec` fields `spawn` and `start` take as keyword options.
 SPAWN_OPTIONS = ("restart", "shutdown_timeout", "capacity", "overflow", "poison_after")
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 
 class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):

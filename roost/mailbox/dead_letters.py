@@ -10,8 +10,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-import structlog
-
+from roost._logging import get_logger
 from roost.errors import ConfigurationError
 
 #: Why a message became a dead letter.
@@ -20,11 +19,11 @@ REASONS = (
     "dropped_newest",  # refused by a full mailbox with policy drop_newest
     "dropped_oldest",  # evicted from a full mailbox with policy drop_oldest
     "mailbox_full",  # refused by a full mailbox with policy fail (the sender got MailboxFull)
-    "poison",  # crashed its actor more than `poison_after` times
+    "poison",  # crashed its actor `poison_after` times (it was handled that many times)
     "unhandled",  # a runtime actor (e.g. the tool proxy) does not take this kind of message
 )
 
-_log = structlog.get_logger("roost.dead_letters")
+_log = get_logger("roost.dead_letters")
 
 
 class DeadLetter:

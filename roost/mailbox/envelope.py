@@ -41,12 +41,13 @@ def new_message_id() -> str:
 class _Unit:
     """A message's id, and how many tool calls its handling made since its last crash."""
 
-    __slots__ = ("calls", "crashes", "id")
+    __slots__ = ("calls", "crashes", "forwards", "id")
 
     def __init__(self, message_id: str) -> None:
         self.id = message_id
         self.calls = 0
-        self.crashes = 0  # the envelope's `crashes` when `calls` started from 0
+        self.forwards = 0
+        self.crashes = 0  # the envelope's `crashes` when `calls` and `forwards` started from 0
 
 
 class Envelope(msgspec.Struct, gc=False):
@@ -90,15 +91,21 @@ class Envelope(msgspec.Struct, gc=False):
         Each redelivery after a crash numbers its calls from 0 again, as the
         first handling did, so the same calls get the same numbers.
         """
+        unit = self._counted_unit()
+        number = unit.calls
+        unit.calls = number + 1
+        return number
+
+    def _counted_unit(self) -> _Unit:
+        """The unit, its counts started over if the message crashed its actor since."""
         unit = self.unit
         if unit is None:
             unit = self.unit = _Unit(new_message_id())
         if unit.crashes != self.crashes:
             unit.crashes = self.crashes
             unit.calls = 0
-        number = unit.calls
-        unit.calls = number + 1
-        return number
+            unit.forwards = 0
+        return unit
 
     def forwarded(self) -> Envelope:
         """A copy that hands this message on to another actor (`ctx.forward`).
@@ -110,8 +117,13 @@ class Envelope(msgspec.Struct, gc=False):
         incoming = self.trace
         if incoming is not None and incoming.step is not None:
             trace = TraceContext(trace.trace_id, trace.span_id, trace.run_id, incoming.step)
+        # The forwarded message is a unit of work of its own (its calls must not share keys
+        # with the calls made here), numbered so that a redelivery forwards the same ids.
+        unit = self._counted_unit()
+        number = unit.forwards
+        unit.forwards = number + 1
         return Envelope(self.message, self.sender, self.reply, trace,
-                        unit=_Unit(self.message_id()))
+                        unit=_Unit(f"{unit.id}>{number}"))
 
 
     def trace_context(self) -> TraceContext:

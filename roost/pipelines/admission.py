@@ -54,9 +54,12 @@ class Admission:
         """Take `run_id` out of the line (a cancel); False if it was not waiting."""
         return self._waiting.pop(run_id, None) is not None
 
-    def release(self, run_id: str) -> list[tuple[str, str]]:
-        """`run_id` is no longer in flight: the (run id, pipeline) pairs that get slots now."""
+    def release(self, run_id: str) -> None:
+        """`run_id` is no longer in flight (a second call does nothing)."""
         self._active.discard(run_id)
+
+    def admit(self) -> list[tuple[str, str]]:
+        """Give free slots to the oldest waiting runs: the (run id, pipeline) pairs admitted."""
         admitted = []
         while self._waiting and len(self._active) < self.limit:
             next_id, pipeline = self._waiting.popitem(last=False)

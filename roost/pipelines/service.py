@@ -46,6 +46,7 @@ from roost.pipelines.run import (
     load_progress,
 )
 from roost.storage import CheckpointStore, RunRecord, RunStatus, RunStore
+from roost.tracing.tracer import UsageTotals
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
@@ -59,13 +60,16 @@ _ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 class RunOutcome(msgspec.Struct, frozen=True):
-    """How a run ended: its status, the results by step, and why it did not complete."""
+    """How a run ended: its status, the results by step, why it did not complete, and the
+    tokens and cost its steps and tools reported (recorded with tracing on), over every
+    resume."""
 
     run_id: str
     status: str
     results: dict[str, Any]
     error: str | None = None
     failed_step: str | None = None
+    usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
 
 
 class RunHandle:
@@ -117,6 +121,8 @@ class Pipelines:
     def __init__(self, system: Any, *, max_active_runs: int = 1000) -> None:
         self.system = system
         self.admission = Admission(max_active_runs)
+        # Why runs paused in this process (a store that could not write), for outcome().
+        self._paused: dict[str, StoreError] = {}
         self._registered: dict[str, Pipeline] = {}
         self._root: asyncio.Future[ActorRef] | None = None
         self._pools: dict[tuple[str, str, str], ActorRef] = {}
@@ -241,6 +247,7 @@ class Pipelines:
             await self.runs.create(run_id, pipeline=pipeline.name, input=_ENCODER.encode(input),
                                    status=RunStatus.QUEUED)
             admission.wait(run_id, pipeline.name)
+            self._admit_waiting()  # a slot may have freed while the record was written
             return RunHandle(self, run_id)
         admission.take_slot(run_id)  # before the await: concurrent starts see it taken
         try:
@@ -284,6 +291,7 @@ class Pipelines:
     async def _spawn_run(self, pipeline: Pipeline, run_id: str) -> None:
         runs = await self._runs_supervisor()
         self._live.add(run_id)
+        self._paused.pop(run_id, None)
         spec = ChildSpec(factory=RunActor, name=run_id, args=(self, pipeline, run_id),
                          restart="transient")
         ref = self.system.engine.spawn_under(runs, spec, (), None, {})
@@ -303,13 +311,20 @@ class Pipelines:
         """Called by a run's actor that stops because the store cannot save its progress:
         its waiters hear `RunInterrupted` with the cause; the run stays resumable."""
         self._live.discard(run_id)
+        self._paused[run_id] = cause
+        self._slot_freed(run_id)
         for future in self._waiters.pop(run_id, []):
             if not future.done():
                 future.set_exception(RunInterrupted(run_id, cause))
 
     def _slot_freed(self, run_id: str) -> None:
-        """Give the slot `run_id` held to the oldest queued runs (started in the background)."""
-        for next_id, name in self.admission.release(run_id):
+        """Give the slot `run_id` held to the oldest queued run (a second call does nothing)."""
+        self.admission.release(run_id)
+        self._admit_waiting()
+
+    def _admit_waiting(self) -> None:
+        """Start the oldest queued runs that fit in the free slots (in the background)."""
+        for next_id, name in self.admission.admit():
             pipeline = self._registered[name]
             task = self.system.loop.create_task(self._start_admitted(pipeline, next_id))
             self.system.engine.own(task)
@@ -377,17 +392,20 @@ class Pipelines:
             return await self._wait(run_id)
         record = await self.runs.get(run_id)
         if record.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.SUSPENDED):
+            if run_id in self._paused:  # paused here: say why, as its waiters heard
+                raise RunInterrupted(run_id, self._paused[run_id])
             raise ConfigurationError(
                 f"run {run_id!r} is {record.status} but not live here; resume it first")
         pipeline = self._registered.get(record.pipeline)
         latest = await self.checkpoints.latest(run_id)
         if latest is not None:  # the full picture, failed optional steps included
-            results = decode_progress(load_progress(latest), pipeline, self.decoder)
+            progress = load_progress(latest)
         else:  # checkpoints pruned: the plain results the record keeps
             progress = RunProgress(results=_RESULTS.decode(record.result or b"\x80"), failures={},
                                    reviews={}, skipped=[], trace_id="")
-            results = decode_progress(progress, pipeline, self.decoder)
-        return RunOutcome(run_id, str(record.status), results, record.error, record.failed_step)
+        results = decode_progress(progress, pipeline, self.decoder, run_id=run_id)
+        return RunOutcome(run_id, str(record.status), results, record.error, record.failed_step,
+                          progress.usage)
 
     def _wait(self, run_id: str) -> asyncio.Future[RunOutcome]:
         future: asyncio.Future[RunOutcome] = self.system.loop.create_future()
@@ -395,10 +413,12 @@ class Pipelines:
         return future
 
     def finished(self, run_id: str, status: str, results: dict[str, Any], error: str | None,
-                 failed_step: str | None) -> None:
-        """Called by the run's actor when it ends: wake everyone waiting for it."""
+                 failed_step: str | None, *, usage: UsageTotals | None = None) -> None:
+        """Called by the run's actor when it ends: free its slot, wake everyone waiting."""
         self._live.discard(run_id)
-        outcome = RunOutcome(run_id, status, results, error, failed_step)
+        self._slot_freed(run_id)
+        outcome = RunOutcome(run_id, status, results, error, failed_step,
+                             UsageTotals() if usage is None else usage)
         for future in self._waiters.pop(run_id, []):
             if not future.done():
                 future.set_result(outcome)

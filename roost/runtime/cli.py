@@ -6,7 +6,8 @@ it and the cause. SIGINT and SIGTERM shut the system down; a task that ignores
 cancellation is abandoned after its timeout plus a grace period, and the process
 exits anyway.
 
-`roost store check|backup` (in `store_commands`) look after a store folder offline.
+`roost store check|backup` (in `store_commands`) look after a store folder offline;
+`roost trace ID` and `roost runs` (in `trace_commands`) show what runs did.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import structlog
-
+from roost._logging import get_logger
 from roost.actors._cell import KILL_GRACE
 from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
@@ -30,10 +30,11 @@ from roost.runtime.bootstrap import Root, load_root
 from roost.runtime.log import LOG_FORMATS, LOG_LEVELS
 from roost.runtime.store_commands import add_store_commands, run_store_command
 from roost.runtime.system import ActorSystem
+from roost.runtime.trace_commands import add_trace_commands, run_trace_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=LOG_FORMATS, default="auto")
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_store_commands(commands)
+    add_trace_commands(commands)
     return parser
 
 
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "store":
         return run_store_command(args)
+    if args.command in ("trace", "runs"):
+        return run_trace_command(args)
     try:
         root = load_root(args.target)
     except BootstrapError as error:

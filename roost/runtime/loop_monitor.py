@@ -10,7 +10,8 @@ computation) stalls every actor of the system. Two cheap probes catch it:
   `threshold` the loop is blocked right now, so the thread reads the loop thread's
   Python stack (`sys._current_frames`, no asyncio internals) for the actor cell whose
   message is being handled, and logs `event_loop_blocked` naming its path and the
-  message type, once per block.
+  message type, once per block; when the loop runs again, `event_loop_unblocked` says
+  how long the block lasted.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import time
 from types import FrameType
 from typing import Any
 
-import structlog
+from roost._logging import get_logger
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 #: The engine function whose frame holds the cell (`self`) and the message (`envelope`).
 _DRAIN = "_drain_once"
@@ -80,11 +81,14 @@ class LoopMonitor:
         lag = max(0.0, now - scheduled_at - self.interval)
         self.last_lag = lag
         self.max_lag = max(self.max_lag, lag)
-        if lag > self.threshold and self._reported_beat != self._beat:
-            # The watchdog missed it (a block shorter than its wake-up interval).
-            self.blocks += 1
-            _log.warning("event_loop_blocked", blocked_for=round(lag, 3), actor=None,
-                         message_type=None, threshold=self.threshold)
+        if lag > self.threshold:
+            if self._reported_beat != self._beat:
+                # The watchdog missed it (a block shorter than its wake-up interval).
+                self.blocks += 1
+                _log.warning("event_loop_blocked", blocked_for=round(lag, 3), actor=None,
+                             message_type=None, threshold=self.threshold)
+            else:  # the watchdog logged it while it lasted: now say how long it was
+                _log.info("event_loop_unblocked", blocked_for=round(lag, 3))
         self._beat = now
         if not self._stopped.is_set():
             self._schedule(loop)

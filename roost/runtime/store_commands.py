@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -26,17 +28,41 @@ def add_store_commands(commands: Any) -> None:
 
 def run_store_command(args: argparse.Namespace) -> int:
     """Run `roost store ...`; 0 when the store is sound (or backed up), 1 when it is not."""
+    if args.store_command == "check":
+        return _check_in_child(args.folder)
     try:
-        if args.store_command == "check":
-            report = asyncio.run(check_store(args.folder))
-            _print_report(report)
-            return EXIT_OK if report.ok else EXIT_DAMAGED
         target = asyncio.run(backup_store(args.folder, args.destination))
         print(f"roost: backed up {args.folder} to {target}")
         return EXIT_OK
     except StoreError as error:
         print(f"roost: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_DAMAGED
+
+
+def _check_in_child(folder: str) -> int:
+    """Check in a child process: on some damage LMDB aborts the process reading it, and the
+    check must still end in a clear verdict."""
+    child = subprocess.run([sys.executable, "-c", _CHILD, folder], check=False)
+    if child.returncode >= 0:
+        return child.returncode
+    signal_name = signal.Signals(-child.returncode).name
+    print(f"roost: StoreCorrupt: the store at {folder!r} is damaged: LMDB stopped the process "
+          f"reading it ({signal_name}); restore the folder from a backup", file=sys.stderr)
+    return EXIT_DAMAGED
+
+
+def check_here(folder: str) -> int:
+    """`roost store check` in this process: print the report; the exit code."""
+    try:
+        report = asyncio.run(check_store(folder))
+    except StoreError as error:
+        print(f"roost: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_DAMAGED
+    _print_report(report)
+    return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
+_CHILD = "import sys; from roost.runtime.store_commands import check_here; sys.exit(check_here(sys.argv[1]))"
 
 
 def _print_report(report: CheckReport) -> None:

@@ -21,20 +21,22 @@ import aiohttp
 import anyio
 import structlog
 
+from roost._logging import get_logger
 from roost.actors._engine import Engine
 from roost.actors.messages import Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import as_child_spec
-from roost.errors import ActorNotFound, ConfigurationError, SystemNotRunning
+from roost.errors import ActorNotFound, ConfigurationError, StoreError, SystemNotRunning
 from roost.mailbox.dead_letters import DeadLetters
 from roost.pipelines.service import Pipelines
 from roost.runtime.log import configure_logging
 from roost.runtime.loop_monitor import LoopMonitor
 from roost.tools.client import Tools
-from roost.tracing import Price, Tracer
+from roost.tracing import Price, Tracer, TraceStore
+from roost.tracing.metrics import SpanMetrics, snapshot
 from roost.tracing.tracer import Redact
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 #: Seconds between sweeps for checkpoints of runs past their retention.
 _SWEEP_INTERVAL = 3600.0
 
@@ -72,6 +74,13 @@ class ActorSystem:
             stored or exported, and returns what to keep (e.g. with secrets masked).
         prices: price per model (`roost.Price`) to turn reported token usage into
             cost; none is built in.
+        trace_retention: seconds a run's trace is kept in the store (swept every
+            minute, a few traces at a time).
+        trace_max_bytes: the most bytes of span records the store keeps; past it the
+            oldest traces are deleted.
+        otlp_endpoint: mirror every span to this OpenTelemetry collector over OTLP/HTTP
+            (`http://host:4318`; needs `roost[otel]` and `tracing`); flushed when the
+            system stops. See `roost.tracing.export.OtelExporter` for more options.
         clock: monotonic seconds for supervision (inject a fake in tests).
         rand: uniform [0, 1) numbers for backoff jitter (inject in tests).
 
@@ -102,6 +111,9 @@ class ActorSystem:
         payload_limit: int = 8192,
         redact: Redact | None = None,
         prices: Mapping[str, Price] | None = None,
+        otlp_endpoint: str | None = None,
+        trace_retention: float = 7 * 86_400.0,
+        trace_max_bytes: int = 256 * 2**20,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -119,11 +131,28 @@ class ActorSystem:
         self.checkpoints_kept = checkpoints_kept
         self.run_retention = run_retention
         self.tracing = tracing
+        for setting, value in (("trace_retention", trace_retention),
+                               ("trace_max_bytes", trace_max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"ActorSystem: {setting}={value!r} must be a positive "
+                                         "number")
+        self.trace_retention = trace_retention
+        self.trace_max_bytes = trace_max_bytes
+        self._traces: TraceStore | None = None
         #: Starts the runtime's spans; sinks (the trace store, exporters) receive them.
-        self.tracer = Tracer(payload_limit=payload_limit, redact=redact, prices=prices)
+        self.tracer = Tracer(payload_limit=payload_limit, redact=redact, prices=prices,
+                             recording=tracing)
+        #: Counters and histograms derived from finished spans (read with `metrics()`).
+        self.span_metrics = SpanMetrics()
+        if tracing:
+            self.tracer.add_sink(self.span_metrics)
+        #: The OpenTelemetry exporter `otlp_endpoint` set up, or None.
+        self.otel_exporter: Any = None
+        if otlp_endpoint is not None:
+            self.otel_exporter = self._otel_exporter(otlp_endpoint)
         self.loop_monitor = (None if loop_lag_threshold is None
                              else LoopMonitor(threshold=loop_lag_threshold))
-        self.tools = Tools(clock)
+        self.tools = Tools(clock, self.tracer)
         self.pipelines = Pipelines(self, max_active_runs=max_active_runs)
         self._http: aiohttp.ClientSession | None = None
         self.clock = clock
@@ -211,6 +240,17 @@ class ActorSystem:
         )
         self.tools.attach(ref, ledger)
 
+    def _otel_exporter(self, endpoint: str) -> Any:
+        if not self.tracing:
+            raise ConfigurationError(
+                f"ActorSystem: otlp_endpoint={endpoint!r} exports spans, but tracing=False "
+                "records none; drop one of the two")
+        from roost.tracing.export import OtelExporter
+
+        exporter = OtelExporter(endpoint, service_name=self.name)
+        self.tracer.add_sink(exporter)
+        return exporter
+
     def http_session(self) -> aiohttp.ClientSession:
         """The system's pooled HTTP client session (created on first use, closed at shutdown).
 
@@ -222,14 +262,22 @@ class ActorSystem:
 
     async def _prune_ledger(self) -> None:
         """Drop idempotency keys past their retention, once at start, off the hot path."""
-        pruned = await self.tools.prune()
+        try:
+            pruned = await self.tools.prune()
+        except StoreError as error:  # damaged entries: the calls that meet them say so
+            _log.error("ledger_prune_failed", error_type=type(error).__name__, error=str(error))
+            return
         if pruned:
             _log.info("ledger_pruned", entries=pruned)
 
     async def _sweep_ended_runs(self) -> None:
         """Delete checkpoints of runs ended past `run_retention`: at start, then hourly."""
         while True:
-            pruned = await self.pipelines.prune_finished(self.run_retention)
+            try:
+                pruned = await self.pipelines.prune_finished(self.run_retention)
+            except StoreError as error:  # a damaged run record: listing runs says which
+                _log.error("run_prune_failed", error_type=type(error).__name__, error=str(error))
+                pruned = 0
             if pruned:
                 _log.info("run_checkpoints_pruned", checkpoints=pruned)
             await asyncio.sleep(_SWEEP_INTERVAL)
@@ -254,6 +302,8 @@ class ActorSystem:
             await self._http.close()
             self._http = None
         await self._close_store()
+        if self.otel_exporter is not None:  # every span has ended: send them (off the loop)
+            await asyncio.to_thread(self.otel_exporter.shutdown)
         failure = self.engine.failure
         _log.info(
             "system_stopped",
@@ -272,9 +322,39 @@ class ActorSystem:
         # A store that can no longer write stops the system with its error (no hanging).
         self.store.on_failure(self.engine.fail)
         self.checkpoints = CheckpointStore(self.store, keep_last=self.checkpoints_kept)
+        if self.tracing:
+            if self._traces is None:  # the first start: the tracer's sink forwards to it
+                self.tracer.add_sink(self._keep_span)
+            self._traces = TraceStore(self.store, retention=self.trace_retention,
+                                      max_bytes=self.trace_max_bytes)
+            self._traces.start()
+
+    def _keep_span(self, span: Any) -> None:
+        if self._traces is not None:
+            self._traces.add(span)
+
+    @property
+    def traces(self) -> TraceStore:
+        """The spans of every run, in the store: `await system.traces.get(run_id)` gives a
+        run's span tree, `await system.traces.search(...)` pages of trace summaries.
+
+        Raises:
+            ConfigurationError: the system has no store, or `tracing=False`.
+            SystemNotRunning: the system is not running (a stopped system's store is
+                read with `roost.tracing.read_traces(path)`).
+        """
+        if self.store_path is None or not self.tracing:
+            raise ConfigurationError("ActorSystem: system.traces needs a store and tracing; "
+                                     "create the system with store=DIR and tracing=True")
+        if self._traces is None or self.store is None:
+            raise SystemNotRunning("query system.traces (read a stopped system's traces with "
+                                   "roost.tracing.read_traces(path))")
+        return self._traces
 
     async def _close_store(self) -> None:
         if self.store is not None:
+            if self._traces is not None:  # every span has ended: write them before closing
+                await self._traces.close()
             await self.store.close()
             self.store = None
             self.checkpoints = None
@@ -360,3 +440,10 @@ class ActorSystem:
         if self.loop_monitor is not None:
             counts["loop_lag"] = self.loop_monitor.statistics()
         return counts
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot of roost's metrics as plain values: runs by status, step and tool
+        latency histograms, retries, breaker states, restarts, dead letters, mailbox
+        depth, store writes (see `roost.tracing.metrics`). The span-derived ones need
+        `tracing`; `roost.tracing.metrics.prometheus_text(system)` gives Prometheus text."""
+        return snapshot(self)

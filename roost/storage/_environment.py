@@ -27,7 +27,7 @@ _SPARE_TXNS = 8
 _META_DB = b"roost-meta"
 #: What LMDB raises for a damaged data file.
 CORRUPTION = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
-              lmdb.InvalidError, lmdb.PanicError)
+              lmdb.InvalidError, lmdb.PanicError, lmdb.BadTxnError)
 
 
 class Environment:
@@ -48,7 +48,8 @@ class Environment:
             os.close(self._lock_fd)
 
 
-def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = True) -> Environment:
+def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = True,
+                     readonly: bool = False) -> Environment:
     """Create or open the store at `path` (a folder) and lock it for this process.
 
     Unless `nosync`, every commit flushes its data pages but not its meta page
@@ -63,10 +64,16 @@ def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = 
             another process (or another store in this one) has it open, or it holds
             something other than a roost store; or, without `create`, there is no
             store there.
+
+    With `readonly`, an existing store is opened for reading only (see
+    `_open_readonly`); nothing in the folder is changed.
     """
     where = str(path)
+    if readonly:
+        return _open_readonly(path, map_size=map_size)
     if not create and not (path / _integrity.DATA_FILE).exists() and (
-            _integrity.recorded_id(path) is None):
+            _integrity.recorded_id(path) is None
+            and not (path / _integrity.LMDB_LOCK_FILE).exists()):
         raise StoreUnavailable(where, "there is no store in this folder; check the path")
     if path.exists() and not path.is_dir():
         raise StoreUnavailable(where, "the path is a file, not a folder; give a folder path "
@@ -115,6 +122,64 @@ def _open_locked(path: Path, lock_fd: int, *, nosync: bool, map_size: int) -> En
     except BaseException:
         env.close()
         raise
+    return Environment(env, dbs, lock_fd, header)
+
+
+def _open_readonly(path: Path, *, map_size: int) -> Environment:
+    """Open the store at `path` for reading, while no process writes it.
+
+    The folder's lock is taken shared, so this fails while a system has the store open
+    (and a system cannot open it meanwhile); LMDB's own lock file is then not needed
+    (`lock=False`) and no writer thread starts.
+    """
+    where = str(path)
+    if not path.is_dir() or not (path / _integrity.DATA_FILE).exists():
+        raise StoreUnavailable(where, "there is no store in this folder; check the path")
+    lock_fd = _lock_shared(path)
+    try:
+        try:
+            _integrity.check_data_file(path)
+            env = lmdb.open(where, map_size=map_size, max_dbs=_MAX_DBS, readonly=True, lock=False,
+                            max_spare_txns=_SPARE_TXNS)
+        except PermissionError as exc:
+            raise _permission_denied(where, exc) from exc
+        except CORRUPTION as exc:
+            raise _integrity.corrupt(path, f"LMDB refuses its data file ({exc})") from exc
+        except (lmdb.Error, OSError) as exc:
+            if "already open in this process" in str(exc):
+                raise StoreUnavailable(where, "this process already has it open; query it "
+                                       "through that store") from exc
+            raise StoreUnavailable(where, f"LMDB cannot open it ({type(exc).__name__}: {exc}); "
+                                   "it must be a roost store folder") from exc
+        try:
+            return _readonly_environment(path, env, lock_fd)
+        except BaseException:
+            env.close()
+            raise
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _readonly_environment(path: Path, env: lmdb.Environment, lock_fd: int) -> Environment:
+    """The named databases and the checked header of a store opened read-only."""
+    where = str(path)
+    try:
+        dbs = {name: env.open_db(name.encode(), create=False) for name in DATABASES}
+        with env.begin(db=env.open_db(_META_DB, create=False)) as txn:
+            raw = txn.get(_integrity.HEADER_KEY)
+    except lmdb.NotFoundError as exc:
+        raise StoreUnavailable(where, "it lacks some of roost's databases (it was written by an "
+                               "older roost); open it once with a system first") from exc
+    except CORRUPTION as exc:
+        raise _integrity.corrupt(path, f"LMDB finds its data damaged ({exc})") from exc
+    if raw is None:
+        raise StoreUnavailable(where, "it has no store header; open it once with a system first")
+    header = _integrity.decode_header(path, raw)
+    recorded = _integrity.recorded_id(path)
+    if recorded is not None and recorded != header.store_id:
+        raise _integrity.corrupt(path, f"its data file belongs to store {header.store_id}, but "
+                                       f"the folder held store {recorded}")
     return Environment(env, dbs, lock_fd, header)
 
 
@@ -171,4 +236,21 @@ def _lock(path: Path) -> int:
                                "store first, or give each system its own folder") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _lock_shared(path: Path) -> int:
+    """Take the folder's lock file shared, for a reader: refused while a system owns the store."""
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreUnavailable(str(path), f"cannot open {LOCK_FILE} ({exc.strerror}); give this "
+                               "process access to the folder") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreUnavailable(str(path), f"a running system has it open (pid {owner}); query "
+                               "it there (system.traces), or stop that system first") from None
     return fd

@@ -20,6 +20,8 @@ from roost.errors import StoreCorrupt, StoreUnavailable
 
 DATA_FILE = "data.mdb"
 ID_FILE = "roost.id"
+#: LMDB's own lock file: it outlives a deleted data file, so it too says a store was here.
+LMDB_LOCK_FILE = "lock.mdb"
 #: The version of roost's store layout; a store written by a newer layout is refused.
 FORMAT_VERSION = 1
 
@@ -101,19 +103,20 @@ def check_data_file(path: Path) -> bool:
     """
     data = path / DATA_FILE
     store_id = recorded_id(path)
+    held = f"store {store_id}" if store_id is not None else (
+        f"a store ({LMDB_LOCK_FILE} is still there)" if (path / LMDB_LOCK_FILE).exists() else None)
     try:
         size = data.stat().st_size
     except FileNotFoundError:
         size = None
     if not size:
-        if store_id is None:
+        if held is None:
             return False
         what = "missing" if size is None else "empty (0 bytes)"
-        raise corrupt(path, f"its data file {DATA_FILE} is {what}, but the folder held store "
-                            f"{store_id}; roost will not start a new store in its place")
+        raise corrupt(path, f"its data file {DATA_FILE} is {what}, but the folder held {held}")
     with open(data, "rb") as file:
         head = file.read(2 * 65536)
-    last_page, page_size = _newest_meta(path, head, held_a_store=store_id is not None)
+    last_page, page_size = _newest_meta(path, head, held_a_store=held is not None)
     needed = (last_page + 1) * page_size
     if size < needed:
         raise corrupt(path, f"its data file is truncated: {size} bytes, but LMDB's meta page "

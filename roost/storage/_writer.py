@@ -23,8 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 import lmdb
-import structlog
 
+from roost._logging import get_logger
 from roost.errors import ConfigurationError, InternalError, RoostError, StoreError
 from roost.storage._environment import Environment
 from roost.storage._guard import MapGuard
@@ -34,7 +34,7 @@ from roost.storage.ops import Append, Delete, Insert, Op, Put, Update
 # Bounds one transaction's size and the wait of the writes queued behind it.
 _MAX_BATCH = 1024
 
-_log = structlog.get_logger("roost.storage")
+_log = get_logger("roost.storage")
 
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 

@@ -17,15 +17,15 @@ from collections.abc import Callable
 from typing import Literal
 
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost.errors import IdempotencyConflict, RecordCorrupt
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.ops import Delete, Insert, Put, Update
 from roost.storage.store import Store
 
 _DB = "ledger"
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 Status = Literal["in_flight", "completed", "failed", "unrecordable"]
 

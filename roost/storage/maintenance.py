@@ -36,9 +36,37 @@ def _loose(key: bytes, value: bytes) -> Any:
         raise StoreError(f"record at key {key!r} is not a msgpack record ({exc})") from exc
 
 
+_ANY = msgspec.msgpack.Decoder()
+_CHECKPOINT = RecordCodec(Checkpoint)
+_RUN = RecordCodec(RunRecord)
+
+
+def _payload(key: bytes, what: str, data: bytes | None) -> None:
+    """The bytes a record carries (a state, an input, a result) must be msgpack too."""
+    if data is None:
+        return
+    try:
+        _ANY.decode(data)
+    except msgspec.DecodeError as exc:
+        raise StoreError(f"record at key {key!r}: its {what} does not decode ({exc})") from exc
+
+
+def _checkpoint(key: bytes, value: bytes) -> Any:
+    checkpoint = _CHECKPOINT.decode(key, value)
+    _payload(key, "state", checkpoint.state)
+    return checkpoint
+
+
+def _run(key: bytes, value: bytes) -> Any:
+    record = _RUN.decode(key, value)
+    _payload(key, "input", record.input)
+    _payload(key, "result", record.result)
+    return record
+
+
 _DECODERS: dict[str, Callable[[bytes, bytes], Any]] = {
-    "checkpoints": RecordCodec(Checkpoint).decode,
-    "runs": RecordCodec(RunRecord).decode,
+    "checkpoints": _checkpoint,
+    "runs": _run,
     "ledger": RecordCodec(LedgerEntry).decode,
 }
 
@@ -102,7 +130,11 @@ def _prepare_destination(target: Path) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise StoreUnavailable(str(target), "a backup goes into a new or empty folder; choose "
                                             "another destination")
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(str(target), f"cannot create the backup folder ({exc.strerror}); "
+                                            "choose a destination this process can write") from exc
 
 
 async def backup_store(path: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:

@@ -12,7 +12,9 @@ Store.open(".roost")` and later `await store.close()`.
 Writes go to the writer thread (see `roost.storage._writer`): nothing that can
 fsync runs on the event loop. Point reads (`get`, `last`) run on the event loop:
 LMDB reads are memory-mapped and never fsync. Scans run in worker threads, a chunk
-per read transaction. The store needs an asyncio event loop.
+per read transaction, and `read` runs a function over one consistent read transaction
+in a worker thread. `Store.open(path, readonly=True)` reads a store that no system has
+open, without a writer thread. The store needs an asyncio event loop.
 """
 
 from __future__ import annotations
@@ -23,20 +25,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import lmdb
 import msgspec
 
 from roost.errors import ConfigurationError, StoreCorrupt, StoreError
-from roost.storage._environment import CORRUPTION, open_environment
+from roost.storage._environment import CORRUPTION, Environment, open_environment
 from roost.storage._guard import MapGuard
 from roost.storage._keys import SEQ_SIZE, key_range, seek_last
+from roost.storage._snapshot import Snapshot
 from roost.storage._writer import Writer, WriteRequest
 from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
 
 Durability = Literal["sync", "async"]
+T = TypeVar("T")
 
 # Records per read transaction in a scan: bounds how long a map resize waits.
 _SCAN_CHUNK = 256
@@ -72,14 +76,15 @@ class Store:
     folder at a time.
     """
 
-    def __init__(self, path: str, writer: Writer, env: lmdb.Environment,
-                 dbs: dict[str, lmdb._Database], guard: MapGuard, loop: asyncio.AbstractEventLoop,
-                 *, durability: Durability, store_id: str) -> None:
+    def __init__(self, path: str, writer: Writer | None, environment: Environment,
+                 guard: MapGuard, loop: asyncio.AbstractEventLoop,
+                 *, durability: Durability) -> None:
         self._path = path
-        self._store_id = store_id
-        self._writer = writer
-        self._env = env
-        self._dbs = dbs
+        self._store_id = environment.header.store_id
+        self._writer = writer  # None: opened read-only
+        self._environment = environment
+        self._env = env = environment.env
+        self._dbs = environment.dbs
         self._guard = guard
         self._loop = loop
         self._durability: Durability = durability
@@ -90,7 +95,7 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str] = ".roost", *, durability: Durability = "sync",
              map_size: int = 64 * 2**20, flush_interval: float = 1.0,
-             create: bool = True) -> StoreOpening:
+             create: bool = True, readonly: bool = False) -> StoreOpening:
         """Open (creating if needed) the store in folder `path`.
 
         Await the result for a store you close yourself, or use it with `async with`
@@ -106,6 +111,9 @@ class Store:
             map_size: the initial size of the memory map in bytes; it doubles on demand.
             flush_interval: seconds after which non-durable commits are flushed to disk.
             create: create the store if the folder holds none (False: refuse instead).
+            readonly: open an existing store for reading only, while no system has it
+                open (its lock is taken shared): no writer thread starts, and `commit`
+                raises `StoreError`. For looking at the store of a stopped system.
 
         Raises:
             ConfigurationError: a bad `durability`, `map_size` or `flush_interval`.
@@ -114,11 +122,11 @@ class Store:
         """
         return StoreOpening(partial(cls._open, os.fspath(path), durability=durability,
                                     map_size=map_size, flush_interval=flush_interval,
-                                    create=create))
+                                    create=create, readonly=readonly))
 
     @classmethod
     async def _open(cls, path: str, *, durability: Durability, map_size: int,
-                    flush_interval: float, create: bool) -> Store:
+                    flush_interval: float, create: bool, readonly: bool) -> Store:
         if durability not in ("sync", "async"):
             raise ConfigurationError(f"durability={durability!r} is not a durability mode; "
                                      "use 'sync' or 'async'")
@@ -131,12 +139,13 @@ class Store:
         with anyio.CancelScope(shield=True):
             environment = await anyio.to_thread.run_sync(partial(
                 open_environment, Path(path), nosync=durability == "async", map_size=map_size,
-                create=create))
+                create=create, readonly=readonly))
         guard = MapGuard()
-        writer = Writer(environment, guard, loop, path=path, flush_interval=flush_interval)
-        writer.start()
-        return cls(path, writer, environment.env, environment.dbs, guard, loop,
-                   durability=durability, store_id=environment.header.store_id)
+        writer = None
+        if not readonly:
+            writer = Writer(environment, guard, loop, path=path, flush_interval=flush_interval)
+            writer.start()
+        return cls(path, writer, environment, guard, loop, durability=durability)
 
     async def close(self) -> None:
         """Finish the queued writes, flush, stop the writer thread and release the folder.
@@ -149,10 +158,19 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._writer is None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_readonly)
+            return
         done: asyncio.Future[None] = self._loop.create_future()
         self._writer.stop(done)
         with anyio.CancelScope(shield=True):
             await done
+
+    def _close_readonly(self) -> None:
+        with self._guard.exclusive():
+            self._guard.closed = True
+            self._environment.close()
 
     @property
     def path(self) -> str:
@@ -168,14 +186,21 @@ class Store:
         """Call `listener(error)` on the event loop if the store can no longer write.
 
         That happens only if its writer thread dies; every waiting and later write then
-        fails with the same error. An actor system stops with it.
+        fails with the same error. An actor system stops with it. (A read-only store
+        never calls it.)
         """
-        self._writer.on_death(listener)
+        if self._writer is not None:
+            self._writer.on_death(listener)
 
     @property
     def durability(self) -> Durability:
         """The store's default durability mode: `"sync"` or `"async"`."""
         return self._durability
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the store was opened read-only."""
+        return self._writer is None
 
     @property
     def max_key_size(self) -> int:
@@ -185,6 +210,9 @@ class Store:
     def statistics(self) -> StoreStatistics:
         """A snapshot of the write counters (see `StoreStatistics`)."""
         writer = self._writer
+        if writer is None:
+            return StoreStatistics(commits=0, writes=0, failed_writes=0, syncs=0,
+                                   map_size=self._env.info()["map_size"], map_grows=0)
         return StoreStatistics(commits=writer.commits, writes=writer.writes,
                                failed_writes=writer.failed_writes, syncs=writer.syncs,
                                map_size=writer.map_size, map_grows=writer.map_grows)
@@ -217,6 +245,9 @@ class Store:
         """
         if self._closed:
             raise self._closed_error()
+        if self._writer is None:
+            raise StoreError(f"store at {self._path!r} was opened read-only; open it without "
+                             "readonly=True to write")
         if not ops:
             return []
         for op in ops:
@@ -235,6 +266,8 @@ class Store:
             self._enter()
             try:
                 self._env.copy(str(folder), compact=True)
+            except CORRUPTION as exc:
+                raise StoreCorrupt(self._path, f"copying it failed ({exc})") from exc
             finally:
                 self._guard.release_shared()
 
@@ -319,6 +352,29 @@ class Store:
                 high = chunk[-1][0]
             else:
                 low = chunk[-1][0] + b"\x00"  # the smallest key after it
+
+    async def read(self, function: Callable[[Snapshot], T]) -> T:
+        """`function(snapshot)`, run in a worker thread over one consistent read transaction.
+
+        For reads of several keys and ranges that must agree with each other, in one
+        thread hop. `function` must be quick (a map resize waits for it) and must not
+        keep the snapshot, or anything read from it, past its return except as copies.
+
+        Raises:
+            StoreError: the store is closed.
+            StoreCorrupt: LMDB finds the pages read damaged.
+        """
+        return await anyio.to_thread.run_sync(self._read, function)
+
+    def _read(self, function: Callable[[Snapshot], T]) -> T:
+        self._enter()
+        try:
+            with self._env.begin() as txn:
+                return function(Snapshot(txn, self._handle))
+        except CORRUPTION as exc:
+            raise StoreCorrupt(self._path, f"reading failed ({exc})") from exc
+        finally:
+            self._guard.release_shared()
 
     def _read_chunk(self, handle: lmdb._Database, low: bytes, high: bytes | None, reverse: bool,
                     size: int) -> list[tuple[bytes, bytes]]:

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from typing import Final
 
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost._validate import is_count, is_number
 from roost.errors import ConfigurationError, ToolUnavailable, TransientToolError
 
@@ -50,7 +50,7 @@ __all__ = [
     "is_error_filter",
 ]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger("roost.tools.breaker")
 
 ErrorFilter = (
     type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]

@@ -9,16 +9,25 @@ they need no ledger and no join, so a hop would only add latency.
 Side-effecting calls go to the tool-proxy actor, which runs each key at most
 once. A call without `key=` gets one from its unit of work (see
 `roost.tools.keys`): the pipeline step or the message being handled.
+
+A call that belongs to a pipeline run is recorded as a `tool_call` span, a child of
+the caller's span (the message being handled, or the step's attempt), with its
+arguments and result, its outcome (`executed`, `joined`, `replayed`, `verified`,
+`fallback`, `unavailable`, `busy`), the breaker's state, and a `tool_attempt` span
+per execution. Calls outside runs are not recorded: read-only calls are the hot path,
+and a span costs more than the call itself. While no run is recorded at all, telling
+so costs one check.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from roost.errors import ConfigurationError, SystemNotRunning, ToolUnavailable
+from roost.errors import ConfigurationError, SystemNotRunning, ToolBusy, ToolUnavailable
 from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, BreakerView
 from roost.tools.keys import (
@@ -31,6 +40,9 @@ from roost.tools.keys import (
 )
 from roost.tools.proxy import Call, ToolState, ToolStatistics
 from roost.tools.spec import ToolRegistry, ToolSpec
+from roost.trace import TraceContext, call_trace, handling
+from roost.tracing.spans import SpanKind
+from roost.tracing.tracer import OpenSpan, Tracer, usage_of
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
@@ -46,10 +58,16 @@ _log = structlog.get_logger("roost")
 
 
 class Tools:
-    """The system's tools: register them, call them, inspect their breakers and counts."""
+    """The system's tools: register them, call them, inspect their breakers and counts.
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    Args:
+        clock: monotonic seconds, for breakers.
+        tracer: records the calls made inside pipeline runs (None: nothing is recorded).
+    """
+
+    def __init__(self, clock: Callable[[], float], tracer: Tracer | None = None) -> None:
         self.registry = ToolRegistry()
+        self.tracer = tracer if tracer is not None else Tracer(recording=False)
         self.state = ToolState(clock)
         self._proxy: ActorRef | None = None
         self._ledger: Ledger | None = None
@@ -129,27 +147,75 @@ class Tools:
             raise SystemNotRunning(f"call tool {name!r}")
         spec = self.registry.get(name)
         if key is not None:
-            check_key(spec.name, key)
+            key = check_key(spec.name, key)
         bound = spec.bind(arguments)
+        if spec.read_only and key is not None:
+            _log.info("tool_call_key_ignored", tool=spec.name, key=key,
+                      reason="read-only tools skip the idempotency ledger")
+        if self.tracer.runs:  # some run is being recorded: is this call part of one?
+            trace = _run_trace()
+            if trace is not None:
+                return await self._traced(proxy, spec, bound, key, timeout, trace)
         if spec.read_only:
-            if key is not None:
-                _log.info("tool_call_key_ignored", tool=spec.name, key=key,
-                          reason="read-only tools skip the idempotency ledger")
             refused = None if spec.breaker is None else self._refusal(spec)
             if refused is not None:
                 return await self.state.fallback(spec, bound, key, refused)
             self.state.stats.calls += 1
             return await self.state.run(spec, bound, key)
+        return await self._through_proxy(proxy, spec, bound, key, timeout, None)
+
+    async def _through_proxy(self, proxy: ActorRef, spec: ToolSpec, bound: dict[str, Any],
+                             key: str | None, timeout: float | None,
+                             span: OpenSpan | None) -> Any:
+        """A side-effecting call: refused at once by an open breaker (for a key the ledger
+        does not hold), else run by the proxy, once per key."""
         fp = fingerprint(bound, tool=spec.name)
         if key is None:
             key = _derived_key(spec.name)  # numbered before any await, in the order of the calls
+        if span is not None:
+            span.attributes["tool.key"] = key
         refused = self._refusal(spec)
         if refused is not None and not await self._in_ledger(spec, key):
-            return await self.state.fallback(spec, bound, key, refused)
+            return await self.state.fallback(spec, bound, key, refused, span)
         if timeout is None:
             deadline = spec.retry_policy.deadline
             timeout = DEFAULT_CALL_TIMEOUT if deadline is None else deadline + DEADLINE_MARGIN
-        return await proxy.ask(Call(spec, bound, key, fp), timeout=timeout)
+        return await proxy.ask(Call(spec, bound, key, fp, span), timeout=timeout)
+
+    async def _traced(self, proxy: ActorRef, spec: ToolSpec, bound: dict[str, Any],
+                      key: str | None, timeout: float | None, trace: TraceContext) -> Any:
+        """The call, recorded as a `tool_call` span in the caller's run (see the module)."""
+        span = self.tracer.start(
+            f"tool {spec.name}", SpanKind.TOOL_CALL, trace_id=trace.trace_id,
+            parent_span_id=trace.span_id, run_id=trace.run_id, actor=_caller_path(), tool=spec.name)
+        span.payload("tool.arguments", bound)
+        if spec.breaker is not None:
+            breaker = self.state.breaker(spec)
+            assert breaker is not None
+            span.attributes["breaker.state"] = str(breaker.state)
+        try:
+            if spec.read_only:
+                refused = None if spec.breaker is None else self._refusal(spec)
+                if refused is not None:
+                    result = await self.state.fallback(spec, bound, key, refused, span)
+                else:
+                    self.state.stats.calls += 1
+                    result = await self.state.run(spec, bound, key, span)
+            else:
+                result = await self._through_proxy(proxy, spec, bound, key, timeout, span)
+        except BaseException as error:
+            if isinstance(error, ToolBusy):
+                span.attributes["tool.outcome"] = "busy"
+            span.fail(error)
+            raise
+        else:
+            span.payload("tool.result", result)
+            usage = usage_of(result)
+            if usage is not None:
+                self.tracer.record_usage(span, usage)
+            return result
+        finally:
+            span.end()
 
     def _refusal(self, spec: ToolSpec) -> ToolUnavailable | None:
         """The error an open breaker refuses a call with now, or None when the call may go on."""
@@ -203,10 +269,36 @@ class Tools:
         return 0 if self._ledger is None else await self._ledger.prune()
 
 
+def _run_trace() -> TraceContext | None:
+    """The caller's trace when the call belongs to a run (its span id: the caller's span),
+    else None.
+
+    Inside an actor that is the message being handled (the step's attempt, for a
+    worker); outside, the trace a tool-proxy task or a tool step runs the call in.
+    """
+    cell = handling.get()
+    if cell is not None:
+        envelope = cell.current
+        if envelope is not None:
+            incoming = envelope.trace
+            if incoming is None or incoming.run_id is None:
+                return None
+            return envelope.trace_context()
+    trace = call_trace.get()
+    return trace if trace is not None and trace.run_id is not None else None
+
+
+def _caller_path() -> str | None:
+    cell = handling.get()
+    return None if cell is None else cell.path
+
+
 def _derived_key(tool: str) -> str:
     """The key of a call made without one: its unit of work and its number there, or a fresh one."""
     envelope = current_envelope()
-    if envelope is None:  # outside any actor, or in a task its actor left between messages
+    if envelope is None or asyncio.current_task() is not handling.get().task:
+        # Outside any actor, or in a task an actor started (it may outlive the message
+        # being handled now): no unit of work it could be replayed as, so a fresh key.
         return fresh_key()
     trace = envelope.trace
     if trace is not None and trace.step is not None and trace.run_id is not None:

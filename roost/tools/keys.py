@@ -43,7 +43,8 @@ __all__ = [
 
 # Bumped if the key derivation changes: keys are stored in the ledger.
 _KEY_SCHEME: Final = "roost.tool-key.v2"
-#: The longest idempotency key a caller may give, in characters.
+#: The longest idempotency key a caller may give, in bytes of UTF-8 (so in characters for
+#: ASCII keys): the ledger stores it in an LMDB key, with the tool's name.
 MAX_KEY_LENGTH: Final = 255
 _ENCODER: Final = msgspec.msgpack.Encoder(order="sorted")
 _ENCODE_ERRORS: Final = (TypeError, ValueError, msgspec.EncodeError)
@@ -87,22 +88,33 @@ def fresh_key() -> str:
     return secrets.token_hex(32)
 
 
-def check_key(tool: str, key: object) -> None:
-    """Refuse anything but a non-empty str of at most `MAX_KEY_LENGTH` characters.
+def check_key(tool: str, key: object) -> str:
+    """The key as a plain str, if it is a non-empty str of at most `MAX_KEY_LENGTH` bytes
+    of UTF-8 (a str subclass is taken as its plain value).
 
     Raises:
         ToolArgumentsInvalid: `key` is not such a str (naming the tool and the value).
     """
-    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH:
-        return
     if isinstance(key, str):
-        shown = "''" if not key else f"{key[:20]!r}... ({len(key)} characters)"
+        plain = str.__str__(key)
+        try:
+            size = len(plain.encode("utf-8"))
+        except UnicodeEncodeError:
+            size = -1  # a lone surrogate: not storable text
+        if 0 < size <= MAX_KEY_LENGTH:
+            return plain
+        if not plain:
+            shown = "''"
+        elif size < 0:
+            shown = f"{plain[:20]!r} (not valid Unicode text)"
+        else:
+            shown = f"{plain[:20]!r}... ({size} bytes of UTF-8)"
     else:
         shown = f"{key!r:.60} ({type(key).__name__})"
     raise ToolArgumentsInvalid(
         tool,
         f"key={shown} is not a valid idempotency key; pass a non-empty str of at most "
-        f"{MAX_KEY_LENGTH} characters, or no key to have one derived",
+        f"{MAX_KEY_LENGTH} bytes of UTF-8 (255 ASCII characters), or no key to have one derived",
         argument="key", expected="str", given=type(key).__name__,
     )
 

@@ -13,6 +13,10 @@ time limit, its connection lost after sending, or found in flight after a
 crash) is never run again blindly unless the tool is idempotent: its `verify`
 hook settles it, or it ends in `ToolOutcomeUnknown` with the key left in
 flight. A result that cannot be recorded finalizes the key as `unrecordable`.
+
+A call recorded as a span (one made inside a pipeline run, see `Tools`) brings its
+open `tool_call` span along: the proxy sets how the call was answered
+(`tool.outcome`) and records each execution as a `tool_attempt` span inside it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from roost.tools.bulkhead import Bulkhead
 from roost.tools.retry import Recheck, Watchdog, call_once, call_with_retry
 from roost.tools.spec import Done, NotDone, ToolSpec, Verified
 from roost.trace import call_trace, handling
+from roost.tracing.spans import SpanKind
+from roost.tracing.tracer import OpenSpan
 
 if TYPE_CHECKING:
     from roost.storage.ledger import Ledger, LedgerEntry
@@ -55,12 +61,16 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 
 class Call(Message, frozen=True, gc=False):
-    """Run one side-effecting tool call (internal: sent by `Tools.call`)."""
+    """Run one side-effecting tool call (internal: sent by `Tools.call`).
+
+    `span` is the caller's open `tool_call` span when the call is recorded, else None.
+    """
 
     spec: Any
     arguments: dict[str, Any]
     key: str
     fingerprint: str
+    span: Any = None
 
 
 class ToolStatistics(msgspec.Struct, kw_only=True):
@@ -153,21 +163,27 @@ class ToolState:
             decoder = self._decoders[spec.name] = msgspec.msgpack.Decoder(returns)
         return decoder
 
-    async def run(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
+    async def run(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
+                  span: OpenSpan | None = None) -> Any:
         """One call under the tool's breaker, bulkhead, timeouts and retries; the fallback
         answers while the breaker is open."""
         try:
-            return await self.attempts(spec, arguments, key)
+            return await self.attempts(spec, arguments, key, span)
         except ToolUnavailable as unavailable:
-            return await self.fallback(spec, arguments, key, unavailable)
+            return await self.fallback(spec, arguments, key, unavailable, span)
 
-    async def attempts(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None) -> Any:
+    async def attempts(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
+                       span: OpenSpan | None = None) -> Any:
         """Await the tool until it succeeds or its retry policy gives up.
 
         Logs `tool_call_executed` with its outcome for a side-effecting tool,
         unless the breaker or the bulkhead refused the call before it ran.
         Read-only calls skip the ledger and are not logged: they are the hot path,
         and a structlog call costs microseconds.
+
+        Args:
+            span: the call's `tool_call` span, if it is recorded: each attempt is
+                then recorded as a `tool_attempt` span inside it.
 
         Raises:
             ToolOutcomeUnknown: An attempt of a tool that is not idempotent was
@@ -176,7 +192,15 @@ class ToolState:
         """
         policy = spec.retry_policy
         try:
-            if (policy.attempts == 1 and policy.deadline is None and spec.breaker is None
+            if span is not None:  # recorded: every attempt gets a span, however simple the tool
+                span.attributes["tool.outcome"] = "executed"
+                result = await call_with_retry(
+                    lambda: spec.invoke(arguments, key=key), policy, tool=spec.name, key=key,
+                    breaker=self.breaker(spec), bulkhead=self.bulkhead(spec),
+                    sleep=self._retry_sleep, recheck=self._recheck_of(spec, arguments, key),
+                    watchdog=self.watchdog,
+                    attempt_span=functools.partial(_attempt_span, span, spec.name))
+            elif (policy.attempts == 1 and policy.deadline is None and spec.breaker is None
                     and spec.concurrency is None):
                 if policy.attempt_timeout is None:  # read-only with nothing to guard: no wrapping
                     result = await spec.invoke(arguments, key=key)
@@ -272,13 +296,16 @@ class ToolState:
         raise unknown from unknown.cause
 
     async def fallback(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
-                       unavailable: ToolUnavailable) -> Any:
+                       unavailable: ToolUnavailable, span: OpenSpan | None = None) -> Any:
         """The fallback's result while the breaker is open, else `unavailable` is raised.
 
         Raises:
             ToolUnavailable: The tool has no fallback.
             ToolFallbackFailed: The fallback raised (its error is the `__cause__`).
         """
+        if span is not None:
+            span.attributes["tool.outcome"] = "unavailable" if spec.fallback is None else "fallback"
+            span.event("breaker_refused", retry_in=round(unavailable.retry_in, 3))
         if spec.fallback is None:
             self.stats.rejected += 1
             raise unavailable
@@ -294,6 +321,10 @@ class ToolState:
 
 class ToolProxy(Actor):
     """Runs side-effecting tool calls once per key: the ledger, in-flight joins, recovery."""
+
+    #: Handling a `Call` only starts it: the caller's `tool_call` span covers the call, so
+    #: the proxy records no `message` span of its own.
+    message_spans = False
 
     def __init__(self, state: ToolState, ledger: Ledger | None) -> None:
         self.state = state
@@ -352,8 +383,12 @@ class ToolProxy(Actor):
         # The call runs in the caller's trace, not as this actor: its logs, messages and
         # nested calls belong to the caller's trace and run.
         caller = current_envelope()
+        trace = None if caller is None else caller.trace
+        span: OpenSpan | None = call.span
+        if trace is not None and span is not None:  # what the tool does happens inside its span
+            trace = msgspec.structs.replace(trace, span_id=span.span_id)
         context = self._context.copy()
-        context.run(call_trace.set, None if caller is None else caller.trace)
+        context.run(call_trace.set, trace)
         task = self._loop.create_task(self._lead(call, leading), context=context)
         self._tasks.add(task)  # _lead takes it out as it ends: no done-callback per call
 
@@ -366,6 +401,12 @@ class ToolProxy(Actor):
             return
         self.state.stats.joined += 1
         _log.info("tool_call_joined", tool=call.spec.name, key=call.key)
+        span: OpenSpan | None = call.span
+        if span is not None:
+            leader: OpenSpan | None = pending.call.span
+            span.attributes["tool.outcome"] = "joined"
+            if leader is not None:
+                span.attributes["tool.joined_span"] = leader.span_id
         pending.callers += 1
         if reply is not None:
             pending.waiters.append(reply)
@@ -375,9 +416,10 @@ class ToolProxy(Actor):
         spec: ToolSpec = call.spec
         try:
             if self.ledger is None:  # no store: joins only, nothing is remembered
-                result = await self.state.run(spec, call.arguments, call.key)
+                result = await self.state.run(spec, call.arguments, call.key, call.span)
             else:
-                result = await self._settle(spec, call.arguments, call.key, call.fingerprint)
+                result = await self._settle(spec, call.arguments, call.key, call.fingerprint,
+                                            call.span)
         except Exception as error:
             self.state.stats.failures += leading.callers
             leading.settle(None, error)
@@ -392,14 +434,16 @@ class ToolProxy(Actor):
             self._tasks.discard(asyncio.current_task())
 
     async def _settle(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
-                      fp: str) -> Any:
+                      fp: str, span: OpenSpan | None) -> Any:
         """Run the call once per key, as the ledger decides."""
         ledger = self.ledger
         assert ledger is not None
         claim = await ledger.claim(spec.name, key, fp)
         entry = claim.entry
         if claim.claimed:
-            return await self._run_recorded(spec, arguments, key, entry)
+            return await self._run_recorded(spec, arguments, key, entry, span)
+        if span is not None and entry.status in ("completed", "failed", "unrecordable"):
+            span.attributes.update({"tool.outcome": "replayed", "tool.replayed": entry.status})
         if entry.status == "completed":
             self.state.stats.dedup_hits += 1
             _log.info("tool_call_replayed", tool=spec.name, key=key, status="completed")
@@ -417,32 +461,36 @@ class ToolProxy(Actor):
             raise ToolResultUnrecordable(spec.name, key, entry.error or "unknown")
         # In flight, but not in this process's table: an earlier process died mid-call, or
         # an earlier call here was cut off with its outcome unknown.
-        return await self._recover(spec, arguments, key, entry, left_here=claim.ours)
+        return await self._recover(spec, arguments, key, entry, span, left_here=claim.ours)
 
     async def _recover(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
-                       entry: LedgerEntry, *, left_here: bool) -> Any:
+                       entry: LedgerEntry, span: OpenSpan | None, *, left_here: bool) -> Any:
         """Settle a key left in flight: by `verify`, by running an idempotent tool again, or
         with ToolOutcomeUnknown (the key stays in flight)."""
         ledger = self.ledger
         assert ledger is not None
+        if span is not None:
+            span.event("found_in_flight", left_here=left_here)
         if spec.verify is not None or not spec.idempotent:
             verdict = await self.state.verify(spec, arguments, key, left_here=left_here)
             if isinstance(verdict, Done):
                 _log.warning("tool_call_verified_done", tool=spec.name, key=key)
+                if span is not None:
+                    span.attributes["tool.outcome"] = "verified"
                 await self._record(spec, key, entry, verdict.result)
                 return verdict.result
             _log.warning("tool_call_verified_not_done", tool=spec.name, key=key)
-        return await self._run_recorded(spec, arguments, key, await ledger.take_over(entry))
+        return await self._run_recorded(spec, arguments, key, await ledger.take_over(entry), span)
 
     async def _run_recorded(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
-                            entry: LedgerEntry) -> Any:
+                            entry: LedgerEntry, span: OpenSpan | None) -> Any:
         ledger = self.ledger
         assert ledger is not None
         try:
-            result = await self.state.attempts(spec, arguments, key)
+            result = await self.state.attempts(spec, arguments, key, span)
         except ToolUnavailable as unavailable:
             await ledger.release(entry)
-            return await self.state.fallback(spec, arguments, key, unavailable)
+            return await self.state.fallback(spec, arguments, key, unavailable, span)
         except ToolBusy:
             await ledger.release(entry)  # refused before it ran: the key stays usable
             raise
@@ -489,6 +537,11 @@ class ToolProxy(Actor):
             _log.error("tool_result_unrecordable_not_saved", tool=spec.name, key=key,
                        error=_describe(store_error))
         raise ToolResultUnrecordable(spec.name, key, reason, error) from error
+
+
+def _attempt_span(call: OpenSpan, tool: str, number: int) -> OpenSpan:
+    """The `tool_attempt` span of attempt `number` of a recorded call."""
+    return call.child(f"{tool} attempt {number}", SpanKind.TOOL_ATTEMPT, tool=tool, attempt=number)
 
 
 def _describe(error: BaseException) -> str:

@@ -31,8 +31,15 @@ import structlog
 
 from roost._validate import is_number
 from roost.errors import ConfigurationError, ToolTimeout, ToolUnavailable, TransientToolError
-from roost.tools.breaker import CircuitBreaker, ErrorFilter, error_matches, is_error_filter
+from roost.tools.breaker import (
+    BreakerState,
+    CircuitBreaker,
+    ErrorFilter,
+    error_matches,
+    is_error_filter,
+)
 from roost.tools.bulkhead import Bulkhead
+from roost.tracing.tracer import OpenSpan
 
 __all__ = [
     "DEFAULT_RETRY_ON",
@@ -154,6 +161,7 @@ async def call_with_retry(
     recheck: Recheck[T] | None = None,
     watchdog: Watchdog | None = None,
     step: str | None = None,
+    attempt_span: Callable[[int], OpenSpan] | None = None,
 ) -> T:
     """Await `call()` until it succeeds, a failure is not retried, or the policy runs out.
 
@@ -186,6 +194,11 @@ async def call_with_retry(
         step: For a pipeline step's retries: its name. Logs are then
             `step_attempt_failed`, `step_retry_scheduled` and `step_gave_up` with
             `step` and `run_id` (`key`), not tool events.
+        attempt_span: When the call is traced: starts the span of attempt `n`
+            (1, 2, ...) once the breaker has let it go. The span gets the
+            attempt's latency, its error, the breaker's state changes and the
+            delay before the next attempt (`retry_scheduled`) or why there is
+            none (`gave_up`), and is ended here.
 
     Returns:
         What the successful attempt returned (or what `recheck` found it returned).
@@ -212,10 +225,13 @@ async def call_with_retry(
         "step", {"step": step, "run_id": key})
     if watchdog is None and policy.attempt_timeout is not None:
         watchdog = Watchdog()
+    before: BreakerState | None = None  # the breaker's state before it was asked (traced calls)
     while True:
         number += 1
         permit = None
         if breaker is not None:
+            if attempt_span is not None:
+                before = breaker.state
             try:
                 permit = breaker.acquire()
             except ToolUnavailable:
@@ -228,21 +244,44 @@ async def call_with_retry(
             )
             raise previous
         remaining = None if policy.deadline is None else policy.deadline - (clock() - started)
+        span = None
+        if attempt_span is not None:
+            span = attempt_span(number)
+            if breaker is not None:
+                _breaker_moved(span, breaker, before)
         attempt_started = clock()
         slot = _Slot(call, policy.attempt_timeout, tool, bulkhead, watchdog)
         try:
             result = await _bounded(slot.run, remaining, tool, "call", reported=policy.deadline)
         except Exception as error:
+            latency = clock() - attempt_started
             if breaker is not None and permit is not None:
+                if span is not None:
+                    before = breaker.state
                 breaker.on_failure(permit, error)
+                _breaker_moved(span, breaker, before)
             _log.warning(
                 f"{subject}_attempt_failed", **who, attempt=number,
-                latency=clock() - attempt_started, error=_describe(error),
+                latency=latency, error=_describe(error),
             )
+            if span is not None:
+                span.fail(error)
+                span.attributes["latency"] = latency
             if recheck is not None and slot.entered and leaves_outcome_unknown(error):
-                took = await recheck(error)
+                try:
+                    took = await recheck(error)
+                except BaseException:
+                    if span is not None:
+                        span.event("outcome_unknown")
+                        span.end()
+                    raise
                 if took is not None:
+                    if span is not None:
+                        span.event("verified_done")
+                        span.end()
                     return took[0]
+                if span is not None:
+                    span.event("verified_not_done")
             delay = 0.0
             reason: str | None = None
             if not policy.retries(error):
@@ -258,14 +297,30 @@ async def call_with_retry(
                     f"{subject}_gave_up", **who, attempts=number, reason=reason,
                     error=_describe(error),
                 )
+                if span is not None:
+                    span.event("gave_up", reason=reason)
+                    span.end()
                 raise
+            if span is not None:
+                span.event("retry_scheduled", delay=delay)
+                span.end()
             previous = error
-        except BaseException:
+        except BaseException as cancelled:
             if breaker is not None and permit is not None:
                 breaker.release(permit)
+            if span is not None:
+                span.fail(cancelled)
+                span.end()
             raise
         else:
-            if breaker is not None and permit is not None:
+            if span is not None:
+                span.attributes["latency"] = clock() - attempt_started
+                if breaker is not None and permit is not None:
+                    before = breaker.state
+                    breaker.on_success(permit)
+                    _breaker_moved(span, breaker, before)
+                span.end()
+            elif breaker is not None and permit is not None:
                 breaker.on_success(permit)
             return result
         _log.info(f"{subject}_retry_scheduled", **who, attempt=number, delay=delay)
@@ -412,6 +467,15 @@ async def _bounded(
     with anyio.move_on_after(limit):
         return await call()
     raise ToolTimeout(tool, limit if reported is None else reported, what)
+
+
+def _breaker_moved(span: OpenSpan | None, breaker: CircuitBreaker | None,
+                   before: BreakerState | None) -> None:
+    """Record on `span` that the breaker went from `before` to another state, if it did."""
+    if span is not None and breaker is not None and before is not None:
+        after = breaker.state
+        if after is not before:
+            span.event("breaker_state_changed", old=str(before), new=str(after))
 
 
 def _describe(error: BaseException) -> str:

@@ -44,6 +44,9 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+#: The longest tool name, in bytes of UTF-8: with a key (at most 255 bytes) it must fit in
+#: one LMDB key of the ledger (511 bytes).
+MAX_NAME_BYTES: Final = 200
 SPEC_ATTRIBUTE: Final = "__roost_tool__"
 """Attribute under which `@tool` (and tool objects such as HttpTool) keep their spec."""
 
@@ -137,9 +140,11 @@ class ToolSpec:
 
     def __post_init__(self) -> None:
         name = self.name
-        if not isinstance(name, str) or not name or name.strip() != name or " " in name:
+        if (not isinstance(name, str) or not name or name.strip() != name or " " in name
+                or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES):
             raise ConfigurationError(
-                f"tool name={name!r} is invalid; use a non-empty string without spaces"
+                f"tool name={name!r:.80} is invalid; use a non-empty string without spaces, of "
+                f"at most {MAX_NAME_BYTES} bytes of UTF-8 (the ledger keys calls by it)"
             )
         _check_async_callable(name, "fn", self.fn)
         for flag in ("idempotent", "read_only"):

@@ -5,6 +5,11 @@ objects until it ends, then each sink (the trace store's buffer, an exporter) ta
 it. Payloads (step inputs and results, tool arguments and results) are encoded with
 msgspec to JSON-like values, cut to `payload_limit` bytes with a marker, and passed
 through `redact` before any sink sees them.
+
+The tracer is also where the layers that record a run meet: the run actor lists its
+open `run` span under the run's id (`runs`), so that an actor restarting inside the
+run can add an event to it (`run_event`) and usage reported anywhere in the run adds
+to its totals (`record_usage`).
 """
 
 from __future__ import annotations
@@ -14,13 +19,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost.trace import new_span_id
 from roost.tracing.spans import Span, SpanEvent, SpanKind, Usage
 
-_log = structlog.get_logger("roost")
-_ENCODER = msgspec.json.Encoder()
+_log = get_logger("roost")
+
+
+def _placeholder(value: Any) -> dict[str, str]:
+    """What a payload keeps of a value msgspec cannot encode: its type's name."""
+    return {"roost.unencodable": type(value).__qualname__}
+
+
+# A value msgspec cannot encode becomes its placeholder, and the rest of the payload is kept.
+_ENCODER = msgspec.json.Encoder(enc_hook=_placeholder)
 
 #: `redact(name, value)`: the payload named `name` (`step.input`, `tool.arguments`, ...)
 #: as it will be stored; returns what to store instead (e.g. with secrets masked).
@@ -35,31 +48,74 @@ class Price(msgspec.Struct, frozen=True):
     output_per_million: float
 
 
-class OpenSpan:
-    """A span being recorded. Add attributes and events, then `end()` it once."""
+class UsageTotals(msgspec.Struct, kw_only=True, gc=False):
+    """Tokens and cost added up over a run (kept in its checkpoints, so resumes add on).
 
-    __slots__ = ("_ended", "_tracer", "actor", "attributes", "error_message", "error_type",
-                 "events", "kind", "name", "parent_span_id", "run_id", "span_id", "start_ns",
-                 "status", "trace_id")
+    Attributes:
+        input_tokens: tokens the models read.
+        output_tokens: tokens they wrote.
+        cost: what the usage of priced models cost (models the price table lacks add 0).
+    """
 
-    def __init__(self, tracer: Tracer, name: str, kind: SpanKind, trace_id: str, span_id: str,
-                 parent_span_id: str | None, actor: str | None, run_id: str | None,
-                 start_ns: int, attributes: dict[str, Any]) -> None:
-        self._tracer = tracer
-        self._ended = False
-        self.name = name
-        self.kind = kind
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_span_id = parent_span_id
-        self.actor = actor
-        self.run_id = run_id
-        self.start_ns = start_ns
-        self.attributes = attributes
-        self.events: list[SpanEvent] = []
-        self.status = "ok"
-        self.error_type: str | None = None
-        self.error_message: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    def plus(self, other: UsageTotals) -> UsageTotals:
+        return UsageTotals(input_tokens=self.input_tokens + other.input_tokens,
+                           output_tokens=self.output_tokens + other.output_tokens,
+                           cost=self.cost + other.cost)
+
+
+def valid_usage(usage: object) -> bool:
+    """Whether `usage` is a `Usage` with a str model and whole token counts >= 0."""
+    return (isinstance(usage, Usage) and isinstance(usage.model, str)
+            and all(type(n) is int and n >= 0 for n in (usage.input_tokens, usage.output_tokens)))
+
+
+#: Results that have no `usage` field: looking for one (a missing attribute raises
+#: inside `getattr`) would cost more than recording their span.
+_PLAIN = frozenset({str, bytes, int, float, bool, list, tuple, type(None)})
+
+
+def usage_of(result: Any) -> Usage | None:
+    """The `Usage` a step's or tool's result carries in a `usage` field (an attribute, or a
+    dict key), else None (also for one that is not a valid `Usage`: recording never fails
+    the work it records)."""
+    kind = type(result)
+    if kind in _PLAIN:
+        return None
+    if kind is dict:
+        usage = result.get("usage")
+    elif isinstance(result, msgspec.Struct):
+        usage = getattr(result, "usage", None) if "usage" in result.__struct_fields__ else None
+    else:
+        usage = result.get("usage") if isinstance(result, dict) else getattr(result, "usage", None)
+    return usage if valid_usage(usage) else None
+
+
+class OpenSpan(msgspec.Struct):
+    """A span being recorded. Add attributes and events, then `end()` it once.
+
+    A struct for its C-fast construction: a run starts a dozen spans or more. Only the
+    tracer creates them (`Tracer.start`, `OpenSpan.child`).
+    """
+
+    _tracer: Tracer
+    name: str
+    kind: SpanKind
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    actor: str | None
+    run_id: str | None
+    start_ns: int
+    attributes: dict[str, Any]
+    events: list[SpanEvent] = msgspec.field(default_factory=list)
+    status: str = "ok"
+    error_type: str | None = None
+    error_message: str | None = None
+    _ended: bool = False
 
     def set(self, **attributes: Any) -> None:
         """Set attributes (JSON-like values)."""
@@ -87,6 +143,30 @@ class OpenSpan:
             attributes["roost.cost"] = attributes.get("roost.cost", 0.0) + cost
         return cost
 
+    def add_totals(self, usage: Usage, cost: float | None) -> None:
+        """Add `usage` (reported by a span inside this one) to this span's token and cost
+        totals, without naming a model: a run's span adds up every model it used."""
+        attributes = self.attributes
+        attributes["gen_ai.usage.input_tokens"] = (
+            attributes.get("gen_ai.usage.input_tokens", 0) + usage.input_tokens)
+        attributes["gen_ai.usage.output_tokens"] = (
+            attributes.get("gen_ai.usage.output_tokens", 0) + usage.output_tokens)
+        if cost is not None:
+            attributes["roost.cost"] = attributes.get("roost.cost", 0.0) + cost
+
+    def totals(self) -> UsageTotals:
+        """The tokens and cost this span holds (its own usage, or a run's totals)."""
+        attributes = self.attributes
+        return UsageTotals(input_tokens=attributes.get("gen_ai.usage.input_tokens", 0),
+                           output_tokens=attributes.get("gen_ai.usage.output_tokens", 0),
+                           cost=attributes.get("roost.cost", 0.0))
+
+    def child(self, name: str, kind: SpanKind, **attributes: Any) -> OpenSpan:
+        """Start a span inside this one (same trace, run and actor)."""
+        tracer = self._tracer
+        return OpenSpan(tracer, name, kind, self.trace_id, new_span_id(), self.span_id,
+                        self.actor, self.run_id, tracer.now_ns(), attributes)
+
     def fail(self, error: BaseException) -> None:
         """Mark the span as ended in `error`."""
         self.status = "error"
@@ -98,13 +178,12 @@ class OpenSpan:
         if self._ended:
             return None
         self._ended = True
-        span = Span(
-            trace_id=self.trace_id, span_id=self.span_id, parent_span_id=self.parent_span_id,
-            name=self.name, kind=self.kind, start_ns=self.start_ns,
-            end_ns=self._tracer.now_ns(), actor=self.actor, run_id=self.run_id,
-            status=self.status, error_type=self.error_type, error_message=self.error_message,
-            attributes=self.attributes, events=self.events)
-        self._tracer.emit(span)
+        tracer = self._tracer
+        # Positional, in `Span`'s field order: a run records a dozen spans or more.
+        span = Span(self.trace_id, self.span_id, self.parent_span_id, self.name, self.kind,
+                    self.start_ns, tracer.now_ns(), self.actor, self.run_id, self.status,
+                    self.error_type, self.error_message, self.attributes, self.events)
+        tracer.emit(span)
         return span
 
 
@@ -116,27 +195,36 @@ class Tracer:
             ones are cut, with a marker saying how long they were.
         redact: called on every payload before it is kept (see `Redact`).
         prices: the price per model for turning token usage into cost (none built in).
+        recording: False turns recording off for good (`ActorSystem(tracing=False)`),
+            whatever sinks are added.
         clock_ns: wall-clock nanoseconds (inject in tests).
+
+    Attributes:
+        enabled: whether spans are recorded: recording is on and a sink takes them.
+            The runtime checks it before it starts any span, so that tracing with
+            nobody listening costs one attribute read.
+        runs: the open `run` span of each run in flight here, by run id.
     """
 
     def __init__(self, *, payload_limit: int = 8192, redact: Redact | None = None,
-                 prices: Mapping[str, Price] | None = None,
+                 prices: Mapping[str, Price] | None = None, recording: bool = True,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.payload_limit = payload_limit
+        # A str this short is within the limit however JSON escapes it (at most 6 bytes a char).
+        self._short_text = payload_limit // 6
         self.redact = redact
         self.prices = dict(prices or {})
         self.now_ns = clock_ns
+        self.recording = recording
         self._sinks: list[Sink] = []
+        self.enabled = False
+        self.runs: dict[str, OpenSpan] = {}
         self.dropped = 0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any sink takes spans (recording is skipped when none does)."""
-        return bool(self._sinks)
 
     def add_sink(self, sink: Sink) -> None:
         """Give every finished span to `sink` too (it must not block)."""
         self._sinks.append(sink)
+        self.enabled = self.recording
 
     def start(self, name: str, kind: SpanKind, *, trace_id: str, parent_span_id: str | None = None,
               span_id: str | None = None, actor: str | None = None, run_id: str | None = None,
@@ -144,6 +232,21 @@ class Tracer:
         """Start a span now."""
         return OpenSpan(self, name, kind, trace_id, span_id or new_span_id(), parent_span_id,
                         actor, run_id, self.now_ns(), attributes)
+
+    def run_event(self, run_id: str, name: str, **attributes: Any) -> None:
+        """Record that `name` happened now on the open span of run `run_id`, if it has one."""
+        span = self.runs.get(run_id)
+        if span is not None:
+            span.event(name, **attributes)
+
+    def record_usage(self, span: OpenSpan, usage: Usage) -> None:
+        """Record `usage` on `span` (model, tokens, cost) and add it to its run's totals."""
+        cost = span.usage(usage)
+        run_id = span.run_id
+        if run_id is not None and span.kind is not SpanKind.RUN:
+            run = self.runs.get(run_id)
+            if run is not None:
+                run.add_totals(usage, cost)
 
     def emit(self, span: Span) -> None:
         """Hand a finished span to every sink; a failing sink drops it, never the caller."""
@@ -159,24 +262,33 @@ class Tracer:
     def payload(self, name: str, value: Any) -> Any:
         """`value` as a JSON-like value no longer than `payload_limit` bytes, redacted.
 
-        An unencodable value becomes a typed placeholder; a long one a marker with
-        its size and the start of its JSON text.
+        A value msgspec cannot encode becomes a typed placeholder, where it is (the
+        rest of the payload is kept); a long one a marker with its size and the start
+        of its JSON text.
         """
+        if value is None or type(value) is bool or (
+                type(value) is str and len(value) <= self._short_text and value.isascii()):
+            kept: Any = value  # already JSON-like and short enough: nothing to encode
+        else:
+            kept = self._encoded(value)
+        if self.redact is not None:
+            try:
+                kept = self.redact(name, kept)
+            except Exception as error:  # never store what the hook failed to clean
+                kept = {"roost.redaction_failed": type(error).__name__}
+        return kept
+
+    def _encoded(self, value: Any) -> Any:
         try:
             encoded = _ENCODER.encode(value)
-        except (TypeError, ValueError, msgspec.EncodeError):
-            kept: Any = {"roost.unencodable": type(value).__qualname__}
+        except (TypeError, ValueError, msgspec.EncodeError):  # e.g. a str that is not UTF-8
+            kept: Any = _placeholder(value)
         else:
             if len(encoded) > self.payload_limit:
                 kept = {"roost.truncated": True, "bytes": len(encoded),
                         "preview": encoded[:self.payload_limit].decode(errors="replace")}
             else:
                 kept = msgspec.json.decode(encoded)
-        if self.redact is not None:
-            try:
-                kept = self.redact(name, kept)
-            except Exception as error:  # never store what the hook failed to clean
-                kept = {"roost.redaction_failed": type(error).__name__}
         return kept
 
     def cost(self, usage: Usage) -> float | None:

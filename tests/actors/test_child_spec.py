@@ -284,3 +284,16 @@ def test_a_backoff_delay_never_shrinks_as_restarts_follow_in_a_row(
     assert after >= now * (1 - 1e-9)
     # Without jitter the delay is the upper bound for any draw.
     assert backoff.delay(consecutive, 0.0) >= now
+
+
+class Quick(roost.Actor):
+    shutdown_timeout = 0.2
+
+    async def receive(self, message: object) -> None:
+        return None
+
+
+def test_a_child_spec_takes_the_actor_classs_shutdown_timeout_unless_it_sets_one() -> None:
+    assert ChildSpec(factory=Quick).shutdown_timeout == 0.2
+    assert ChildSpec(factory=Quick, shutdown_timeout=5.0).shutdown_timeout == 5.0
+    assert roost.Pool.spec("quick", Quick, size=2).children[0].shutdown_timeout == 0.2

@@ -213,3 +213,10 @@ async def test_a_pool_whose_workers_mailboxes_are_full_waits_for_room_instead_of
 
     assert replies == list(range(200))
     assert system.dead_letters.counts() == {}
+
+
+def test_a_misspelt_size_is_named_not_reported_as_a_missing_argument() -> None:
+    with pytest.raises(ConfigurationError, match=r"Pool 'p': unknown option.*sise"):
+        Pool.spec("p", Echo, sise=3)
+    with pytest.raises(ConfigurationError, match=r"Pool 'p': size is required"):
+        Pool.spec("p", Echo)

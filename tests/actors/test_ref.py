@@ -359,6 +359,7 @@ async def test_an_ask_that_times_out_waiting_for_room_raises_ask_timeout_and_que
 
     assert (caught.value.actor, caught.value.message, caught.value.timeout) == (
         "/jammed", Ping(3), 0.05)
+    assert caught.value.queued is False and "was never queued" in str(caught.value)
     statistics = ref.statistics()
     assert (statistics["depth"], statistics["waiting_senders"]) == (2, 0)
     gate.set()

@@ -29,11 +29,16 @@ def test_tool_calls_are_numbered_from_zero_again_in_each_redelivery() -> None:
     assert envelope.message_id() == envelope.message_id()
 
 
-def test_a_forwarded_message_keeps_its_id_and_stays_a_steps_request() -> None:
+def test_a_forwarded_message_is_its_own_unit_of_work_and_stays_a_steps_request() -> None:
     request = TraceContext("ab" * 16, "cd" * 8, "run-42", "draft/2")
     envelope = Envelope("message", None, None, request)
     forwarded = envelope.forwarded()
-    assert forwarded.message_id() == envelope.message_id()
+    # Its own id (its tool calls must not share keys with the forwarder's), derived from
+    # the original's so that a redelivery forwards under the same id again.
+    assert forwarded.message_id() == f"{envelope.message_id()}>0"
+    assert envelope.forwarded().message_id() == f"{envelope.message_id()}>1"
+    envelope.crashes += 1
+    assert envelope.forwarded().message_id() == f"{envelope.message_id()}>0"
     assert forwarded.trace is not None
     assert (forwarded.trace.trace_id, forwarded.trace.run_id, forwarded.trace.step) == (
         request.trace_id, "run-42", "draft/2")

@@ -134,3 +134,22 @@ def test_a_bad_bound_names_the_option() -> None:
     with pytest.raises(roost.ConfigurationError,
                        match=r"max_active_runs must be a whole number >= 1, got 0"):
         roost.ActorSystem(max_active_runs=0)
+
+
+async def test_a_slot_is_free_as_soon_as_a_runs_result_is_known(tmp_path: Path) -> None:
+    pipeline = roost.Pipeline("quick", [roost.Step("only", Quick)])
+    async with roost.ActorSystem(store=tmp_path, max_active_runs=1) as system:
+        for i in range(20):
+            handle = await system.pipelines.start(pipeline, run_id=f"run-{i}", wait=False)
+            assert (await handle.result()).status == "completed"
+
+
+async def test_a_run_queued_while_the_only_slot_frees_is_not_stranded(tmp_path: Path) -> None:
+    pipeline = roost.Pipeline("quick", [roost.Step("only", Quick)])
+    async with roost.ActorSystem(store=tmp_path, max_active_runs=1) as system:
+        for i in range(30):
+            await system.pipelines.start(pipeline, run_id=f"a-{i}")
+            second = await system.pipelines.start(pipeline, run_id=f"b-{i}")
+            with anyio.fail_after(5):
+                assert (await second.result()).status == "completed"
+        assert system.pipelines.statistics()["queued"] == 0

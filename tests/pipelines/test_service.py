@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 import roost
-from roost.errors import ConfigurationError, RunNotFound
+from roost.errors import ConfigurationError, RunNotFound, StepFailed
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.run import NeedsReview, RunProgress
 from roost.pipelines.service import RunHandle, RunOutcome
@@ -373,6 +373,24 @@ async def test_checkpoints_of_runs_ended_past_retention_are_pruned_and_their_out
     assert await checkpoints.latest("waiting") is not None  # a person may still decide
     assert await outcome_of(await system.pipelines.resume("done")) == done
     assert await system.pipelines.prune_finished(older_than=3600) == 0
+
+
+async def test_a_checkpointed_result_that_no_longer_fits_its_step_fails_the_run_naming_it(
+        store: Path) -> None:
+    await leave_running(store, orders(), "charge")  # reserve's result "reserve:done" is stored
+
+    changed = Pipeline("orders", [
+        Step("reserve", Worker, output=int),
+        Step("charge", tool="charge", after="reserve", args=lambda results, input: {"order": input}),
+        Step("confirm", Worker, after="charge"),
+    ])
+    async with new_system(store) as system:
+        await system.pipelines.register(changed)
+        with pytest.raises(StepFailed) as failed:
+            await outcome_of(await system.pipelines.resume("run-1"))
+
+    assert "checkpoint of run 'run-1' step 'reserve'" in str(failed.value)
+    assert "its stored result does not decode as int" in str(failed.value)
 
 
 # --- runs that wait for a person -------------------------------------------------------

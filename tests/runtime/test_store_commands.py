@@ -20,42 +20,42 @@ async def a_store(path: Path) -> None:
 
 
 def test_check_reports_the_records_of_a_sound_store_and_exits_0(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     anyio.run(a_store, tmp_path)
 
     code = main(["store", "check", str(tmp_path)])
 
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert code == 0
     assert "traces=50" in out and "every record decodes" in out
 
 
 def test_check_of_a_truncated_store_exits_1_and_says_what_to_do(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     anyio.run(a_store, tmp_path)
     data = tmp_path / "data.mdb"
     os.truncate(data, data.stat().st_size // 2)
 
     code = main(["store", "check", str(tmp_path)])
 
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == 1
     assert "StoreCorrupt" in err and "truncated" in err and "restore the folder from a backup" in err
 
 
 def test_check_of_a_folder_without_a_store_creates_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     code = main(["store", "check", str(tmp_path / "nothing")])
 
     assert code == 1
-    assert "there is no store in this folder" in capsys.readouterr().err
+    assert "there is no store in this folder" in capfd.readouterr().err
     assert not (tmp_path / "nothing").exists()
 
 
 def test_backup_makes_a_copy_that_check_accepts(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
     anyio.run(a_store, tmp_path / "live")
 
     assert main(["store", "backup", str(tmp_path / "live"), str(tmp_path / "copy")]) == 0
     assert main(["store", "check", str(tmp_path / "copy")]) == 0
-    assert "traces=50" in capsys.readouterr().out
+    assert "traces=50" in capfd.readouterr().out

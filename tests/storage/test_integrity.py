@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from roost.errors import StoreCorrupt, StoreUnavailable
-from roost.storage import Put, Store
+from roost.storage import CheckpointStore, Put, Store
 from roost.storage.maintenance import backup_store, check_store
 
 pytestmark = pytest.mark.anyio
@@ -79,7 +79,8 @@ async def test_a_folder_that_held_a_store_is_never_started_fresh(tmp_path: Path,
         data.unlink()
 
     with pytest.raises(StoreCorrupt, match=r"data file data.mdb is (empty|missing).*held store "
-                                           r"[0-9a-f]{32}; roost will not start a new store"):
+                                           r"[0-9a-f]{32}; restore the folder from a backup.*start a new "
+                                           r"store in its place"):
         await Store.open(tmp_path)
     assert not data.exists() or data.stat().st_size == 0  # nothing was created in its place
 
@@ -165,3 +166,32 @@ async def test_a_backup_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> No
 
     with pytest.raises(StoreUnavailable, match="a backup goes into a new or empty folder"):
         await backup_store(tmp_path / "live", tmp_path / "busy")
+
+
+async def test_a_folder_whose_data_and_id_files_were_both_deleted_is_not_started_fresh(
+        tmp_path: Path) -> None:
+    await filled_store(tmp_path)
+    (tmp_path / "data.mdb").unlink()
+    (tmp_path / "roost.id").unlink()
+
+    with pytest.raises(StoreCorrupt, match=r"data.mdb is missing, but the folder held a store "
+                                           r"\(lock.mdb is still there\)"):
+        await Store.open(tmp_path)
+
+
+async def test_check_also_decodes_the_state_a_checkpoint_carries(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        await CheckpointStore(store).save("run-1", step="a", actor_path="/r", state=b"\xc1")
+
+    report = await check_store(tmp_path)
+
+    assert [(p.db, p.key[:5]) for p in report.problems] == [("checkpoints", "run-1")]
+    assert "its state does not decode" in report.problems[0].error
+
+
+async def test_a_backup_folder_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    await filled_store(tmp_path / "live", 10)
+    (tmp_path / "file").write_text("not a folder")
+
+    with pytest.raises(StoreUnavailable, match="cannot create the backup folder"):
+        await backup_store(tmp_path / "live", tmp_path / "file" / "backup")

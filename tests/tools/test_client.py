@@ -225,6 +225,58 @@ async def test_each_message_to_an_actor_is_a_unit_of_its_own(tmp_path: Path, til
     assert till.charged == [5, 5]
 
 
+class ChargeAndForward(roost.Actor):
+    """Charges 5, then hands the message on to a `Charger` that charges 5 too."""
+
+    def __init__(self, shop: roost.ActorRef) -> None:
+        self.shop = shop
+
+    async def receive(self, message: Any) -> Any:
+        await self.ctx.tools.call("charge", amount=5)
+        self.ctx.forward(self.shop)
+
+
+async def test_a_forwarded_message_is_a_unit_of_its_own_so_its_calls_are_not_replays(
+        tmp_path: Path, till: Till) -> None:
+    async with open_system(tmp_path / "store", *till.tools) as system:
+        shop = system.spawn(Charger, name="shop")
+        front = system.spawn(ChargeAndForward, shop, name="front")
+        assert await front.ask(5, timeout=5) == 2
+
+    assert till.charged == [5, 5]
+
+
+class Background(roost.Actor):
+    """The first message starts a task that charges later, while another message is handled."""
+
+    def __init__(self) -> None:
+        self.go = anyio.Event()
+        self.task: Any = None
+
+    async def receive(self, message: Any) -> Any:
+        if message == "start":
+            self.task = asyncio.get_running_loop().create_task(self._later())
+            return None
+        self.go.set()
+        await asyncio.sleep(0)  # the task charges while this message is being handled
+        own = await self.ctx.tools.call("charge", amount=5)
+        return own, await self.task
+
+    async def _later(self) -> int:
+        await self.go.wait()
+        return await self.ctx.tools.call("charge", amount=5)
+
+
+async def test_a_call_from_a_task_an_actor_started_is_not_credited_to_the_message_at_hand(
+        tmp_path: Path, till: Till) -> None:
+    async with open_system(tmp_path / "store", *till.tools) as system:
+        actor = system.spawn(Background, name="background")
+        await actor.ask("start", timeout=5)
+        assert sorted(await actor.ask("charge", timeout=5)) == [1, 2]
+
+    assert till.charged == [5, 5]
+
+
 async def test_identical_calls_from_outside_any_actor_run_each_time_unless_keyed(
     tmp_path: Path, till: Till,
 ) -> None:

@@ -60,20 +60,32 @@ def test_a_fresh_key_is_a_valid_key_that_never_repeats() -> None:
 # --- checking a given key -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["k", "order-42", "x" * 255, "commande-été", " "])
-def test_a_key_is_any_non_empty_str_of_at_most_255_characters(key: str) -> None:
-    check_key("mail", key)
+class Name(str):
+    pass
+
+
+@pytest.mark.parametrize("key", ["k", "order-42", "x" * 255, "commande-été", " ", "é" * 127])
+def test_a_key_is_any_non_empty_str_of_at_most_255_bytes_of_utf8(key: str) -> None:
+    assert check_key("mail", key) == key
+
+
+def test_a_str_subclass_is_taken_as_its_plain_value() -> None:
+    key = check_key("mail", Name("order-42"))
+
+    assert key == "order-42" and type(key) is str
 
 
 @pytest.mark.parametrize(
     ("key", "match", "given"),
     [
         ("", r"tool 'mail': .*key='' is not a valid idempotency key; pass a non-empty str of "
-             r"at most 255 characters", "str"),
-        ("x" * 256, r"key='xxxxxxxxxxxxxxxxxxxx'\.\.\. \(256 characters\) is not a valid", "str"),
+             r"at most 255 bytes of UTF-8", "str"),
+        ("x" * 256, r"key='xxxxxxxxxxxxxxxxxxxx'\.\.\. \(256 bytes of UTF-8\) is not a valid", "str"),
         (123, r"key=123 \(int\) is not a valid idempotency key", "int"),
         (b"k", r"key=b'k' \(bytes\) is not a valid", "bytes"),
         (None, r"key=None \(NoneType\)", "NoneType"),
+        ("é" * 128, r"\(256 bytes of UTF-8\) is not a valid", "str"),
+        ("\udc80abc", r"not valid Unicode text", "str"),
     ],
 )
 def test_any_other_key_is_refused_naming_the_tool_and_the_value(

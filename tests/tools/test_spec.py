@@ -140,7 +140,7 @@ def test_bad_options_name_the_tool_the_field_and_the_value(
         tool(**options)(fn)
 
 
-@pytest.mark.parametrize("name", ["", " mail", "send mail", 3])
+@pytest.mark.parametrize("name", ["", " mail", "send mail", 3, "m" * 201])
 def test_a_tool_name_must_be_a_word(name: object) -> None:
     with pytest.raises(ConfigurationError, match=r"tool name=.* is invalid"):
         ToolSpec(name=name, fn=send_email)  # type: ignore[arg-type]

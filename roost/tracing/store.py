@@ -1,0 +1,381 @@
+"""The trace store: every finished span, kept in the store's `traces` database and queried back.
+
+A `TraceStore` is a sink of the system's `Tracer` (`tracer.add_sink(traces.add)`).
+`add` only appends the span to a bounded in-memory buffer: it never blocks and never
+raises. A flusher task writes the buffer in batches (every `flush_interval`, or as
+soon as `batch_size` spans wait) as non-durable commits, so spans never cost an
+fsync and ride the writer thread's group commit with everything else. Each batch
+also updates the summaries of the traces it touches (see `roost.tracing.records` for
+the key layout). A batch the store refuses (a full disk, a closed store) is dropped
+and counted, with one warning: tracing never fails or slows the work it records.
+
+Old traces are pruned off the hot path, a few at a time, by age (`retention`) and
+by size (`max_bytes` of span records), by a periodic task.
+
+`get` and `search` read in one worker-thread hop per query (or per chunk of a long
+search); `read_traces(path)` opens the traces of a store no system has open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime
+from functools import partial
+
+import msgspec
+import structlog
+
+from roost.errors import ConfigurationError, TraceNotFound
+from roost.storage.ops import Delete, Op, Put, Update
+from roost.storage.store import Store
+from roost.tracing.query import (
+    Trace,
+    TracePage,
+    check_id,
+    decode_cursor,
+    encode_cursor,
+    parse_filters,
+    read_summary,
+    read_trace,
+    search_chunk,
+)
+from roost.tracing.records import (
+    DB,
+    ENCODER,
+    TOTALS,
+    TraceRef,
+    TraceSummary,
+    TraceTotals,
+    adding_bytes,
+    current_summaries,
+    index_key,
+    merge,
+    prune_victims,
+    run_key,
+    span_key,
+    trace_key,
+)
+from roost.tracing.spans import Span
+
+_log = structlog.get_logger("roost")
+
+# Summaries one search read transaction looks at, at most.
+_SEARCH_BUDGET = 2048
+
+
+class TraceStoreStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of a trace store's counters.
+
+    Attributes:
+        buffered: spans waiting to be written.
+        written: spans written.
+        dropped: spans lost: pushed out of a full buffer, unencodable, or in a batch
+            the store refused.
+        failed_batches: batches the store refused.
+        pruned: traces deleted by retention.
+        skipped: records that did not decode, skipped by queries.
+    """
+
+    buffered: int
+    written: int
+    dropped: int
+    failed_batches: int
+    pruned: int
+    skipped: int
+
+
+class TraceStore:
+    """Keeps spans in a store's `traces` database, and answers queries about them.
+
+    Args:
+        store: the open store (read-only for queries only).
+        retention: seconds a trace is kept after it started.
+        max_bytes: the most bytes of span records kept; past it the oldest traces go.
+        flush_interval: seconds a span waits in the buffer at most.
+        batch_size: spans per write; a full batch is written at once.
+        max_buffered: spans the buffer holds; past it the oldest are dropped.
+        prune_interval: seconds between retention sweeps.
+        clock_ns: wall-clock nanoseconds (inject in tests).
+
+    Raises:
+        ConfigurationError: a setting that is not a positive number.
+    """
+
+    def __init__(self, store: Store, *, retention: float = 7 * 86_400.0,
+                 max_bytes: int = 256 * 2**20, flush_interval: float = 0.2,
+                 batch_size: int = 512, max_buffered: int = 100_000,
+                 prune_interval: float = 60.0,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        for name, value in (("retention", retention), ("max_bytes", max_bytes),
+                            ("flush_interval", flush_interval), ("batch_size", batch_size),
+                            ("max_buffered", max_buffered), ("prune_interval", prune_interval)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"TraceStore: {name}={value!r} must be a positive number")
+        self._store = store
+        self._retention_ns = int(retention * 1e9)
+        self._max_bytes = max_bytes
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._clock_ns = clock_ns
+        self._prune_interval = prune_interval
+        self._buffer: collections.deque[Span] = collections.deque(maxlen=max_buffered)
+        self._writing = asyncio.Lock()  # one writer of the traces database at a time
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._warned: set[str] = set()
+        self.written = self.dropped = self.failed_batches = self.pruned = self.skipped = 0
+
+    # --- recording ------------------------------------------------------------------------
+
+    def add(self, span: Span) -> None:
+        """Buffer a finished span for writing (the Tracer's sink): never blocks or raises."""
+        buffer = self._buffer
+        if len(buffer) == buffer.maxlen:
+            self.dropped += 1  # the append pushes the oldest out
+        buffer.append(span)
+        if len(buffer) == self._batch_size and self._loop is not None:
+            try:  # a full batch: wake the flusher (from any thread)
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # the loop is closed: the spans wait for `flush`
+                pass
+
+    def start(self) -> None:
+        """Start the flusher and the retention sweep (on the running loop)."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_loop(), name="roost-trace-flusher")
+        self._pruner = loop.create_task(self._prune_loop(), name="roost-trace-pruner")
+
+    async def close(self) -> None:
+        """Stop the sweep, write every buffered span, and stop the flusher (before the store
+        closes). Calling it again does nothing."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._pruner
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the spans buffered so far, in batches.
+
+        Never raises for a write the store refuses: that batch is dropped and counted.
+        """
+        if self._store.readonly:
+            return
+        async with self._writing:
+            pending = len(self._buffer)
+            while pending > 0 and self._buffer:
+                batch = [self._buffer.popleft()
+                         for _ in range(min(self._batch_size, pending, len(self._buffer)))]
+                pending -= len(batch)
+                try:
+                    await self._write(batch)
+                except Exception as error:  # tracing must never fail the work it records
+                    self.dropped += len(batch)
+                    self.failed_batches += 1
+                    self._warn_once("trace_write_failed", error, spans=len(batch))
+
+    async def _flush_loop(self) -> None:
+        while not self._closing:
+            if len(self._buffer) < self._batch_size:
+                self._wake.clear()
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._wake.wait()
+            await self.flush()
+
+    async def _write(self, spans: list[Span]) -> None:
+        """One commit: the spans, their traces' summaries and index entries, the size total."""
+        ops: list[Op] = []
+        by_trace: dict[str, list[tuple[Span, int]]] = {}
+        longest = self._store.max_key_size
+        for span in spans:
+            try:
+                key, value = span_key(span), ENCODER.encode(span)
+            except (TypeError, ValueError, msgspec.EncodeError) as error:
+                self.dropped += 1
+                self._warn_once("span_unencodable", error, span=span.name)
+                continue
+            if len(key) > longest:
+                self.dropped += 1
+                continue
+            ops.append(Put(DB, key, value))
+            by_trace.setdefault(span.trace_id, []).append((span, len(key) + len(value)))
+        if not by_trace:
+            return
+        written = len(ops)
+        current = await self._store.read(partial(current_summaries, list(by_trace)))
+        added = 0
+        for trace_id, items in by_trace.items():
+            old, old_key = current[trace_id]
+            new = merge(old, trace_id, items)
+            added += new.bytes - (old.bytes if old is not None else 0)
+            new_key = index_key(new.start_ns, trace_id)
+            moved = old is None or old_key != new_key
+            if old_key is not None and old_key != new_key:
+                ops.append(Delete(DB, old_key))
+            ops.append(Put(DB, new_key, ENCODER.encode(new)))
+            ref = ENCODER.encode(TraceRef(start_ns=new.start_ns))
+            if moved:
+                ops.append(Put(DB, trace_key(trace_id), ref))
+            indexed = () if moved or old is None else old.run_ids
+            for run_id in new.run_ids:
+                key = run_key(run_id, trace_id)
+                if run_id not in indexed and len(key) <= longest:
+                    ops.append(Put(DB, key, ref))
+        ops.append(Update(DB, TOTALS, adding_bytes(added)))
+        await self._store.commit(ops, durable=False)
+        self.written += written
+
+    # --- retention ------------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Delete the traces that started longer than `retention` ago, then the oldest ones
+        while the span records take more than `max_bytes` (down to 90% of it), a few
+        traces per commit. Returns how many traces were deleted."""
+        pruned = 0
+        while not self._store.readonly:
+            cutoff = self._clock_ns() - self._retention_ns
+            async with self._writing:
+                keys, freed, traces, emptied = await self._store.read(partial(
+                    prune_victims, cutoff, self._max_bytes, int(self._max_bytes * 0.9)))
+                if not traces:
+                    return pruned
+                ops: list[Op] = [Delete(DB, key) for key in keys]
+                ops.append(Put(DB, TOTALS, ENCODER.encode(TraceTotals(bytes=0))) if emptied
+                           else Update(DB, TOTALS, adding_bytes(-freed)))
+                await self._store.commit(ops, durable=False)
+            pruned += traces
+            self.pruned += traces
+        return pruned
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                pruned = await self.prune()
+            except Exception as error:  # retry at the next sweep
+                self._warn_once("trace_prune_failed", error)
+            else:
+                if pruned:
+                    _log.info("traces_pruned", traces=pruned)
+            await asyncio.sleep(self._prune_interval)
+
+    # --- queries --------------------------------------------------------------------------
+
+    async def get(self, run_or_trace_id: str) -> Trace:
+        """The trace of a run (by run id) or a trace (by trace id): its span tree and totals.
+
+        Spans still buffered are written first. Span records that do not decode are
+        left out and listed in `Trace.skipped`.
+
+        Raises:
+            TraceNotFound: no run or trace has this id (or its trace was pruned).
+            StoreError: the store is closed.
+        """
+        check_id(run_or_trace_id)
+        await self.flush()
+        trace = await self._store.read(partial(read_trace, run_or_trace_id=run_or_trace_id))
+        if trace is None:
+            raise TraceNotFound(run_or_trace_id, self._store.path)
+        self._skipped(trace.skipped)
+        return trace
+
+    async def summary(self, run_or_trace_id: str) -> TraceSummary | None:
+        """The summary of a run's (latest) trace or of a trace, or None if there is none."""
+        check_id(run_or_trace_id)
+        await self.flush()
+        return await self._store.read(partial(read_summary, run_or_trace_id=run_or_trace_id))
+
+    async def search(self, *, status: str | None = None, pipeline: str | None = None,
+                     tool: str | None = None, since: float | datetime | None = None,
+                     min_duration: float | None = None, text: str | None = None,
+                     limit: int = 50, cursor: str | None = None) -> TracePage:
+        """A page of trace summaries, newest first, that match every filter given.
+
+        Args:
+            status: `ok`, `error` (the root span's status) or `open` (no root span yet).
+            pipeline: the pipeline of the trace's run.
+            tool: a tool the trace called.
+            since: only traces that started at or after it (a datetime, or seconds
+                since the epoch).
+            min_duration: only traces that took at least this many seconds.
+            text: a substring (ASCII case-insensitive) of any span's name, attributes,
+                payloads, events or error; this one reads the spans of each candidate.
+            limit: the most summaries in the page.
+            cursor: the `cursor` of the previous page, for the next one.
+
+        Raises:
+            ConfigurationError: a bad filter, limit or cursor.
+            StoreError: the store is closed.
+        """
+        filters = parse_filters(status, pipeline, tool, since, min_duration, text)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"search: limit={limit!r} must be a positive int")
+        stop = decode_cursor(cursor)
+        await self.flush()
+        found: list[TraceSummary] = []
+        skipped: list[str] = []
+        while True:
+            chunk, chunk_skipped, last, exhausted = await self._store.read(partial(
+                search_chunk, filters=filters, stop=stop, wanted=limit - len(found),
+                budget=_SEARCH_BUDGET))
+            found += chunk
+            skipped += chunk_skipped
+            if exhausted or last is None:
+                next_cursor = None
+                break
+            if len(found) >= limit:
+                next_cursor = encode_cursor(last)
+                break
+            stop = last
+        self._skipped(skipped)
+        return TracePage(found, next_cursor, skipped)
+
+    def statistics(self) -> TraceStoreStatistics:
+        """A snapshot of the counters (see `TraceStoreStatistics`)."""
+        return TraceStoreStatistics(buffered=len(self._buffer), written=self.written,
+                                    dropped=self.dropped, failed_batches=self.failed_batches,
+                                    pruned=self.pruned, skipped=self.skipped)
+
+    def _skipped(self, records: list[str]) -> None:
+        if records:
+            self.skipped += len(records)
+            _log.warning("trace_records_skipped", count=len(records), store=self._store.path,
+                         records=records[:5])
+
+    def _warn_once(self, event: str, error: BaseException, **details: object) -> None:
+        if event not in self._warned:
+            self._warned.add(event)
+            _log.warning(event, store=self._store.path, error_type=type(error).__name__,
+                         error=str(error), **details)
+
+
+@asynccontextmanager
+async def read_traces(path: str | os.PathLike[str]) -> AsyncIterator[TraceStore]:
+    """Open the traces of the store at `path` for queries, without writing anything.
+
+    For the store of a system that is not running (a system that has it open is
+    queried through `system.traces`)::
+
+        async with roost.tracing.read_traces(".roost") as traces:
+            trace = await traces.get("email-0042")
+
+    Raises:
+        StoreUnavailable: there is no store at `path`, or a running system has it open.
+        StoreCorrupt: the store is damaged.
+    """
+    async with Store.open(path, readonly=True) as store:
+        yield TraceStore(store)
