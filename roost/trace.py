@@ -31,12 +31,12 @@ call_trace: ContextVar[TraceContext | None] = ContextVar("roost_call_trace", def
 
 def new_trace_id() -> str:
     """A random 128-bit trace id in the W3C/OpenTelemetry hex form."""
-    return f"{_random.getrandbits(128):032x}"
+    return _random.getrandbits(128).to_bytes(16, "big").hex()
 
 
 def new_span_id() -> str:
     """A random 64-bit span id in the W3C/OpenTelemetry hex form."""
-    return f"{_random.getrandbits(64):016x}"
+    return _random.getrandbits(64).to_bytes(8, "big").hex()
 
 
 class TraceContext(msgspec.Struct, frozen=True, gc=False):

@@ -22,8 +22,7 @@ import contextvars
 import math
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from roost._logging import get_logger
 from roost.actors._system_messages import (
     ChildFailed,
     ChildStopped,
@@ -37,7 +36,7 @@ from roost.actors.child_spec import DEFAULT_SHUTDOWN_TIMEOUT
 from roost.actors.messages import StopReason, Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Supervisor, SupervisorSpec
-from roost.errors import ActorStopped, CheckpointUnencodable
+from roost.errors import ActorStopped, CheckpointUnencodable, InternalError
 from roost.mailbox.envelope import Envelope
 from roost.mailbox.mailbox import Mailbox
 from roost.trace import TraceContext, handling
@@ -68,7 +67,7 @@ def _bound(seconds: float) -> float | None:
     return None if seconds == math.inf else seconds
 
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 
 class _MailboxClosed(Exception):
@@ -283,6 +282,15 @@ class Cell:
             if self.state != STOPPED:
                 self._finalize(KILLED, None)
             raise
+        except Exception as error:
+            # A broken invariant in the engine itself: never leave the actor half alive with
+            # its askers and watchers waiting for ever. It stops as failed, naming the error.
+            if self.state != STOPPED:
+                internal = InternalError(
+                    f"{self.path}: its message loop failed ({type(error).__name__}: {error}); "
+                    "the actor was stopped. This is a bug in roost: please report it")
+                internal.__cause__ = error
+                self._finalize(FAILURE, internal)
         finally:
             self.current = None
             if self.task is asyncio.current_task():

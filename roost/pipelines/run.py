@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost.actors.actor import Actor, Message
 from roost.errors import CheckpointCorrupt, StepFailed, StoreError
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
@@ -40,7 +40,7 @@ from roost.tracing.tracer import OpenSpan, Tracer, UsageTotals, usage_of
 if TYPE_CHECKING:
     from roost.pipelines.service import Pipelines
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 _ENCODER = msgspec.msgpack.Encoder()
 
 

@@ -25,8 +25,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from roost._logging import get_logger
 from roost.errors import ConfigurationError, SystemNotRunning, ToolBusy, ToolUnavailable
 from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, BreakerView
@@ -54,7 +53,7 @@ DEFAULT_CALL_TIMEOUT = 300.0
 #: `ToolTimeout` (measured from when the call started running) arrives first.
 DEADLINE_MARGIN = 5.0
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 
 class Tools:

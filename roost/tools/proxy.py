@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost.actors.actor import Actor, Message
 from roost.errors import (
     ActorStopped,
@@ -56,7 +56,7 @@ from roost.tracing.tracer import OpenSpan
 if TYPE_CHECKING:
     from roost.storage.ledger import Ledger, LedgerEntry
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 _ENCODER = msgspec.msgpack.Encoder()
 
 

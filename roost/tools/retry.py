@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import anyio
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost._validate import is_number
 from roost.errors import ConfigurationError, ToolTimeout, ToolUnavailable, TransientToolError
 from roost.tools.breaker import (
@@ -53,7 +53,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-_log = structlog.get_logger(__name__)
+_log = get_logger("roost.tools.retry")
 
 DEFAULT_RETRY_ON: Final = (TransientToolError, TimeoutError, ConnectionError)
 """Errors retried unless `Retry.retry_on` says otherwise (ToolTimeout is transient)."""

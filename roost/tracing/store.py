@@ -28,8 +28,8 @@ from datetime import datetime
 from functools import partial
 
 import msgspec
-import structlog
 
+from roost._logging import get_logger
 from roost.errors import ConfigurationError, TraceNotFound
 from roost.storage.ops import Delete, Op, Put, Update
 from roost.storage.store import Store
@@ -62,7 +62,7 @@ from roost.tracing.records import (
 )
 from roost.tracing.spans import Span
 
-_log = structlog.get_logger("roost")
+_log = get_logger("roost")
 
 # Summaries one search read transaction looks at, at most.
 _SEARCH_BUDGET = 2048

@@ -193,3 +193,29 @@ async def test_messages_queued_behind_a_crash_are_handled_by_the_restarted_actor
     assert await ref.ask(Get()) == 3
     assert len(instances) == 2
     assert len(system.dead_letters) == 0
+
+
+class Plain(roost.Actor):
+    async def receive(self, message: Any) -> Any:
+        return "ok"
+
+
+@pytest.mark.anyio
+async def test_a_broken_message_loop_stops_the_actor_as_failed_instead_of_leaving_askers_waiting(
+        system: roost.ActorSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    from roost.actors import _cell
+
+    counter = system.spawn(Plain, name="counter")  # idle: no drain task until mail comes
+
+    async def broken(self: Any) -> None:
+        raise KeyError("an engine invariant")
+
+    monkeypatch.setattr(_cell.Cell, "_drain_once", broken)
+    with anyio.fail_after(5):
+        with pytest.raises(roost.ActorStopped):
+            await counter.ask(Get(), timeout=5)
+        ended = await system.join(counter)
+
+    assert ended.reason == "failure"
+    assert isinstance(ended.error, roost.InternalError)
+    assert "its message loop failed (KeyError" in str(ended.error)
