@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import roost
 from benches._figure import Figure
 
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the bench reporting this figure (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the figure names and exit")
     args = parser.parse_args(argv)
+    roost.tune_gc()  # as `roost run` does; every baseline runs in this process too
     modules = discover()
     if args.list:
         for module in modules:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -81,11 +83,21 @@ async def _bytes_per_queued_run(folder: Path) -> float:
     return max(after - before, 1) / queued
 
 
+def _in_fresh_process(folder: Path) -> float:
+    """`_bytes_per_queued_run` in a new interpreter, so no earlier bench's freed memory
+    hides the growth from RSS."""
+    code = ("import asyncio, sys; from pathlib import Path; from benches.admission import "
+            "_bytes_per_queued_run; print(asyncio.run(_bytes_per_queued_run(Path(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True,
+                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def measure() -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="roost-bench-") as folder:
         many = asyncio.run(_rate(Path(folder) / "many", MANY))
         few = asyncio.run(_rate(Path(folder) / "few", FEW))
-        per_run = asyncio.run(_bytes_per_queued_run(Path(folder) / "queued"))
+        per_run = _in_fresh_process(Path(folder) / "queued")
     return [
         Figure("admission_10k_runs", many, "runs/s", "1,000 runs at once (none queued)", few),
         Figure("admission_queued_per_mib", 2**20 / per_run, "queued runs/MiB",

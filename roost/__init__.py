@@ -70,7 +70,7 @@ from roost.errors import (
 )
 from roost.mailbox import DeadLetter
 from roost.pipelines import NeedsReview, Pipeline, RunHandle, RunOutcome, RunStep, Step, StepFailure
-from roost.runtime import ActorSystem, TraceContext, configure_logging, current_trace
+from roost.runtime import ActorSystem, TraceContext, configure_logging, current_trace, tune_gc
 from roost.tools import (
     Breaker,
     BreakerState,
@@ -169,4 +169,5 @@ __all__ = [
     "configure_logging",
     "current_trace",
     "tool",
+    "tune_gc",
 ]

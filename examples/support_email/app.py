@@ -28,6 +28,7 @@ import structlog
 from roost.storage import RunStatus
 
 import emails
+import records
 import summary
 from knowledge_base import KnowledgeBase
 from outbox import Outbox
@@ -43,6 +44,9 @@ async def main(system: roost.ActorSystem) -> None:
     if system.store_path is None:
         raise roost.ConfigurationError("the support-email job needs a store; pass --store DIR")
     store = system.store_path
+    # An illustrative price for the simulated model, so runs report a cost too.
+    system.tracer.prices.setdefault(records.MODEL, roost.Price(input_per_million=0.5,
+                                                               output_per_million=1.5))
     system.tools.register(kb_search_tool(KnowledgeBase()))
     system.tools.register(send_email_tool(Outbox(store / "outbox.jsonl")))
     started = time.monotonic()

@@ -7,6 +7,10 @@ the name): a resumed run decodes them back into these types.
 from __future__ import annotations
 
 import msgspec
+import roost
+
+#: The name the (simulated, rule-based) model reports its token usage under.
+MODEL = "support-rules-v1"
 
 
 class Email(msgspec.Struct, frozen=True, gc=False, tag="support.email.v1"):
@@ -20,9 +24,18 @@ class Email(msgspec.Struct, frozen=True, gc=False, tag="support.email.v1"):
 
 
 class StepOutput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Base of the actor steps' results: the tokens the step's (simulated) model used."""
+    """Base of the actor steps' results: the tokens the step's (simulated) model used.
+
+    `usage` reports them to roost (it records them on the step's trace and adds them up
+    per run); the rule-based model only counts the tokens it reads.
+    """
 
     tokens: int
+    usage: roost.Usage | None = None
+
+    def __post_init__(self) -> None:
+        if self.usage is None:
+            msgspec.structs.force_setattr(self, "usage", roost.Usage(MODEL, input_tokens=self.tokens))
 
 
 class Classification(StepOutput, frozen=True, kw_only=True, gc=False,

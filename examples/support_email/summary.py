@@ -32,11 +32,12 @@ async def render(system: roost.ActorSystem, pipeline: Pipeline, run_ids: Collect
     processed = sum(n for status, n in statuses.items() if status not in waiting)
     failures = Counter(f"{r.failed_step}: {(r.error or '').split(':')[0]}" for r in records
                        if r.status == RunStatus.FAILED)
-    tokens = 0
+    tokens, cost = 0, 0.0
     for record in records:
         if record.status not in waiting:
             outcome = await system.pipelines.outcome(record.run_id)
             tokens += sum(r.tokens for r in outcome.results.values() if isinstance(r, StepOutput))
+            cost += outcome.usage.cost
     tools = system.tools.statistics()
     breakers = ", ".join(f"{name} {state}" for name, state in system.tools.breaker_states().items())
     rate = (processed - session.already_finished) / session.seconds if session.seconds else 0.0
@@ -51,7 +52,8 @@ async def render(system: roost.ActorSystem, pipeline: Pipeline, run_ids: Collect
         "last completed step",
         f"  already finished   {session.already_finished:>6}  finished by an earlier session, "
         "not run again",
-        f"  tokens used        {tokens:>6,}  {tokens // max(processed, 1):,} per email",
+        f"  tokens used        {tokens:>6,}  {tokens // max(processed, 1):,} per email, "
+        f"cost {cost:.4f} (at the example's price; `roost trace email-0042` shows one run)",
         "tools (this session)",
         f"  calls {tools.calls}, retries {tools.retries}, dedup hits {tools.dedup_hits}, "
         f"breaker trips {tools.breaker_trips}, fallbacks {tools.fallbacks}, "

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-import uuid
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,14 @@ TIMINGS_KEPT = 10_000
 _RESULTS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 #: Statuses of runs that can never go on: their checkpoints may be pruned.
 _ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+def new_run_id() -> str:
+    """A run id that sorts by creation time (like a UUIDv7: milliseconds, then 80 random
+    bits), so new runs' records and checkpoints are appended to the store's B-trees
+    instead of landing all over them: a commit then touches few pages, however large
+    the store has grown."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 class RunOutcome(msgspec.Struct, frozen=True):
@@ -239,7 +247,7 @@ class Pipelines:
             SystemBusy: `wait=False` and every slot is taken; nothing was stored.
         """
         await self.register(pipeline)
-        run_id = run_id or uuid.uuid4().hex
+        run_id = run_id or new_run_id()
         admission = self.admission
         if not admission.has_room():
             if not wait:
@@ -289,7 +297,9 @@ class Pipelines:
         return RunHandle(self, run_id)
 
     async def _spawn_run(self, pipeline: Pipeline, run_id: str) -> None:
-        runs = await self._runs_supervisor()
+        self._spawn_under(await self._runs_supervisor(), pipeline, run_id)
+
+    def _spawn_under(self, runs: ActorRef, pipeline: Pipeline, run_id: str) -> None:
         self._live.add(run_id)
         self._paused.pop(run_id, None)
         spec = ChildSpec(factory=RunActor, name=run_id, args=(self, pipeline, run_id),
@@ -326,19 +336,36 @@ class Pipelines:
         """Start the oldest queued runs that fit in the free slots (in the background)."""
         for next_id, name in self.admission.admit():
             pipeline = self._registered[name]
-            task = self.system.loop.create_task(self._start_admitted(pipeline, next_id))
-            self.system.engine.own(task)
+            root = self._root
+            if root is not None and root.done() and root.exception() is None:
+                # The usual case: no task per admitted run, it starts right here.
+                self._start_admitted(root.result(), pipeline, next_id)
+            else:
+                task = self.system.loop.create_task(self._spawn_admitted(pipeline, next_id))
+                self.system.engine.own(task)
 
-    async def _start_admitted(self, pipeline: Pipeline, run_id: str) -> None:
+    async def _spawn_admitted(self, pipeline: Pipeline, run_id: str) -> None:
         try:
             await self._spawn_run(pipeline, run_id)
-        except BaseException as error:  # e.g. the system stops: it stays queued in the store
-            self._slot_freed(run_id)
-            for future in self._waiters.pop(run_id, []):
-                if not future.done():
-                    future.set_exception(RunInterrupted(run_id))
+        except BaseException as error:
+            self._admission_failed(run_id)
             if not isinstance(error, Exception):
                 raise
+
+    def _start_admitted(self, runs: ActorRef, pipeline: Pipeline, run_id: str) -> None:
+        try:
+            self._spawn_under(runs, pipeline, run_id)
+        except Exception:
+            self._admission_failed(run_id)
+
+    def _admission_failed(self, run_id: str) -> None:
+        """An admitted run could not start (e.g. the system stops): it stays queued in the
+        store, and whoever waits for it hears `RunInterrupted`."""
+        self.admission.release(run_id)
+        self.system.loop.call_soon(self._admit_waiting)  # not recursively: it may fail again
+        for future in self._waiters.pop(run_id, []):
+            if not future.done():
+                future.set_exception(RunInterrupted(run_id))
 
     async def prune_finished(self, older_than: float) -> int:
         """Delete the checkpoints of runs that ended (completed, failed or cancelled) more

@@ -27,6 +27,7 @@ from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
 from roost.errors import BootstrapError, RoostError
 from roost.runtime.bootstrap import Root, load_root
+from roost.runtime.gc_tuning import tune_gc
 from roost.runtime.log import LOG_FORMATS, LOG_LEVELS
 from roost.runtime.store_commands import add_store_commands, run_store_command
 from roost.runtime.system import ActorSystem
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BootstrapError as error:
         print(f"roost: {error}", file=sys.stderr)
         return EXIT_USAGE
+    tune_gc()  # this process is roost's: collect its actors' cycles less often
     abandoned: set[asyncio.Task[Any]] = set()
     code, stuck = _run_to_the_end(_run(root, args, abandoned), abandoned)
     if stuck:
