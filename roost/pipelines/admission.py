@@ -24,6 +24,10 @@ class Admission:
     def __init__(self, limit: int) -> None:
         check_count("ActorSystem", "max_active_runs", limit, 1)
         self.limit = limit
+        # Slots are handed out in groups of this many while runs wait: runs admitted
+        # together move through their steps together, so the store commits and the
+        # event loop handle them in larger batches (a twentieth of the limit).
+        self.batch = max(1, limit // 20)
         self._active: set[str] = set()
         # run id -> pipeline name, oldest first; an OrderedDict so a cancel is O(1).
         self._waiting: OrderedDict[str, str] = OrderedDict()
@@ -59,7 +63,14 @@ class Admission:
         self._active.discard(run_id)
 
     def admit(self) -> list[tuple[str, str]]:
-        """Give free slots to the oldest waiting runs: the (run id, pipeline) pairs admitted."""
+        """Give free slots to the oldest waiting runs: the (run id, pipeline) pairs admitted.
+
+        While runs are in flight, waiting runs are admitted once a group of `batch`
+        slots (or as many as wait) is free; with none in flight, at once.
+        """
+        free = self.limit - len(self._active)
+        if self._active and free < min(self.batch, len(self._waiting)):
+            return []
         admitted = []
         while self._waiting and len(self._active) < self.limit:
             next_id, pipeline = self._waiting.popitem(last=False)

@@ -158,7 +158,7 @@ class Tools:
         if spec.read_only:
             refused = None if spec.breaker is None else self._refusal(spec)
             if refused is not None:
-                return await self.state.fallback(spec, bound, key, refused)
+                return await self.state.fallback(spec, bound, key, refused, timeout=timeout)
             self.state.stats.calls += 1
             return await self.state.run(spec, bound, key)
         return await self._through_proxy(proxy, spec, bound, key, timeout, None)
@@ -175,7 +175,7 @@ class Tools:
             span.attributes["tool.key"] = key
         refused = self._refusal(spec)
         if refused is not None and not await self._in_ledger(spec, key):
-            return await self.state.fallback(spec, bound, key, refused, span)
+            return await self.state.fallback(spec, bound, key, refused, span, timeout)
         if timeout is None:
             deadline = spec.retry_policy.deadline
             timeout = DEFAULT_CALL_TIMEOUT if deadline is None else deadline + DEADLINE_MARGIN
@@ -196,7 +196,7 @@ class Tools:
             if spec.read_only:
                 refused = None if spec.breaker is None else self._refusal(spec)
                 if refused is not None:
-                    result = await self.state.fallback(spec, bound, key, refused, span)
+                    result = await self.state.fallback(spec, bound, key, refused, span, timeout)
                 else:
                     self.state.stats.calls += 1
                     result = await self.state.run(spec, bound, key, span)

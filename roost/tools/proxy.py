@@ -48,7 +48,7 @@ from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, BreakerTransition, CircuitBreaker
 from roost.tools.bulkhead import Bulkhead
 from roost.tools.retry import Recheck, Watchdog, call_once, call_with_retry
-from roost.tools.spec import Done, NotDone, ToolSpec, Verified
+from roost.tools.spec import DEFAULT_TIMEOUT, Done, NotDone, ToolSpec, Verified
 from roost.trace import call_trace, handling
 from roost.tracing.spans import SpanKind
 from roost.tracing.tracer import OpenSpan
@@ -296,12 +296,17 @@ class ToolState:
         raise unknown from unknown.cause
 
     async def fallback(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
-                       unavailable: ToolUnavailable, span: OpenSpan | None = None) -> Any:
+                       unavailable: ToolUnavailable, span: OpenSpan | None = None,
+                       timeout: float | None = None) -> Any:
         """The fallback's result while the breaker is open, else `unavailable` is raised.
+
+        The fallback runs within `timeout` (the call's), else the tool's attempt limit:
+        a hanging fallback must not hold its caller for ever.
 
         Raises:
             ToolUnavailable: The tool has no fallback.
-            ToolFallbackFailed: The fallback raised (its error is the `__cause__`).
+            ToolFallbackFailed: The fallback raised or timed out (the error is the
+                `__cause__`; a timeout is a `ToolTimeout`).
         """
         if span is not None:
             span.attributes["tool.outcome"] = "unavailable" if spec.fallback is None else "fallback"
@@ -311,8 +316,14 @@ class ToolState:
             raise unavailable
         self.stats.fallbacks += 1
         _log.info("tool_fallback_used", tool=spec.name, key=key)
+        limit = timeout if timeout is not None else (
+            spec.retry_policy.attempt_timeout or DEFAULT_TIMEOUT)
         try:
-            return await spec.fallback(**arguments)
+            try:
+                async with asyncio.timeout(limit):
+                    return await spec.fallback(**arguments)
+            except TimeoutError as timed_out:
+                raise ToolTimeout(spec.name, limit, "fallback") from timed_out
         except Exception as error:
             _log.warning("tool_fallback_failed", tool=spec.name, key=key,
                          error=f"{type(error).__name__}: {error}")

@@ -443,3 +443,24 @@ async def test_executed_joined_replayed_and_ignored_key_calls_are_logged(
     ]
     assert [log["outcome"] for log in logs if log["event"] == "tool_call_executed"] == [
         "completed"]
+
+
+async def test_a_fallback_that_hangs_while_the_breaker_is_open_is_cut_off_by_the_calls_timeout(
+        clock: FakeClock) -> None:
+    async def stuck(to: str) -> str:
+        await anyio.sleep_forever()
+        return to
+
+    @roost.tool(breaker=roost.Breaker(cooldown=60.0), fallback=stuck)
+    async def send(to: str) -> str:
+        return to
+
+    async with roost.ActorSystem(log_format="json", log_level="critical", clock=clock) as system:
+        system.tools.register(send)
+        system.tools.breaker("send").force_open()
+        with anyio.fail_after(5), pytest.raises(
+                roost.ToolFallbackFailed, match="send") as caught:
+            await system.tools.call("send", to="ada", timeout=0.2)
+
+    assert isinstance(caught.value.__cause__, roost.ToolTimeout)
+    assert "fallback timed out after 0.2s" in str(caught.value.__cause__)
