@@ -13,8 +13,9 @@ Writes go to the writer thread (see `roost.storage._writer`): nothing that can
 fsync runs on the event loop. Point reads (`get`, `last`) run on the event loop:
 LMDB reads are memory-mapped and never fsync. Scans run in worker threads, a chunk
 per read transaction, and `read` runs a function over one consistent read transaction
-in a worker thread. `Store.open(path, readonly=True)` reads a store that no system has
-open, without a writer thread. The store needs an asyncio event loop.
+in a worker thread (`read_on_loop`: on the loop, for a read as small as a point read).
+`Store.open(path, readonly=True)` reads a store that no system has open, without a
+writer thread. The store needs an asyncio event loop.
 """
 
 from __future__ import annotations
@@ -365,6 +366,20 @@ class Store:
             StoreCorrupt: LMDB finds the pages read damaged.
         """
         return await anyio.to_thread.run_sync(self._read, function)
+
+    def read_on_loop(self, function: Callable[[Snapshot], T]) -> T:
+        """`function(snapshot)`, run right here (on the event loop) over one read transaction.
+
+        `read` without the thread hop, for reads as small as `get`'s: a few keys or a
+        short range. LMDB reads never fsync, but they block the loop while they run, so
+        `function` must bound what it reads (and hand a larger read to `read`). The same
+        rules as `read` otherwise.
+
+        Raises:
+            StoreError: the store is closed.
+            StoreCorrupt: LMDB finds the pages read damaged.
+        """
+        return self._read(function)
 
     def _read(self, function: Callable[[Snapshot], T]) -> T:
         self._enter()

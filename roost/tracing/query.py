@@ -1,7 +1,9 @@
 """Reading traces back from the `traces` database: a run's span tree, and searches.
 
-The readers here run inside `Store.read` (a worker thread, one read transaction).
-A record that does not decode is skipped and reported, never fatal to a query.
+The readers here run inside `Store.read` (a worker thread, one read transaction), or
+`Store.read_on_loop` for a small trace's records (`read_records` with a byte limit,
+decoded by `decode_trace` outside the transaction). A record that does not decode is
+skipped and reported, never fatal to a query.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import msgspec
 from roost.errors import ConfigurationError
 from roost.storage.store import Snapshot
 from roost.tracing.records import (
+    COST,
     DB,
     INDEX,
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
     REF_DECODER,
     SPAN_DECODER,
     SUMMARY_DECODER,
@@ -118,28 +123,64 @@ def skipped_entry(key: bytes, error: BaseException) -> str:
 # --- reading a trace ------------------------------------------------------------------------
 
 
+class TraceRecords(msgspec.Struct, frozen=True):
+    """The span records of a run's trace(s) or of a trace, copied out of a read transaction.
+
+    Attributes:
+        trace_ids: the traces read (the id given, if it names no run).
+        run_id: the run, if the id named one.
+        records: `(key, value)` of every span record, in key order.
+    """
+
+    trace_ids: list[str]
+    run_id: str | None
+    records: list[tuple[bytes, bytes]]
+
+
 def read_trace(snapshot: Snapshot, run_or_trace_id: str) -> Trace | None:
     """The trace of run `run_or_trace_id`, or the trace with that id; None if neither.
 
     A run's trace is normally one (a resumed run continues it); if it has more, their
     spans are read together.
     """
+    found = read_records(snapshot, run_or_trace_id, max_bytes=None)
+    return None if found is None else decode_trace(found)
+
+
+def read_records(snapshot: Snapshot, run_or_trace_id: str,
+                 max_bytes: int | None) -> TraceRecords | None:
+    """The span records `read_trace` decodes, or None once they take more than `max_bytes`
+    (None: no limit), so that a read on the event loop stays as small as a point read."""
     prefix = run_prefix(run_or_trace_id)
     trace_ids = [key[len(prefix):].decode() for key, _ in snapshot.scan(DB, prefix=prefix)]
     run_id: str | None = run_or_trace_id if trace_ids else None
     if not trace_ids:
         trace_ids = [run_or_trace_id]
-    spans: list[Span] = []
-    skipped: list[str] = []
+    records: list[tuple[bytes, bytes]] = []
+    size = 0
     for trace_id in trace_ids:
         for key, value in snapshot.scan(DB, prefix=spans_prefix(trace_id)):
-            try:
-                spans.append(SPAN_DECODER.decode(value))
-            except msgspec.DecodeError as error:
-                skipped.append(skipped_entry(key, error))
-    if not spans and not skipped:
+            size += len(value)
+            if max_bytes is not None and size > max_bytes:
+                return None
+            records.append((key, value))
+    return TraceRecords(trace_ids, run_id, records)
+
+
+def decode_trace(found: TraceRecords) -> Trace | None:
+    """The `Trace` that `found`'s records make (those that do not decode are skipped and
+    listed), or None if there are none."""
+    if not found.records:
         return None
-    return build_trace(trace_ids, run_id, spans, skipped)
+    decode = SPAN_DECODER.decode
+    spans: list[Span] = []
+    skipped: list[str] = []
+    for key, value in found.records:
+        try:
+            spans.append(decode(value))
+        except msgspec.DecodeError as error:
+            skipped.append(skipped_entry(key, error))
+    return build_trace(found.trace_ids, found.run_id, spans, skipped)
 
 
 def build_trace(trace_ids: list[str], run_id: str | None, spans: list[Span],
@@ -160,7 +201,9 @@ def build_trace(trace_ids: list[str], run_id: str | None, spans: list[Span],
                 children[parent] = [span.span_id]
         else:
             roots.append(span.span_id)
-        if span.attributes:
+        # Most spans report no usage: three lookups skip them cheaper than `usage_of`.
+        attributes = span.attributes
+        if INPUT_TOKENS in attributes or OUTPUT_TOKENS in attributes or COST in attributes:
             reads, writes, priced = usage_of(span)
             input_tokens += reads
             output_tokens += writes

@@ -166,46 +166,62 @@ def add_cost(total: float | None, cost: float | None) -> float | None:
 
 
 def merge(old: TraceSummary | None, trace_id: str, spans: list[tuple[Span, int]]) -> TraceSummary:
-    """The summary of trace `trace_id` once `spans` (each with its stored size) are added."""
-    first = min(spans, key=lambda item: item[0].start_ns)[0]
-    summary = old or TraceSummary(trace_id=trace_id, name=first.name, status="open",
-                                  start_ns=first.start_ns, end_ns=first.end_ns)
-    name, status, error, pipeline = summary.name, summary.status, summary.error, summary.pipeline
-    start_ns, end_ns, root_end_ns = summary.start_ns, summary.end_ns, summary.root_end_ns
-    run_ids, tools = list(summary.run_ids), list(summary.tools)
-    count, errors, steps, size = summary.spans, summary.errors, summary.steps, summary.bytes
-    input_tokens, output_tokens, cost = summary.input_tokens, summary.output_tokens, summary.cost
+    """The summary of trace `trace_id` once `spans` (each with its stored size) are added.
+
+    It runs for every trace of every batch the trace store writes, so the common span
+    (no usage, no tool, not a root, a run id already listed) costs a few comparisons;
+    `old`'s lists are copied only when they grow (`old` stays as it was).
+    """
+    if old is None:
+        first = spans[0][0]
+        for span, _ in spans:
+            if span.start_ns < first.start_ns:
+                first = span
+        old = TraceSummary(trace_id=trace_id, name=first.name, status="open",
+                           start_ns=first.start_ns, end_ns=first.end_ns)
+    name, status, error, pipeline = old.name, old.status, old.error, old.pipeline
+    start_ns, end_ns, root_end_ns = old.start_ns, old.end_ns, old.root_end_ns
+    run_ids, tools = old.run_ids, old.tools
+    errors, steps, size = old.errors, old.steps, old.bytes
+    input_tokens, output_tokens, cost = old.input_tokens, old.output_tokens, old.cost
     for span, stored in spans:
+        size += stored
         if span.start_ns < start_ns:
             start_ns = span.start_ns
             if status == "open":
                 name = span.name
-        end_ns = max(end_ns, span.end_ns)
-        count += 1
-        size += stored
-        errors += span.status == "error"
-        steps += span.kind == SpanKind.STEP
-        if span.run_id is not None and span.run_id not in run_ids:
-            run_ids.append(span.run_id)
-        if span.kind == SpanKind.TOOL_CALL:
+        if span.end_ns > end_ns:
+            end_ns = span.end_ns
+        if span.status == "error":
+            errors += 1
+        kind = span.kind
+        if kind == SpanKind.STEP:
+            steps += 1
+        elif kind == SpanKind.TOOL_CALL:
             tool = span.name.removeprefix("tool ")
             if tool not in tools:
-                tools.append(tool)
-        reads, writes, priced = usage_of(span)
-        input_tokens += reads
-        output_tokens += writes
-        cost = add_cost(cost, priced)
+                tools = [*tools, tool]
+        run_id = span.run_id
+        if run_id is not None and run_id not in run_ids:
+            run_ids = [*run_ids, run_id]
+        attributes = span.attributes
+        if kind != SpanKind.RUN and (INPUT_TOKENS in attributes or OUTPUT_TOKENS in attributes
+                                     or COST in attributes):
+            reads, writes, priced = usage_of(span)
+            input_tokens += reads
+            output_tokens += writes
+            cost = add_cost(cost, priced)
         if span.parent_span_id is None and span.end_ns >= root_end_ns:
             root_end_ns, name, status = span.end_ns, span.name, span.status
             error = (None if span.status != "error"
                      else f"{span.error_type}: {span.error_message}")
-            if span.kind == SpanKind.RUN:
+            if kind == SpanKind.RUN:
                 pipeline = span.name.removeprefix("run ")
     return TraceSummary(
         trace_id=trace_id, name=name, status=status, start_ns=start_ns, end_ns=end_ns,
-        run_ids=run_ids, pipeline=pipeline, error=error, spans=count, errors=errors, steps=steps,
-        tools=tools, input_tokens=input_tokens, output_tokens=output_tokens, cost=cost,
-        bytes=size, root_end_ns=root_end_ns)
+        run_ids=run_ids, pipeline=pipeline, error=error, spans=old.spans + len(spans),
+        errors=errors, steps=steps, tools=tools, input_tokens=input_tokens,
+        output_tokens=output_tokens, cost=cost, bytes=size, root_end_ns=root_end_ns)
 
 
 # --- what the writer and the retention read ------------------------------------------------

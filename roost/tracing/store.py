@@ -12,8 +12,10 @@ and counted, with one warning: tracing never fails or slows the work it records.
 Old traces are pruned off the hot path, a few at a time, by age (`retention`) and
 by size (`max_bytes` of span records), by a periodic task.
 
-`get` and `search` read in one worker-thread hop per query (or per chunk of a long
-search); `read_traces(path)` opens the traces of a store no system has open.
+`get` reads a small trace (up to `_LOOP_READ_BYTES` of span records) on the event
+loop, as the store reads a point, and a larger one in one worker-thread hop; `search`
+reads in one hop per query (or per chunk of a long search). `read_traces(path)` opens
+the traces of a store no system has open.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from roost.tracing.query import (
     TracePage,
     check_id,
     decode_cursor,
+    decode_trace,
     encode_cursor,
     parse_filters,
+    read_records,
     read_summary,
     read_trace,
     search_chunk,
@@ -64,8 +68,14 @@ from roost.tracing.spans import Span
 
 _log = get_logger("roost")
 
+# Summaries of open traces a trace store keeps in memory, at most.
+_KNOWN_SUMMARIES = 8192
 # Summaries one search read transaction looks at, at most.
 _SEARCH_BUDGET = 2048
+# Bytes of span records `get` reads on the event loop, at most (some 200 spans of a
+# run's steps: a few hundred microseconds, decoded); a larger trace is read in a
+# worker thread, so that the loop never waits long for one.
+_LOOP_READ_BYTES = 64 * 1024
 
 
 class TraceStoreStatistics(msgspec.Struct, frozen=True):
@@ -131,6 +141,9 @@ class TraceStore:
         self._pruner: asyncio.Task[None] | None = None
         self._closing = False
         self._warned: set[str] = set()
+        # The stored summary and index key (None, None: no summary) of the open traces
+        # written lately: this store is their only writer, so a batch reads only the rest.
+        self._summaries: dict[str, tuple[TraceSummary | None, bytes | None]] = {}
         self.written = self.dropped = self.failed_batches = self.pruned = self.skipped = 0
 
     # --- recording ------------------------------------------------------------------------
@@ -198,13 +211,18 @@ class TraceStore:
             await self.flush()
 
     async def _write(self, spans: list[Span]) -> None:
-        """One commit: the spans, their traces' summaries and index entries, the size total."""
+        """One commit: the spans, their traces' summaries and index entries, the size total.
+
+        A trace's stored summary comes from `_summaries` when this store wrote it lately,
+        else from the store (on the loop: a few point reads per new trace).
+        """
         ops: list[Op] = []
         by_trace: dict[str, list[tuple[Span, int]]] = {}
         longest = self._store.max_key_size
+        encode = ENCODER.encode
         for span in spans:
             try:
-                key, value = span_key(span), ENCODER.encode(span)
+                key, value = span_key(span), encode(span)
             except (TypeError, ValueError, msgspec.EncodeError) as error:
                 self.dropped += 1
                 self._warn_once("span_unencodable", error, span=span.name)
@@ -213,32 +231,55 @@ class TraceStore:
                 self.dropped += 1
                 continue
             ops.append(Put(DB, key, value))
-            by_trace.setdefault(span.trace_id, []).append((span, len(key) + len(value)))
+            items = by_trace.get(span.trace_id)
+            if items is None:
+                by_trace[span.trace_id] = [(span, len(key) + len(value))]
+            else:
+                items.append((span, len(key) + len(value)))
         if not by_trace:
             return
         written = len(ops)
-        current = await self._store.read(partial(current_summaries, list(by_trace)))
+        known = self._summaries
+        unknown = [trace_id for trace_id in by_trace if trace_id not in known]
+        if unknown:  # as stored now, whether or not this commit goes through
+            known.update(self._store.read_on_loop(partial(current_summaries, unknown)))
         added = 0
+        settled: list[tuple[str, TraceSummary, bytes]] = []
         for trace_id, items in by_trace.items():
-            old, old_key = current[trace_id]
+            old, old_key = known[trace_id]
             new = merge(old, trace_id, items)
             added += new.bytes - (old.bytes if old is not None else 0)
             new_key = index_key(new.start_ns, trace_id)
             moved = old is None or old_key != new_key
             if old_key is not None and old_key != new_key:
                 ops.append(Delete(DB, old_key))
-            ops.append(Put(DB, new_key, ENCODER.encode(new)))
-            ref = ENCODER.encode(TraceRef(start_ns=new.start_ns))
-            if moved:
-                ops.append(Put(DB, trace_key(trace_id), ref))
+            ops.append(Put(DB, new_key, encode(new)))
+            settled.append((trace_id, new, new_key))
             indexed = () if moved or old is None else old.run_ids
-            for run_id in new.run_ids:
-                key = run_key(run_id, trace_id)
-                if run_id not in indexed and len(key) <= longest:
-                    ops.append(Put(DB, key, ref))
+            if moved or len(new.run_ids) > len(indexed):
+                ref = encode(TraceRef(start_ns=new.start_ns))
+                if moved:
+                    ops.append(Put(DB, trace_key(trace_id), ref))
+                for run_id in new.run_ids:
+                    if run_id not in indexed:
+                        key = run_key(run_id, trace_id)
+                        if len(key) <= longest:
+                            ops.append(Put(DB, key, ref))
         ops.append(Update(DB, TOTALS, adding_bytes(added)))
-        await self._store.commit(ops, durable=False)
+        try:
+            await self._store.commit(ops, durable=False)
+        except BaseException:
+            for trace_id in by_trace:  # a cancelled commit may have been made: read them again
+                known.pop(trace_id, None)
+            raise
         self.written += written
+        for trace_id, new, new_key in settled:
+            if new.status == "open":
+                known[trace_id] = (new, new_key)
+            else:  # its root has ended: few spans, if any, follow
+                known.pop(trace_id, None)
+        while len(known) > _KNOWN_SUMMARIES:
+            del known[next(iter(known))]
 
     # --- retention ------------------------------------------------------------------------
 
@@ -257,6 +298,7 @@ class TraceStore:
                 ops: list[Op] = [Delete(DB, key) for key in keys]
                 ops.append(Put(DB, TOTALS, ENCODER.encode(TraceTotals(bytes=0))) if emptied
                            else Update(DB, TOTALS, adding_bytes(-freed)))
+                self._summaries.clear()  # some of them may be gone
                 await self._store.commit(ops, durable=False)
             pruned += traces
             self.pruned += traces
@@ -286,8 +328,14 @@ class TraceStore:
             StoreError: the store is closed.
         """
         check_id(run_or_trace_id)
-        await self.flush()
-        trace = await self._store.read(partial(read_trace, run_or_trace_id=run_or_trace_id))
+        await self._flush_pending()
+        # A small trace costs less to read than a thread hop: it is read on the loop.
+        found = self._store.read_on_loop(partial(
+            read_records, run_or_trace_id=run_or_trace_id, max_bytes=_LOOP_READ_BYTES))
+        if found is not None:
+            trace = decode_trace(found)
+        else:
+            trace = await self._store.read(partial(read_trace, run_or_trace_id=run_or_trace_id))
         if trace is None:
             raise TraceNotFound(run_or_trace_id, self._store.path)
         self._skipped(trace.skipped)
@@ -296,7 +344,7 @@ class TraceStore:
     async def summary(self, run_or_trace_id: str) -> TraceSummary | None:
         """The summary of a run's (latest) trace or of a trace, or None if there is none."""
         check_id(run_or_trace_id)
-        await self.flush()
+        await self._flush_pending()
         return await self._store.read(partial(read_summary, run_or_trace_id=run_or_trace_id))
 
     async def search(self, *, status: str | None = None, pipeline: str | None = None,
@@ -325,7 +373,7 @@ class TraceStore:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(f"search: limit={limit!r} must be a positive int")
         stop = decode_cursor(cursor)
-        await self.flush()
+        await self._flush_pending()
         found: list[TraceSummary] = []
         skipped: list[str] = []
         while True:
@@ -349,6 +397,11 @@ class TraceStore:
         return TraceStoreStatistics(buffered=len(self._buffer), written=self.written,
                                     dropped=self.dropped, failed_batches=self.failed_batches,
                                     pruned=self.pruned, skipped=self.skipped)
+
+    async def _flush_pending(self) -> None:
+        """Before a query: write the buffered spans, and wait for a batch being written."""
+        if self._buffer or self._writing.locked():
+            await self.flush()
 
     def _skipped(self, records: list[str]) -> None:
         if records:

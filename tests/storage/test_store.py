@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from roost.errors import ConfigurationError, RunNotFound, StoreError, StoreUnavailable
 from roost.storage import Append, Delete, Insert, Op, Put, Store, Update
+from roost.storage.store import Snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -176,6 +178,8 @@ async def test_reads_stay_correct_while_the_map_grows_under_them(tmp_path: Path)
         async def read_until_done() -> None:
             while not done.is_set():
                 seen.append(await store.get("runs", b"fixed") == value)
+                seen.append(store.read_on_loop(lambda snapshot: snapshot.get("runs", b"fixed"))
+                            == value)
                 seen.append(len([k async for k, _ in store.scan("runs", limit=300)]) >= 1)
                 await anyio.lowlevel.checkpoint()
 
@@ -259,6 +263,20 @@ async def test_operations_the_store_cannot_take_are_refused_before_writing(store
     assert store.statistics().commits == 0
 
 
+async def test_a_read_on_the_loop_sees_what_a_read_in_a_thread_sees_without_the_hop(
+        store: Store) -> None:
+    await store.commit([Put("runs", b"a", b"1"), Put("runs", b"b", b"2"), Put("ledger", b"c", b"3")])
+
+    def read(snapshot: Snapshot) -> tuple[int, bytes | None, list[tuple[bytes, bytes]]]:
+        return threading.get_ident(), snapshot.get("ledger", b"c"), list(snapshot.scan("runs"))
+
+    on_loop = store.read_on_loop(read)
+    in_thread = await store.read(read)
+
+    assert on_loop == (threading.get_ident(), b"3", [(b"a", b"1"), (b"b", b"2")])
+    assert in_thread[0] != on_loop[0] and in_thread[1:] == on_loop[1:]
+
+
 async def test_a_closed_store_refuses_reads_and_writes(tmp_path: Path) -> None:
     store = await Store.open(tmp_path)
     await store.close()
@@ -270,6 +288,8 @@ async def test_a_closed_store_refuses_reads_and_writes(tmp_path: Path) -> None:
         await store.get("runs", b"k")
     with pytest.raises(StoreError, match="is closed"):
         [item async for item in store.scan("runs")]
+    with pytest.raises(StoreError, match="is closed"):
+        store.read_on_loop(lambda snapshot: snapshot.get("runs", b"k"))
 
 
 async def test_bad_settings_are_refused_at_open(tmp_path: Path) -> None:

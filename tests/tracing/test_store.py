@@ -124,8 +124,10 @@ async def test_an_unknown_id_raises_trace_not_found_naming_it_and_the_store(trac
         await traces.get("")
 
 
-async def test_a_corrupt_span_record_is_skipped_listed_and_counted(traces: TraceStore,
-                                                                   store: Store) -> None:
+@pytest.mark.parametrize("loop_read_bytes", [64 * 1024, 0], ids=["on the loop", "in a thread"])
+async def test_a_corrupt_span_record_is_skipped_listed_and_counted(
+        traces: TraceStore, store: Store, monkeypatch: pytest.MonkeyPatch, loop_read_bytes: int) -> None:
+    monkeypatch.setattr("roost.tracing.store._LOOP_READ_BYTES", loop_read_bytes)
     spans = run_trace(1, "email-0042")
     add_all(traces, spans)
     await traces.flush()
@@ -137,6 +139,61 @@ async def test_a_corrupt_span_record_is_skipped_listed_and_counted(traces: Trace
     [skipped] = trace.skipped
     assert repr(span_key(spans[0])) in skipped
     assert traces.statistics().skipped == 1
+
+
+async def test_a_trace_too_large_to_read_on_the_loop_comes_back_the_same_from_a_thread(
+        traces: TraceStore, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = span(1, "run big", SpanKind.RUN, start=0.0, end=10.0, run_id="big")
+    steps = [span(1, f"step s{n}", SpanKind.STEP, start=n / 100, end=n / 100 + 0.005,
+                  parent=root.span_id, run_id="big", number=n,
+                  attributes={"step.output": "x" * 1024,
+                              **({"gen_ai.usage.input_tokens": 2, "roost.cost": 0.5} if n % 10 == 0
+                                 else {})})
+             for n in range(1, 200)]  # some 200 KB of span records
+    add_all(traces, [*steps, root])
+    await traces.flush()
+    thread_reads: list[object] = []
+    read = store.read
+
+    async def recording_read(function: Any) -> Any:
+        thread_reads.append(function)
+        return await read(function)
+
+    monkeypatch.setattr(store, "read", recording_read)
+
+    from_thread = await traces.get("big")
+    assert len(thread_reads) == 1
+    monkeypatch.setattr("roost.tracing.store._LOOP_READ_BYTES", 2**20)
+    from_loop = await traces.get("big")
+
+    assert len(thread_reads) == 1  # read on the loop this time
+    assert from_thread == from_loop
+    assert len(from_loop.spans) == 200 and from_loop.roots == [root.span_id]
+    assert from_loop.children[root.span_id] == [one.span_id for one in steps]
+    assert (from_loop.input_tokens, from_loop.cost, from_loop.skipped) == (38, 9.5, [])
+
+
+async def test_a_query_waits_for_a_batch_still_being_written(traces: TraceStore, store: Store,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    writing, release = asyncio.Event(), asyncio.Event()
+    commit = store.commit
+
+    async def held_commit(ops: Any, **kwargs: Any) -> Any:
+        writing.set()
+        await release.wait()
+        return await commit(ops, **kwargs)
+
+    monkeypatch.setattr(store, "commit", held_commit)
+    add_all(traces, run_trace(1, "email-0042"))
+    flushing = asyncio.create_task(traces.flush())
+    await writing.wait()
+    assert traces.statistics().buffered == 0  # taken out of the buffer, not yet written
+
+    getting = asyncio.create_task(traces.get("email-0042"))
+    release.set()
+
+    assert len((await getting).spans) == 3
+    await flushing
 
 
 # --- writing --------------------------------------------------------------------------------
