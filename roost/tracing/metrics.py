@@ -37,6 +37,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    10.0, 30.0, 60.0, 120.0, math.inf)
 #: Upper bounds (bytes) of the size histograms.
 SIZE_BUCKETS = (256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, math.inf)
+#: Spans a `SpanMetrics` queues before it counts them (it also counts before each read).
+_BATCH = 1024
 
 
 class Histogram:
@@ -81,7 +83,12 @@ class Family:
 
 
 class SpanMetrics:
-    """A tracer sink that counts and times finished spans (a few dict updates per span)."""
+    """A tracer sink that counts and times finished spans.
+
+    Taking a span only queues it: the counters catch up in batches (every `_BATCH`
+    spans, and before every read), in one loop that does a few dict updates per span
+    (a message span, the most common, is only counted by kind).
+    """
 
     def __init__(self) -> None:
         self.runs: dict[tuple[str, ...], int] = {}
@@ -98,33 +105,55 @@ class SpanMetrics:
         self.checkpoint_bytes: dict[tuple[str, ...], Histogram] = {}
         self.tokens: dict[tuple[str, ...], int] = {}
         self.cost: dict[tuple[str, ...], float] = {}
-        self.spans: dict[tuple[str, ...], int] = {}
+        self.kinds: dict[str, int] = {}
+        self._pending: list[Span] = []
 
     def __call__(self, span: Span) -> None:
-        kind = span.kind
-        self.spans[(kind,)] = self.spans.get((kind,), 0) + 1
-        if kind is SpanKind.RUN:
-            self._run(span)
-        elif kind is SpanKind.STEP:
-            key = (_pipeline(span), _subject(span, "step"))
-            outcome = _text(span, "step.outcome", span.status)
-            _add(self.step_outcomes, (*key, outcome), 1)
-            if outcome != "skipped":  # a skipped step did no work: keep it out of latency
-                _observe(self.step_seconds, key, span.duration_ns / 1e9)
-        elif kind is SpanKind.STEP_ATTEMPT:
-            pipeline, step = _pipeline(span), _subject(span, "step")
-            _add(self.step_attempts, (pipeline, step, span.status), 1)
-            if _attempt(span) > 1:
-                _add(self.step_retries, (pipeline, step), 1)
-        elif kind is SpanKind.TOOL_CALL:
-            tool = _subject(span, "tool")
-            _observe(self.tool_seconds, (tool, span.status), span.duration_ns / 1e9)
-            _add(self.tool_outcomes, (tool, _text(span, "tool.outcome", span.status)), 1)
-        elif kind is SpanKind.TOOL_ATTEMPT:
-            tool = _subject(span, "tool")
-            _add(self.tool_attempts, (tool, span.status), 1)
-            if _attempt(span) > 1:
-                _add(self.tool_retries, (tool,), 1)
+        pending = self._pending
+        pending.append(span)
+        if len(pending) >= _BATCH:
+            self.catch_up()
+
+    def catch_up(self) -> None:
+        """Count the spans taken since the last batch."""
+        pending, self._pending = self._pending, []
+        kinds, step_attempts, step_outcomes = self.kinds, self.step_attempts, self.step_outcomes
+        for span in pending:
+            kind = span.kind
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if kind is SpanKind.MESSAGE:
+                continue
+            if kind is SpanKind.STEP_ATTEMPT or kind is SpanKind.STEP:
+                attributes = span.attributes
+                pipeline, step = attributes.get("pipeline"), attributes.get("step")
+                if type(pipeline) is not str or type(step) is not str:
+                    pipeline, step = _pipeline(span), _subject(span, "step")
+                if kind is SpanKind.STEP_ATTEMPT:
+                    attempt = (pipeline, step, span.status)
+                    step_attempts[attempt] = step_attempts.get(attempt, 0) + 1
+                    if _attempt(span) > 1:
+                        _add(self.step_retries, (pipeline, step), 1)
+                    continue
+                outcome = attributes.get("step.outcome")
+                if type(outcome) is not str:
+                    outcome = _text(span, "step.outcome", span.status)
+                settled = (pipeline, step, outcome)
+                step_outcomes[settled] = step_outcomes.get(settled, 0) + 1
+                if outcome != "skipped":  # a skipped step did no work: keep it out of latency
+                    _observe(self.step_seconds, (pipeline, step),
+                             (span.end_ns - span.start_ns) / 1e9)
+            elif kind is SpanKind.RUN:
+                self._run(span)
+            elif kind is SpanKind.TOOL_CALL:
+                tool = _subject(span, "tool")
+                _observe(self.tool_seconds, (tool, span.status),
+                         (span.end_ns - span.start_ns) / 1e9)
+                _add(self.tool_outcomes, (tool, _text(span, "tool.outcome", span.status)), 1)
+            elif kind is SpanKind.TOOL_ATTEMPT:
+                tool = _subject(span, "tool")
+                _add(self.tool_attempts, (tool, span.status), 1)
+                if _attempt(span) > 1:
+                    _add(self.tool_retries, (tool,), 1)
 
     def _run(self, span: Span) -> None:
         pipeline = _pipeline(span)
@@ -147,6 +176,7 @@ class SpanMetrics:
                     _observe(self.checkpoint_bytes, (pipeline,), size, SIZE_BUCKETS)
 
     def families(self) -> list[Family]:
+        self.catch_up()
         return [
             Family("runs", "counter", "Run spans ended, by pipeline and status: how the run "
                    "ended, or paused/interrupted when this process stopped running it.",
@@ -180,7 +210,8 @@ class SpanMetrics:
                    ("pipeline", "direction"), dict(self.tokens)),
             Family("cost", "counter", "Cost of ended runs by the price table.",
                    ("pipeline",), dict(self.cost)),
-            Family("spans", "counter", "Spans recorded, by kind.", ("kind",), dict(self.spans)),
+            Family("spans", "counter", "Spans recorded, by kind.", ("kind",),
+                   {(kind,): count for kind, count in self.kinds.items()}),
         ]
 
 
