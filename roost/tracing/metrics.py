@@ -39,6 +39,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 SIZE_BUCKETS = (256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, math.inf)
 #: Spans a `SpanMetrics` queues before it counts them (it also counts before each read).
 _BATCH = 1024
+# The kinds, read once: an enum member read through its class is slow on the hot path.
+_RUN, _STEP, _STEP_ATTEMPT, _TOOL_CALL, _TOOL_ATTEMPT, _MESSAGE = (
+    SpanKind.RUN, SpanKind.STEP, SpanKind.STEP_ATTEMPT, SpanKind.TOOL_CALL, SpanKind.TOOL_ATTEMPT,
+    SpanKind.MESSAGE)
+_TOKENS = (("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens"))
 
 
 class Histogram:
@@ -118,20 +123,22 @@ class SpanMetrics:
         """Count the spans taken since the last batch."""
         pending, self._pending = self._pending, []
         kinds, step_attempts, step_outcomes = self.kinds, self.step_attempts, self.step_outcomes
+        step_seconds = self.step_seconds
         for span in pending:
             kind = span.kind
             kinds[kind] = kinds.get(kind, 0) + 1
-            if kind is SpanKind.MESSAGE:
+            if kind is _MESSAGE:
                 continue
-            if kind is SpanKind.STEP_ATTEMPT or kind is SpanKind.STEP:
+            if kind is _STEP_ATTEMPT or kind is _STEP:
                 attributes = span.attributes
                 pipeline, step = attributes.get("pipeline"), attributes.get("step")
                 if type(pipeline) is not str or type(step) is not str:
                     pipeline, step = _pipeline(span), _subject(span, "step")
-                if kind is SpanKind.STEP_ATTEMPT:
+                if kind is _STEP_ATTEMPT:
                     attempt = (pipeline, step, span.status)
                     step_attempts[attempt] = step_attempts.get(attempt, 0) + 1
-                    if _attempt(span) > 1:
+                    number = attributes.get("attempt")
+                    if isinstance(number, int) and number > 1:
                         _add(self.step_retries, (pipeline, step), 1)
                     continue
                 outcome = attributes.get("step.outcome")
@@ -140,16 +147,18 @@ class SpanMetrics:
                 settled = (pipeline, step, outcome)
                 step_outcomes[settled] = step_outcomes.get(settled, 0) + 1
                 if outcome != "skipped":  # a skipped step did no work: keep it out of latency
-                    _observe(self.step_seconds, (pipeline, step),
-                             (span.end_ns - span.start_ns) / 1e9)
-            elif kind is SpanKind.RUN:
+                    histogram = step_seconds.get(settled[:2])
+                    if histogram is None:
+                        histogram = step_seconds[settled[:2]] = Histogram()
+                    histogram.observe((span.end_ns - span.start_ns) / 1e9)
+            elif kind is _RUN:
                 self._run(span)
-            elif kind is SpanKind.TOOL_CALL:
+            elif kind is _TOOL_CALL:
                 tool = _subject(span, "tool")
                 _observe(self.tool_seconds, (tool, span.status),
                          (span.end_ns - span.start_ns) / 1e9)
                 _add(self.tool_outcomes, (tool, _text(span, "tool.outcome", span.status)), 1)
-            elif kind is SpanKind.TOOL_ATTEMPT:
+            elif kind is _TOOL_ATTEMPT:
                 tool = _subject(span, "tool")
                 _add(self.tool_attempts, (tool, span.status), 1)
                 if _attempt(span) > 1:
@@ -158,22 +167,28 @@ class SpanMetrics:
     def _run(self, span: Span) -> None:
         pipeline = _pipeline(span)
         _add(self.runs, (pipeline, _run_status(span)), 1)
-        _observe(self.run_seconds, (pipeline,), span.duration_ns / 1e9)
+        key = (pipeline,)
+        _observe(self.run_seconds, key, (span.end_ns - span.start_ns) / 1e9)
         attributes = span.attributes
-        for direction in ("input", "output"):
-            tokens = attributes.get(f"gen_ai.usage.{direction}_tokens")
+        for direction, name in _TOKENS:
+            tokens = attributes.get(name)
             if isinstance(tokens, int) and tokens:
                 _add(self.tokens, (pipeline, direction), tokens)
         cost = attributes.get("roost.cost")
-        if isinstance(cost, int | float) and cost:
-            _add(self.cost, (pipeline,), cost)
+        if isinstance(cost, (int, float)) and cost:
+            _add(self.cost, key, cost)
+        checkpoint_bytes = None
         for event in span.events:
-            if event.name == "actor_restarted":
-                _add(self.restarts, (pipeline,), 1)
-            elif event.name == "checkpoint":
+            if event.name == "checkpoint":
                 size = event.attributes.get("bytes")
                 if isinstance(size, int):
-                    _observe(self.checkpoint_bytes, (pipeline,), size, SIZE_BUCKETS)
+                    if checkpoint_bytes is None:
+                        checkpoint_bytes = self.checkpoint_bytes.get(key)
+                        if checkpoint_bytes is None:
+                            checkpoint_bytes = self.checkpoint_bytes[key] = Histogram(SIZE_BUCKETS)
+                    checkpoint_bytes.observe(size)
+            elif event.name == "actor_restarted":
+                _add(self.restarts, key, 1)
 
     def families(self) -> list[Family]:
         self.catch_up()

@@ -164,13 +164,17 @@ def add_cost(total: float | None, cost: float | None) -> float | None:
 
 # --- summaries ------------------------------------------------------------------------------
 
+# The kinds a summary looks at, read once: an enum member read through its class is slow.
+_RUN, _STEP, _TOOL_CALL = SpanKind.RUN, SpanKind.STEP, SpanKind.TOOL_CALL
+_replace = msgspec.structs.replace
+
 
 def merge(old: TraceSummary | None, trace_id: str, spans: list[tuple[Span, int]]) -> TraceSummary:
     """The summary of trace `trace_id` once `spans` (each with its stored size) are added.
 
     It runs for every trace of every batch the trace store writes, so the common span
-    (no usage, no tool, not a root, a run id already listed) costs a few comparisons;
-    `old`'s lists are copied only when they grow (`old` stays as it was).
+    (not a root, no tool, no usage, no new run id, not earlier than the trace) only
+    adds to the counters, and a batch of such spans only replaces those in `old`.
     """
     if old is None:
         first = spans[0][0]
@@ -184,39 +188,47 @@ def merge(old: TraceSummary | None, trace_id: str, spans: list[tuple[Span, int]]
     run_ids, tools = old.run_ids, old.tools
     errors, steps, size = old.errors, old.steps, old.bytes
     input_tokens, output_tokens, cost = old.input_tokens, old.output_tokens, old.cost
+    counters_only = True
     for span, stored in spans:
         size += stored
-        if span.start_ns < start_ns:
-            start_ns = span.start_ns
-            if status == "open":
-                name = span.name
         if span.end_ns > end_ns:
             end_ns = span.end_ns
         if span.status == "error":
             errors += 1
         kind = span.kind
-        if kind == SpanKind.STEP:
+        if kind == _STEP:
             steps += 1
-        elif kind == SpanKind.TOOL_CALL:
+        attributes = span.attributes
+        if (span.start_ns >= start_ns and span.parent_span_id is not None
+                and kind != _TOOL_CALL and kind != _RUN
+                and (span.run_id is None or span.run_id in run_ids)
+                and INPUT_TOKENS not in attributes and OUTPUT_TOKENS not in attributes
+                and COST not in attributes):
+            continue
+        counters_only = False
+        if span.start_ns < start_ns:
+            start_ns = span.start_ns
+            if status == "open":
+                name = span.name
+        if kind == _TOOL_CALL:
             tool = span.name.removeprefix("tool ")
             if tool not in tools:
                 tools = [*tools, tool]
-        run_id = span.run_id
-        if run_id is not None and run_id not in run_ids:
-            run_ids = [*run_ids, run_id]
-        attributes = span.attributes
-        if kind != SpanKind.RUN and (INPUT_TOKENS in attributes or OUTPUT_TOKENS in attributes
-                                     or COST in attributes):
-            reads, writes, priced = usage_of(span)
-            input_tokens += reads
-            output_tokens += writes
-            cost = add_cost(cost, priced)
+        if span.run_id is not None and span.run_id not in run_ids:
+            run_ids = [*run_ids, span.run_id]
+        reads, writes, priced = usage_of(span)
+        input_tokens += reads
+        output_tokens += writes
+        cost = add_cost(cost, priced)
         if span.parent_span_id is None and span.end_ns >= root_end_ns:
             root_end_ns, name, status = span.end_ns, span.name, span.status
             error = (None if span.status != "error"
                      else f"{span.error_type}: {span.error_message}")
-            if kind == SpanKind.RUN:
+            if kind == _RUN:
                 pipeline = span.name.removeprefix("run ")
+    if counters_only:
+        return _replace(old, end_ns=end_ns, spans=old.spans + len(spans),
+                        errors=errors, steps=steps, bytes=size)
     return TraceSummary(
         trace_id=trace_id, name=name, status=status, start_ns=start_ns, end_ns=end_ns,
         run_ids=run_ids, pipeline=pipeline, error=error, spans=old.spans + len(spans),

@@ -35,6 +35,10 @@ def _placeholder(value: Any) -> dict[str, str]:
 # A value msgspec cannot encode becomes its placeholder, and the rest of the payload is kept.
 _ENCODER = msgspec.json.Encoder(enc_hook=_placeholder)
 
+#: The events of every span that has none: one list, never changed (a finished span is a
+#: frozen record), so that a span without events costs no list the collector tracks.
+_NO_EVENTS: list[SpanEvent] = []
+
 #: `redact(name, value)`: the payload named `name` (`step.input`, `tool.arguments`, ...)
 #: as it will be stored; returns what to store instead (e.g. with secrets masked).
 Redact = Callable[[str, Any], Any]
@@ -111,7 +115,7 @@ class OpenSpan(msgspec.Struct):
     run_id: str | None
     start_ns: int
     attributes: dict[str, Any]
-    events: list[SpanEvent] = msgspec.field(default_factory=list)
+    events: list[SpanEvent] | None = None  # made by the first event: most spans have none
     status: str = "ok"
     error_type: str | None = None
     error_message: str | None = None
@@ -123,7 +127,11 @@ class OpenSpan(msgspec.Struct):
 
     def event(self, name: str, **attributes: Any) -> None:
         """Record that `name` happened now."""
-        self.events.append(SpanEvent(name, self._tracer.now_ns(), attributes))
+        event = SpanEvent(name, self._tracer.now_ns(), attributes)
+        if self.events is None:
+            self.events = [event]
+        else:
+            self.events.append(event)
 
     def payload(self, name: str, value: Any) -> None:
         """Keep a payload (encoded, cut to size, redacted) as the attribute `name`."""
@@ -182,7 +190,8 @@ class OpenSpan(msgspec.Struct):
         # Positional, in `Span`'s field order: a run records a dozen spans or more.
         span = Span(self.trace_id, self.span_id, self.parent_span_id, self.name, self.kind,
                     self.start_ns, tracer.now_ns(), self.actor, self.run_id, self.status,
-                    self.error_type, self.error_message, self.attributes, self.events)
+                    self.error_type, self.error_message, self.attributes,
+                    _NO_EVENTS if self.events is None else self.events)
         tracer.emit(span)
         return span
 
