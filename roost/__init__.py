@@ -38,6 +38,11 @@ from roost.errors import (
     ChildNotStopped,
     ConfigurationError,
     ExtraNotInstalled,
+    GateAlreadyDecided,
+    GateClosed,
+    GateDecisionInvalid,
+    GateError,
+    GateNotFound,
     IdempotencyConflict,
     IntensityExceeded,
     InternalError,
@@ -60,6 +65,7 @@ from roost.errors import (
     ToolConnectionLost,
     ToolError,
     ToolFallbackFailed,
+    ToolGated,
     ToolOutcomeUnknown,
     ToolResultUnrecordable,
     ToolTimeout,
@@ -69,7 +75,18 @@ from roost.errors import (
     UnknownTool,
 )
 from roost.mailbox import DeadLetter
-from roost.pipelines import NeedsReview, Pipeline, RunHandle, RunOutcome, RunStep, Step, StepFailure
+from roost.pipelines import (
+    Escalate,
+    Gate,
+    GateDecision,
+    NeedsReview,
+    Pipeline,
+    RunHandle,
+    RunOutcome,
+    RunStep,
+    Step,
+    StepFailure,
+)
 from roost.runtime import ActorSystem, TraceContext, configure_logging, current_trace, tune_gc
 from roost.tools import (
     Breaker,
@@ -111,7 +128,15 @@ __all__ = [
     "DeadLetter",
     "DeleteChild",
     "Done",
+    "Escalate",
     "ExtraNotInstalled",
+    "Gate",
+    "GateAlreadyDecided",
+    "GateClosed",
+    "GateDecision",
+    "GateDecisionInvalid",
+    "GateError",
+    "GateNotFound",
     "HttpTool",
     "IdempotencyConflict",
     "IntensityExceeded",
@@ -156,6 +181,7 @@ __all__ = [
     "ToolConnectionLost",
     "ToolError",
     "ToolFallbackFailed",
+    "ToolGated",
     "ToolOutcomeUnknown",
     "ToolResultUnrecordable",
     "ToolTimeout",

@@ -570,3 +570,63 @@ class RunCancelled(RoostError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"run {run_id!r} was cancelled")
+
+
+class GateError(RoostError):
+    """A gate decision or query that cannot be applied: names the run and the gate."""
+
+
+class GateNotFound(GateError, LookupError):
+    """The run has no gate of that name (it never reached one, or the name is wrong)."""
+
+    def __init__(self, run_id: str, gate: str, known: list[str]) -> None:
+        self.run_id = run_id
+        self.gate = gate
+        self.known = known
+        listed = ", ".join(repr(name) for name in known) if known else "none"
+        super().__init__(f"run {run_id!r} has no gate {gate!r} (its gates: {listed}); "
+                         "list the gates waiting for a decision with system.gates.pending() "
+                         "or `roost gates --store DIR`")
+
+
+class GateAlreadyDecided(GateError):
+    """A different decision was made on the gate first; the first one stands."""
+
+    def __init__(self, run_id: str, gate: str, decision: str, by: str) -> None:
+        self.run_id = run_id
+        self.gate = gate
+        self.decision = decision
+        self.by = by
+        super().__init__(f"gate {gate!r} of run {run_id!r} was already decided: {decision!r} "
+                         f"by {by!r}; a decision cannot be changed")
+
+
+class GateClosed(GateError):
+    """The gate can no longer be decided: its run ended (cancelled) while it waited."""
+
+    def __init__(self, run_id: str, gate: str, why: str) -> None:
+        self.run_id = run_id
+        self.gate = gate
+        super().__init__(f"gate {gate!r} of run {run_id!r} is closed: {why}")
+
+
+class GateDecisionInvalid(GateError, ValueError):
+    """The decision itself is malformed: an unknown decision, no `by`, or an input that
+    does not fit the gate's `input_type`."""
+
+    def __init__(self, run_id: str, gate: str, problem: str) -> None:
+        self.run_id = run_id
+        self.gate = gate
+        self.problem = problem
+        super().__init__(f"cannot decide gate {gate!r} of run {run_id!r}: {problem}")
+
+
+class ToolGated(ToolError):
+    """A tool guarded by a gate was called outside a pipeline step that passed the gate."""
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool
+        super().__init__(
+            f"tool {tool!r} is guarded by a gate (@tool(gate=...)) and was called directly; "
+            f"call it as a pipeline step, Step(..., tool={tool!r}), so a person can approve "
+            "each call first")

@@ -5,17 +5,26 @@ checked when it is built. `system.pipelines.start(pipeline, input=...)` records 
 run and starts a run actor that hands each ready step to a worker pool (or calls
 its tool), runs independent steps in parallel, and checkpoints every completed
 step, so `resume(run_id)` continues from the last completed step after a crash.
-A step that returns `NeedsReview` parks its run for a person.
+A step's `Gate` (or a step returning `NeedsReview`) parks its run, holding nothing,
+until a person decides through `system.gates`; the run then resumes from the gate.
 
 Modules: `definition` (Pipeline, Step, RunStep, validation), `run` (the run
-actor) and `service` (`system.pipelines`: start, resume, list, cancel).
+actor), `service` (`system.pipelines`: start, resume, list, cancel), `admission`
+(the bound on runs in flight), `gate` (Gate, Escalate, GateDecision) and `gates`
+(`system.gates`: decide, pending, notifications, the deadline timer).
 """
 
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
+from roost.pipelines.gate import Escalate, Gate, GateDecision
+from roost.pipelines.gates import Gates
 from roost.pipelines.run import NeedsReview
 from roost.pipelines.service import Pipelines, RunHandle, RunOutcome
 
 __all__ = [
+    "Escalate",
+    "Gate",
+    "GateDecision",
+    "Gates",
     "NeedsReview",
     "Pipeline",
     "Pipelines",

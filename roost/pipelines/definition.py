@@ -22,6 +22,7 @@ import msgspec
 
 from roost.actors.actor import Actor, Message
 from roost.errors import PipelineDefinitionError
+from roost.pipelines.gate import Gate, GateDecision
 from roost.tools.retry import Retry
 
 
@@ -37,6 +38,7 @@ class RunStep(Message, frozen=True):
         item: for a map step, the list item this worker handles.
         index: for a map step, the item's position.
         attempt: 1 for the first try, 2 for the first retry, ...
+        decisions: the decisions people made at the run's gates so far, by gate name.
     """
 
     run_id: str
@@ -46,6 +48,7 @@ class RunStep(Message, frozen=True):
     item: Any = None
     index: int | None = None
     attempt: int = 1
+    decisions: dict[str, GateDecision] = {}
 
 
 class StepFailure(msgspec.Struct, frozen=True, tag="step_failure"):
@@ -81,6 +84,11 @@ class Step(msgspec.Struct, frozen=True):
         workers: pool size for an actor step.
         capacity: the mailbox size of each of those workers; a full one makes the
             step's dispatch wait for room (backpressure), never fail.
+        gate: a `Gate` that opens before the step runs (named after the step): the
+            run parks until a person decides. A tool step without one takes its
+            tool's (`@tool(gate=...)`).
+        review: how the gate a `NeedsReview` result opens (`<step>/review`) behaves:
+            assignees, input type (default `output`), timeout, on_reject.
     """
 
     name: str
@@ -97,6 +105,8 @@ class Step(msgspec.Struct, frozen=True):
     output: Any = Any
     workers: int = 4
     capacity: int = 1000
+    gate: Gate | None = None
+    review: Gate | None = None
 
     def __post_init__(self) -> None:
         after: Any = self.after
@@ -134,6 +144,8 @@ class Pipeline:
             self.steps[item.name] = item
         if not self.steps:
             raise PipelineDefinitionError(f"pipeline {name!r} has no steps")
+        #: Steps that run only when a gate rejects: target -> (the gated step, the gate).
+        self.reject_targets: dict[str, tuple[str, str]] = {}
         for item in self.steps.values():
             self._check(item)
         self.order = self._topological_order()
@@ -171,6 +183,35 @@ class Pipeline:
         if isinstance(item.capacity, bool) or not isinstance(item.capacity, int) or item.capacity < 1:
             raise PipelineDefinitionError(
                 f"{where}: capacity must be a whole number >= 1, got {item.capacity!r}")
+        for option, gate, gate_name in (("gate", item.gate, item.name),
+                                        ("review", item.review, f"{item.name}/review")):
+            if gate is None:
+                continue
+            if not isinstance(gate, Gate):
+                raise PipelineDefinitionError(f"{where}: {option}= must be a roost.Gate, got {gate!r}")
+            gate.check(f"{where}, {option}")
+            self._check_on_reject(where, item.name, gate_name, gate.on_reject)
+
+    def _check_on_reject(self, where: str, step: str, gate: str, target: str | None) -> None:
+        if target is None:
+            return
+        if target not in self.steps or target == step:
+            raise PipelineDefinitionError(
+                f"{where}: on_reject={target!r} must name another step of the pipeline")
+        if target in self.reject_targets and self.reject_targets[target][1] != gate:
+            raise PipelineDefinitionError(
+                f"{where}: step {target!r} is already the on_reject step of gate "
+                f"{self.reject_targets[target][1]!r}; a step can answer one gate's rejection")
+        self.reject_targets[target] = (step, gate)
+
+    def needs(self, name: str) -> tuple[str, ...]:
+        """The steps `name` waits for: its `after`, and the step whose gate's rejection it
+        answers (an on_reject step)."""
+        step = self.steps[name]
+        source = self.reject_targets.get(name)
+        if source is None or source[0] in step.after:
+            return tuple(step.after)
+        return (*step.after, source[0])
 
     def _topological_order(self) -> list[str]:
         order: list[str] = []
@@ -184,7 +225,7 @@ class Pipeline:
                 raise PipelineDefinitionError(
                     f"pipeline {self.name!r}: step {name!r} is in a cycle: {cycle}")
             state[name] = 1
-            for dep in self.steps[name].after:
+            for dep in self.needs(name):
                 visit(dep, [*path, name])
             state[name] = 2
             order.append(name)

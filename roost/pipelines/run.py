@@ -28,11 +28,20 @@ import msgspec
 
 from roost._logging import get_logger
 from roost.actors.actor import Actor, Message
-from roost.errors import CheckpointCorrupt, StepFailed, StoreError
+from roost.errors import (
+    CheckpointCorrupt,
+    PermanentToolError,
+    RoostError,
+    StepFailed,
+    StoreError,
+    ToolOutcomeUnknown,
+)
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
-from roost.storage import Checkpoint, RunRecord, RunStatus, Update, checkpoint_key
+from roost.pipelines.gate import Gate, GateDecision
+from roost.storage import Checkpoint, GateRecord, Op, RunRecord, RunStatus, checkpoint_key
 from roost.tools.keys import derive_key, step_unit
 from roost.tools.retry import Retry, call_with_retry
+from roost.tools.spec import gate_passed
 from roost.trace import TraceContext, call_trace, handling, new_span_id, new_trace_id
 from roost.tracing.spans import SpanKind
 from roost.tracing.tracer import OpenSpan, Tracer, UsageTotals, usage_of
@@ -45,15 +54,17 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 
 class NeedsReview(msgspec.Struct, frozen=True, tag="needs_review"):
-    """A step result that ends the run in status `needs_review`, for a person to look at.
+    """A step result that asks a person: it opens the gate `<step>/review` and parks the run.
 
-    Steps after it do not run, not even after a crash or a resume: the step's
-    checkpoint and the run's status are stored in one write, and a run actor never
-    advances a run whose checkpoint holds a review. The results so far are kept
-    with the run.
+    `data` is the step's proposed result, shown to the person: approving makes it the
+    step's result, an edit replaces it, and a rejection ends the run `rejected` (or
+    runs the review gate's `on_reject` step). Steps after it do not run before the
+    decision, not even after a crash: the review and the run's `waiting` status are
+    stored in one write.
     """
 
     reason: str
+    data: Any = None
 
 
 class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
@@ -62,10 +73,13 @@ class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
     Attributes:
         results: each completed step's encoded result (decoded with `Step.output`).
         failures: optional steps that failed, with their error (read back as `StepFailure`).
-        reviews: steps that asked for a person, with the reason (read back as `NeedsReview`).
-        skipped: steps skipped by their condition.
+        reviews: steps that asked for a person and wait for the decision, with the reason.
+        skipped: steps skipped by their condition (or rejected at a gate).
         trace_id: the run's trace.
         usage: the tokens and cost recorded so far (with tracing on), over every resume.
+        review_data: the data each waiting review proposes as its step's result.
+        unknown: tool steps whose call's outcome is unknown, waiting at `<step>/outcome`.
+        gates: the gates the run has opened, in order (their records hold the decisions).
     """
 
     results: dict[str, msgspec.Raw]
@@ -74,6 +88,9 @@ class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
     skipped: list[str]
     trace_id: str
     usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
+    review_data: dict[str, msgspec.Raw] = {}
+    unknown: list[str] = []
+    gates: list[str] = []
 
 
 def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
@@ -95,7 +112,6 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
             raise CheckpointCorrupt(run_id, name, key, f"its stored result does not decode as "
                                     f"{getattr(output, '__name__', output)}: {error}") from error
     results.update((name, StepFailure(error)) for name, error in progress.failures.items())
-    results.update((name, NeedsReview(reason)) for name, reason in progress.reviews.items())
     return results
 
 
@@ -114,10 +130,20 @@ class _StepDone(Message, frozen=True):
     error: str | None = None
     seconds: float = 0.0
     attempts: int = 1
+    unknown: bool = False  # a tool step's call ended in ToolOutcomeUnknown (`error` says why)
 
 
 class CancelRun(Message, frozen=True):
     """Cancel the run: running steps are cancelled and the run ends `cancelled`."""
+
+
+class _Settle(Message, frozen=True):
+    """Nothing runs any more: park at the gates to open, or end the run with `status`."""
+
+    instance: int
+    status: str | None = None
+    error: str | None = None
+    step: str | None = None
 
 
 _PROGRESS_DECODER = msgspec.msgpack.Decoder(RunProgress)
@@ -164,6 +190,13 @@ class RunActor(Actor):
         self.encoded: dict[str, msgspec.Raw] = {}
         self.failures: dict[str, str] = {}
         self.reviews: dict[str, str] = {}
+        self.review_data: dict[str, msgspec.Raw] = {}
+        self.unknown: list[str] = []  # tool steps waiting at their outcome gate
+        self.gates: list[str] = []  # the gates opened so far
+        self.gate_records: dict[str, GateRecord] = {}  # as stored when this instance started
+        self.decisions: dict[str, GateDecision] = {}
+        self.to_open: dict[str, str] = {}  # gate name -> its step: opened once nothing runs
+        self.outcome_errors: dict[str, ToolOutcomeUnknown] = {}
         self.skipped: list[str] = []
         self.running: dict[str, asyncio.Task[None]] = {}
         self.trace_id = new_trace_id()
@@ -197,13 +230,13 @@ class RunActor(Actor):
             await self._ended(str(record.status), record.error, record.failed_step)
             return
         self._open_span()
-        if self.reviews:
-            # The checkpoint holds a step's review but the record says running (a crash
-            # between the two writes of a roost that made them separately): the run waits
-            # for a person; it must not go on to its next steps.
-            await self._finish("needs_review", error=next(iter(self.reviews.values())))
+        try:
+            ended = await self._apply_decisions()
+        except RoostError as error:  # a stored decision that cannot be applied
+            await self._finish("failed", error=str(error))
             return
-        self._advance()
+        if not ended:
+            self._advance()
 
     async def _load(self) -> RunRecord:
         """Load the input and the latest checkpoint (a resume goes on from there).
@@ -224,11 +257,19 @@ class RunActor(Actor):
             self.encoded = dict(progress.results)
             self.failures = dict(progress.failures)
             self.reviews = dict(progress.reviews)
+            self.review_data = dict(progress.review_data)
+            self.unknown = list(progress.unknown)
+            self.gates = list(progress.gates)
             self.results = decode_progress(progress, self.pipeline, self.pipelines.decoder,
                                            run_id=self.run_id,
                                            key=checkpoint_key(latest.run_id, latest.seq))
             _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
+        if self.gates:
+            gates = self.pipelines.gates
+            self.gate_records = {r.gate: r for r in await gates.store.of_run(self.run_id)}
+            self.decisions = {name: gates.decision_of(self.pipeline, r)
+                              for name, r in self.gate_records.items() if r.decision is not None}
         return record
 
     async def on_stop(self) -> None:
@@ -242,6 +283,8 @@ class RunActor(Actor):
         match message:
             case _StepDone():
                 await self._step_done(message)
+            case _Settle():
+                await self._settle(message)
             case CancelRun():
                 await self._finish("cancelled", error="cancelled")
         return None
@@ -252,15 +295,26 @@ class RunActor(Actor):
         """Start every ready step, skip the ones whose condition fails, or finish."""
         if self.finished:
             return
-        steps = self.pipeline.steps
+        pipeline = self.pipeline
+        steps = pipeline.steps
         settled = set(self.results) | set(self.skipped)
-        for name in self.pipeline.order:
-            if name in settled or name in self.running:
+        waiting = set(self.to_open.values())
+        for name in pipeline.order:
+            if name in settled or name in self.running or name in waiting:
                 continue
             step = steps[name]
-            if not all(dep in settled for dep in step.after):
+            if not all(dep in settled for dep in pipeline.needs(name)):
                 continue
-            if step.after and all(dep in self.skipped for dep in step.after):
+            if name in self.reviews or name in self.unknown:  # waits at its review/outcome
+                self.to_open[f"{name}/review" if name in self.reviews else f"{name}/outcome"] = name
+                continue
+            source = pipeline.reject_targets.get(name)
+            if source is not None:
+                decision = self.decisions.get(source[1])
+                if decision is None or decision.decision != "reject":
+                    self._skip(name, f"gate {source[1]!r} did not reject", settled)
+                    continue
+            elif step.after and all(dep in self.skipped for dep in step.after):
                 self._skip(name, "every step it comes after was skipped", settled)
                 continue
             if step.when is not None:
@@ -276,11 +330,59 @@ class RunActor(Actor):
                 if not wanted:
                     self._skip(name, "its condition is false", settled)
                     continue
+            passage = self._pass_gate(step, settled)
+            if passage == "stop":
+                return  # the run ends (said so in a message to itself)
+            if passage == "wait":
+                continue
             self._step_span(step)
             self.running[name] = asyncio.get_running_loop().create_task(self._run_step(step))
-        if not self.running and len(settled) == len(steps):
-            # Everything has settled: finish in receive, where state changes are serialized.
-            self.ctx.self_ref.tell(_StepDone(instance=id(self), step="", result=None))
+        if not self.running and (self.to_open or len(settled) == len(steps)):
+            # Park, or finish, in receive, where state changes are serialized.
+            self.ctx.self_ref.tell(_Settle(instance=id(self)))
+
+    def _gate_of(self, step: Step) -> Gate | None:
+        """The gate before `step`: its own, or (a tool step) its tool's."""
+        if step.gate is not None or step.tool is None:
+            return step.gate
+        registry = self.ctx.system.tools.registry
+        if step.tool not in registry.names():
+            return None  # the call will fail with UnknownTool
+        gate = registry.get(step.tool).gate
+        return gate if isinstance(gate, Gate) else None
+
+    def _pass_gate(self, step: Step, settled: set[str]) -> str:
+        """"run" when `step` may start: it has no gate, its gate's `when` is false, or a
+        person approved (or edited). "wait" when its gate is to open, or it was rejected
+        and skipped (an on_reject step answers). "stop" when the run ends: rejected, or
+        the gate's `when` raised."""
+        gate = self._gate_of(step)
+        if gate is None:
+            return "run"
+        decision = self.decisions.get(step.name)
+        if decision is None:
+            try:
+                opens = gate.when is None or bool(gate.when(self.results))
+            except Exception as error:
+                self._fail_soon(step.name, f"its gate's condition raised "
+                                           f"{type(error).__name__}: {error}")
+                return "stop"
+            if not opens:
+                return "run"
+            self.to_open[step.name] = step.name
+            return "wait"
+        if decision.decision != "reject":
+            return "run"
+        why = f"rejected at gate {step.name!r} by {decision.by}"
+        self._skip(step.name, why, settled)
+        if gate.on_reject is not None:
+            return "wait"
+        self.finished_soon("rejected", why, step.name)
+        return "stop"
+
+    def finished_soon(self, status: str, error: str, step: str | None) -> None:
+        """End the run with `status` in receive (from a synchronous part of scheduling)."""
+        self.ctx.self_ref.tell(_Settle(instance=id(self), status=status, error=error, step=step))
 
     def _skip(self, name: str, why: str, settled: set[str]) -> None:
         self.skipped.append(name)
@@ -312,6 +414,18 @@ class RunActor(Actor):
                 result = await self._attempts(step, step.worker or step.tool, None, None, attempts)
         except asyncio.CancelledError:
             raise
+        except ToolOutcomeUnknown as error:
+            if step.tool is None or step.map is not None:
+                result = await self._after_failure(step, error, attempts)
+                if isinstance(result, _StepDone):
+                    self.ctx.self_ref.tell(result)
+                    return
+            else:  # a person settles whether the tool's effect happened
+                self.outcome_errors[step.name] = error
+                self.ctx.self_ref.tell(_StepDone(instance=id(self), step=step.name,
+                                                 error=str(error), attempts=attempts[0],
+                                                 unknown=True))
+                return
         except Exception as error:
             result = await self._after_failure(step, error, attempts)
             if isinstance(result, _StepDone):
@@ -388,39 +502,60 @@ class RunActor(Actor):
         # The attempt's span sends the request (or makes the call): what happens for it is
         # recorded inside it.
         span_id = new_span_id() if span is None else span.span_id
+        edited = self._edited(step) if not fallback else None
         if isinstance(worker, str):  # a tool
             assert step.args is not None
-            arguments = dict(step.args(self.results, self.input if index is None else item))
+            if edited is not None:  # a person's edit replaces the arguments
+                arguments = dict(msgspec.to_builtins(edited))
+            else:
+                arguments = dict(step.args(self.results, self.input if index is None else item))
             # The one call of the step's unit of work: number 0, in every attempt and resume.
             key = derive_key(worker, step_unit(self.run_id, scope), 0)
             # Made as part of the run, not of whatever message this actor handles meanwhile.
             outside = handling.set(None)
             within = call_trace.set(TraceContext(self.trace_id, span_id, self.run_id))
+            # The step's gate (its own or its tool's) has been passed: the tool may run.
+            passed = gate_passed.set(worker if worker == step.tool else None)
             try:
                 return await self.ctx.system.tools.call(worker, key=key, **arguments)
             finally:
+                gate_passed.reset(passed)
                 call_trace.reset(within)
                 handling.reset(outside)
         pool = self.pipelines.worker_pool(self.pipeline, step, worker)
-        request = RunStep(run_id=self.run_id, step=step.name, input=self.input,
-                          results=dict(self.results), item=item, index=index, attempt=attempt)
+        request = RunStep(run_id=self.run_id, step=step.name,
+                          input=self.input if edited is None else edited,
+                          results=dict(self.results), item=item, index=index, attempt=attempt,
+                          decisions=dict(self.decisions))
         # `scope` makes the request the step's unit of work: the tool calls the worker
         # makes while handling it derive their keys from the run and the step.
         trace = TraceContext(self.trace_id, span_id, self.run_id, scope)
         return await pool.ask(request, timeout=step.timeout + 1.0, trace=trace)
+
+    def _edited(self, step: Step) -> Any:
+        """A person's edit at `step`'s gate (it replaces the step's request), or None."""
+        decision = self.decisions.get(step.name)
+        if decision is None or decision.decision != "edit":
+            return None
+        return decision.input
 
     # --- outcomes ---------------------------------------------------------------------
 
     async def _step_done(self, done: _StepDone) -> None:
         if self.finished or done.instance != id(self):
             return  # a step of the instance before a restart: this one runs it again
-        if not done.step:  # every step has settled
-            await self._finish("completed")
-            return
         self.running.pop(done.step, None)
         span = self.step_spans.get(done.step)
         if span is not None:
             span.attributes["step.attempts"] = done.attempts
+        if done.unknown:  # its outcome gate opens once nothing else runs
+            self.unknown.append(done.step)
+            if span is not None:
+                span.attributes["step.outcome"] = "outcome_unknown"
+                span.fail(self.outcome_errors[done.step])
+                self.step_spans.pop(done.step).end()
+            self._advance()
+            return
         if done.error is not None:  # its span has the error already
             if span is not None:
                 self.step_spans.pop(done.step).end()
@@ -430,6 +565,16 @@ class RunActor(Actor):
         if isinstance(result, StepFailure):
             self.failures[done.step] = result.error
         elif isinstance(result, NeedsReview):
+            try:
+                self.review_data[done.step] = msgspec.Raw(_ENCODER.encode(result.data))
+            except (TypeError, msgspec.EncodeError) as error:
+                if span is not None:
+                    span.fail(error)
+                    self.step_spans.pop(done.step).end()
+                await self._finish("failed", failed_step=done.step, error=(
+                    f"its review's data ({type(result.data).__name__}) cannot be stored: "
+                    f"{error}; pass a msgspec.Struct or plain data"))
+                return
             self.reviews[done.step] = result.reason
         else:
             try:
@@ -445,14 +590,14 @@ class RunActor(Actor):
                 return
         self.pipelines.record_timing(self.pipeline.name, StepTiming(done.step, done.seconds,
                                                                     done.attempts))
-        self.results[done.step] = result
         if span is not None:
             self._settle_span(span, done.step, result)
         if isinstance(result, NeedsReview):
-            # The review and the status in one write: no crash can leave a run whose
-            # checkpoint holds a review stored as `running`, free to go on by itself.
-            await self._finish("needs_review", error=result.reason, checkpoint=done.step)
+            # Its gate opens (with the run's `waiting` status, in one write) once the
+            # steps still running have settled: their results are kept too.
+            self._advance()
             return
+        self.results[done.step] = result
         try:
             await self._checkpoint(done.step,
                                    self.pipelines.runs.change(self.run_id, last_step=done.step))
@@ -461,11 +606,148 @@ class RunActor(Actor):
             return
         self._advance()
 
-    async def _checkpoint(self, step: str, change: Update) -> None:
-        """Save the run's progress after `step` and `change` its record, in one store write."""
+    async def _settle(self, settle: _Settle) -> None:
+        """Nothing runs: end the run as `settle` says, park it at its gates, or complete it."""
+        if self.finished or settle.instance != id(self) or self.running:
+            return
+        if settle.status is not None:
+            await self._finish(settle.status, error=settle.error)
+        elif self.to_open:
+            await self._park()
+        else:
+            await self._finish("completed")
+
+    async def _park(self) -> None:
+        """Open the gates in `to_open` and stop: the checkpoint, the gate records and the run's
+        `waiting` status in one write. The run then holds no actor, task or timer."""
+        gates = self.pipelines.gates
+        try:
+            records = [self._gate_record(name, step) for name, step in self.to_open.items()]
+        except Exception as error:  # a gate's reason or show function raised
+            await self._finish("failed", failed_step=next(iter(self.to_open.values())),
+                               error=f"its gate could not open: {type(error).__name__}: {error}")
+            return
+        self.gates.extend(name for name in self.to_open if name not in self.gates)
+        reason = "; ".join(f"{r.gate}: {r.reason}" for r in records)
+        ops: list[Op] = [op for record in records for op in gates.store.open_ops(record)]
+        try:
+            await self._checkpoint(f"gate:{','.join(self.to_open)}", self.pipelines.runs.change(
+                self.run_id, status=RunStatus.WAITING, error=reason), *ops)
+        except StoreError as error:
+            await self._pause(error)
+            return
+        if self.span is not None:
+            for record in records:
+                self.span.event("gate_opened", gate=record.gate, reason=record.reason,
+                                assignees=list(record.assignees))
+        fresh = [r for r in records if self.gate_records.get(r.gate) is None
+                 or self.gate_records[r.gate].status != "pending"]
+        _log.info("run_waiting", run_id=self.run_id, pipeline=self.pipeline.name,
+                  gates=list(self.to_open))
+        gates.opened(fresh)
+        await self._ended("waiting", reason, None)
+
+    def _gate_record(self, name: str, step_name: str) -> GateRecord:
+        """The record of gate `name` (before `step_name`, or its review or outcome gate)."""
+        step = self.pipeline.steps[step_name]
+        gates = self.pipelines.gates
+        if name.endswith("/review"):
+            gate = step.review or Gate()
+            proposed = self.review_data.get(step_name)  # none in a checkpoint of an older roost
+            shown = None if proposed is None else self.pipelines.decoder(Any).decode(proposed)
+            return gates.new_record(self.pipeline, self.run_id, name, step_name, "review", gate,
+                                    reason=self.reviews[step_name], shown=shown,
+                                    input_type=gate.input_type if gate.input_type is not None
+                                    else step.output)
+        if name.endswith("/outcome"):
+            error = self.outcome_errors.get(step_name)
+            assert step.tool is not None and step.args is not None
+            key = derive_key(step.tool, step_unit(self.run_id, step_name), 0)
+            reason = (str(error) if error is not None else
+                      f"the outcome of tool {step.tool!r} (key {key!r}) is unknown")
+            shown = {"tool": step.tool, "key": key,
+                     "arguments": dict(step.args(self.results, self.input))}
+            return gates.new_record(self.pipeline, self.run_id, name, step_name, "outcome",
+                                    Gate(), reason=reason, shown=shown, input_type=step.output,
+                                    tool=step.tool, key=key)
+        declared = self._gate_of(step)
+        assert declared is not None
+        gate = declared
+        reason = gate.reason(self.results) if callable(gate.reason) else gate.reason
+        if gate.show is not None:
+            shown = gate.show(self.results, self.input)
+        elif step.tool is not None and step.args is not None:
+            shown = {"arguments": dict(step.args(self.results, self.input))}
+        else:
+            shown = {dep: self.results[dep] for dep in step.after if dep in self.results}
+        return gates.new_record(self.pipeline, self.run_id, name, step_name, "step", gate,
+                                reason=str(reason), shown=shown, input_type=gate.input_type)
+
+    async def _apply_decisions(self) -> bool:
+        """Apply the decisions made at review and outcome gates since the run parked;
+        True if one ended the run. (A step's own gate is applied when the step is due.)"""
+        for step_name in list(self.reviews):
+            decision = self.decisions.get(f"{step_name}/review")
+            if decision is None:
+                continue
+            del self.reviews[step_name]
+            proposed = self.review_data.pop(step_name, None)
+            step = self.pipeline.steps[step_name]
+            if decision.decision == "reject":
+                why = f"rejected at gate {step_name + '/review'!r} by {decision.by}"
+                self.skipped.append(step_name)
+                if step.review is None or step.review.on_reject is None:
+                    await self._finish("rejected", error=why)
+                    return True
+                continue
+            if decision.decision == "edit":
+                result = decision.input
+                self.encoded[step_name] = msgspec.Raw(_ENCODER.encode(result))
+            else:
+                raw = proposed if proposed is not None else msgspec.Raw(_ENCODER.encode(None))
+                result = self.pipelines.decoder(step.output).decode(raw)
+                self.encoded[step_name] = raw
+            self.results[step_name] = result
+        for step_name in list(self.unknown):
+            decision = self.decisions.get(f"{step_name}/outcome")
+            if decision is None:
+                continue
+            if await self._settle_outcome(step_name, decision):
+                return True
+        return False
+
+    async def _settle_outcome(self, step_name: str, decision: GateDecision) -> bool:
+        """A person said whether a tool step's effect happened; True if that ends the run."""
+        step = self.pipeline.steps[step_name]
+        assert step.tool is not None
+        key = derive_key(step.tool, step_unit(self.run_id, step_name), 0)
+        tools = self.ctx.system.tools
+        self.unknown.remove(step_name)
+        if decision.decision == "done":
+            encoded = _ENCODER.encode(decision.input)
+            await tools.settle_unknown(step.tool, key, done=True, result=encoded)
+            self.encoded[step_name] = msgspec.Raw(encoded)
+            self.results[step_name] = decision.input
+            return False
+        if decision.decision == "not_done":  # the step runs again, under the same key
+            await tools.settle_unknown(step.tool, key, done=False)
+            return False
+        error = f"abandoned by {decision.by}: the outcome of tool {step.tool!r} was unknown"
+        await tools.settle_unknown(step.tool, key, done=False,
+                                   error=PermanentToolError(error))
+        if step.optional:
+            self.failures[step_name] = error
+            self.results[step_name] = StepFailure(error)
+            return False
+        await self._finish("failed", error=error, failed_step=step_name)
+        return True
+
+    async def _checkpoint(self, step: str, change: Op, *more: Op) -> None:
+        """Save the run's progress after `step` and `change` its record (and apply `more`),
+        in one store write."""
         state = self._progress()
         saved = await self.pipelines.checkpoints.save(
-            self.run_id, step=step, actor_path=self.ctx.path, state=state, also=[change])
+            self.run_id, step=step, actor_path=self.ctx.path, state=state, also=[change, *more])
         if self.span is not None:
             self.span.event("checkpoint", step=step, seq=saved.seq, bytes=len(state))
 
@@ -483,12 +765,11 @@ class RunActor(Actor):
         await self.ctx.stop()
 
     async def _finish(self, status: str, *, error: str | None = None,
-                      failed_step: str | None = None, checkpoint: str | None = None) -> None:
+                      failed_step: str | None = None) -> None:
         """End the run: store its status, then report the end and stop.
 
-        Args:
-            checkpoint: the step just completed, whose checkpoint is saved in the same
-                write as the status (None: the status alone).
+        A run that went through gates also saves its final progress with the status
+        (decisions may have settled steps since its last checkpoint).
         """
         self.finished = True
         for task in self.running.values():
@@ -496,13 +777,13 @@ class RunActor(Actor):
         runs = self.pipelines.runs
         result = _ENCODER.encode(self.encoded)
         try:
-            if checkpoint is None:
+            if not self.gates:
                 await runs.update(self.run_id, status=status, error=error, result=result,
                                   failed_step=failed_step)
             else:
-                await self._checkpoint(checkpoint, runs.change(
+                await self._checkpoint(f"end:{status}", runs.change(
                     self.run_id, status=status, error=error, result=result,
-                    failed_step=failed_step, last_step=checkpoint))
+                    failed_step=failed_step))
         except StoreError as store_error:
             await self._pause(store_error)
             return
@@ -518,13 +799,15 @@ class RunActor(Actor):
             self.run_id, failed_step or "unknown", error or "failed")
         self._close_span(status, error=failure, failed_step=failed_step)
         self.pipelines.finished(self.run_id, status, dict(self.results), error, failed_step,
-                                usage=usage)
+                                usage=usage,
+                                waiting_at=list(self.to_open) if status == "waiting" else None)
         await self.ctx.stop()
 
     def _progress(self) -> bytes:
         return _ENCODER.encode(RunProgress(
             results=self.encoded, failures=self.failures, reviews=self.reviews,
-            skipped=self.skipped, trace_id=self.trace_id, usage=self._usage()))
+            skipped=self.skipped, trace_id=self.trace_id, usage=self._usage(),
+            review_data=self.review_data, unknown=self.unknown, gates=self.gates))
 
     def _usage(self) -> UsageTotals:
         """The run's tokens and cost so far: the checkpoint's, plus this instance's."""

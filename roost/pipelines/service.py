@@ -6,8 +6,9 @@ the runs at shutdown and a run interrupted by shutdown stays `running`). Every
 run has a record in the store; a run still `running` when its process died is
 listed by `interrupted()` and goes on from its last completed step with
 `resume(run_id)` (or automatically, when its pipeline is registered with
-`resume=True`). A run that waits for a person (`needs_review`) never goes on:
-resuming it runs nothing and reports its `needs_review` outcome.
+`resume=True`). A run that reaches a gate parks as `waiting` (no actor, no task)
+until a person decides (`system.gates`, see `gates`); then it is `queued` and resumes
+from the gate like any interrupted run.
 
 At most `max_active_runs` runs are in flight; a run started past that is stored as
 `queued` and starts when a slot frees (see `admission`), also after a restart."""
@@ -15,6 +16,7 @@ At most `max_active_runs` runs are in flight; a run started past that is stored 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import secrets
 import time
@@ -37,6 +39,7 @@ from roost.errors import (
 )
 from roost.pipelines.admission import Admission
 from roost.pipelines.definition import Pipeline, Step
+from roost.pipelines.gates import Gates
 from roost.pipelines.run import (
     CancelRun,
     RunActor,
@@ -56,7 +59,7 @@ _ENCODER = msgspec.msgpack.Encoder()
 TIMINGS_KEPT = 10_000
 _RESULTS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 #: Statuses of runs that can never go on: their checkpoints may be pruned.
-_ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+_ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REJECTED)
 
 
 def new_run_id() -> str:
@@ -68,9 +71,9 @@ def new_run_id() -> str:
 
 
 class RunOutcome(msgspec.Struct, frozen=True):
-    """How a run ended: its status, the results by step, why it did not complete, and the
-    tokens and cost its steps and tools reported (recorded with tracing on), over every
-    resume."""
+    """How a run ended (or parked): its status, the results by step, why it did not
+    complete, the tokens and cost its steps and tools reported (recorded with tracing
+    on) over every resume, and for a `waiting` run the gates it waits at."""
 
     run_id: str
     status: str
@@ -78,6 +81,7 @@ class RunOutcome(msgspec.Struct, frozen=True):
     error: str | None = None
     failed_step: str | None = None
     usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
+    waiting_at: list[str] = msgspec.field(default_factory=list)
 
 
 class RunHandle:
@@ -90,18 +94,20 @@ class RunHandle:
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"
 
-    async def result(self) -> RunOutcome:
+    async def result(self, *, through_gates: bool = False) -> RunOutcome:
         """Wait for the run to end and return its outcome.
 
-        A run that waits for a person ends with an outcome of status `needs_review`,
-        the reason in `error`.
+        A run that parks at a gate gives an outcome of status `waiting` (the gates in
+        `waiting_at`, their reasons in `error`), unless `through_gates`: then this waits
+        on until the run ends after the decisions (it must resume in this process).
+        A run rejected at a gate gives status `rejected`.
 
         Raises:
             StepFailed: a step failed (after retries and fallback) and was not optional.
             RunCancelled: the run was cancelled.
             RunInterrupted: the run's actor stopped before the run ended (it can be resumed).
         """
-        outcome = await self._pipelines.outcome(self.run_id)
+        outcome = await self._pipelines.outcome(self.run_id, through_gates=through_gates)
         if outcome.status == "failed":
             raise StepFailed(self.run_id, outcome.failed_step or "unknown", outcome.error or "failed")
         if outcome.status == "cancelled":
@@ -129,12 +135,14 @@ class Pipelines:
     def __init__(self, system: Any, *, max_active_runs: int = 1000) -> None:
         self.system = system
         self.admission = Admission(max_active_runs)
+        self.gates = Gates(self)
         # Why runs paused in this process (a store that could not write), for outcome().
         self._paused: dict[str, StoreError] = {}
         self._registered: dict[str, Pipeline] = {}
         self._root: asyncio.Future[ActorRef] | None = None
         self._pools: dict[tuple[str, str, str], ActorRef] = {}
         self._waiters: dict[str, list[asyncio.Future[RunOutcome]]] = defaultdict(list)
+        self._through_gates: set[asyncio.Future[RunOutcome]] = set()  # not woken by parking
         self._live: set[str] = set()
         self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
         #: The most recent step timings per pipeline (bounded), for summaries and metrics.
@@ -184,10 +192,15 @@ class Pipelines:
             raise ConfigurationError(
                 f"a different pipeline named {pipeline.name!r} is already registered")
         self._registered[pipeline.name] = pipeline
+        self.gates.start_timer()
         if not resume:
             return []
         return [await self.resume(r.run_id) for r in await self.interrupted()
                 if r.pipeline == pipeline.name]
+
+    def registered(self, name: str) -> Pipeline | None:
+        """The pipeline registered here under `name`, if any."""
+        return self._registered.get(name)
 
     async def _runs_supervisor(self) -> ActorRef:
         """`/pipelines/runs`, started once; `/pipelines/workers` starts first, so it stops last."""
@@ -269,12 +282,8 @@ class Pipelines:
     async def resume(self, run_id: str) -> RunHandle:
         """Continue a run from its last completed step (a no-op for a live or ended run).
 
-        A run that waits for a person is not continued: for one stored as
-        `needs_review` this does nothing, and for one whose checkpoint holds a step's
-        review while its record says `running` (left so by a crash of an older roost)
-        the run's actor stores it as `needs_review` without running a step. Either
-        way the handle's `result()` is the `needs_review` outcome, with the reason in
-        `error`.
+        A run `waiting` at a gate is not continued until a person decides
+        (`system.gates.decide`, which resumes it).
 
         Raises:
             RunNotFound: no such run.
@@ -400,24 +409,40 @@ class Pipelines:
         return await self.runs.list(status=status)
 
     async def cancel(self, run_id: str) -> None:
-        """Cancel a live or queued run and wait for it to end."""
+        """Cancel a live, queued or waiting run and wait for it to end; a waiting run's
+        gates close (they can no longer be decided)."""
         if self.admission.leave(run_id):
             await self.runs.update(run_id, status=RunStatus.CANCELLED, error="cancelled")
             self.finished(run_id, "cancelled", {}, "cancelled", None)
             return
         if run_id not in self._live:
-            await self.runs.get(run_id)  # raises RunNotFound for an unknown run
+            record = await self.runs.get(run_id)  # raises RunNotFound for an unknown run
+            if record.status in (RunStatus.WAITING, RunStatus.QUEUED):
+                await self._cancel_parked(run_id)
             return  # it has ended already
         waiter = self._wait(run_id)
         self.system.lookup(f"/pipelines/runs/{run_id}").tell(CancelRun())
         with contextlib.suppress(RunInterrupted):
             await waiter
 
-    async def outcome(self, run_id: str) -> RunOutcome:
-        """Wait until the run ends (at once if it has) and return its outcome."""
+    async def _cancel_parked(self, run_id: str) -> None:
+        """Cancel a run that is not live here (waiting at gates, or decided and not yet
+        resumed): its status and its gates' closing in one write."""
+        gates = self.gates.store
+        closing = gates.close_ops(await gates.of_run(run_id), "the run was cancelled")
+
+        change = self.runs.change(run_id, status=RunStatus.CANCELLED, error="cancelled")
+        await self.system.store.commit([change, *closing])
+        self.finished(run_id, "cancelled", {}, "cancelled", None)
+
+    async def outcome(self, run_id: str, *, through_gates: bool = False) -> RunOutcome:
+        """Wait until the run ends (at once if it has) and return its outcome; a run parked
+        at a gate gives its `waiting` outcome, unless `through_gates`."""
         if run_id in self._live or self.admission.is_waiting(run_id):
-            return await self._wait(run_id)
+            return await self._wait(run_id, through_gates=through_gates)
         record = await self.runs.get(run_id)
+        if through_gates and record.status == RunStatus.WAITING:
+            return await self._wait(run_id, through_gates=True)
         if record.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.SUSPENDED):
             if run_id in self._paused:  # paused here: say why, as its waiters heard
                 raise RunInterrupted(run_id, self._paused[run_id])
@@ -431,22 +456,37 @@ class Pipelines:
             progress = RunProgress(results=_RESULTS.decode(record.result or b"\x80"), failures={},
                                    reviews={}, skipped=[], trace_id="")
         results = decode_progress(progress, pipeline, self.decoder, run_id=run_id)
+        waiting_at = []
+        if record.status == RunStatus.WAITING:
+            waiting_at = [r.gate for r in await self.gates.store.of_run(run_id)
+                          if r.status == "pending"]
         return RunOutcome(run_id, str(record.status), results, record.error, record.failed_step,
-                          progress.usage)
+                          progress.usage, waiting_at)
 
-    def _wait(self, run_id: str) -> asyncio.Future[RunOutcome]:
+    def _wait(self, run_id: str, *, through_gates: bool = False) -> asyncio.Future[RunOutcome]:
         future: asyncio.Future[RunOutcome] = self.system.loop.create_future()
         self._waiters[run_id].append(future)
+        if through_gates:
+            self._through_gates.add(future)
+            future.add_done_callback(self._through_gates.discard)
         return future
 
     def finished(self, run_id: str, status: str, results: dict[str, Any], error: str | None,
-                 failed_step: str | None, *, usage: UsageTotals | None = None) -> None:
-        """Called by the run's actor when it ends: free its slot, wake everyone waiting."""
+                 failed_step: str | None, *, usage: UsageTotals | None = None,
+                 waiting_at: builtins.list[str] | None = None) -> None:
+        """Called by the run's actor when it ends or parks at gates (`waiting`): free its
+        slot, wake everyone waiting (for a parked run, all but those waiting through gates)."""
         self._live.discard(run_id)
         self._slot_freed(run_id)
         outcome = RunOutcome(run_id, status, results, error, failed_step,
-                             UsageTotals() if usage is None else usage)
-        for future in self._waiters.pop(run_id, []):
+                             UsageTotals() if usage is None else usage, waiting_at or [])
+        waiters = self._waiters.pop(run_id, [])
+        if status == RunStatus.WAITING:
+            kept = [future for future in waiters if future in self._through_gates]
+            if kept:
+                self._waiters[run_id] = kept
+            waiters = [future for future in waiters if future not in self._through_gates]
+        for future in waiters:
             if not future.done():
                 future.set_result(outcome)
 

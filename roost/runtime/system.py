@@ -154,6 +154,8 @@ class ActorSystem:
                              else LoopMonitor(threshold=loop_lag_threshold))
         self.tools = Tools(clock, self.tracer)
         self.pipelines = Pipelines(self, max_active_runs=max_active_runs)
+        #: The runs waiting at gates for people: decide, query, notify (`roost.pipelines.gates`).
+        self.gates = self.pipelines.gates
         self._http: aiohttp.ClientSession | None = None
         self.clock = clock
         self.rand = rand
@@ -193,6 +195,7 @@ class ActorSystem:
         if self.store is not None:
             self.engine.own(self.loop.create_task(self._prune_ledger()))
             self.engine.own(self.loop.create_task(self._sweep_ended_runs()))
+            self.gates.start_timer()  # deadlines that passed while no process ran fire now
         _log.info("system_started", system=self.name, store=str(self.store_path))
         return self
 

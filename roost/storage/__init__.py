@@ -1,4 +1,5 @@
-"""roost's durable store: LMDB with group commit, checkpoints and run records."""
+"""roost's durable store: LMDB with group commit, checkpoints, run records, the tool ledger
+and gates."""
 
 from roost.storage.checkpoints import (
     Checkpoint,
@@ -9,6 +10,7 @@ from roost.storage.checkpoints import (
     encode_state,
 )
 from roost.storage.codecs import Record, RecordCodec
+from roost.storage.gates import GateEvent, GateRecord, GateStore, TimeoutStep
 from roost.storage.ledger import Claim, Ledger, LedgerEntry
 from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
 from roost.storage.runs import RunRecord, RunStatus, RunStore
@@ -22,6 +24,9 @@ __all__ = [
     "Claim",
     "Delete",
     "Durability",
+    "GateEvent",
+    "GateRecord",
+    "GateStore",
     "Insert",
     "Ledger",
     "LedgerEntry",
@@ -36,6 +41,7 @@ __all__ = [
     "Store",
     "StoreOpening",
     "StoreStatistics",
+    "TimeoutStep",
     "Update",
     "checkpoint_key",
     "decode_state",

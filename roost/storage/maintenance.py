@@ -20,6 +20,7 @@ from roost.errors import StoreError, StoreUnavailable
 from roost.storage._integrity import record_id
 from roost.storage.checkpoints import Checkpoint
 from roost.storage.codecs import RecordCodec
+from roost.storage.gates import decode_gate
 from roost.storage.ledger import LedgerEntry
 from roost.storage.ops import DATABASES
 from roost.storage.runs import RunRecord
@@ -68,6 +69,7 @@ _DECODERS: dict[str, Callable[[bytes, bytes], Any]] = {
     "checkpoints": _checkpoint,
     "runs": _run,
     "ledger": RecordCodec(LedgerEntry).decode,
+    "gates": decode_gate,
 }
 
 

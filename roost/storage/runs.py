@@ -25,10 +25,12 @@ class RunStatus(enum.StrEnum):
     QUEUED = "queued"  # accepted, waiting for a slot (see ActorSystem(max_active_runs=...))
     RUNNING = "running"
     SUSPENDED = "suspended"
-    NEEDS_REVIEW = "needs_review"
+    WAITING = "waiting"  # parked at a gate for a person's decision (no actor, no task)
+    NEEDS_REVIEW = "needs_review"  # ended waiting for a person (stores of roost before gates)
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    REJECTED = "rejected"  # a person (or a gate's timeout) rejected it at a gate
 
 
 class RunRecord(Record, tag="run", frozen=True, kw_only=True, gc=False):
@@ -167,6 +169,23 @@ class RunStore:
             return _CODEC.encode(msgspec.structs.replace(_CODEC.decode(key, current), **changes))
 
         return Update(_DB, key, update)
+
+    def wake(self, run_id: str) -> Update:
+        """The write that makes a run `waiting` at a gate `queued` (a decision was made), to
+        commit with the decision; a run in any other status is left as it is."""
+        key = self._key(run_id)
+        now = self._clock()
+
+        def wake(current: bytes | None) -> bytes:
+            if current is None:
+                raise RunNotFound(run_id)
+            record = _CODEC.decode(key, current)
+            if record.status != RunStatus.WAITING:
+                return current
+            return _CODEC.encode(msgspec.structs.replace(
+                record, status=RunStatus.QUEUED, error=None, updated_at=now))
+
+        return Update(_DB, key, wake)
 
     async def list(self, status: RunStatus | str | None = None) -> builtins.list[RunRecord]:
         """Every run record in run id order, or only those with `status`.

@@ -26,7 +26,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from roost._logging import get_logger
-from roost.errors import ConfigurationError, SystemNotRunning, ToolBusy, ToolUnavailable
+from roost.errors import (
+    ConfigurationError,
+    SystemNotRunning,
+    ToolBusy,
+    ToolGated,
+    ToolUnavailable,
+)
 from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, BreakerView
 from roost.tools.keys import (
@@ -38,7 +44,7 @@ from roost.tools.keys import (
     step_unit,
 )
 from roost.tools.proxy import Call, ToolState, ToolStatistics
-from roost.tools.spec import ToolRegistry, ToolSpec
+from roost.tools.spec import ToolRegistry, ToolSpec, gate_passed
 from roost.trace import TraceContext, call_trace, handling
 from roost.tracing.spans import SpanKind
 from roost.tracing.tracer import OpenSpan, Tracer, usage_of
@@ -123,6 +129,7 @@ class Tools:
 
         Raises:
             UnknownTool: no tool is registered under `name`.
+            ToolGated: the tool is guarded by a gate: call it as a pipeline step.
             ToolArgumentsInvalid: the key is not a valid key, or the arguments do
                 not fit the tool's signature or annotations, or cannot be hashed
                 into a fingerprint.
@@ -145,6 +152,8 @@ class Tools:
         if proxy is None:
             raise SystemNotRunning(f"call tool {name!r}")
         spec = self.registry.get(name)
+        if spec.gate is not None and gate_passed.get() != spec.name:
+            raise ToolGated(spec.name)
         if key is not None:
             key = check_key(spec.name, key)
         bound = spec.bind(arguments)
@@ -236,6 +245,26 @@ class Tools:
         since the breaker only guards a real execution."""
         ledger = self._ledger
         return ledger is not None and await ledger.get(spec.name, key) is not None
+
+    async def settle_unknown(self, name: str, key: str, *, done: bool, result: bytes | None = None,
+                             error: BaseException | None = None) -> None:
+        """Settle a call whose outcome was unknown, as a person found it: `done` records
+        `result` (msgpack bytes) for the key; not done with `error` fails the key for good;
+        not done without one forgets the key, so the next call with it runs the tool. A key
+        no longer in flight (settled meanwhile, e.g. by a second decision) is left as it is.
+        """
+        ledger = self._ledger
+        if ledger is None:
+            raise SystemNotRunning(f"settle a call of tool {name!r}")
+        entry = await ledger.get(name, key)
+        if entry is None or entry.status != "in_flight":
+            return
+        if done:
+            await ledger.complete(entry, result if result is not None else b"\xc0")
+        elif error is not None:
+            await ledger.fail(entry, error)
+        else:
+            await ledger.release(entry)
 
     def statistics(self) -> ToolStatistics:
         """Counts of calls, dedup hits, joins, retries, breaker trips, rejections, fallbacks."""

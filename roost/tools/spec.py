@@ -20,6 +20,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar, overload
 
 import msgspec
@@ -112,6 +113,9 @@ class ToolSpec:
         key_param: Name of a keyword parameter of `fn` through which the proxy
             passes the idempotency key (e.g. to send it to a remote API);
             callers do not pass it.
+        gate: A `roost.Gate` for an irreversible tool: a pipeline step calling
+            it waits for a person first (unless the step declares its own gate),
+            and a direct call, which no gate guards, is refused with ToolGated.
         signature: Derived: the signature callers' arguments must fit (without
             `key_param`). Arguments are also checked against its annotations
             (see `bind`).
@@ -132,6 +136,7 @@ class ToolSpec:
     verify: Verify | None = None
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     key_param: str | None = None
+    gate: Any = None  # a roost.Gate (pipelines sit above tools: not imported here)
     signature: inspect.Signature = dataclasses.field(init=False, repr=False, compare=False)
     retry_policy: Retry = dataclasses.field(init=False, repr=False, compare=False)
     _plain: tuple[frozenset[str], frozenset[str], dict[str, Any]] | None = dataclasses.field(
@@ -154,6 +159,8 @@ class ToolSpec:
             raise _invalid(name, "breaker", self.breaker, "use roost.Breaker(...) or None")
         if self.retry is not None and not isinstance(self.retry, Retry):
             raise _invalid(name, "retry", self.retry, "use roost.Retry(...) or None")
+        if self.gate is not None and not callable(getattr(self.gate, "check", None)):
+            raise _invalid(name, "gate", self.gate, "use roost.Gate(...) or None")
         if self.timeout is not None and not (is_number(self.timeout) and self.timeout > 0):
             raise _invalid(name, "timeout", self.timeout, "use a positive number of seconds")
         if self.timeout is not None and self.retry is not None and (
@@ -289,6 +296,10 @@ class ToolSpec:
         return self.fn(**arguments, **{self.key_param: key})
 
 
+#: The gated tool a pipeline step may call now, its gate having been passed (set by the
+#: run actor around the call; a direct call of a gated tool sees another value).
+gate_passed: ContextVar[str | None] = ContextVar("roost_gate_passed", default=None)
+
 _OPTIONS: Final = frozenset(
     field.name for field in dataclasses.fields(ToolSpec) if field.init
 ) - {"name", "fn"}
@@ -313,6 +324,7 @@ def tool(
     verify: Verify | None = None,
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     key_param: str | None = None,
+    gate: Any = None,
 ) -> Callable[[F], F]: ...
 
 

@@ -4,9 +4,9 @@
 odd-numbered runs for review, and kills itself right after each store write
 that saved a review checkpoint: the point where a roost that stored the review
 and the run's status separately had only the review. After each kill every run
-whose checkpoint holds a review must be stored `needs_review`, and the next
+whose checkpoint holds a review must be stored `waiting` (parked at its review gate), and the next
 process (`resume`) must not run such a run on. In the end the reviewed runs are
-`needs_review` with no reply sent, and the others `completed` with one reply each.
+`waiting` with no reply sent, and the others `completed` with one reply each.
 (Reviews committed in one batch die together, so a process per reviewed run at most.)
 """
 
@@ -50,7 +50,7 @@ async def stored(folder: Path) -> dict[str, tuple[RunStatus, dict[str, str]]]:
         return runs
 
 
-def test_a_run_killed_right_after_its_review_is_saved_stays_needs_review_and_sends_nothing(
+def test_a_run_killed_right_after_its_review_is_saved_stays_waiting_and_sends_nothing(
         tmp_path: Path) -> None:
     killed_after: list[str] = []
     process = run("start", tmp_path)
@@ -63,7 +63,7 @@ def test_a_run_killed_right_after_its_review_is_saved_stays_needs_review_and_sen
         assert set(runs) == set(RUN_IDS)
         for run_id, (status, reviews) in runs.items():
             if reviews:
-                assert status == RunStatus.NEEDS_REVIEW, (
+                assert status == RunStatus.WAITING, (
                     f"{run_id} holds a review in its checkpoint but is stored {status} "
                     f"(killed after the review of {killed_after[-1]})")
         process = run("resume", tmp_path)
@@ -73,7 +73,7 @@ def test_a_run_killed_right_after_its_review_is_saved_stays_needs_review_and_sen
     assert killed_after and set(killed_after) <= REVIEWED, killed_after
     final = anyio.run(stored, tmp_path)
     assert {run_id: status for run_id, (status, _) in final.items()} == {
-        run_id: RunStatus.NEEDS_REVIEW if run_id in REVIEWED else RunStatus.COMPLETED
+        run_id: RunStatus.WAITING if run_id in REVIEWED else RunStatus.COMPLETED
         for run_id in RUN_IDS}
     effects = Counter((tmp_path / "effects").read_text().split("\n")[:-1])
     assert effects == Counter(f"{run_id} send" for run_id in RUN_IDS if run_id not in REVIEWED)

@@ -627,11 +627,11 @@ async def test_a_step_whose_result_cannot_be_checkpointed_fails_the_run_once(
 # --- review and cancel ----------------------------------------------------------------
 
 
-async def test_a_step_returning_needs_review_ends_the_run_for_review(
+async def test_a_step_returning_needs_review_parks_the_run_at_its_review_gate(
         system: roost.ActorSystem, board: Board) -> None:
     @board.on("check")
     async def check(request: RunStep) -> Any:
-        return NeedsReview("confidence 0.4 is below 0.8")
+        return NeedsReview("confidence 0.4 is below 0.8", data={"reply": "hello"})
 
     pipeline = Pipeline("review", [
         Step("draft", Worker),
@@ -641,17 +641,18 @@ async def test_a_step_returning_needs_review_ends_the_run_for_review(
     run = await system.pipelines.start(pipeline, run_id="run-1")
     outcome = await run.result()
 
-    assert outcome.status == "needs_review"
-    assert outcome.error == "confidence 0.4 is below 0.8"
-    assert outcome.results == {"draft": "draft:done",
-                               "check": NeedsReview("confidence 0.4 is below 0.8")}
+    assert outcome.status == "waiting"
+    assert outcome.waiting_at == ["check/review"]
+    assert outcome.error == "check/review: confidence 0.4 is below 0.8"
+    assert outcome.results == {"draft": "draft:done"}
     assert board.steps_run() == ["draft", "check"]
-    record = await system.pipelines.runs.get("run-1")
-    assert (record.status, record.last_step) == ("needs_review", "check")
-    assert await run.status() == "needs_review"
+    assert await run.status() == "waiting"
+    gate = await system.gates.get("run-1", "check/review")
+    assert (gate.status, gate.reason, msgspec.json.decode(gate.shown)) == (
+        "pending", "confidence 0.4 is below 0.8", {"reply": "hello"})
 
 
-async def test_no_write_leaves_a_steps_review_checkpointed_while_the_run_is_still_running(
+async def test_a_steps_review_is_stored_in_the_same_write_as_the_runs_waiting_status(
         system: roost.ActorSystem, board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a crash right after any write would leave: never a review on a running run."""
     @board.on("check")
@@ -681,9 +682,9 @@ async def test_no_write_leaves_a_steps_review_checkpointed_while_the_run_is_stil
     run = await system.pipelines.start(pipeline, run_id="run-1")
     outcome = await run.result()
 
-    assert outcome.status == "needs_review"
+    assert outcome.status == "waiting"
     assert after_checkpoints == [("draft", {}, RunStatus.RUNNING),
-                                 ("check", {"check": "unsure"}, RunStatus.NEEDS_REVIEW)]
+                                 ("gate:check/review", {"check": "unsure"}, RunStatus.WAITING)]
 
 
 async def test_a_cancelled_run_stops_its_steps_and_ends_cancelled(

@@ -348,7 +348,7 @@ async def test_fallback_optional_failure_skip_and_review_are_step_outcomes(
     ])
     outcome = await run_to_end(system, pipeline)
 
-    assert outcome.status == "needs_review"
+    assert outcome.status == "waiting"
     rescued = spans.one("step rescued")
     assert (rescued.status, rescued.attributes["step.outcome"],
             rescued.attributes["step.output"]) == ("ok", "fallback", "billing")
@@ -368,7 +368,9 @@ async def test_fallback_optional_failure_skip_and_review_are_step_outcomes(
             review.attributes["roost.needs_review"]) == (
         "ok", "needs_review", "the customer threatens to sue")
     run = spans.one("run outcomes")
-    assert (run.status, run.attributes["run.status"]) == ("ok", "needs_review")
+    assert (run.status, run.attributes["run.status"]) == ("ok", "waiting")
+    assert [(e.name, e.attributes["gate"]) for e in run.events if e.name == "gate_opened"] == [
+        ("gate_opened", "review/review")]
 
 
 async def test_a_condition_that_raises_is_a_failed_step_span(

@@ -184,7 +184,7 @@ async def test_list_gives_every_run_or_only_those_with_one_status(
     assert ids(await system.pipelines.list()) == ["run-a", "run-b", "run-c", "run-d"]
     assert ids(await system.pipelines.list("completed")) == ["run-a"]
     assert ids(await system.pipelines.list(RunStatus.FAILED)) == ["run-b"]
-    assert ids(await system.pipelines.list("needs_review")) == ["run-c"]
+    assert ids(await system.pipelines.list("waiting")) == ["run-c"]
     assert ids(await system.pipelines.list("running")) == ["run-d"]
     assert ids(await system.pipelines.list("cancelled")) == []
     assert [r.pipeline for r in await system.pipelines.list()] == ["ok", "fail", "review", "wait"]
@@ -405,7 +405,7 @@ def reviewed() -> Pipeline:
     ])
 
 
-async def test_resuming_a_run_that_needs_review_runs_nothing_and_gives_its_needs_review_outcome(
+async def test_resuming_a_run_waiting_at_a_review_runs_nothing_and_gives_its_waiting_outcome(
         store: Path, board: Board) -> None:
     async def unsure(request: RunStep) -> Any:
         return NeedsReview("refund over the limit")
@@ -421,15 +421,15 @@ async def test_resuming_a_run_that_needs_review_runs_nothing_and_gives_its_needs
         resumed = await outcome_of(await system.pipelines.resume("run-1"))
         record = await system.pipelines.runs.get("run-1")
 
-    assert resumed == live == RunOutcome("run-1", "needs_review", {
-        "draft": "draft:done", "check": NeedsReview("refund over the limit")},
-        error="refund over the limit")
-    assert (record.status, record.last_step) == ("needs_review", "check")
+    assert resumed == live == RunOutcome("run-1", "waiting", {"draft": "draft:done"},
+                                         error="check/review: refund over the limit",
+                                         waiting_at=["check/review"])
+    assert record.status == "waiting"
     assert board.steps_run() == ["draft", "check"]
     assert board.effects == []
 
 
-async def test_a_run_left_running_with_a_review_in_its_checkpoint_ends_needs_review_on_resume(
+async def test_a_run_left_running_with_a_review_in_its_checkpoint_parks_at_the_review_on_resume(
         store: Path, board: Board) -> None:
     """The state a crash between the review's checkpoint and the status write used to leave."""
     async with new_system(store) as system:
@@ -448,10 +448,10 @@ async def test_a_run_left_running_with_a_review_in_its_checkpoint_ends_needs_rev
         again = await outcome_of(await system.pipelines.resume("run-1"))
         record = await system.pipelines.runs.get("run-1")
 
-    assert outcome == again == RunOutcome("run-1", "needs_review", {
-        "draft": "draft:done", "check": NeedsReview("refund over the limit")},
-        error="refund over the limit")
-    assert record.status == "needs_review"
+    assert outcome == again == RunOutcome("run-1", "waiting", {"draft": "draft:done"},
+                                          error="check/review: refund over the limit",
+                                          waiting_at=["check/review"])
+    assert record.status == "waiting"
     assert board.steps_run() == []
     assert board.effects == []
 

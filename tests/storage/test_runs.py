@@ -117,7 +117,7 @@ async def test_an_invalid_status_is_refused_with_the_allowed_ones(runs: RunStore
     await runs.create("run-1", pipeline="p")
 
     with pytest.raises(ConfigurationError, match="status='done' is not a run status; use one "
-                                                 "of queued, running, suspended, needs_review"):
+                                                 "of queued, running, suspended, waiting, needs_review"):
         await runs.update("run-1", status="done")
 
 

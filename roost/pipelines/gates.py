@@ -1,0 +1,383 @@
+"""`Gates`: the runs waiting for people, their decisions, deadlines and notifications
+(`system.gates`).
+
+A run that reaches a gate parks: its progress, its `waiting` status and the gate's
+record are stored in one write and its actor stops. `decide` stores the decision
+with its audit trail and turns the run `queued` in the same write, so the run
+resumes from the gate here (when its pipeline is registered) or in the next process
+that registers it with `resume=True`. One timer task per system applies the gates'
+`on_timeout` when their stored deadlines pass, also deadlines that passed while no
+process ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from roost._logging import get_logger
+from roost.errors import ConfigurationError, GateDecisionInvalid, RunNotFound, StoreError
+from roost.pipelines import _schema_check
+from roost.pipelines.gate import APPROVAL_DECISIONS, OUTCOME_DECISIONS, Escalate, Gate, GateDecision
+from roost.storage import GateEvent, GateRecord, GateStore, Op, TimeoutStep
+from roost.storage.gates import PENDING, Decision
+
+if TYPE_CHECKING:
+    from roost.pipelines.definition import Pipeline
+    from roost.pipelines.service import Pipelines
+
+_log = get_logger("roost")
+
+#: Who decides when a gate's deadline passes.
+TIMEOUT_DECIDER = "roost:timeout"
+#: The longest the gate timer sleeps between looks at the deadline index.
+_TIMER_MAX_SLEEP = 60.0
+#: How long a deadline that could not be applied waits before the next try.
+_TIMER_RETRY = 30.0
+
+OnOpen = Callable[[GateRecord], Awaitable[None] | None]
+
+
+def _placeholder(value: Any) -> str:
+    return f"<{type(value).__name__}>"
+
+
+_SHOWN = msgspec.json.Encoder(enc_hook=_placeholder)
+
+
+def timeout_chain(action: str | Escalate) -> list[TimeoutStep]:
+    """A gate's `on_timeout` as the list of links its record keeps."""
+    chain: list[TimeoutStep] = []
+    while isinstance(action, Escalate):
+        chain.append(TimeoutStep("escalate", list(action.to), action.timeout))
+        action = action.on_timeout
+    chain.append(TimeoutStep(action))
+    return chain
+
+
+def check_decision(record: GateRecord, decision: str, input: Any, by: str,
+                   input_type: Any = None) -> bytes | None:
+    """Check a decision for `record`; returns its input as JSON (None without one).
+
+    `input_type` (the gate's type, where the pipeline is loaded) checks the input
+    exactly; without it the JSON Schema stored with the gate does.
+
+    Raises:
+        GateDecisionInvalid: naming what is wrong and what is allowed.
+    """
+    run_id, gate = record.run_id, record.gate
+    if not isinstance(by, str) or not by.strip():
+        raise GateDecisionInvalid(run_id, gate, "by= must name who decides (a non-empty "
+                                                "string), for the audit trail")
+    allowed = OUTCOME_DECISIONS if record.gate_kind == "outcome" else APPROVAL_DECISIONS
+    if decision not in allowed:
+        raise GateDecisionInvalid(run_id, gate, f"decision={decision!r} is not one of "
+                                                f"{', '.join(allowed)}")
+    takes_input = decision in ("edit", "done")
+    if not takes_input:
+        if input is not None:
+            raise GateDecisionInvalid(run_id, gate, f"a {decision!r} decision takes no input; "
+                                                    "decide 'edit' to change the data")
+        return None
+    if input is None and decision == "edit":
+        raise GateDecisionInvalid(run_id, gate, "an 'edit' decision needs input=")
+    if input_type is not None and input_type is not Any:
+        try:
+            value = msgspec.convert(msgspec.to_builtins(input), input_type)
+        except (msgspec.ValidationError, TypeError) as error:
+            raise GateDecisionInvalid(run_id, gate, f"the input does not fit "
+                                                    f"{record.input_type}: {error}") from error
+        return msgspec.json.encode(value)
+    try:
+        plain = msgspec.to_builtins(input)
+    except TypeError as error:
+        raise GateDecisionInvalid(run_id, gate, f"the input cannot be stored as JSON: {error}") \
+            from error
+    if record.input_schema is not None:
+        found = _schema_check.problems(msgspec.json.decode(record.input_schema), plain)
+        if found:
+            raise GateDecisionInvalid(run_id, gate, f"the input does not fit "
+                                                    f"{record.input_type}: {'; '.join(found)}")
+    return msgspec.json.encode(plain)
+
+
+class Gates:
+    """The system's gates (`system.gates`): decide, query, notify, time out.
+
+    Args:
+        pipelines: the system's pipelines (for the store, registry and resuming).
+        clock: wall-clock seconds since the epoch (injectable for tests).
+    """
+
+    def __init__(self, pipelines: Pipelines, *, clock: Callable[[], float] = time.time) -> None:
+        self._pipelines = pipelines
+        self._clock = clock
+        self._store: GateStore | None = None
+        self._callbacks: list[OnOpen] = []
+        self._timer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    @property
+    def store(self) -> GateStore:
+        if self._store is None:
+            system = self._pipelines.system
+            if system.store is None:
+                raise ConfigurationError(
+                    "gates need a store to keep waiting runs; pass ActorSystem(store=...)")
+            self._store = GateStore(system.store, clock=self._clock)
+        return self._store
+
+    # --- opening ----------------------------------------------------------------------
+
+    def new_record(self, pipeline: Pipeline, run_id: str, name: str, step: str, kind: str,
+                   gate: Gate, *, reason: str, shown: Any, input_type: Any,
+                   tool: str | None = None, key: str | None = None) -> GateRecord:
+        """The record of a gate opening now."""
+        now = self._clock()
+        schema = None
+        if input_type is not None and input_type is not Any:
+            schema = msgspec.json.encode(msgspec.json.schema(input_type))
+        return GateRecord(
+            run_id=run_id, gate=name, pipeline=pipeline.name, step=step, gate_kind=kind,
+            reason=reason, assignees=list(gate.assignees), opened_at=now,
+            deadline=None if gate.timeout is None or kind == "outcome" else now + gate.timeout,
+            on_timeout=timeout_chain(gate.on_timeout),
+            input_type=None if schema is None else getattr(input_type, "__name__", str(input_type)),
+            input_schema=schema, shown=_SHOWN.encode(shown), tool=tool, key=key,
+            history=[_opened(now, gate)])
+
+    def on_open(self, callback: OnOpen) -> None:
+        """Call `callback(record)` (a function or a coroutine function) for each gate that
+        opens in this process, and again when one escalates. Its errors are logged."""
+        if not callable(callback):
+            raise ConfigurationError(f"on_open needs a function, got {callback!r}")
+        self._callbacks.append(callback)
+
+    def opened(self, records: list[GateRecord]) -> None:
+        """Called when gates opened (or escalated): notify, and let the timer see their
+        deadlines."""
+        if any(r.deadline is not None for r in records):
+            self.start_timer()
+            if self._wake is not None:
+                self._wake.set()
+        for record in records:
+            _log.info("gate_opened", run_id=record.run_id, gate=record.gate,
+                      assignees=record.assignees, reason=record.reason)
+            for callback in self._callbacks:
+                self._notify(callback, record)
+
+    def _notify(self, callback: OnOpen, record: GateRecord) -> None:
+        try:
+            outcome = callback(record)
+        except Exception as error:
+            _log.error("gate_notification_failed", run_id=record.run_id, gate=record.gate,
+                       error_type=type(error).__name__, error=str(error))
+            return
+        if inspect.isawaitable(outcome):
+            system = self._pipelines.system
+            task = system.loop.create_task(self._await_notification(outcome, record))
+            system.engine.own(task)
+
+    async def _await_notification(self, outcome: Awaitable[None], record: GateRecord) -> None:
+        try:
+            await outcome
+        except Exception as error:
+            _log.error("gate_notification_failed", run_id=record.run_id, gate=record.gate,
+                       error_type=type(error).__name__, error=str(error))
+
+    # --- deciding ---------------------------------------------------------------------
+
+    async def decide(self, run_id: str, gate: str, decision: str, *, input: Any = None,
+                     by: str, comment: str | None = None) -> GateRecord:
+        """Decide gate `gate` of run `run_id`, store it with its audit record, and resume
+        the run (here, if its pipeline is registered; else in the next process that
+        registers it with `resume=True`).
+
+        Args:
+            decision: "approve", "reject" or "edit" ("done", "not_done" or "abandon" at an
+                outcome gate).
+            input: an edit's data (it must fit the gate's `input_type`), or at an outcome
+                gate, with "done", the tool's result.
+            by: who decides.
+            comment: why, for the audit trail.
+
+        Returns:
+            The gate's record as stored. Deciding again the same way changes nothing.
+
+        Raises:
+            RunNotFound: no such run.
+            GateNotFound: the run has no gate of that name.
+            GateDecisionInvalid: an unknown decision, an empty `by`, or an input that
+                does not fit.
+            GateAlreadyDecided: a different decision was made first.
+            GateClosed: the run was cancelled while it waited.
+        """
+        return await self._decide(run_id, gate, decision, input=input, by=by, comment=comment)
+
+    async def _decide(self, run_id: str, gate: str, decision: str, *, input: Any, by: str,
+                      comment: str | None, timed_out: bool = False) -> GateRecord:
+        pipelines = self._pipelines
+        record_of_run = await pipelines.runs.get(run_id)  # RunNotFound first
+        record = await self.store.get(run_id, gate)
+        if comment is not None and not isinstance(comment, str):
+            raise GateDecisionInvalid(run_id, gate, f"comment= must be text, got {comment!r}")
+        pipeline = pipelines.registered(record_of_run.pipeline)
+        input_type = None if pipeline is None else self.input_type(pipeline, record)
+        encoded = check_decision(record, decision, input, by, input_type)
+        stored = Decision(decision=decision, input=encoded, by=by.strip(), at=self._clock(),
+                          comment=comment, timed_out=timed_out)
+        ops: list[Op] = [self.store.decide_op(run_id, gate, stored), pipelines.runs.wake(run_id)]
+        if record.deadline is not None:
+            ops.append(self.store.unindex_op(record.deadline, run_id, gate))
+        results = await pipelines.system.store.commit(ops)
+        after = msgspec.msgpack.decode(results[0], type=GateRecord)
+        if record.status == PENDING:
+            _log.info("gate_decided", run_id=run_id, gate=gate, decision=decision, by=by,
+                      timed_out=timed_out)
+        if pipeline is not None and _running(pipelines.system):
+            await pipelines.resume(run_id)
+        return after
+
+    def input_type(self, pipeline: Pipeline, record: GateRecord) -> Any:
+        """The type an input at `record` must fit, per the pipeline as loaded here."""
+        step = pipeline.steps.get(record.step)
+        if step is None:
+            return None
+        if record.gate_kind == "outcome":
+            return step.output
+        if record.gate_kind == "review":
+            gate = step.review
+            return gate.input_type if gate is not None and gate.input_type is not None \
+                else step.output
+        gate = step.gate
+        if gate is None and step.tool is not None:
+            registry = self._pipelines.system.tools.registry
+            if step.tool in registry.names():
+                gate = registry.get(step.tool).gate
+        return gate.input_type if isinstance(gate, Gate) else None
+
+    def decision_of(self, pipeline: Pipeline, record: GateRecord) -> GateDecision:
+        """The decision stored in `record`, its input decoded as the gate's type.
+
+        Raises:
+            GateDecisionInvalid: the stored input does not decode as that type.
+        """
+        assert record.decision is not None and record.by is not None
+        value = None
+        if record.input is not None:
+            kind = self.input_type(pipeline, record)
+            try:
+                value = msgspec.json.decode(record.input, type=Any if kind is None else kind)
+            except msgspec.ValidationError as error:
+                raise GateDecisionInvalid(record.run_id, record.gate, f"the decided input does "
+                                          f"not fit {record.input_type}: {error}") from error
+        return GateDecision(record.decision, record.by, record.decided_at or 0.0, value,
+                            record.comment)
+
+    # --- queries ----------------------------------------------------------------------
+
+    async def get(self, run_id: str, gate: str) -> GateRecord:
+        """Gate `gate` of run `run_id`, with its decision and audit trail.
+
+        Raises:
+            GateNotFound: no such gate (the message lists the run's gates).
+        """
+        return await self.store.get(run_id, gate)
+
+    async def pending(self, *, assignee: str | None = None, pipeline: str | None = None,
+                      older_than: float | None = None) -> list[GateRecord]:
+        """The gates waiting for a decision, oldest first: only those assigned to `assignee`,
+        of runs of `pipeline`, or open for more than `older_than` seconds."""
+        cutoff = None if older_than is None else self._clock() - older_than
+        found = [r for r in await self.store.list(status=PENDING)
+                 if (assignee is None or assignee in r.assignees)
+                 and (pipeline is None or r.pipeline == pipeline)
+                 and (cutoff is None or r.opened_at <= cutoff)]
+        return sorted(found, key=lambda r: r.opened_at)
+
+    # --- deadlines --------------------------------------------------------------------
+
+    def start_timer(self) -> None:
+        """Start the system's gate timer (once): it applies every stored deadline as it
+        passes, including those that passed while no process ran."""
+        system = self._pipelines.system
+        if self._timer is not None or system.store is None or not _running(system):
+            return
+        self._wake = asyncio.Event()
+        self._timer = system.loop.create_task(self._run_timer(), name="roost-gate-timer")
+        system.engine.own(self._timer)
+        self._timer.add_done_callback(self._timer_ended)
+
+    def _timer_ended(self, _: asyncio.Task[None]) -> None:
+        self._timer = None
+
+    async def _run_timer(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                delay = await self._fire_due()
+            except StoreError as error:
+                _log.error("gate_timer_failed", error_type=type(error).__name__, error=str(error))
+                delay = _TIMER_RETRY
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _fire_due(self) -> float:
+        """Apply the deadlines that have passed; the seconds until the next one."""
+        store = self.store
+        while due := await store.due(self._clock()):
+            for deadline, run_id, gate in due:
+                try:
+                    await self._expire(deadline, run_id, gate)
+                except Exception as error:  # try again later; never lose the deadline
+                    _log.error("gate_timeout_failed", run_id=run_id, gate=gate,
+                               error_type=type(error).__name__, error=str(error))
+                    await self._pipelines.system.store.commit([
+                        store.unindex_op(deadline, run_id, gate),
+                        store.index_op(self._clock() + _TIMER_RETRY, run_id, gate)])
+        upcoming = await store.next_deadline()
+        if upcoming is None:
+            return _TIMER_MAX_SLEEP
+        return min(_TIMER_MAX_SLEEP, max(0.0, upcoming - self._clock()))
+
+    async def _expire(self, deadline: float, run_id: str, gate: str) -> None:
+        """Apply gate `gate`'s timeout, if it still waits with this deadline."""
+        store = self.store
+        try:
+            record = await store.get(run_id, gate)
+        except LookupError:
+            record = None
+        if record is None or record.status != PENDING or record.deadline is None \
+                or abs(record.deadline - deadline) > 0.002:
+            await self._pipelines.system.store.commit([store.unindex_op(deadline, run_id, gate)])
+            return
+        step = record.on_timeout[0] if record.on_timeout else TimeoutStep("reject")
+        if step.action == "escalate":
+            now = self._clock()
+            results = await self._pipelines.system.store.commit(store.escalate_op(record, now))
+            escalated = msgspec.msgpack.decode(results[0], type=GateRecord)
+            _log.warning("gate_escalated", run_id=run_id, gate=gate, to=step.to)
+            self.opened([escalated])
+            return
+        _log.warning("gate_timed_out", run_id=run_id, gate=gate, action=step.action)
+        try:
+            await self._decide(run_id, gate, step.action, input=None, by=TIMEOUT_DECIDER,
+                               comment=f"no decision within the gate's timeout; {step.action}",
+                               timed_out=True)
+        except RunNotFound:
+            await self._pipelines.system.store.commit([store.unindex_op(deadline, run_id, gate)])
+
+
+def _running(system: Any) -> bool:
+    return system.engine is not None and bool(system.engine.running)
+
+
+def _opened(now: float, gate: Gate) -> GateEvent:
+    return GateEvent(at=now, what="opened", detail=", ".join(gate.assignees) or None)

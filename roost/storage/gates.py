@@ -1,0 +1,290 @@
+"""Gate records: the gates runs wait at, their deadlines and their audit trail.
+
+A gate is stored in the `gates` database under `run id + 0x00 + gate name`, so a
+run's gates are one prefix scan. Gates with a deadline also have an index entry
+under `0xff + 8-byte big-endian deadline (ms) + run id + 0x00 + gate name` (run ids
+are UTF-8, which never holds 0xff), so the system's one gate timer finds the next
+deadline with one cursor seek, however many gates wait. An index entry may outlive
+its gate's deadline (the gate was decided or escalated): whoever reads it checks the
+gate itself.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from roost.errors import ConfigurationError, GateAlreadyDecided, GateClosed, GateNotFound
+from roost.storage._keys import SEQ_SIZE, pack_seq, unpack_seq
+from roost.storage.codecs import Record, RecordCodec
+from roost.storage.ops import Delete, Op, Put, Update
+from roost.storage.store import Store
+
+_DB = "gates"
+_SEPARATOR = b"\x00"
+_INDEX = b"\xff"
+
+PENDING, DECIDED, CLOSED = "pending", "decided", "closed"
+
+
+class TimeoutStep(msgspec.Struct, frozen=True, gc=False):
+    """One link of a gate's timeout chain: approve, reject, or escalate to `to` for `timeout`."""
+
+    action: str
+    to: list[str] = []
+    timeout: float | None = None
+
+
+class GateEvent(msgspec.Struct, frozen=True, gc=False):
+    """One entry of a gate's audit trail: opened, escalated, decided, closed."""
+
+    at: float
+    what: str
+    by: str | None = None
+    detail: str | None = None
+
+
+class GateRecord(Record, tag="gate", frozen=True, kw_only=True, gc=False):
+    """A gate a run reached, and what became of it.
+
+    Attributes:
+        run_id, gate, pipeline, step: where it is (`gate` is the step's name, or
+            `<step>/review`, `<step>/outcome`).
+        gate_kind: "step" (before the step), "review" (a step's `NeedsReview`) or "outcome"
+            (a tool's unknown outcome).
+        status: "pending", "decided" or "closed" (its run was cancelled).
+        reason: why it is there, as shown to people.
+        assignees: who should decide (after escalations, the latest).
+        opened_at: when it opened, in seconds since the epoch.
+        deadline: when `on_timeout`'s first link applies (None: never).
+        on_timeout: the timeout chain still to apply.
+        input_type: the name of the type an edit must fit; `input_schema` its JSON Schema.
+        shown: JSON of the data the person decides on.
+        tool, key: an outcome gate's tool call.
+        decision, input, by, decided_at, comment: the decision (`input` as JSON).
+        history: the audit trail.
+    """
+
+    run_id: str
+    gate: str
+    pipeline: str
+    step: str
+    gate_kind: str = "step"
+    status: str = PENDING
+    reason: str = ""
+    assignees: list[str] = []
+    opened_at: float
+    deadline: float | None = None
+    on_timeout: list[TimeoutStep] = []
+    input_type: str | None = None
+    input_schema: bytes | None = None
+    shown: bytes = b"null"
+    tool: str | None = None
+    key: str | None = None
+    decision: str | None = None
+    input: bytes | None = None
+    by: str | None = None
+    decided_at: float | None = None
+    comment: str | None = None
+    history: list[GateEvent] = []
+
+
+_CODEC = RecordCodec(GateRecord)
+
+
+def gate_key(run_id: str, gate: str) -> bytes:
+    """The key of gate `gate` of run `run_id`."""
+    return run_id.encode() + _SEPARATOR + gate.encode()
+
+
+def deadline_key(deadline: float, run_id: str, gate: str) -> bytes:
+    """The deadline index key of a gate."""
+    return _INDEX + pack_seq(max(0, round(deadline * 1000))) + gate_key(run_id, gate)
+
+
+def decode_gate(key: bytes, value: bytes) -> GateRecord | None:
+    """A `gates` entry: the gate record, or None for a deadline index entry.
+
+    Raises:
+        RecordCorrupt: a gate record that does not decode, naming its key.
+    """
+    if key.startswith(_INDEX):
+        return None
+    return _CODEC.decode(key, value)
+
+
+class Decision(msgspec.Struct, frozen=True, gc=False):
+    """A decision to store: what, the input as JSON, who, when, and a comment."""
+
+    decision: str
+    input: bytes | None
+    by: str
+    at: float
+    comment: str | None = None
+    timed_out: bool = False
+
+
+class GateStore:
+    """Opens, reads, decides and closes gates in a `Store`.
+
+    Args:
+        store: the open store.
+        clock: wall-clock time in seconds since the epoch (injectable for tests).
+    """
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self.clock = clock
+
+    # --- writes (operations, to commit with the run's own writes) ----------------------
+
+    def open_ops(self, record: GateRecord) -> builtins.list[Op]:
+        """Store `record` as opened; a gate of that name already pending stays as it is
+        (a run that parks again at it keeps its first opening time and deadline)."""
+        key = gate_key(record.run_id, record.gate)
+        encoded = _CODEC.encode(record)
+
+        def open_gate(current: bytes | None) -> bytes:
+            if current is not None and _CODEC.decode(key, current).status == PENDING:
+                return current
+            return encoded
+
+        ops: builtins.list[Op] = [Update(_DB, key, open_gate)]
+        if record.deadline is not None:
+            ops.append(Put(_DB, deadline_key(record.deadline, record.run_id, record.gate), b""))
+        return ops
+
+    def decide_op(self, run_id: str, gate: str, decision: Decision) -> Update:
+        """The operation that records `decision`: a no-op when the same decision is there,
+        `GateAlreadyDecided` for a different one, `GateClosed` for a closed gate,
+        `GateNotFound` when the run has no such gate."""
+        key = gate_key(run_id, gate)
+
+        def decide(current: bytes | None) -> bytes:
+            if current is None:
+                raise GateNotFound(run_id, gate, [])
+            record = _CODEC.decode(key, current)
+            if record.status == CLOSED:
+                raise GateClosed(run_id, gate, _closed_why(record))
+            if record.status == DECIDED:
+                if record.decision == decision.decision and record.input == decision.input:
+                    return current
+                raise GateAlreadyDecided(run_id, gate, record.decision or "?", record.by or "?")
+            event = GateEvent(at=decision.at, what="timed_out" if decision.timed_out else "decided",
+                              by=decision.by, detail=decision.decision)
+            return _CODEC.encode(msgspec.structs.replace(
+                record, status=DECIDED, decision=decision.decision, input=decision.input,
+                by=decision.by, decided_at=decision.at, comment=decision.comment,
+                history=[*record.history, event]))
+
+        return Update(_DB, key, decide)
+
+    def escalate_op(self, record: GateRecord, now: float) -> builtins.list[Op]:
+        """Hand a pending gate to its timeout chain's next `escalate` link: new assignees,
+        a new deadline (the old index entry goes)."""
+        step = record.on_timeout[0]
+        assert step.timeout is not None
+        deadline = now + step.timeout
+        key = gate_key(record.run_id, record.gate)
+        expected = record.deadline
+
+        def escalate(current: bytes | None) -> bytes | None:
+            if current is None:
+                return None
+            stored = _CODEC.decode(key, current)
+            if stored.status != PENDING or stored.deadline != expected:
+                return current  # decided or escalated meanwhile
+            event = GateEvent(at=now, what="escalated", by="roost:timeout",
+                              detail=", ".join(step.to))
+            return _CODEC.encode(msgspec.structs.replace(
+                stored, assignees=list(step.to), deadline=deadline,
+                on_timeout=stored.on_timeout[1:], history=[*stored.history, event]))
+
+        ops: builtins.list[Op] = [Update(_DB, key, escalate),
+                                  Put(_DB, deadline_key(deadline, record.run_id, record.gate), b"")]
+        if expected is not None:
+            ops.append(Delete(_DB, deadline_key(expected, record.run_id, record.gate)))
+        return ops
+
+    def close_ops(self, records: builtins.list[GateRecord], why: str) -> builtins.list[Op]:
+        """Close pending gates (their run was cancelled): they can no longer be decided."""
+        now = self.clock()
+        ops: builtins.list[Op] = []
+        for record in records:
+            if record.status != PENDING:
+                continue
+            closed = msgspec.structs.replace(
+                record, status=CLOSED, history=[*record.history, GateEvent(
+                    at=now, what="closed", detail=why)])
+            ops.append(Put(_DB, gate_key(record.run_id, record.gate), _CODEC.encode(closed)))
+            if record.deadline is not None:
+                ops.append(Delete(_DB, deadline_key(record.deadline, record.run_id, record.gate)))
+        return ops
+
+    def index_op(self, deadline: float, run_id: str, gate: str) -> Put:
+        """Add a deadline index entry (the timer retries a deadline it could not apply)."""
+        return Put(_DB, deadline_key(deadline, run_id, gate), b"")
+
+    def unindex_op(self, deadline: float, run_id: str, gate: str) -> Delete:
+        """Remove a deadline index entry."""
+        return Delete(_DB, deadline_key(deadline, run_id, gate))
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def get(self, run_id: str, gate: str) -> GateRecord:
+        """Gate `gate` of run `run_id`.
+
+        Raises:
+            GateNotFound: no such gate (the message lists the run's gates).
+            RecordCorrupt: the record does not decode.
+        """
+        _check_name("run id", run_id)
+        _check_name("gate", gate)
+        key = gate_key(run_id, gate)
+        data = await self._store.get(_DB, key)
+        if data is None:
+            raise GateNotFound(run_id, gate, [r.gate for r in await self.of_run(run_id)])
+        return _CODEC.decode(key, data)
+
+    async def of_run(self, run_id: str) -> builtins.list[GateRecord]:
+        """Every gate run `run_id` reached, by name."""
+        prefix = run_id.encode() + _SEPARATOR
+        return [_CODEC.decode(key, value)
+                async for key, value in self._store.scan(_DB, prefix=prefix)]
+
+    async def list(self, *, status: str | None = None) -> builtins.list[GateRecord]:
+        """Every gate (optionally only those with `status`), by run id and name."""
+        return [record async for key, value in self._store.scan(_DB, stop=_INDEX)
+                if (record := _CODEC.decode(key, value)) is not None
+                and (status is None or record.status == status)]
+
+    async def due(self, now: float, limit: int = 256) -> builtins.list[tuple[float, str, str]]:
+        """Deadline index entries at or before `now`: (deadline, run id, gate), earliest first."""
+        stop = _INDEX + pack_seq(round(now * 1000) + 1)
+        return [_unindex(key) async for key, _ in self._store.scan(
+            _DB, prefix=_INDEX, stop=stop, limit=limit)]
+
+    async def next_deadline(self) -> float | None:
+        """The earliest deadline in the index (None: no gate has one)."""
+        async for key, _ in self._store.scan(_DB, prefix=_INDEX, limit=1):
+            return _unindex(key)[0]
+        return None
+
+
+def _unindex(key: bytes) -> tuple[float, str, str]:
+    deadline = unpack_seq(key[1:1 + SEQ_SIZE]) / 1000
+    run_id, _, gate = key[1 + SEQ_SIZE:].partition(_SEPARATOR)
+    return deadline, run_id.decode(), gate.decode()
+
+
+def _closed_why(record: GateRecord) -> str:
+    closed = next((event for event in reversed(record.history) if event.what == "closed"), None)
+    return closed.detail or "closed" if closed is not None else "closed"
+
+
+def _check_name(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigurationError(f"{what} {value!r} must be a non-empty string without NUL")

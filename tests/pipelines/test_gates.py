@@ -1,0 +1,427 @@
+"""Tests of roost/pipelines/gates.py and the gates of roost/pipelines/run.py: a run parks at a
+gate holding nothing, a person decides, and the run resumes from the gate with the decision.
+
+Each system here is a real one on a real LMDB store in a temp folder; "a new process" is a
+new system on the same store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import roost
+from roost import Escalate, Gate, NeedsReview, Pipeline, RunStep, Step
+from roost.errors import (
+    GateAlreadyDecided,
+    GateClosed,
+    GateDecisionInvalid,
+    GateNotFound,
+    PipelineDefinitionError,
+    RunNotFound,
+    ToolGated,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]
+
+SENT: list[dict[str, Any]] = []
+
+
+class ReplyEdit(msgspec.Struct):
+    to: str
+    body: str
+
+
+class Draft(msgspec.Struct):
+    text: str
+    confidence: float
+
+
+class Drafter(roost.Actor):
+    async def receive(self, message: RunStep) -> Draft:
+        confidence = 0.5 if "angry" in message.input else 0.95
+        return Draft(f"reply to {message.input}", confidence)
+
+
+class Reviewer(roost.Actor):
+    async def receive(self, message: RunStep) -> Any:
+        draft = message.results["draft"]
+        if draft.confidence < 0.8:
+            return NeedsReview("low confidence", data=draft)
+        return draft
+
+
+class Seer(roost.Actor):
+    """Reports what it saw: the request's input and the decisions so far."""
+
+    async def receive(self, message: RunStep) -> dict[str, Any]:
+        return {"input": msgspec.to_builtins(message.input),
+                "decisions": {name: d.decision for name, d in message.decisions.items()}}
+
+
+@roost.tool
+async def send_email(to: str, body: str) -> str:
+    SENT.append({"to": to, "body": body})
+    return f"sent to {to}"
+
+
+@roost.tool(gate=Gate(reason="wiring money needs a person", assignees=["finance"]))
+async def wire_money(amount: int) -> str:
+    SENT.append({"wire": amount})
+    return f"wired {amount}"
+
+
+def send_step(**gate: Any) -> Step:
+    return Step("send", tool="send_email", after="draft",
+                args=lambda r, email: {"to": "customer@example.org", "body": r["draft"].text},
+                gate=Gate(**{"when": lambda r: r["draft"].confidence < 0.8,
+                             "reason": "low confidence", "assignees": ["support"],
+                             "input_type": ReplyEdit, **gate}))
+
+
+def support(**gate: Any) -> Pipeline:
+    return Pipeline("support", [Step("draft", Drafter, output=Draft), send_step(**gate)],
+                    input_type=str)
+
+
+@pytest.fixture(autouse=True)
+def clear_sent() -> None:
+    SENT.clear()
+
+
+def new_system(store: Path) -> roost.ActorSystem:
+    system = roost.ActorSystem(store=store)
+    system.tools.register(send_email)
+    system.tools.register(wire_money)
+    return system
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> AsyncIterator[roost.ActorSystem]:
+    async with new_system(tmp_path / "store") as system:
+        yield system
+
+
+async def outcome(handle: roost.RunHandle, *, through_gates: bool = False) -> roost.RunOutcome:
+    with anyio.fail_after(10):
+        return await handle.result(through_gates=through_gates)
+
+
+# --- opening ----------------------------------------------------------------------------
+
+
+async def test_a_gate_whose_condition_holds_parks_the_run_before_the_step(
+        system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    parked = await outcome(run)
+
+    assert (parked.status, parked.waiting_at) == ("waiting", ["send"])
+    assert SENT == []
+    assert await run.status() == "waiting"
+    assert system.pipelines.statistics()["active"] == 0  # the slot is free
+    with anyio.fail_after(2):  # its actor stops right after reporting the parked outcome
+        while True:
+            try:
+                system.lookup("/pipelines/runs/run-1")
+            except LookupError:
+                break
+            await anyio.sleep(0.01)
+    [pending] = await system.gates.pending()
+    assert (pending.run_id, pending.gate, pending.reason, pending.assignees, pending.status) == (
+        "run-1", "send", "low confidence", ["support"], "pending")
+    assert msgspec.json.decode(pending.shown) == {
+        "arguments": {"to": "customer@example.org", "body": "reply to angry customer"}}
+    assert pending.input_type == "ReplyEdit"
+
+
+async def test_a_gate_whose_condition_fails_lets_the_step_run(system: roost.ActorSystem) -> None:
+    done = await outcome(await system.pipelines.start(support(), "happy customer"))
+
+    assert done.status == "completed"
+    assert SENT == [{"to": "customer@example.org", "body": "reply to happy customer"}]
+    assert await system.gates.pending() == []
+
+
+# --- deciding ---------------------------------------------------------------------------
+
+
+async def test_approve_resumes_the_run_from_the_gate(system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    await outcome(run)
+
+    decided = await system.gates.decide("run-1", "send", "approve", by="ana", comment="fine")
+    done = await outcome(run, through_gates=True)
+
+    assert done.status == "completed"
+    assert done.results["send"] == "sent to customer@example.org"
+    assert SENT == [{"to": "customer@example.org", "body": "reply to angry customer"}]
+    assert (decided.status, decided.decision, decided.by, decided.comment) == (
+        "decided", "approve", "ana", "fine")
+    assert [event.what for event in decided.history] == ["opened", "decided"]
+    assert await system.gates.pending() == []
+
+
+async def test_an_edit_replaces_the_tool_steps_arguments(system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    await outcome(run)
+
+    await system.gates.decide("run-1", "send", "edit", by="ana",
+                              input={"to": "boss@example.org", "body": "calmer words"})
+    done = await outcome(run, through_gates=True)
+
+    assert done.status == "completed"
+    assert SENT == [{"to": "boss@example.org", "body": "calmer words"}]
+
+
+async def test_reject_ends_the_run_rejected_without_running_the_step(
+        system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    await outcome(run)
+
+    await system.gates.decide("run-1", "send", "reject", by="ana")
+    ended = await outcome(run, through_gates=True)
+
+    assert ended.status == "rejected"
+    assert "rejected at gate 'send' by ana" in (ended.error or "")
+    assert SENT == []
+    assert (await system.pipelines.runs.get("run-1")).status == "rejected"
+
+
+async def test_reject_runs_the_gates_on_reject_step_instead(system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("support", [
+        Step("draft", Drafter, output=Draft),
+        send_step(on_reject="apologise"),
+        Step("apologise", tool="send_email", after="draft",
+             args=lambda r, email: {"to": "customer@example.org", "body": "sorry"}),
+    ], input_type=str)
+    happy = await outcome(await system.pipelines.start(pipeline, "happy customer"))
+    assert happy.status == "completed" and "apologise" not in happy.results
+
+    run = await system.pipelines.start(pipeline, "angry customer", run_id="run-1")
+    await outcome(run)
+    await system.gates.decide("run-1", "send", "reject", by="ana")
+    ended = await outcome(run, through_gates=True)
+
+    assert ended.status == "completed"
+    assert ended.results["apologise"] == "sent to customer@example.org"
+    assert SENT[-1] == {"to": "customer@example.org", "body": "sorry"}
+
+
+async def test_the_same_decision_twice_is_a_no_op_and_a_different_one_is_refused(
+        system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    await outcome(run)
+    first = await system.gates.decide("run-1", "send", "approve", by="ana")
+    await outcome(run, through_gates=True)
+
+    again = await system.gates.decide("run-1", "send", "approve", by="bob")
+    with pytest.raises(GateAlreadyDecided, match="'approve' by 'ana'"):
+        await system.gates.decide("run-1", "send", "reject", by="bob")
+
+    assert again == first
+    assert len(SENT) == 1
+
+
+async def test_steps_after_a_gate_see_its_decision(system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("seen", [
+        Step("look", Seer, gate=Gate(input_type=ReplyEdit)),
+        Step("after", Seer, after="look"),
+    ])
+    run = await system.pipelines.start(pipeline, "original", run_id="run-1")
+    await outcome(run)
+    await system.gates.decide("run-1", "look", "edit", by="ana",
+                              input=ReplyEdit(to="x@example.org", body="edited"))
+    done = await outcome(run, through_gates=True)
+
+    assert done.results["look"] == {"input": {"to": "x@example.org", "body": "edited"},
+                                    "decisions": {"look": "edit"}}
+    assert done.results["after"] == {"input": "original", "decisions": {"look": "edit"}}
+
+
+# --- bad decisions ----------------------------------------------------------------------
+
+
+async def test_bad_decisions_get_errors_that_name_what_is_wrong(system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    await outcome(run)
+
+    with pytest.raises(RunNotFound, match="'nope'"):
+        await system.gates.decide("nope", "send", "approve", by="ana")
+    with pytest.raises(GateNotFound, match="run 'run-1' has no gate 'draft' \\(its gates: 'send'\\)"):
+        await system.gates.decide("run-1", "draft", "approve", by="ana")
+    with pytest.raises(GateDecisionInvalid, match="by= must name who decides"):
+        await system.gates.decide("run-1", "send", "approve", by="  ")
+    with pytest.raises(GateDecisionInvalid, match="'maybe' is not one of approve, reject, edit"):
+        await system.gates.decide("run-1", "send", "maybe", by="ana")
+    with pytest.raises(GateDecisionInvalid, match="does not fit ReplyEdit"):
+        await system.gates.decide("run-1", "send", "edit", by="ana", input={"to": 3})
+    with pytest.raises(GateDecisionInvalid, match="needs input="):
+        await system.gates.decide("run-1", "send", "edit", by="ana")
+    with pytest.raises(GateDecisionInvalid, match="takes no input"):
+        await system.gates.decide("run-1", "send", "approve", by="ana", input={"x": 1})
+
+    assert [g.gate for g in await system.gates.pending()] == ["send"]  # nothing was lost
+    assert SENT == []
+
+
+async def test_a_cancelled_waiting_run_closes_its_gates(system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    await outcome(run)
+
+    await run.cancel()
+
+    assert (await system.pipelines.runs.get("run-1")).status == "cancelled"
+    with pytest.raises(GateClosed, match="the run was cancelled"):
+        await system.gates.decide("run-1", "send", "approve", by="ana")
+    assert await system.gates.pending() == []
+
+
+# --- reviews ----------------------------------------------------------------------------
+
+
+def reviewed(**review: Any) -> Pipeline:
+    return Pipeline("reviewed", [
+        Step("draft", Drafter, output=Draft),
+        Step("check", Reviewer, after="draft", output=Draft,
+             review=Gate(**review) if review else None),
+        Step("send", tool="send_email", after="check",
+             args=lambda r, email: {"to": "customer@example.org", "body": r["check"].text}),
+    ], input_type=str)
+
+
+async def test_approving_a_review_makes_its_data_the_steps_result(
+        system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(reviewed(), "angry customer", run_id="run-1")
+    parked = await outcome(run)
+    assert parked.waiting_at == ["check/review"]
+
+    await system.gates.decide("run-1", "check/review", "approve", by="ana")
+    done = await outcome(run, through_gates=True)
+
+    assert done.results["check"] == Draft("reply to angry customer", 0.5)
+    assert SENT == [{"to": "customer@example.org", "body": "reply to angry customer"}]
+
+
+async def test_editing_a_review_replaces_the_steps_result(system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(reviewed(), "angry customer", run_id="run-1")
+    await outcome(run)
+
+    await system.gates.decide("run-1", "check/review", "edit", by="ana",
+                              input={"text": "a kinder reply", "confidence": 1.0})
+    done = await outcome(run, through_gates=True)
+
+    assert done.results["check"] == Draft("a kinder reply", 1.0)
+    assert SENT == [{"to": "customer@example.org", "body": "a kinder reply"}]
+
+
+# --- a new process ----------------------------------------------------------------------
+
+
+async def test_a_decision_made_with_no_process_running_is_picked_up_by_resume(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    async with new_system(store) as system:
+        await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))
+
+    async with new_system(store) as system:  # the pipeline is not registered here
+        await system.gates.decide("run-1", "send", "approve", by="ana")
+        assert (await system.pipelines.runs.get("run-1")).status == "queued"
+
+    async with new_system(store) as system:
+        [handle] = await system.pipelines.register(support(), resume=True)
+        done = await outcome(handle)
+
+    assert done.status == "completed"
+    assert SENT == [{"to": "customer@example.org", "body": "reply to angry customer"}]
+
+
+# --- deadlines --------------------------------------------------------------------------
+
+
+async def test_a_gate_past_its_timeout_applies_on_timeout(system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(support(timeout=0.2, on_timeout="approve"),
+                                       "angry customer", run_id="run-1")
+    await outcome(run)
+
+    done = await outcome(run, through_gates=True)
+
+    assert done.status == "completed"
+    gate = await system.gates.get("run-1", "send")
+    assert (gate.decision, gate.by, [e.what for e in gate.history]) == (
+        "approve", "roost:timeout", ["opened", "timed_out"])
+
+
+async def test_a_timeout_escalates_then_rejects(system: roost.ActorSystem) -> None:
+    opened: list[tuple[str, list[str]]] = []
+    system.gates.on_open(lambda record: opened.append((record.gate, record.assignees)))
+    pipeline = support(timeout=0.2, on_timeout=Escalate(to=["leads"], timeout=0.2))
+    run = await system.pipelines.start(pipeline, "angry customer", run_id="run-1")
+
+    ended = await outcome(run, through_gates=True)
+
+    assert ended.status == "rejected"
+    assert opened == [("send", ["support"]), ("send", ["leads"])]
+    gate = await system.gates.get("run-1", "send")
+    assert [e.what for e in gate.history] == ["opened", "escalated", "timed_out"]
+    assert gate.assignees == ["leads"]
+
+
+async def test_a_deadline_that_passed_while_no_process_ran_fires_at_the_next_start(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    pipeline = support(timeout=0.3, on_timeout="reject")
+    async with new_system(store) as system:
+        await outcome(await system.pipelines.start(pipeline, "angry customer", run_id="run-1"))
+    await anyio.sleep(0.5)
+
+    async with new_system(store) as system:
+        with anyio.fail_after(5):
+            while (await system.pipelines.runs.get("run-1")).status == "waiting":
+                await anyio.sleep(0.05)
+        [handle] = await system.pipelines.register(pipeline, resume=True)
+        ended = await outcome(handle)
+
+    assert ended.status == "rejected"
+    assert SENT == []
+
+
+# --- tools guarded by a gate ------------------------------------------------------------
+
+
+async def test_a_tool_declared_with_a_gate_waits_for_a_person_in_a_step(
+        system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("pay", [Step("wire", tool="wire_money", args=lambda r, i: {"amount": i})])
+    run = await system.pipelines.start(pipeline, 100, run_id="run-1")
+    parked = await outcome(run)
+    assert (parked.status, SENT) == ("waiting", [])
+    [gate] = await system.gates.pending(assignee="finance")
+    assert gate.reason == "wiring money needs a person"
+
+    await system.gates.decide("run-1", "wire", "approve", by="cfo")
+
+    assert (await outcome(run, through_gates=True)).results["wire"] == "wired 100"
+
+
+async def test_a_gated_tool_called_directly_is_refused(system: roost.ActorSystem) -> None:
+    with pytest.raises(ToolGated, match="'wire_money' is guarded by a gate"):
+        await system.tools.call("wire_money", amount=5)
+    assert SENT == []
+
+
+# --- definitions ------------------------------------------------------------------------
+
+
+def test_a_bad_gate_is_refused_when_the_pipeline_is_built() -> None:
+    with pytest.raises(PipelineDefinitionError, match="on_reject='nowhere' must name another step"):
+        Pipeline("p", [Step("a", Drafter, gate=Gate(on_reject="nowhere"))])
+    with pytest.raises(PipelineDefinitionError, match="gate timeout= must be > 0"):
+        Pipeline("p", [Step("a", Drafter, gate=Gate(timeout=0))])
+    with pytest.raises(PipelineDefinitionError, match="on_timeout= must be 'approve', 'reject'"):
+        Pipeline("p", [Step("a", Drafter, gate=Gate(on_timeout="shrug"))])  # type: ignore[arg-type]
+    with pytest.raises(PipelineDefinitionError, match="Escalate\\(to=...\\) needs at least one"):
+        Pipeline("p", [Step("a", Drafter, gate=Gate(on_timeout=Escalate(to=[], timeout=1)))])
