@@ -43,7 +43,7 @@ from roost.tools.keys import derive_key, step_unit
 from roost.tools.retry import Retry, call_with_retry
 from roost.tools.spec import gate_passed
 from roost.trace import TraceContext, call_trace, handling, new_span_id, new_trace_id
-from roost.tracing.spans import SpanKind
+from roost.tracing.spans import SpanEvent, SpanKind
 from roost.tracing.tracer import OpenSpan, Tracer, UsageTotals, usage_of
 
 if TYPE_CHECKING:
@@ -831,7 +831,26 @@ class RunActor(Actor):
         if resumed is not None:
             span.event("resumed", step=resumed.step, seq=resumed.seq,
                        completed=len(self.results) + len(self.skipped))
+            self._gate_spans(span, resumed.timestamp)
         tracer.runs[self.run_id] = span
+
+    def _gate_spans(self, run: OpenSpan, parked_at: float) -> None:
+        """A `gate` span for each gate decided since the run parked: from its opening to
+        now (the resume), with the decision, who made it and the audit trail's events."""
+        for record in self.gate_records.values():
+            if record.decided_at is None or record.decided_at < parked_at:
+                continue
+            span = run.child(f"gate {record.gate}", SpanKind.GATE, pipeline=self.pipeline.name,
+                             step=record.step, gate=record.gate, reason=record.reason,
+                             assignees=list(record.assignees), decision=record.decision,
+                             decided_by=record.by)
+            span.start_ns = int(record.opened_at * 1e9)
+            if record.comment is not None:
+                span.attributes["comment"] = record.comment
+            span.events = [SpanEvent(event.what, int(event.at * 1e9),
+                                     {"by": event.by, "detail": event.detail})
+                           for event in record.history]
+            span.end()
 
     def _close_span(self, status: str, *, error: BaseException | None = None,
                     failed_step: str | None = None) -> None:

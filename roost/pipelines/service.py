@@ -143,6 +143,7 @@ class Pipelines:
         self._pools: dict[tuple[str, str, str], ActorRef] = {}
         self._waiters: dict[str, list[asyncio.Future[RunOutcome]]] = defaultdict(list)
         self._through_gates: set[asyncio.Future[RunOutcome]] = set()  # not woken by parking
+        self._resume_after_park: set[str] = set()
         self._live: set[str] = set()
         self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
         #: The most recent step timings per pipeline (bounded), for summaries and metrics.
@@ -291,6 +292,9 @@ class Pipelines:
         """
         record = await self.runs.get(run_id)
         resumable = record.status in (RunStatus.RUNNING, RunStatus.QUEUED)
+        if resumable and run_id in self._live and record.status == RunStatus.QUEUED:
+            # Decided while its actor is still parking it: resume once the actor has stopped.
+            self._resume_after_park.add(run_id)
         if not resumable or run_id in self._live or self.admission.is_waiting(run_id):
             return RunHandle(self, run_id)
         pipeline = self._registered.get(record.pipeline)
@@ -481,6 +485,9 @@ class Pipelines:
         outcome = RunOutcome(run_id, status, results, error, failed_step,
                              UsageTotals() if usage is None else usage, waiting_at or [])
         waiters = self._waiters.pop(run_id, [])
+        if status == RunStatus.WAITING and run_id in self._resume_after_park:
+            self._resume_after_park.discard(run_id)
+            self.system.engine.own(self.system.loop.create_task(self.resume(run_id)))
         if status == RunStatus.WAITING:
             kept = [future for future in waiters if future in self._through_gates]
             if kept:

@@ -84,8 +84,8 @@ def send_step(**gate: Any) -> Step:
                              "input_type": ReplyEdit, **gate}))
 
 
-def support(**gate: Any) -> Pipeline:
-    return Pipeline("support", [Step("draft", Drafter, output=Draft), send_step(**gate)],
+def support(name: str = "support", **gate: Any) -> Pipeline:
+    return Pipeline(name, [Step("draft", Drafter, output=Draft), send_step(**gate)],
                     input_type=str)
 
 
@@ -380,9 +380,10 @@ async def test_a_deadline_that_passed_while_no_process_ran_fires_at_the_next_sta
     await anyio.sleep(0.5)
 
     async with new_system(store) as system:
-        with anyio.fail_after(5):
-            while (await system.pipelines.runs.get("run-1")).status == "waiting":
-                await anyio.sleep(0.05)
+        for _ in range(100):  # the timer applies it at start, in the background
+            if (await system.pipelines.runs.get("run-1")).status != "waiting":
+                break
+            await anyio.sleep(0.05)
         [handle] = await system.pipelines.register(pipeline, resume=True)
         ended = await outcome(handle)
 
@@ -423,5 +424,156 @@ def test_a_bad_gate_is_refused_when_the_pipeline_is_built() -> None:
         Pipeline("p", [Step("a", Drafter, gate=Gate(timeout=0))])
     with pytest.raises(PipelineDefinitionError, match="on_timeout= must be 'approve', 'reject'"):
         Pipeline("p", [Step("a", Drafter, gate=Gate(on_timeout="shrug"))])  # type: ignore[arg-type]
-    with pytest.raises(PipelineDefinitionError, match="Escalate\\(to=...\\) needs at least one"):
+    with pytest.raises(PipelineDefinitionError, match=r"Escalate\(to=\.\.\.\) needs at least one"):
         Pipeline("p", [Step("a", Drafter, gate=Gate(on_timeout=Escalate(to=[], timeout=1)))])
+
+
+# --- unknown outcomes -------------------------------------------------------------------
+
+HANG = {"charge": True}
+
+
+@roost.tool(timeout=0.2)
+async def charge(order: str) -> str:
+    SENT.append({"charge": order})
+    if HANG["charge"]:
+        await anyio.sleep(5)  # the attempt times out after the effect: its outcome is unknown
+    return f"charged {order}"
+
+
+def charging() -> Pipeline:
+    return Pipeline("charging", [
+        Step("charge", tool="charge", args=lambda r, order: {"order": order}),
+        Step("receipt", Seer, after="charge"),
+    ], input_type=str)
+
+
+@pytest.fixture
+async def charging_system(tmp_path: Path) -> AsyncIterator[roost.ActorSystem]:
+    HANG["charge"] = True
+    async with new_system(tmp_path / "store") as system:
+        system.tools.register(charge)
+        yield system
+
+
+async def test_an_unknown_tool_outcome_asks_a_person_whether_it_happened(
+        charging_system: roost.ActorSystem) -> None:
+    system = charging_system
+    run = await system.pipelines.start(charging(), "order-1", run_id="run-1")
+    parked = await outcome(run)
+
+    assert parked.waiting_at == ["charge/outcome"]
+    gate = await system.gates.get("run-1", "charge/outcome")
+    assert gate.gate_kind == "outcome" and gate.tool == "charge"
+    assert msgspec.json.decode(gate.shown)["arguments"] == {"order": "order-1"}
+    with pytest.raises(GateDecisionInvalid, match="not one of done, not_done, abandon"):
+        await system.gates.decide("run-1", "charge/outcome", "approve", by="ana")
+
+    await system.gates.decide("run-1", "charge/outcome", "done", by="ana",
+                              input="charged order-1 (seen in the bank)")
+    done = await outcome(run, through_gates=True)
+
+    assert done.status == "completed"
+    assert done.results["charge"] == "charged order-1 (seen in the bank)"
+    assert SENT == [{"charge": "order-1"}]  # not charged twice
+    # Later calls with the step's key get the result the person recorded.
+    [entry_key] = [msgspec.json.decode(gate.shown)["key"]]
+    assert await system.tools.call("charge", key=entry_key, order="order-1") == (
+        "charged order-1 (seen in the bank)")
+
+
+async def test_not_done_runs_the_tool_again_under_the_same_key(
+        charging_system: roost.ActorSystem) -> None:
+    system = charging_system
+    run = await system.pipelines.start(charging(), "order-1", run_id="run-1")
+    await outcome(run)
+    HANG["charge"] = False
+
+    await system.gates.decide("run-1", "charge/outcome", "not_done", by="ana")
+    done = await outcome(run, through_gates=True)
+
+    assert done.results["charge"] == "charged order-1"
+    assert SENT == [{"charge": "order-1"}, {"charge": "order-1"}]
+
+
+async def test_abandon_fails_the_step(charging_system: roost.ActorSystem) -> None:
+    system = charging_system
+    run = await system.pipelines.start(charging(), "order-1", run_id="run-1")
+    await outcome(run)
+
+    await system.gates.decide("run-1", "charge/outcome", "abandon", by="ana")
+    with pytest.raises(roost.StepFailed, match="abandoned by ana"):
+        await outcome(run, through_gates=True)
+    assert (await system.pipelines.runs.get("run-1")).failed_step == "charge"
+
+
+# --- scheduling around gates ------------------------------------------------------------
+
+
+class Slow(roost.Actor):
+    async def receive(self, message: RunStep) -> str:
+        await anyio.sleep(0.2)
+        return "slow:done"
+
+
+async def test_a_run_parks_only_after_its_running_steps_settle_and_keeps_their_results(
+        system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("branches", [
+        Step("gated", Seer, gate=Gate()),
+        Step("slow", Slow),
+        Step("join", Seer, after=["gated", "slow"]),
+    ])
+    run = await system.pipelines.start(pipeline, "x", run_id="run-1")
+    parked = await outcome(run)
+
+    assert (parked.status, parked.results) == ("waiting", {"slow": "slow:done"})
+    await system.gates.decide("run-1", "gated", "approve", by="ana")
+    done = await outcome(run, through_gates=True)
+    assert set(done.results) == {"gated", "slow", "join"}
+
+
+async def test_a_decision_made_while_the_run_is_still_parking_resumes_it(
+        system: roost.ActorSystem) -> None:
+    system.gates.on_open(lambda record: system.loop.create_task(system.gates.decide(
+        record.run_id, record.gate, "approve", by="auto-approver")))
+
+    run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+    done = await outcome(run, through_gates=True)
+
+    assert done.status == "completed"
+    assert len(SENT) == 1
+
+
+async def test_pending_filters_by_assignee_pipeline_and_age(system: roost.ActorSystem) -> None:
+    await outcome(await system.pipelines.start(support(), "angry one", run_id="run-1"))
+    billing = support("billing", assignees=["billing"])
+    await outcome(await system.pipelines.start(billing, "angry two", run_id="run-2"))
+
+    assert [g.run_id for g in await system.gates.pending()] == ["run-1", "run-2"]
+    assert [g.run_id for g in await system.gates.pending(assignee="billing")] == ["run-2"]
+    assert [g.run_id for g in await system.gates.pending(pipeline="billing")] == ["run-2"]
+    assert await system.gates.pending(older_than=3600) == []
+
+
+# --- traces -----------------------------------------------------------------------------
+
+
+async def test_a_decided_gate_is_a_gate_span_in_the_runs_trace(tmp_path: Path) -> None:
+    spans: list[Any] = []
+    async with roost.ActorSystem(store=tmp_path / "store", tracing=True) as system:
+        system.tools.register(send_email)
+        system.tracer.add_sink(spans.append)
+        run = await system.pipelines.start(support(), "angry customer", run_id="run-1")
+        await outcome(run)
+        await system.gates.decide("run-1", "send", "edit", by="ana", comment="softer",
+                                  input={"to": "a@example.org", "body": "hi"})
+        await outcome(run, through_gates=True)
+
+    [gate] = [span for span in spans if span.kind == "gate"]
+    runs = [span for span in spans if span.kind == "run"]
+    assert gate.parent_span_id == runs[-1].span_id
+    assert len({span.trace_id for span in spans}) == 1  # the resumed run continues the trace
+    assert (gate.name, gate.attributes["decision"], gate.attributes["decided_by"],
+            gate.attributes["comment"]) == ("gate send", "edit", "ana", "softer")
+    assert [event.name for event in gate.events] == ["opened", "decided"]
+    assert [e.name for e in runs[0].events if e.name == "gate_opened"] == ["gate_opened"]
