@@ -17,6 +17,7 @@ actor), `service` (`system.pipelines`: start, resume, list, cancel), `admission`
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.gate import Escalate, Gate, GateDecision
 from roost.pipelines.gates import Gates
+from roost.pipelines.notify import GateNotification, SignatureInvalid, Webhook, verify_signature
 from roost.pipelines.run import NeedsReview
 from roost.pipelines.service import Pipelines, RunHandle, RunOutcome
 
@@ -24,6 +25,7 @@ __all__ = [
     "Escalate",
     "Gate",
     "GateDecision",
+    "GateNotification",
     "Gates",
     "NeedsReview",
     "Pipeline",
@@ -31,6 +33,9 @@ __all__ = [
     "RunHandle",
     "RunOutcome",
     "RunStep",
+    "SignatureInvalid",
     "Step",
     "StepFailure",
+    "Webhook",
+    "verify_signature",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -25,8 +26,11 @@ from roost._logging import get_logger
 from roost.errors import ConfigurationError, GateDecisionInvalid, RunNotFound, StoreError
 from roost.pipelines import _schema_check
 from roost.pipelines.gate import APPROVAL_DECISIONS, OUTCOME_DECISIONS, Escalate, Gate, GateDecision
+from roost.pipelines.notify import DEFAULT_BREAKER, DEFAULT_RETRY, Webhook
 from roost.storage import GateEvent, GateRecord, GateStore, Op, TimeoutStep
 from roost.storage.gates import PENDING, Decision
+from roost.tools.breaker import Breaker
+from roost.tools.retry import Retry
 
 if TYPE_CHECKING:
     from roost.pipelines.definition import Pipeline
@@ -173,15 +177,18 @@ class Gates:
                 self._notify(callback, record)
 
     def _notify(self, callback: OnOpen, record: GateRecord) -> None:
+        # In a context of its own: not part of whatever message or run the opener handles.
+        context = contextvars.Context()
         try:
-            outcome = callback(record)
+            outcome = context.run(callback, record)
         except Exception as error:
             _log.error("gate_notification_failed", run_id=record.run_id, gate=record.gate,
                        error_type=type(error).__name__, error=str(error))
             return
         if inspect.isawaitable(outcome):
             system = self._pipelines.system
-            task = system.loop.create_task(self._await_notification(outcome, record))
+            task = system.loop.create_task(self._await_notification(outcome, record),
+                                           context=context)
             system.engine.own(task)
 
     async def _await_notification(self, outcome: Awaitable[None], record: GateRecord) -> None:
@@ -362,7 +369,12 @@ class Gates:
         if step.action == "escalate":
             now = self._clock()
             results = await self._pipelines.system.store.commit(store.escalate_op(record, now))
+            if results[0] is None:
+                return  # the gate went (its run was deleted)
             escalated = msgspec.msgpack.decode(results[0], type=GateRecord)
+            if escalated.status != PENDING or escalated.history[-1].what != "escalated" \
+                    or escalated.history[-1].at != now:
+                return  # decided (or escalated by another timer) in the meantime
             _log.warning("gate_escalated", run_id=run_id, gate=gate, to=step.to)
             self.opened([escalated])
             return
@@ -373,6 +385,30 @@ class Gates:
                                timed_out=True)
         except RunNotFound:
             await self._pipelines.system.store.commit([store.unindex_op(deadline, run_id, gate)])
+
+    # --- webhooks ---------------------------------------------------------------------
+
+    def add_webhook(self, url: str, *, secret: str | bytes, name: str = "gates",
+                    timeout: float = 10.0, retry: Retry | None = DEFAULT_RETRY,
+                    breaker: Breaker | None = DEFAULT_BREAKER) -> Webhook:
+        """POST each gate that opens in this process, and each escalation, to `url` as
+        signed JSON, once, through the tool proxy as tool `roost.webhook.<name>`; see
+        `roost.pipelines.notify` (receivers check requests with `verify_signature`).
+
+        Raises:
+            ConfigurationError: `url` is not an absolute http(s) URL, `secret` is not a
+                non-empty str or bytes, a webhook of that name exists, or an option is bad.
+        """
+        system = self._pipelines.system
+        webhook = Webhook(url, secret=secret, name=name, tools=system.tools,
+                          session=system.http_session, timeout=timeout, retry=retry,
+                          breaker=breaker)
+        if webhook.spec.name in system.tools.registry.names():
+            raise ConfigurationError(f"a webhook named {name!r} was added already; pass "
+                                     "add_webhook(name=...) to add another")
+        system.tools.register(webhook.spec)
+        self.on_open(webhook)
+        return webhook
 
 
 def _running(system: Any) -> bool:

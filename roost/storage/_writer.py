@@ -24,6 +24,7 @@ from typing import Any
 
 import lmdb
 
+from roost._histogram import BATCH_BUCKETS, Histogram
 from roost._logging import get_logger
 from roost.errors import ConfigurationError, InternalError, RoostError, StoreError
 from roost.storage._environment import Environment
@@ -87,6 +88,9 @@ class Writer:
         self.syncs = 0
         self.map_grows = 0
         self.map_size: int = self._env.info()["map_size"]
+        #: Seconds each batch took to commit (and flush, when durable), and its size.
+        self.commit_seconds = Histogram()
+        self.batch_writes = Histogram(BATCH_BUCKETS)
         #: Set (once) when the writer thread has ended abnormally: no write can be saved.
         self.dead: StoreError | None = None
         self._on_death: list[Callable[[StoreError], None]] = []
@@ -213,6 +217,7 @@ class Writer:
     def _write(self, batch: list[WriteRequest]) -> list[Outcome]:
         """Commit a batch, flush it if any write asked to be durable, and say how each went."""
         outcomes: list[Outcome] = []
+        started = time.perf_counter()
         try:
             results = self._commit(batch, outcomes)
         except Exception as exc:
@@ -230,6 +235,8 @@ class Writer:
                 _safe_log("error", "store_flush_failed", exc, path=self._path)
         elif self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.batch_writes.observe(len(batch))
         for request, result in zip(batch, results, strict=True):
             if flush_error is not None and request.durable:
                 self.failed_writes += 1

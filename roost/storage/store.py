@@ -32,6 +32,7 @@ import anyio
 import lmdb
 import msgspec
 
+from roost._histogram import Histogram
 from roost.errors import ConfigurationError, StoreCorrupt, StoreError
 from roost.storage._environment import CORRUPTION, Environment, open_environment
 from roost.storage._guard import MapGuard
@@ -217,6 +218,15 @@ class Store:
         return StoreStatistics(commits=writer.commits, writes=writer.writes,
                                failed_writes=writer.failed_writes, syncs=writer.syncs,
                                map_size=writer.map_size, map_grows=writer.map_grows)
+
+    def histograms(self) -> dict[str, Histogram]:
+        """Snapshots of the writer's histograms: `commit_seconds` (each group commit, with
+        its flush when durable) and `batch_writes` (writes per commit)."""
+        writer = self._writer
+        if writer is None:
+            return {}
+        return {"commit_seconds": writer.commit_seconds.copy(),
+                "batch_writes": writer.batch_writes.copy()}
 
     # --- writes ---------------------------------------------------------------------------
 

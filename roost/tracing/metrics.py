@@ -24,19 +24,14 @@ counters with `_total`), and `RoostCollector(system)` plugs them into a
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from roost._histogram import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram, bound_label
 from roost.errors import ExtraNotInstalled, RoostError
 from roost.tracing.spans import Span, SpanKind
 
-#: Upper bounds (seconds) of the latency histograms: from a no-op step to a slow model call.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0, 60.0, 120.0, math.inf)
-#: Upper bounds (bytes) of the size histograms.
-SIZE_BUCKETS = (256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, math.inf)
 #: Spans a `SpanMetrics` queues before it counts them (it also counts before each read).
 _BATCH = 1024
 # The kinds, read once: an enum member read through its class is slow on the hot path.
@@ -44,35 +39,6 @@ _RUN, _STEP, _STEP_ATTEMPT, _TOOL_CALL, _TOOL_ATTEMPT, _MESSAGE = (
     SpanKind.RUN, SpanKind.STEP, SpanKind.STEP_ATTEMPT, SpanKind.TOOL_CALL, SpanKind.TOOL_ATTEMPT,
     SpanKind.MESSAGE)
 _TOKENS = (("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens"))
-
-
-class Histogram:
-    """Observations counted into fixed buckets, with their count and sum (Prometheus-style)."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * len(bounds)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """(upper bound, observations <= it) for every bucket, ending with +Inf."""
-        total, pairs = 0, []
-        for bound, count in zip(self.bounds, self.counts, strict=True):
-            total += count
-            pairs.append((bound, total))
-        return pairs
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "sum": self.sum,
-                "buckets": {_bound(bound): count for bound, count in self.cumulative()}}
 
 
 @dataclass
@@ -303,6 +269,7 @@ def _store_families(system: Any) -> list[Family]:
     if store is None:
         return []
     stats = store.statistics()
+    histograms = store.histograms()
     return [
         Family("store_commits", "counter", "LMDB write transactions (one per group-commit batch).",
                samples={(): stats.commits}),
@@ -315,6 +282,11 @@ def _store_families(system: Any) -> list[Family]:
                samples={(): stats.writes / stats.commits if stats.commits else 0.0}),
         Family("store_map_bytes", "gauge", "Size of the LMDB memory map.",
                samples={(): stats.map_size}),
+        *(Family(f"store_{name}", "histogram", help, samples={(): histograms[name]})
+          for name, help in (("commit_seconds", "Seconds each group commit took, with its flush "
+                                                "when durable."),
+                             ("batch_writes", "Writes per group commit."))
+          if name in histograms),
     ]
 
 
@@ -373,7 +345,7 @@ class RoostCollector:
             if family.kind == "histogram":
                 metric = core.HistogramMetricFamily(name, family.help, labels=labels)
                 for values, histogram in family.samples.items():
-                    metric.add_metric(list(values), [(_bound(b), c) for b, c in
+                    metric.add_metric(list(values), [(bound_label(b), c) for b, c in
                                                      histogram.cumulative()], histogram.sum)
             else:
                 kind = (core.CounterMetricFamily if family.kind == "counter"
@@ -451,10 +423,6 @@ def _text(span: Span, attribute: str, default: str) -> str:
 def _attempt(span: Span) -> int:
     value = span.attributes.get("attempt")
     return value if isinstance(value, int) else 1
-
-
-def _bound(bound: float) -> str:
-    return "+Inf" if bound == math.inf else repr(bound)
 
 
 def _nested(family: Family) -> Any:
