@@ -1,4 +1,4 @@
-"""roost's packages depend one way: mailbox <- actors <- tools <- pipelines <- runtime.
+"""roost's packages depend one way: mailbox <- actors <- tools <- pipelines <- console <- runtime.
 
 `storage`, `tracing`, `errors`, `trace` and `_validate` sit below all of them. Every import is
 read from the source with `ast`, including imports inside functions and under
@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "roost"
 
-FOUNDATION = {"roost.errors", "roost.trace", "roost._validate", "roost._logging", "roost.storage",
-              "roost.tracing"}
+FOUNDATION = {"roost.errors", "roost.trace", "roost._validate", "roost._logging", "roost._histogram",
+              "roost.storage", "roost.tracing"}
 
 #: What each layer may import from roost, besides itself.
 ALLOWED: dict[str, set[str]] = {
@@ -23,15 +23,19 @@ ALLOWED: dict[str, set[str]] = {
     "roost.trace": set(),
     "roost._validate": {"roost.errors"},
     "roost._logging": set(),
-    "roost.storage": {"roost.errors", "roost.trace", "roost._validate", "roost._logging"},
+    "roost._histogram": set(),
+    "roost.storage": {"roost.errors", "roost.trace", "roost._validate", "roost._logging",
+                      "roost._histogram"},
     "roost.tracing": {"roost.errors", "roost.trace", "roost._validate", "roost._logging",
-                      "roost.storage"},
+                      "roost._histogram", "roost.storage"},
     "roost.mailbox": FOUNDATION,
     "roost.actors": FOUNDATION | {"roost.mailbox"},
     "roost.tools": FOUNDATION | {"roost.mailbox", "roost.actors"},
     "roost.pipelines": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools"},
-    "roost.runtime": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools",
+    "roost.console": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools",
                                    "roost.pipelines"},
+    "roost.runtime": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools",
+                                   "roost.pipelines", "roost.console"},
 }
 
 
