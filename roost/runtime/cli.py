@@ -7,7 +7,9 @@ cancellation is abandoned after its timeout plus a grace period, and the process
 exits anyway.
 
 `roost store check|backup` (in `store_commands`) look after a store folder offline;
-`roost trace ID` and `roost runs` (in `trace_commands`) show what runs did.
+`roost trace ID` and `roost runs` (in `trace_commands`) show what runs did;
+`roost gates` and `roost decide` (in `gate_commands`) list the runs waiting for people
+and decide their gates.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
 from roost.errors import BootstrapError, RoostError
 from roost.runtime.bootstrap import Root, load_root
+from roost.runtime.gate_commands import add_gate_commands, run_gate_command
 from roost.runtime.gc_tuning import tune_gc
 from roost.runtime.log import LOG_FORMATS, LOG_LEVELS
 from roost.runtime.store_commands import add_store_commands, run_store_command
@@ -49,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_store_commands(commands)
     add_trace_commands(commands)
+    add_gate_commands(commands)
     return parser
 
 
@@ -65,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_store_command(args)
     if args.command in ("trace", "runs"):
         return run_trace_command(args)
+    if args.command in ("gates", "decide"):
+        return run_gate_command(args)
     try:
         root = load_root(args.target)
     except BootstrapError as error:
