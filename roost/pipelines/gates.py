@@ -247,7 +247,10 @@ class Gates:
         if record.status == PENDING:
             _log.info("gate_decided", run_id=run_id, gate=gate, decision=decision, by=by,
                       timed_out=timed_out)
-        if pipeline is not None and _running(pipelines.system):
+        # Looked up again: a register(resume=True) that ran during the write saw the run
+        # still waiting and left it.
+        if pipelines.registered(record_of_run.pipeline) is not None \
+                and _running(pipelines.system):
             await pipelines.resume(run_id)
         return after
 

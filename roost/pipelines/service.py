@@ -444,9 +444,17 @@ class Pipelines:
         at a gate gives its `waiting` outcome, unless `through_gates`."""
         if run_id in self._live or self.admission.is_waiting(run_id):
             return await self._wait(run_id, through_gates=through_gates)
-        record = await self.runs.get(run_id)
-        if through_gates and record.status == RunStatus.WAITING:
-            return await self._wait(run_id, through_gates=True)
+        # Listening before the read: the run may be decided, resumed and end during it.
+        waiter = self._wait(run_id, through_gates=True) if through_gates else None
+        try:
+            record = await self.runs.get(run_id)
+        except BaseException:
+            self._forget(run_id, waiter)
+            raise
+        if waiter is not None:
+            if record.status == RunStatus.WAITING or run_id in self._live or waiter.done():
+                return await waiter
+            self._forget(run_id, waiter)
         if record.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.SUSPENDED):
             if run_id in self._paused:  # paused here: say why, as its waiters heard
                 raise RunInterrupted(run_id, self._paused[run_id])
@@ -466,6 +474,17 @@ class Pipelines:
                           if r.status == "pending"]
         return RunOutcome(run_id, str(record.status), results, record.error, record.failed_step,
                           progress.usage, waiting_at)
+
+    def _forget(self, run_id: str, waiter: asyncio.Future[RunOutcome] | None) -> None:
+        """Stop listening with `waiter` (None: nothing to do)."""
+        if waiter is None:
+            return
+        waiters = self._waiters.get(run_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(run_id, None)
+        waiter.cancel()
 
     def _wait(self, run_id: str, *, through_gates: bool = False) -> asyncio.Future[RunOutcome]:
         future: asyncio.Future[RunOutcome] = self.system.loop.create_future()
