@@ -1,11 +1,14 @@
 """The support-email pipeline: its step actors and the graph that connects them.
 
     classify ──────────────┐
-    extract ──> retrieve ──┴─> draft ──> compliance ──> route ──> send
+    extract ──> retrieve ──┴─> draft ──> compliance ──> [gate] send
 
-`classify` runs alongside `extract` and `retrieve`. `route` ends the run in
-status `needs_review` (holding its draft) when confidence is below 0.8;
-otherwise `send` hands the reply to the `send_email` tool.
+`classify` runs alongside `extract` and `retrieve`. A reply whose confidence is
+below 0.8 waits at the gate before `send` for a person (the `support` group) to
+approve it, edit it or reject it; the run is parked `waiting` meanwhile, holding no
+actor or task, and goes on (in this process or a later one) once someone decides.
+Without a decision within 4 hours the gate passes to the `leads` for 2 more, then
+the reply is rejected: a low-confidence draft is never sent unreviewed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import roost
 
 import compliance
@@ -24,13 +28,15 @@ from records import (
     Draft,
     Email,
     Entities,
+    ForReview,
     Receipt,
+    Reply,
     Retrieval,
-    Routed,
 )
 
 #: Replies less certain than this go to a person.
 CONFIDENCE_THRESHOLD = 0.8
+HOUR = 3600.0
 
 
 class Classifier(roost.Actor):
@@ -86,31 +92,50 @@ class ComplianceChecker(roost.Actor):
                 return compliance.check(email, draft)
 
 
-class Router(roost.Actor):
-    """Sends a confident reply on its way, and hands the others to a person."""
-
-    async def receive(self, message: Any) -> Any:
-        match message:
-            case roost.RunStep(results={"compliance": ComplianceReport() as report}):
-                if report.confidence >= CONFIDENCE_THRESHOLD:
-                    return Routed(confidence=report.confidence, tokens=0)
-                reasons = [f"confidence {report.confidence:.2f} < {CONFIDENCE_THRESHOLD:.2f}",
-                           *report.violations]
-                return roost.NeedsReview("; ".join(reasons))
-
-
 def _reply(results: Mapping[str, Any], email: Email) -> dict[str, Any]:
-    return {"to": email.sender, "subject": f"Re: {email.subject}",
-            "body": results["compliance"].text, "email_id": email.email_id}
+    """The `send_email` tool's arguments: the compliance-checked reply to `email`."""
+    return msgspec.structs.asdict(_reply_to(results, email))
 
 
-SUPPORT_EMAIL = roost.Pipeline("support-email", [
-    roost.Step("classify", Classifier, output=Classification),
-    roost.Step("extract", Extractor, output=Entities),
-    roost.Step("retrieve", Retriever, after="extract", output=Retrieval,
-         retry=roost.Retry(attempts=3, base_delay=0.05, max_delay=0.2)),
-    roost.Step("draft", Drafter, after=["classify", "retrieve"], output=Draft),
-    roost.Step("compliance", ComplianceChecker, after="draft", output=ComplianceReport),
-    roost.Step("route", Router, after="compliance", output=Routed | roost.NeedsReview),
-    roost.Step("send", tool="send_email", after="route", args=_reply, output=Receipt),
-], input_type=Email)
+def _reply_to(results: Mapping[str, Any], email: Email) -> Reply:
+    return Reply(to=email.sender, subject=f"Re: {email.subject}",
+                 body=results["compliance"].text, email_id=email.email_id)
+
+
+def _unsure(results: Mapping[str, Any]) -> bool:
+    return results["compliance"].confidence < CONFIDENCE_THRESHOLD
+
+
+def _why_unsure(results: Mapping[str, Any]) -> str:
+    report: ComplianceReport = results["compliance"]
+    return "; ".join([f"confidence {report.confidence:.2f} < {CONFIDENCE_THRESHOLD:.2f}",
+                      *report.violations])
+
+
+def _for_review(results: Mapping[str, Any], email: Email) -> ForReview:
+    report: ComplianceReport = results["compliance"]
+    return ForReview(email=email, reply=_reply_to(results, email),
+                     confidence=report.confidence, violations=report.violations)
+
+
+def support_email(*, review_timeout: float = 4 * HOUR,
+                  leads_timeout: float = 2 * HOUR) -> roost.Pipeline:
+    """The pipeline. `review_timeout` is how long (seconds) the support team has to decide
+    a gated reply, `leads_timeout` how long the leads have after it passes to them."""
+    review = roost.Gate(
+        when=_unsure, reason=_why_unsure, assignees=["support"], input_type=Reply,
+        show=_for_review, timeout=review_timeout,
+        on_timeout=roost.Escalate(to=["leads"], timeout=leads_timeout, on_timeout="reject"))
+    return roost.Pipeline("support-email", [
+        roost.Step("classify", Classifier, output=Classification),
+        roost.Step("extract", Extractor, output=Entities),
+        roost.Step("retrieve", Retriever, after="extract", output=Retrieval,
+                   retry=roost.Retry(attempts=3, base_delay=0.05, max_delay=0.2)),
+        roost.Step("draft", Drafter, after=["classify", "retrieve"], output=Draft),
+        roost.Step("compliance", ComplianceChecker, after="draft", output=ComplianceReport),
+        roost.Step("send", tool="send_email", after="compliance", args=_reply, gate=review,
+                   output=Receipt),
+    ], input_type=Email)
+
+
+SUPPORT_EMAIL = support_email()

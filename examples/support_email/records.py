@@ -90,10 +90,27 @@ class ComplianceReport(StepOutput, frozen=True, kw_only=True, gc=False,
     redactions: int
 
 
-class Routed(StepOutput, frozen=True, kw_only=True, gc=False, tag="support.routed.v1"):
-    """The router's decision to send the reply without a person."""
+class Reply(msgspec.Struct, frozen=True, gc=False):
+    """The reply the `send` step hands to the `send_email` tool, as its keyword arguments.
 
+    A reviewer sees it at the send gate, and an "edit" decision supplies a whole `Reply`
+    (a rewritten body, say) that is sent in its place. Untagged: it is the tool's arguments.
+    """
+
+    to: str
+    subject: str
+    body: str
+    email_id: str
+
+
+class ForReview(msgspec.Struct, frozen=True, gc=False):
+    """What a person sees at the send gate: the customer's email, the reply about to go out,
+    and why it needs a look (its confidence and the compliance findings)."""
+
+    email: Email
+    reply: Reply
     confidence: float
+    violations: list[str]
 
 
 class Receipt(msgspec.Struct, frozen=True, gc=False, tag="support.receipt.v1"):
