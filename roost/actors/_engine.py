@@ -258,6 +258,18 @@ class Engine:
             await asyncio.shield(cell.termination())
         return Terminated(ref, cell.stop_reason or StopReason.NORMAL, cell.stop_error)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """The supervision tree as plain records, top-level actors first: each actor's
+        path, name, class, state, restarts, mailbox depth, whether it is handling a
+        message, and its children (for consoles; a read-only walk)."""
+        def record(cell: Cell) -> dict[str, Any]:
+            return {"path": cell.path, "name": cell.name, "actor": cell.factory.__name__,
+                    "state": STATE_NAMES[cell.state], "restarts": cell.restarts,
+                    "mailbox": len(cell.mailbox), "busy": cell.current is not None,
+                    "children": [record(child) for child in cell.children.values()]}
+
+        return [] if self.guardian is None else record(self.guardian)["children"]
+
     def statistics(self) -> dict[str, Any]:
         """Counts of live actors by state, busy actors, dead letters and abandoned tasks."""
         states: dict[str, int] = {}

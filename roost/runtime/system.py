@@ -444,6 +444,12 @@ class ActorSystem:
             counts["loop_lag"] = self.loop_monitor.statistics()
         return counts
 
+    def actor_tree(self) -> list[dict[str, Any]]:
+        """The live supervision tree as plain records, top-level actors first: each one's
+        `path`, `name`, `actor` (class), `state`, `restarts`, `mailbox` (messages
+        waiting), `busy` and `children`."""
+        return [] if self.engine is None else self.engine.describe()
+
     def metrics(self) -> dict[str, Any]:
         """A snapshot of roost's metrics as plain values: runs by status, step and tool
         latency histograms, retries, breaker states, restarts, dead letters, mailbox

@@ -1,0 +1,609 @@
+"""The console's server-rendered pages: sign-in, runs, one run with its trace waterfall, the
+gates inbox with its decision forms, and the live system.
+
+Every page is a Jinja2 template with autoescaping on, fed by `roost.console.views` (the
+records the JSON API encodes too), with no JavaScript. Forms post back with the
+session's CSRF token, which the auth middleware checks; a decision records the
+signed-in name. Times are shown in UTC, ISO 8601; ages and durations for people.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+from aiohttp import web
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from yarl import URL
+
+from roost.console import views
+from roost.console.app import AUTH, LIVE, SECURE, SYSTEM, session_of
+from roost.console.auth import COOKIE
+from roost.console.problems import Problem
+from roost.console.waterfall import layout
+from roost.errors import (
+    ConfigurationError,
+    GateAlreadyDecided,
+    GateClosed,
+    GateDecisionInvalid,
+    SystemNotRunning,
+    TraceNotFound,
+)
+from roost.storage import RunStatus
+from roost.tracing import Span, Trace
+
+_env = Environment(loader=PackageLoader("roost.console", "templates"), autoescape=True,
+                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+#: The longest name a person may sign in with.
+MAX_NAME = 80
+GATE_STATUSES = ("pending", "decided", "closed")
+#: Span attributes that hold payloads (shown apart from the other attributes).
+PAYLOADS = ("run.input", "step.input", "step.item", "step.output", "tool.arguments", "tool.result")
+#: A form button's value: the decision it makes, and whether it takes the edited input.
+BUTTONS = {"approve": ("approve", False), "reject": ("reject", False), "edit": ("edit", True),
+           "done": ("done", False), "not_done": ("not_done", False),
+           "abandon": ("abandon", False), "done-with-result": ("done", True)}
+_FIELD_KINDS = {"string": "text", "integer": "integer", "number": "number", "boolean": "checkbox"}
+_NAMED_FIELD = re.compile(r"\$\.([A-Za-z_][\w-]*)|required field `([^`]+)`")
+_INPUT_PREFIX = re.compile(r"^the input does not fit [^:]*: ")
+
+
+def add_routes(app: web.Application) -> None:
+    """Add the pages' routes to `app`."""
+    app.router.add_routes([
+        web.get("/", index),
+        web.get("/login", login_form),
+        web.post("/login", login),
+        web.post("/logout", logout),
+        web.get("/runs", runs),
+        web.get("/runs/{run_id}", run),
+        web.get("/gates", gates),
+        web.post("/gates/{run_id}/{gate:.+}/decide", decide),
+        web.get("/system", system_page),
+        web.post("/system/breakers/{tool}/reset", reset_breaker),
+    ])
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def _utc(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _duration(seconds: float | None) -> str:
+    """`seconds` for people: 850 µs, 12.5 ms, 3.20 s, 4 min 5 s, 2 h 10 min, 3 d 4 h."""
+    if seconds is None or math.isnan(seconds):
+        return "—"
+    seconds = max(0.0, seconds)
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    whole = int(seconds)
+    if whole >= 86400:
+        return f"{whole // 86400} d {whole % 86400 // 3600} h"
+    if whole >= 3600:
+        return f"{whole // 3600} h {whole % 3600 // 60} min"
+    return f"{whole // 60} min {whole % 60} s"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return _duration(datetime.now(UTC).timestamp() - seconds)
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=repr)
+
+
+_env.filters.update(utc=_utc, utc_ns=lambda ns: _utc(ns / 1e9), duration=_duration,
+                    duration_ns=lambda ns: _duration(ns / 1e9), age=_age, pretty=_pretty)
+
+
+def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    session = session_of(request)
+    text = _env.get_template(template).render(
+        session=session, csrf="" if session is None else session.csrf, path=request.path,
+        **context)
+    return web.Response(status=status, text=text, content_type="text/html", charset="utf-8")
+
+
+def error_page(request: web.Request, problem: Problem) -> web.Response:
+    """`problem` as a page (its title, detail and field errors, escaped) with its status."""
+    return _page(request, "error.html", problem.status, problem=problem)
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/runs")
+
+
+# --- signing in -----------------------------------------------------------------------
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: `target` if it is a path on this console, else /runs
+    (never another site, as `//evil.example` or `/\\evil.example` would be)."""
+    if (not target or not target.startswith("/") or target.startswith(("//", "/\\"))
+            or "\\" in target or not target.isprintable() or target.startswith("/login")):
+        return "/runs"
+    return target
+
+
+async def login_form(request: web.Request) -> web.Response:
+    return _page(request, "login.html", next=safe_next(request.query.get("next")), name="",
+                 errors={})
+
+
+async def login(request: web.Request) -> web.Response:
+    """Sign in with the token and a name: a session cookie and on to `next`; a wrong token
+    is answered late (the brake on guessing) with the form again."""
+    form = await request.post()
+    token, name = str(form.get("token", "")), str(form.get("name", "")).strip()
+    target = safe_next(str(form.get("next", "")))
+    auth = request.app[AUTH]
+    remote = request.remote or "unknown"
+    errors: dict[str, str] = {}
+    if not auth.token_matches(token):
+        await asyncio.sleep(auth.failed(remote))
+        errors["token"] = "That is not the console's token. Ask whoever runs the console for it."
+    if not 1 <= len(name) <= MAX_NAME or not name.isprintable():
+        errors["name"] = (f"Give your name (1 to {MAX_NAME} printable characters); "
+                          "your decisions are recorded under it.")
+    if errors:
+        status = 401 if "token" in errors else 422
+        return _page(request, "login.html", status, next=target, name=name[:MAX_NAME],
+                     errors=errors)
+    auth.succeeded(remote)
+    session_id, _ = auth.sign_in(name)
+    redirect = web.HTTPSeeOther(target)
+    redirect.set_cookie(COOKIE, session_id, path="/", httponly=True, samesite="Strict",
+                        secure=request.app[SECURE] or None)
+    raise redirect
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[AUTH].sign_out(request.cookies.get(COOKIE))
+    redirect = web.HTTPSeeOther("/login")
+    redirect.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict",
+                        secure=request.app[SECURE] or None)
+    raise redirect
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+def parse_moment(name: str, text: str, *, end: bool = False) -> float | None:
+    """A filter's date (`2026-12-01`) or ISO datetime (`2026-12-01T10:00Z`, UTC unless it
+    says otherwise) as seconds since the epoch; with `end`, a date means the end of it.
+
+    Raises:
+        Problem: 400, naming the filter and the forms it takes.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Problem(400, "Bad filter", f"{name}={text[:40]!r} is not a date (2026-12-01) or "
+                                         "an ISO datetime (2026-12-01T10:00:00Z)",
+                      errors={name: "a date (2026-12-01) or an ISO datetime"}) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if end and len(text) == 10:  # a date alone: up to the end of that day
+        moment += timedelta(days=1)
+    return moment.timestamp()
+
+
+def _whole(name: str, text: str | None, default: int) -> int:
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise Problem(400, "Bad filter", f"{name}={text[:20]!r} must be a whole number",
+                      errors={name: "a whole number"}) from None
+
+
+async def runs(request: web.Request) -> web.Response:
+    """The runs, newest first, filtered by status, pipeline, time range and text."""
+    query = request.query
+    chosen = {name: query.get(name, "") for name in ("status", "pipeline", "since", "until",
+                                                     "text", "limit")}
+    rows: list[views.RunRow] = []
+    cursor = None
+    problem = None
+    try:
+        rows, cursor = await views.runs_page(
+            request.app[SYSTEM], status=chosen["status"] or None,
+            pipeline=chosen["pipeline"].strip() or None,
+            since=parse_moment("since", chosen["since"]),
+            until=parse_moment("until", chosen["until"], end=True),
+            text=chosen["text"].strip() or None, cursor=query.get("cursor"),
+            limit=_whole("limit", chosen["limit"], 50))
+    except Problem as error:
+        problem = error
+    kept = {name: value for name, value in chosen.items() if value}
+    older = None if cursor is None else "/runs?" + urlencode({**kept, "cursor": cursor})
+    return _page(request, "runs.html", 200 if problem is None else problem.status, rows=rows,
+                 chosen=chosen, statuses=[str(s) for s in RunStatus], older=older,
+                 problem=problem, first_page=query.get("cursor") is None,
+                 first="/runs?" + urlencode(kept))
+
+
+async def run(request: web.Request) -> web.Response:
+    """One run: its header, input, steps, trace waterfall, checkpoints and gates."""
+    system = request.app[SYSTEM]
+    run_id = request.match_info["run_id"]
+    view = await views.run_view(system, run_id)
+    trace, trace_note = await _trace(system, run_id)
+    waterfall = None if trace is None else layout(trace)
+    spans = [] if waterfall is None else [(row, span_parts(row.span)) for row in waterfall.rows]
+    return _page(request, "run.html", view=view, trace=trace, trace_note=trace_note,
+                 waterfall=waterfall, spans=spans)
+
+
+async def _trace(system: Any, run_id: str) -> tuple[Trace | None, str | None]:
+    """The run's trace, or None and why there is none."""
+    try:
+        return await system.traces.get(run_id), None
+    except (ConfigurationError, SystemNotRunning):
+        return None, "This system records no traces (it runs with tracing off)."
+    except TraceNotFound:
+        return None, "The store holds no trace of this run; it may be past the trace retention."
+
+
+def span_parts(span: Span) -> dict[str, dict[str, Any]]:
+    """A span's attributes sorted for its details: payloads, token usage and cost, the rest."""
+    parts: dict[str, dict[str, Any]] = {"payloads": {}, "usage": {}, "attributes": {}}
+    for key, value in span.attributes.items():
+        if key in PAYLOADS:
+            parts["payloads"][key] = value
+        elif key.startswith("gen_ai.") or key == "roost.cost":
+            parts["usage"][key] = value
+        else:
+            parts["attributes"][key] = value
+    return parts
+
+
+# --- gates ----------------------------------------------------------------------------
+
+
+class Field(msgspec.Struct):
+    """One input of a gate's edit form, from its input type's JSON Schema.
+
+    `kind` is text, integer, number, checkbox or json (a value of any other shape)."""
+
+    name: str
+    kind: str
+    required: bool
+    nullable: bool
+    value: str = ""
+    checked: bool = False
+    error: str | None = None
+
+
+class GateForm(msgspec.Struct):
+    """A pending gate's decision form: its buttons, its edit inputs (per property, or one
+    JSON text), the comment, and what was wrong with the last try."""
+
+    buttons: list[tuple[str, str]]
+    edit_button: tuple[str, str]
+    fields: list[Field] | None
+    json: str
+    json_error: str | None
+    comment: str
+    error: str | None
+
+
+class Failure(msgspec.Struct):
+    """A decision that was not taken: which gate, why, and what was submitted."""
+
+    run_id: str
+    gate: str
+    message: str
+    field_errors: dict[str, str]
+    form: Mapping[str, Any]
+
+
+def _resolve(schema: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(schema, dict):
+        return {}
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return _resolve(defs.get(ref.rsplit("/", 1)[-1]), defs)
+    return schema
+
+
+def _types(schema: dict[str, Any], defs: dict[str, Any]) -> list[str]:
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if options:
+        return [kind for option in options for kind in _types(_resolve(option, defs), defs)]
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return [kind]
+    if isinstance(kind, list):
+        return [str(k) for k in kind]
+    if "enum" in schema and all(isinstance(item, str) for item in schema["enum"]):
+        return ["string"]
+    return []
+
+
+def edit_fields(input_schema: Any) -> list[Field] | None:
+    """One field per property when `input_schema` is an object with properties; else None
+    (the edit is one JSON text)."""
+    if not isinstance(input_schema, dict):
+        return None
+    defs = input_schema.get("$defs", {})
+    schema = _resolve(input_schema, defs)
+    properties = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(properties, dict) or not properties:
+        return None
+    required = set(schema.get("required", []))
+    fields = []
+    for name, property_schema in properties.items():
+        kinds = _types(_resolve(property_schema, defs), defs)
+        others = [kind for kind in kinds if kind != "null"]
+        kind = _FIELD_KINDS.get(others[0], "json") if len(others) == 1 else "json"
+        fields.append(Field(str(name), kind, name in required, "null" in kinds))
+    return fields
+
+
+def _shown_value(shown: Any, name: str) -> tuple[bool, Any]:
+    """The value named `name` in what the gate shows (or one level down, as in
+    `shown["arguments"]`)."""
+    if not isinstance(shown, dict):
+        return False, None
+    for source in [shown, *(v for v in shown.values() if isinstance(v, dict))]:
+        if name in source:
+            return True, source[name]
+    return False, None
+
+
+def _prefilled(field: Field, shown: Any) -> Field:
+    found, value = _shown_value(shown, field.name)
+    if not found:
+        return field
+    if field.kind == "checkbox":
+        return msgspec.structs.replace(field, checked=value is True)
+    if field.kind == "text" and isinstance(value, str):
+        return msgspec.structs.replace(field, value=value)
+    if value is None:
+        return field
+    return msgspec.structs.replace(field, value=json.dumps(value, ensure_ascii=False))
+
+
+def _submitted(field: Field, form: Mapping[str, Any], errors: dict[str, str]) -> Field:
+    key = f"input.{field.name}"
+    return msgspec.structs.replace(field, value=str(form.get(key, "")), checked=key in form,
+                                   error=errors.get(field.name))
+
+
+def gate_form(gate: views.GateView, failure: Failure | None = None) -> GateForm:
+    """The decision form of pending gate `gate`, refilled from `failure` when its last
+    decision was not taken."""
+    outcome = gate.kind == "outcome"
+    buttons = ([("done", "Done"), ("not_done", "Not done"), ("abandon", "Abandon")] if outcome
+               else [("approve", "Approve"), ("reject", "Reject")])
+    edit_button = ("done-with-result", "Done, with this result") if outcome \
+        else ("edit", "Approve with these changes")
+    fields = edit_fields(gate.input_schema)
+    if failure is None:
+        if fields is not None:
+            fields = [_prefilled(field, gate.shown) for field in fields]
+        text = ""
+        if gate.kind == "review":
+            text = _pretty(gate.shown)
+        elif gate.kind == "step" and isinstance(gate.shown, dict) and "arguments" in gate.shown:
+            text = _pretty(gate.shown["arguments"])
+        return GateForm(buttons, edit_button, fields, text, None, "", None)
+    errors = failure.field_errors
+    if fields is not None:
+        fields = [_submitted(field, failure.form, errors) for field in fields]
+    return GateForm(buttons, edit_button, fields, str(failure.form.get("input_json", "")),
+                    errors.get("input"), str(failure.form.get("comment", "")),
+                    failure.message)
+
+
+def _empty(field: Field) -> tuple[bool, Any, str | None]:
+    """An empty input: left out when optional, null when it may be, else an error."""
+    if not field.required:
+        return False, None, None
+    if field.nullable:
+        return True, None, None
+    return False, None, "required"
+
+
+def _field_value(field: Field, raw: str, present: bool) -> tuple[bool, Any, str | None]:
+    """`(keep, value, error)` of one submitted input, converted to its schema type."""
+    if field.kind == "checkbox":
+        return True, present, None
+    if field.kind == "text":
+        if raw == "" and field.nullable:
+            return True, None, None
+        return True, raw, None
+    if not raw.strip():
+        return _empty(field)
+    if field.kind == "integer":
+        try:
+            return True, int(raw.strip()), None
+        except ValueError:
+            return False, None, f"{raw[:40]!r} is not a whole number"
+    if field.kind == "number":
+        try:
+            number = float(raw.strip())
+        except ValueError:
+            return False, None, f"{raw[:40]!r} is not a number"
+        if not math.isfinite(number):
+            return False, None, f"{raw[:40]!r} is not a finite number"
+        return True, int(number) if number.is_integer() and "." not in raw else number, None
+    try:
+        return True, json.loads(raw), None
+    except ValueError as error:
+        return False, None, f"not valid JSON: {error}"
+
+
+def edited_input(gate: views.GateView, form: Mapping[str, Any]) -> tuple[Any, dict[str, str]]:
+    """The edit a gate's form submits, converted per its input type, and the errors of
+    the inputs that do not convert (by field name; `input` for the JSON text)."""
+    fields = edit_fields(gate.input_schema)
+    if fields is None:
+        raw = str(form.get("input_json", ""))
+        if not raw.strip():
+            return None, {"input": "required: the edited input, as JSON"}
+        try:
+            return json.loads(raw), {}
+        except ValueError as error:
+            return None, {"input": f"not valid JSON: {error}"}
+    value: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for field in fields:
+        key = f"input.{field.name}"
+        keep, converted, problem = _field_value(field, str(form.get(key, "")), key in form)
+        if problem is not None:
+            errors[field.name] = problem
+        elif keep:
+            value[field.name] = converted
+    return value, errors
+
+
+def field_error(gate: views.GateView, problem: str) -> tuple[str, str] | None:
+    """The edit input a decision's problem names (`$.amount`, `required field `amount``),
+    if the form has it, with the problem said for that input alone."""
+    fields = edit_fields(gate.input_schema)
+    if fields is None:
+        return ("input", problem) if "input" in problem else None
+    names = {field.name for field in fields}
+    for match in _NAMED_FIELD.finditer(problem):
+        name = match.group(1) or match.group(2)
+        if name in names:
+            alone = _INPUT_PREFIX.sub("", problem)
+            alone = re.sub(rf"\s*-\s*at `\$\.{re.escape(name)}`|^\$\.{re.escape(name)}: ", "", alone)
+            return name, alone
+    return None
+
+
+def _assignee(request: web.Request, source: Mapping[str, Any]) -> str | None:
+    """Whose gates to show: `assignee` as given (empty: everyone's), else the signed-in
+    person's."""
+    if "assignee" in source:
+        return str(source["assignee"]).strip() or None
+    session = session_of(request)
+    return None if session is None else session.name
+
+
+async def gates(request: web.Request) -> web.Response:
+    return await _inbox(request, request.query)
+
+
+async def _inbox(request: web.Request, source: Mapping[str, Any], status: int = 200,
+                 failure: Failure | None = None) -> web.Response:
+    """The gates page: pending gates with their forms, or the decided/closed ones."""
+    query = request.query
+    assignee = _assignee(request, source)
+    which = query.get("status", "pending") if failure is None else "pending"
+    items: list[views.GateView] = []
+    cursor = None
+    problem = None
+    try:
+        if which not in GATE_STATUSES:
+            raise Problem(400, "Bad filter", f"status={which[:20]!r} is not one of "
+                                             f"{', '.join(GATE_STATUSES)}")
+        items, cursor = await views.gates_page(
+            request.app[SYSTEM], status=which, assignee=assignee,
+            cursor=None if failure is not None else query.get("cursor"))
+    except Problem as error:
+        problem, status = error, error.status
+    failed = None if failure is None else (failure.run_id, failure.gate)
+    forms = [(gate, None if which != "pending"
+              else gate_form(gate, failure if (gate.run_id, gate.gate) == failed else None))
+             for gate in items]
+    shown = failed is None or any((g.run_id, g.gate) == failed for g in items)
+    base = {"status": which, "assignee": assignee or ""}
+    more = None if cursor is None else "/gates?" + urlencode({**base, "cursor": cursor})
+    return _page(request, "gates.html", status, which=which, assignee=assignee or "",
+                 forms=forms, more=more, problem=problem, decided=query.get("decided"),
+                 failure=failure, failure_shown=shown, statuses=GATE_STATUSES)
+
+
+async def decide(request: web.Request) -> web.Response:
+    """Decide a gate from its form, as the signed-in person; back to the inbox, or the
+    inbox again with what was wrong beside the form (nothing decided then)."""
+    session = session_of(request)
+    if session is None:
+        raise Problem(403, "Forbidden", "deciding from a form needs a signed-in session, so "
+                                        "that the decision records a name; sign in at /login "
+                                        "(API clients decide at /api/v1/gates/...)")
+    system = request.app[SYSTEM]
+    run_id, name = request.match_info["run_id"], request.match_info["gate"]
+    form = await request.post()
+    gate = views.gate_view(await system.gates.get(run_id, name))
+
+    async def again(status: int, message: str, field_errors: dict[str, str] | None = None
+                    ) -> web.Response:
+        failure = Failure(run_id, name, message, field_errors or {}, form)
+        return await _inbox(request, form, status, failure)
+
+    button = str(form.get("decision", ""))
+    if button not in BUTTONS:
+        return await again(422, f"Choose one of the form's buttons (got {button[:20]!r}).")
+    decision, takes_input = BUTTONS[button]
+    value = None
+    if takes_input:
+        value, field_errors = edited_input(gate, form)
+        if field_errors:
+            return await again(422, "Nothing was decided: some inputs need fixing.",
+                               field_errors)
+    comment = str(form.get("comment", "")).strip() or None
+    try:
+        await system.gates.decide(run_id, name, decision, input=value, by=session.name,
+                                  comment=comment)
+    except GateDecisionInvalid as error:
+        named = field_error(gate, error.problem) if takes_input else None
+        return await again(422, f"Nothing was decided: {error.problem}",
+                           dict([named]) if named is not None else None)
+    except (GateAlreadyDecided, GateClosed) as error:
+        return await again(409, f"Nothing was decided: {error}")
+    assignee = _assignee(request, form)
+    back = "/gates?" + urlencode({"assignee": assignee or "", "decided": f"{run_id}/{name}"})
+    raise web.HTTPSeeOther(URL(back, encoded=True))  # as encoded: yarl would unquote the %2F
+
+
+# --- the live system ------------------------------------------------------------------
+
+
+async def system_page(request: web.Request) -> web.Response:
+    """The supervision tree, breakers and dead letters of a live system."""
+    if not request.app[LIVE]:
+        return _page(request, "system.html", live_view=False)
+    system = request.app[SYSTEM]
+    return _page(request, "system.html", live_view=True, actors=views.actor_tree(system),
+                 breakers=views.breaker_rows(system), letters=views.dead_letters(system, limit=50),
+                 letter_counts=system.dead_letters.counts(), statistics=system.statistics(),
+                 reset=request.query.get("reset"))
+
+
+async def reset_breaker(request: web.Request) -> web.Response:
+    if not request.app[LIVE]:
+        raise Problem(404, "Not found", "this console serves a store: there are no live "
+                                        "breakers to reset; use the running system's console")
+    system = request.app[SYSTEM]
+    tool = request.match_info["tool"]
+    views.breaker_row(system, tool)  # a 404 naming the tools with breakers
+    system.tools.breaker(tool).reset()
+    raise web.HTTPSeeOther("/system?" + urlencode({"reset": tool}))

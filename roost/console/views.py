@@ -1,0 +1,386 @@
+"""What the console shows, read from a system and its store: one set of view records that
+the JSON API encodes and the pages render, so both always agree.
+
+Every payload a run carries (inputs, results, what a gate shows) is turned into plain
+JSON-able data here, with a typed placeholder (`<Type>`) for what has no JSON form;
+the pages escape it when they render it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any
+
+import msgspec
+
+from roost.console.problems import Problem
+from roost.pipelines.run import RunProgress, load_progress
+from roost.storage import Checkpoint, GateRecord, RecordCodec, RunRecord, RunStore
+from roost.storage.store import Snapshot
+
+_CHECKPOINT = RecordCodec(Checkpoint)
+_ANY = msgspec.msgpack.Decoder()
+_JSON_ANY = msgspec.json.Decoder()
+
+
+def plain(value: Any) -> Any:
+    """`value` as JSON-able data; what has no JSON form becomes `<TypeName>`."""
+    return msgspec.to_builtins(value, enc_hook=lambda item: f"<{type(item).__name__}>",
+                               builtin_types=(), str_keys=True)
+
+
+# --- cursors --------------------------------------------------------------------------
+
+
+def encode_cursor(value: str | None) -> str | None:
+    """An opaque cursor for the page after `value` (None: no next page)."""
+    if value is None:
+        return None
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    """The position an `encode_cursor` cursor stands for.
+
+    Raises:
+        Problem: 400, a cursor this console did not give out.
+    """
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = raw.decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise Problem(400, "Bad cursor", f"cursor {cursor[:40]!r} is not one this console gave "
+                                         "out; start again without a cursor") from None
+    if not value or "\x00" in value:
+        raise Problem(400, "Bad cursor", f"cursor {cursor[:40]!r} is not one this console gave "
+                                         "out; start again without a cursor")
+    return value
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+class RunRow(msgspec.Struct, frozen=True):
+    """One run in a list: where it is, how long it took, its steps, tokens and cost."""
+
+    run_id: str
+    pipeline: str
+    status: str
+    created_at: float
+    updated_at: float
+    seconds: float
+    last_step: str | None
+    failed_step: str | None
+    error: str | None
+    steps: int
+    input_tokens: int
+    output_tokens: int
+    cost: float | None
+
+
+class StepView(msgspec.Struct, frozen=True):
+    """One step of a run: how it settled and its result (plain data)."""
+
+    name: str
+    outcome: str  # completed, skipped, optional_failure, waiting, not_reached
+    result: Any = None
+    error: str | None = None
+
+
+class CheckpointView(msgspec.Struct, frozen=True):
+    seq: int
+    step: str
+    timestamp: float
+    bytes: int
+
+
+class GateEventView(msgspec.Struct, frozen=True):
+    at: float
+    what: str
+    by: str | None
+    detail: str | None
+
+
+class GateView(msgspec.Struct, frozen=True):
+    """A gate as people see it: why, for whom, what to decide on, and what was decided."""
+
+    run_id: str
+    gate: str
+    pipeline: str
+    step: str
+    kind: str
+    status: str
+    reason: str
+    assignees: list[str]
+    opened_at: float
+    deadline: float | None
+    input_type: str | None
+    input_schema: Any
+    shown: Any
+    decision: str | None
+    input: Any
+    by: str | None
+    decided_at: float | None
+    comment: str | None
+    history: list[GateEventView]
+
+
+class RunView(msgspec.Struct, frozen=True):
+    """One run in full: its row, input, steps, checkpoints and gates."""
+
+    run: RunRow
+    input: Any
+    steps: list[StepView]
+    checkpoints: list[CheckpointView]
+    gates: list[GateView]
+
+
+def gate_view(record: GateRecord) -> GateView:
+    return GateView(
+        run_id=record.run_id, gate=record.gate, pipeline=record.pipeline, step=record.step,
+        kind=record.gate_kind, status=record.status, reason=record.reason,
+        assignees=list(record.assignees), opened_at=record.opened_at, deadline=record.deadline,
+        input_type=record.input_type,
+        input_schema=None if record.input_schema is None else _JSON_ANY.decode(record.input_schema),
+        shown=_JSON_ANY.decode(record.shown),
+        decision=record.decision,
+        input=None if record.input is None else _JSON_ANY.decode(record.input),
+        by=record.by, decided_at=record.decided_at, comment=record.comment,
+        history=[GateEventView(e.at, e.what, e.by, e.detail) for e in record.history])
+
+
+def _latest(snapshot: Snapshot, run_id: str) -> Checkpoint | None:
+    prefix = run_id.encode() + b"\x00"
+    for key, value in snapshot.scan("checkpoints", prefix=prefix, reverse=True):
+        return _CHECKPOINT.decode(key, value)
+    return None
+
+
+def _progress(checkpoint: Checkpoint | None) -> RunProgress | None:
+    if checkpoint is None:
+        return None
+    try:
+        return load_progress(checkpoint)
+    except Exception:  # a damaged checkpoint: the row shows the record alone
+        return None
+
+
+def run_row(record: RunRecord, progress: RunProgress | None) -> RunRow:
+    usage = progress.usage if progress is not None else None
+    steps = 0 if progress is None else len(progress.results) + len(progress.failures)
+    ended = record.status in ("completed", "failed", "cancelled", "rejected")
+    until = record.updated_at if ended else max(record.updated_at, time.time())
+    return RunRow(
+        run_id=record.run_id, pipeline=record.pipeline, status=str(record.status),
+        created_at=record.created_at, updated_at=record.updated_at,
+        seconds=max(0.0, until - record.created_at), last_step=record.last_step,
+        failed_step=record.failed_step, error=record.error, steps=steps,
+        input_tokens=0 if usage is None else usage.input_tokens,
+        output_tokens=0 if usage is None else usage.output_tokens,
+        cost=None if usage is None else usage.cost)
+
+
+async def runs_page(system: Any, *, status: str | None = None, pipeline: str | None = None,
+                    since: float | None = None, until: float | None = None,
+                    text: str | None = None, cursor: str | None = None,
+                    limit: int = 50) -> tuple[list[RunRow], str | None]:
+    """A page of runs, newest first, with the cursor of the next page.
+
+    Raises:
+        Problem: 400 for a bad cursor, limit or status.
+    """
+    try:
+        records, after = await RunStore(system.store).page(
+            limit=limit, before=decode_cursor(cursor), status=status, pipeline=pipeline,
+            since=since, until=until, text=text)
+    except Problem:
+        raise
+    except ValueError as error:  # ConfigurationError: a bad limit or status
+        raise Problem(400, "Bad request", str(error)) from None
+    ids = [record.run_id for record in records]
+    latest = await system.store.read(lambda snapshot: [_latest(snapshot, i) for i in ids])
+    rows = [run_row(record, _progress(checkpoint))
+            for record, checkpoint in zip(records, latest, strict=True)]
+    return rows, encode_cursor(after)
+
+
+async def run_view(system: Any, run_id: str) -> RunView:
+    """Run `run_id` in full.
+
+    Raises:
+        RunNotFound: no such run.
+    """
+    pipelines = system.pipelines
+    record = await pipelines.runs.get(run_id)
+    checkpoints = await pipelines.checkpoints.list(run_id)
+    progress = _progress(checkpoints[-1] if checkpoints else None)
+    gates = await system.gates.store.of_run(run_id)
+    return RunView(
+        run=run_row(record, progress),
+        input=None if record.input is None else plain(_decode(record.input)),
+        steps=_steps(record, progress),
+        checkpoints=[CheckpointView(c.seq, c.step, c.timestamp, len(c.state))
+                     for c in checkpoints],
+        gates=[gate_view(g) for g in gates])
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return _ANY.decode(data)
+    except msgspec.DecodeError:
+        return "<undecodable>"
+
+
+def _steps(record: RunRecord, progress: RunProgress | None) -> list[StepView]:
+    if progress is None:  # checkpoints pruned: the plain results the record keeps
+        results = _decode(record.result) if record.result else {}
+        return [StepView(str(name), "completed", plain(value))
+                for name, value in (results.items() if isinstance(results, dict) else [])]
+    steps = [StepView(name, "completed", plain(_decode(bytes(raw))))
+             for name, raw in progress.results.items()]
+    steps += [StepView(name, "optional_failure", error=error)
+              for name, error in progress.failures.items()]
+    steps += [StepView(name, "waiting", plain(_decode(bytes(progress.review_data[name])))
+                       if name in progress.review_data else None, error=reason)
+              for name, reason in progress.reviews.items()]
+    steps += [StepView(name, "outcome_unknown") for name in progress.unknown]
+    steps += [StepView(name, "skipped") for name in progress.skipped]
+    if record.failed_step is not None and all(s.name != record.failed_step for s in steps):
+        steps.append(StepView(record.failed_step, "failed", error=record.error))
+    return steps
+
+
+async def gates_page(system: Any, *, status: str | None = "pending", assignee: str | None = None,
+                     pipeline: str | None = None, older_than: float | None = None,
+                     cursor: str | None = None, limit: int = 50
+                     ) -> tuple[list[GateView], str | None]:
+    """A page of gates, oldest first (pending ones by default; decided ones are the audit
+    trail), with the cursor of the next page."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise Problem(400, "Bad request", f"limit={limit!r} must be a whole number from 1 to 1000")
+    if status is None or status == "pending":
+        records = await system.gates.pending(assignee=assignee, pipeline=pipeline,
+                                             older_than=older_than)
+    else:
+        records = [r for r in await system.gates.store.list(status=status)
+                   if (assignee is None or assignee in r.assignees)
+                   and (pipeline is None or r.pipeline == pipeline)]
+        records.sort(key=lambda r: r.decided_at or r.opened_at, reverse=True)
+    position = decode_cursor(cursor)
+    start = 0
+    if position is not None:
+        keys = [f"{r.run_id}\x1f{r.gate}" for r in records]
+        if position not in keys:
+            raise Problem(400, "Bad cursor", "the cursor's gate is no longer in this list; "
+                                             "start again without a cursor")
+        start = keys.index(position) + 1
+    page = records[start:start + limit]
+    after = (f"{page[-1].run_id}\x1f{page[-1].gate}"
+             if page and start + limit < len(records) else None)
+    return [gate_view(r) for r in page], encode_cursor(after)
+
+
+# --- the live system ------------------------------------------------------------------
+
+
+class ActorView(msgspec.Struct, frozen=True):
+    """One actor in the supervision tree: where it is, how it is, and its children."""
+
+    path: str
+    name: str
+    actor: str
+    state: str  # new, running, suspended, stopping, stopped
+    restarts: int
+    mailbox: int
+    busy: bool
+    children: list[ActorView]
+
+
+class BreakerRow(msgspec.Struct, frozen=True):
+    """One tool's circuit breaker: its state, counts and the last error it counted.
+
+    `opened_at` and `retry_at` are wall-clock seconds (converted from the system's clock);
+    `retry_at` is null while closed or forced open."""
+
+    tool: str
+    state: str  # closed, open, half_open
+    failures: int
+    consecutive_failures: int
+    successes: int
+    rejected: int
+    times_opened: int
+    last_error: str | None
+    opened_at: float | None
+    retry_at: float | None
+
+
+class DeadLetterView(msgspec.Struct, frozen=True):
+    """One undelivered message: why, to and from whom, its type and error; never its content."""
+
+    reason: str
+    recipient: str
+    sender: str | None
+    message_type: str
+    error: str | None
+    crashes: int | None
+    at: float
+
+
+def actor_tree(system: Any) -> list[ActorView]:
+    """The live supervision tree: the top-level actors, each with its children."""
+    def view(node: dict[str, Any]) -> ActorView:
+        return ActorView(path=node["path"], name=node["name"], actor=node["actor"],
+                         state=node["state"], restarts=node["restarts"], mailbox=node["mailbox"],
+                         busy=node["busy"], children=[view(c) for c in node["children"]])
+
+    return [view(node) for node in system.actor_tree()]
+
+
+def breaker_row(system: Any, tool: str) -> BreakerRow:
+    """Tool `tool`'s breaker.
+
+    Raises:
+        Problem: 404, no such tool or the tool has no breaker.
+    """
+    registry = system.tools.registry
+    if tool not in registry.names() or registry.get(tool).breaker is None:
+        with_breakers = [n for n in registry.names() if registry.get(n).breaker is not None]
+        raise Problem(404, "Not found", f"no tool {tool!r} with a circuit breaker; tools with "
+                                        f"one: {', '.join(with_breakers) or 'none'}")
+    view = system.tools.breaker(tool)
+    stats = view.statistics()
+    error = view.last_error
+    return BreakerRow(
+        tool=tool, state=str(stats.state), failures=stats.failures,
+        consecutive_failures=stats.consecutive_failures, successes=stats.successes,
+        rejected=stats.rejected, times_opened=stats.times_opened,
+        last_error=None if error is None else f"{type(error).__name__}: {error}",
+        opened_at=_wall(system, stats.opened_at), retry_at=_wall(system, stats.retry_at))
+
+
+def breaker_rows(system: Any) -> list[BreakerRow]:
+    """Every registered tool's breaker (tools without one are left out), by tool name."""
+    registry = system.tools.registry
+    return [breaker_row(system, name) for name in registry.names()
+            if registry.get(name).breaker is not None]
+
+
+def _wall(system: Any, clock_time: float | None) -> float | None:
+    """A time of the system's (monotonic) clock as seconds since the epoch."""
+    if clock_time is None or clock_time in (float("inf"), float("-inf")):
+        return None
+    return time.time() - (system.clock() - clock_time)
+
+
+def dead_letters(system: Any, *, limit: int = 100) -> list[DeadLetterView]:
+    """The most recent dead letters kept, newest first (at most `limit`)."""
+    letters = system.dead_letters.recent()[-limit:]
+    return [DeadLetterView(
+        reason=letter.reason, recipient=letter.recipient, sender=letter.sender,
+        message_type=type(letter.message).__name__,
+        error=None if letter.error is None else f"{type(letter.error).__name__}: {letter.error}",
+        crashes=letter.crashes, at=letter.at) for letter in reversed(letters)]
