@@ -187,6 +187,45 @@ class RunStore:
 
         return Update(_DB, key, wake)
 
+    async def page(self, *, limit: int = 50, before: str | None = None,
+                   status: RunStatus | str | None = None, pipeline: str | None = None,
+                   since: float | None = None, until: float | None = None,
+                   text: str | None = None) -> tuple[builtins.list[RunRecord], str | None]:
+        """One page of run records, last run id first (generated ids sort by creation
+        time, so: newest first), read from the store a chunk at a time.
+
+        Args:
+            limit: the most records to return (1..1000).
+            before: continue after this run id (the previous page's cursor).
+            status, pipeline: only runs with this status, of this pipeline.
+            since, until: only runs created in [since, until) (seconds since the epoch).
+            text: only runs whose id, pipeline, error or failed step contains it.
+
+        Returns:
+            The records and the cursor of the next page (None on the last page).
+
+        Raises:
+            ConfigurationError: a bad limit or status.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ConfigurationError(f"limit={limit!r} must be a whole number from 1 to 1000")
+        wanted = None if status is None else _status(status)
+        needle = text.casefold() if text else None
+        stop = None if before is None else self._key(before)
+        found: builtins.list[RunRecord] = []
+        async for key, value in self._store.scan(_DB, stop=stop, reverse=True):
+            record = _CODEC.decode(key, value)
+            if ((wanted is not None and record.status != wanted)
+                    or (pipeline is not None and record.pipeline != pipeline)
+                    or (since is not None and record.created_at < since)
+                    or (until is not None and record.created_at >= until)
+                    or (needle is not None and not _mentions(record, needle))):
+                continue
+            if len(found) == limit:
+                return found, found[-1].run_id
+            found.append(record)
+        return found, None
+
     async def list(self, status: RunStatus | str | None = None) -> builtins.list[RunRecord]:
         """Every run record in run id order, or only those with `status`.
 
@@ -206,6 +245,11 @@ class RunStore:
             raise ConfigurationError(f"run id {run_id!r} is {len(key)} bytes long; run ids must "
                                      f"be at most {self._store.max_key_size} bytes")
         return key
+
+
+def _mentions(record: RunRecord, needle: str) -> bool:
+    return any(needle in field.casefold() for field in (
+        record.run_id, record.pipeline, record.error or "", record.failed_step or ""))
 
 
 def _status(status: RunStatus | str) -> RunStatus:
