@@ -2,7 +2,8 @@
 
 Usage:
     python3 scripts/dev.py run PATH [ARGS...]   run a bootstrap script with `roost run`
-    python3 scripts/dev.py test [PYTEST ARGS]   run the whole test suite
+    python3 scripts/dev.py test [PYTEST ARGS]   run the whole test suite (installs Debian's
+                                                chromium for the browser tests when missing)
     python3 scripts/dev.py bench [ARGS...]      run the benches (`python -m benches`)
 
 Only the Python standard library is used here, so it works on a fresh machine.
@@ -11,6 +12,7 @@ Only the Python standard library is used here, so it works on a fresh machine.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -20,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".roost-installed"
+#: The browser the console's browser tests drive (they are skipped without it).
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def ensure_venv() -> Path:
@@ -40,6 +44,25 @@ def ensure_venv() -> Path:
     return python
 
 
+def ensure_chromium() -> None:
+    """Install Debian's chromium with apt-get when it is missing (as root, non-interactively);
+    where that cannot be done, say so and go on: the browser tests are then skipped."""
+    if CHROMIUM.exists():
+        return
+    if shutil.which("apt-get") is None or getattr(os, "geteuid", lambda: -1)() != 0:
+        print(f"{CHROMIUM} is missing and cannot be installed here (that needs root and "
+              "apt-get): the browser tests will be skipped; install Debian's chromium "
+              "(sudo apt-get install chromium) to run them", file=sys.stderr)
+        return
+    print("installing chromium for the browser tests (apt-get)", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        if subprocess.run(command, env=env).returncode != 0:
+            print(f"`{' '.join(command)}` failed: the browser tests will be skipped",
+                  file=sys.stderr)
+            return
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"run", "test", "bench"}:
         print(__doc__, file=sys.stderr)
@@ -49,6 +72,7 @@ def main(argv: list[str]) -> int:
     if command == "run":
         args = [str(BIN / "roost"), "run", *rest]
     elif command == "test":
+        ensure_chromium()
         args = [str(python), "-m", "pytest", *rest]
     else:
         args = [str(python), "-m", "benches", *rest]

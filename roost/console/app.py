@@ -137,5 +137,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8470,
                      advice="bind to 127.0.0.1 or give a TLS certificate")
     runner = web.AppRunner(app, access_log=None)  # an access log would hold query strings
     await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=context).start()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=context).start()
+    except BaseException:
+        await runner.cleanup()  # e.g. the port is taken
+        raise
     return runner

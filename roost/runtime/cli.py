@@ -4,12 +4,14 @@ The root tree is started as a temporary child of the system: when it fails (its
 supervisor gave up) it is not restarted, and the process exits 1 at once naming
 it and the cause. SIGINT and SIGTERM shut the system down; a task that ignores
 cancellation is abandoned after its timeout plus a grace period, and the process
-exits anyway.
+exits anyway. With `--console [HOST:]PORT` the live system's console is served while
+it runs, and after `main(system)` returns it keeps serving until SIGINT or SIGTERM.
 
 `roost store check|backup` (in `store_commands`) look after a store folder offline;
 `roost trace ID` and `roost runs` (in `trace_commands`) show what runs did;
 `roost gates` and `roost decide` (in `gate_commands`) list the runs waiting for people
-and decide their gates.
+and decide their gates; `roost console --store DIR` (in `console_command`) serves the
+console of a store whose system is not running.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from roost._logging import get_logger
 from roost.actors._cell import KILL_GRACE
@@ -29,6 +31,12 @@ from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
 from roost.errors import BootstrapError, RoostError
 from roost.runtime.bootstrap import Root, load_root
+from roost.runtime.console_command import (
+    add_console_command,
+    console_address,
+    run_console_command,
+    start_console,
+)
 from roost.runtime.gate_commands import add_gate_commands, run_gate_command
 from roost.runtime.gc_tuning import tune_gc
 from roost.runtime.log import LOG_FORMATS, LOG_LEVELS
@@ -50,9 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--durability", choices=("sync", "async"), default="sync")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="auto")
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    run.add_argument("--console", type=console_address, metavar="[HOST:]PORT",
+                     help="serve the live console here while the system runs (host "
+                          "default: 127.0.0.1; port 0: any free one)")
     add_store_commands(commands)
     add_trace_commands(commands)
     add_gate_commands(commands)
+    add_console_command(commands)
     return parser
 
 
@@ -71,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_trace_command(args)
     if args.command in ("gates", "decide"):
         return run_gate_command(args)
+    if args.command == "console":
+        return run_console_command(args)
     try:
         root = load_root(args.target)
     except BootstrapError as error:
@@ -154,24 +168,32 @@ async def _run(root: Root, args: argparse.Namespace, abandoned: set[asyncio.Task
     try:
         try:
             async with system:
-                body = (_run_tree(system, root) if isinstance(root, SupervisorSpec)
-                        else _run_main(system, root))
-                work = asyncio.ensure_future(body)
-                waiter = asyncio.ensure_future(stop.wait())
+                console = (None if args.console is None
+                           else await start_console(system, *args.console, live=True))
                 try:
-                    await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                if not work.done():
-                    work.cancel(f"roost: received {received[0]}")
-                    # A main() that ignores cancellation is left behind: shutdown goes on.
-                    await asyncio.wait({work}, timeout=KILL_GRACE)
+                    body = (_run_tree(system, root) if isinstance(root, SupervisorSpec)
+                            else _run_main(system, root))
+                    work = asyncio.ensure_future(body)
+                    waiter = asyncio.ensure_future(stop.wait())
+                    try:
+                        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
                     if not work.done():
-                        _log.error("task_abandoned", task=work.get_name(),
-                                   detail=f"main(system) ignored cancellation for "
-                                          f"{KILL_GRACE:g}s")
-                        abandoned.add(work)
-                ended = work.result() if work.done() and not work.cancelled() else None
+                        work.cancel(f"roost: received {received[0]}")
+                        # A main() that ignores cancellation is left behind: shutdown goes on.
+                        await asyncio.wait({work}, timeout=KILL_GRACE)
+                        if not work.done():
+                            _log.error("task_abandoned", task=work.get_name(),
+                                       detail=f"main(system) ignored cancellation for "
+                                              f"{KILL_GRACE:g}s")
+                            abandoned.add(work)
+                    ended = work.result() if work.done() and not work.cancelled() else None
+                    if console is not None and not received and not _failed(ended):
+                        await _keep_serving(stop, root)
+                finally:
+                    if console is not None:
+                        await console.cleanup()
         finally:
             if system.engine is not None:
                 abandoned.update(system.engine.abandoned_tasks)
@@ -182,7 +204,7 @@ async def _run(root: Root, args: argparse.Namespace, abandoned: set[asyncio.Task
                      f"after abandoning {left} task{'s' if left > 1 else ''} that ignored "
                      "cancellation"), file=sys.stderr)
             return EXIT_OK
-        if isinstance(ended, Terminated) and ended.reason == StopReason.FAILURE:
+        if _failed(ended):
             error = ended.error
             print(f"roost: root {ended.ref.path} failed: {type(error).__name__}: {error}",
                   file=sys.stderr)
@@ -194,6 +216,19 @@ async def _run(root: Root, args: argparse.Namespace, abandoned: set[asyncio.Task
     except Exception as error:
         print(f"roost: the root failed: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _failed(ended: Any) -> TypeGuard[Terminated]:
+    return isinstance(ended, Terminated) and ended.reason == StopReason.FAILURE
+
+
+async def _keep_serving(stop: asyncio.Event, root: Root) -> None:
+    """After the root ended well, serve the console on until a signal: its runs (parked at
+    gates, say) can still be looked at and decided."""
+    ended = "the root tree stopped" if isinstance(root, SupervisorSpec) else "main(system) returned"
+    print(f"roost: {ended}; the console keeps serving until Ctrl-C (SIGINT) or SIGTERM",
+          file=sys.stderr, flush=True)
+    await stop.wait()
 
 
 async def _run_tree(system: ActorSystem, spec: SupervisorSpec) -> Terminated:

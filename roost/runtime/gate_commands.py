@@ -65,7 +65,7 @@ def run_gate_command(args: argparse.Namespace) -> int:
     # Logs go to stderr, errors only: stdout is the report.
     configure_logging("auto", "error")
     try:
-        _require_store(args.store)
+        require_store(args.store)
         if args.command == "gates":
             return asyncio.run(_gates(args))
         decision_input = None if args.input is None else read_input(args.input)
@@ -83,7 +83,7 @@ def run_gate_command(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def _require_store(path: str) -> None:
+def require_store(path: str) -> None:
     """Raise StoreUnavailable unless `path` holds a store (a system would create one there)."""
     folder = Path(path)
     if not folder.is_dir() or (not (folder / DATA_FILE).is_file()
