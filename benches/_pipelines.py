@@ -26,9 +26,37 @@ class Noop(roost.Actor):
         return None
 
 
-def chain(name: str = "noop5") -> Pipeline:
-    """`s0 -> s1 -> s2 -> s3 -> s4`, each a no-op actor step."""
-    return Pipeline(name, [Step(f"s{i}", Noop, after=() if i == 0 else f"s{i - 1}")
+class Reply(msgspec.Struct, frozen=True):
+    """A step's result the size of a model's reply: `size` bytes of text and some fields."""
+
+    step: str
+    text: str
+    confidence: float
+    tokens: int
+
+
+def reply(step: str, size: int) -> Reply:
+    return Reply(step, "x" * size, 0.9, size // 4)
+
+
+def payload_worker(size: int) -> type[roost.Actor]:
+    """A step's worker that returns a `Reply` of `size` bytes (0: a no-op returning None)."""
+    if size == 0:
+        return Noop
+
+    class Replier(roost.Actor):
+        async def receive(self, message: RunStep) -> Any:
+            return reply(message.step, size)
+
+    return Replier
+
+
+def chain(name: str = "noop5", payload: int = 0) -> Pipeline:
+    """`s0 -> s1 -> s2 -> s3 -> s4`, each an actor step returning `payload` bytes (0: None)."""
+    worker = payload_worker(payload)
+    output = Any if payload == 0 else Reply
+    return Pipeline(name, [Step(f"s{i}", worker, after=() if i == 0 else f"s{i - 1}",
+                                output=output)
                            for i in range(STEPS)])
 
 
@@ -49,9 +77,11 @@ def in_store_system(body: Callable[[roost.ActorSystem], Awaitable[float]]) -> fl
         return asyncio.run(main(folder))
 
 
-def naive_runs(runs: int) -> float:
-    """Seconds for `runs` concurrent naive runs: 5 no-op calls, each followed by one synced
-    LMDB checkpoint write transaction via `asyncio.to_thread` (the checkpoint_sync baseline)."""
+def naive_runs(runs: int, payload: int = 0, *, concurrent: bool = True) -> float:
+    """Seconds for `runs` naive runs (all at once, or one after another): 5 calls, each
+    followed by one synced LMDB checkpoint write transaction via `asyncio.to_thread`
+    holding the results so far (the checkpoint_sync baseline); with `payload`, each call
+    returns a `Reply` of that many bytes."""
 
     async def main(folder: str) -> float:
         env = lmdb.open(folder, map_size=256 * 2**20, max_dbs=8)
@@ -66,7 +96,7 @@ def naive_runs(runs: int) -> float:
             results: dict[str, Any] = {}
             for seq in range(1, STEPS + 1):
                 await noop()
-                results[f"s{seq - 1}"] = None
+                results[f"s{seq - 1}"] = reply(f"s{seq - 1}", payload) if payload else None
                 record = Checkpoint(run_id=run_id, step=f"s{seq - 1}", actor_path="/naive",
                                     seq=seq, timestamp=time.time(),
                                     state=msgspec.msgpack.encode(results))
@@ -75,7 +105,11 @@ def naive_runs(runs: int) -> float:
 
         try:
             started = time.perf_counter()
-            await asyncio.gather(*(run(i) for i in range(runs)))
+            if concurrent:
+                await asyncio.gather(*(run(i) for i in range(runs)))
+            else:
+                for i in range(runs):
+                    await run(i)
             return time.perf_counter() - started
         finally:
             env.close()

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from roost.console.problems import Problem
-from roost.pipelines.run import RunProgress, load_progress
+from roost.pipelines.run import RunProgress, encoded_results, load_progress
 from roost.storage import Checkpoint, GateRecord, RecordCodec, RunRecord, RunStore
 from roost.storage.store import Snapshot
 
@@ -171,7 +171,8 @@ def _progress(checkpoint: Checkpoint | None) -> RunProgress | None:
 
 def run_row(record: RunRecord, progress: RunProgress | None) -> RunRow:
     usage = progress.usage if progress is not None else None
-    steps = 0 if progress is None else len(progress.results) + len(progress.failures)
+    steps = 0 if progress is None else (len(progress.results) + len(progress.stored)
+                                        + len(progress.failures))
     ended = record.status in ("completed", "failed", "cancelled", "rejected")
     until = record.updated_at if ended else max(record.updated_at, time.time())
     return RunRow(
@@ -218,11 +219,12 @@ async def run_view(system: Any, run_id: str) -> RunView:
     record = await pipelines.runs.get(run_id)
     checkpoints = await pipelines.checkpoints.list(run_id)
     progress = _progress(checkpoints[-1] if checkpoints else None)
+    encoded = {} if progress is None else await encoded_results(system.store, progress, run_id)
     gates = await system.gates.store.of_run(run_id)
     return RunView(
         run=run_row(record, progress),
         input=None if record.input is None else plain(_decode(record.input)),
-        steps=_steps(record, progress),
+        steps=_steps(record, progress, encoded),
         checkpoints=[CheckpointView(c.seq, c.step, c.timestamp, len(c.state))
                      for c in checkpoints],
         gates=[gate_view(g) for g in gates])
@@ -235,13 +237,14 @@ def _decode(data: bytes) -> Any:
         return "<undecodable>"
 
 
-def _steps(record: RunRecord, progress: RunProgress | None) -> list[StepView]:
+def _steps(record: RunRecord, progress: RunProgress | None,
+           encoded: dict[str, msgspec.Raw]) -> list[StepView]:
     if progress is None:  # checkpoints pruned: the plain results the record keeps
         results = _decode(record.result) if record.result else {}
         return [StepView(str(name), "completed", plain(value))
                 for name, value in (results.items() if isinstance(results, dict) else [])]
     steps = [StepView(name, "completed", plain(_decode(bytes(raw))))
-             for name, raw in progress.results.items()]
+             for name, raw in encoded.items()]
     steps += [StepView(name, "optional_failure", error=error)
               for name, error in progress.failures.items()]
     steps += [StepView(name, "waiting", plain(_decode(bytes(progress.review_data[name])))

@@ -38,7 +38,16 @@ from roost.errors import (
 )
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.gate import Gate, GateDecision
-from roost.storage import Checkpoint, GateRecord, Op, RunRecord, RunStatus, checkpoint_key
+from roost.storage import (
+    Checkpoint,
+    GateRecord,
+    Op,
+    RunRecord,
+    RunStatus,
+    StepResults,
+    Store,
+    checkpoint_key,
+)
 from roost.tools.keys import derive_key, step_unit
 from roost.tools.retry import Retry, call_with_retry
 from roost.tools.spec import gate_passed
@@ -71,7 +80,8 @@ class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
     """A run's checkpoint: what it has done so far.
 
     Attributes:
-        results: each completed step's encoded result (decoded with `Step.output`).
+        results: completed steps' encoded results carried in the checkpoint itself (only
+            in checkpoints of roost before `stored`; decoded with `Step.output`).
         failures: optional steps that failed, with their error (read back as `StepFailure`).
         reviews: steps that asked for a person and wait for the decision, with the reason.
         skipped: steps skipped by their condition (or rejected at a gate).
@@ -80,6 +90,8 @@ class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
         review_data: the data each waiting review proposes as its step's result.
         unknown: tool steps whose call's outcome is unknown, waiting at `<step>/outcome`.
         gates: the gates the run has opened, in order (their records hold the decisions).
+        stored: completed steps whose results are in the store's `results` database
+            (`StepResults`), each written once, with the checkpoint of its step.
     """
 
     results: dict[str, msgspec.Raw]
@@ -91,19 +103,41 @@ class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
     review_data: dict[str, msgspec.Raw] = {}
     unknown: list[str] = []
     gates: list[str] = []
+    stored: list[str] = []
+
+
+async def encoded_results(store: Store, progress: RunProgress, run_id: str,
+                          key: bytes = b"") -> dict[str, msgspec.Raw]:
+    """Every completed step's encoded result for `progress`: those it carries, and those
+    it names in `stored`, read from the store.
+
+    Raises:
+        CheckpointCorrupt: a result the checkpoint names is not in the store.
+    """
+    results = dict(progress.results)
+    if progress.stored:
+        stored = await StepResults(store).read(run_id)
+        for name in progress.stored:
+            if name not in stored:
+                raise CheckpointCorrupt(run_id, name, key, "its result is missing from the "
+                                                           "store's results")
+            results[name] = stored[name]
+    return results
 
 
 def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
                     decoder: Callable[[Any], msgspec.msgpack.Decoder[Any]], *,
-                    run_id: str = "", key: bytes = b"") -> dict[str, Any]:
-    """The results a `RunProgress` holds, each decoded to its step's declared type.
+                    encoded: dict[str, msgspec.Raw], run_id: str = "",
+                    key: bytes = b"") -> dict[str, Any]:
+    """The results of a run (`encoded`, see `encoded_results`), each decoded to its step's
+    declared type, with the failures `progress` holds.
 
     Raises:
         CheckpointCorrupt: a step's stored result does not decode (damaged bytes, or a
             changed `output` type), naming the run and the step.
     """
     results: dict[str, Any] = {}
-    for name, raw in progress.results.items():
+    for name, raw in encoded.items():
         step = None if pipeline is None else pipeline.steps.get(name)
         output = Any if step is None else step.output
         try:
@@ -188,6 +222,7 @@ class RunActor(Actor):
         self.input: Any = None
         self.results: dict[str, Any] = {}
         self.encoded: dict[str, msgspec.Raw] = {}
+        self.unsaved: set[str] = set()  # results not yet in the store's `results`
         self.failures: dict[str, str] = {}
         self.reviews: dict[str, str] = {}
         self.review_data: dict[str, msgspec.Raw] = {}
@@ -254,15 +289,17 @@ class RunActor(Actor):
             self.trace_id = progress.trace_id or self.trace_id
             self.usage_before = progress.usage
             self.skipped = list(progress.skipped)
-            self.encoded = dict(progress.results)
+            key = checkpoint_key(latest.run_id, latest.seq)
+            self.encoded = await encoded_results(self.pipelines.system.store, progress,
+                                                 self.run_id, key)
+            self.unsaved = set(progress.results)  # carried by an older checkpoint: move them
             self.failures = dict(progress.failures)
             self.reviews = dict(progress.reviews)
             self.review_data = dict(progress.review_data)
             self.unknown = list(progress.unknown)
             self.gates = list(progress.gates)
             self.results = decode_progress(progress, self.pipeline, self.pipelines.decoder,
-                                           run_id=self.run_id,
-                                           key=checkpoint_key(latest.run_id, latest.seq))
+                                           encoded=self.encoded, run_id=self.run_id, key=key)
             _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
         if self.gates:
@@ -578,7 +615,7 @@ class RunActor(Actor):
             self.reviews[done.step] = result.reason
         else:
             try:
-                self.encoded[done.step] = msgspec.Raw(_ENCODER.encode(result))
+                self._keep(done.step, msgspec.Raw(_ENCODER.encode(result)))
             except (TypeError, msgspec.EncodeError) as error:
                 if span is not None:
                     span.fail(error)
@@ -598,6 +635,11 @@ class RunActor(Actor):
             self._advance()
             return
         self.results[done.step] = result
+        if (not self.running and not self.to_open
+                and len(set(self.results) | set(self.skipped)) == len(self.pipeline.steps)):
+            # The last step: its checkpoint and the run's end in one write.
+            await self._finish("completed", checkpoint=done.step)
+            return
         try:
             await self._checkpoint(done.step,
                                    self.pipelines.runs.change(self.run_id, last_step=done.step))
@@ -702,11 +744,11 @@ class RunActor(Actor):
                 continue
             if decision.decision == "edit":
                 result = decision.input
-                self.encoded[step_name] = msgspec.Raw(_ENCODER.encode(result))
+                self._keep(step_name, msgspec.Raw(_ENCODER.encode(result)))
             else:
                 raw = proposed if proposed is not None else msgspec.Raw(_ENCODER.encode(None))
                 result = self.pipelines.decoder(step.output).decode(raw)
-                self.encoded[step_name] = raw
+                self._keep(step_name, raw)
             self.results[step_name] = result
         for step_name in list(self.unknown):
             decision = self.decisions.get(f"{step_name}/outcome")
@@ -726,7 +768,7 @@ class RunActor(Actor):
         if decision.decision == "done":
             encoded = _ENCODER.encode(decision.input)
             await tools.settle_unknown(step.tool, key, done=True, result=encoded)
-            self.encoded[step_name] = msgspec.Raw(encoded)
+            self._keep(step_name, msgspec.Raw(encoded))
             self.results[step_name] = decision.input
             return False
         if decision.decision == "not_done":  # the step runs again, under the same key
@@ -742,12 +784,21 @@ class RunActor(Actor):
         await self._finish("failed", error=error, failed_step=step_name)
         return True
 
+    def _keep(self, step: str, encoded: msgspec.Raw) -> None:
+        """`step`'s encoded result, to store with the next checkpoint."""
+        self.encoded[step] = encoded
+        self.unsaved.add(step)
+
     async def _checkpoint(self, step: str, change: Op, *more: Op) -> None:
         """Save the run's progress after `step` and `change` its record (and apply `more`),
-        in one store write."""
+        in one store write, with the results completed since the last one."""
         state = self._progress()
+        results = [StepResults.put_op(self.run_id, name, bytes(self.encoded[name]))
+                   for name in self.unsaved if name in self.encoded]
         saved = await self.pipelines.checkpoints.save(
-            self.run_id, step=step, actor_path=self.ctx.path, state=state, also=[change, *more])
+            self.run_id, step=step, actor_path=self.ctx.path, state=state,
+            also=[*results, change, *more])
+        self.unsaved.clear()
         if self.span is not None:
             self.span.event("checkpoint", step=step, seq=saved.seq, bytes=len(state))
 
@@ -765,11 +816,13 @@ class RunActor(Actor):
         await self.ctx.stop()
 
     async def _finish(self, status: str, *, error: str | None = None,
-                      failed_step: str | None = None) -> None:
+                      failed_step: str | None = None, checkpoint: str | None = None) -> None:
         """End the run: store its status, then report the end and stop.
 
-        A run that went through gates also saves its final progress with the status
-        (decisions may have settled steps since its last checkpoint).
+        Args:
+            checkpoint: the step just completed, whose checkpoint is saved in the same
+                write as the status. A run that went through gates saves its progress
+                with the status too (decisions may have settled steps since).
         """
         self.finished = True
         for task in self.running.values():
@@ -777,13 +830,17 @@ class RunActor(Actor):
         runs = self.pipelines.runs
         result = _ENCODER.encode(self.encoded)
         try:
-            if not self.gates:
-                await runs.update(self.run_id, status=status, error=error, result=result,
-                                  failed_step=failed_step)
-            else:
+            if checkpoint is not None:
+                await self._checkpoint(checkpoint, runs.change(
+                    self.run_id, status=status, error=error, result=result,
+                    failed_step=failed_step, last_step=checkpoint))
+            elif self.gates:
                 await self._checkpoint(f"end:{status}", runs.change(
                     self.run_id, status=status, error=error, result=result,
                     failed_step=failed_step))
+            else:
+                await runs.update(self.run_id, status=status, error=error, result=result,
+                                  failed_step=failed_step)
         except StoreError as store_error:
             await self._pause(store_error)
             return
@@ -805,9 +862,10 @@ class RunActor(Actor):
 
     def _progress(self) -> bytes:
         return _ENCODER.encode(RunProgress(
-            results=self.encoded, failures=self.failures, reviews=self.reviews,
+            results={}, failures=self.failures, reviews=self.reviews,
             skipped=self.skipped, trace_id=self.trace_id, usage=self._usage(),
-            review_data=self.review_data, unknown=self.unknown, gates=self.gates))
+            review_data=self.review_data, unknown=self.unknown, gates=self.gates,
+            stored=list(self.encoded)))
 
     def _usage(self) -> UsageTotals:
         """The run's tokens and cost so far: the checkpoint's, plus this instance's."""

@@ -46,6 +46,7 @@ from roost.pipelines.run import (
     RunProgress,
     StepTiming,
     decode_progress,
+    encoded_results,
     load_progress,
 )
 from roost.storage import CheckpointStore, RunRecord, RunStatus, RunStore
@@ -464,10 +465,12 @@ class Pipelines:
         latest = await self.checkpoints.latest(run_id)
         if latest is not None:  # the full picture, failed optional steps included
             progress = load_progress(latest)
+            encoded = await encoded_results(self.system.store, progress, run_id)
         else:  # checkpoints pruned: the plain results the record keeps
-            progress = RunProgress(results=_RESULTS.decode(record.result or b"\x80"), failures={},
-                                   reviews={}, skipped=[], trace_id="")
-        results = decode_progress(progress, pipeline, self.decoder, run_id=run_id)
+            progress = RunProgress(results={}, failures={}, reviews={}, skipped=[], trace_id="")
+            encoded = _RESULTS.decode(record.result or b"\x80")
+        results = decode_progress(progress, pipeline, self.decoder, encoded=encoded,
+                                  run_id=run_id)
         waiting_at = []
         if record.status == RunStatus.WAITING:
             waiting_at = [r.gate for r in await self.gates.store.of_run(run_id)

@@ -6,6 +6,8 @@ it and the cause. SIGINT and SIGTERM shut the system down; a task that ignores
 cancellation is abandoned after its timeout plus a grace period, and the process
 exits anyway. With `--console [HOST:]PORT` the live system's console is served while
 it runs, and after `main(system)` returns it keeps serving until SIGINT or SIGTERM.
+`--loop uvloop` runs it all on uvloop's event loop (the `roost[fast]` extra) instead of
+asyncio's.
 
 `roost store check|backup` (in `store_commands`) look after a store folder offline;
 `roost trace ID` and `roost runs` (in `trace_commands`) show what runs did;
@@ -22,14 +24,14 @@ import inspect
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeGuard
 
 from roost._logging import get_logger
 from roost.actors._cell import KILL_GRACE
 from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
-from roost.errors import BootstrapError, RoostError
+from roost.errors import BootstrapError, ExtraNotInstalled, RoostError
 from roost.runtime.bootstrap import Root, load_root
 from roost.runtime.console_command import (
     add_console_command,
@@ -40,6 +42,7 @@ from roost.runtime.console_command import (
 from roost.runtime.gate_commands import add_gate_commands, run_gate_command
 from roost.runtime.gc_tuning import tune_gc
 from roost.runtime.log import LOG_FORMATS, LOG_LEVELS
+from roost.runtime.loops import LOOPS, loop_factory
 from roost.runtime.store_commands import add_store_commands, run_store_command
 from roost.runtime.system import ActorSystem
 from roost.runtime.trace_commands import add_trace_commands, run_trace_command
@@ -61,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--console", type=console_address, metavar="[HOST:]PORT",
                      help="serve the live console here while the system runs (host "
                           "default: 127.0.0.1; port 0: any free one)")
+    run.add_argument("--loop", choices=LOOPS, default="asyncio",
+                     help="the event loop to run on (default: asyncio; uvloop needs roost[fast])")
     add_store_commands(commands)
     add_trace_commands(commands)
     add_gate_commands(commands)
@@ -86,13 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "console":
         return run_console_command(args)
     try:
+        new_loop = loop_factory(args.loop)
+    except ExtraNotInstalled as error:
+        print(f"roost: --loop {args.loop} needs the optional extra: pip install 'roost[{error.extra}]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
         root = load_root(args.target)
     except BootstrapError as error:
         print(f"roost: {error}", file=sys.stderr)
         return EXIT_USAGE
     tune_gc()  # this process is roost's: collect its actors' cycles less often
     abandoned: set[asyncio.Task[Any]] = set()
-    code, stuck = _run_to_the_end(_run(root, args, abandoned), abandoned)
+    code, stuck = _run_to_the_end(_run(root, args, abandoned), abandoned, new_loop)
     if stuck:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -100,14 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _run_to_the_end(main: Coroutine[Any, Any, int],
-                    abandoned: set[asyncio.Task[Any]]) -> tuple[int, bool]:
-    """Like `asyncio.run`, but a task that ignores cancellation cannot hang the exit.
+def _run_to_the_end(main: Coroutine[Any, Any, int], abandoned: set[asyncio.Task[Any]],
+                    new_loop: Callable[[], asyncio.AbstractEventLoop]) -> tuple[int, bool]:
+    """Like `asyncio.run` on a loop from `new_loop`, but a task that ignores cancellation
+    cannot hang the exit.
 
     Returns the exit code, and whether something is left running (a task, or a
     thread of the default executor) that the process must exit without.
     """
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     asyncio.set_event_loop(loop)
     try:
         try:

@@ -13,6 +13,7 @@ from roost.storage.codecs import Record, RecordCodec
 from roost.storage.gates import GateEvent, GateRecord, GateStore, TimeoutStep
 from roost.storage.ledger import Claim, Ledger, LedgerEntry
 from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
+from roost.storage.results import StepResults
 from roost.storage.runs import RunRecord, RunStatus, RunStore
 from roost.storage.store import Durability, Store, StoreOpening, StoreStatistics
 
@@ -38,6 +39,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "RunStore",
+    "StepResults",
     "Store",
     "StoreOpening",
     "StoreStatistics",

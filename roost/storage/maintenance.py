@@ -65,11 +65,17 @@ def _run(key: bytes, value: bytes) -> Any:
     return record
 
 
+def _result(key: bytes, value: bytes) -> Any:
+    _payload(key, "result", value)
+    return value
+
+
 _DECODERS: dict[str, Callable[[bytes, bytes], Any]] = {
     "checkpoints": _checkpoint,
     "runs": _run,
     "ledger": RecordCodec(LedgerEntry).decode,
     "gates": decode_gate,
+    "results": _result,
 }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import msgspec
 
 #: The named databases of a store, one per record kind.
-DATABASES = ("checkpoints", "runs", "ledger", "gates", "traces")
+DATABASES = ("checkpoints", "runs", "ledger", "gates", "traces", "results")
 
 
 class Put(msgspec.Struct, frozen=True, gc=False):

@@ -73,7 +73,7 @@ async def completed_at_kill(folder: Path) -> dict[str, set[str]]:
             latest = await checkpoints.latest(run_id)
             progress = None if latest is None else msgspec.msgpack.decode(latest.state,
                                                                         type=RunProgress)
-            done[run_id] = set() if progress is None else set(progress.results)
+            done[run_id] = set() if progress is None else set(progress.stored)
         return done
 
 

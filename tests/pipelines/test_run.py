@@ -25,7 +25,7 @@ from roost.errors import PermanentToolError, RunCancelled, StepFailed, Transient
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.run import NeedsReview, RunProgress
 from roost.pipelines.service import RunOutcome
-from roost.storage import CheckpointStore, RunStatus, RunStore
+from roost.storage import CheckpointStore, RunStatus, RunStore, StepResults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]
 
@@ -144,7 +144,7 @@ async def test_sequential_steps_run_in_order_and_each_sees_the_input_and_earlier
     assert await run.status() == RunStatus.COMPLETED
 
 
-async def test_each_completed_step_is_checkpointed_with_the_results_so_far(
+async def test_each_completed_step_is_checkpointed_and_its_result_stored_once(
         system: roost.ActorSystem) -> None:
     pipeline = Pipeline("three", [
         Step("a", Worker),
@@ -157,8 +157,10 @@ async def test_each_completed_step_is_checkpointed_with_the_results_so_far(
     saved = await system.checkpoints.list("run-1")
     assert [c.step for c in saved] == ["a", "c"]
     assert [c.actor_path for c in saved] == ["/pipelines/runs/run-1"] * 2
-    last = msgspec.msgpack.decode(saved[-1].state, type=RunProgress)
-    assert {name: msgspec.msgpack.decode(raw) for name, raw in last.results.items()} == {
+    first, last = (msgspec.msgpack.decode(c.state, type=RunProgress) for c in saved)
+    assert (first.stored, last.stored, last.results) == (["a"], ["a", "c"], {})
+    stored = await StepResults(system.store).read("run-1")
+    assert {name: msgspec.msgpack.decode(raw) for name, raw in stored.items()} == {
         "a": "a:done", "c": "c:done"}
     assert last.skipped == ["b"]
     record = await system.pipelines.runs.get("run-1")

@@ -37,7 +37,8 @@ async def test_a_receive_that_blocks_the_loop_is_logged_with_its_actor_and_messa
     blocked = [e for e in logs if e["event"] == "event_loop_blocked"]
     assert len(blocked) == 1
     assert blocked[0]["actor"] == "/blocker" and blocked[0]["message_type"] == "Crunch"
-    assert blocked[0]["log_level"] == "warning" and blocked[0]["blocked_for"] > 0.1
+    # Reported rounded to the millisecond: just past the threshold reads as 0.1.
+    assert blocked[0]["log_level"] == "warning" and blocked[0]["blocked_for"] >= 0.1
     assert lag["max"] >= 0.4 and lag["blocks"] == 1
     [unblocked] = [e for e in logs if e["event"] == "event_loop_unblocked"]
     assert unblocked["blocked_for"] >= 0.4  # the whole block, not just the threshold
