@@ -66,7 +66,7 @@ class DeadLetterList(msgspec.Struct, frozen=True):
     counts: dict[str, int]
 
 
-class DecisionRequest(msgspec.Struct, frozen=True):
+class DecisionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A decision on a gate. A browser session decides as its signed-in name; a bearer-token
     client names who decides in `by`."""
 
@@ -97,7 +97,8 @@ _SCHEMAS = (RunPage, RunView, Trace, GatePage, GateView, DecisionRequest, ActorL
 
 #: Problem responses: HTTP status -> (component name, description).
 _PROBLEMS = {
-    400: ("BadRequest", "A query parameter, cursor or the JSON syntax is wrong."),
+    400: ("BadRequest", "A query parameter, cursor or the JSON syntax is wrong, or an id is "
+                        "longer than the store's keys can be."),
     401: ("Unauthorized", "No credential, or a wrong one: send 'Authorization: Bearer <token>'."),
     403: ("Forbidden", "A browser session's unsafe request without its CSRF token "
                        "(X-CSRF-Token header)."),
@@ -177,10 +178,10 @@ def _paths() -> dict[str, Any]:
              _CURSOR, _LIMIT))},
         "/api/v1/runs/{run_id}": {"get": _operation(
             "getRun", "One run: its row, input, steps and results, checkpoints and gates.",
-            _json("RunView", "The run."), (404,), (_RUN_ID,))},
+            _json("RunView", "The run."), (400, 404), (_RUN_ID,))},
         "/api/v1/runs/{run_id}/trace": {"get": _operation(
             "getRunTrace", "The run's trace: every span, the tree they make, and totals.",
-            _json("Trace", "The run's spans."), (404,), (_RUN_ID,))},
+            _json("Trace", "The run's spans."), (400, 404), (_RUN_ID,))},
         "/api/v1/gates": {"get": _operation(
             "listGates", "Gates: pending ones oldest first (the inbox), or the decided or "
                          "closed ones latest first (the audit trail).",
@@ -195,7 +196,7 @@ def _paths() -> dict[str, Any]:
              _CURSOR, _LIMIT))},
         "/api/v1/gates/{run_id}/{gate}": {"get": _operation(
             "getGate", "One gate: why, for whom, what it shows, its decision and audit trail.",
-            _json("GateView", "The gate."), (404,), (_RUN_ID, _GATE))},
+            _json("GateView", "The gate."), (400, 404), (_RUN_ID, _GATE))},
         "/api/v1/gates/{run_id}/{gate}/decision": {"post": _operation(
             "decideGate", "Decide a gate; the run resumes. Deciding again the same way "
                           "changes nothing.",
