@@ -1,8 +1,11 @@
-"""Run roost's benches: `python -m benches [--json] [--only NAME] [--list]`.
+"""Run roost's benches: `python -m benches [--json] [--only NAME] [--list] [--loop LOOP]`.
 
 Every module in this folder whose name does not start with `_` is a bench. It
 declares `NAMES` (the figures it reports) and `measure() -> list[Figure]`,
 each figure measured against a baseline in the same run and process.
+
+Each bench runs once per event loop of `--loop` (default: both asyncio and uvloop when
+uvloop is installed, else asyncio); a figure measured on uvloop is named `NAME[uvloop]`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from pathlib import Path
 from types import ModuleType
 
 import roost
-from benches._figure import Figure
+from benches._figure import Figure, event_loop
+from roost.errors import ExtraNotInstalled
+from roost.runtime.loops import LOOPS, installed_loops, loop_factory
 
 
 def discover() -> list[ModuleType]:
@@ -31,7 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only the bench reporting this figure (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the figure names and exit")
+    parser.add_argument("--loop", choices=(*LOOPS, "both"),
+                        help="the event loop(s) to measure on (default: both when uvloop is "
+                             "installed, else asyncio)")
     args = parser.parse_args(argv)
+    loops = (installed_loops() if args.loop is None else LOOPS if args.loop == "both"
+             else (args.loop,))
+    for loop in loops:
+        try:
+            loop_factory(loop)
+        except ExtraNotInstalled as error:
+            print(f"python -m benches: --loop {args.loop} needs the optional extra: "
+                  f"pip install 'roost[{error.extra}]'", file=sys.stderr)
+            return 2
     roost.tune_gc()  # as `roost run` does; every baseline runs in this process too
     modules = discover()
     if args.list:
@@ -46,21 +63,27 @@ def main(argv: list[str] | None = None) -> int:
               f"known: {', '.join(sorted(known))}", file=sys.stderr)
         return 2
     if not args.json:
-        print(f"{'name':<34} {'value':>14} {'unit':<14} {'baseline':<34} {'baseline':>14} {'ratio':>7}")
+        print(f"{'name':<42} {'value':>14} {'unit':<14} {'baseline':<34} {'baseline':>14} {'ratio':>7}")
     for module in modules:
         if wanted and not wanted & set(module.NAMES):
             continue
-        figures: list[Figure] = module.measure()
-        for figure in figures:
-            if wanted and figure.name not in wanted and not wanted & set(module.NAMES):
-                continue
-            if args.json:
-                print(json.dumps(figure.as_json()), flush=True)
-            else:
-                print(f"{figure.name:<34} {figure.value:>14,.1f} {figure.unit:<14} "
-                      f"{figure.baseline:<34} {figure.baseline_value:>14,.1f} {figure.ratio:>7.2f}",
-                      flush=True)
+        for loop in loops:
+            with event_loop(loop):
+                figures: list[Figure] = module.measure()
+            for figure in figures:
+                if wanted and figure.name not in wanted and not wanted & set(module.NAMES):
+                    continue
+                _report(figure.on_loop(loop), args.json)
     return 0
+
+
+def _report(figure: Figure, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figure.as_json()), flush=True)
+    else:
+        print(f"{figure.name:<42} {figure.value:>14,.1f} {figure.unit:<14} "
+              f"{figure.baseline:<34} {figure.baseline_value:>14,.1f} {figure.ratio:>7.2f}",
+              flush=True)
 
 
 if __name__ == "__main__":

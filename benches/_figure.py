@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+from roost.runtime.loops import loop_factory
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,10 @@ class Figure:
     @property
     def ratio(self) -> float:
         return self.value / self.baseline_value if self.baseline_value else float("nan")
+
+    def on_loop(self, loop: str) -> Figure:
+        """This figure named for the event loop it was measured on: `NAME[uvloop]`; asyncio's keep NAME."""
+        return self if loop == "asyncio" else replace(self, name=f"{self.name}[{loop}]")
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -48,3 +56,27 @@ def elapsed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+@contextmanager
+def event_loop(name: str) -> Iterator[None]:
+    """Run every `asyncio.run` inside the block on the event loop `name` ("asyncio" or "uvloop").
+
+    The benches call `asyncio.run` from many helpers, and the event loop policy is the one
+    hook they all go through; the previous policy is restored after the block.
+    """
+    if name == "asyncio":  # the default policy's loop already
+        yield
+        return
+    new_loop = loop_factory(name)
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return new_loop()
+
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
