@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _effects import append  # a sibling: the script runs from this folder
+
 import roost
 from roost.storage import Append, Insert, Op, RunStatus, Store, Update
 
@@ -53,15 +55,6 @@ TIMEOUT = 0.5  # seconds the timed gates wait
 KILL_KIND, KILL_AT = "none", 0
 COUNTS: dict[str, int] = {"park": 0, "decision": 0, "claim": 0, "mid": 0, "effect": 0}
 TIMED = False  # a `park-timed` process: it must not live to store a gate timeout
-
-
-def append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{line}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def die(point: str, run: str) -> None:

@@ -20,11 +20,12 @@ before and after its effect so that kills land on both sides.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import sys
 from pathlib import Path
 from typing import Any
+
+from _effects import append  # a sibling: the script runs from this folder
 
 import roost
 from roost.pipelines.definition import Pipeline, RunStep, Step
@@ -32,15 +33,6 @@ from roost.pipelines.definition import Pipeline, RunStep, Step
 EFFECTS = Path()
 EXECUTIONS = Path()
 ALL_STARTED = asyncio.Event()
-
-
-def append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{line}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def result_of(run: str, step: str) -> str:

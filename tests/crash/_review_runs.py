@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from _effects import append  # a sibling: the script runs from this folder
 
 import roost
 from roost.pipelines.run import RunProgress
@@ -39,15 +40,6 @@ ALL_STARTED = asyncio.Event()
 def needs_review(run: str) -> bool:
     """Odd-numbered runs ask for a person at `check`."""
     return int(run.rsplit("-", 1)[1]) % 2 == 1
-
-
-def append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{line}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def already_sent(key: str, args: Any) -> roost.Done | roost.NotDone:

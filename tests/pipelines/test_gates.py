@@ -577,3 +577,13 @@ async def test_a_decided_gate_is_a_gate_span_in_the_runs_trace(tmp_path: Path) -
             gate.attributes["comment"]) == ("gate send", "edit", "ana", "softer")
     assert [event.name for event in gate.events] == ["opened", "decided"]
     assert [e.name for e in runs[0].events if e.name == "gate_opened"] == ["gate_opened"]
+
+
+async def test_a_corrupt_gate_record_is_refused_naming_its_key(system: roost.ActorSystem) -> None:
+    await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))
+    await system.store.commit([roost.storage.Put("gates", b"run-1\x00send", b"\x93garbage")])
+
+    with pytest.raises(roost.errors.RecordCorrupt, match="send"):
+        await system.gates.get("run-1", "send")
+    with pytest.raises(roost.errors.RecordCorrupt):
+        await system.gates.decide("run-1", "send", "approve", by="ana")

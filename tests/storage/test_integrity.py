@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from roost.errors import StoreCorrupt, StoreUnavailable
-from roost.storage import CheckpointStore, Put, Store
+from roost.storage import CheckpointStore, GateRecord, GateStore, Put, StepResults, Store
 from roost.storage.maintenance import backup_store, check_store
 
 pytestmark = pytest.mark.anyio
@@ -195,3 +195,21 @@ async def test_a_backup_folder_that_cannot_be_created_is_a_clear_error(tmp_path:
 
     with pytest.raises(StoreUnavailable, match="cannot create the backup folder"):
         await backup_store(tmp_path / "live", tmp_path / "file" / "backup")
+
+
+async def test_check_reads_gates_and_step_results_and_names_the_damaged_ones(
+        tmp_path: Path) -> None:
+    record = GateRecord(run_id="run-1", gate="send", pipeline="p", step="send", opened_at=1.0,
+                        deadline=5.0)
+    async with Store.open(tmp_path) as store:
+        gates = GateStore(store)
+        await store.commit([*gates.open_ops(record),  # the record and its deadline index entry
+                            Put("gates", b"run-2\x00send", b"\x93not a record"),
+                            StepResults.put_op("run-1", "draft", msgspec.msgpack.encode("ok")),
+                            Put("results", b"run-1\x00send", b"\xc1")])
+
+    report = await check_store(tmp_path)
+
+    assert (report.records["gates"], report.records["results"]) == (2, 1)
+    assert sorted((p.db, p.key) for p in report.problems) == [
+        ("gates", "run-2\x00send"), ("results", "run-1\x00send")]
