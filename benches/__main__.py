@@ -1,8 +1,9 @@
-"""Run roost's benches: `python -m benches [--json] [--only NAME] [--list] [--loop LOOP]`.
+"""Run roost's benches: `python -m benches [--json] [--markdown] [--only NAME] [--list] [--loop LOOP]`.
 
 Every module in this folder whose name does not start with `_` is a bench. It
 declares `NAMES` (the figures it reports) and `measure() -> list[Figure]`,
-each figure measured against a baseline in the same run and process.
+each figure measured against a baseline in the same run and process, and may declare
+`TARGETS` (figure name -> `Target`), which the `--markdown` table shows.
 
 Each bench runs once per event loop of `--loop` (default: both asyncio and uvloop when
 uvloop is installed, else asyncio); a figure measured on uvloop is named `NAME[uvloop]`.
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import roost
+from benches import _report
 from benches._figure import Figure, event_loop
 from roost.errors import ExtraNotInstalled
 from roost.runtime.loops import LOOPS, installed_loops, loop_factory
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only the bench reporting this figure (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the figure names and exit")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also keep the figures in benches/results.json and rewrite the "
+                             "table in benches/README.md (rows not measured stay as they were)")
     parser.add_argument("--loop", choices=(*LOOPS, "both"),
                         help="the event loop(s) to measure on (default: both when uvloop is "
                              "installed, else asyncio)")
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown bench name(s): {', '.join(sorted(unknown))}; "
               f"known: {', '.join(sorted(known))}", file=sys.stderr)
         return 2
+    measured: list[Figure] = []
+    loop_of: dict[str, str] = {}
     if not args.json:
         print(f"{'name':<42} {'value':>14} {'unit':<14} {'baseline':<34} {'baseline':>14} {'ratio':>7}")
     for module in modules:
@@ -73,11 +80,19 @@ def main(argv: list[str] | None = None) -> int:
             for figure in figures:
                 if wanted and figure.name not in wanted and not wanted & set(module.NAMES):
                     continue
-                _report(figure.on_loop(loop), args.json)
+                named = figure.on_loop(loop)
+                measured.append(named)
+                loop_of[named.name] = loop
+                _print(named, args.json)
+    if args.markdown:
+        targets = {name: target for module in modules
+                   for name, target in getattr(module, "TARGETS", {}).items()}
+        _report.rewrite_readme(_report.table(_report.record(measured, loop_of), targets))
+        print(f"wrote {_report.RESULTS} and the table in {_report.README}", file=sys.stderr)
     return 0
 
 
-def _report(figure: Figure, as_json: bool) -> None:
+def _print(figure: Figure, as_json: bool) -> None:
     if as_json:
         print(json.dumps(figure.as_json()), flush=True)
     else:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 from roost.runtime.loops import loop_factory
 
@@ -41,6 +42,24 @@ class Figure:
             "baseline_value": self.baseline_value,
             "ratio": self.ratio,
         }
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a figure must reach: a ratio to its baseline, or an absolute value."""
+
+    ratio: float | None = None
+    value: float | None = None
+
+    def met(self, entry: Mapping[str, Any]) -> bool:
+        if self.ratio is not None:
+            return bool(entry["ratio"] >= self.ratio)
+        return self.value is not None and bool(entry["value"] >= self.value)
+
+    def __str__(self) -> str:
+        if self.ratio is not None:
+            return f"ratio >= {self.ratio:g}"
+        return f">= {self.value:,g}" if self.value is not None else ""
 
 
 def best_rate(count: int, run: Callable[[], float], repeats: int = 3) -> float:

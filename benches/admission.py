@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import roost
-from benches._figure import Figure
+from benches._figure import Figure, Target
 
 NAMES = ("admission_10k_runs", "admission_queued_per_mib")
+TARGETS = {"admission_10k_runs": Target(ratio=0.8), "admission_queued_per_mib": Target(ratio=1)}
 MANY, FEW = 10_000, 1_000
 TARGET_BYTES = 2048
 

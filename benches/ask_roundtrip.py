@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 from benches._actors import Echo, in_system
-from benches._figure import Figure
+from benches._figure import Figure, Target
 
 NAMES = ("ask_roundtrip",)
+TARGETS = {"ask_roundtrip": Target(ratio=0.5)}
 COUNT = 100_000
 
 

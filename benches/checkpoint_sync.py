@@ -23,10 +23,12 @@ from typing import Any
 import lmdb
 import msgspec
 
-from benches._figure import Figure
+from benches._figure import Figure, Target
 from roost.storage import Checkpoint, CheckpointStore, Durability, Store, checkpoint_key
 
 NAMES = ("checkpoint_sync_1_writer", "checkpoint_sync_100_writers")
+TARGETS = {"checkpoint_sync_1_writer": Target(ratio=1 / 1.2),
+           "checkpoint_sync_100_writers": Target(ratio=10)}
 BASELINE = "to_thread txn+sync per checkpoint"
 STATE = bytes(range(256)) * 4  # 1 KiB
 REPEATS = 3

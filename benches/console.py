@@ -38,7 +38,7 @@ import msgspec
 from aiohttp import web
 
 import roost
-from benches._figure import Figure
+from benches._figure import Figure, Target
 from roost.console import create_app
 from roost.console.views import encode_cursor
 from roost.pipelines.definition import Pipeline, RunStep, Step
@@ -47,6 +47,7 @@ from roost.storage.ops import Put
 from roost.tracing import Usage
 
 NAMES = ("console_runs_page", "console_runs_api", "console_runs_page_scaling")
+TARGETS = {"console_runs_page": Target(ratio=0.2)}
 MANY, FEW = 100_000, 1_000
 LIMIT = 50
 ROUNDS = 40  # requests per position and kind in a repeat

@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 
 import roost
-from benches._figure import Figure, best_rate
+from benches._figure import Figure, Target, best_rate
 from benches._pipelines import chain, in_store_system, naive_runs
 
 NAMES = ("pipeline_sequential_1k", "pipeline_sequential_1k_8kb")
+TARGETS = {"pipeline_sequential_1k": Target(ratio=0.9), "pipeline_sequential_1k_8kb": Target(ratio=0.9)}
 RUNS = 1_000
 PAYLOADS = {"pipeline_sequential_1k": 1024, "pipeline_sequential_1k_8kb": 8192}
 

@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import roost
-from benches._figure import Figure
+from benches._figure import Figure, Target
 from roost.storage import CheckpointStore, RunStatus, RunStore, Store, decode_state
 
 NAMES = ("soak_kill_recovery",)
+TARGETS = {"soak_kill_recovery": Target(ratio=0.5)}
 RESUMABLE = {RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED}
 ROOT = Path(__file__).resolve().parent.parent
 

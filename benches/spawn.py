@@ -15,9 +15,10 @@ import time
 import tracemalloc
 
 from benches._actors import Idle, in_system
-from benches._figure import Figure
+from benches._figure import Figure, Target
 
 NAMES = ("spawn_rate", "idle_actor_memory")
+TARGETS = {"spawn_rate": Target(value=50_000), "idle_actor_memory": Target(ratio=1)}
 COUNT = 100_000
 
 

@@ -22,9 +22,10 @@ import time
 from typing import Any
 
 import roost
-from benches._figure import Figure
+from benches._figure import Figure, Target
 
 NAMES = ("restart_latency_median", "restart_latency_p99", "pool_crash_throughput")
+TARGETS = {"pool_crash_throughput": Target(ratio=0.8)}
 RESTARTS = 10_000
 POOL_MESSAGES = 100_000
 CRASH_EVERY = 100  # 1%

@@ -10,9 +10,10 @@ import asyncio
 import time
 
 from benches._actors import Sink, in_system
-from benches._figure import Figure
+from benches._figure import Figure, Target
 
 NAMES = ("tell_throughput",)
+TARGETS = {"tell_throughput": Target(ratio=0.5)}
 COUNT = 1_000_000
 
 

@@ -20,11 +20,12 @@ import time
 
 import roost
 from benches._actors import in_system
-from benches._figure import Figure
+from benches._figure import Figure, Target
 from benches.ask_roundtrip import raw_ping_pong
 from roost.tools.breaker import CircuitBreaker
 
 NAMES = ("tool_breaker_rejection", "tool_plain_breaker_rejection")
+TARGETS = {"tool_breaker_rejection": Target(ratio=1)}
 COUNT = 100_000
 REPEATS = 3
 OPEN = roost.Breaker(failures=1, cooldown=3600.0)

@@ -35,11 +35,12 @@ import lmdb
 import msgspec
 
 import roost
-from benches._figure import Figure
+from benches._figure import Figure, Target
 from roost.storage import Durability, Ledger, Store
 
 NAMES = ("tool_ledger_sync_100", "tool_ledger_async_100", "tool_ledger_sync_100_vs_naive",
          "tool_ledger_sync_100_ledger_only")
+TARGETS = {"tool_ledger_sync_100": Target(ratio=10)}
 BASELINE = "to_thread txn+sync per call"
 NAIVE_LEDGER = "txn+sync per claim and result"
 CALLERS = 100

@@ -19,10 +19,11 @@ import time
 
 import roost
 from benches._actors import in_system
-from benches._figure import Figure
+from benches._figure import Figure, Target
 from benches.ask_roundtrip import raw_ping_pong
 
 NAMES = ("tool_call_overhead", "tool_direct_ratio")
+TARGETS = {"tool_call_overhead": Target(ratio=0.5)}
 COUNT = 30_000
 REPEATS = 3
 
