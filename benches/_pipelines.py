@@ -64,17 +64,20 @@ async def noop() -> None:
     """The baseline's step: a no-op async function."""
 
 
-def in_store_system(body: Callable[[roost.ActorSystem], Awaitable[float]]) -> float:
-    """Run `body(system)` in a fresh system with a fresh store (sync durability, logging off)."""
+def in_store_system(body: Callable[[roost.ActorSystem], Awaitable[float]],
+                    store: Path | None = None) -> float:
+    """Run `body(system)` in a fresh system (sync durability, logging off) with a fresh store,
+    or with the store in folder `store` (kept, with what `body` adds to it)."""
 
-    async def main(folder: str) -> float:
+    async def main(path: Path) -> float:
         roost.configure_logging("json", "critical")
-        async with roost.ActorSystem(store=Path(folder) / "store", durability="sync",
-                                     log_format=None) as system:
+        async with roost.ActorSystem(store=path, durability="sync", log_format=None) as system:
             return await body(system)
 
+    if store is not None:
+        return asyncio.run(main(store))
     with tempfile.TemporaryDirectory(prefix="roost-bench-") as folder:
-        return asyncio.run(main(folder))
+        return asyncio.run(main(Path(folder) / "store"))
 
 
 def naive_runs(runs: int, payload: int = 0, *, concurrent: bool = True) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import anyio
@@ -11,7 +12,8 @@ import pytest
 import roost
 from roost.mailbox import Envelope
 from roost.mailbox.envelope import current_envelope
-from roost.trace import TraceContext
+from roost.pipelines.run import run_trace_id
+from roost.trace import TraceContext, new_trace_id
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -92,6 +94,30 @@ def test_a_new_trace_has_a_random_w3c_trace_id_and_no_parent_span() -> None:
     assert first.span_id is None
     assert first.run_id == "run-1"
     assert first.trace_id != second.trace_id
+
+
+def test_trace_ids_sort_by_creation_time_and_begin_with_it_in_ms() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = []
+    for _ in range(3):
+        ids.append(new_trace_id())
+        time.sleep(0.002)
+    after = time.time_ns() // 1_000_000
+
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert all(HEX32.fullmatch(trace_id) for trace_id in ids)
+    assert before <= int(ids[0][:12], 16) <= int(ids[-1][:12], 16) <= after
+    assert len({new_trace_id() for _ in range(1000)}) == 1000  # unique within one ms too
+
+
+def test_a_runs_trace_id_is_derived_from_the_run_and_sorts_by_its_creation_time() -> None:
+    first = run_trace_id("run-1", 1_700_000_000.0)
+    later = run_trace_id("run-0", 1_700_000_000.002)
+
+    assert first == run_trace_id("run-1", 1_700_000_000.0)  # a resumed run continues it
+    assert HEX32.fullmatch(first) and HEX32.fullmatch(later)
+    assert int(first[:12], 16) == 1_700_000_000_000 and first < later
+    assert run_trace_id("run-2", 1_700_000_000.0) != first
 
 
 def test_current_trace_is_none_outside_any_actor() -> None:

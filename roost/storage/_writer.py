@@ -19,7 +19,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lmdb
@@ -72,6 +72,7 @@ class Writer:
         self._environment = environment
         self._env = environment.env
         self._dbs = environment.dbs
+        self._max_key_size: int = self._env.max_key_size()
         self._guard = guard
         self._loop = loop
         self._path = path
@@ -301,14 +302,35 @@ class Writer:
         if isinstance(op, Update):
             handle = self._dbs[op.db]
             new = op.change(txn.get(op.key, db=handle))
+            also: Sequence[Put | Delete] = ()
+            if isinstance(new, tuple):  # the value, and more to write with it
+                new, also = new
             if new is None:
                 txn.delete(op.key, db=handle)
             else:
                 txn.put(op.key, new, db=handle)
+            for extra in also:
+                self._apply_also(txn, op, extra)
             return new
         if isinstance(op, Append):
             return self._append(txn, op)
         raise InternalError(f"the writer got {op!r}, which Store.commit should have refused")
+
+    def _apply_also(self, txn: lmdb.Transaction[bytes], update: Update, op: object) -> None:
+        """Apply one operation an `Update`'s function asked for along with its value.
+
+        `Store.commit` could not check it (it did not exist yet), so it is checked here.
+        """
+        if not isinstance(op, Put | Delete) or op.db not in self._dbs or not (
+                0 < len(op.key) <= self._max_key_size):
+            raise ConfigurationError(
+                f"the update of {update.key!r} in {update.db!r} asked to also write {op!r}, "
+                f"which is not a Put or Delete of a key of 1 to {self._max_key_size} bytes in "
+                f"one of the databases {', '.join(self._dbs)}; fix the update's function")
+        if isinstance(op, Put):
+            txn.put(op.key, op.value, db=self._dbs[op.db])
+        else:
+            txn.delete(op.key, db=self._dbs[op.db])
 
     def _append(self, txn: lmdb.Transaction[bytes], op: Append) -> int:
         handle = self._dbs[op.db]

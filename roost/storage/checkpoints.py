@@ -13,16 +13,17 @@ import builtins
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from functools import cache
+from functools import cache, partial
 from typing import Any, TypeVar
 
 import msgspec
 
 from roost.errors import CheckpointCorrupt, ConfigurationError, StoreError
+from roost.storage._interface import StoreInterface
 from roost.storage._keys import SEQ_SIZE, pack_seq, unpack_seq
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.ops import Append, Delete, Op
-from roost.storage.store import Store
+from roost.storage.store import Snapshot
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -95,7 +96,7 @@ class CheckpointStore:
         clock: wall-clock time in seconds since the epoch (injectable for tests).
     """
 
-    def __init__(self, store: Store, *, keep_last: int = 3,
+    def __init__(self, store: StoreInterface, *, keep_last: int = 3,
                  clock: Callable[[], float] = time.time) -> None:
         if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 0:
             raise ConfigurationError(f"keep_last={keep_last!r} must be an int >= 0 (0 keeps "
@@ -197,24 +198,29 @@ class CheckpointStore:
     async def delete_runs(self, run_ids: Iterable[str]) -> int:
         """Delete every checkpoint of the runs `run_ids` (e.g. finished ones past retention).
 
-        Deletes go to the writer in batches of a few hundred, so a large sweep never
-        holds one long write transaction. Returns how many checkpoints were deleted.
+        An id that cannot have checkpoints (empty, with a NUL, too long) has none to
+        delete. The keys of a few hundred runs are read in one worker-thread hop and
+        deleted in batches of a few hundred, so a large sweep never holds one long write
+        transaction. Returns how many checkpoints were deleted.
         """
-        doomed: builtins.list[bytes] = []
+        prefixes = [prefix for prefix in map(self._prefix_or_none, run_ids) if prefix is not None]
         deleted = 0
-        for run_id in run_ids:
-            doomed.extend([key async for key, _ in self._store.scan(_DB, prefix=self._prefix(run_id))])
-            if len(doomed) >= _DELETE_BATCH:
-                deleted += len(doomed)
-                await self._delete(doomed)
-                doomed = []
-        deleted += len(doomed)
-        await self._delete(doomed)
+        for start in range(0, len(prefixes), _DELETE_BATCH):
+            keys = await self._store.read(partial(_keys_under, prefixes[start:start + _DELETE_BATCH]))
+            for at in range(0, len(keys), _DELETE_BATCH):
+                await self._delete(keys[at:at + _DELETE_BATCH])
+            deleted += len(keys)
         return deleted
 
     async def _delete(self, keys: builtins.list[bytes]) -> None:
         if keys:
             await self._store.commit([Delete(_DB, key) for key in keys])
+
+    def _prefix_or_none(self, run_id: str) -> bytes | None:
+        try:
+            return self._prefix(run_id)
+        except ConfigurationError:  # an id no checkpoint can be saved under
+            return None
 
     def _prefix(self, run_id: str) -> bytes:
         prefix = _run_prefix(run_id)
@@ -263,6 +269,11 @@ class _Sweep:
         doomed, self.doomed = self.doomed, []
         self.deleted += len(doomed)
         return doomed
+
+
+def _keys_under(prefixes: builtins.list[bytes], snapshot: Snapshot) -> builtins.list[bytes]:
+    """The keys of every checkpoint under `prefixes` (in a worker thread, one read)."""
+    return [key for prefix in prefixes for key, _ in snapshot.scan(_DB, prefix=prefix)]
 
 
 def _run_prefix(run_id: str) -> bytes:

@@ -20,9 +20,9 @@ import msgspec
 
 from roost._logging import get_logger
 from roost.errors import IdempotencyConflict, RecordCorrupt
+from roost.storage._interface import StoreInterface
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.ops import Delete, Insert, Put, Update
-from roost.storage.store import Store
 
 _DB = "ledger"
 _log = get_logger("roost")
@@ -115,7 +115,7 @@ class Ledger:
         clock: wall-clock seconds since the epoch (injectable for tests).
     """
 
-    def __init__(self, store: Store, *, retention: float = 86_400.0,
+    def __init__(self, store: StoreInterface, *, retention: float = 86_400.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self.retention = retention

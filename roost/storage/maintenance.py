@@ -17,6 +17,7 @@ import anyio
 import msgspec
 
 from roost.errors import StoreError, StoreUnavailable
+from roost.storage import _run_index
 from roost.storage._integrity import record_id
 from roost.storage.checkpoints import Checkpoint
 from roost.storage.codecs import RecordCodec
@@ -59,6 +60,9 @@ def _checkpoint(key: bytes, value: bytes) -> Any:
 
 
 def _run(key: bytes, value: bytes) -> Any:
+    if key.startswith(_run_index.PREFIX):  # the index of ended runs, not a run record
+        _run_index.check_entry(key, value)
+        return None
     record = _RUN.decode(key, value)
     _payload(key, "input", record.input)
     _payload(key, "result", record.result)

@@ -11,7 +11,7 @@ refuse the write (that error reaches the caller unchanged).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -70,16 +70,24 @@ class Append(msgspec.Struct, frozen=True):
     keep_last: int = 0
 
 
+Changed = bytes | None | tuple[bytes | None, Sequence[Put | Delete]]
+"""What an `Update`'s function returns: the new value (None: delete the key), or the pair
+`(value, also)` to apply the `Put` and `Delete` operations `also` in the same transaction."""
+
+
 class Update(msgspec.Struct, frozen=True):
     """Read-modify-write of one key: `change(current)` gives the new value, or None to delete.
 
-    `current` is None when the key is absent. Its result in `Store.commit` is the
-    value `change` returned.
+    `current` is None when the key is absent. A change that must write more than its
+    key, depending on what it read (an index entry that follows the value), returns
+    the pair `(value, also)` instead: `also` is a sequence of `Put` and `Delete`
+    operations applied right after the value, in the same transaction. Its result in
+    `Store.commit` is the new value (without `also`).
     """
 
     db: str
     key: bytes
-    change: Callable[[bytes | None], bytes | None]
+    change: Callable[[bytes | None], Changed]
 
 
 Op = Put | Insert | Delete | Append | Update

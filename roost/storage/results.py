@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import msgspec
 
+from roost.storage._interface import StoreInterface
 from roost.storage.ops import Put
-from roost.storage.store import Store
 
 _DB = "results"
 _SEPARATOR = b"\x00"
@@ -26,7 +26,7 @@ def result_key(run_id: str, step: str) -> bytes:
 class StepResults:
     """Writes and reads the step results of runs in a `Store`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreInterface) -> None:
         self._store = store
 
     @staticmethod

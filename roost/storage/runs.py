@@ -1,22 +1,32 @@
-"""Run records: the status and history of each pipeline run, keyed by run id."""
+"""Run records: the status and history of each pipeline run, keyed by run id.
+
+The `runs` database also holds the index of ended runs (see `roost.storage._run_index`),
+written with the status change that ends a run, so that the retention sweep of ended
+runs (`RunStore.sweep_ended`) reads only the runs that are due, however many are stored.
+"""
 
 from __future__ import annotations
 
 import builtins
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from roost.errors import ConfigurationError, RunNotFound
+from roost.errors import ConfigurationError, RunNotFound, StoreError
+from roost.storage import _run_index
+from roost.storage._interface import StoreInterface
 from roost.storage.codecs import Record, RecordCodec
-from roost.storage.ops import Update
-from roost.storage.store import Store
+from roost.storage.ops import Changed, Delete, Op, Put, Update
+from roost.storage.store import Snapshot
 
 _DB = "runs"
+# Index entries a sweep handles per read and per commit.
+_SWEEP_CHUNK = 256
 
 
 class RunStatus(enum.StrEnum):
@@ -31,6 +41,11 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REJECTED = "rejected"  # a person (or a gate's timeout) rejected it at a gate
+
+
+#: The statuses of runs that can never go on: reaching one indexes the run as ended.
+ENDED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED,
+                   RunStatus.REJECTED})
 
 
 class RunRecord(Record, tag="run", frozen=True, kw_only=True, gc=False):
@@ -72,7 +87,7 @@ class RunStore:
         clock: wall-clock time in seconds since the epoch (injectable for tests).
     """
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: StoreInterface, *, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
 
@@ -90,12 +105,13 @@ class RunStore:
         record = RunRecord(run_id=run_id, pipeline=pipeline, status=_status(status),
                            created_at=now, updated_at=now, input=input)
         encoded = _CODEC.encode(record)
+        entry = self._index_entry(now, key) if record.status in ENDED else None
 
-        def create(current: bytes | None) -> bytes:
+        def create(current: bytes | None) -> Changed:
             if current is not None:
                 raise ConfigurationError(f"a run with id {run_id!r} already exists in the store "
                                          f"at {self._store.path!r}; run ids must be unique")
-            return encoded
+            return encoded if entry is None else (encoded, (Put(_DB, entry, b""),))
 
         await self._store.commit([Update(_DB, key, create)], durable=durable)
         return record
@@ -149,7 +165,9 @@ class RunStore:
         crash cannot store one without the other: pass the operation in `also=` of
         `CheckpointStore.save`. Fields and `updated_at` change as in `update`; the
         operation's result in `Store.commit` is the updated record's bytes, and it
-        refuses the whole commit with `RunNotFound` if no run has this id.
+        refuses the whole commit with `RunNotFound` if no run has this id. A change
+        that ends the run (to a status in `ENDED`, from one that is not) also writes
+        the run's entry in the index of ended runs.
 
         Raises:
             ConfigurationError: an invalid run id or status.
@@ -161,12 +179,17 @@ class RunStore:
             if value is not UNSET}
         if not isinstance(status, UnsetType):
             changes["status"] = _status(status)
-        changes["updated_at"] = self._clock()
+        now = changes["updated_at"] = self._clock()
+        entry = self._index_entry(now, key) if changes.get("status") in ENDED else None
 
-        def update(current: bytes | None) -> bytes:
+        def update(current: bytes | None) -> Changed:
             if current is None:
                 raise RunNotFound(run_id)
-            return _CODEC.encode(msgspec.structs.replace(_CODEC.decode(key, current), **changes))
+            record = _CODEC.decode(key, current)
+            encoded = _CODEC.encode(msgspec.structs.replace(record, **changes))
+            if entry is not None and record.status not in ENDED:  # this change ends the run
+                return encoded, (Put(_DB, entry, b""),)
+            return encoded
 
         return Update(_DB, key, update)
 
@@ -211,7 +234,8 @@ class RunStore:
             raise ConfigurationError(f"limit={limit!r} must be a whole number from 1 to 1000")
         wanted = None if status is None else _status(status)
         needle = text.casefold() if text else None
-        stop = None if before is None else self._key(before)
+        # A run id's key never starts with 0xff, so it is below the ended-run index too.
+        stop = _run_index.PREFIX if before is None else self._key(before)
         found: builtins.list[RunRecord] = []
         async for key, value in self._store.scan(_DB, stop=stop, reverse=True):
             record = _CODEC.decode(key, value)
@@ -234,17 +258,105 @@ class RunStore:
             RecordCorrupt: a record does not decode.
         """
         wanted = None if status is None else _status(status)
-        records = [_CODEC.decode(key, value) async for key, value in self._store.scan(_DB)]
-        return [record for record in records if wanted is None or record.status == wanted]
+        found: builtins.list[RunRecord] = []
+        async for key, value in self._store.scan(_DB, stop=_run_index.PREFIX):
+            record = _CODEC.decode(key, value)
+            if wanted is None or record.status == wanted:
+                found.append(record)
+        return found
+
+    async def sweep_ended(self, before: float,
+                          prune: Callable[[builtins.list[str]], Awaitable[int]]) -> int:
+        """Hand the runs that ended (a status in `ENDED`) at or before `before` to
+        `prune(run_ids)`, a chunk at a time, and drop each chunk from the index of ended
+        runs once `prune` returns; returns what the `prune` calls returned, added up.
+
+        Only the due part of the index is read, so a sweep costs what is due, not what
+        is stored. A run that no longer has an ended status (or a readable record) is
+        dropped from the index without being handed over: it is indexed again when it
+        ends. The first sweep of a store written before the index existed indexes its
+        ended runs first (once; they count as ended when they last changed).
+
+        Raises:
+            StoreError: a read or write failed (what was swept before stays swept).
+        """
+        await self._index_earlier_runs()
+        stop = _run_index.due_stop(before)
+        total = 0
+        while True:
+            due = await self._store.read(partial(_due, stop=stop, limit=_SWEEP_CHUNK))
+            if not due:
+                return total
+            total += await prune([run_id for _, run_id in due if run_id is not None])
+            # Not durable: an entry whose delete a crash loses is only swept again.
+            await self._store.commit([Delete(_DB, key) for key, _ in due], durable=False)
+            if len(due) < _SWEEP_CHUNK:
+                return total
+
+    async def _index_earlier_runs(self) -> None:
+        """Index the ended runs of a store written before the index existed, then write the
+        marker that says so (a point read once that is done)."""
+        if await self._store.get(_DB, _run_index.MARKER) is not None:
+            return
+        ops: builtins.list[Op] = []
+        async for key, value in self._store.scan(_DB, stop=_run_index.PREFIX):
+            try:
+                record = _CODEC.decode(key, value)
+            except StoreError:  # damaged: it keeps its checkpoints; `roost store check` names it
+                continue
+            entry = self._index_entry(record.updated_at, key) if record.status in ENDED else None
+            if entry is not None:
+                ops.append(Put(_DB, entry, b""))
+            if len(ops) == _SWEEP_CHUNK:
+                await self._store.commit(ops, durable=False)
+                ops = []
+        await self._store.commit([*ops, Put(_DB, _run_index.MARKER, b"")])
+
+    def _index_entry(self, ended_at: float, key: bytes) -> bytes | None:
+        """The index key of an ended run, or None for a run id too long to index (so long
+        that it can have no checkpoints either: nothing to sweep)."""
+        entry = _run_index.entry_key(ended_at, key)
+        return entry if len(entry) <= self._store.max_key_size else None
 
     def _key(self, run_id: str) -> bytes:
         if not isinstance(run_id, str) or not run_id:
             raise ConfigurationError(f"run id {run_id!r} must be a non-empty string")
-        key = run_id.encode()
+        try:
+            key = run_id.encode()
+        except UnicodeEncodeError:
+            raise ConfigurationError(f"run id {run_id!r} is not valid Unicode text (it cannot "
+                                     "be encoded as UTF-8); use another id") from None
         if len(key) > self._store.max_key_size:
             raise ConfigurationError(f"run id {run_id!r} is {len(key)} bytes long; run ids must "
                                      f"be at most {self._store.max_key_size} bytes")
         return key
+
+
+def _due(snapshot: Snapshot, *, stop: bytes, limit: int) -> builtins.list[tuple[bytes, str | None]]:
+    """Up to `limit` index entries below `stop`, each with its run's id if that run is still
+    ended (its checkpoints may go), else None (in a worker thread, one read transaction)."""
+    due: builtins.list[tuple[bytes, str | None]] = []
+    for key, _ in snapshot.scan(_DB, start=_run_index.FIRST, stop=stop):
+        due.append((key, _still_ended(snapshot, key)))
+        if len(due) == limit:
+            break
+    return due
+
+
+def _still_ended(snapshot: Snapshot, entry: bytes) -> str | None:
+    """The run id of index entry `entry` if its run's record says it ended, else None."""
+    run_id = _run_index.run_id_of(entry)
+    if run_id is None:
+        return None
+    key = run_id.encode()
+    value = snapshot.get(_DB, key)
+    if value is None:
+        return None
+    try:
+        status = _CODEC.decode(key, value).status
+    except StoreError:  # damaged: it keeps its checkpoints; `roost store check` names it
+        return None
+    return run_id if status in ENDED else None
 
 
 def _mentions(record: RunRecord, needle: str) -> bool:

@@ -33,6 +33,7 @@ import msgspec
 
 from roost._logging import get_logger
 from roost.errors import ConfigurationError, TraceNotFound
+from roost.storage._interface import StoreInterface
 from roost.storage.ops import Delete, Op, Put, Update
 from roost.storage.store import Store
 from roost.tracing.query import (
@@ -70,12 +71,22 @@ _log = get_logger("roost")
 
 # Summaries of open traces a trace store keeps in memory, at most.
 _KNOWN_SUMMARIES = 8192
+# Batches a flush commits at once, at most: they ride one group commit of the store's writer.
+_IN_FLIGHT = 16
 # Summaries one search read transaction looks at, at most.
 _SEARCH_BUDGET = 2048
 # Bytes of span records `get` reads on the event loop, at most (some 200 spans of a
 # run's steps: a few hundred microseconds, decoded); a larger trace is read in a
 # worker thread, so that the loop never waits long for one.
 _LOOP_READ_BYTES = 64 * 1024
+
+
+class _Write(msgspec.Struct, frozen=True):
+    """One batch ready to commit: its operations, how many spans it writes, its traces."""
+
+    ops: list[Op]
+    spans: int
+    traces: list[str]
 
 
 class TraceStoreStatistics(msgspec.Struct, frozen=True):
@@ -116,7 +127,7 @@ class TraceStore:
         ConfigurationError: a setting that is not a positive number.
     """
 
-    def __init__(self, store: Store, *, retention: float = 7 * 86_400.0,
+    def __init__(self, store: StoreInterface, *, retention: float = 7 * 86_400.0,
                  max_bytes: int = 256 * 2**20, flush_interval: float = 0.2,
                  batch_size: int = 512, max_buffered: int = 100_000,
                  prune_interval: float = 60.0,
@@ -184,6 +195,9 @@ class TraceStore:
     async def flush(self) -> None:
         """Write the spans buffered so far, in batches.
 
+        Up to `_IN_FLIGHT` batches are committed at once, so that they ride one group
+        commit: a flush that waited for each batch's commit before the next would write
+        one batch per turn of the store's writer, fewer spans than busy runs make.
         Never raises for a write the store refuses: that batch is dropped and counted.
         """
         if self._store.readonly:
@@ -191,15 +205,19 @@ class TraceStore:
         async with self._writing:
             pending = len(self._buffer)
             while pending > 0 and self._buffer:
-                batch = [self._buffer.popleft()
-                         for _ in range(min(self._batch_size, pending, len(self._buffer)))]
-                pending -= len(batch)
-                try:
-                    await self._write(batch)
-                except Exception as error:  # tracing must never fail the work it records
-                    self.dropped += len(batch)
-                    self.failed_batches += 1
-                    self._warn_once("trace_write_failed", error, spans=len(batch))
+                writes: list[_Write] = []
+                while pending > 0 and self._buffer and len(writes) < _IN_FLIGHT:
+                    batch = [self._buffer.popleft()
+                             for _ in range(min(self._batch_size, pending, len(self._buffer)))]
+                    pending -= len(batch)
+                    try:
+                        write = self._prepare(batch)
+                    except Exception as error:  # its summaries cannot be read (a closed store)
+                        self._failed(len(batch), error)
+                        continue
+                    if write is not None:
+                        writes.append(write)
+                await self._commit(writes)
 
     async def _flush_loop(self) -> None:
         while not self._closing:
@@ -210,11 +228,14 @@ class TraceStore:
                         await self._wake.wait()
             await self.flush()
 
-    async def _write(self, spans: list[Span]) -> None:
-        """One commit: the spans, their traces' summaries and index entries, the size total.
+    def _prepare(self, spans: list[Span]) -> _Write | None:
+        """The commit of one batch: the spans, their traces' summaries and index entries,
+        the size total (None: no span of the batch could be encoded).
 
-        A trace's stored summary comes from `_summaries` when this store wrote it lately,
-        else from the store (on the loop: a few point reads per new trace).
+        A trace's stored summary comes from `_summaries` when this store wrote it lately
+        (or is writing it now, in an earlier batch), else from the store (on the loop: a
+        few point reads per new trace). The batch's summaries go into `_summaries` at
+        once, so that the next batch, committed with this one, merges into them.
         """
         ops: list[Op] = []
         by_trace: dict[str, list[tuple[Span, int]]] = {}
@@ -237,14 +258,13 @@ class TraceStore:
             else:
                 items.append((span, len(key) + len(value)))
         if not by_trace:
-            return
+            return None
         written = len(ops)
         known = self._summaries
         unknown = [trace_id for trace_id in by_trace if trace_id not in known]
         if unknown:  # as stored now, whether or not this commit goes through
             known.update(self._store.read_on_loop(partial(current_summaries, unknown)))
         added = 0
-        settled: list[tuple[str, TraceSummary, bytes]] = []
         for trace_id, items in by_trace.items():
             old, old_key = known[trace_id]
             new = merge(old, trace_id, items)
@@ -254,7 +274,7 @@ class TraceStore:
             if old_key is not None and old_key != new_key:
                 ops.append(Delete(DB, old_key))
             ops.append(Put(DB, new_key, encode(new)))
-            settled.append((trace_id, new, new_key))
+            known[trace_id] = (new, new_key)
             indexed = () if moved or old is None else old.run_ids
             if moved or len(new.run_ids) > len(indexed):
                 ref = encode(TraceRef(start_ns=new.start_ns))
@@ -266,20 +286,47 @@ class TraceStore:
                         if len(key) <= longest:
                             ops.append(Put(DB, key, ref))
         ops.append(Update(DB, TOTALS, adding_bytes(added)))
+        return _Write(ops, written, list(by_trace))
+
+    async def _commit(self, writes: list[_Write]) -> None:
+        """Commit prepared batches at once (non-durable) and count how each went.
+
+        A batch the store refuses is dropped and counted, with one warning.
+        """
+        known = self._summaries
         try:
-            await self._store.commit(ops, durable=False)
-        except BaseException:
-            for trace_id in by_trace:  # a cancelled commit may have been made: read them again
-                known.pop(trace_id, None)
+            outcomes = await asyncio.gather(
+                *(self._store.commit(write.ops, durable=False) for write in writes),
+                return_exceptions=True)
+        except BaseException:  # cancelled: some commits may have been made
+            for write in writes:
+                for trace_id in write.traces:
+                    known.pop(trace_id, None)  # read them again
             raise
-        self.written += written
-        for trace_id, new, new_key in settled:
-            if new.status == "open":
-                known[trace_id] = (new, new_key)
-            else:  # its root has ended: few spans, if any, follow
-                known.pop(trace_id, None)
+        for write, outcome in zip(writes, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                self._failed(write.spans, outcome)
+                # Read them again as stored. (A later batch of the same trace that was
+                # committed counted this one's spans in its summary: rare, since the
+                # batches of one flush share a transaction, and only a summary.)
+                for trace_id in write.traces:
+                    known.pop(trace_id, None)
+                continue
+            self.written += write.spans
+            for trace_id in write.traces:
+                summary = known.get(trace_id)
+                if summary is not None and summary[0] is not None and summary[0].status != "open":
+                    del known[trace_id]  # its root has ended: few spans, if any, follow
         while len(known) > _KNOWN_SUMMARIES:
             del known[next(iter(known))]
+
+    def _failed(self, spans: int, error: Exception) -> None:
+        """A batch of `spans` spans could not be written: drop it, count it, warn once."""
+        self.dropped += spans
+        self.failed_batches += 1
+        self._warn_once("trace_write_failed", error, spans=spans)
 
     # --- retention ------------------------------------------------------------------------
 

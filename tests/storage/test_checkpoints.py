@@ -268,3 +268,26 @@ async def test_retention_is_per_run(store: Store) -> None:
 async def test_a_bad_keep_last_names_the_value(store: Store, keep_last: object) -> None:
     with pytest.raises(ConfigurationError, match=rf"keep_last={keep_last!r} must be an int >= 0"):
         CheckpointStore(store, keep_last=keep_last)  # type: ignore[arg-type]
+
+
+async def test_delete_runs_deletes_every_checkpoint_of_those_runs_and_no_other(
+        checkpoints: CheckpointStore) -> None:
+    for n in range(300):  # more runs than one read and one delete batch take
+        for _ in range(2):
+            await save(checkpoints, f"run-{n:03d}")
+    await save(checkpoints, "run-1")  # a prefix of run-100..run-199's ids, and kept
+
+    deleted = await checkpoints.delete_runs(f"run-{n:03d}" for n in range(300))
+
+    assert deleted == 600
+    assert [c.seq for c in await checkpoints.list("run-1")] == [1]
+    assert await checkpoints.latest("run-000") is None
+    assert await checkpoints.latest("run-299") is None
+
+
+async def test_delete_runs_passes_over_ids_no_checkpoint_can_be_saved_under(
+        checkpoints: CheckpointStore) -> None:
+    await save(checkpoints, "run-1")
+
+    assert await checkpoints.delete_runs(["", "run\x00nul", "r" * 600, "run-1"]) == 1
+    assert await checkpoints.latest("run-1") is None

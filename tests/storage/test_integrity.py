@@ -16,7 +16,16 @@ import msgspec
 import pytest
 
 from roost.errors import StoreCorrupt, StoreUnavailable
-from roost.storage import CheckpointStore, GateRecord, GateStore, Put, StepResults, Store
+from roost.storage import (
+    CheckpointStore,
+    GateRecord,
+    GateStore,
+    Put,
+    RunStatus,
+    RunStore,
+    StepResults,
+    Store,
+)
 from roost.storage.maintenance import backup_store, check_store
 
 pytestmark = pytest.mark.anyio
@@ -213,3 +222,24 @@ async def test_check_reads_gates_and_step_results_and_names_the_damaged_ones(
     assert (report.records["gates"], report.records["results"]) == (2, 1)
     assert sorted((p.db, p.key) for p in report.problems) == [
         ("gates", "run-2\x00send"), ("results", "run-1\x00send")]
+
+
+async def test_check_reads_the_index_of_ended_runs_and_names_a_malformed_entry(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        runs = RunStore(store)
+        for run_id in ("run-1", "run-2", "run-\x00odd"):
+            await runs.create(run_id, pipeline="p")
+            await runs.update(run_id, status=RunStatus.COMPLETED)  # indexed as ended
+        await runs.sweep_ended(0.0, CheckpointStore(store).delete_runs)  # marks it indexed
+        bad = [b"\xff\x00\x01",  # too short for an entry
+               b"\xff" + bytes(8) + b"run-9",  # with a value
+               b"\xff" + bytes(8) + b"\xc3"]  # a run id cut in the middle of a character
+        await store.commit([Put("runs", bad[0], b""), Put("runs", bad[1], b"not empty"),
+                            Put("runs", bad[2], b"")])
+
+    report = await check_store(tmp_path)
+
+    assert report.records["runs"] == 3 + 3 + 1  # the records, their entries, the marker
+    assert {(p.db, p.error.split(" is malformed: ")[0]) for p in report.problems} == {
+        ("runs", f"run index entry at key {key!r}") for key in bad}

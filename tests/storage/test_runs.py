@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 import msgspec
 import pytest
@@ -132,3 +134,197 @@ async def test_a_run_record_that_does_not_decode_raises_record_corrupt(
         await runs.update("run-1", status="failed")
     with pytest.raises(RecordCorrupt, match="run record at key b'run-1'"):
         await runs.list()
+
+
+# --- the index of ended runs, and the sweep that reads it ---------------------------------
+
+
+class Pruner:
+    """Stands for `CheckpointStore.delete_runs` in a sweep: records the run ids handed over."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, run_ids: list[str]) -> int:
+        self.calls.append(run_ids)
+        return len(run_ids)
+
+    @property
+    def swept(self) -> list[str]:
+        return [run_id for call in self.calls for run_id in call]
+
+
+async def swept(runs: RunStore, before: float) -> list[str]:
+    pruner = Pruner()
+    await runs.sweep_ended(before, pruner)
+    return pruner.swept
+
+
+async def test_a_sweep_hands_over_the_runs_ended_by_then_once_and_no_other(
+        runs: RunStore, clock: FakeClock) -> None:
+    for run_id in ("done", "failed", "cancelled", "rejected", "running", "waiting",
+                   "reviewed", "late"):
+        await runs.create(run_id, pipeline="p")
+    await runs.update("done", status=RunStatus.COMPLETED)
+    await runs.update("failed", status=RunStatus.FAILED)
+    await runs.update("cancelled", status=RunStatus.CANCELLED)
+    await runs.update("rejected", status=RunStatus.REJECTED)
+    await runs.update("waiting", status=RunStatus.WAITING)
+    await runs.update("reviewed", status=RunStatus.NEEDS_REVIEW)
+    clock.now += 100
+    await runs.update("late", status=RunStatus.COMPLETED)
+
+    assert sorted(await swept(runs, before=1_050.0)) == ["cancelled", "done", "failed", "rejected"]
+    assert await swept(runs, before=1_050.0) == []  # swept runs leave the index
+    assert await swept(runs, before=1_100.0) == ["late"]
+    assert [r.run_id for r in await runs.list(RunStatus.COMPLETED)] == ["done", "late"]
+
+
+async def test_a_run_is_indexed_in_the_same_write_as_the_change_that_ends_it(
+        store: Store, runs: RunStore, clock: FakeClock) -> None:
+    checkpoints = CheckpointStore(store, clock=clock)
+    await runs.create("run-1", pipeline="p")
+    writes = store.statistics().writes
+
+    await checkpoints.save("run-1", step="last", actor_path="/run", state=b"s",
+                           also=[runs.change("run-1", status=RunStatus.COMPLETED)])
+
+    assert store.statistics().writes == writes + 1
+    assert await swept(runs, before=1_000.0) == ["run-1"]
+
+
+async def test_a_refused_change_that_would_end_a_run_indexes_nothing(
+        store: Store, runs: RunStore) -> None:
+    await runs.create("run-1", pipeline="p")
+
+    with pytest.raises(RunNotFound):
+        await store.commit([runs.change("run-1", status=RunStatus.COMPLETED),
+                            runs.change("ghost", status=RunStatus.COMPLETED)])
+
+    assert (await runs.get("run-1")).status == RunStatus.RUNNING
+    assert await swept(runs, before=2_000.0) == []
+
+
+async def test_a_run_created_ended_is_indexed_and_one_changed_while_ended_is_indexed_once(
+        runs: RunStore, clock: FakeClock) -> None:
+    await swept(runs, before=0.0)  # as a system does when it starts
+    await runs.create("imported", pipeline="p", status=RunStatus.FAILED)
+    await runs.create("run-1", pipeline="p")
+    await runs.update("run-1", status=RunStatus.FAILED, error="boom")
+    clock.now += 5
+    await runs.update("run-1", status=RunStatus.CANCELLED)
+
+    assert await swept(runs, before=1_000.0) == ["imported", "run-1"]
+    assert await swept(runs, before=2_000.0) == []
+
+
+async def test_a_run_changed_since_it_ended_is_not_swept_until_it_ends_again(
+        runs: RunStore, clock: FakeClock) -> None:
+    await runs.create("run-1", pipeline="p", status=RunStatus.COMPLETED)
+    await runs.update("run-1", status=RunStatus.RUNNING)  # taken up again by hand
+
+    assert await swept(runs, before=1_000.0) == []
+    clock.now += 10
+    await runs.update("run-1", status=RunStatus.COMPLETED)
+    assert await swept(runs, before=1_010.0) == ["run-1"]
+
+
+async def test_a_sweep_with_nothing_due_writes_nothing_and_reads_no_run_record(
+        store: Store, runs: RunStore, clock: FakeClock) -> None:
+    await runs.create("ended-late", pipeline="p")
+    clock.now += 100
+    await runs.update("ended-late", status=RunStatus.COMPLETED)
+    assert await swept(runs, before=1_000.0) == []
+    # A record no sweep may read: listing every run would stop at it.
+    await store.commit([Put("runs", b"damaged", b"\xc1")])
+    writes = store.statistics().writes
+
+    assert await swept(runs, before=1_050.0) == []
+
+    assert store.statistics().writes == writes
+    assert await swept(runs, before=1_100.0) == ["ended-late"]
+
+
+async def test_a_sweep_goes_through_many_due_runs_a_chunk_at_a_time(runs: RunStore) -> None:
+    for start in range(0, 600, 200):
+        async with anyio.create_task_group() as group:
+            for n in range(start, start + 200):
+                group.start_soon(partial(runs.create, f"run-{n:04d}", pipeline="p",
+                                         status=RunStatus.COMPLETED))
+    pruner = Pruner()
+
+    assert await runs.sweep_ended(1_000.0, pruner) == 600
+
+    assert sorted(pruner.swept) == [f"run-{n:04d}" for n in range(600)]
+    assert len(pruner.calls) > 1 and all(len(call) <= 256 for call in pruner.calls)
+    assert await swept(runs, before=1_000.0) == []
+
+
+async def test_runs_that_ended_before_the_index_existed_are_indexed_by_the_first_sweep_only(
+        store: Store, runs: RunStore) -> None:
+    def as_an_older_roost_wrote_it(run_id: str, status: RunStatus) -> Put:
+        record = RunRecord(run_id=run_id, pipeline="p", status=status, created_at=900.0,
+                           updated_at=950.0)
+        return Put("runs", run_id.encode(), msgspec.msgpack.encode(record))
+
+    await store.commit([as_an_older_roost_wrote_it("old-done", RunStatus.COMPLETED),
+                        as_an_older_roost_wrote_it("old-waiting", RunStatus.WAITING),
+                        as_an_older_roost_wrote_it("old-failed", RunStatus.FAILED),
+                        Put("runs", b"old-damaged", b"\xc1")])
+
+    assert await swept(runs, before=949.0) == []  # indexed at their last change
+    assert await swept(runs, before=950.0) == ["old-done", "old-failed"]
+    await store.commit([as_an_older_roost_wrote_it("older-still", RunStatus.COMPLETED)])
+    writes = store.statistics().writes
+    assert await swept(runs, before=2_000.0) == []  # the store was indexed once
+    assert store.statistics().writes == writes
+
+
+async def test_list_and_page_return_run_records_only_with_the_index_beside_them(
+        runs: RunStore, clock: FakeClock) -> None:
+    for n in range(5):
+        await runs.create(f"run-{n}", pipeline="p")
+        clock.now += 1
+    for n in (1, 3):
+        await runs.update(f"run-{n}", status=RunStatus.COMPLETED)
+    await swept(runs, before=0.0)  # the store's first sweep marks it indexed
+
+    assert [r.run_id for r in await runs.list()] == [f"run-{n}" for n in range(5)]
+    assert [r.run_id for r in await runs.list(RunStatus.COMPLETED)] == ["run-1", "run-3"]
+    first, cursor = await runs.page(limit=3)
+    rest, end = await runs.page(limit=3, before=cursor)
+    assert [r.run_id for r in first + rest] == [f"run-{n}" for n in (4, 3, 2, 1, 0)]
+    assert end is None
+    completed, _ = await runs.page(status=RunStatus.COMPLETED)
+    assert [r.run_id for r in completed] == ["run-3", "run-1"]
+
+
+@pytest.mark.parametrize("run_id", ["run\x00nul", "\xff\xfe-latin", "ü-\U0001f600-emoji",
+                                    "\x00", "\U0010ffff"])
+async def test_a_run_id_of_any_characters_is_stored_listed_paged_and_swept(
+        runs: RunStore, run_id: str) -> None:
+    await runs.create("plain", pipeline="p")
+    await runs.create(run_id, pipeline="p")
+
+    await runs.update(run_id, status=RunStatus.COMPLETED)
+
+    assert (await runs.get(run_id)).status == RunStatus.COMPLETED
+    assert sorted(r.run_id for r in await runs.list()) == sorted(["plain", run_id])
+    page, _ = await runs.page()
+    assert sorted(r.run_id for r in page) == sorted(["plain", run_id])
+    assert await swept(runs, before=1_000.0) == [run_id]
+
+
+async def test_a_run_id_too_long_to_index_still_ends(store: Store, runs: RunStore) -> None:
+    run_id = "r" * store.max_key_size  # as long as a key can be: it can have no checkpoints
+
+    await runs.create(run_id, pipeline="p")
+    await runs.update(run_id, status=RunStatus.COMPLETED)
+
+    assert (await runs.get(run_id)).status == RunStatus.COMPLETED
+    assert await swept(runs, before=1_000.0) == []
+
+
+async def test_a_run_id_that_is_not_valid_unicode_is_refused(runs: RunStore) -> None:
+    with pytest.raises(ConfigurationError, match="is not valid Unicode text"):
+        await runs.create("half-\ud800-surrogate", pipeline="p")

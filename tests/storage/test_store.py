@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -17,6 +17,7 @@ import pytest
 
 from roost.errors import ConfigurationError, RunNotFound, StoreError, StoreUnavailable
 from roost.storage import Append, Delete, Insert, Op, Put, Store, Update
+from roost.storage.ops import Changed
 from roost.storage.store import Snapshot
 
 pytestmark = pytest.mark.anyio
@@ -77,6 +78,34 @@ async def test_an_update_returning_none_deletes_the_key(store: Store) -> None:
 
     assert await store.commit([Update("ledger", b"k", lambda current: None)]) == [None]
     assert await store.get("ledger", b"k") is None
+
+
+async def test_an_update_can_write_other_keys_with_its_value_in_the_same_transaction(
+        store: Store) -> None:
+    await store.commit([Put("ledger", b"index/old", b""), Put("ledger", b"k", b"old")])
+
+    def move(current: bytes | None) -> Changed:
+        return b"new", (Delete("ledger", b"index/old"), Put("ledger", b"index/new", b""))
+
+    assert await store.commit([Update("ledger", b"k", move)]) == [b"new"]
+    assert [item async for item in store.scan("ledger")] == [
+        (b"index/new", b""), (b"k", b"new")]
+
+
+async def test_what_an_update_writes_besides_its_value_is_checked_and_all_or_nothing(
+        store: Store) -> None:
+    def writing(*also: object) -> Callable[[bytes | None], Changed]:
+        return lambda current: (b"v", also)  # type: ignore[return-value]
+
+    for also, refused in [(Put("nope", b"k", b"v"), "in 'ledger' asked to also write Put"),
+                          (Put("ledger", b"k" * 512, b"v"), "a key of 1 to 511 bytes"),
+                          (Insert("ledger", b"k2", b"v"), "which is not a Put or Delete")]:
+        with pytest.raises(ConfigurationError, match=refused):
+            await store.commit([Put("ledger", b"before", b"1"),
+                                Update("ledger", b"k", writing(Put("ledger", b"ok", b""), also))])
+
+    assert [key async for key, _ in store.scan("ledger")] == []
+    assert store.statistics().commits == 0
 
 
 async def test_scan_yields_keys_under_a_prefix_in_order_forward_and_reverse(store: Store) -> None:

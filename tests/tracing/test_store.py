@@ -221,6 +221,22 @@ async def test_spans_are_written_in_batches_of_non_durable_commits_that_never_fs
     assert (await traces.get("run-399")).run_id == "run-399"
 
 
+async def test_a_backlog_of_batches_rides_one_group_commit_instead_of_one_each(
+        store: Store) -> None:
+    traces = TraceStore(store, batch_size=64)
+    add_all(traces, [one for n in range(1000) for one in run_trace(n, f"run-{n}")])  # 47 batches
+    commits = store.statistics().commits
+
+    await traces.flush()
+
+    assert store.statistics().commits - commits <= 4  # 16 batches at once, not 47 turns
+    assert traces.statistics().written == 3000 and traces.statistics().buffered == 0
+    straddling = [n for n in range(1000) if 3 * n // 64 != (3 * n + 2) // 64]
+    for n in [0, 999, *straddling]:  # a trace split over batches committed together
+        summary = await traces.summary(f"run-{n}")
+        assert summary is not None and (summary.spans, summary.status) == (3, "ok")
+
+
 async def test_a_full_batch_is_written_without_waiting_for_the_flush_interval(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     written = asyncio.Event()
