@@ -208,6 +208,44 @@ class StoreUnavailable(StoreError):
         super().__init__(f"cannot open the store at {path!r}: {reason}")
 
 
+class StoreUnreachable(StoreUnavailable):
+    """The PostgreSQL server of a store cannot be reached (refused, timed out, unknown host)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, f"the PostgreSQL server cannot be reached ({reason}); check that it "
+                              "runs and that the host and port in the URL are right")
+
+
+class StoreAccessDenied(StoreUnavailable):
+    """The PostgreSQL server refused a store's user name or password."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, f"the PostgreSQL server refused the login ({reason}); check the user "
+                              "name and password in the URL (or in PGPASSWORD / ~/.pgpass)")
+
+
+class StoreForeign(StoreUnavailable):
+    """A PostgreSQL database (schema) holds another application's tables and no roost store."""
+
+    def __init__(self, url: str, database: str, tables: list[str]) -> None:
+        self.database = database
+        self.tables = tables
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        super().__init__(url, f"database {database} holds other tables ({shown}) and no roost "
+                              "store; give roost a database (or a schema, with ?search_path=NAME) "
+                              "of its own")
+
+
+class StoreSchemaTooNew(StoreUnavailable):
+    """A PostgreSQL store was made by a newer roost than this one: refused, never downgraded."""
+
+    def __init__(self, url: str, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(url, f"its schema is version {found}, made by a newer roost (this one "
+                              f"knows versions up to {supported}); upgrade roost to open it")
+
+
 class StoreCorrupt(StoreError):
     """The store folder is damaged (a truncated or corrupt data file, a lost store): refused."""
 

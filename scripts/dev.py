@@ -3,7 +3,8 @@
 Usage:
     python3 scripts/dev.py run PATH [ARGS...]   run a bootstrap script with `roost run`
     python3 scripts/dev.py test [PYTEST ARGS]   run the whole test suite (installs Debian's
-                                                chromium for the browser tests when missing)
+                                                chromium for the browser tests and postgresql
+                                                for the PostgreSQL store's tests when missing)
     python3 scripts/dev.py bench [ARGS...]      run the benches (`python -m benches`)
 
 Only the Python standard library is used here, so it works on a fresh machine.
@@ -11,6 +12,7 @@ Only the Python standard library is used here, so it works on a fresh machine.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -47,19 +49,29 @@ def ensure_venv() -> Path:
 def ensure_chromium() -> None:
     """Install Debian's chromium with apt-get when it is missing (as root, non-interactively);
     where that cannot be done, say so and go on: the browser tests are then skipped."""
-    if CHROMIUM.exists():
-        return
+    if not CHROMIUM.exists():
+        apt_install("chromium", f"{CHROMIUM} is missing", "the browser tests")
+
+
+def ensure_postgres() -> None:
+    """Install Debian's postgresql with apt-get when no `initdb` is found (the tests start a
+    private server with it); where that cannot be done, say so: those tests are then skipped."""
+    if shutil.which("initdb") is None and not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        apt_install("postgresql", "PostgreSQL's initdb is missing", "the PostgreSQL store's tests")
+
+
+def apt_install(package: str, missing: str, tests: str) -> None:
+    """Install Debian's `package` (as root, non-interactively), or say why not and go on."""
     if shutil.which("apt-get") is None or getattr(os, "geteuid", lambda: -1)() != 0:
-        print(f"{CHROMIUM} is missing and cannot be installed here (that needs root and "
-              "apt-get): the browser tests will be skipped; install Debian's chromium "
-              "(sudo apt-get install chromium) to run them", file=sys.stderr)
+        print(f"{missing} and cannot be installed here (that needs root and apt-get): {tests} "
+              f"will be skipped; install Debian's {package} (sudo apt-get install {package}) "
+              "to run them", file=sys.stderr)
         return
-    print("installing chromium for the browser tests (apt-get)", file=sys.stderr)
+    print(f"installing {package} for {tests} (apt-get)", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
         if subprocess.run(command, env=env).returncode != 0:
-            print(f"`{' '.join(command)}` failed: the browser tests will be skipped",
-                  file=sys.stderr)
+            print(f"`{' '.join(command)}` failed: {tests} will be skipped", file=sys.stderr)
             return
 
 
@@ -73,6 +85,7 @@ def main(argv: list[str]) -> int:
         args = [str(BIN / "roost"), "run", *rest]
     elif command == "test":
         ensure_chromium()
+        ensure_postgres()
         args = [str(python), "-m", "pytest", *rest]
     else:
         args = [str(python), "-m", "benches", *rest]

@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 import roost
+from tests._postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.support import FakeClock
 
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from roost.console import create_app, load_token, serve
 from roost.console.app import is_loopback
 from roost.errors import ConfigurationError, RoostError, StoreUnavailable
+from roost.runtime._store_option import add_store_option
 from roost.runtime.gate_commands import require_store
 from roost.runtime.system import ActorSystem
 
@@ -34,7 +35,7 @@ def add_console_command(commands: Any) -> None:
     """Add `console` to the `roost` command's subparsers."""
     console = commands.add_parser("console", help="serve the console of a store (stop the "
                                                   "store's system first, or use its --console)")
-    console.add_argument("--store", default=".roost", help="the store folder (default: .roost)")
+    add_store_option(console)
     console.add_argument("--host", default=DEFAULT_HOST,
                          help=f"the address to listen on (default: {DEFAULT_HOST})")
     console.add_argument("--port", type=port_number, default=DEFAULT_PORT,

@@ -23,9 +23,10 @@ from typing import Any
 import msgspec
 
 from roost.errors import RoostError, StoreUnavailable
+from roost.runtime._store_option import add_store_option
 from roost.runtime.log import configure_logging
 from roost.runtime.system import ActorSystem
-from roost.storage import GateRecord, RunStatus
+from roost.storage import GateRecord, RunStatus, is_postgres_url, open_store
 from roost.storage._integrity import DATA_FILE, recorded_id
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -40,7 +41,7 @@ def add_gate_commands(commands: Any) -> None:
     """Add `gates` and `decide` to the `roost` command's subparsers."""
     gates = commands.add_parser("gates", help="list the gates waiting for a decision, oldest "
                                               "first (stop the store's system first)")
-    gates.add_argument("--store", default=".roost", help="the store folder (default: .roost)")
+    add_store_option(gates)
     gates.add_argument("--assignee", help="only gates assigned to this person or group")
     gates.add_argument("--pipeline", help="only gates of runs of this pipeline")
     gates.add_argument("--older-than", type=_seconds, metavar="SECONDS",
@@ -54,7 +55,7 @@ def add_gate_commands(commands: Any) -> None:
     decide.add_argument("decision", metavar="DECISION", help="approve, reject or edit; at an "
                                                              "outcome gate done, not_done or abandon")
     decide.add_argument("--by", required=True, help="who decides (kept in the audit trail)")
-    decide.add_argument("--store", default=".roost", help="the store folder (default: .roost)")
+    add_store_option(decide)
     decide.add_argument("--input", metavar="FILE", help="a JSON file with the decision's input "
                                                         "(an edit's data); - reads stdin")
     decide.add_argument("--comment", help="why, for the audit trail")
@@ -84,12 +85,22 @@ def run_gate_command(args: argparse.Namespace) -> int:
 
 
 def require_store(path: str) -> None:
-    """Raise StoreUnavailable unless `path` holds a store (a system would create one there)."""
+    """Raise StoreUnavailable unless `path` (a folder or a PostgreSQL URL) holds a store (a
+    system would create one there)."""
+    if is_postgres_url(path):
+        asyncio.run(_probe(path))
+        return
     folder = Path(path)
     if not folder.is_dir() or (not (folder / DATA_FILE).is_file()
                                and recorded_id(folder) is None):
         raise StoreUnavailable(path, "there is no store in this folder; check the path (a "
                                      "system creates it when it first starts)")
+
+
+async def _probe(url: str) -> None:
+    """Open the PostgreSQL store at `url` without creating one, and close it."""
+    async with open_store(url, readonly=True, create=False):
+        pass
 
 
 class InputUnreadable(Exception):

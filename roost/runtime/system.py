@@ -31,6 +31,7 @@ from roost.mailbox.dead_letters import DeadLetters
 from roost.pipelines.service import Pipelines
 from roost.runtime.log import configure_logging
 from roost.runtime.loop_monitor import LoopMonitor
+from roost.storage.postgres import is_postgres_url, redact
 from roost.tools.client import Tools
 from roost.tracing import Price, Tracer, TraceStore
 from roost.tracing.metrics import SpanMetrics, snapshot
@@ -46,7 +47,9 @@ class ActorSystem:
 
     Args:
         name: the system's name, used in logs.
-        store: the folder of the LMDB store (created if missing), or None for no
+        store: the folder of the LMDB store (created if missing), a
+            `postgresql://USER:PASSWORD@HOST/DATABASE` URL of a PostgreSQL store
+            (`roost[postgres]`; its tables are created if missing), or None for no
             store. Checkpointed actors need one.
         durability: `sync` (a checkpoint is acknowledged after fsync) or `async`.
         log_format: `console`, `json` or `auto` (console on a terminal) to
@@ -122,7 +125,9 @@ class ActorSystem:
                 f"ActorSystem: durability must be 'sync' or 'async', got {durability!r}"
             )
         self.name = name
-        self.store_path = None if store is None else Path(store)
+        #: The LMDB store folder, or the PostgreSQL store URL (None: no store of that kind).
+        self.store_path = None if store is None or is_postgres_url(store) else Path(store)
+        self.store_url: str | None = store if is_postgres_url(store) else None
         self.durability = durability
         self.log_format = log_format
         self.log_level = log_level
@@ -196,7 +201,7 @@ class ActorSystem:
             self.engine.own(self.loop.create_task(self._prune_ledger()))
             self.engine.own(self.loop.create_task(self._sweep_ended_runs()))
             self.gates.start_timer()  # deadlines that passed while no process ran fire now
-        _log.info("system_started", system=self.name, store=str(self.store_path))
+        _log.info("system_started", system=self.name, store=self._store_name())
         return self
 
     async def __aexit__(
@@ -316,12 +321,21 @@ class ActorSystem:
             failure=None if failure is None else repr(failure),
         )
 
-    async def _open_store(self) -> None:
-        if self.store_path is None:
-            return
-        from roost.storage import CheckpointStore, Store
+    def _store_name(self) -> str | None:
+        """The store as logs name it: its folder, or its URL without the password."""
+        if self.store_url is not None:
+            return redact(self.store_url)
+        return None if self.store_path is None else str(self.store_path)
 
-        self.store = await Store.open(self.store_path, durability=self.durability)
+    async def _open_store(self) -> None:
+        from roost.storage import CheckpointStore, PostgresStore, Store
+
+        if self.store_url is not None:
+            self.store = await PostgresStore.open(self.store_url, durability=self.durability)
+        elif self.store_path is not None:
+            self.store = await Store.open(self.store_path, durability=self.durability)
+        else:
+            return
         # A store that can no longer write stops the system with its error (no hanging).
         self.store.on_failure(self.engine.fail)
         self.checkpoints = CheckpointStore(self.store, keep_last=self.checkpoints_kept)
@@ -346,9 +360,10 @@ class ActorSystem:
             SystemNotRunning: the system is not running (a stopped system's store is
                 read with `roost.tracing.read_traces(path)`).
         """
-        if self.store_path is None or not self.tracing:
+        if (self.store_path is None and self.store_url is None) or not self.tracing:
             raise ConfigurationError("ActorSystem: system.traces needs a store and tracing; "
-                                     "create the system with store=DIR and tracing=True")
+                                     "create the system with store=DIR (or a postgresql:// "
+                                     "URL) and tracing=True")
         if self._traces is None or self.store is None:
             raise SystemNotRunning("query system.traces (read a stopped system's traces with "
                                    "roost.tracing.read_traces(path))")

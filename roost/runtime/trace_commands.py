@@ -20,8 +20,9 @@ from typing import Any
 import msgspec
 
 from roost.errors import StoreError, TraceNotFound
+from roost.runtime._store_option import add_store_option
 from roost.runtime.log import configure_logging
-from roost.storage import RunRecord, RunStatus, RunStore, Store
+from roost.storage import RunRecord, RunStatus, RunStore, open_store
 from roost.tracing import Span, Trace, TraceStore, TraceSummary
 from roost.tracing.records import usage_of
 
@@ -38,10 +39,10 @@ def add_trace_commands(commands: Any) -> None:
     trace = commands.add_parser("trace", help="print a run's spans as a waterfall (stop its "
                                               "system first)")
     trace.add_argument("id", metavar="RUN_OR_TRACE_ID", help="a run id or a trace id")
-    trace.add_argument("--store", default=".roost", help="the store folder (default: .roost)")
+    add_store_option(trace)
     trace.add_argument("--json", action="store_true", help="print the raw spans as JSON")
     runs = commands.add_parser("runs", help="list runs with status, duration, tokens and cost")
-    runs.add_argument("--store", default=".roost", help="the store folder (default: .roost)")
+    add_store_option(runs)
     runs.add_argument("--status", choices=[status.value for status in RunStatus])
     runs.add_argument("--pipeline", help="only runs of this pipeline")
     runs.add_argument("--limit", type=_positive, default=50, help="the most runs listed "
@@ -63,7 +64,7 @@ def run_trace_command(args: argparse.Namespace) -> int:
 
 
 async def _trace(args: argparse.Namespace) -> int:
-    async with Store.open(args.store, readonly=True) as store:
+    async with open_store(args.store, readonly=True, create=False) as store:
         trace = await TraceStore(store).get(args.id)
     if args.json:
         print(msgspec.json.encode(trace.spans).decode())
@@ -77,7 +78,7 @@ async def _trace(args: argparse.Namespace) -> int:
 
 
 async def _runs(args: argparse.Namespace) -> int:
-    async with Store.open(args.store, readonly=True) as store:
+    async with open_store(args.store, readonly=True, create=False) as store:
         records = await RunStore(store).list(args.status)
         records = [record for record in records
                    if args.pipeline is None or record.pipeline == args.pipeline]

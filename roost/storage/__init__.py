@@ -1,6 +1,7 @@
-"""roost's durable store: LMDB with group commit, checkpoints, run records, the tool ledger
-and gates."""
+"""roost's durable store: LMDB with group commit (or PostgreSQL, `roost[postgres]`), checkpoints,
+run records, the tool ledger and gates."""
 
+from roost.storage._interface import SnapshotReader, StoreInterface
 from roost.storage.checkpoints import (
     Checkpoint,
     CheckpointStore,
@@ -12,7 +13,9 @@ from roost.storage.checkpoints import (
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.gates import GateEvent, GateRecord, GateStore, TimeoutStep
 from roost.storage.ledger import Claim, Ledger, LedgerEntry
+from roost.storage.opening import open_store
 from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
+from roost.storage.postgres import PostgresStore, is_postgres_url
 from roost.storage.results import StepResults
 from roost.storage.runs import RunRecord, RunStatus, RunStore
 from roost.storage.store import Durability, Store, StoreOpening, StoreStatistics
@@ -32,6 +35,7 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "Op",
+    "PostgresStore",
     "Pruned",
     "Put",
     "Record",
@@ -39,8 +43,10 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "RunStore",
+    "SnapshotReader",
     "StepResults",
     "Store",
+    "StoreInterface",
     "StoreOpening",
     "StoreStatistics",
     "TimeoutStep",
@@ -48,4 +54,6 @@ __all__ = [
     "checkpoint_key",
     "decode_state",
     "encode_state",
+    "is_postgres_url",
+    "open_store",
 ]

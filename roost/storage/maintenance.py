@@ -23,7 +23,9 @@ from roost.storage.checkpoints import Checkpoint
 from roost.storage.codecs import RecordCodec
 from roost.storage.gates import decode_gate
 from roost.storage.ledger import LedgerEntry
+from roost.storage.opening import open_store
 from roost.storage.ops import DATABASES
+from roost.storage.postgres import is_postgres_url, redact
 from roost.storage.runs import RunRecord
 from roost.storage.store import Store
 
@@ -112,7 +114,8 @@ class CheckReport(msgspec.Struct, frozen=True):
 
 
 async def check_store(path: str | os.PathLike[str]) -> CheckReport:
-    """Read every record of the store at `path` and check that it decodes.
+    """Read every record of the store at `path` (a folder or a PostgreSQL URL) and check
+    that it decodes.
 
     Raises:
         StoreCorrupt: the folder is damaged before any record can be read.
@@ -120,7 +123,7 @@ async def check_store(path: str | os.PathLike[str]) -> CheckReport:
     """
     records: dict[str, int] = {}
     problems: list[Problem] = []
-    async with Store.open(path, create=False) as store:
+    async with open_store(path, create=False) as store:
         for db in DATABASES:
             decode = _DECODERS.get(db, _loose)
             count = 0
@@ -135,7 +138,7 @@ async def check_store(path: str | os.PathLike[str]) -> CheckReport:
             except StoreError as exc:  # the database's pages themselves are damaged
                 problems.append(Problem(db, "", str(exc)))
             records[db] = count
-        return CheckReport(str(path), store.store_id, records, problems)
+        return CheckReport(store.path, store.store_id, records, problems)
 
 
 def _prepare_destination(target: Path) -> None:
@@ -155,11 +158,15 @@ async def backup_store(path: str | os.PathLike[str], destination: str | os.PathL
     The copy is a store of its own (same store id) that `Store.open` accepts.
 
     Raises:
-        StoreUnavailable: `destination` exists and is not an empty folder, or the
-            store cannot be opened.
+        StoreUnavailable: `destination` exists and is not an empty folder, the store
+            cannot be opened, or it is a PostgreSQL store (use pg_dump).
         StoreCorrupt: the store is damaged (back up a damaged store with care:
             `roost store check` first).
     """
+    if is_postgres_url(path):
+        raise StoreUnavailable(redact(path), "a PostgreSQL store is backed up with the "
+                                             "database's own tools: pg_dump, or a base backup "
+                                             "and a standby")
     target = Path(destination)
     async with Store.open(path, create=False) as store:
         await anyio.to_thread.run_sync(_prepare_destination, target)

@@ -1,0 +1,90 @@
+"""The tables of a PostgreSQL store, created and migrated by roost, and the checks made at open.
+
+A store lives in the first schema of the connection's `search_path` (`public` by
+default; `?search_path=NAME` in the URL gives it a schema of its own). Its version is
+the one row of `roost_schema`; opening applies the migrations above it in one
+transaction under an advisory lock, so processes opening the same store at once
+migrate it once. A newer version than this roost knows is refused, never downgraded,
+and a schema holding other tables but no `roost_schema` is refused as another
+application's.
+
+Records live in `roost_records`, one row per key of every named database: `(db, key,
+value)` with the primary key `(db, key)`. `bytea` compares bytewise, so a range scan
+over the primary key yields keys in LMDB's order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from roost.errors import StoreForeign, StoreSchemaTooNew, StoreUnavailable
+
+#: Tables roost owns in its schema (the leases and nodes of a cluster will add theirs).
+VERSION_TABLE = "roost_schema"
+RECORDS_TABLE = "roost_records"
+
+#: The statements that take a store from version N-1 to N, for each N from 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"""CREATE TABLE {RECORDS_TABLE} (
+                db text COLLATE "C" NOT NULL,
+                key bytea NOT NULL,
+                value bytea NOT NULL,
+                PRIMARY KEY (db, key))""",
+    ),
+)
+#: The schema version this roost writes (and the newest it can open).
+CURRENT_VERSION = len(MIGRATIONS)
+
+# Any fixed number: the advisory lock that serializes the openers of one database.
+_OPEN_LOCK = 0x726F6F7374  # "roost"
+
+
+async def prepare(connection: Any, url: str, *, create: bool) -> str:
+    """Check the store's schema at `url`, create or migrate it; return the store's id.
+
+    Raises:
+        StoreUnavailable: no schema to put it in, or no store there and `create` is False.
+        StoreForeign: the schema holds other tables and no store.
+        StoreSchemaTooNew: the store was made by a newer roost.
+    """
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _OPEN_LOCK)
+        schema = await connection.fetchval("SELECT current_schema()")
+        database = await connection.fetchval("SELECT current_database()")
+        if schema is None:
+            raise StoreUnavailable(url, f"database {database!r} has no schema in the search_path "
+                                        "to keep the store in; create it (CREATE SCHEMA) or fix "
+                                        "search_path in the URL")
+        where = repr(database) if schema == "public" else f"{database!r} (schema {schema!r})"
+        tables = [row[0] for row in await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", schema)]
+        if VERSION_TABLE not in tables:
+            if tables:
+                raise StoreForeign(url, where, tables)
+            if not create:
+                raise StoreUnavailable(url, f"database {where} holds no roost store; open it "
+                                            "with create=True to make one")
+            store_id = uuid.uuid4().hex
+            await connection.execute(f"""CREATE TABLE {VERSION_TABLE} (
+                version integer NOT NULL, store_id text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                migrated_at timestamptz NOT NULL DEFAULT now())""")
+            await connection.execute(f"INSERT INTO {VERSION_TABLE} (version, store_id) "
+                                     "VALUES (0, $1)", store_id)
+        row = await connection.fetchrow(f"SELECT version, store_id FROM {VERSION_TABLE}")
+        if row is None:
+            raise StoreUnavailable(url, f"the {VERSION_TABLE} table of database {where} is "
+                                        "empty, so the store's version is unknown; restore the "
+                                        "database from a backup")
+        version, store_id = row["version"], row["store_id"]
+        if version > CURRENT_VERSION:
+            raise StoreSchemaTooNew(url, version, CURRENT_VERSION)
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                await connection.execute(statement)
+        if version < CURRENT_VERSION:
+            await connection.execute(f"UPDATE {VERSION_TABLE} SET version = $1, "
+                                     "migrated_at = now()", CURRENT_VERSION)
+        return str(store_id)

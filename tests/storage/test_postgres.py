@@ -1,0 +1,211 @@
+"""Specifications of `roost.storage.postgres` beyond the store contract: its schema, the errors
+of a bad URL, server, login or database, and several stores writing one database at once.
+
+Every test talks to the session's private server (tests/_postgres.py) in a schema of its
+own; the shared behaviour of both stores is in test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import anyio
+import asyncpg
+import pytest
+
+import roost
+from roost.errors import (
+    ConfigurationError,
+    StoreAccessDenied,
+    StoreError,
+    StoreForeign,
+    StoreSchemaTooNew,
+    StoreUnavailable,
+    StoreUnreachable,
+)
+from roost.storage import Append, Insert, Put, Update, is_postgres_url
+from roost.storage.postgres import PostgresStore, redact
+from tests._postgres import PASSWORD, PostgresServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_new_store_gets_its_tables_and_keeps_its_id_when_reopened(
+        postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        first_id = store.store_id
+    async with PostgresStore.open(postgres_url, create=False) as store:
+        assert store.store_id == first_id
+
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        tables = {row[0] for row in await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+        version = await connection.fetchval("SELECT version FROM roost_schema")
+    finally:
+        await connection.close()
+    assert tables == {"roost_schema", "roost_records"}
+    assert version == 1
+
+
+async def test_stores_opening_an_empty_database_at_once_create_one_store(
+        postgres_url: str) -> None:
+    ids: list[str] = []
+
+    async def open_one() -> None:
+        async with PostgresStore.open(postgres_url) as store:
+            ids.append(store.store_id)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(open_one)
+
+    assert len(ids) == 3 and len(set(ids)) == 1
+
+
+async def test_a_store_made_by_a_newer_roost_is_refused_with_a_request_to_upgrade(
+        postgres_server: PostgresServer) -> None:
+    schema = postgres_server.fresh_schema()
+    url = postgres_server.url(schema=schema)
+    async with PostgresStore.open(url):
+        pass
+    postgres_server.sql(f"UPDATE {schema}.roost_schema SET version = 99")
+
+    with pytest.raises(StoreSchemaTooNew) as raised:
+        await PostgresStore.open(url)
+
+    message = str(raised.value)
+    assert "version 99" in message and "upgrade roost" in message
+    assert redact(url) in message and PASSWORD not in message
+
+
+async def test_a_database_holding_another_applications_tables_is_refused(
+        postgres_server: PostgresServer) -> None:
+    schema = postgres_server.fresh_schema()
+    postgres_server.sql(f"CREATE TABLE {schema}.invoices (id int)")
+    url = postgres_server.url(schema=schema)
+
+    with pytest.raises(StoreForeign) as raised:
+        await PostgresStore.open(url)
+
+    message = str(raised.value)
+    assert "database 'roost' (schema 't" in message and "invoices" in message
+    assert "of its own" in message and PASSWORD not in message
+
+
+async def test_wrong_credentials_are_refused_naming_the_url_without_the_password(
+        postgres_server: PostgresServer) -> None:
+    url = postgres_server.url(password="not-the-password")
+
+    with pytest.raises(StoreAccessDenied) as raised:
+        await PostgresStore.open(url)
+
+    message = str(raised.value)
+    assert f"postgresql://roost@127.0.0.1:{postgres_server.port}/roost" in message
+    assert "not-the-password" not in message and "check the user name and password" in message
+
+
+async def test_an_unreachable_server_is_refused_at_once_with_what_to_check() -> None:
+    url = f"postgresql://roost:{PASSWORD}@127.0.0.1:{free_port()}/roost"
+
+    with anyio.fail_after(5), pytest.raises(StoreUnreachable) as raised:
+        await PostgresStore.open(url, timeout=2)
+
+    message = str(raised.value)
+    assert "cannot be reached" in message and "host and port" in message
+    assert PASSWORD not in message
+
+
+async def test_a_missing_database_and_a_bad_url_are_refused(
+        postgres_server: PostgresServer) -> None:
+    with pytest.raises(StoreUnavailable, match="createdb"):
+        await PostgresStore.open(postgres_server.url(database="nothing_here"))
+    with pytest.raises(StoreUnavailable, match="holds no roost store"):
+        await PostgresStore.open(postgres_server.url(schema=postgres_server.fresh_schema()),
+                                 create=False)
+    with pytest.raises(ConfigurationError, match="not a PostgreSQL URL"):
+        await PostgresStore.open("mysql://roost@localhost/roost")
+    with pytest.raises(ConfigurationError, match="does not parse"):
+        await PostgresStore.open("postgresql://roost@localhost:port/roost")
+
+
+def test_a_url_is_shown_without_its_password() -> None:
+    shown = redact("postgresql://ana:s3cret@db.example:5432/app?password=s3cret&search_path=x")
+
+    assert shown == "postgresql://ana@db.example:5432/app?search_path=x"
+    assert is_postgres_url("postgres://db/app") and is_postgres_url("postgresql://db/app")
+    assert not is_postgres_url(".roost") and not is_postgres_url("postgresql-data")
+
+
+async def test_a_read_only_store_reads_and_refuses_writes(postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Put("runs", b"r", b"v")])
+    async with PostgresStore.open(postgres_url, readonly=True) as store:
+        assert store.readonly
+        assert await store.get("runs", b"r") == b"v"
+        with pytest.raises(StoreError, match="read-only"):
+            await store.commit([Put("runs", b"r", b"w")])
+
+
+async def test_two_stores_on_one_database_never_lose_each_others_writes(
+        postgres_url: str) -> None:
+    def increment(current: bytes | None) -> bytes:
+        return b"%d" % (int(current or b"0") + 1)
+
+    inserted: list[bool] = []
+    seqs: list[int] = []
+
+    async def write(store: PostgresStore, i: int) -> None:
+        [done, seq, _] = await store.commit([
+            Insert("ledger", b"claim", b"%d" % i),
+            Append("checkpoints", b"run\x00", lambda seq: b""),
+            Update("runs", b"counter", increment)])
+        inserted.append(done)
+        seqs.append(seq)
+
+    async with PostgresStore.open(postgres_url) as one, PostgresStore.open(postgres_url) as two:
+        async with anyio.create_task_group() as group:
+            for i in range(40):
+                group.start_soon(write, one if i % 2 else two, i)
+        assert await one.get("runs", b"counter") == b"40"
+
+    assert inserted.count(True) == 1
+    assert sorted(seqs) == list(range(1, 41))
+
+
+async def test_a_lost_connection_fails_the_writes_in_flight_and_the_next_write_reconnects(
+        postgres_url: str, postgres_server: PostgresServer) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Put("runs", b"before", b"v")])
+        postgres_server.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE pid <> pg_backend_pid() AND datname = 'roost'")
+
+        outcomes = []
+        for _ in range(2):
+            try:
+                outcomes.append(await store.commit([Put("runs", b"after", b"v")]))
+            except StoreError as error:
+                outcomes.append(str(error))
+
+        assert outcomes[-1] == [None]
+        assert all(o == [None] or "check that the server is up" in str(o)
+                   or "may or may not" in str(o) for o in outcomes)
+        assert await store.get("runs", b"after") == b"v"
+
+
+async def test_an_actor_system_opens_a_postgres_store_from_a_url(postgres_url: str) -> None:
+    async with roost.ActorSystem(store=postgres_url, log_format="json",
+                                 log_level="warning") as system:
+        assert isinstance(system.store, PostgresStore)
+        assert system.store_path is None
+        assert system.metrics()  # the store's counters are read like LMDB's
+
+
+async def test_an_actor_system_with_a_bad_store_url_fails_to_start_saying_why(
+        postgres_server: PostgresServer) -> None:
+    system = roost.ActorSystem(store=postgres_server.url(password="wrong"), log_format="json",
+                               log_level="warning")
+
+    with pytest.raises(StoreAccessDenied, match=re.escape("postgresql://roost@127.0.0.1")):
+        async with system:
+            pass
