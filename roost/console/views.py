@@ -17,8 +17,7 @@ import msgspec
 
 from roost.console.problems import Problem
 from roost.pipelines.run import RunProgress, encoded_results, load_progress
-from roost.storage import Checkpoint, GateRecord, RecordCodec, RunRecord, RunStore
-from roost.storage.store import Snapshot
+from roost.storage import Checkpoint, GateRecord, RecordCodec, RunRecord, RunStore, SnapshotReader
 
 _CHECKPOINT = RecordCodec(Checkpoint)
 _ANY = msgspec.msgpack.Decoder()
@@ -153,7 +152,7 @@ def gate_view(record: GateRecord) -> GateView:
         history=[GateEventView(e.at, e.what, e.by, e.detail) for e in record.history])
 
 
-def _latest(snapshot: Snapshot, run_id: str) -> Checkpoint | None:
+def _latest(snapshot: SnapshotReader, run_id: str) -> Checkpoint | None:
     prefix = run_id.encode() + b"\x00"
     for key, value in snapshot.scan("checkpoints", prefix=prefix, reverse=True):
         return _CHECKPOINT.decode(key, value)
@@ -195,15 +194,19 @@ async def runs_page(system: Any, *, status: str | None = None, pipeline: str | N
         Problem: 400 for a bad cursor, limit or status.
     """
     try:
-        records, after = await RunStore(system.store).page(
+        read_page = RunStore(system.store).page_reader(
             limit=limit, before=decode_cursor(cursor), status=status, pipeline=pipeline,
             since=since, until=until, text=text)
     except Problem:
         raise
     except ValueError as error:  # ConfigurationError: a bad limit or status
         raise Problem(400, "Bad request", str(error)) from None
-    ids = [record.run_id for record in records]
-    latest = await system.store.read(lambda snapshot: [_latest(snapshot, i) for i in ids])
+
+    def read(snapshot: SnapshotReader) -> tuple[list[RunRecord], str | None, list[Checkpoint | None]]:
+        records, after = read_page(snapshot)
+        return records, after, [_latest(snapshot, record.run_id) for record in records]
+
+    records, after, latest = await system.store.read(read)
     rows = [run_row(record, _progress(checkpoint))
             for record, checkpoint in zip(records, latest, strict=True)]
     return rows, encode_cursor(after)

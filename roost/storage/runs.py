@@ -19,7 +19,7 @@ from msgspec import UNSET, UnsetType
 
 from roost.errors import ConfigurationError, RunNotFound, StoreError
 from roost.storage import _run_index
-from roost.storage._interface import StoreInterface
+from roost.storage._interface import SnapshotReader, StoreInterface
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.ops import Changed, Delete, Op, Put, Update
 from roost.storage.store import Snapshot
@@ -215,7 +215,7 @@ class RunStore:
                    since: float | None = None, until: float | None = None,
                    text: str | None = None) -> tuple[builtins.list[RunRecord], str | None]:
         """One page of run records, last run id first (generated ids sort by creation
-        time, so: newest first), read from the store a chunk at a time.
+        time, so: newest first), read from one snapshot of the store in a worker thread.
 
         Args:
             limit: the most records to return (1..1000).
@@ -230,25 +230,44 @@ class RunStore:
         Raises:
             ConfigurationError: a bad limit or status.
         """
+        read = self.page_reader(limit=limit, before=before, status=status, pipeline=pipeline,
+                                since=since, until=until, text=text)
+        return await self._store.read(read)
+
+    def page_reader(self, *, limit: int = 50, before: str | None = None,
+                    status: RunStatus | str | None = None, pipeline: str | None = None,
+                    since: float | None = None, until: float | None = None,
+                    text: str | None = None
+                    ) -> Callable[[SnapshotReader], tuple[builtins.list[RunRecord], str | None]]:
+        """`page` as a function of a snapshot, to read a page and what goes with it (its
+        runs' checkpoints, say) in one `Store.read`.
+
+        Raises:
+            ConfigurationError: a bad limit or status.
+        """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ConfigurationError(f"limit={limit!r} must be a whole number from 1 to 1000")
         wanted = None if status is None else _status(status)
         needle = text.casefold() if text else None
         # A run id's key never starts with 0xff, so it is below the ended-run index too.
         stop = _run_index.PREFIX if before is None else self._key(before)
-        found: builtins.list[RunRecord] = []
-        async for key, value in self._store.scan(_DB, stop=stop, reverse=True):
-            record = _CODEC.decode(key, value)
-            if ((wanted is not None and record.status != wanted)
-                    or (pipeline is not None and record.pipeline != pipeline)
-                    or (since is not None and record.created_at < since)
-                    or (until is not None and record.created_at >= until)
-                    or (needle is not None and not _mentions(record, needle))):
-                continue
-            if len(found) == limit:
-                return found, found[-1].run_id
-            found.append(record)
-        return found, None
+
+        def read(snapshot: SnapshotReader) -> tuple[builtins.list[RunRecord], str | None]:
+            found: builtins.list[RunRecord] = []
+            for key, value in snapshot.scan(_DB, stop=stop, reverse=True):
+                record = _CODEC.decode(key, value)
+                if ((wanted is not None and record.status != wanted)
+                        or (pipeline is not None and record.pipeline != pipeline)
+                        or (since is not None and record.created_at < since)
+                        or (until is not None and record.created_at >= until)
+                        or (needle is not None and not _mentions(record, needle))):
+                    continue
+                if len(found) == limit:
+                    return found, found[-1].run_id
+                found.append(record)
+            return found, None
+
+        return read
 
     async def list(self, status: RunStatus | str | None = None) -> builtins.list[RunRecord]:
         """Every run record in run id order, or only those with `status`.
