@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import roost
-from benches._figure import Figure
+from benches._figure import Figure, Target
 from roost.runtime.loops import loop_factory
 
 NAMES = ("gate_parked_memory", "gate_decide_to_resume")
+TARGETS = {"gate_parked_memory": Target(ratio=0.83), "gate_decide_to_resume": Target(ratio=0.8)}
 PARKED_RUNS = 100_000
 BATCH = 2_000
 WARMUP_RUNS = 30_000

@@ -23,6 +23,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from roost._logging import get_logger
+from roost.actors._restart import should_restart
 from roost.actors._system_messages import (
     ChildFailed,
     ChildStopped,
@@ -524,7 +525,7 @@ class Cell:
                 await self.supervision_engine().restart(message.group, message.failed)
         elif isinstance(message, Exit):
             if self.state < STOPPING:
-                self._fail(None, None, "exit")
+                await self._exit()
         elif isinstance(message, StopInstance):
             await self._stop_instance()
             if message.ack is not None and not message.ack.done():
@@ -549,6 +550,20 @@ class Cell:
                     self.supervision.forget(child)
                 if not child.listed:  # a kept spec stays in its place in the start order
                     del self.children[child.name]
+
+    async def _exit(self) -> None:
+        """The actor ended itself (`ctx.stop()`). A child that its supervisor would not restart
+        after a normal exit (transient or temporary) stops right here, and its supervisor
+        hears `ChildStopped`; any other goes to its supervisor as `ChildFailed`. A supervisor
+        stops its exited children one at a time, so thousands of children ending together
+        (pipeline runs) would each wait in its queue, actor and all, for their turn."""
+        parent = self.parent
+        if parent is None or should_restart(self.options.restart, abnormal=False):
+            self._fail(None, None, "exit")
+            return
+        _log.info("child_terminated", supervisor=parent.path, context="child_terminated",
+                  reason=NORMAL, offender=self.path, during="exit", restarts=self.restarts)
+        await self._stop_sequence(NORMAL, None)
 
     def _forget_supervision(self) -> None:
         """A fresh instance gets a fresh restart history (and no pending restarts)."""
@@ -716,7 +731,10 @@ class Cell:
             return False
         # A separate task, so an on_stop that swallows cancellation cannot hang this actor.
         task = self.loop.create_task(actor.on_stop(), context=contextvars.Context())
-        done, _ = await asyncio.wait({task}, timeout=_bound(timeout))
+        # Most on_stops end in their first step: those need no timeout timer, which would
+        # keep this actor (its context) alive, cancelled, until it was due.
+        await asyncio.sleep(0)
+        done = {task} if task.done() else (await asyncio.wait({task}, timeout=_bound(timeout)))[0]
         if not done:
             task.cancel(f"{self.path}: on_stop cancelled after its shutdown_timeout of "
                         f"{timeout:g}s")

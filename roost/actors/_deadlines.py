@@ -9,6 +9,7 @@ late, never early.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from typing import Any
 
@@ -36,7 +37,10 @@ class Deadlines:
         pending = self._slots.get(slot)
         if pending is None:
             pending = self._slots[slot] = {}
-            self._loop.call_at(slot * RESOLUTION, self._expire, slot)
+            # In a context of its own: the asker's context would keep its actor alive (an
+            # actor that stopped since, with all it held) until the slot expires.
+            self._loop.call_at(slot * RESOLUTION, self._expire, slot,
+                               context=contextvars.Context())
         pending[reply] = (path, message, timeout)
         return slot
 

@@ -33,7 +33,8 @@ class RestartChildren:
 
 
 class Exit:
-    """The actor asked to end itself (`ctx.stop()`); its supervisor decides what follows."""
+    """The actor asked to end itself (`ctx.stop()`): it stops, unless its supervisor restarts
+    it after a normal exit (a `permanent` child), which then decides what follows."""
 
     __slots__ = ()
 

@@ -3,9 +3,10 @@
 
 A run that reaches a gate parks: its progress, its `waiting` status and the gate's
 record are stored in one write and its actor stops. `decide` stores the decision
-with its audit trail and turns the run `queued` in the same write, so the run
-resumes from the gate here (when its pipeline is registered) or in the next process
-that registers it with `resume=True`. One timer task per system applies the gates'
+with its audit trail and wakes the run in the same write: `running` when it resumes
+from the gate here at once (its pipeline is registered and a slot is free), else
+`queued`, so it resumes when a slot frees or in the next process that registers its
+pipeline with `resume=True`. One timer task per system applies the gates'
 `on_timeout` when their stored deadlines pass, also deadlines that passed while no
 process ran.
 """
@@ -27,7 +28,18 @@ from roost.errors import ConfigurationError, GateDecisionInvalid, RunNotFound, S
 from roost.pipelines import _schema_check
 from roost.pipelines.gate import APPROVAL_DECISIONS, OUTCOME_DECISIONS, Escalate, Gate, GateDecision
 from roost.pipelines.notify import DEFAULT_BREAKER, DEFAULT_RETRY, Webhook
-from roost.storage import GateEvent, GateRecord, GateStore, Op, TimeoutStep
+from roost.storage import (
+    GateEvent,
+    GateRecord,
+    GateStore,
+    Op,
+    RunRecord,
+    RunStatus,
+    RunStore,
+    TimeoutStep,
+    Update,
+)
+from roost.storage.codecs import RecordCodec
 from roost.storage.gates import PENDING, Decision
 from roost.tools.breaker import Breaker
 from roost.tools.retry import Retry
@@ -53,6 +65,7 @@ def _placeholder(value: Any) -> str:
 
 
 _SHOWN = msgspec.json.Encoder(enc_hook=_placeholder)
+_RUNS = RecordCodec(RunRecord)
 
 
 def timeout_chain(action: str | Escalate) -> list[TimeoutStep]:
@@ -240,19 +253,19 @@ class Gates:
         encoded = check_decision(record, decision, input, by, input_type)
         stored = Decision(decision=decision, input=encoded, by=by.strip(), at=self._clock(),
                           comment=comment, timed_out=timed_out)
-        ops: list[Op] = [self.store.decide_op(run_id, gate, stored), pipelines.runs.wake(run_id)]
-        if record.deadline is not None:
-            ops.append(self.store.unindex_op(record.deadline, run_id, gate))
-        results = await pipelines.system.store.commit(ops)
+        unindex = [] if record.deadline is None else [
+            self.store.unindex_op(record.deadline, run_id, gate)]
+
+        def ops(resumes: bool) -> list[Op]:
+            """The decision, and the run woken: `running` if it `resumes` here at once."""
+            wake = _resume(pipelines.runs, run_id) if resumes else pipelines.runs.wake(run_id)
+            return [self.store.decide_op(run_id, gate, stored), wake, *unindex]
+
+        results = await pipelines.commit_decision(record_of_run, ops)
         after = msgspec.msgpack.decode(results[0], type=GateRecord)
         if record.status == PENDING:
             _log.info("gate_decided", run_id=run_id, gate=gate, decision=decision, by=by,
                       timed_out=timed_out)
-        # Looked up again: a register(resume=True) that ran during the write saw the run
-        # still waiting and left it.
-        if pipelines.registered(record_of_run.pipeline) is not None \
-                and _running(pipelines.system):
-            await pipelines.resume(run_id)
         return after
 
     def input_type(self, pipeline: Pipeline, record: GateRecord) -> Any:
@@ -318,7 +331,7 @@ class Gates:
         """Start the system's gate timer (once): it applies every stored deadline as it
         passes, including those that passed while no process ran."""
         system = self._pipelines.system
-        if self._timer is not None or system.store is None or not _running(system):
+        if self._timer is not None or system.store is None or not self._pipelines.system_running():
             return
         self._wake = asyncio.Event()
         self._timer = system.loop.create_task(self._run_timer(), name="roost-gate-timer")
@@ -415,8 +428,18 @@ class Gates:
         return webhook
 
 
-def _running(system: Any) -> bool:
-    return system.engine is not None and bool(system.engine.running)
+def _resume(runs: RunStore, run_id: str) -> Update:
+    """The write that makes a run `waiting` at a gate `running`, to commit with a decision
+    when the run resumes in this process at once (its actor then has no status to write);
+    a run in any other status is left as it is, as `RunStore.wake` leaves it."""
+    running = runs.change(run_id, status=RunStatus.RUNNING, error=None)
+
+    def resume(current: bytes | None) -> Any:
+        if current is not None and _RUNS.decode(running.key, current).status != RunStatus.WAITING:
+            return current
+        return running.change(current)  # RunNotFound for a run that is gone
+
+    return Update(running.db, running.key, resume)
 
 
 def _opened(now: float, gate: Gate) -> GateEvent:

@@ -5,7 +5,9 @@ It never does a step's work. It starts every ready step as a task it owns
 outcome as a message to itself, so its bookkeeping is serialized. After each
 completed step it saves a checkpoint (the results so far); when it starts, it
 resumes from the latest checkpoint, so a restart or a new process goes on from
-the last completed step and never runs a completed step again.
+the last completed step and never runs a completed step again. A run resumed as
+a person decides at its gate is loaded while the decision is written, and starts
+no step before the decision is durable.
 
 With tracing on it records the run as spans, in the run's own trace (derived from
 the run, and kept in its checkpoints, so a resume continues it): a `run` span per
@@ -19,6 +21,7 @@ the request carries the attempt's span id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -48,6 +51,7 @@ from roost.storage import (
     Store,
     checkpoint_key,
 )
+from roost.storage.gates import PENDING
 from roost.tools.keys import derive_key, step_unit
 from roost.tools.retry import Retry, call_with_retry
 from roost.tools.spec import gate_passed
@@ -193,9 +197,15 @@ def _step_scope(name: str, index: int | None, *, fallback: bool) -> str:
 
 def run_trace_id(run_id: str, created_at: float) -> str:
     """The trace id of a run that has no checkpoint yet: derived from the run, so that a run
-    resumed before its first checkpoint still continues the trace it began."""
+    resumed before its first checkpoint still continues the trace it began.
+
+    Like `new_trace_id`, it starts with the run's creation time in ms (12 hex digits),
+    then 20 hex digits of a hash of the run: its spans are appended to the trace
+    store's B-tree instead of landing all over it.
+    """
     seed = f"{run_id}\0{created_at!r}".encode()
-    return hashlib.blake2b(seed, digest_size=16).hexdigest()
+    millis = max(0, int(created_at * 1000)) & 0xFFFF_FFFF_FFFF
+    return f"{millis:012x}{hashlib.blake2b(seed, digest_size=10).hexdigest()}"
 
 
 def load_progress(checkpoint: Checkpoint) -> RunProgress:
@@ -250,6 +260,25 @@ class RunActor(Actor):
             # in the store for a person to inspect.
             await self._finish("failed", error=str(corrupt))
             return
+        deciding = self.pipelines.deciding(self.run_id)
+        if deciding is not None:
+            # Resumed as a person decides, while the decision is being written: the run was
+            # loaded meanwhile, and goes on from the run and its gates as stored once the
+            # decision is durable (a step must never start on a decision a crash could lose),
+            # or as they are if it was refused.
+            with contextlib.suppress(Exception):  # the decider hears why
+                await asyncio.shield(deciding)
+            self.pipelines.decision_seen(self.run_id)
+            try:
+                record = await self.pipelines.runs.get(self.run_id)
+                await self._load_gates()
+            except StoreError as corrupt:
+                await self._finish("failed", error=str(corrupt))
+                return
+        await self._begin(record)
+
+    async def _begin(self, record: RunRecord) -> None:
+        """Go on from the run as `record` says it is stored."""
         if record.status == RunStatus.QUEUED:  # admitted from the queue: it starts now
             # Not durable: if a crash loses this, the run is found queued and admitted again.
             try:
@@ -259,9 +288,13 @@ class RunActor(Actor):
                 await self._pause(error)
                 return
         elif record.status != RunStatus.RUNNING:
-            # It ended before this actor started (e.g. a restart after its last write):
-            # report that end again, run nothing.
-            _log.info("run_already_ended", run_id=self.run_id, status=str(record.status))
+            # It ended before this actor started (e.g. a restart after its last write), or
+            # still waits at its gates (the decision that was to resume it was refused):
+            # report that again, run nothing.
+            _log.info("run_not_resumed", run_id=self.run_id, status=str(record.status))
+            if record.status == RunStatus.WAITING:
+                self.to_open = {r.gate: r.step for r in self.gate_records.values()
+                                if r.status == PENDING}
             await self._ended(str(record.status), record.error, record.failed_step)
             return
         self._open_span()
@@ -302,12 +335,17 @@ class RunActor(Actor):
                                            encoded=self.encoded, run_id=self.run_id, key=key)
             _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
-        if self.gates:
-            gates = self.pipelines.gates
-            self.gate_records = {r.gate: r for r in await gates.store.of_run(self.run_id)}
-            self.decisions = {name: gates.decision_of(self.pipeline, r)
-                              for name, r in self.gate_records.items() if r.decision is not None}
+        await self._load_gates()
         return record
+
+    async def _load_gates(self) -> None:
+        """Read the records of the gates the run has opened, with their decisions."""
+        if not self.gates:
+            return
+        gates = self.pipelines.gates
+        self.gate_records = {r.gate: r for r in await gates.store.named(self.run_id, self.gates)}
+        self.decisions = {name: gates.decision_of(self.pipeline, r)
+                          for name, r in self.gate_records.items() if r.decision is not None}
 
     async def on_stop(self) -> None:
         for task in self.running.values():

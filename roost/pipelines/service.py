@@ -7,8 +7,9 @@ run has a record in the store; a run still `running` when its process died is
 listed by `interrupted()` and goes on from its last completed step with
 `resume(run_id)` (or automatically, when its pipeline is registered with
 `resume=True`). A run that reaches a gate parks as `waiting` (no actor, no task)
-until a person decides (`system.gates`, see `gates`); then it is `queued` and resumes
-from the gate like any interrupted run.
+until a person decides (`system.gates`, see `gates`); then it resumes from the gate:
+here at once, stored `running` with the decision, or else stored `queued`, like any
+interrupted run.
 
 At most `max_active_runs` runs are in flight; a run started past that is stored as
 `queued` and starts when a slot frees (see `admission`), also after a restart."""
@@ -21,6 +22,7 @@ import contextlib
 import secrets
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -49,7 +51,7 @@ from roost.pipelines.run import (
     encoded_results,
     load_progress,
 )
-from roost.storage import CheckpointStore, RunRecord, RunStatus, RunStore
+from roost.storage import CheckpointStore, Op, RunRecord, RunStatus, RunStore
 from roost.tracing.tracer import UsageTotals
 
 if TYPE_CHECKING:
@@ -146,6 +148,9 @@ class Pipelines:
         self._through_gates: set[asyncio.Future[RunOutcome]] = set()  # not woken by parking
         self._resume_after_park: set[str] = set()
         self._live: set[str] = set()
+        # The decision writes of runs resumed as they are decided, until their actor has
+        # seen them land (see `commit_decision`).
+        self._deciding: dict[str, asyncio.Future[builtins.list[Any]]] = {}
         self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
         #: The most recent step timings per pipeline (bounded), for summaries and metrics.
         self.timings: dict[str, deque[StepTiming]] = defaultdict(
@@ -203,6 +208,11 @@ class Pipelines:
     def registered(self, name: str) -> Pipeline | None:
         """The pipeline registered here under `name`, if any."""
         return self._registered.get(name)
+
+    def system_running(self) -> bool:
+        """Whether the system is running (runs can be resumed here now)."""
+        engine = self.system.engine
+        return engine is not None and bool(engine.running)
 
     async def _runs_supervisor(self) -> ActorRef:
         """`/pipelines/runs`, started once; `/pipelines/workers` starts first, so it stops last."""
@@ -291,6 +301,7 @@ class Pipelines:
             RunNotFound: no such run.
             ConfigurationError: its pipeline is not registered in this process.
         """
+        await self._previous_actor_gone(run_id)
         record = await self.runs.get(run_id)
         resumable = record.status in (RunStatus.RUNNING, RunStatus.QUEUED)
         if resumable and run_id in self._live and record.status == RunStatus.QUEUED:
@@ -310,6 +321,71 @@ class Pipelines:
             self.admission.wait(run_id, pipeline.name)
         return RunHandle(self, run_id)
 
+    async def commit_decision(self, record: RunRecord,
+                              ops: Callable[[bool], builtins.list[Op]]) -> builtins.list[Any]:
+        """Commit a decision at a gate of the run `record` describes, and resume the run here
+        if its pipeline is registered; returns the commit's results.
+
+        `ops(resumes)` gives the write: the decision, and the run's status change (to
+        `running` when it `resumes` at once, else `queued`). A waiting run resumes at once
+        when a slot is free: its actor is spawned as the write goes to the store, so it
+        loads the run meanwhile, and it starts nothing before the write is durable (see
+        `RunActor`). Otherwise the run resumes after the write, like any queued run.
+
+        Raises:
+            What the commit raises (the decision is then not stored, nor the run resumed),
+            or what kept the run from resuming here (the decision is stored).
+        """
+        run_id = record.run_id
+        pipeline = self._registered.get(record.pipeline)
+        if pipeline is not None and record.status == RunStatus.WAITING and self.system_running():
+            runs = await self._runs_supervisor()
+            await self._previous_actor_gone(run_id)
+            admission = self.admission
+            if (run_id not in self._live and not admission.is_waiting(run_id)
+                    and admission.has_room()):
+                writing = asyncio.ensure_future(self.system.store.commit(ops(True)))
+                self._deciding[run_id] = writing
+                admission.take_slot(run_id)
+                try:
+                    self._spawn_under(runs, pipeline, run_id)
+                except Exception:
+                    # E.g. the system stops: the decision stands, and the run, stored
+                    # running, resumes at the next start (the error says why not now).
+                    self._live.discard(run_id)
+                    self._deciding.pop(run_id, None)
+                    self._slot_freed(run_id)
+                    await asyncio.shield(writing)
+                    raise
+                # Shielded: a caller that gives up does not take the write from the actor.
+                return await asyncio.shield(writing)
+        results = await self.system.store.commit(ops(False))
+        # Looked up again: a register(resume=True) that ran during the write saw the run
+        # still waiting and left it.
+        if self._registered.get(record.pipeline) is not None and self.system_running():
+            await self.resume(run_id)
+        return results
+
+    def deciding(self, run_id: str) -> asyncio.Future[builtins.list[Any]] | None:
+        """The decision write that resumes `run_id` as it is made, while it is pending or
+        its run's actor has not yet seen it land (None otherwise)."""
+        return self._deciding.get(run_id)
+
+    def decision_seen(self, run_id: str) -> None:
+        """The run's actor has seen its decision write land (or fail)."""
+        self._deciding.pop(run_id, None)
+
+    async def _previous_actor_gone(self, run_id: str) -> None:
+        """Wait until an actor of the run that reported the run's end (or its parking) and is
+        stopping has stopped: a new one cannot take its name before."""
+        if run_id in self._live:
+            return
+        try:
+            previous = self.system.lookup(f"/pipelines/runs/{run_id}")
+        except LookupError:
+            return
+        await asyncio.shield(self.system.engine.termination(previous))
+
     async def _spawn_run(self, pipeline: Pipeline, run_id: str) -> None:
         self._spawn_under(await self._runs_supervisor(), pipeline, run_id)
 
@@ -319,10 +395,21 @@ class Pipelines:
         spec = ChildSpec(factory=RunActor, name=run_id, args=(self, pipeline, run_id),
                          restart="transient")
         ref = self.system.engine.spawn_under(runs, spec, (), None, {})
-        self.system.engine.termination(ref).add_done_callback(lambda _: self._run_actor_ended(run_id))
+        self.system.engine.termination(ref).add_done_callback(
+            lambda _: self._run_actor_ended(run_id, ref))
 
-    def _run_actor_ended(self, run_id: str) -> None:
-        """A run's actor stopped for good: if the run did not end, it is interrupted."""
+    def _run_actor_ended(self, run_id: str, ref: ActorRef) -> None:
+        """A run's actor stopped for good: if the run did not end, it is interrupted.
+
+        Unless the run has a newer actor: one that parked the run may still be stopping
+        when a decision resumes it, and its end is then no news of the run."""
+        try:
+            current = self.system.lookup(f"/pipelines/runs/{run_id}")
+        except LookupError:
+            current = None
+        if current is not None and current is not ref:
+            return
+        self._deciding.pop(run_id, None)
         self._slot_freed(run_id)
         if run_id not in self._live:
             return  # it finished (and said so) first
@@ -382,15 +469,15 @@ class Pipelines:
                 future.set_exception(RunInterrupted(run_id))
 
     async def prune_finished(self, older_than: float) -> int:
-        """Delete the checkpoints of runs that ended (completed, failed or cancelled) more
-        than `older_than` seconds ago; their records stay, with their plain results.
+        """Delete the checkpoints of runs that ended (completed, failed, cancelled or
+        rejected) more than `older_than` seconds ago; their records stay, with their plain
+        results.
 
-        Runs waiting for a person keep theirs. Returns how many checkpoints went.
+        Runs waiting for a person keep theirs. Only the runs that are due are read (the
+        index of ended runs), so an hourly sweep of a large store costs what is due.
+        Returns how many checkpoints went.
         """
-        cutoff = time.time() - older_than
-        ended = [r.run_id for status in _ENDED for r in await self.runs.list(status=status)
-                 if r.updated_at < cutoff]
-        return await self.checkpoints.delete_runs(ended)
+        return await self.runs.sweep_ended(time.time() - older_than, self.checkpoints.delete_runs)
 
     def statistics(self) -> dict[str, int]:
         """Runs in flight, runs queued for a slot, and the bound (`max_active_runs`)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -254,6 +254,19 @@ class GateStore:
         prefix = run_id.encode() + _SEPARATOR
         return [_CODEC.decode(key, value)
                 async for key, value in self._store.scan(_DB, prefix=prefix)]
+
+    async def named(self, run_id: str, gates: Iterable[str]) -> builtins.list[GateRecord]:
+        """The records of the gates of run `run_id` named in `gates` (those that exist), in
+        that order: a point read each, like `get` (on the event loop, with LMDB), where
+        `of_run` scans (a worker thread hop). A resumed run reads its gates this way
+        before its next step can start."""
+        found = []
+        for gate in gates:
+            key = gate_key(run_id, gate)
+            data = await self._store.get(_DB, key)
+            if data is not None:
+                found.append(_CODEC.decode(key, data))
+        return found
 
     async def list(self, *, status: str | None = None) -> builtins.list[GateRecord]:
         """Every gate (optionally only those with `status`), by run id and name."""

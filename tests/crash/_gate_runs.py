@@ -16,7 +16,9 @@ MODE `park-held` (every run in `held`) and `park-timed` (even runs in
 every pending gate (printing `decided RUN before-register`), registers `held`
 with `resume=True`, approves the gates that runs resumed here park at (`decided
 RUN after-register`), waits for every run and prints `done RUN STATUS`, then
-`finished`. MODE `expire` registers the timed pipelines, resumes their
+`finished`. MODE `decide-live` registers `held` first, so each run resumes here
+as its decision is written (`decided RUN live`), then goes on as `decide` does
+once it has registered. MODE `expire` registers the timed pipelines, resumes their
 interrupted runs and decides nothing: it waits until the gates' deadlines have
 ended every run, printing `done RUN STATUS`, then `finished`.
 
@@ -24,6 +26,7 @@ KILL is where the process SIGKILLs itself, printing `kill KILL RUN` first (`kill
 KILL` for a claim)
 (`none`: nowhere), with N counted from the start of this process:
   park:N      right after the write that parks the N-th run at its gate;
+  deciding:N  right before the write that stores the N-th decision is made;
   decision:N  right after the write that stores the N-th decision;
   claim:N     right after the N-th new ledger claim of a `send` call;
   mid:N       in the N-th `send` call, before its side effect;
@@ -53,7 +56,8 @@ EFFECTS = Path()
 ALL_STARTED = asyncio.Event()
 TIMEOUT = 0.5  # seconds the timed gates wait
 KILL_KIND, KILL_AT = "none", 0
-COUNTS: dict[str, int] = {"park": 0, "decision": 0, "claim": 0, "mid": 0, "effect": 0}
+COUNTS: dict[str, int] = {"park": 0, "deciding": 0, "decision": 0, "claim": 0, "mid": 0,
+                          "effect": 0}
 TIMED = False  # a `park-timed` process: it must not live to store a gate timeout
 
 
@@ -132,6 +136,8 @@ async def commit_and_maybe_die(self: Store, ops: Sequence[Op], *,
     gates = [op for op in ops if isinstance(op, Update) and op.db == "gates"]
     if TIMED and gates and not checkpointed:  # the gate timer is about to store a timeout
         die("timer", gates[0].key.partition(b"\x00")[0].decode())
+    if gates and not checkpointed:
+        reached("deciding", gates[0].key.partition(b"\x00")[0].decode())
     results = await _commit(self, ops, durable=durable)
     if gates and checkpointed:
         reached("park", checkpointed[0].prefix[:-1].decode())
@@ -162,6 +168,19 @@ async def decide(system: roost.ActorSystem, runs: int) -> None:
         await system.gates.decide(gate.run_id, gate.gate, "approve", by="ana")
         print(f"decided {gate.run_id} before-register", flush=True)
     await system.pipelines.register(HELD, resume=True)
+    await finish(system, runs)
+
+
+async def decide_live(system: roost.ActorSystem, runs: int) -> None:
+    await system.pipelines.register(HELD)
+    for gate in await system.gates.pending():
+        await system.gates.decide(gate.run_id, gate.gate, "approve", by="ana")
+        print(f"decided {gate.run_id} live", flush=True)
+    await finish(system, runs)
+
+
+async def finish(system: roost.ActorSystem, runs: int) -> None:
+    """Resume every run and wait for it, approving the gate it parks at here, if it does."""
     for i in range(runs):
         run_id = f"run-{i:02d}"
         handle = await system.pipelines.resume(run_id)
@@ -202,6 +221,8 @@ async def main(mode: str, store: str, runs: int) -> None:
         ALL_STARTED.set()
         if mode == "decide":
             await decide(system, runs)
+        elif mode == "decide-live":
+            await decide_live(system, runs)
         else:
             await expire(system, runs)
 

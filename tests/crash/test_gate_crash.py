@@ -3,8 +3,9 @@
 `_gate_runs.py` runs `prepare -> log -> send`, with a gate before the `send` tool;
 both tools append `RUN STEP` to an effects file (fsync) and verify a call cut off
 by a kill against it. The process kills itself at a chosen point: right after the
-write that parks a run, stores a decision or claims a `send` call, inside a `send`
-call before or after its effect, or right before a gate timeout would be stored.
+write that parks a run, stores a decision or claims a `send` call, right before a
+decision's write (its run resuming here meanwhile), inside a `send` call before or
+after its effect, or right before a gate timeout would be stored.
 A new process then picks the runs up from the store. Throughout, every side effect
 happens exactly once, and none of a gated step before its decision.
 """
@@ -33,7 +34,7 @@ TIMED_RUNS = 6
 TIMED_IDS = [f"run-{i:02d}" for i in range(TIMED_RUNS)]
 REJECTED = {run_id for run_id in TIMED_IDS if int(run_id[-2:]) % 2 == 0}  # in `reject-late`
 TIMEOUT = 15.0  # seconds for each process at most
-# The file's tests share 25 seconds (pytest-timeout); each usually needs a third of its share.
+# The file's tests share 33 seconds (pytest-timeout); each usually needs a third of its share.
 
 
 class Runs(msgspec.Struct):
@@ -174,6 +175,48 @@ def test_a_kill_at_any_point_while_decided_runs_resume_never_repeats_a_side_effe
     assert made == exactly_once(RUN_IDS, ["log", "send"]), (
         f"side effects not exactly once {note}: "
         f"{ {line: count for line, count in made.items() if count != 1} }")
+
+
+@pytest.mark.timeout(8)
+def test_a_kill_while_decisions_resume_their_runs_here_loses_no_decision_and_runs_no_step_early(
+        tmp_path: Path) -> None:
+    seed = int.from_bytes(os.urandom(4), "big")
+    pick = random.Random(seed)
+    parking = run("park-held", tmp_path, "none")
+    assert (parking.returncode, parking.stdout.splitlines()[-1]) == (0, "all-parked"), parking.stderr
+
+    # Killed right before the k-th decision is written, its run's actor spawned here: the
+    # decisions before it stand, it does not, and no step ran before its decision.
+    first = pick.randint(1, 4)
+    kill = killed_at(run("decide-live", tmp_path, f"deciding:{first}"))
+    note = f"(seed {seed}, killed before the {first}th decision's write, of {kill[1]})"
+    at_kill = stored(tmp_path)
+    decided = {run_id for run_id, gate in at_kill.gates.items() if gate.status == "decided"}
+    assert len(decided) == first - 1 and kill[1] not in decided, note
+    assert all(at_kill.status[run_id] == RunStatus.WAITING
+               for run_id in set(RUN_IDS) - decided), note
+    assert all(at_kill.status[run_id] in (RunStatus.RUNNING, RunStatus.COMPLETED)
+               for run_id in decided), note
+    sent = {line.split()[0] for line in effects(tmp_path) if line.endswith(" send")}
+    assert sent <= decided, f"a step ran before its decision was stored {note}"
+
+    # Killed right after the m-th decision is written, its run waiting here for the write:
+    # the decision and the run's `running` status are stored, and its step has not started.
+    second = pick.randint(1, RUNS - len(decided))
+    kill = killed_at(run("decide-live", tmp_path, f"decision:{second}"))
+    note += f" (then after the {second}th decision's write, of {kill[1]})"
+    at_kill = stored(tmp_path)
+    assert (at_kill.gates[kill[1]].status, at_kill.status[kill[1]]) == (
+        "decided", RunStatus.RUNNING), note
+    assert f"{kill[1]} send" not in effects(tmp_path), note
+
+    finished(run("decide", tmp_path, "none"))
+    final = stored(tmp_path)
+    assert final.status == dict.fromkeys(RUN_IDS, RunStatus.COMPLETED), note
+    assert {run_id: (gate.decision, [e.what for e in gate.history])
+            for run_id, gate in final.gates.items()} == dict.fromkeys(
+        RUN_IDS, ("approve", ["opened", "decided"])), note
+    assert effects(tmp_path) == exactly_once(RUN_IDS, ["log", "send"]), note
 
 
 @pytest.mark.timeout(6)

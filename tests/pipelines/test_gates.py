@@ -7,11 +7,14 @@ new system on the same store.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -241,6 +244,71 @@ async def test_steps_after_a_gate_see_its_decision(system: roost.ActorSystem) ->
     assert done.results["look"] == {"input": {"to": "x@example.org", "body": "edited"},
                                     "decisions": {"look": "edit"}}
     assert done.results["after"] == {"input": "original", "decisions": {"look": "edit"}}
+
+
+class Witness(roost.Actor):
+    """Reports how the store has the run and its gate `look` when the request comes."""
+
+    async def receive(self, message: RunStep) -> dict[str, Any]:
+        system = self.ctx.system
+        gate = await system.gates.get(message.run_id, "look")
+        run = await system.pipelines.runs.get(message.run_id)
+        return {"gate": gate.status, "decision": gate.decision, "run": str(run.status)}
+
+
+async def test_a_decided_run_resumes_here_stored_running_and_its_step_waits_for_the_decision(
+        system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(Pipeline("witnessed", [Step("look", Witness, gate=Gate())]),
+                                       run_id="run-1")
+    await outcome(run)
+
+    await system.gates.decide("run-1", "look", "approve", by="ana")
+    # Woken `running` in the decision's own write: the resumed run has no status to write.
+    assert (await system.pipelines.runs.get("run-1")).status == "running"
+    done = await outcome(run, through_gates=True)
+
+    assert done.results["look"] == {"gate": "decided", "decision": "approve", "run": "running"}
+
+
+async def test_a_refused_decision_leaves_the_run_waiting_at_its_other_gate(
+        system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("two-gates", [Step("a", Seer, gate=Gate()), Step("b", Seer, gate=Gate())])
+    run = await system.pipelines.start(pipeline, "x", run_id="run-1")
+    assert (await outcome(run)).waiting_at == ["a", "b"]
+    await system.gates.decide("run-1", "a", "approve", by="ana")
+    assert (await outcome(run)).waiting_at == ["b"]  # resumed, ran `a`, parked again at `b`
+    await no_actor_of(system, "run-1")
+
+    async with anyio.create_task_group() as tasks:
+        ended: list[roost.RunOutcome] = []
+        tasks.start_soon(lambda: wait_into(ended, run))  # through the gates, from before
+        await anyio.lowlevel.checkpoint()
+        with pytest.raises(GateAlreadyDecided, match="'approve' by 'ana'"):
+            await system.gates.decide("run-1", "a", "reject", by="bob")
+
+        assert (await system.pipelines.runs.get("run-1")).status == "waiting"
+        assert [g.gate for g in await system.gates.pending()] == ["b"]
+        await no_actor_of(system, "run-1")
+        assert ended == []
+        await system.gates.decide("run-1", "b", "approve", by="ana")
+
+    assert ended[0].status == "completed"
+    assert set(ended[0].results) == {"a", "b"}
+
+
+async def wait_into(ended: list[roost.RunOutcome], run: roost.RunHandle) -> None:
+    ended.append(await outcome(run, through_gates=True))
+
+
+async def no_actor_of(system: roost.ActorSystem, run_id: str) -> None:
+    """Wait (2 s at most) until the run has no actor."""
+    with anyio.fail_after(2):
+        while True:
+            try:
+                system.lookup(f"/pipelines/runs/{run_id}")
+            except LookupError:
+                return
+            await anyio.sleep(0.01)
 
 
 # --- bad decisions ----------------------------------------------------------------------
@@ -553,6 +621,68 @@ async def test_pending_filters_by_assignee_pipeline_and_age(system: roost.ActorS
     assert [g.run_id for g in await system.gates.pending(assignee="billing")] == ["run-2"]
     assert [g.run_id for g in await system.gates.pending(pipeline="billing")] == ["run-2"]
     assert await system.gates.pending(older_than=3600) == []
+
+
+# --- what a parked run holds ------------------------------------------------------------
+
+
+class Made(msgspec.Struct, weakref=True):
+    text: str
+
+
+MADE: list[weakref.ref[Made]] = []
+
+
+class Maker(roost.Actor):
+    async def receive(self, message: RunStep) -> Made:
+        made = Made("x" * 1024)
+        MADE.append(weakref.ref(made))
+        return made
+
+
+async def test_a_parked_run_keeps_nothing_in_memory(system: roost.ActorSystem) -> None:
+    MADE.clear()
+    pipeline = Pipeline("made", [Step("make", Maker, output=Made),
+                                 Step("use", Seer, after="make", gate=Gate())])
+    for i in range(20):
+        run = await system.pipelines.start(pipeline, run_id=f"run-{i}")
+        assert (await outcome(run)).status == "waiting"
+        await no_actor_of(system, f"run-{i}")
+    del run
+
+    with anyio.fail_after(2):  # its results are in the store only, once its actor is gone
+        while any(made() is not None for made in MADE):
+            await anyio.sleep(0.01)
+            gc.collect()
+    assert system.pipelines.statistics()["active"] == 0
+
+
+class Stuck(roost.Actor):
+    """Its start says it began, then waits until it is let go (and its supervisor with it)."""
+
+    def __init__(self, began: anyio.Event, let_go: anyio.Event) -> None:
+        self.began, self.let_go = began, let_go
+
+    async def on_start(self) -> None:
+        self.began.set()
+        await self.let_go.wait()
+
+
+async def test_a_parked_runs_actor_stops_without_waiting_for_its_busy_supervisor(
+        system: roost.ActorSystem) -> None:
+    gated = Pipeline("gated", [Step("look", Seer, gate=Gate())])
+    await outcome(await system.pipelines.start(gated, run_id="run-0"))
+    runs = system.lookup("/pipelines/runs")
+    began, let_go = anyio.Event(), anyio.Event()
+    stuck = roost.StartChild(roost.ChildSpec(factory=Stuck, name="stuck", args=(began, let_go)))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(lambda: runs.ask(stuck))
+        await began.wait()  # `/pipelines/runs` handles no system message until let go
+        run = await system.pipelines.start(gated, run_id="run-1")
+        assert (await outcome(run)).status == "waiting"
+        await no_actor_of(system, "run-1")
+        let_go.set()
 
 
 # --- traces -----------------------------------------------------------------------------
