@@ -58,7 +58,7 @@ class Target:
 
     def __str__(self) -> str:
         if self.ratio is not None:
-            return f"ratio >= {self.ratio:g}"
+            return f"ratio >= {self.ratio:.3g}"
         return f">= {self.value:,g}" if self.value is not None else ""
 
 
