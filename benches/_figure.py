@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -60,6 +61,15 @@ class Target:
         if self.ratio is not None:
             return f"ratio >= {self.ratio:.3g}"
         return f">= {self.value:,g}" if self.value is not None else ""
+
+
+def report(figure: Figure, targets: Mapping[str, Target]) -> Figure:
+    """Say on stderr whether `figure` meets its target in `targets`; return it."""
+    target = targets[figure.name]
+    verdict = "meets" if target.met(figure.as_json()) else "MISSES"
+    print(f"{figure.name}: ratio {figure.ratio:.2f} {verdict} the target of {target}",
+          file=sys.stderr, flush=True)
+    return figure
 
 
 def best_rate(count: int, run: Callable[[], float], repeats: int = 3) -> float:

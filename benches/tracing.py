@@ -34,7 +34,7 @@ import lmdb
 
 import roost
 from benches._actors import Sink
-from benches._figure import Figure, Target
+from benches._figure import Figure, Target, report
 from roost.pipelines.definition import Pipeline, RunStep, Step
 from roost.trace import new_span_id, new_trace_id
 from roost.tracing import Span, SpanKind, TraceStore
@@ -213,13 +213,6 @@ def on_and_off(count: int, seconds: Any, repeats: int) -> tuple[float, float]:
     return on, off
 
 
-def report(figure: Figure) -> Figure:
-    target = TARGETS[figure.name]
-    verdict = "meets" if target.met(figure.as_json()) else "MISSES"
-    print(f"{figure.name}: ratio {figure.ratio:.2f} {verdict} the target of {target}",
-          file=sys.stderr, flush=True)
-    return figure
-
 
 def measure() -> list[Figure]:
     runs_on, runs_off = on_and_off(RUNS, runs_seconds, 3)
@@ -228,8 +221,8 @@ def measure() -> list[Figure]:
     print(f"trace_query_latency: {STORED_RUNS:,} runs ({STORED_RUNS * SPANS_PER_RUN:,} spans) "
           f"written in {filled:.1f} s", file=sys.stderr, flush=True)
     return [
-        report(Figure("tracing_pipeline_overhead", runs_on, "runs/s", "tracing off", runs_off)),
-        report(Figure("tracing_tell_overhead", tells_on, "msg/s", "tracing off", tells_off)),
+        report(Figure("tracing_pipeline_overhead", runs_on, "runs/s", "tracing off", runs_off), TARGETS),
+        report(Figure("tracing_tell_overhead", tells_on, "msg/s", "tracing off", tells_off), TARGETS),
         report(Figure("trace_query_latency", gets, "queries/s",
-                      "raw LMDB prefix scan via to_thread", scans)),
+                      "raw LMDB prefix scan via to_thread", scans), TARGETS),
     ]

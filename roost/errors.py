@@ -246,6 +246,28 @@ class StoreSchemaTooNew(StoreUnavailable):
                               f"knows versions up to {supported}); upgrade roost to open it")
 
 
+class LeaseLost(StoreError):
+    """A node wrote for a run whose lease it no longer holds (it was paused or cut off past
+    the lease, and another node took the run over): the write is refused and the run
+    stops here, neither failed nor retried; its new owner goes on with it.
+
+    A `StoreError`, so a run's actor stops as it does for a store that cannot write."""
+
+    def __init__(self, run_id: str, node: str, epoch: int, holder: str | None,
+                 held_epoch: int | None) -> None:
+        self.run_id = run_id
+        self.node = node
+        self.epoch = epoch
+        self.holder = holder
+        self.held_epoch = held_epoch
+        now = ("another node took it over, or it ended or was parked" if held_epoch is None
+               else f"it is now held by {holder or 'no node'!r} at epoch {held_epoch}")
+        super().__init__(f"node {node!r} lost the lease of run {run_id!r} (it held epoch "
+                         f"{epoch}; {now}); the write was refused and the run stops on this "
+                         "node; raise the lease (ActorSystem(lease=...)) if nodes pause longer "
+                         "than it")
+
+
 class StoreCorrupt(StoreError):
     """The store folder is damaged (a truncated or corrupt data file, a lost store): refused."""
 
@@ -593,6 +615,10 @@ class RunInterrupted(RoostError):
     def __init__(self, run_id: str, cause: BaseException | None = None) -> None:
         self.run_id = run_id
         self.cause = cause
+        if isinstance(cause, LeaseLost):
+            super().__init__(f"run {run_id!r} was stopped on this node: another node took it "
+                             f"over and it goes on there ({cause})")
+            return
         why = ("its actor stopped" if cause is None else
                f"paused: the store could not save its progress ({type(cause).__name__}: {cause})")
         super().__init__(

@@ -27,11 +27,22 @@ PASSWORD = "test-secret"
 
 
 class PostgresServer:
-    """A running private server: its port, and URLs of its `roost` database."""
+    """A running private server: its port, URLs of its `roost` database, and a restart."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pg_ctl: list[str] | None = None) -> None:
         self.port = port
+        self._pg_ctl = pg_ctl  # the pg_ctl command line, with -D, as the server's user
         self._schemas = itertools.count(1)
+
+    def restart(self) -> None:
+        """`pg_ctl restart -m fast`: every connection is cut, the server is back when this
+        returns (as after a crash-restart of the database, minus the recovery)."""
+        assert self._pg_ctl is not None, "this server was not started by the fixture"
+        done = subprocess.run([*self._pg_ctl, "restart", "-m", "fast", "-w", "-t", "30"],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl restart failed ({done.returncode}): "
+                               f"{done.stdout}{done.stderr}")
 
     def url(self, *, password: str = PASSWORD, database: str = "roost",
             schema: str | None = None) -> str:
@@ -124,7 +135,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     except (RuntimeError, subprocess.TimeoutExpired) as error:
         shutil.rmtree(folder, ignore_errors=True)
         pytest.fail(f"the private PostgreSQL server did not start: {error}")
-    server = PostgresServer(port)
+    server = PostgresServer(port, [*as_user, str(bindir / "pg_ctl"), "-D", str(data),
+                                   "-l", str(folder / "log")])
     try:
         server.sql("CREATE DATABASE roost", database="postgres")
         yield server

@@ -1,4 +1,5 @@
-"""roost's packages depend one way: mailbox <- actors <- tools <- pipelines <- console <- runtime.
+"""roost's packages depend one way: mailbox <- actors <- tools <- pipelines <- console <- runtime,
+and cluster (a system's node on a PostgreSQL store) between pipelines and runtime.
 
 `storage`, `tracing`, `errors`, `trace` and `_validate` sit below all of them. Every import is
 read from the source with `ast`, including imports inside functions and under
@@ -34,8 +35,10 @@ ALLOWED: dict[str, set[str]] = {
     "roost.pipelines": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools"},
     "roost.console": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools",
                                    "roost.pipelines"},
+    "roost.cluster": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools",
+                                   "roost.pipelines"},
     "roost.runtime": FOUNDATION | {"roost.mailbox", "roost.actors", "roost.tools",
-                                   "roost.pipelines", "roost.console"},
+                                   "roost.pipelines", "roost.console", "roost.cluster"},
 }
 
 

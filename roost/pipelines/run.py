@@ -34,10 +34,12 @@ from roost.actors.actor import Actor, Message
 from roost.errors import (
     CheckpointCorrupt,
     PermanentToolError,
+    RecordCorrupt,
     RoostError,
     StepFailed,
     StoreError,
     ToolOutcomeUnknown,
+    ToolResultUnrecordable,
 )
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.gate import Gate, GateDecision
@@ -184,6 +186,14 @@ class _Settle(Message, frozen=True):
     step: str | None = None
 
 
+class _Paused(Message, frozen=True):
+    """A step could not go on because the store cannot write for the run (on a cluster's
+    node: the lease was lost, or the server is unreachable): the run stops here."""
+
+    instance: int
+    error: Any
+
+
 _PROGRESS_DECODER = msgspec.msgpack.Decoder(RunProgress)
 
 
@@ -256,6 +266,9 @@ class RunActor(Actor):
         try:
             record = await self._load()
         except StoreError as corrupt:
+            if self._store_failure(corrupt) is not None:  # a cluster's server, not the bytes
+                await self._pause(corrupt)
+                return
             # Restarting cannot mend stored bytes: the run fails, naming them; they stay
             # in the store for a person to inspect.
             await self._finish("failed", error=str(corrupt))
@@ -360,6 +373,9 @@ class RunActor(Actor):
                 await self._step_done(message)
             case _Settle():
                 await self._settle(message)
+            case _Paused():
+                if message.instance == id(self) and not self.finished:
+                    await self._pause(message.error)
             case CancelRun():
                 await self._finish("cancelled", error="cancelled")
         return None
@@ -502,6 +518,10 @@ class RunActor(Actor):
                                                  unknown=True))
                 return
         except Exception as error:
+            paused = self._store_failure(error)
+            if paused is not None:  # the step did not fail: the run cannot go on here
+                self.ctx.self_ref.tell(_Paused(instance=id(self), error=paused))
+                return
             result = await self._after_failure(step, error, attempts)
             if isinstance(result, _StepDone):
                 self.ctx.self_ref.tell(result)
@@ -509,6 +529,20 @@ class RunActor(Actor):
         self.ctx.self_ref.tell(_StepDone(instance=id(self), step=step.name, result=result,
                                          attempts=attempts[0],
                                          seconds=time.perf_counter() - started))
+
+    def _store_failure(self, error: Exception) -> StoreError | None:
+        """On a cluster's node, the store failure behind `error` that stops the run here
+        rather than failing it (a lost lease, an unreachable server: another node, or this
+        one later, goes on from the last checkpoint); None otherwise, and always on LMDB."""
+        if self.pipelines.cluster is None:
+            return None
+        if isinstance(error, ToolResultUnrecordable):  # the tool ran; its result was not saved
+            cause = error.__cause__
+            error = cause if isinstance(cause, Exception) else error
+        if isinstance(error, StoreError) and not isinstance(error, RecordCorrupt |
+                                                             CheckpointCorrupt):
+            return error
+        return None
 
     async def _after_failure(self, step: Step, error: Exception, attempts: list[int]) -> Any:
         """The fallback's result, a `StepFailure` for an optional step, or a failed outcome."""
@@ -586,6 +620,9 @@ class RunActor(Actor):
                 arguments = dict(step.args(self.results, self.input if index is None else item))
             # The one call of the step's unit of work: number 0, in every attempt and resume.
             key = derive_key(worker, step_unit(self.run_id, scope), 0)
+            cluster = self.pipelines.cluster
+            if cluster is not None:  # no attempt may outlive the node's lease of the run
+                await cluster.before_tool(self.run_id, step.timeout)
             # Made as part of the run, not of whatever message this actor handles meanwhile.
             outside = handling.set(None)
             within = call_trace.set(TraceContext(self.trace_id, span_id, self.run_id))

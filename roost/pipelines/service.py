@@ -12,7 +12,11 @@ here at once, stored `running` with the decision, or else stored `queued`, like 
 interrupted run.
 
 At most `max_active_runs` runs are in flight; a run started past that is stored as
-`queued` and starts when a slot frees (see `admission`), also after a restart."""
+`queued` and starts when a slot frees (see `admission`), also after a restart.
+
+On a PostgreSQL store the system is a node of a cluster (`cluster`, see `roost.cluster`):
+runs started here are leased to it, queued runs wait for any node with a free slot, and
+interrupted runs are taken over by the nodes' claims, not by `resume`."""
 
 from __future__ import annotations
 
@@ -157,6 +161,9 @@ class Pipelines:
             lambda: deque(maxlen=TIMINGS_KEPT))
         self._runs: RunStore | None = None
         self._checkpoints: CheckpointStore | None = None
+        #: The node this system is of a cluster (`roost.cluster.Cluster`, set by the system
+        #: on a PostgreSQL store; typed loosely: the cluster sits above the pipelines), or None.
+        self.cluster: Any = None
 
     # --- store access -----------------------------------------------------------------
 
@@ -186,7 +193,8 @@ class Pipelines:
         """Make `pipeline` known (so its runs can be resumed by id).
 
         Args:
-            resume: also resume its interrupted runs now.
+            resume: also resume its interrupted runs now (on a cluster's node: claim its
+                runs whose lease expired, and queued ones, up to the free slots).
 
         Returns:
             Handles of the runs resumed.
@@ -200,6 +208,11 @@ class Pipelines:
                 f"a different pipeline named {pipeline.name!r} is already registered")
         self._registered[pipeline.name] = pipeline
         self.gates.start_timer()
+        if self.cluster is not None:  # its runs are resumed by the nodes' claims
+            if not resume:
+                self.cluster.slot_freed()  # claim them soon
+                return []
+            return [RunHandle(self, run_id) for run_id in await self.cluster.claim()]
         if not resume:
             return []
         return [await self.resume(r.run_id) for r in await self.interrupted()
@@ -208,6 +221,10 @@ class Pipelines:
     def registered(self, name: str) -> Pipeline | None:
         """The pipeline registered here under `name`, if any."""
         return self._registered.get(name)
+
+    def registered_names(self) -> builtins.list[str]:
+        """The names of the pipelines registered here (those whose runs a node may claim)."""
+        return builtins.list(self._registered)
 
     def system_running(self) -> bool:
         """Whether the system is running (runs can be resumed here now)."""
@@ -274,18 +291,32 @@ class Pipelines:
         await self.register(pipeline)
         run_id = run_id or new_run_id()
         admission = self.admission
+        cluster = self.cluster
         if not admission.has_room():
             if not wait:
                 raise SystemBusy(pipeline.name, admission.active, admission.limit)
-            await self.runs.create(run_id, pipeline=pipeline.name, input=_ENCODER.encode(input),
-                                   status=RunStatus.QUEUED)
+            if cluster is not None:  # queued for any node of the cluster with a free slot
+                cluster.starting(run_id, pipeline.name, queued=True)
+            try:
+                await self.runs.create(run_id, pipeline=pipeline.name,
+                                       input=_ENCODER.encode(input), status=RunStatus.QUEUED)
+            except BaseException:
+                if cluster is not None:
+                    cluster.not_started(run_id)
+                raise
+            if cluster is not None:
+                return RunHandle(self, run_id)
             admission.wait(run_id, pipeline.name)
             self._admit_waiting()  # a slot may have freed while the record was written
             return RunHandle(self, run_id)
         admission.take_slot(run_id)  # before the await: concurrent starts see it taken
+        if cluster is not None:  # its record's write leases it to this node
+            cluster.starting(run_id, pipeline.name)
         try:
             await self.runs.create(run_id, pipeline=pipeline.name, input=_ENCODER.encode(input))
         except BaseException:
+            if cluster is not None:
+                cluster.not_started(run_id)
             self._slot_freed(run_id)
             raise
         await self._spawn_run(pipeline, run_id)
@@ -295,7 +326,8 @@ class Pipelines:
         """Continue a run from its last completed step (a no-op for a live or ended run).
 
         A run `waiting` at a gate is not continued until a person decides
-        (`system.gates.decide`, which resumes it).
+        (`system.gates.decide`, which resumes it). On a cluster's node, only a run whose
+        lease the node holds is continued (the nodes claim the others).
 
         Raises:
             RunNotFound: no such run.
@@ -309,6 +341,8 @@ class Pipelines:
             self._resume_after_park.add(run_id)
         if not resumable or run_id in self._live or self.admission.is_waiting(run_id):
             return RunHandle(self, run_id)
+        if self.cluster is not None and not self.cluster.holds(run_id):
+            return RunHandle(self, run_id)  # another node's, or waiting for a node's claim
         pipeline = self._registered.get(record.pipeline)
         if pipeline is None:
             raise ConfigurationError(
@@ -330,13 +364,24 @@ class Pipelines:
         `running` when it `resumes` at once, else `queued`). A waiting run resumes at once
         when a slot is free: its actor is spawned as the write goes to the store, so it
         loads the run meanwhile, and it starts nothing before the write is durable (see
-        `RunActor`). Otherwise the run resumes after the write, like any queued run.
+        `RunActor`). Otherwise the run resumes after the write, like any queued run. On a
+        cluster's node the run is written `queued` with a lease no node holds yet: the
+        first node with a free slot (this one, soon) claims it.
 
         Raises:
             What the commit raises (the decision is then not stored, nor the run resumed),
             or what kept the run from resuming here (the decision is stored).
         """
         run_id = record.run_id
+        if self.cluster is not None:  # queued for any node of the cluster
+            self.cluster.starting(run_id, record.pipeline, queued=True)
+            try:
+                results = await self.system.store.commit(ops(False))
+            except BaseException:
+                self.cluster.not_started(run_id)
+                raise
+            self.cluster.slot_freed()
+            return results
         pipeline = self._registered.get(record.pipeline)
         if pipeline is not None and record.status == RunStatus.WAITING and self.system_running():
             runs = await self._runs_supervisor()
@@ -414,6 +459,8 @@ class Pipelines:
         if run_id not in self._live:
             return  # it finished (and said so) first
         self._live.discard(run_id)
+        if self.cluster is not None:  # any node may go on with it
+            self.cluster.let_go(run_id)
         for future in self._waiters.pop(run_id, []):
             if not future.done():
                 future.set_exception(RunInterrupted(run_id))
@@ -423,6 +470,8 @@ class Pipelines:
         its waiters hear `RunInterrupted` with the cause; the run stays resumable."""
         self._live.discard(run_id)
         self._paused[run_id] = cause
+        if self.cluster is not None:  # any node may go on with it (this one, once it can)
+            self.cluster.let_go(run_id)
         self._slot_freed(run_id)
         for future in self._waiters.pop(run_id, []):
             if not future.done():
@@ -432,6 +481,8 @@ class Pipelines:
         """Give the slot `run_id` held to the oldest queued run (a second call does nothing)."""
         self.admission.release(run_id)
         self._admit_waiting()
+        if self.cluster is not None:
+            self.cluster.slot_freed()
 
     def _admit_waiting(self) -> None:
         """Start the oldest queued runs that fit in the free slots (in the background)."""
@@ -590,6 +641,8 @@ class Pipelines:
         """Called by the run's actor when it ends or parks at gates (`waiting`): free its
         slot, wake everyone waiting (for a parked run, all but those waiting through gates)."""
         self._live.discard(run_id)
+        if self.cluster is not None:
+            self.cluster.ended(run_id)
         self._slot_freed(run_id)
         outcome = RunOutcome(run_id, status, results, error, failed_step,
                              UsageTotals() if usage is None else usage, waiting_at or [])

@@ -26,6 +26,7 @@ from roost.actors._engine import Engine
 from roost.actors.messages import Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import as_child_spec
+from roost.cluster import Cluster, node_settings
 from roost.errors import ActorNotFound, ConfigurationError, StoreError, SystemNotRunning
 from roost.mailbox.dead_letters import DeadLetters
 from roost.pipelines.service import Pipelines
@@ -81,6 +82,20 @@ class ActorSystem:
             minute, a few traces at a time).
         trace_max_bytes: the most bytes of span records the store keeps; past it the
             oldest traces are deleted.
+        node_id: this system's id as a node of the cluster on a PostgreSQL store (None: one
+            made of the host name, the process id and random digits). The settings from
+            here to `pools` are for PostgreSQL stores only (see `roost.cluster`).
+        lease: seconds a node's lease of a run lasts without renewal (default 30): a run of
+            a node that dies is taken over after at most this, and a live node must never
+            stall longer.
+        heartbeat: seconds between a node's renewals of its row and all its leases (default
+            a third of the lease; at most half of it).
+        node_dead_after: seconds without a heartbeat after which `system.cluster.nodes()`
+            lists a node as dead (default twice the lease).
+        max_takeovers: times a run may be taken over before it is parked (`suspended`, with
+            the reason) instead (default 5).
+        pools: the worker pools this node declares in `roost_nodes` (listed only: tasks
+            of a pool are not yet routed to the nodes that declare it).
         otlp_endpoint: mirror every span to this OpenTelemetry collector over OTLP/HTTP
             (`http://host:4318`; needs `roost[otel]` and `tracing`); flushed when the
             system stops. See `roost.tracing.export.OtelExporter` for more options.
@@ -117,6 +132,12 @@ class ActorSystem:
         otlp_endpoint: str | None = None,
         trace_retention: float = 7 * 86_400.0,
         trace_max_bytes: int = 256 * 2**20,
+        node_id: str | None = None,
+        lease: float | None = None,
+        heartbeat: float | None = None,
+        node_dead_after: float | None = None,
+        max_takeovers: int | None = None,
+        pools: list[str] | tuple[str, ...] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -159,6 +180,11 @@ class ActorSystem:
                              else LoopMonitor(threshold=loop_lag_threshold))
         self.tools = Tools(clock, self.tracer)
         self.pipelines = Pipelines(self, max_active_runs=max_active_runs)
+        #: This system as a node of the cluster on its PostgreSQL store (None on LMDB).
+        self.cluster: Cluster | None = self._node(
+            node_id=node_id, lease=lease, heartbeat=heartbeat, dead_after=node_dead_after,
+            max_takeovers=max_takeovers, pools=pools)
+        self.pipelines.cluster = self.cluster
         #: The runs waiting at gates for people: decide, query, notify (`roost.pipelines.gates`).
         self.gates = self.pipelines.gates
         self._http: aiohttp.ClientSession | None = None
@@ -188,6 +214,12 @@ class ActorSystem:
             on_failure=self._root_failed,
         )
         await self._open_store()
+        if self.cluster is not None and self.store is not None:
+            try:
+                await self.cluster.start()
+            except BaseException:
+                await self._close_store()
+                raise
         self.engine.checkpoints = self.checkpoints
         self.engine.tracer = self.tracer
         self.engine.start_root(max_restarts=self._max_restarts, within=self._within)
@@ -232,6 +264,24 @@ class ActorSystem:
         if shutdown_error is not None:
             raise shutdown_error
         return suppressed
+
+    def _node(self, *, node_id: str | None, lease: float | None, heartbeat: float | None,
+              dead_after: float | None, max_takeovers: int | None,
+              pools: list[str] | tuple[str, ...] | None) -> Cluster | None:
+        """The node this system is on a PostgreSQL store; None on any other store."""
+        given = [name for name, value in (
+            ("node_id", node_id), ("lease", lease), ("heartbeat", heartbeat),
+            ("node_dead_after", dead_after), ("max_takeovers", max_takeovers),
+            ("pools", pools)) if value is not None]
+        if self.store_url is None:
+            if given:
+                raise ConfigurationError(
+                    f"ActorSystem: {', '.join(given)} set(s) up a node of a cluster, which "
+                    "needs a PostgreSQL store; pass store='postgresql://...' or drop them")
+            return None
+        return Cluster(self, node_settings(node_id=node_id, lease=lease, heartbeat=heartbeat,
+                                           dead_after=dead_after, max_takeovers=max_takeovers,
+                                           pools=pools))
 
     def _start_tool_proxy(self) -> None:
         """Start the tool proxy first, so it stops last (actors may call tools in on_stop)."""
@@ -303,6 +353,8 @@ class ActorSystem:
 
     async def _shutdown(self) -> None:
         await self.engine.stop_root()
+        if self.cluster is not None and self.store is not None:
+            await self.cluster.stop()  # after the runs stopped: any node takes them over
         if self.loop_monitor is not None:
             await self.loop_monitor.stop()
         self.tools.detach()
@@ -331,7 +383,9 @@ class ActorSystem:
         from roost.storage import CheckpointStore, PostgresStore, Store
 
         if self.store_url is not None:
-            self.store = await PostgresStore.open(self.store_url, durability=self.durability)
+            self.store = await PostgresStore.open(
+                self.store_url, durability=self.durability, idle_transaction_timeout=(
+                    None if self.cluster is None else self.cluster.settings.lease))
         elif self.store_path is not None:
             self.store = await Store.open(self.store_path, durability=self.durability)
         else:

@@ -14,7 +14,7 @@ from roost.storage.codecs import Record, RecordCodec
 from roost.storage.gates import GateEvent, GateRecord, GateStore, TimeoutStep
 from roost.storage.ledger import Claim, Ledger, LedgerEntry
 from roost.storage.opening import open_store
-from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
+from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 from roost.storage.postgres import PostgresStore, is_postgres_url
 from roost.storage.results import StepResults
 from roost.storage.runs import RunRecord, RunStatus, RunStore
@@ -28,10 +28,12 @@ __all__ = [
     "Claim",
     "Delete",
     "Durability",
+    "Fence",
     "GateEvent",
     "GateRecord",
     "GateStore",
     "Insert",
+    "Lease",
     "Ledger",
     "LedgerEntry",
     "Op",

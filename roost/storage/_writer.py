@@ -30,7 +30,7 @@ from roost.errors import ConfigurationError, InternalError, RoostError, StoreErr
 from roost.storage._environment import Environment
 from roost.storage._guard import MapGuard
 from roost.storage._keys import SEQ_SIZE, pack_seq, seek_last, unpack_seq
-from roost.storage.ops import Append, Delete, Insert, Op, Put, Update
+from roost.storage.ops import Append, Delete, Fence, Insert, Lease, Op, Put, Update
 
 # Bounds one transaction's size and the wait of the writes queued behind it.
 _MAX_BATCH = 1024
@@ -314,6 +314,8 @@ class Writer:
             return new
         if isinstance(op, Append):
             return self._append(txn, op)
+        if isinstance(op, Fence | Lease):
+            return None  # one process owns an LMDB store: there are no leases to check
         raise InternalError(f"the writer got {op!r}, which Store.commit should have refused")
 
     def _apply_also(self, txn: lmdb.Transaction[bytes], update: Update, op: object) -> None:
@@ -457,5 +459,9 @@ def _describe(ops: tuple[Op, ...]) -> str:
                 parts.append(f"append under {prefix!r} in {db!r}")
             case Update(db, key):
                 parts.append(f"update {key!r} in {db!r}")
+            case Fence(run_id, owner, epoch):
+                parts.append(f"fence of run {run_id!r} (node {owner!r}, epoch {epoch})")
+            case Lease(run_id):
+                parts.append(f"lease of new run {run_id!r}")
     more = f" and {len(ops) - 3} more operations" if len(ops) > 3 else ""
     return ", ".join(parts) + more

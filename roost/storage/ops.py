@@ -1,4 +1,5 @@
-"""The write operations a store commit is made of: `Put`, `Insert`, `Delete`, `Append`, `Update`.
+"""The write operations a store commit is made of: `Put`, `Insert`, `Delete`, `Append`, `Update`,
+and a cluster's run-lease conditions `Fence` and `Lease` (PostgreSQL only; no-ops on LMDB).
 
 A commit is a sequence of operations applied in order, all or nothing, in the writer
 thread's transaction. `Put`, `Insert` and `Delete` are single LMDB calls there.
@@ -90,4 +91,35 @@ class Update(msgspec.Struct, frozen=True):
     change: Callable[[bytes | None], Changed]
 
 
-Op = Put | Insert | Delete | Append | Update
+class Fence(msgspec.Struct, frozen=True, gc=False):
+    """Commit only while node `owner` holds the lease of run `run_id` at `epoch`.
+
+    A cluster (`roost.cluster`) adds it to every write of a run it leases, so a node
+    that lost the lease (paused past it, and the run taken over, which bumps the
+    epoch) has its late writes refused with `LeaseLost` instead of overwriting the new
+    owner's. On PostgreSQL the lease row is read first, `FOR SHARE`, so no takeover
+    can commit in between; on LMDB (one process, no leases) it does nothing. Its
+    result in `commit` is None.
+    """
+
+    run_id: str
+    owner: str
+    epoch: int
+
+
+class Lease(msgspec.Struct, frozen=True, gc=False):
+    """Give the new run `run_id` of `pipeline` its lease: to node `owner` at epoch 1 for
+    `seconds`, or (owner None) to no node, as a queued run any node may claim (a run
+    queued again keeps its row, its epoch moving on).
+
+    Written with the run's record, so no run is stored without its lease. A no-op on
+    LMDB. Its result in `commit` is None.
+    """
+
+    run_id: str
+    pipeline: str
+    owner: str | None
+    seconds: float
+
+
+Op = Put | Insert | Delete | Append | Update | Fence | Lease

@@ -39,7 +39,7 @@ from roost.storage._guard import MapGuard
 from roost.storage._keys import SEQ_SIZE, key_range, seek_last
 from roost.storage._snapshot import Snapshot
 from roost.storage._writer import Writer, WriteRequest
-from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
+from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 
 Durability = Literal["sync", "async"]
 T = TypeVar("T")
@@ -461,7 +461,7 @@ class Store:
         elif isinstance(op, Append):
             self._handle(op.db)
             self._check_key(op.prefix + bytes(SEQ_SIZE))
-        else:
+        elif not isinstance(op, Fence | Lease):  # a cluster's lease conditions: no-ops here
             raise ConfigurationError(f"{op!r} is not a store operation; use Put, Insert, "
                                      "Delete, Append or Update")
 

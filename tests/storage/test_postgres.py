@@ -16,6 +16,7 @@ import pytest
 import roost
 from roost.errors import (
     ConfigurationError,
+    LeaseLost,
     StoreAccessDenied,
     StoreError,
     StoreForeign,
@@ -24,6 +25,7 @@ from roost.errors import (
     StoreUnreachable,
 )
 from roost.storage import Append, Insert, Put, Update, is_postgres_url
+from roost.storage.ops import Fence, Lease
 from roost.storage.postgres import PostgresStore, redact
 from tests._postgres import PASSWORD, PostgresServer, free_port
 
@@ -44,8 +46,29 @@ async def test_a_new_store_gets_its_tables_and_keeps_its_id_when_reopened(
         version = await connection.fetchval("SELECT version FROM roost_schema")
     finally:
         await connection.close()
-    assert tables == {"roost_schema", "roost_records"}
-    assert version == 1
+    assert tables == {"roost_schema", "roost_records", "roost_nodes", "roost_leases"}
+    assert version == 2
+
+
+async def test_a_store_of_the_first_version_is_migrated_keeping_its_records(
+        postgres_server: PostgresServer) -> None:
+    schema = postgres_server.fresh_schema()
+    url = postgres_server.url(schema=schema)
+    async with PostgresStore.open(url) as store:
+        await store.commit([Put("runs", b"r", b"v")])
+    postgres_server.sql(f"DROP TABLE {schema}.roost_nodes, {schema}.roost_leases; "
+                        f"UPDATE {schema}.roost_schema SET version = 1")
+
+    async with PostgresStore.open(url) as store:
+        assert await store.get("runs", b"r") == b"v"
+        await store.commit([Lease("run-1", "orders", "node-a", 30.0), Put("runs", b"run-1", b"")])
+
+    connection = await asyncpg.connect(url)
+    try:
+        assert await connection.fetchval("SELECT version FROM roost_schema") == 2
+        assert await connection.fetchval("SELECT owner FROM roost_leases") == "node-a"
+    finally:
+        await connection.close()
 
 
 async def test_stores_opening_an_empty_database_at_once_create_one_store(
@@ -209,3 +232,146 @@ async def test_an_actor_system_with_a_bad_store_url_fails_to_start_saying_why(
     with pytest.raises(StoreAccessDenied, match=re.escape("postgresql://roost@127.0.0.1")):
         async with system:
             pass
+
+
+async def lease_row(url: str, run_id: str) -> tuple[str | None, int, float] | None:
+    """(owner, epoch, seconds left) of a run's lease, read as another client would."""
+    connection = await asyncpg.connect(url)
+    try:
+        row = await connection.fetchrow(
+            "SELECT owner, epoch, extract(epoch FROM lease_until - now())::float8 "
+            "FROM roost_leases WHERE run_id = $1", run_id)
+    finally:
+        await connection.close()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+async def test_a_new_runs_lease_is_written_with_its_record(postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Lease("run-1", "orders", "node-a", 30.0), Put("runs", b"run-1", b"")])
+        await store.commit([Lease("run-2", "orders", None, 30.0), Put("runs", b"run-2", b"")])
+        with pytest.raises(StoreError):  # the run's record is refused: no lease without it
+            await store.commit([Lease("run-3", "orders", "node-a", 30.0),
+                                Insert("runs", b"run-3", b""), Update("runs", b"bad", _refuse)])
+
+    owner, epoch, left = await lease_row(postgres_url, "run-1") or (None, 0, 0.0)
+    assert (owner, epoch) == ("node-a", 1) and 28 < left <= 30
+    queued = await lease_row(postgres_url, "run-2")
+    assert queued is not None and queued[:2] == (None, 0) and queued[2] <= 0  # claimable now
+    assert await lease_row(postgres_url, "run-3") is None
+
+
+def _refuse(current: bytes | None) -> bytes:
+    raise StoreError("refused by the test")
+
+
+async def test_a_write_fenced_by_the_leases_owner_and_epoch_commits(postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Lease("run-1", "orders", "node-a", 30.0), Put("runs", b"run-1", b"")])
+
+        assert await store.commit([Fence("run-1", "node-a", 1),
+                                   Put("checkpoints", b"run-1\x00x", b"v")]) == [None, None]
+        assert await store.get("checkpoints", b"run-1\x00x") == b"v"
+
+
+async def test_a_stale_owners_write_is_refused_naming_the_run_the_node_and_the_epochs(
+        postgres_url: str, postgres_server: PostgresServer) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Lease("run-1", "orders", "node-a", 30.0), Put("runs", b"run-1", b"")])
+        # Another node takes the run over: the epoch moves on.
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            await connection.execute("UPDATE roost_leases SET owner = 'node-b', epoch = 2")
+        finally:
+            await connection.close()
+
+        with pytest.raises(LeaseLost) as raised:
+            await store.commit([Fence("run-1", "node-a", 1), Put("runs", b"run-1", b"late")])
+        with pytest.raises(LeaseLost, match="another node took it over, or it ended"):
+            await store.commit([Fence("run-9", "node-a", 1), Put("runs", b"run-9", b"late")])
+        # Others' writes in the same batch are not sunk by the refused one.
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.commit, [Fence("run-1", "node-b", 2), Put("runs", b"ok", b"")])
+            with pytest.raises(LeaseLost):
+                await store.commit([Fence("run-1", "node-a", 1), Put("runs", b"late", b"")])
+
+        assert await store.get("runs", b"run-1") == b""
+        assert await store.get("runs", b"ok") == b"" and await store.get("runs", b"late") is None
+
+    message = str(raised.value)
+    assert "node 'node-a' lost the lease of run 'run-1'" in message
+    assert "held epoch 1" in message and "held by 'node-b' at epoch 2" in message
+    assert raised.value.run_id == "run-1" and raised.value.held_epoch == 2
+
+
+async def test_a_fenced_write_waits_for_a_takeover_in_progress_and_is_then_refused(
+        postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Lease("run-1", "orders", "node-a", 30.0), Put("runs", b"run-1", b"")])
+        taker = await asyncpg.connect(postgres_url)
+        try:
+            claiming = taker.transaction()
+            await claiming.start()
+            await taker.execute("SELECT 1 FROM roost_leases WHERE run_id = 'run-1' FOR UPDATE")
+            await taker.execute("UPDATE roost_leases SET owner = 'node-b', epoch = 2")
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    async def write() -> None:
+                        with pytest.raises(LeaseLost):
+                            await store.commit([Fence("run-1", "node-a", 1),
+                                                Put("runs", b"run-1", b"late")])
+
+                    group.start_soon(write)
+                    while not await taker.fetchval(  # noqa: ASYNC110 - until the write waits for the lock
+                            "SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                        await anyio.sleep(0.01)
+                    await claiming.commit()
+        finally:
+            await taker.close()
+        assert await store.get("runs", b"run-1") == b""
+
+
+async def test_a_fencer_conditions_every_commit_and_callers_see_only_their_results(
+        postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Lease("run-1", "orders", "node-a", 30.0), Put("runs", b"run-1", b"")])
+        store.fence_with(lambda ops: [Fence("run-1", "node-a", 1)])
+
+        assert await store.commit([Insert("ledger", b"k", b"v")]) == [True]
+        store.fence_with(lambda ops: [Fence("run-1", "node-a", 2)])
+        with pytest.raises(LeaseLost):
+            await store.commit([Insert("ledger", b"k2", b"v")])
+        store.fence_with(None)
+        assert await store.commit([Insert("ledger", b"k2", b"v")]) == [True]
+
+
+async def test_writes_made_while_the_server_restarts_are_saved_once_it_is_back(
+        postgres_url: str, postgres_server: PostgresServer) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Put("runs", b"before", b"v")])
+        saved: list[int] = []
+
+        async def write_through_the_restart() -> None:
+            for i in range(30):
+                await store.commit([Put("runs", b"during-%d" % i, b"v")])
+                saved.append(i)
+                await anyio.sleep(0.05)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                group.start_soon(write_through_the_restart)
+                await anyio.to_thread.run_sync(postgres_server.restart)
+
+        assert saved == list(range(30))
+        assert [await store.get("runs", b"during-%d" % i) for i in range(30)] == [b"v"] * 30
+
+
+async def test_a_stores_sessions_idle_inside_a_transaction_end_after_the_timeout_given(
+        postgres_url: str) -> None:
+    async def setting(connection: asyncpg.Connection) -> str:
+        return str(await connection.fetchval("SHOW idle_in_transaction_session_timeout"))
+
+    async with PostgresStore.open(postgres_url, idle_transaction_timeout=2.5) as store:
+        assert await store.on_connection(setting) == "2500ms"
+    with pytest.raises(ConfigurationError, match="idle_transaction_timeout=0 must be a positive"):
+        await PostgresStore.open(postgres_url, idle_transaction_timeout=0)

@@ -20,9 +20,13 @@ from typing import Any
 
 from roost.errors import StoreForeign, StoreSchemaTooNew, StoreUnavailable
 
-#: Tables roost owns in its schema (the leases and nodes of a cluster will add theirs).
+#: Tables roost owns in its schema.
 VERSION_TABLE = "roost_schema"
 RECORDS_TABLE = "roost_records"
+#: A cluster's nodes (`roost.cluster`): one row per system that ever ran on the store.
+NODES_TABLE = "roost_nodes"
+#: A cluster's run leases: one row per run in flight or queued (deleted as it ends).
+LEASES_TABLE = "roost_leases"
 
 #: The statements that take a store from version N-1 to N, for each N from 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -32,6 +36,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 key bytea NOT NULL,
                 value bytea NOT NULL,
                 PRIMARY KEY (db, key))""",
+    ),
+    (
+        # Times are the server's (`now()`), so the nodes' clocks need not agree.
+        f"""CREATE TABLE {NODES_TABLE} (
+                id text PRIMARY KEY,
+                host text NOT NULL,
+                pid integer NOT NULL,
+                pools text[] NOT NULL,
+                dead_after double precision NOT NULL,
+                started_at timestamptz NOT NULL DEFAULT now(),
+                heartbeat timestamptz NOT NULL DEFAULT now(),
+                stopped_at timestamptz)""",
+        # owner NULL: a queued run no node has claimed yet. parked: why no node may claim
+        # it again (taken over too many times).
+        f"""CREATE TABLE {LEASES_TABLE} (
+                run_id text PRIMARY KEY,
+                pipeline text NOT NULL,
+                owner text,
+                epoch bigint NOT NULL,
+                lease_until timestamptz NOT NULL,
+                takeovers integer NOT NULL DEFAULT 0,
+                parked text)""",
+        f"CREATE INDEX {LEASES_TABLE}_claimable ON {LEASES_TABLE} (lease_until) "
+        "WHERE parked IS NULL",
+        f"CREATE INDEX {LEASES_TABLE}_owner ON {LEASES_TABLE} (owner)",
     ),
 )
 #: The schema version this roost writes (and the newest it can open).

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from roost.errors import ConfigurationError, InternalError
+from roost.errors import ConfigurationError, InternalError, LeaseLost
 from roost.storage._keys import SEQ_SIZE, pack_seq, prefix_end, unpack_seq
-from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
+from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
+from roost.storage.postgres._schema import LEASES_TABLE
 from roost.storage.postgres._schema import RECORDS_TABLE as _T
 
 #: The longest key, in bytes: LMDB's limit, so that records move between the two stores.
@@ -29,6 +30,23 @@ _INSERT = (f"INSERT INTO {_T} (db, key, value) VALUES ($1, $2, $3) "
 _DELETE = f"DELETE FROM {_T} WHERE db = $1 AND key = $2 RETURNING true"
 _LOCK = f"SELECT value FROM {_T} WHERE db = $1 AND key = $2 FOR UPDATE"
 _REPLACE = f"UPDATE {_T} SET value = $3 WHERE db = $1 AND key = $2"
+# The leases a batch's writes are fenced by, read first in its transaction, FOR SHARE: writes
+# of the same run do not wait for each other, a takeover (FOR UPDATE) waits for them, and
+# they wait for a takeover in progress.
+_FENCES = (f"SELECT run_id, owner, epoch FROM {LEASES_TABLE} WHERE run_id = ANY($1::text[]) "
+           "ORDER BY run_id FOR SHARE")
+
+Leases = dict[str, tuple[str | None, int]]
+"""The leases of the runs a batch writes, as its transaction sees them: run id -> (owner, epoch)."""
+_LEASE = (f"INSERT INTO {LEASES_TABLE} (run_id, pipeline, owner, epoch, lease_until) "
+          "VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4))")
+# A queued run's lease starts expired (any node may claim it at once), owned by no node. A
+# run queued again (decided at a gate) may still have its old row: its epoch moves on, so
+# a node that drove it before is fenced out.
+_QUEUE = (f"INSERT INTO {LEASES_TABLE} (run_id, pipeline, owner, epoch, lease_until) "
+          "VALUES ($1, $2, NULL, 0, now()) ON CONFLICT (run_id) DO UPDATE SET "
+          f"pipeline = EXCLUDED.pipeline, owner = NULL, epoch = {LEASES_TABLE}.epoch + 1, "
+          "lease_until = now(), parked = NULL")
 
 
 def _range(*, bounded: bool, reverse: bool, lock: bool = False) -> str:
@@ -65,18 +83,33 @@ async def fetch_last(connection: Any, db: str, prefix: bytes, *,
     return found[0] if found else None
 
 
-async def apply_all(connection: Any, ops: Sequence[Op]) -> list[Any]:
+async def lock_leases(connection: Any, run_ids: set[str]) -> Leases:
+    """Read (and share-lock) the leases of `run_ids`: one round trip for a batch's fences."""
+    rows = await connection.fetch(_FENCES, sorted(run_ids))
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def apply_all(connection: Any, ops: Sequence[Op], leases: Leases) -> list[Any]:
     """Apply `ops` in order in the current transaction; their results as `Store.commit` gives
     them. A run of consecutive `Put`s (a trace batch, a checkpoint's results) is one
-    `executemany`: one round trip instead of one each."""
+    `executemany`: one round trip instead of one each. `Fence`s are checked against
+    `leases` (`lock_leases` of every fenced run of the batch)."""
     results: list[Any] = []
     puts: list[Put] = []
     for op in ops:
         if isinstance(op, Put):
             puts.append(op)
             continue
+        if isinstance(op, Fence):
+            owner, epoch = leases.get(op.run_id, (None, None))
+            if owner != op.owner or epoch != op.epoch:
+                raise LeaseLost(op.run_id, op.owner, op.epoch, owner, epoch)
+            results.append(None)
+            continue
         await _put_all(connection, puts, results)
         results.append(await apply(connection, op))
+        if isinstance(op, Lease):  # a write after it in the batch may be fenced by it
+            leases[op.run_id] = (op.owner, 1) if op.owner is not None else (None, -1)
     await _put_all(connection, puts, results)
     return results
 
@@ -104,6 +137,12 @@ async def apply(connection: Any, op: Op) -> Any:
         return await _update(connection, op)
     if isinstance(op, Append):
         return await _append(connection, op)
+    if isinstance(op, Lease):
+        if op.owner is None:
+            await connection.execute(_QUEUE, op.run_id, op.pipeline)
+        else:
+            await connection.execute(_LEASE, op.run_id, op.pipeline, op.owner, op.seconds)
+        return None
     raise InternalError(f"the writer got {op!r}, which Store.commit should have refused")
 
 

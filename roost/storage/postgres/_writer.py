@@ -3,16 +3,18 @@
 The writer is a task on the store's I/O loop (`_io.IoThread`) with a connection of its
 own. Each turn it takes every write queued at that moment, applies them in order in
 one transaction (`Update` and `Append` functions run there, after `SELECT ... FOR
-UPDATE`), commits, and wakes the application's loop once to settle all of their
+UPDATE`; the run leases the writes are fenced by are read first, in one statement),
+commits, and wakes the application's loop once to settle all of their
 futures: one commit, and one WAL flush when any write in the batch is durable (a batch
 of non-durable writes commits with `synchronous_commit = off`).
 
 A write whose operations raise is taken out and the transaction redone without it, so
 one bad write cannot sink the others (as in the LMDB writer). A deadlock or
-serialization failure against another process redoes the batch. A lost connection
-fails the batch with a `StoreError` saying whether it may have been saved, and the
-next batch connects again: a restart of the server costs the writes in flight, not
-the store.
+serialization failure against another process redoes the batch. A connection lost
+before the batch's COMMIT was sent (nothing of it was saved) is made again and the
+batch redone, for up to the store's timeout: a restart of the server costs latency,
+not errors. A connection lost during the COMMIT, or for longer, fails the batch with a
+`StoreError` saying whether it may have been saved, and the next batch connects again.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from typing import Any, cast
 
 from roost._histogram import BATCH_BUCKETS, Histogram
 from roost._logging import get_logger
-from roost.errors import RoostError, StoreError
+from roost.errors import RoostError, StoreError, StoreUnreachable
 from roost.storage._writer import Outcome, WriteRequest, _describe, _resolve
+from roost.storage.ops import Fence
 from roost.storage.postgres import _sql
 
 # Bounds one transaction's size and the wait of the writes queued behind it.
@@ -55,7 +58,8 @@ class PostgresWriter:
     def __init__(self, io_loop: asyncio.AbstractEventLoop, loop: asyncio.AbstractEventLoop,
                  connect: Callable[[], Awaitable[Any]], connection: Any, *, url: str,
                  connection_errors: tuple[type[BaseException], ...],
-                 retry_errors: tuple[type[BaseException], ...]) -> None:
+                 retry_errors: tuple[type[BaseException], ...],
+                 reconnect_for: float = 10.0) -> None:
         self._io_loop = io_loop
         self._loop = loop
         self._connect = connect
@@ -63,6 +67,8 @@ class PostgresWriter:
         self._url = url
         self._connection_errors = connection_errors
         self._retry_errors = retry_errors
+        self._reconnect_for = reconnect_for  # seconds a batch waits for a lost server
+        self._lost_server = (*connection_errors, StoreUnreachable)  # ... connecting again too
         self._pending: list[WriteRequest] = []  # this loop tick's writes, not yet handed over
         self._queue: collections.deque[WriteRequest] = collections.deque()
         self._wake = asyncio.Event()
@@ -179,7 +185,7 @@ class PostgresWriter:
         """Commit `batch` in one transaction; say how each write went."""
         outcomes: list[Outcome] = []
         started = time.perf_counter()
-        retries = 0
+        retries = reconnects = 0
         while batch:
             stage = "write"
             try:
@@ -187,8 +193,12 @@ class PostgresWriter:
                 durable = any(request.durable for request in batch)
                 await connection.execute(
                     "BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off")
+                fenced = {op.run_id for request in batch for op in request.ops
+                          if isinstance(op, Fence)}
+                leases = await _sql.lock_leases(connection, fenced) if fenced else {}
                 try:
-                    results = [await self._apply(connection, request) for request in batch]
+                    results = [await self._apply(connection, request, leases)
+                               for request in batch]
                 except _Refused as refused:
                     await connection.execute("ROLLBACK")
                     batch.remove(refused.request)
@@ -206,6 +216,13 @@ class PostgresWriter:
                 return outcomes + self._fail_all(batch, "write", cast(Exception, error))
             except Exception as error:
                 self._drop_connection()
+                if (stage == "write" and isinstance(error, self._lost_server)
+                        and time.perf_counter() - started < self._reconnect_for):
+                    # Lost before COMMIT was sent: nothing of it was saved, so it is safe to
+                    # redo once the server is back (a restart costs latency, not errors).
+                    reconnects += 1
+                    await asyncio.sleep(min(0.5, 0.02 * 2 ** min(reconnects, 5)))
+                    continue
                 return outcomes + self._fail_all(batch, stage, error)
             self.commits += 1
             if durable:
@@ -218,9 +235,10 @@ class PostgresWriter:
             return outcomes
         return outcomes
 
-    async def _apply(self, connection: Any, request: WriteRequest) -> list[Any]:
+    async def _apply(self, connection: Any, request: WriteRequest,
+                     leases: _sql.Leases) -> list[Any]:
         try:
-            return await _sql.apply_all(connection, request.ops)
+            return await _sql.apply_all(connection, request.ops, leases)
         except self._connection_errors + self._retry_errors:
             raise
         except Exception as error:

@@ -39,7 +39,7 @@ from roost.errors import (
 )
 from roost.storage._keys import SEQ_SIZE, key_range
 from roost.storage._writer import WriteRequest
-from roost.storage.ops import DATABASES, Append, Delete, Insert, Op, Put, Update
+from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 from roost.storage.postgres import _sql
 from roost.storage.postgres._io import IoThread
 from roost.storage.postgres._schema import prepare
@@ -79,8 +79,10 @@ class PostgresStore:
         self._durable_default = durability == "sync"
         self._timeout = timeout
         self._errors: tuple[type[BaseException], ...] = (
-            OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+            OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError)
         self._closed = False
+        self._fencer: Callable[[Sequence[Op]], list[Op]] | None = None
         # Snapshot reads running in other threads: `close` waits for them (they need the
         # I/O loop to finish), as LMDB's close waits for its read transactions.
         self._readers = 0
@@ -88,8 +90,8 @@ class PostgresStore:
 
     @classmethod
     def open(cls, url: str, *, durability: Durability = "sync", create: bool = True,
-             readonly: bool = False, timeout: float = 10.0,
-             pool_size: int = 8) -> PostgresStoreOpening:
+             readonly: bool = False, timeout: float = 10.0, pool_size: int = 8,
+             idle_transaction_timeout: float | None = None) -> PostgresStoreOpening:
         """Open (creating or migrating its tables if needed) the store at `url`.
 
         Await the result for a store you close yourself, or use it with `async with`.
@@ -105,6 +107,10 @@ class PostgresStore:
             readonly: no writer: `commit` raises `StoreError`.
             timeout: seconds to connect, and the most a blocking snapshot read waits.
             pool_size: connections for reads (the writer has one of its own).
+            idle_transaction_timeout: seconds after which the server ends a session of
+                this store left idle inside a transaction (the process stalled: paused,
+                swapping), releasing its row locks; a cluster's node sets its lease, so
+                a stalled node cannot keep others from taking its runs over.
 
         Raises:
             ConfigurationError: a bad URL or setting.
@@ -117,21 +123,29 @@ class PostgresStore:
         """
         async def opening() -> PostgresStore:
             return await cls._open(url, durability=durability, create=create,
-                                   readonly=readonly, timeout=timeout, pool_size=pool_size)
+                                   readonly=readonly, timeout=timeout, pool_size=pool_size,
+                                   idle_transaction_timeout=idle_transaction_timeout)
 
         return PostgresStoreOpening(opening)
 
     @classmethod
     async def _open(cls, url: str, *, durability: Durability, create: bool, readonly: bool,
-                    timeout: float, pool_size: int) -> PostgresStore:
+                    timeout: float, pool_size: int,
+                    idle_transaction_timeout: float | None) -> PostgresStore:
         check_url(url)
         shown = redact(url)
         if durability not in ("sync", "async"):
             raise ConfigurationError(f"durability={durability!r} is not a durability mode; "
                                      "use 'sync' or 'async'")
-        for name, value in (("timeout", timeout), ("pool_size", pool_size)):
+        checked: list[tuple[str, object]] = [("timeout", timeout), ("pool_size", pool_size)]
+        if idle_transaction_timeout is not None:
+            checked.append(("idle_transaction_timeout", idle_transaction_timeout))
+        for name, value in checked:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"{name}={value!r} must be a positive number")
+        settings = {} if idle_transaction_timeout is None else {
+            "idle_in_transaction_session_timeout": str(max(1, round(idle_transaction_timeout
+                                                                    * 1000)))}
         try:
             asyncpg = importlib.import_module("asyncpg")
         except ImportError:
@@ -145,7 +159,7 @@ class PostgresStore:
                 store = await io.call(cls._start(
                     url, shown, asyncpg, io, loop, durability=durability,
                     create=create and not readonly, readonly=readonly, timeout=timeout,
-                    pool_size=int(pool_size)))
+                    pool_size=int(pool_size), settings=settings))
             except BaseException:
                 await anyio.to_thread.run_sync(io.stop)
                 raise
@@ -154,16 +168,17 @@ class PostgresStore:
     @classmethod
     async def _start(cls, url: str, shown: str, asyncpg: Any, io: IoThread,
                      loop: asyncio.AbstractEventLoop, *, durability: Durability, create: bool,
-                     readonly: bool, timeout: float, pool_size: int) -> PostgresStore:
+                     readonly: bool, timeout: float, pool_size: int,
+                     settings: dict[str, str]) -> PostgresStore:
         """On the I/O loop: connect, check or create the schema, start the pool and writer."""
         async def connect() -> Any:
-            return await _connect(asyncpg, url, shown, timeout)
+            return await _connect(asyncpg, url, shown, timeout, settings)
 
         connection = await connect()
         try:
             store_id = await prepare(connection, shown, create=create)
             pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size,
-                                             timeout=timeout)
+                                             timeout=timeout, server_settings=settings)
         except BaseException:
             connection.terminate()
             raise
@@ -173,10 +188,13 @@ class PostgresStore:
         else:
             writer = PostgresWriter(
                 io.loop, loop, connect, connection, url=shown,
+                # InternalClientError: a connection left mid-operation when its server went.
                 connection_errors=(OSError, TimeoutError, asyncpg.InterfaceError,
                                    asyncpg.PostgresConnectionError,
-                                   asyncpg.exceptions.OperatorInterventionError),
-                retry_errors=(asyncpg.exceptions.TransactionRollbackError,))
+                                   asyncpg.exceptions.OperatorInterventionError,
+                                   asyncpg.exceptions.InternalClientError),
+                retry_errors=(asyncpg.exceptions.TransactionRollbackError,),
+                reconnect_for=timeout)
             writer.start()
         return cls(shown, io, writer, pool, asyncpg, store_id, loop, durability=durability,
                    timeout=timeout)
@@ -286,10 +304,33 @@ class PostgresStore:
             return []
         for op in ops:
             self._check(op)
+        fences = () if self._fencer is None else self._fencer(ops)
+        if fences:
+            ops = [*fences, *ops]
         future: asyncio.Future[list[Any]] = self._loop.create_future()
         self._writer.submit(WriteRequest(
             tuple(ops), self._durable_default if durable is None else durable, future))
-        return await future
+        results = await future
+        return results[len(fences):] if fences else results  # the caller's operations' only
+
+    def fence_with(self, fencer: Callable[[Sequence[Op]], list[Op]] | None) -> None:
+        """Have every `commit` start with the operations `fencer(ops)` gives (called in the
+        committing task, so it may read its context): how a cluster makes each write of a
+        run it leases conditional on its lease (`Fence`). None removes it."""
+        self._fencer = fencer
+
+    async def on_connection(self, function: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """`await function(connection)` with a pooled asyncpg connection, on the store's I/O
+        loop: for a cluster's statements on its own tables (nodes, leases).
+
+        Raises:
+            StoreError: the store is closed, or the server failed the statements.
+        """
+        async def run() -> T:
+            async with self._pool.acquire(timeout=self._timeout) as connection:
+                return await function(connection)
+
+        return await self._call("running cluster statements", run())
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -444,15 +485,16 @@ class PostgresStore:
         elif isinstance(op, Append):
             self._check_db(op.db)
             self._check_key(op.prefix + bytes(SEQ_SIZE))
-        else:
+        elif not isinstance(op, Fence | Lease):
             raise ConfigurationError(f"{op!r} is not a store operation; use Put, Insert, "
                                      "Delete, Append or Update")
 
 
-async def _connect(asyncpg: Any, url: str, shown: str, timeout: float) -> Any:
+async def _connect(asyncpg: Any, url: str, shown: str, timeout: float,
+                   settings: dict[str, str]) -> Any:
     """One connection to `url`; the errors of a bad URL, server or login, named clearly."""
     try:
-        return await asyncpg.connect(url, timeout=timeout)
+        return await asyncpg.connect(url, timeout=timeout, server_settings=settings)
     except asyncpg.InvalidAuthorizationSpecificationError as error:  # includes a bad password
         raise StoreAccessDenied(shown, str(error)) from None
     except asyncpg.InvalidCatalogNameError as error:

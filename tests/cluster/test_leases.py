@@ -1,0 +1,162 @@
+"""Specifications of run leases (`roost.cluster`): a run's lease is written with its record and
+renewed by its node's heartbeat, a node that lost a lease has its writes refused and stops
+the run there, any node with a free slot takes expired and queued runs over, and a run taken
+over too often is parked.
+
+Two systems in this process play two nodes on one schema of the session's server; the
+fault tests (test_faults.py) do the same with real processes and real failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+import roost
+from roost import Pipeline, RunStep, Step
+from roost.errors import LeaseLost, RunInterrupted
+from roost.storage import RunStatus
+
+pytestmark = pytest.mark.anyio
+
+RELEASE = asyncio.Event()
+SEEN: list[tuple[str, str]] = []
+
+
+class Hold(roost.Actor):
+    """Records the step and, on a node named `a`, waits for the test's signal."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    async def receive(self, message: RunStep) -> str:
+        SEEN.append((self.node, message.step))
+        if self.node == "a" and message.step == "second":
+            await RELEASE.wait()
+        return message.step
+
+
+def pipeline(node: str) -> Pipeline:
+    class Worker(Hold):
+        def __init__(self) -> None:
+            super().__init__(node)
+
+    return Pipeline("p", [Step("first", Worker), Step("second", Worker, after="first"),
+                          Step("third", Worker, after="second")])
+
+
+def node(url: str, node_id: str, **settings: Any) -> roost.ActorSystem:
+    return roost.ActorSystem(store=url, node_id=node_id, log_format="json", log_level="critical",
+                             **settings)
+
+
+async def sql(url: str, statement: str, *args: Any) -> Any:
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetch(statement, *args)
+    finally:
+        await connection.close()
+
+
+async def until(what: str, check: Any, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await check():  # noqa: ASYNC110 - polls the database, which has no event
+            await anyio.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> None:
+    global RELEASE
+    SEEN.clear()
+    RELEASE = asyncio.Event()  # an event belongs to the loop of the test that first waits
+
+
+async def test_a_runs_lease_is_written_with_it_and_goes_when_it_ends(postgres_url: str) -> None:
+    async with node(postgres_url, "a", lease=2.0) as system:
+        RELEASE.set()
+        handle = await system.pipelines.start(pipeline("a"), run_id="run-1")
+        [row] = await sql(postgres_url, "SELECT owner, epoch, takeovers FROM roost_leases")
+        assert tuple(row) == ("a", 1, 0)
+
+        assert (await handle.result()).status == "completed"
+
+        async def gone() -> bool:
+            return not await sql(postgres_url, "SELECT 1 FROM roost_leases")
+
+        await until("the lease's release", gone)
+
+
+async def test_a_stalled_nodes_run_is_taken_over_and_its_late_writes_are_refused(
+        postgres_url: str) -> None:
+    # Node a renews rarely (it "stalls") and has no free slot to claim its run back with;
+    # node b claims as soon as a lease expires.
+    async with node(postgres_url, "a", lease=60.0, heartbeat=30.0, max_active_runs=1) as a, \
+            node(postgres_url, "b", lease=1.0) as b:
+        await b.pipelines.register(pipeline("b"))
+        handle = await a.pipelines.start(pipeline("a"), run_id="run-1")
+
+        async def at_second() -> bool:
+            return ("a", "second") in SEEN
+
+        await until("node a at the second step", at_second)
+        await sql(postgres_url, "UPDATE roost_leases SET lease_until = now()")
+
+        records = b.pipelines.runs
+
+        async def completed() -> bool:
+            return (await records.get("run-1")).status == RunStatus.COMPLETED
+
+        await until("the run's completion on node b", completed)
+        assert b.cluster is not None and b.cluster.statistics()["took_over"] == 1
+        RELEASE.set()  # node a's step returns: its checkpoint is refused
+
+        with pytest.raises(RunInterrupted) as raised:
+            await handle.result()
+        assert isinstance(raised.value.cause, LeaseLost)
+        assert "goes on there" in str(raised.value)
+        assert (await records.get("run-1")).status == RunStatus.COMPLETED
+        assert SEEN.count(("b", "third")) == 1 and ("a", "third") not in SEEN
+
+
+async def test_queued_runs_are_claimed_by_nodes_with_free_slots(postgres_url: str) -> None:
+    RELEASE.set()
+    async with node(postgres_url, "a", lease=2.0, max_active_runs=1) as a, \
+            node(postgres_url, "b", lease=2.0) as b:
+        await b.pipelines.register(pipeline("b"))
+        on_a = pipeline("a")
+        for i in range(6):
+            await a.pipelines.start(on_a, run_id=f"run-{i}")
+        records = a.pipelines.runs
+
+        async def all_completed() -> bool:
+            return len(await records.list(status=RunStatus.COMPLETED)) == 6
+
+        await until("every run's completion", all_completed)
+
+    assert {node for node, step in SEEN if step == "first"} >= {"b"}
+    assert len([1 for _, step in SEEN if step == "third"]) == 6
+
+
+async def test_a_run_taken_over_too_often_is_parked_with_the_reason(postgres_url: str) -> None:
+    async with node(postgres_url, "a", lease=60.0, heartbeat=30.0, max_active_runs=1) as a, \
+            node(postgres_url, "b", lease=1.0, max_takeovers=1) as b:
+        await b.pipelines.register(pipeline("b"))
+        await a.pipelines.start(pipeline("a"), run_id="run-1")
+        await sql(postgres_url, "UPDATE roost_leases SET lease_until = now(), takeovers = 1")
+
+        async def parked() -> bool:
+            rows = await sql(postgres_url, "SELECT parked FROM roost_leases")
+            return bool(rows) and rows[0][0] is not None
+
+        await until("the run's parking", parked)
+        record = await b.pipelines.runs.get("run-1")
+        RELEASE.set()
+
+    assert record.status == RunStatus.SUSPENDED
+    assert "taken over 2 times (max_takeovers=1)" in (record.error or "")
+    [row] = await sql(postgres_url, "SELECT owner, parked FROM roost_leases")
+    assert row[0] is None and "parked by node 'b'" in row[1]
