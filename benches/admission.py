@@ -3,8 +3,8 @@
 `admission_10k_runs`: 10,000 runs of a 3-step chain (each step returns a ~1 KB record)
 are started together and awaited, in a system with `max_active_runs` at its default
 (1,000): 9,000 wait in the durable queue. Units: completed runs/s. Baseline, same run:
-the same system and pipeline with 1,000 runs started at once (none queued). Target
-ratio >= 0.8.
+the same system and pipeline with 1,000 runs started at once (none queued). Best of 3
+rounds each, the two alternating, each in a fresh store. Target ratio >= 0.8.
 
 `admission_queued_per_mib`: how many queued runs fit in a MiB of resident memory:
 10,000 runs are started while every slot (`max_active_runs=10`) is held by a blocked
@@ -31,6 +31,7 @@ from benches._figure import Figure, Target
 NAMES = ("admission_10k_runs", "admission_queued_per_mib")
 TARGETS = {"admission_10k_runs": Target(ratio=0.8), "admission_queued_per_mib": Target(ratio=1)}
 MANY, FEW = 10_000, 1_000
+ROUNDS = 3  # the best of each: the rounds least disturbed by the other core
 TARGET_BYTES = 2048
 
 
@@ -96,8 +97,10 @@ def _in_fresh_process(folder: Path) -> float:
 
 def measure() -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="roost-bench-") as folder:
-        many = asyncio.run(_rate(Path(folder) / "many", MANY))
-        few = asyncio.run(_rate(Path(folder) / "few", FEW))
+        many = few = 0.0
+        for round_number in range(ROUNDS):  # alternating, so drift hits both alike
+            many = max(many, asyncio.run(_rate(Path(folder) / f"many{round_number}", MANY)))
+            few = max(few, asyncio.run(_rate(Path(folder) / f"few{round_number}", FEW)))
         per_run = _in_fresh_process(Path(folder) / "queued")
     return [
         Figure("admission_10k_runs", many, "runs/s", "1,000 runs at once (none queued)", few),
