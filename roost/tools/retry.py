@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -394,7 +395,9 @@ class Watchdog:
             self._expired.clear()
         self._new[attempt] = (task, limit)
         if self._sweep is None:
-            self._sweep = loop.call_later(self.SWEEP, self._arm)
+            # Timers run in a context of their own: the caller's would keep its actor (and
+            # all it holds) alive until a cancelled timer leaves the loop's heap.
+            self._sweep = loop.call_later(self.SWEEP, self._arm, context=contextvars.Context())
         try:
             return await attempt
         except asyncio.CancelledError:
@@ -414,7 +417,8 @@ class Watchdog:
         self._sweep = None
         for attempt, (task, limit) in self._new.items():
             # It started at most SWEEP seconds ago: from now, `limit` is never too early.
-            self._timers[attempt] = task.get_loop().call_later(limit, self._expire, attempt, task)
+            self._timers[attempt] = task.get_loop().call_later(
+                limit, self._expire, attempt, task, context=contextvars.Context())
         self._new.clear()
 
     def _expire(self, attempt: object, task: asyncio.Task[Any]) -> None:

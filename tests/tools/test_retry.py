@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import random
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -406,6 +409,10 @@ async def test_a_deadline_that_ends_the_wait_for_a_slot_is_a_known_outcome() -> 
     assert (calls, recheck.errors) == ([], [])
 
 
+class Holder:
+    """Something a caller's context holds (weakly referenceable)."""
+
+
 # --- the watchdog ---------------------------------------------------------------------------
 
 
@@ -452,3 +459,33 @@ async def test_an_attempt_that_swallows_its_cut_off_leaves_its_task_uncancelled(
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
     await anyio.lowlevel.checkpoint()  # a pending cancellation would be raised here
+
+
+@pytest.mark.anyio
+async def test_the_watchdog_keeps_nothing_of_its_callers_alive_after_their_attempts() -> None:
+    """Its timers must not hold the context of the caller that armed them (an actor and all
+    it holds) until a long limit passes."""
+    watchdog = Watchdog()
+    holder: contextvars.ContextVar[object] = contextvars.ContextVar("holder")
+    caller_state = Holder()
+    seen = weakref.ref(caller_state)
+
+    async def an_attempt_past_a_sweep() -> str:
+        await asyncio.sleep(Watchdog.SWEEP * 3)
+        return "done"
+
+    async def caller(state: Holder) -> str:
+        holder.set(state)
+        return await watchdog.run(an_attempt_past_a_sweep, 60.0, "mail")
+
+    # An earlier timer, as a busy system always has: a cancelled timer behind it stays in
+    # the loop's heap until it would have fired.
+    earlier = asyncio.get_running_loop().call_later(30.0, lambda: None)
+    try:
+        assert await asyncio.create_task(caller(caller_state)) == "done"
+        await asyncio.sleep(0)  # the loop lets go of the finished task's wake-up
+        del caller_state
+        gc.collect()
+        assert seen() is None
+    finally:
+        earlier.cancel()
