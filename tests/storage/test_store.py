@@ -1,4 +1,6 @@
-"""Specifications of `roost.storage.store`: commits, reads, group commit, map growth, failures."""
+"""Specifications of `roost.storage.store` that only the LMDB store has: its folder and lock,
+map growth, the writer thread's failures. What every store must do (commits, scans,
+snapshots, a closed store) is specified once in test_store_contract.py, run against both."""
 
 from __future__ import annotations
 
@@ -8,58 +10,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from roost.errors import ConfigurationError, RunNotFound, StoreError, StoreUnavailable
-from roost.storage import Append, Delete, Insert, Op, Put, Store, Update
+from roost.errors import ConfigurationError, StoreError, StoreUnavailable
+from roost.storage import Delete, Insert, Put, Store, Update
 from roost.storage.ops import Changed
 from roost.storage.store import Snapshot
 
 pytestmark = pytest.mark.anyio
-
-
-async def test_a_committed_write_is_read_back_after_the_store_is_reopened(tmp_path: Path) -> None:
-    async with Store.open(tmp_path) as store:
-        assert await store.commit([Put("runs", b"r1", b"one"), Put("gates", b"g1", b"gate")]) \
-            == [None, None]
-    store = await Store.open(tmp_path)
-    try:
-        assert await store.get("runs", b"r1") == b"one"
-        assert await store.get("gates", b"g1") == b"gate"
-        assert await store.get("runs", b"g1") is None
-    finally:
-        await store.close()
-
-
-async def test_commit_applies_operations_in_order_and_returns_their_results(store: Store) -> None:
-    results = await store.commit([
-        Put("ledger", b"k", b"1"),
-        Update("ledger", b"k", lambda current: (current or b"") + b"2"),
-        Append("traces", b"t\x00", lambda seq: b"span %d" % seq),
-        Append("traces", b"t\x00", lambda seq: b"span %d" % seq),
-        Delete("ledger", b"absent"),
-    ])
-
-    assert results == [None, b"12", 1, 2, False]
-    assert await store.get("ledger", b"k") == b"12"
-    assert [value async for _, value in store.scan("traces", prefix=b"t\x00")] \
-        == [b"span 1", b"span 2"]
-
-
-async def test_an_insert_stores_a_new_key_and_leaves_an_existing_one_as_it_was(
-        store: Store) -> None:
-    assert await store.commit([Insert("ledger", b"k", b"first"), Insert("ledger", b"k", b"second"),
-                               Insert("ledger", b"j", b"other")]) == [True, False, True]
-
-    assert await store.get("ledger", b"k") == b"first"
-    assert await store.get("ledger", b"j") == b"other"
-    with pytest.raises(ConfigurationError, match="LMDB keys must be 1 to 511 bytes"):
-        await store.commit([Insert("ledger", b"", b"v")])
 
 
 class TracedPut(Put, frozen=True, gc=False):
@@ -118,48 +81,6 @@ async def test_scan_yields_keys_under_a_prefix_in_order_forward_and_reverse(stor
 
     assert forward == keys
     assert backward == keys[::-1]
-
-
-async def test_scan_honours_start_stop_and_limit(store: Store) -> None:
-    await store.commit([Put("traces", b"k%03d" % i, b"") for i in range(300)])
-
-    window = [key async for key, _ in store.scan("traces", start=b"k010", stop=b"k020")]
-    last_three = [key async for key, _ in store.scan("traces", reverse=True, limit=3)]
-    limited = [key async for key, _ in store.scan("traces", start=b"k005", limit=260)]
-
-    assert window == [b"k%03d" % i for i in range(10, 20)]
-    assert last_three == [b"k299", b"k298", b"k297"]
-    assert limited == [b"k%03d" % i for i in range(5, 265)]
-
-
-async def test_last_finds_the_greatest_key_under_a_prefix(store: Store) -> None:
-    await store.commit([Put("traces", key, key) for key in (b"a\x00\x01", b"a\x00\x02", b"b")])
-
-    assert await store.last("traces", b"a\x00") == (b"a\x00\x02", b"a\x00\x02")
-    assert await store.last("traces", b"b") == (b"b", b"b")
-    assert await store.last("traces", b"c") is None
-
-
-async def test_a_hundred_concurrent_durable_writes_share_a_few_commits_and_syncs(
-        store: Store) -> None:
-    async with anyio.create_task_group() as group:
-        for i in range(100):
-            group.start_soon(store.commit, [Put("runs", b"r%03d" % i, b"v")])
-
-    statistics = store.statistics()
-    assert statistics.writes == 100
-    assert statistics.commits <= 10
-    assert statistics.syncs <= 10
-
-
-async def test_a_cancelled_commit_may_still_be_saved_and_the_writer_carries_on(
-        store: Store) -> None:
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await store.commit([Put("runs", b"cancelled", b"v")])
-
-    assert await store.commit([Put("runs", b"next", b"v")]) == [None]
-    assert await store.get("runs", b"cancelled") == b"v"  # queued before the cancel landed
 
 
 async def test_an_async_store_acknowledges_without_syncing_and_flushes_at_close(
@@ -224,46 +145,6 @@ async def test_reads_stay_correct_while_the_map_grows_under_them(tmp_path: Path)
         assert seen and all(seen)
 
 
-async def test_a_write_whose_function_raises_fails_alone_and_the_store_keeps_working(
-        store: Store) -> None:
-    def broken(current: bytes | None) -> bytes:
-        raise ValueError("boom")
-
-    outcomes: dict[str, object] = {}
-
-    async def run(name: str, ops: Sequence[Op]) -> None:
-        try:
-            outcomes[name] = await store.commit(ops)
-        except StoreError as exc:
-            outcomes[name] = exc
-
-    bad: list[Op] = [Put("runs", b"b", b"2"), Update("runs", b"c", broken)]
-    async with anyio.create_task_group() as group:
-        group.start_soon(run, "good-1", [Put("runs", b"a", b"1")])
-        group.start_soon(run, "bad", bad)
-        group.start_soon(run, "good-2", [Put("runs", b"d", b"3")])
-
-    assert outcomes["good-1"] == [None]
-    assert outcomes["good-2"] == [None]
-    error = outcomes["bad"]
-    assert isinstance(error, StoreError)
-    assert store.path in str(error)
-    assert "update b'c' in 'runs'" in str(error)
-    assert isinstance(error.__cause__, ValueError)
-    assert await store.get("runs", b"b") is None  # all or nothing
-    assert await store.commit([Put("runs", b"e", b"4")]) == [None]
-    assert store.statistics().failed_writes == 1
-
-
-async def test_a_roost_error_raised_by_a_write_function_reaches_the_caller_unchanged(
-        store: Store) -> None:
-    def refuse(current: bytes | None) -> bytes:
-        raise RunNotFound("r1")
-
-    with pytest.raises(RunNotFound, match="r1"):
-        await store.commit([Update("runs", b"r1", refuse)])
-
-
 async def test_a_failed_flush_fails_the_durable_writes_and_the_store_keeps_working(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     writer = store._writer  # fault injection at the writer's flush
@@ -280,18 +161,6 @@ async def test_a_failed_flush_fails_the_durable_writes_and_the_store_keeps_worki
     assert store.statistics().failed_writes == 1
 
 
-async def test_operations_the_store_cannot_take_are_refused_before_writing(store: Store) -> None:
-    with pytest.raises(ConfigurationError, match="unknown database 'nope'"):
-        await store.commit([Put("nope", b"k", b"v")])
-    with pytest.raises(ConfigurationError, match="LMDB keys must be 1 to 511 bytes"):
-        await store.commit([Put("runs", b"k" * 512, b"v")])
-    with pytest.raises(ConfigurationError, match="LMDB keys must be 1 to 511 bytes"):
-        await store.get("runs", b"")
-    with pytest.raises(ConfigurationError, match="is not a store operation"):
-        await store.commit(["put"])  # type: ignore[list-item]
-    assert store.statistics().commits == 0
-
-
 async def test_a_read_on_the_loop_sees_what_a_read_in_a_thread_sees_without_the_hop(
         store: Store) -> None:
     await store.commit([Put("runs", b"a", b"1"), Put("runs", b"b", b"2"), Put("ledger", b"c", b"3")])
@@ -304,21 +173,6 @@ async def test_a_read_on_the_loop_sees_what_a_read_in_a_thread_sees_without_the_
 
     assert on_loop == (threading.get_ident(), b"3", [(b"a", b"1"), (b"b", b"2")])
     assert in_thread[0] != on_loop[0] and in_thread[1:] == on_loop[1:]
-
-
-async def test_a_closed_store_refuses_reads_and_writes(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path)
-    await store.close()
-    await store.close()  # closing twice is harmless
-
-    with pytest.raises(StoreError, match="is closed"):
-        await store.commit([Put("runs", b"k", b"v")])
-    with pytest.raises(StoreError, match="is closed"):
-        await store.get("runs", b"k")
-    with pytest.raises(StoreError, match="is closed"):
-        [item async for item in store.scan("runs")]
-    with pytest.raises(StoreError, match="is closed"):
-        store.read_on_loop(lambda snapshot: snapshot.get("runs", b"k"))
 
 
 async def test_bad_settings_are_refused_at_open(tmp_path: Path) -> None:
