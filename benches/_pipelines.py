@@ -64,6 +64,16 @@ async def noop() -> None:
     """The baseline's step: a no-op async function."""
 
 
+async def runs_at_once(system: roost.ActorSystem, pipeline: Pipeline, runs: int) -> float:
+    """Seconds to start `runs` runs of `pipeline` at once and see them all complete."""
+    started = time.perf_counter()
+    handles = await asyncio.gather(*(system.pipelines.start(pipeline) for _ in range(runs)))
+    outcomes = await asyncio.gather(*(handle.result() for handle in handles))
+    elapsed = time.perf_counter() - started
+    assert all(outcome.status == "completed" for outcome in outcomes)
+    return elapsed
+
+
 def in_store_system(body: Callable[[roost.ActorSystem], Awaitable[float]],
                     store: Path | None = None) -> float:
     """Run `body(system)` in a fresh system (sync durability, logging off) with a fresh store,

@@ -24,16 +24,14 @@ Target: ratio >= 0.9, throughput flat as the store grows.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import roost
 from benches._figure import Figure, Target, best_rate
-from benches._pipelines import chain, in_store_system, naive_runs
+from benches._pipelines import chain, in_store_system, naive_runs, runs_at_once
 
 NAMES = ("pipeline_runs_1000", "pipeline_runs_1000_1kb", "pipeline_runs_1000_8kb",
          "pipeline_runs_1000_after_50k")
@@ -47,16 +45,6 @@ FILLED = 50_000
 ROUNDS = 5
 
 
-async def _round(system: roost.ActorSystem, pipeline: roost.Pipeline) -> float:
-    """Seconds to start RUNS runs of `pipeline` at once and see them all complete."""
-    started = time.perf_counter()
-    handles = await asyncio.gather(*(system.pipelines.start(pipeline) for _ in range(RUNS)))
-    outcomes = await asyncio.gather(*(handle.result() for handle in handles))
-    elapsed = time.perf_counter() - started
-    assert all(outcome.status == "completed" for outcome in outcomes)
-    return elapsed
-
-
 def engine_seconds(payload: int = 0, store: Path | None = None) -> float:
     """Seconds for one round of the 5-step chain, in a fresh store or in the store in
     folder `store`."""
@@ -64,7 +52,7 @@ def engine_seconds(payload: int = 0, store: Path | None = None) -> float:
     async def body(system: roost.ActorSystem) -> float:
         pipeline = chain(f"chain5-{payload}", payload)
         await (await system.pipelines.start(pipeline)).result()  # warm: pools, codecs
-        return await _round(system, pipeline)
+        return await runs_at_once(system, pipeline, RUNS)
 
     return in_store_system(body, store)
 
@@ -75,7 +63,7 @@ def fill(store: Path, runs: int) -> None:
     async def body(system: roost.ActorSystem) -> float:
         pipeline = chain("chain5-0")
         for _ in range(runs // RUNS):
-            await _round(system, pipeline)
+            await runs_at_once(system, pipeline, RUNS)
         return 0.0
 
     in_store_system(body, store)

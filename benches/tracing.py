@@ -35,6 +35,7 @@ import lmdb
 import roost
 from benches._actors import Sink
 from benches._figure import Figure, Target, report
+from benches._pipelines import runs_at_once
 from roost.pipelines.definition import Pipeline, RunStep, Step
 from roost.trace import new_span_id, new_trace_id
 from roost.tracing import Span, SpanKind, TraceStore
@@ -85,12 +86,7 @@ def runs_seconds(tracing: bool) -> float:
     async def body(system: roost.ActorSystem) -> float:
         pipeline = chain()
         await (await system.pipelines.start(pipeline)).result()  # warm: pools, codecs
-        started = time.perf_counter()
-        handles = await asyncio.gather(*(system.pipelines.start(pipeline) for _ in range(RUNS)))
-        outcomes = await asyncio.gather(*(handle.result() for handle in handles))
-        elapsed = time.perf_counter() - started
-        assert all(outcome.status == "completed" for outcome in outcomes)
-        return elapsed
+        return await runs_at_once(system, pipeline, RUNS)
 
     return in_system(tracing, body)
 
