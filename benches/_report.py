@@ -26,7 +26,13 @@ END = "<!-- figures: end -->"
 def record(figures: Iterable[Figure], loop_of: Mapping[str, str],
            path: Path = RESULTS) -> dict[str, dict[str, Any]]:
     """Merge freshly measured figures into the results file; return every kept result."""
-    results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+    results: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        try:
+            results = json.loads(path.read_text())
+        except ValueError as error:
+            raise SystemExit(f"{path} does not hold the figures as JSON ({error}); restore it "
+                             "with git, or delete it to start the table afresh") from None
     today = datetime.date.today().isoformat()
     for figure in figures:
         entry = figure.as_json()

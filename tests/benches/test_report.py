@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benches._figure import Figure, Target
 from benches._report import BEGIN, END, record, rewrite_readme, table
 
@@ -42,3 +44,11 @@ def test_the_readme_keeps_everything_outside_the_markers(tmp_path: Path) -> None
     assert text.startswith("# benches\n\nprose\n")
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert "| new |" in text and "| old |" not in text
+
+
+def test_a_damaged_results_file_is_named_and_left_as_it_was(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text('{"a": ')
+    with pytest.raises(SystemExit, match=r"results\.json does not hold the figures as JSON"):
+        record([Figure("a", 1.0, "ops/s", "raw", 1.0)], {"a": "asyncio"}, results)
+    assert results.read_text() == '{"a": '
