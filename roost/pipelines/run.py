@@ -311,6 +311,10 @@ class RunActor(Actor):
             await self._ended(str(record.status), record.error, record.failed_step)
             return
         self._open_span()
+        await self._go_on()
+
+    async def _go_on(self) -> None:
+        """Apply the decisions made since the run parked, then start what is ready."""
         try:
             ended = await self._apply_decisions()
         except RoostError as error:  # a stored decision that cannot be applied
@@ -746,22 +750,35 @@ class RunActor(Actor):
             return
         self.gates.extend(name for name in self.to_open if name not in self.gates)
         reason = "; ".join(f"{r.gate}: {r.reason}" for r in records)
-        ops: list[Op] = [op for record in records for op in gates.store.open_ops(record)]
+        decided: set[str] = set()  # gates decided since the run read them (see open_ops)
+        ops: list[Op] = [op for record in records for op in gates.store.open_ops(
+            record, seen=self.gate_records.get(record.gate), decided=decided)]
         try:
-            await self._checkpoint(f"gate:{','.join(self.to_open)}", self.pipelines.runs.change(
-                self.run_id, status=RunStatus.WAITING, error=reason), *ops)
+            await self._checkpoint(f"gate:{','.join(self.to_open)}", *ops,
+                                   self.pipelines.runs.park(self.run_id, reason, decided=decided))
         except StoreError as error:
             await self._pause(error)
             return
+        records = [r for r in records if r.gate not in decided]
         if self.span is not None:
             for record in records:
                 self.span.event("gate_opened", gate=record.gate, reason=record.reason,
                                 assignees=list(record.assignees))
         fresh = [r for r in records if self.gate_records.get(r.gate) is None
                  or self.gate_records[r.gate].status != "pending"]
+        gates.opened(fresh)
+        if decided:  # the run stayed running: go on with the decisions
+            _log.info("run_decided_while_parking", run_id=self.run_id, gates=sorted(decided))
+            self.to_open = {}
+            try:
+                await self._load_gates()
+            except StoreError as corrupt:
+                await self._finish("failed", error=str(corrupt))
+                return
+            await self._go_on()
+            return
         _log.info("run_waiting", run_id=self.run_id, pipeline=self.pipeline.name,
                   gates=list(self.to_open))
-        gates.opened(fresh)
         await self._ended("waiting", reason, None)
 
     def _gate_record(self, name: str, step_name: str) -> GateRecord:
@@ -864,15 +881,15 @@ class RunActor(Actor):
         self.encoded[step] = encoded
         self.unsaved.add(step)
 
-    async def _checkpoint(self, step: str, change: Op, *more: Op) -> None:
-        """Save the run's progress after `step` and `change` its record (and apply `more`),
-        in one store write, with the results completed since the last one."""
+    async def _checkpoint(self, step: str, *changes: Op) -> None:
+        """Save the run's progress after `step` and apply `changes` (its record's among
+        them), in one store write, with the results completed since the last one."""
         state = self._progress()
         results = [StepResults.put_op(self.run_id, name, bytes(self.encoded[name]))
                    for name in self.unsaved if name in self.encoded]
         saved = await self.pipelines.checkpoints.save(
             self.run_id, step=step, actor_path=self.ctx.path, state=state,
-            also=[*results, change, *more])
+            also=[*results, *changes])
         self.unsaved.clear()
         if self.span is not None:
             self.span.event("checkpoint", step=step, seq=saved.seq, bytes=len(state))

@@ -20,7 +20,7 @@ import msgspec
 from roost.errors import ConfigurationError, GateAlreadyDecided, GateClosed, GateNotFound
 from roost.storage._keys import SEQ_SIZE, pack_seq, unpack_seq
 from roost.storage.codecs import Record, RecordCodec
-from roost.storage.ops import Delete, Op, Put, Update
+from roost.storage.ops import Changed, Delete, Op, Put, Update
 from roost.storage.store import Store
 
 _DB = "gates"
@@ -141,21 +141,34 @@ class GateStore:
 
     # --- writes (operations, to commit with the run's own writes) ----------------------
 
-    def open_ops(self, record: GateRecord) -> builtins.list[Op]:
+    def open_ops(self, record: GateRecord, *, seen: GateRecord | None = None,
+                 decided: set[str] | None = None) -> builtins.list[Op]:
         """Store `record` as opened; a gate of that name already pending stays as it is
-        (a run that parks again at it keeps its first opening time and deadline)."""
+        (a run that parks again at it keeps its first opening time and deadline).
+
+        `seen` is the gate's record as the parking run last read it. If that was pending
+        and a decision has landed since (the run was resumed by another gate's decision
+        and is parking again), the decision stays and the gate's name is added to
+        `decided`, which the run's `RunStore.park` reads in the same write.
+        """
         key = gate_key(record.run_id, record.gate)
         encoded = _CODEC.encode(record)
+        deadline = () if record.deadline is None else (
+            Put(_DB, deadline_key(record.deadline, record.run_id, record.gate), b""),)
 
-        def open_gate(current: bytes | None) -> bytes:
-            if current is not None and _CODEC.decode(key, current).status == PENDING:
-                return current
-            return encoded
+        def open_gate(current: bytes | None) -> Changed:
+            if current is not None:
+                stored = _CODEC.decode(key, current)
+                if stored.status == PENDING:
+                    return current
+                if (seen is not None and seen.status == PENDING and stored.status == DECIDED
+                        and stored.opened_at == seen.opened_at):
+                    if decided is not None:
+                        decided.add(record.gate)
+                    return current
+            return encoded, deadline
 
-        ops: builtins.list[Op] = [Update(_DB, key, open_gate)]
-        if record.deadline is not None:
-            ops.append(Put(_DB, deadline_key(record.deadline, record.run_id, record.gate), b""))
-        return ops
+        return [Update(_DB, key, open_gate)]
 
     def decide_op(self, run_id: str, gate: str, decision: Decision) -> Update:
         """The operation that records `decision`: a no-op when the same decision is there,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import Any
 
@@ -192,6 +192,20 @@ class RunStore:
             return encoded
 
         return Update(_DB, key, update)
+
+    def park(self, run_id: str, reason: str, *, decided: Collection[str]) -> Update:
+        """The write that parks a running run `waiting` at its gates (`reason` says which),
+        to commit after their `GateStore.open_ops`: if one of those found its gate decided
+        meanwhile (named in `decided` by then), the run stays `running`, as it is, and
+        goes on with the decision instead of waiting over it."""
+        waiting = self.change(run_id, status=RunStatus.WAITING, error=reason)
+
+        def park(current: bytes | None) -> Changed:
+            if current is not None and decided:
+                return current
+            return waiting.change(current)  # RunNotFound for a run that is gone
+
+        return Update(waiting.db, waiting.key, park)
 
     def wake(self, run_id: str) -> Update:
         """The write that makes a run `waiting` at a gate `queued` (a decision was made), to

@@ -296,6 +296,30 @@ async def test_a_refused_decision_leaves_the_run_waiting_at_its_other_gate(
     assert set(ended[0].results) == {"a", "b"}
 
 
+async def test_two_gates_decided_at_once_both_hold_and_the_run_completes(
+        system: roost.ActorSystem) -> None:
+    # The second decision can land while the run, resumed by the first, is about to park
+    # again at the second gate: the park must see it and go on, not wait over it.
+    pipeline = Pipeline("two-gates", [Step("a", Seer, gate=Gate()), Step("b", Seer, gate=Gate())])
+    runs = [await system.pipelines.start(pipeline, "x", run_id=f"run-{i}") for i in range(20)]
+    for run in runs:
+        assert (await outcome(run)).waiting_at == ["a", "b"]
+
+    async def decide_both(run_id: str, apart: float) -> None:
+        await system.gates.decide(run_id, "a", "approve", by="ana")
+        await anyio.sleep(apart)
+        await system.gates.decide(run_id, "b", "approve", by="ana")
+
+    async with anyio.create_task_group() as tasks:
+        for i, run in enumerate(runs):  # 0 to 2 ms apart: one of them lands in the window
+            tasks.start_soon(decide_both, run.run_id, i / 10_000)
+
+    for run in runs:
+        done = await outcome(run, through_gates=True)
+        assert (done.status, set(done.results)) == ("completed", {"a", "b"})
+    assert await system.gates.pending() == []
+
+
 async def wait_into(ended: list[roost.RunOutcome], run: roost.RunHandle) -> None:
     ended.append(await outcome(run, through_gates=True))
 
