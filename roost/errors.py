@@ -587,6 +587,25 @@ class StepFailed(RoostError):
         super().__init__(f"run {run_id!r}: step {step!r} failed: {text}")
 
 
+class RemoteStepFailed(RoostError):
+    """A step sent to a pool on another node of the cluster failed there: the worker raised
+    (its type and message are kept), or the node could not run the request. The step's
+    retry policy decides on `retryable`, which the serving node judged against the real
+    exception."""
+
+    def __init__(self, run_id: str, step: str, pool: str, node: str, error_type: str,
+                 message: str, *, retryable: bool) -> None:
+        self.run_id = run_id
+        self.step = step
+        self.pool = pool
+        self.node = node
+        self.error_type = error_type
+        self.message = message
+        self.retryable = retryable
+        super().__init__(f"run {run_id!r}: step {step!r} failed on node {node!r} (pool "
+                         f"{pool!r}): {error_type}: {message}")
+
+
 class SystemBusy(RoostError):
     """`start(..., wait=False)` found every run slot taken (the caller asked not to queue)."""
 

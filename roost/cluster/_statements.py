@@ -11,6 +11,7 @@ from typing import Any
 
 from roost.storage.postgres._schema import LEASES_TABLE as _L
 from roost.storage.postgres._schema import NODES_TABLE as _N
+from roost.storage.postgres._schema import TASKS_TABLE as _T
 
 _JOIN = f"""INSERT INTO {_N} (id, host, pid, pools, dead_after) VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
@@ -18,13 +19,19 @@ _JOIN = f"""INSERT INTO {_N} (id, host, pid, pools, dead_after) VALUES ($1, $2, 
         heartbeat = now(), stopped_at = NULL"""
 
 # One round trip per heartbeat: the node's row, the leases of the runs it drives (renewed,
-# never shortened: see `extend`), those of runs that ended here (deleted) and those of runs
-# it let go of (expired, so that any node claims them at once). It answers, for each run it
-# drives, who holds the lease now, at which epoch, and the seconds it has left.
+# never shortened: see `extend`), those of runs that ended here (deleted, with their step
+# tasks) and those of runs it let go of (expired, so that any node claims them at once),
+# and the claims of the step tasks it is running for other nodes ($6). It answers, for
+# each run it drives, who holds the lease now, at which epoch, and the seconds it has left.
 _BEAT = f"""WITH node AS (
         UPDATE {_N} SET heartbeat = now() WHERE id = $1 RETURNING id),
     ended AS (
         DELETE FROM {_L} WHERE owner = $1 AND run_id = ANY($4::text[]) RETURNING run_id),
+    ended_tasks AS (
+        DELETE FROM {_T} WHERE run_id = ANY($4::text[]) RETURNING id),
+    tasks AS (
+        UPDATE {_T} SET claim_until = now() + make_interval(secs => $2)
+        WHERE id = ANY($6::bigint[]) AND claimed_by = $1 AND status = 'claimed' RETURNING id),
     let_go AS (
         UPDATE {_L} SET lease_until = now() WHERE owner = $1 AND run_id = ANY($5::text[])
         RETURNING run_id),
@@ -85,9 +92,9 @@ async def join(connection: Any, node_id: str, host: str, pid: int, pools: list[s
 
 
 async def beat(connection: Any, node_id: str, lease: float, held: list[str], ended: list[str],
-               let_go: list[str]) -> list[tuple[str, str | None, int, float]]:
+               let_go: list[str], tasks: list[int]) -> list[tuple[str, str | None, int, float]]:
     """The heartbeat; (run id, owner, epoch, seconds left) of each of the `held` runs' leases."""
-    rows = await connection.fetch(_BEAT, node_id, lease, held, ended, let_go)
+    rows = await connection.fetch(_BEAT, node_id, lease, held, ended, let_go, tasks)
     return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 

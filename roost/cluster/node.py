@@ -32,6 +32,7 @@ from roost._logging import get_logger
 from roost.cluster import _statements as sql
 from roost.cluster._fencing import runs_written
 from roost.cluster.settings import NodeSettings
+from roost.cluster.tasks import StepTasks
 from roost.errors import LeaseLost, StoreError
 from roost.storage import RunStatus
 from roost.storage.ops import Fence, Lease, Op
@@ -112,6 +113,10 @@ class Cluster:
         # here since. A freed slot claims at once only then; otherwise at the next beat.
         self._claimable = True
         self._task: asyncio.Task[None] | None = None
+        pipelines = system.pipelines
+        #: The step tasks it sends to other nodes' pools and runs for them.
+        self.tasks = StepTasks(self, pipelines.run_task, pipelines.registered_names,
+                               lambda: pipelines.admission.limit)
         #: Runs this node took over (from another node, or its own earlier epoch), parked,
         #: and whose lease it found lost (taken over while it stalled).
         self.took_over = 0
@@ -130,6 +135,7 @@ class Cluster:
         await self._sql(lambda c: sql.join(c, self.node_id, socket.gethostname(), os.getpid(),
                                            list(settings.pools), settings.dead_after))
         self.system.store.fence_with(self._fences)
+        self.tasks.start()
         self._task = asyncio.get_running_loop().create_task(
             self._heartbeat(), name=f"roost-heartbeat:{self.node_id}")
         _log.info("node_started", node=self.node_id, lease=settings.lease,
@@ -143,6 +149,7 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.tasks.stop()
         try:
             await self._sql(lambda c: sql.leave(c, self.node_id))
         except StoreError as error:  # its leases expire on their own
@@ -192,6 +199,11 @@ class Cluster:
         """Whether this node holds the run's lease (as far as it knows)."""
         return run_id in self._held
 
+    def epoch_of(self, run_id: str) -> int | None:
+        """The epoch at which this node holds the run's lease (None: it does not)."""
+        held = self._held.get(run_id)
+        return None if held is None else held.epoch
+
     async def before_tool(self, run_id: str, seconds: float) -> None:
         """Make sure this node's lease of `run_id` outlasts a tool attempt of `seconds` (and
         a heartbeat): renew it first if it would not. Does nothing for a run it does not
@@ -235,9 +247,11 @@ class Cluster:
                           row["takeovers"], row["parked"], row["remaining"]) for row in rows]
 
     def statistics(self) -> dict[str, Any]:
-        """The node's id, the leases it holds, and the runs it took over, parked and lost."""
+        """The node's id, the leases it holds, the runs it took over, parked and lost, and
+        the step tasks it sent to other nodes' pools and ran for them."""
         return {"node": self.node_id, "leases": len(self._held), "took_over": self.took_over,
-                "parked": self.parked, "lost": self.lost}
+                "parked": self.parked, "lost": self.lost, "tasks_sent": self.tasks.sent,
+                "tasks_served": self.tasks.served}
 
     # --- the store's fencer ---------------------------------------------------------------
 
@@ -284,8 +298,9 @@ class Cluster:
         """Renew the node's row and its leases, delete those of ended runs, expire those let go."""
         held, ended, let_go = list(self._held), list(self._ended), list(self._let_go)
         sent = time.monotonic()
+        tasks = self.tasks.running()
         rows = await self._sql(lambda c: sql.beat(c, self.node_id, self.settings.lease, held,
-                                                  ended, let_go))
+                                                  ended, let_go, tasks))
         self._ended.difference_update(ended)
         self._let_go.difference_update(let_go)
         if let_go:

@@ -11,14 +11,14 @@ until a person decides through `system.gates`; the run then resumes from the gat
 Modules: `definition` (Pipeline, Step, RunStep, validation), `run` (the run
 actor), `service` (`system.pipelines`: start, resume, list, cancel), `admission`
 (the bound on runs in flight), `gate` (Gate, Escalate, GateDecision) and `gates`
-(`system.gates`: decide, pending, notifications, the deadline timer).
+(`system.gates`: decide, pending, notifications, the deadline timer), `remote` (a
+step run in a pool on another node of a cluster).
 """
 
-from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
+from roost.pipelines.definition import NeedsReview, Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.gate import Escalate, Gate, GateDecision
 from roost.pipelines.gates import Gates
 from roost.pipelines.notify import GateNotification, SignatureInvalid, Webhook, verify_signature
-from roost.pipelines.run import NeedsReview
 from roost.pipelines.service import Pipelines, RunHandle, RunOutcome
 
 __all__ = [

@@ -57,6 +57,20 @@ class StepFailure(msgspec.Struct, frozen=True, tag="step_failure"):
     error: str
 
 
+class NeedsReview(msgspec.Struct, frozen=True, tag="needs_review"):
+    """A step result that asks a person: it opens the gate `<step>/review` and parks the run.
+
+    `data` is the step's proposed result, shown to the person: approving makes it the
+    step's result, an edit replaces it, and a rejection ends the run `rejected` (or
+    runs the review gate's `on_reject` step). Steps after it do not run before the
+    decision, not even after a crash: the review and the run's `waiting` status are
+    stored in one write.
+    """
+
+    reason: str
+    data: Any = None
+
+
 Condition = Callable[[Mapping[str, Any]], bool]
 ToolArgs = Callable[[Mapping[str, Any], Any], Mapping[str, Any]]
 
@@ -84,6 +98,11 @@ class Step(msgspec.Struct, frozen=True):
         workers: pool size for an actor step.
         capacity: the mailbox size of each of those workers; a full one makes the
             step's dispatch wait for room (backpressure), never fail.
+        pool: the named pool an actor step runs in (say "gpu"). On a cluster's node
+            that does not declare it (`ActorSystem(pools=...)`), each request becomes a
+            task in the database, which a node declaring the pool runs and answers
+            (see `roost.cluster.tasks`); a node declaring it, or a system on LMDB,
+            runs the step itself.
         gate: a `Gate` that opens before the step runs (named after the step): the
             run parks until a person decides. A tool step without one takes its
             tool's (`@tool(gate=...)`).
@@ -105,6 +124,7 @@ class Step(msgspec.Struct, frozen=True):
     output: Any = Any
     workers: int = 4
     capacity: int = 1000
+    pool: str | None = None
     gate: Gate | None = None
     review: Gate | None = None
 
@@ -183,6 +203,15 @@ class Pipeline:
         if isinstance(item.capacity, bool) or not isinstance(item.capacity, int) or item.capacity < 1:
             raise PipelineDefinitionError(
                 f"{where}: capacity must be a whole number >= 1, got {item.capacity!r}")
+        if item.pool is not None:
+            if not isinstance(item.pool, str) or not item.pool:
+                raise PipelineDefinitionError(
+                    f"{where}: pool must be a non-empty string (a pool's name), got {item.pool!r}")
+            if item.worker is None or isinstance(item.fallback, str):
+                raise PipelineDefinitionError(
+                    f"{where}: pool= places an actor step's workers; a tool step (or a tool "
+                    "fallback) runs on the node driving the run, so drop pool= or make the "
+                    "step an actor that calls the tool")
         for option, gate, gate_name in (("gate", item.gate, item.name),
                                         ("review", item.review, f"{item.name}/review")):
             if gate is None:

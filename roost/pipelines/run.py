@@ -35,13 +35,15 @@ from roost.errors import (
     CheckpointCorrupt,
     PermanentToolError,
     RecordCorrupt,
+    RemoteStepFailed,
     RoostError,
     StepFailed,
     StoreError,
     ToolOutcomeUnknown,
     ToolResultUnrecordable,
 )
-from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
+from roost.pipelines import remote
+from roost.pipelines.definition import NeedsReview, Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.gate import Gate, GateDecision
 from roost.storage import (
     Checkpoint,
@@ -66,20 +68,6 @@ if TYPE_CHECKING:
 
 _log = get_logger("roost")
 _ENCODER = msgspec.msgpack.Encoder()
-
-
-class NeedsReview(msgspec.Struct, frozen=True, tag="needs_review"):
-    """A step result that asks a person: it opens the gate `<step>/review` and parks the run.
-
-    `data` is the step's proposed result, shown to the person: approving makes it the
-    step's result, an edit replaces it, and a rejection ends the run `rejected` (or
-    runs the review gate's `on_reject` step). Steps after it do not run before the
-    decision, not even after a crash: the review and the run's `waiting` status are
-    stored in one write.
-    """
-
-    reason: str
-    data: Any = None
 
 
 class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
@@ -579,6 +567,10 @@ class RunActor(Actor):
         """Run the step (or, with `fallback`, its fallback once) under its retry policy."""
         policy = (step.retry if not fallback and step.retry is not None else Retry(attempts=1))
         policy = msgspec.structs.replace(policy, attempt_timeout=step.timeout)
+        if step.pool is not None:  # its node judged an error raised there (see `remote`)
+            local = policy
+            policy = msgspec.structs.replace(policy, retry_on=lambda error: (
+                error.retryable if isinstance(error, RemoteStepFailed) else local.retries(error)))
         step_span = self.step_spans.get(step.name)
         current: list[OpenSpan | None] = [None]  # the attempt under way's span
 
@@ -638,15 +630,36 @@ class RunActor(Actor):
                 gate_passed.reset(passed)
                 call_trace.reset(within)
                 handling.reset(outside)
+        # `scope` makes the request the step's unit of work: the tool calls the worker
+        # makes while handling it derive their keys from the run and the step.
+        trace = TraceContext(self.trace_id, span_id, self.run_id, scope)
+        cluster = self.pipelines.cluster
+        if step.pool is not None and cluster is not None and not cluster.tasks.serves(step.pool):
+            return await self._remote(step, step.pool, fallback=fallback, item=item,
+                                      index=index, attempt=attempt, edited=edited, trace=trace)
         pool = self.pipelines.worker_pool(self.pipeline, step, worker)
         request = RunStep(run_id=self.run_id, step=step.name,
                           input=self.input if edited is None else edited,
                           results=dict(self.results), item=item, index=index, attempt=attempt,
                           decisions=dict(self.decisions))
-        # `scope` makes the request the step's unit of work: the tool calls the worker
-        # makes while handling it derive their keys from the run and the step.
-        trace = TraceContext(self.trace_id, span_id, self.run_id, scope)
         return await pool.ask(request, timeout=step.timeout + 1.0, trace=trace)
+
+    async def _remote(self, step: Step, pool: str, *, fallback: bool, item: Any,
+                      index: int | None, attempt: int, edited: Any,
+                      trace: TraceContext) -> Any:
+        """Send the step's request to a node serving `pool` (through the database's step-task
+        queue) and wait for its result, decoded as the step's output (or one item's)."""
+        cluster = self.pipelines.cluster
+        assert cluster is not None
+        request = remote.encode_request(
+            step=step.name, fallback=fallback, input=self.input if edited is None else edited,
+            edited=edited is not None, item=item, index=index, attempt=attempt,
+            results={name: self.encoded[name] for name in self.results if name in self.encoded},
+            decisions=self.decisions, trace=trace)
+        node, answer = await cluster.tasks.call(self.run_id, self.pipeline.name, pool, request)
+        output = step.output if index is None else remote.item_type(step.output)
+        return remote.decode_answer(answer, run_id=self.run_id, step=step, pool=pool, node=node,
+                                    output=output)
 
     def _edited(self, step: Step) -> Any:
         """A person's edit at `step`'s gate (it replaces the step's request), or None."""

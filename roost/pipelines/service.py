@@ -43,6 +43,7 @@ from roost.errors import (
     StoreError,
     SystemBusy,
 )
+from roost.pipelines import remote
 from roost.pipelines.admission import Admission
 from roost.pipelines.definition import Pipeline, Step
 from roost.pipelines.gates import Gates
@@ -225,6 +226,13 @@ class Pipelines:
     def registered_names(self) -> builtins.list[str]:
         """The names of the pipelines registered here (those whose runs a node may claim)."""
         return builtins.list(self._registered)
+
+    async def run_task(self, run_id: str, pipeline: str, request: bytes) -> bytes:
+        """Run a step request that another node of the cluster sent to a pool this node
+        serves (`roost.cluster.tasks`), in the local worker pool; the encoded answer."""
+        node = "" if self.cluster is None else self.cluster.node_id
+        await self._runs_supervisor()  # the worker pools' supervisor, on a node with no run yet
+        return await remote.serve(self, node, run_id, pipeline, request)
 
     def system_running(self) -> bool:
         """Whether the system is running (runs can be resumed here now)."""

@@ -31,7 +31,7 @@ from roost._logging import get_logger
 from roost.actors._cell import KILL_GRACE
 from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
-from roost.errors import BootstrapError, ExtraNotInstalled, RoostError
+from roost.errors import BootstrapError, ConfigurationError, ExtraNotInstalled, RoostError
 from roost.runtime.bootstrap import Root, load_root
 from roost.runtime.console_command import (
     add_console_command,
@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a bootstrap script's root tree or main(system)")
     run.add_argument("target", help="a Python file, a folder with app.py, or module:attr")
-    run.add_argument("--store", default=".roost", help="the LMDB store folder (default: .roost)")
+    run.add_argument("--store", default=".roost",
+                     help="the LMDB store folder (default: .roost), or a postgresql:// URL "
+                          "(the system is then a node of that store's cluster)")
     run.add_argument("--durability", choices=("sync", "async"), default="sync")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="auto")
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
@@ -66,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                           "default: 127.0.0.1; port 0: any free one)")
     run.add_argument("--loop", choices=LOOPS, default="asyncio",
                      help="the event loop to run on (default: asyncio; uvloop needs roost[fast])")
+    run.add_argument("--pool", action="append", metavar="NAME", dest="pools",
+                     help="a worker pool this node serves for the whole cluster (repeatable; "
+                          "a PostgreSQL --store only): steps with pool=NAME run here")
     add_store_commands(commands)
     add_trace_commands(commands)
     add_gate_commands(commands)
@@ -171,12 +176,13 @@ async def _run(root: Root, args: argparse.Namespace, abandoned: set[asyncio.Task
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    system = ActorSystem(
-        store=args.store,
-        durability=args.durability,
-        log_format=args.log_format,
-        log_level=args.log_level,
-    )
+    try:
+        system = ActorSystem(store=args.store, durability=args.durability,
+                             log_format=args.log_format, log_level=args.log_level,
+                             pools=args.pools)
+    except ConfigurationError as refused:
+        print(f"roost: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         try:
             async with system:

@@ -94,8 +94,9 @@ class ActorSystem:
             lists a node as dead (default twice the lease).
         max_takeovers: times a run may be taken over before it is parked (`suspended`, with
             the reason) instead (default 5).
-        pools: the worker pools this node declares in `roost_nodes` (listed only: tasks
-            of a pool are not yet routed to the nodes that declare it).
+        pools: the worker pools this node serves: steps with `pool=` one of them run
+            here, for the runs of every node (their requests come as step tasks through
+            the database); other nodes send their requests for these pools here.
         otlp_endpoint: mirror every span to this OpenTelemetry collector over OTLP/HTTP
             (`http://host:4318`; needs `roost[otel]` and `tracing`); flushed when the
             system stops. See `roost.tracing.export.OtelExporter` for more options.

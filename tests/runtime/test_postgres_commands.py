@@ -87,3 +87,20 @@ async def test_store_check_reads_a_postgres_store_and_backup_points_to_pg_dump(
     backup = await roost_command("store", "backup", postgres_url, "/nonexistent/copy")
     assert backup.returncode == 1
     assert b"pg_dump" in backup.stderr and b"test-secret" not in backup.stderr
+
+
+async def test_run_with_pool_makes_the_node_serve_it_and_is_refused_on_lmdb(
+        postgres_url: str, tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text("async def main(system):\n"
+                   "    print('serving', system.cluster.settings.pools, flush=True)\n")
+
+    served = await roost_command("run", str(app), "--store", postgres_url, "--pool", "gpu",
+                                 "--pool", "big-memory", "--log-level", "error")
+    on_lmdb = await roost_command("run", str(app), "--store", str(tmp_path / "store"),
+                                  "--pool", "gpu")
+
+    assert served.returncode == 0, served.stderr
+    assert b"serving ('gpu', 'big-memory')" in served.stdout
+    assert on_lmdb.returncode == 2
+    assert b"pools set(s) up a node of a cluster, which needs a PostgreSQL store" in on_lmdb.stderr

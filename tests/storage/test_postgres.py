@@ -46,8 +46,9 @@ async def test_a_new_store_gets_its_tables_and_keeps_its_id_when_reopened(
         version = await connection.fetchval("SELECT version FROM roost_schema")
     finally:
         await connection.close()
-    assert tables == {"roost_schema", "roost_records", "roost_nodes", "roost_leases"}
-    assert version == 2
+    assert tables == {"roost_schema", "roost_records", "roost_nodes", "roost_leases",
+                      "roost_step_tasks"}
+    assert version == 3
 
 
 async def test_a_store_of_the_first_version_is_migrated_keeping_its_records(
@@ -56,7 +57,8 @@ async def test_a_store_of_the_first_version_is_migrated_keeping_its_records(
     url = postgres_server.url(schema=schema)
     async with PostgresStore.open(url) as store:
         await store.commit([Put("runs", b"r", b"v")])
-    postgres_server.sql(f"DROP TABLE {schema}.roost_nodes, {schema}.roost_leases; "
+    postgres_server.sql(f"DROP TABLE {schema}.roost_nodes, {schema}.roost_leases, "
+                        f"{schema}.roost_step_tasks; "
                         f"UPDATE {schema}.roost_schema SET version = 1")
 
     async with PostgresStore.open(url) as store:
@@ -65,7 +67,7 @@ async def test_a_store_of_the_first_version_is_migrated_keeping_its_records(
 
     connection = await asyncpg.connect(url)
     try:
-        assert await connection.fetchval("SELECT version FROM roost_schema") == 2
+        assert await connection.fetchval("SELECT version FROM roost_schema") == 3
         assert await connection.fetchval("SELECT owner FROM roost_leases") == "node-a"
     finally:
         await connection.close()

@@ -27,6 +27,8 @@ RECORDS_TABLE = "roost_records"
 NODES_TABLE = "roost_nodes"
 #: A cluster's run leases: one row per run in flight or queued (deleted as it ends).
 LEASES_TABLE = "roost_leases"
+#: A cluster's step-task queue: a step of a run sent to a pool another node serves.
+TASKS_TABLE = "roost_step_tasks"
 
 #: The statements that take a store from version N-1 to N, for each N from 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -61,6 +63,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE INDEX {LEASES_TABLE}_claimable ON {LEASES_TABLE} (lease_until) "
         "WHERE parked IS NULL",
         f"CREATE INDEX {LEASES_TABLE}_owner ON {LEASES_TABLE} (owner)",
+    ),
+    (
+        # One row per step request sent to a pool: `owner` (the node driving the run, at
+        # `epoch`) waits for it; a node serving `pool` claims it (`claimed_by`, until
+        # `claim_until`, renewed by its heartbeat), runs it and writes `result` or `error`;
+        # the owner deletes the row as it reads the answer.
+        f"""CREATE TABLE {TASKS_TABLE} (
+                id bigserial PRIMARY KEY,
+                run_id text NOT NULL,
+                epoch bigint NOT NULL,
+                pipeline text NOT NULL,
+                pool text NOT NULL,
+                owner text NOT NULL,
+                request bytea NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                status text NOT NULL DEFAULT 'queued',
+                claimed_by text,
+                claim_until timestamptz,
+                claims integer NOT NULL DEFAULT 0,
+                answer bytea)""",
+        f"CREATE INDEX {TASKS_TABLE}_queue ON {TASKS_TABLE} (pool, id) "
+        "WHERE status IN ('queued', 'claimed')",
+        f"CREATE INDEX {TASKS_TABLE}_run ON {TASKS_TABLE} (run_id)",
     ),
 )
 #: The schema version this roost writes (and the newest it can open).

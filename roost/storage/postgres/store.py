@@ -42,6 +42,7 @@ from roost.storage._writer import WriteRequest
 from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 from roost.storage.postgres import _sql
 from roost.storage.postgres._io import IoThread
+from roost.storage.postgres._listen import Heard, Listener
 from roost.storage.postgres._schema import prepare
 from roost.storage.postgres._snapshot import PostgresSnapshot
 from roost.storage.postgres._sql import MAX_KEY_SIZE
@@ -331,6 +332,24 @@ class PostgresStore:
                 return await function(connection)
 
         return await self._call("running cluster statements", run())
+
+    async def listen(self, channels: Sequence[str], heard: Heard) -> Listener:
+        """LISTEN on `channels` over a connection of the pool held for it: each notification
+        calls `heard(channel, payload)` on the caller's loop, until `unlisten`. A cluster's
+        wake-up hint (new step tasks, answers); it never replaces polling.
+
+        Raises:
+            StoreError: the store is closed, or the server could not be reached.
+        """
+        listener = Listener(self._pool, channels, heard, asyncio.get_running_loop(),
+                            self._timeout)
+        await self._call("listening for notifications", listener.start())
+        return listener
+
+    async def unlisten(self, listener: Listener) -> None:
+        """Stop `listener` and give its connection back to the pool."""
+        if not self._closed:
+            await self._call("ending a LISTEN", listener.close())
 
     # --- reads ----------------------------------------------------------------------------
 
