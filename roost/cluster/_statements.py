@@ -72,9 +72,17 @@ _EXTEND = f"""UPDATE {_L}
 _PARK = f"""UPDATE {_L} SET parked = $4, owner = NULL
     WHERE run_id = $1 AND owner = $2 AND epoch = $3"""
 
+#: The channel on which a node says runs are there to claim (payload: its id): queued
+#: runs, leases it let go of, or all of its leases as it stops.
+CLAIMABLE = "roost_claimable"
+
 _LEAVE = f"""WITH leases AS (
-        UPDATE {_L} SET lease_until = now() WHERE owner = $1 RETURNING run_id)
-    UPDATE {_N} SET stopped_at = now() WHERE id = $1"""
+        UPDATE {_L} SET lease_until = now() WHERE owner = $1 RETURNING run_id),
+    node AS (
+        UPDATE {_N} SET stopped_at = now() WHERE id = $1)
+    SELECT pg_notify('{CLAIMABLE}', $1) WHERE EXISTS (SELECT 1 FROM leases)"""
+
+_ANNOUNCE = f"SELECT pg_notify('{CLAIMABLE}', $1)"
 
 _NODES = f"""SELECT id, host, pid, pools, started_at, heartbeat, stopped_at,
         stopped_at IS NULL AND heartbeat > now() - make_interval(secs => dead_after) AS alive,
@@ -119,8 +127,14 @@ async def park(connection: Any, run_id: str, node_id: str, epoch: int, reason: s
 
 
 async def leave(connection: Any, node_id: str) -> None:
-    """The node stops: its leases expire now (any node takes them over), its row says so."""
+    """The node stops: its leases expire now (any node takes them over, told so at once),
+    its row says so."""
     await connection.execute(_LEAVE, node_id)
+
+
+async def announce(connection: Any, node_id: str) -> None:
+    """Tell the listening nodes that runs wait to be claimed."""
+    await connection.execute(_ANNOUNCE, node_id)
 
 
 async def nodes(connection: Any) -> list[Any]:

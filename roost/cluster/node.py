@@ -13,6 +13,10 @@ the store, see `_fencing`), so a node that lost a lease (paused past it) has its
 writes refused with `LeaseLost`: its run's actor stops there, and the new owner goes
 on. Before a run's tool attempt the node makes sure its lease outlasts the attempt
 (`before_tool`).
+
+Nodes wake each other with LISTEN/NOTIFY, as a hint beside the heartbeat's claims: a node
+that queues a run, lets leases go or stops says runs are claimable, and the step-task
+queue (`tasks`) signals new tasks and answers on the same listener.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import msgspec
 
 from roost._logging import get_logger
 from roost.cluster import _statements as sql
+from roost.cluster import _task_statements as task_sql
 from roost.cluster._fencing import runs_written
 from roost.cluster.settings import NodeSettings
 from roost.cluster.tasks import StepTasks
@@ -109,6 +114,8 @@ class Cluster:
         self._ended: set[str] = set()  # leases to delete at the next heartbeat
         self._let_go: set[str] = set()  # leases to expire at the next heartbeat
         self._wake = asyncio.Event()
+        self._announce = False  # runs wait to be claimed: tell the other nodes
+        self._listener: Any = None
         # Whether a claim may find runs now: the last one found some, or a run was queued
         # here since. A freed slot claims at once only then; otherwise at the next beat.
         self._claimable = True
@@ -150,6 +157,10 @@ class Cluster:
                 await self._task
             self._task = None
         await self.tasks.stop()
+        if self._listener is not None:
+            with contextlib.suppress(StoreError):
+                await self.system.store.unlisten(self._listener)
+            self._listener = None
         try:
             await self._sql(lambda c: sql.leave(c, self.node_id))
         except StoreError as error:  # its leases expire on their own
@@ -188,6 +199,13 @@ class Cluster:
         if self._held.pop(run_id, None) is not None:
             self._let_go.add(run_id)
             self._wake.set()
+
+    def queued(self) -> None:
+        """A run was stored queued for the cluster: claim it soon here, and tell the other
+        nodes (a wake-up hint; they also claim at each heartbeat)."""
+        self._claimable = True
+        self._announce = True
+        self._wake.set()
 
     def slot_freed(self) -> None:
         """A run slot freed here: claim queued runs soon (not at the next beat) if a claim
@@ -278,8 +296,12 @@ class Cluster:
         while True:
             if time.monotonic() >= next_beat or self._let_go:  # runs let go: at once
                 next_beat = time.monotonic() + interval
+                await self._guarded(self._listen())
                 await self._guarded(self._beat())
             await self._guarded(self._claim())
+            if self._announce:
+                self._announce = False
+                await self._guarded(self._sql(lambda c: sql.announce(c, self.node_id)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_beat - time.monotonic()))
                 await asyncio.sleep(_CLAIM_GATHER)
@@ -305,6 +327,7 @@ class Cluster:
         self._let_go.difference_update(let_go)
         if let_go:
             self._claimable = True  # those runs wait for a node now (this one, maybe)
+            self._announce = True
         found = {run_id: (owner, epoch, left) for run_id, owner, epoch, left in rows}
         for run_id in held:
             lease = self._held.get(run_id)
@@ -321,6 +344,26 @@ class Cluster:
                 continue
             lease.confirmed = True
             lease.until = sent + left
+
+    async def _listen(self) -> None:
+        """LISTEN for the cluster's wake-up hints (again, after the listener's connection
+        broke): runs to claim, step tasks for this node's pools, answers to its tasks."""
+        if self._listener is not None and self._listener.alive:
+            return
+        store = self.system.store
+        if self._listener is not None:
+            with contextlib.suppress(StoreError):
+                await store.unlisten(self._listener)
+            self._listener = None
+        self._listener = await store.listen(
+            [sql.CLAIMABLE, task_sql.QUEUED, task_sql.ANSWERED], self._heard)
+
+    def _heard(self, channel: str, payload: str) -> None:
+        if channel != sql.CLAIMABLE:
+            self.tasks.heard(payload)
+        elif payload != self.node_id:
+            self._claimable = True
+            self._wake.set()
 
     def _lose(self, run_id: str, epoch: int, holder: str | None = None,
               held_epoch: int | None = None) -> None:

@@ -13,8 +13,9 @@ over) is forgotten: only tasks of the run's current epoch are claimed, and the n
 owner asks again. An owner that gives up (its attempt timed out) withdraws the task.
 
 LISTEN/NOTIFY is only a wake-up hint: a queued task notifies the pool's nodes, an answer
-its owner, and every node also polls every `poll` seconds (a lost notification, a
-listener cut by a server restart, costs at most that).
+its owner (the node's listener hands them to `heard`), and every node also polls every
+`poll` seconds (a lost notification, a listener cut by a server restart, costs at most
+that).
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ class StepTasks:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._served: dict[str, float] = {}  # pool -> when to check again that a node serves it
         self._wake = asyncio.Event()
-        self._listener: Any = None
         self._task: asyncio.Task[None] | None = None
         #: Tasks this node sent to other nodes, and ran for them.
         self.sent = 0
@@ -77,7 +77,7 @@ class StepTasks:
 
     async def stop(self) -> None:
         """Stop polling and serving (a task running here is claimed again by another node
-        once its claim runs out) and stop listening."""
+        once its claim runs out)."""
         tasks = [t for t in (self._task, *self._running.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -85,10 +85,6 @@ class StepTasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._task = None
-        if self._listener is not None:
-            with contextlib.suppress(StoreError):
-                await self._cluster.system.store.unlisten(self._listener)
-            self._listener = None
 
     def running(self) -> list[int]:
         """The ids of the tasks this node runs for others (its heartbeat renews their claims)."""
@@ -198,13 +194,15 @@ class StepTasks:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def _heard(self, _channel: str, payload: str) -> None:
+    def heard(self, payload: str) -> None:
+        """A notification on the step-task channels: wake up if it is for this node (an
+        answer) or one of its pools (a task)."""
         if payload == self._node or payload in self._pools:
             self._wake.set()
 
     async def _loop(self) -> None:
         while True:
-            for work in (self._listen, self._collect, self._claim):
+            for work in (self._collect, self._claim):
                 try:
                     await work()
                 except StoreError as error:
@@ -214,17 +212,6 @@ class StepTasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             self._wake.clear()
-
-    async def _listen(self) -> None:
-        """Listen for notifications, again after the listener's connection broke."""
-        if self._listener is not None and self._listener.alive:
-            return
-        store = self._cluster.system.store
-        if self._listener is not None:
-            with contextlib.suppress(StoreError):
-                await store.unlisten(self._listener)
-            self._listener = None
-        self._listener = await store.listen([sql.QUEUED, sql.ANSWERED], self._heard)
 
     async def _sql(self, function: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         result: T = await self._cluster.system.store.on_connection(function)

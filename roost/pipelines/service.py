@@ -313,6 +313,7 @@ class Pipelines:
                     cluster.not_started(run_id)
                 raise
             if cluster is not None:
+                cluster.queued()
                 return RunHandle(self, run_id)
             admission.wait(run_id, pipeline.name)
             self._admit_waiting()  # a slot may have freed while the record was written
@@ -388,7 +389,7 @@ class Pipelines:
             except BaseException:
                 self.cluster.not_started(run_id)
                 raise
-            self.cluster.slot_freed()
+            self.cluster.queued()
             return results
         pipeline = self._registered.get(record.pipeline)
         if pipeline is not None and record.status == RunStatus.WAITING and self.system_running():

@@ -160,3 +160,46 @@ async def test_a_run_taken_over_too_often_is_parked_with_the_reason(postgres_url
     assert "taken over 2 times (max_takeovers=1)" in (record.error or "")
     [row] = await sql(postgres_url, "SELECT owner, parked FROM roost_leases")
     assert row[0] is None and "parked by node 'b'" in row[1]
+
+
+async def test_a_run_queued_on_one_node_wakes_a_node_with_a_free_slot_at_once(
+        postgres_url: str) -> None:
+    # Node b's own heartbeat (30 s) would claim the queued run far too late for this test:
+    # node a's notification wakes it.
+    async with node(postgres_url, "a", lease=60.0, heartbeat=30.0, max_active_runs=1) as a, \
+            node(postgres_url, "b", lease=60.0, heartbeat=30.0) as b:
+        await b.pipelines.register(pipeline("b"))
+        await anyio.sleep(0.5)  # node b's claims at its start have found nothing
+        on_a = pipeline("a")
+        await a.pipelines.start(on_a, run_id="run-0")  # holds a's one slot at `second`
+        await a.pipelines.start(on_a, run_id="run-1")  # queued
+        records = b.pipelines.runs
+
+        async def completed() -> bool:
+            return (await records.get("run-1")).status == RunStatus.COMPLETED
+
+        await until("run-1's completion on node b", completed, timeout=5.0)
+        RELEASE.set()
+
+    assert ("b", "first") in SEEN and ("a", "third") not in SEEN[:3]
+
+
+async def test_a_node_that_stops_hands_its_runs_to_the_other_nodes_at_once(
+        postgres_url: str) -> None:
+    async with node(postgres_url, "b", lease=60.0, heartbeat=30.0) as b:
+        await b.pipelines.register(pipeline("b"))
+        async with node(postgres_url, "a", lease=60.0, heartbeat=30.0) as a:
+            await a.pipelines.start(pipeline("a"), run_id="run-1")
+
+            async def at_second() -> bool:
+                return ("a", "second") in SEEN
+
+            await until("node a at the second step", at_second)
+        records = b.pipelines.runs
+
+        async def completed() -> bool:
+            return (await records.get("run-1")).status == RunStatus.COMPLETED
+
+        await until("the run's completion on node b", completed, timeout=5.0)
+
+    assert SEEN[-2:] == [("b", "second"), ("b", "third")]
