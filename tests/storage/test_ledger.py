@@ -1,4 +1,8 @@
-"""Tests of roost/storage/ledger.py: claims, settlements, retention and pruning, corrupt entries."""
+"""Tests of roost/storage/ledger.py: claims, settlements, retention and pruning, corrupt entries.
+
+The ledger's specification runs against both stores (LMDB, and PostgreSQL in the session's
+private server): the same claims, replays, conflicts and unknown outcomes on either.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from roost.errors import IdempotencyConflict, PermanentToolError, RecordCorrupt
-from roost.storage import Ledger, LedgerEntry, Put, Store
+from roost.storage import Ledger, LedgerEntry, Put, Store, StoreInterface
 from roost.storage.ledger import ledger_key
 from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
 
 RETENTION = 10.0
+
+
+@pytest.fixture
+def store(either_store: StoreInterface) -> StoreInterface:
+    return either_store
 
 
 @pytest.fixture
@@ -126,11 +135,12 @@ async def test_taking_over_a_key_left_in_flight_makes_this_ledger_its_owner(
     assert (await ledger.claim("send", "k", "fp-1")).ours
 
 
-async def test_settled_entries_survive_reopening_the_store(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "ledger") as store:
+async def test_settled_entries_survive_reopening_the_store(
+        open_either_store: Callable[[], Any]) -> None:
+    async with open_either_store() as store:
         ledger = Ledger(store)
         await ledger.complete((await ledger.claim("send", "k", "fp-1")).entry, b"\x01")
-    async with Store.open(tmp_path / "ledger") as store:
+    async with open_either_store() as store:
         claim = await Ledger(store).claim("send", "k", "fp-1")
     assert (claim.claimed, claim.ours, claim.entry.status, claim.entry.result) == (
         False, False, "completed", b"\x01")

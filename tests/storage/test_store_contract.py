@@ -11,8 +11,7 @@ session's private server (tests/_postgres.py), in a schema of its own.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -27,11 +26,9 @@ from roost.storage import (
     Insert,
     Ledger,
     Op,
-    PostgresStore,
     Put,
     RunStore,
     SnapshotReader,
-    Store,
     StoreInterface,
     Update,
 )
@@ -42,19 +39,15 @@ pytestmark = pytest.mark.anyio
 Opener = Callable[..., Any]
 
 
-@pytest.fixture(params=["lmdb", "postgres"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Opens the test's store (the same one each time): `await open_store(durability=...)`."""
-    if request.param == "lmdb":
-        return lambda **options: Store.open(tmp_path / "store", **options)
-    url = request.getfixturevalue("postgres_url")
-    return lambda **options: PostgresStore.open(url, **options)
+
+@pytest.fixture
+def open_store(open_either_store: Opener) -> Opener:
+    return open_either_store
 
 
 @pytest.fixture
-async def store(open_store: Opener) -> AsyncIterator[StoreInterface]:
-    async with open_store() as opened:
-        yield opened
+def store(either_store: StoreInterface) -> StoreInterface:
+    return either_store
 
 
 async def keys(store: StoreInterface, db: str, **options: Any) -> list[bytes]:
