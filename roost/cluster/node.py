@@ -401,7 +401,7 @@ class Cluster:
         claimed = await self._sql(lambda c: sql.claim(c, self.node_id, names, free, lease,
                                                       driving))
         self._claimable = bool(claimed)
-        resumed = []
+        claimed_here = []
         for run_id, _pipeline, epoch, takeovers in claimed:
             self._lost.pop(run_id, None)
             self._held[run_id] = _Held(epoch, sent + lease, confirmed=True)
@@ -412,9 +412,11 @@ class Cluster:
                 self.took_over += 1
                 _log.info("run_taken_over", node=self.node_id, run_id=run_id, epoch=epoch,
                           takeovers=takeovers)
-            if await self._resume(run_id):
-                resumed.append(run_id)
-        return resumed
+            claimed_here.append(run_id)
+        # Together: a dead node's runs resume at once, not one round trip after another.
+        going_on = await asyncio.gather(*(self._resume(run_id) for run_id in claimed_here))
+        return [run_id for run_id, goes_on in zip(claimed_here, going_on, strict=True)
+                if goes_on]
 
     async def _resume(self, run_id: str) -> bool:
         """Go on with a claimed run here, unless it ended before its lease could go; whether

@@ -35,14 +35,13 @@ class Listener:
 
     async def start(self) -> None:
         """On the store's I/O loop: take a connection and LISTEN on the channels."""
-        connection = await self._pool.acquire(timeout=self._timeout)
+        self._connection = await self._pool.acquire(timeout=self._timeout)
         try:
             for channel in self._channels:
-                await connection.add_listener(channel, self._notified)
+                await self._connection.add_listener(channel, self._notified)
         except BaseException:
-            await self._pool.release(connection)
+            await self.close()
             raise
-        self._connection = connection
 
     def _notified(self, _connection: Any, _pid: int, channel: str, payload: str) -> None:
         if not self._closed:

@@ -20,6 +20,7 @@ kind. The store needs an asyncio event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
@@ -343,7 +344,12 @@ class PostgresStore:
         """
         listener = Listener(self._pool, channels, heard, asyncio.get_running_loop(),
                             self._timeout)
-        await self._call("listening for notifications", listener.start())
+        try:
+            await self._call("listening for notifications", listener.start())
+        except BaseException:  # cancelled, maybe once it had its connection: give it back
+            with contextlib.suppress(RuntimeError):
+                self._io.submit(listener.close())
+            raise
         return listener
 
     async def unlisten(self, listener: Listener) -> None:
