@@ -11,6 +11,17 @@ database (each starts 500), from the start signal until both have seen all of th
 end. Baseline, same run: one node process driving all 1,000. Best of 3 each. Target:
 ratio >= 1.2.
 
+`cluster_takeover_seconds` (takeovers/s: one over the seconds a takeover takes, so that
+higher is better): two node processes on one database, lease 2 s (heartbeat a third of
+it). Node a starts 50 runs of a 5-step chain whose steps sleep 0.4 s and is SIGKILLed once
+every run is in its second step; the seconds from the kill until node b's workers have
+received a step of every one of a's runs (b's first step of each run it took over: b
+drives it now). Baseline, same run: one over the lease. Best of 3, each in a fresh schema;
+every run must then complete on node b, taken over by it, or the bench fails. Target:
+ratio >= 0.667, a takeover within 1.5x the lease. It cannot beat the lease minus a
+heartbeat (node a renewed at most a heartbeat before the kill) and node b claims at its
+next beat after the expiry.
+
 The bench starts a private PostgreSQL server (`initdb` and `pg_ctl` in a temporary folder,
 on a free port, as the `postgres` user when run as root), as the tests' fixture does.
 """
@@ -23,24 +34,32 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import roost
 from benches._figure import Figure, Target, report
-from benches._pipelines import chain
+from benches._pipelines import STEPS, Reply, chain, reply
+from roost.pipelines.definition import Pipeline, RunStep, Step
 
-NAMES = ("cluster_runs_1_node", "cluster_scaling_2_nodes")
+NAMES = ("cluster_runs_1_node", "cluster_scaling_2_nodes", "cluster_takeover_seconds")
 TARGETS = {"cluster_runs_1_node": Target(ratio=0.3),
-           "cluster_scaling_2_nodes": Target(ratio=1.2)}
+           "cluster_scaling_2_nodes": Target(ratio=1.2),
+           "cluster_takeover_seconds": Target(ratio=1 / 1.5)}
 RUNS = 1_000
 ROUNDS = 3
+TAKEOVER_RUNS = 50
+LEASE = 2.0
+STEP_SECONDS = 0.4
+NODE_DEADLINE = 30.0  # seconds a takeover node waits for what it expects before failing
 _USER = "roost"
 _PASSWORD = "bench-secret"
 
@@ -164,6 +183,108 @@ async def node_process(url: str, runs: int, prefix: str) -> None:
         await asyncio.to_thread(sys.stdin.readline)  # stay a node until the bench is done
 
 
+#: In a takeover node process: run id -> step -> when this process's worker received it.
+_steps_seen: dict[str, dict[str, float]] = {}
+
+
+class Sleeper(roost.Actor):
+    """A step's worker that notes when it received the step, sleeps STEP_SECONDS (so that a
+    killed node's runs are mid-step), and returns a ~1 KB reply."""
+
+    async def receive(self, message: RunStep) -> Reply:
+        # CLOCK_MONOTONIC is system-wide on Linux: the bench compares it with its own.
+        _steps_seen.setdefault(message.run_id, {})[message.step] = time.monotonic()
+        await asyncio.sleep(STEP_SECONDS)
+        return reply(message.step, 1024)
+
+
+def sleepy_chain() -> Pipeline:
+    """`s0 -> ... -> s4` of `Sleeper` steps, a worker per run so no step waits for one."""
+    return Pipeline("sleepy5", [Step(f"s{i}", Sleeper, after=() if i == 0 else f"s{i - 1}",
+                                     workers=TAKEOVER_RUNS, output=Reply)
+                                for i in range(STEPS)])
+
+
+async def _until(what: str, condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds; fail naming `what` after NODE_DEADLINE seconds."""
+    deadline = time.monotonic() + NODE_DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"takeover bench node: no {what} within {NODE_DEADLINE:g}s")
+        await asyncio.sleep(0.005)
+
+
+async def takeover_node(url: str, node_id: str) -> None:
+    """Node `a`: start the runs, say `mid-flight` once each is in its second step, wait to
+    be killed. Node `b`: say `ready`, wait until it has received a step of every one of a's
+    runs and say `resumed MONOTONIC` (when the last of them got its first step here), then
+    say `completed` once every run completed after being taken over here (or what it found
+    instead), and stay a node until the bench closes its stdin."""
+    roost.configure_logging("json", "critical")
+    pipeline = sleepy_chain()
+    async with roost.ActorSystem(store=url, durability="sync", log_format=None,
+                                 node_id=node_id, lease=LEASE) as system:
+        assert system.cluster is not None
+        await system.pipelines.register(pipeline)
+        if node_id == "a":
+            await asyncio.gather(*(system.pipelines.start(pipeline, run_id=f"a-{i:03d}")
+                                   for i in range(TAKEOVER_RUNS)))
+            await _until("second step of every run",
+                         lambda: sum("s1" in steps for steps in _steps_seen.values())
+                         == TAKEOVER_RUNS)
+            print("mid-flight", flush=True)
+        else:
+            print("ready", flush=True)
+            await _until("step of every run of node a", lambda: len(_steps_seen) == TAKEOVER_RUNS)
+            resumed = max(min(steps.values()) for steps in _steps_seen.values())
+            print(f"resumed {resumed!r}", flush=True)
+            await asyncio.wait_for(asyncio.gather(*(system.pipelines.outcome(run_id)
+                                                    for run_id in _steps_seen)), NODE_DEADLINE)
+            statuses = Counter(str(record.status) for record in await system.pipelines.list())
+            took_over = system.cluster.statistics()["took_over"]
+            if statuses == {"completed": TAKEOVER_RUNS} and took_over == TAKEOVER_RUNS:
+                print("completed", flush=True)
+            else:
+                print(f"run statuses {dict(statuses)}, runs taken over {took_over}", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+
+
+def takeover_seconds(url: str) -> float:
+    """Seconds from node a's SIGKILL until node b has received a step of every run a drove.
+
+    Raises:
+        RuntimeError: a node said something else than expected, or not every run completed
+            on node b after the takeover.
+    """
+    processes = {node_id: subprocess.Popen(
+        [sys.executable, "-m", "benches.cluster", "--takeover-node", url, node_id],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parent.parent) for node_id in ("a", "b")}
+    try:
+        _expect(processes["b"], "ready")
+        _expect(processes["a"], "mid-flight")
+        killed = time.monotonic()
+        os.kill(processes["a"].pid, signal.SIGKILL)
+        resumed = float(_expect(processes["b"], "resumed"))
+        _expect(processes["b"], "completed")
+        return resumed - killed
+    finally:
+        for process in processes.values():
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait(timeout=60)
+
+
+def _expect(process: subprocess.Popen[str], word: str) -> str:
+    """What follows `word` on the next line `process` says, which must begin with it."""
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    said, _, rest = line.partition(" ")
+    if said != word:
+        raise RuntimeError(f"cluster_takeover_seconds: a takeover node said {line!r} instead "
+                           f"of {word!r} (its error, if any, is above on stderr)")
+    return rest
+
 
 def measure() -> list[Figure]:
     with postgres_server() as server:
@@ -172,15 +293,21 @@ def measure() -> list[Figure]:
         for round_number in range(ROUNDS):
             two = max(two, nodes_rate(fresh_schema(server, f"two{round_number}"), 2))
             one = max(one, nodes_rate(fresh_schema(server, f"single{round_number}"), 1))
+        takeover = min(takeover_seconds(fresh_schema(server, f"takeover{round_number}"))
+                       for round_number in range(ROUNDS))
     return [
         report(Figure("cluster_runs_1_node", postgres, "runs/s", "embedded LMDB store", lmdb), TARGETS),
         report(Figure("cluster_scaling_2_nodes", two, "runs/s", "one node process", one), TARGETS),
+        report(Figure("cluster_takeover_seconds", 1 / takeover, "takeovers/s",
+                      f"1 / the lease ({LEASE:g} s)", 1 / LEASE), TARGETS),
     ]
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--node"]:
         asyncio.run(node_process(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    elif sys.argv[1:2] == ["--takeover-node"]:
+        asyncio.run(takeover_node(sys.argv[2], sys.argv[3]))
     else:
         for figure in measure():
             print(figure.as_json())
