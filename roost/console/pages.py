@@ -1,5 +1,6 @@
 """The console's server-rendered pages: sign-in, runs, one run with its trace waterfall, the
-gates inbox with its decision forms, and the live system.
+gates inbox with its decision forms (built and read back in `roost.console.forms`), and
+the live system.
 
 Every page is a Jinja2 template with autoescaping on, fed by `roost.console.views` (the
 records the JSON API encodes too), with no JavaScript. Forms post back with the
@@ -10,20 +11,18 @@ signed-in name. Times are shown in UTC, ISO 8601; ages and durations for people.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import msgspec
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from yarl import URL
 
-from roost.console import views
+from roost.console import forms, views
 from roost.console.app import AUTH, LIVE, SECURE, SYSTEM, session_of
 from roost.console.auth import COOKIE
 from roost.console.problems import Problem
@@ -39,21 +38,18 @@ from roost.errors import (
 from roost.storage import RunStatus
 from roost.tracing import Span, Trace
 
+# The templates are package files: they do not change while the console serves them, so
+# they are not checked for changes on every render (auto_reload).
 _env = Environment(loader=PackageLoader("roost.console", "templates"), autoescape=True,
-                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                   auto_reload=False)
 
 #: The longest name a person may sign in with.
 MAX_NAME = 80
 GATE_STATUSES = ("pending", "decided", "closed")
+RUN_STATUSES = tuple(str(status) for status in RunStatus)
 #: Span attributes that hold payloads (shown apart from the other attributes).
 PAYLOADS = ("run.input", "step.input", "step.item", "step.output", "tool.arguments", "tool.result")
-#: A form button's value: the decision it makes, and whether it takes the edited input.
-BUTTONS = {"approve": ("approve", False), "reject": ("reject", False), "edit": ("edit", True),
-           "done": ("done", False), "not_done": ("not_done", False),
-           "abandon": ("abandon", False), "done-with-result": ("done", True)}
-_FIELD_KINDS = {"string": "text", "integer": "integer", "number": "number", "boolean": "checkbox"}
-_NAMED_FIELD = re.compile(r"\$\.([A-Za-z_][\w-]*)|required field `([^`]+)`")
-_INPUT_PREFIX = re.compile(r"^the input does not fit [^:]*: ")
 
 
 def add_routes(app: web.Application) -> None:
@@ -107,12 +103,8 @@ def _age(seconds: float | None) -> str:
     return _duration(datetime.now(UTC).timestamp() - seconds)
 
 
-def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=repr)
-
-
 _env.filters.update(utc=_utc, utc_ns=lambda ns: _utc(ns / 1e9), duration=_duration,
-                    duration_ns=lambda ns: _duration(ns / 1e9), age=_age, pretty=_pretty)
+                    duration_ns=lambda ns: _duration(ns / 1e9), age=_age, pretty=forms.pretty)
 
 
 def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -220,6 +212,34 @@ def _whole(name: str, text: str | None, default: int) -> int:
                       errors={name: "a whole number"}) from None
 
 
+class RunLine(msgspec.Struct, frozen=True):
+    """One run's row on the runs page, its cells formatted here rather than by a filter or
+    macro call per cell in the template (those cost more than reading the page's runs).
+
+    The template still escapes every cell."""
+
+    run_id: str
+    href: str
+    pipeline: str
+    status: str
+    failed_step: str | None
+    started: str
+    duration: str
+    steps: int
+    tokens: str
+    cost: str
+
+
+def run_line(row: views.RunRow) -> RunLine:
+    """`row` as the runs page shows it: a link, UTC start, duration, tokens and cost."""
+    return RunLine(
+        run_id=row.run_id, href="/runs/" + quote(row.run_id, safe="/"), pipeline=row.pipeline,
+        status=row.status, failed_step=row.failed_step, started=_utc(row.created_at),
+        duration=_duration(row.seconds), steps=row.steps,
+        tokens=f"{row.input_tokens} / {row.output_tokens}",
+        cost="—" if row.cost is None else f"{row.cost:.4f}")
+
+
 async def runs(request: web.Request) -> web.Response:
     """The runs, newest first, filtered by status, pipeline, time range and text."""
     query = request.query
@@ -240,9 +260,9 @@ async def runs(request: web.Request) -> web.Response:
         problem = error
     kept = {name: value for name, value in chosen.items() if value}
     older = None if cursor is None else "/runs?" + urlencode({**kept, "cursor": cursor})
-    return _page(request, "runs.html", 200 if problem is None else problem.status, rows=rows,
-                 chosen=chosen, statuses=[str(s) for s in RunStatus], older=older,
-                 problem=problem, first_page=query.get("cursor") is None,
+    return _page(request, "runs.html", 200 if problem is None else problem.status,
+                 lines=[run_line(row) for row in rows], chosen=chosen, statuses=RUN_STATUSES,
+                 older=older, problem=problem, first_page=query.get("cursor") is None,
                  first="/runs?" + urlencode(kept))
 
 
@@ -284,220 +304,6 @@ def span_parts(span: Span) -> dict[str, dict[str, Any]]:
 # --- gates ----------------------------------------------------------------------------
 
 
-class Field(msgspec.Struct):
-    """One input of a gate's edit form, from its input type's JSON Schema.
-
-    `kind` is text, integer, number, checkbox or json (a value of any other shape)."""
-
-    name: str
-    kind: str
-    required: bool
-    nullable: bool
-    value: str = ""
-    checked: bool = False
-    error: str | None = None
-
-
-class GateForm(msgspec.Struct):
-    """A pending gate's decision form: its buttons, its edit inputs (per property, or one
-    JSON text), the comment, and what was wrong with the last try."""
-
-    buttons: list[tuple[str, str]]
-    edit_button: tuple[str, str]
-    fields: list[Field] | None
-    json: str
-    json_error: str | None
-    comment: str
-    error: str | None
-
-
-class Failure(msgspec.Struct):
-    """A decision that was not taken: which gate, why, and what was submitted."""
-
-    run_id: str
-    gate: str
-    message: str
-    field_errors: dict[str, str]
-    form: Mapping[str, Any]
-
-
-def _resolve(schema: Any, defs: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(schema, dict):
-        return {}
-    ref = schema.get("$ref")
-    if isinstance(ref, str):
-        return _resolve(defs.get(ref.rsplit("/", 1)[-1]), defs)
-    return schema
-
-
-def _types(schema: dict[str, Any], defs: dict[str, Any]) -> list[str]:
-    options = schema.get("anyOf") or schema.get("oneOf")
-    if options:
-        return [kind for option in options for kind in _types(_resolve(option, defs), defs)]
-    kind = schema.get("type")
-    if isinstance(kind, str):
-        return [kind]
-    if isinstance(kind, list):
-        return [str(k) for k in kind]
-    if "enum" in schema and all(isinstance(item, str) for item in schema["enum"]):
-        return ["string"]
-    return []
-
-
-def edit_fields(input_schema: Any) -> list[Field] | None:
-    """One field per property when `input_schema` is an object with properties; else None
-    (the edit is one JSON text)."""
-    if not isinstance(input_schema, dict):
-        return None
-    defs = input_schema.get("$defs", {})
-    schema = _resolve(input_schema, defs)
-    properties = schema.get("properties")
-    if schema.get("type") != "object" or not isinstance(properties, dict) or not properties:
-        return None
-    required = set(schema.get("required", []))
-    fields = []
-    for name, property_schema in properties.items():
-        kinds = _types(_resolve(property_schema, defs), defs)
-        others = [kind for kind in kinds if kind != "null"]
-        kind = _FIELD_KINDS.get(others[0], "json") if len(others) == 1 else "json"
-        fields.append(Field(str(name), kind, name in required, "null" in kinds))
-    return fields
-
-
-def _shown_value(shown: Any, name: str) -> tuple[bool, Any]:
-    """The value named `name` in what the gate shows (or one level down, as in
-    `shown["arguments"]`)."""
-    if not isinstance(shown, dict):
-        return False, None
-    for source in [shown, *(v for v in shown.values() if isinstance(v, dict))]:
-        if name in source:
-            return True, source[name]
-    return False, None
-
-
-def _prefilled(field: Field, shown: Any) -> Field:
-    found, value = _shown_value(shown, field.name)
-    if not found:
-        return field
-    if field.kind == "checkbox":
-        return msgspec.structs.replace(field, checked=value is True)
-    if field.kind == "text" and isinstance(value, str):
-        return msgspec.structs.replace(field, value=value)
-    if value is None:
-        return field
-    return msgspec.structs.replace(field, value=json.dumps(value, ensure_ascii=False))
-
-
-def _submitted(field: Field, form: Mapping[str, Any], errors: dict[str, str]) -> Field:
-    key = f"input.{field.name}"
-    return msgspec.structs.replace(field, value=str(form.get(key, "")), checked=key in form,
-                                   error=errors.get(field.name))
-
-
-def gate_form(gate: views.GateView, failure: Failure | None = None) -> GateForm:
-    """The decision form of pending gate `gate`, refilled from `failure` when its last
-    decision was not taken."""
-    outcome = gate.kind == "outcome"
-    buttons = ([("done", "Done"), ("not_done", "Not done"), ("abandon", "Abandon")] if outcome
-               else [("approve", "Approve"), ("reject", "Reject")])
-    edit_button = ("done-with-result", "Done, with this result") if outcome \
-        else ("edit", "Approve with these changes")
-    fields = edit_fields(gate.input_schema)
-    if failure is None:
-        if fields is not None:
-            fields = [_prefilled(field, gate.shown) for field in fields]
-        text = ""
-        if gate.kind == "review":
-            text = _pretty(gate.shown)
-        elif gate.kind == "step" and isinstance(gate.shown, dict) and "arguments" in gate.shown:
-            text = _pretty(gate.shown["arguments"])
-        return GateForm(buttons, edit_button, fields, text, None, "", None)
-    errors = failure.field_errors
-    if fields is not None:
-        fields = [_submitted(field, failure.form, errors) for field in fields]
-    return GateForm(buttons, edit_button, fields, str(failure.form.get("input_json", "")),
-                    errors.get("input"), str(failure.form.get("comment", "")),
-                    failure.message)
-
-
-def _empty(field: Field) -> tuple[bool, Any, str | None]:
-    """An empty input: left out when optional, null when it may be, else an error."""
-    if not field.required:
-        return False, None, None
-    if field.nullable:
-        return True, None, None
-    return False, None, "required"
-
-
-def _field_value(field: Field, raw: str, present: bool) -> tuple[bool, Any, str | None]:
-    """`(keep, value, error)` of one submitted input, converted to its schema type."""
-    if field.kind == "checkbox":
-        return True, present, None
-    if field.kind == "text":
-        if raw == "" and field.nullable:
-            return True, None, None
-        return True, raw, None
-    if not raw.strip():
-        return _empty(field)
-    if field.kind == "integer":
-        try:
-            return True, int(raw.strip()), None
-        except ValueError:
-            return False, None, f"{raw[:40]!r} is not a whole number"
-    if field.kind == "number":
-        try:
-            number = float(raw.strip())
-        except ValueError:
-            return False, None, f"{raw[:40]!r} is not a number"
-        if not math.isfinite(number):
-            return False, None, f"{raw[:40]!r} is not a finite number"
-        return True, int(number) if number.is_integer() and "." not in raw else number, None
-    try:
-        return True, json.loads(raw), None
-    except ValueError as error:
-        return False, None, f"not valid JSON: {error}"
-
-
-def edited_input(gate: views.GateView, form: Mapping[str, Any]) -> tuple[Any, dict[str, str]]:
-    """The edit a gate's form submits, converted per its input type, and the errors of
-    the inputs that do not convert (by field name; `input` for the JSON text)."""
-    fields = edit_fields(gate.input_schema)
-    if fields is None:
-        raw = str(form.get("input_json", ""))
-        if not raw.strip():
-            return None, {"input": "required: the edited input, as JSON"}
-        try:
-            return json.loads(raw), {}
-        except ValueError as error:
-            return None, {"input": f"not valid JSON: {error}"}
-    value: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    for field in fields:
-        key = f"input.{field.name}"
-        keep, converted, problem = _field_value(field, str(form.get(key, "")), key in form)
-        if problem is not None:
-            errors[field.name] = problem
-        elif keep:
-            value[field.name] = converted
-    return value, errors
-
-
-def field_error(gate: views.GateView, problem: str) -> tuple[str, str] | None:
-    """The edit input a decision's problem names (`$.amount`, `required field `amount``),
-    if the form has it, with the problem said for that input alone."""
-    fields = edit_fields(gate.input_schema)
-    if fields is None:
-        return ("input", problem) if "input" in problem else None
-    names = {field.name for field in fields}
-    for match in _NAMED_FIELD.finditer(problem):
-        name = match.group(1) or match.group(2)
-        if name in names:
-            alone = _INPUT_PREFIX.sub("", problem)
-            alone = re.sub(rf"\s*-\s*at `\$\.{re.escape(name)}`|^\$\.{re.escape(name)}: ", "", alone)
-            return name, alone
-    return None
-
-
 def _assignee(request: web.Request, source: Mapping[str, Any]) -> str | None:
     """Whose gates to show: `assignee` as given (empty: everyone's), else the signed-in
     person's."""
@@ -512,7 +318,7 @@ async def gates(request: web.Request) -> web.Response:
 
 
 async def _inbox(request: web.Request, source: Mapping[str, Any], status: int = 200,
-                 failure: Failure | None = None) -> web.Response:
+                 failure: forms.Failure | None = None) -> web.Response:
     """The gates page: pending gates with their forms, or the decided/closed ones."""
     query = request.query
     assignee = _assignee(request, source)
@@ -530,14 +336,15 @@ async def _inbox(request: web.Request, source: Mapping[str, Any], status: int = 
     except Problem as error:
         problem, status = error, error.status
     failed = None if failure is None else (failure.run_id, failure.gate)
-    forms = [(gate, None if which != "pending"
-              else gate_form(gate, failure if (gate.run_id, gate.gate) == failed else None))
-             for gate in items]
+    with_forms = [(gate, None if which != "pending"
+                   else forms.gate_form(gate, failure if (gate.run_id, gate.gate) == failed
+                                        else None))
+                  for gate in items]
     shown = failed is None or any((g.run_id, g.gate) == failed for g in items)
     base = {"status": which, "assignee": assignee or ""}
     more = None if cursor is None else "/gates?" + urlencode({**base, "cursor": cursor})
     return _page(request, "gates.html", status, which=which, assignee=assignee or "",
-                 forms=forms, more=more, problem=problem, decided=query.get("decided"),
+                 forms=with_forms, more=more, problem=problem, decided=query.get("decided"),
                  failure=failure, failure_shown=shown, statuses=GATE_STATUSES)
 
 
@@ -556,16 +363,16 @@ async def decide(request: web.Request) -> web.Response:
 
     async def again(status: int, message: str, field_errors: dict[str, str] | None = None
                     ) -> web.Response:
-        failure = Failure(run_id, name, message, field_errors or {}, form)
+        failure = forms.Failure(run_id, name, message, field_errors or {}, form)
         return await _inbox(request, form, status, failure)
 
     button = str(form.get("decision", ""))
-    if button not in BUTTONS:
+    if button not in forms.BUTTONS:
         return await again(422, f"Choose one of the form's buttons (got {button[:20]!r}).")
-    decision, takes_input = BUTTONS[button]
+    decision, takes_input = forms.BUTTONS[button]
     value = None
     if takes_input:
-        value, field_errors = edited_input(gate, form)
+        value, field_errors = forms.edited_input(gate, form)
         if field_errors:
             return await again(422, "Nothing was decided: some inputs need fixing.",
                                field_errors)
@@ -574,7 +381,7 @@ async def decide(request: web.Request) -> web.Response:
         await system.gates.decide(run_id, name, decision, input=value, by=session.name,
                                   comment=comment)
     except GateDecisionInvalid as error:
-        named = field_error(gate, error.problem) if takes_input else None
+        named = forms.field_error(gate, error.problem) if takes_input else None
         return await again(422, f"Nothing was decided: {error.problem}",
                            dict([named]) if named is not None else None)
     except (GateAlreadyDecided, GateClosed) as error:
