@@ -107,7 +107,9 @@ class RunHandle:
 
         A run that parks at a gate gives an outcome of status `waiting` (the gates in
         `waiting_at`, their reasons in `error`), unless `through_gates`: then this waits
-        on until the run ends after the decisions (it must resume in this process).
+        on until the run ends after the decisions (it must resume in this process, or on
+        a cluster, on any node). On a cluster's node, a run another node drives (or that
+        waits queued for any node) is followed through its stored record.
         A run rejected at a gate gives status `rejected`.
 
         Raises:
@@ -592,8 +594,10 @@ class Pipelines:
         at a gate gives its `waiting` outcome, unless `through_gates`."""
         if run_id in self._live or self.admission.is_waiting(run_id):
             return await self._wait(run_id, through_gates=through_gates)
-        # Listening before the read: the run may be decided, resumed and end during it.
-        waiter = self._wait(run_id, through_gates=True) if through_gates else None
+        cluster = self.cluster
+        # Listening before the read: the run may be decided, resumed and end during it. (On
+        # a cluster it may resume on any node: its record says when it ends.)
+        waiter = self._wait(run_id, through_gates=True) if through_gates and not cluster else None
         try:
             record = await self.runs.get(run_id)
         except BaseException:
@@ -603,6 +607,11 @@ class Pipelines:
             if record.status == RunStatus.WAITING or run_id in self._live or waiter.done():
                 return await waiter
             self._forget(run_id, waiter)
+        if cluster is not None and run_id not in self._paused and (
+                record.status in (RunStatus.RUNNING, RunStatus.QUEUED)
+                or (through_gates and record.status == RunStatus.WAITING)):
+            await self._until_no_other_node_drives(run_id, through_gates=through_gates)
+            return await self.outcome(run_id, through_gates=through_gates)
         if record.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.SUSPENDED):
             if run_id in self._paused:  # paused here: say why, as its waiters heard
                 raise RunInterrupted(run_id, self._paused[run_id])
@@ -624,6 +633,18 @@ class Pipelines:
                           if r.status == "pending"]
         return RunOutcome(run_id, str(record.status), results, record.error, record.failed_step,
                           progress.usage, waiting_at)
+
+    async def _until_no_other_node_drives(self, run_id: str, *, through_gates: bool) -> None:
+        """On a cluster: poll the run's record (each poll twice as late, up to a second)
+        until it ended, parked (unless waiting `through_gates`), or went live here."""
+        delay = 0.02
+        while run_id not in self._live and not self.admission.is_waiting(run_id):
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
+            status = (await self.runs.get(run_id)).status
+            if status not in (RunStatus.RUNNING, RunStatus.QUEUED) and not (
+                    through_gates and status == RunStatus.WAITING):
+                return
 
     def _forget(self, run_id: str, waiter: asyncio.Future[RunOutcome] | None) -> None:
         """Stop listening with `waiter` (None: nothing to do)."""

@@ -40,6 +40,11 @@ class Hold(roost.Actor):
         return message.step
 
 
+class Echo(roost.Actor):
+    async def receive(self, message: RunStep) -> str:
+        return message.step
+
+
 def pipeline(node: str) -> Pipeline:
     class Worker(Hold):
         def __init__(self) -> None:
@@ -203,3 +208,38 @@ async def test_a_node_that_stops_hands_its_runs_to_the_other_nodes_at_once(
         await until("the run's completion on node b", completed, timeout=5.0)
 
     assert SEEN[-2:] == [("b", "second"), ("b", "third")]
+
+
+async def test_a_handle_follows_its_run_to_its_end_on_whichever_node_drives_it(
+        postgres_url: str) -> None:
+    RELEASE.set()
+    async with node(postgres_url, "a", lease=60.0, heartbeat=30.0, max_active_runs=1) as a, \
+            node(postgres_url, "b", lease=60.0, heartbeat=30.0) as b:
+        await b.pipelines.register(pipeline("b"))
+        on_a = pipeline("a")
+        handles = [await a.pipelines.start(on_a, run_id=f"run-{i}") for i in range(4)]
+        with anyio.fail_after(10):
+            outcomes = [await handle.result() for handle in handles]
+
+    assert [o.status for o in outcomes] == ["completed"] * 4
+    assert {o.results["third"] for o in outcomes} == {"third"}
+    assert {node for node, step in SEEN if step == "third"} == {"a", "b"}
+
+
+async def test_a_handle_waits_through_gates_for_a_run_resumed_on_another_node(
+        postgres_url: str) -> None:
+    RELEASE.set()
+    gated = Pipeline("g", [Step("first", Echo), Step("second", Echo, after="first",
+                                                     gate=roost.Gate())])
+    async with node(postgres_url, "a", lease=60.0, heartbeat=30.0, max_active_runs=1) as a, \
+            node(postgres_url, "b", lease=60.0, heartbeat=30.0) as b:
+        await b.pipelines.register(gated)
+        await a.pipelines.register(gated)
+        handle = await a.pipelines.start(gated, run_id="run-1")
+        assert (await handle.result()).status == "waiting"
+        await a.pipelines.start(pipeline("a"), run_id="busy")  # holds a's one slot
+        await b.gates.decide("run-1", "second", "approve", by="ana")
+        with anyio.fail_after(10):
+            done = await handle.result(through_gates=True)
+
+    assert (done.status, done.results["second"]) == ("completed", "second")
