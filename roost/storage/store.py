@@ -205,6 +205,11 @@ class Store:
         return self._writer is None
 
     @property
+    def reads_in_memory(self) -> bool:
+        """Yes: reads are of the memory map (`read_on_loop` suits small reads)."""
+        return True
+
+    @property
     def max_key_size(self) -> int:
         """The longest key LMDB accepts, in bytes."""
         return self._max_key_size

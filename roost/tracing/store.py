@@ -211,7 +211,7 @@ class TraceStore:
                              for _ in range(min(self._batch_size, pending, len(self._buffer)))]
                     pending -= len(batch)
                     try:
-                        write = self._prepare(batch)
+                        write = await self._prepare(batch)
                     except Exception as error:  # its summaries cannot be read (a closed store)
                         self._failed(len(batch), error)
                         continue
@@ -228,14 +228,15 @@ class TraceStore:
                         await self._wake.wait()
             await self.flush()
 
-    def _prepare(self, spans: list[Span]) -> _Write | None:
+    async def _prepare(self, spans: list[Span]) -> _Write | None:
         """The commit of one batch: the spans, their traces' summaries and index entries,
         the size total (None: no span of the batch could be encoded).
 
         A trace's stored summary comes from `_summaries` when this store wrote it lately
-        (or is writing it now, in an earlier batch), else from the store (on the loop: a
-        few point reads per new trace). The batch's summaries go into `_summaries` at
-        once, so that the next batch, committed with this one, merges into them.
+        (or is writing it now, in an earlier batch), else from the store (a few point
+        reads per new trace: on the loop from LMDB's memory, in a thread from a server).
+        The batch's summaries go into `_summaries` at once, so that the next batch,
+        committed with this one, merges into them.
         """
         ops: list[Op] = []
         by_trace: dict[str, list[tuple[Span, int]]] = {}
@@ -263,7 +264,9 @@ class TraceStore:
         known = self._summaries
         unknown = [trace_id for trace_id in by_trace if trace_id not in known]
         if unknown:  # as stored now, whether or not this commit goes through
-            known.update(self._store.read_on_loop(partial(current_summaries, unknown)))
+            read = partial(current_summaries, unknown)
+            known.update(self._store.read_on_loop(read) if self._store.reads_in_memory
+                         else await self._store.read(read))
         added = 0
         for trace_id, items in by_trace.items():
             old, old_key = known[trace_id]
@@ -376,9 +379,11 @@ class TraceStore:
         """
         check_id(run_or_trace_id)
         await self._flush_pending()
-        # A small trace costs less to read than a thread hop: it is read on the loop.
+        # A small trace in LMDB's memory costs less to read than a thread hop: it is read
+        # on the loop.
         found = self._store.read_on_loop(partial(
-            read_records, run_or_trace_id=run_or_trace_id, max_bytes=_LOOP_READ_BYTES))
+            read_records, run_or_trace_id=run_or_trace_id, max_bytes=_LOOP_READ_BYTES)
+        ) if self._store.reads_in_memory else None
         if found is not None:
             trace = decode_trace(found)
         else:

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 import roost
 from roost.errors import ConfigurationError, StoreError, StoreUnavailable, SystemNotRunning, TraceNotFound
-from roost.storage import Put, Store
+from roost.storage import PostgresStore, Put, Store
 from roost.tracing import Span, SpanKind, TraceStore, read_traces
 from roost.tracing.records import index_key, span_key
 
@@ -99,6 +99,27 @@ async def test_a_run_comes_back_by_run_id_and_by_trace_id_as_a_tree_with_its_tot
     # The run span's own totals are not counted again: tokens are added up where reported.
     assert (by_run.input_tokens, by_run.output_tokens, by_run.cost) == (120, 30, 0.25)
     assert by_run.errors == 2 and by_run.duration_ns == SECOND and by_run.skipped == []
+
+
+async def test_on_postgresql_traces_are_written_and_read_without_blocking_the_loop(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each read of a PostgreSQL snapshot is a round trip: none may be made on the loop.
+    def on_the_loop(self: PostgresStore, function: Any) -> Any:
+        raise AssertionError("read_on_loop blocked the event loop for a round trip")
+
+    monkeypatch.setattr(PostgresStore, "read_on_loop", on_the_loop)
+    async with PostgresStore.open(postgres_url) as store:
+        traces = TraceStore(store)
+        add_all(traces, run_trace(1, "email-0042", tokens=(120, 30)))
+        add_all(traces, run_trace(2, "email-0043"))
+        first = await traces.get("email-0042")
+        add_all(traces, run_trace(3, "email-0044"))
+        await traces.flush()
+        third = await traces.get(trace_id(3))
+        await traces.close()
+
+    assert (first.run_id, first.input_tokens, len(first.spans)) == ("email-0042", 120, 3)
+    assert third.run_id == "email-0044" and traces.failed_batches == 0
 
 
 async def test_a_span_whose_parent_is_missing_is_shown_as_a_root(traces: TraceStore) -> None:

@@ -254,6 +254,12 @@ class PostgresStore:
         return self._writer is None
 
     @property
+    def reads_in_memory(self) -> bool:
+        """No: every read is a round trip to the server (`read_on_loop` would block the
+        event loop for it; use `read`)."""
+        return False
+
+    @property
     def max_key_size(self) -> int:
         """The longest key the store accepts, in bytes (LMDB's limit)."""
         return MAX_KEY_SIZE
