@@ -32,7 +32,13 @@ from roost.console.openapi import (
     RunPage,
 )
 from roost.console.problems import Problem
-from roost.errors import ConfigurationError, ExtraNotInstalled, SystemNotRunning, TraceNotFound
+from roost.errors import (
+    ConfigurationError,
+    ExtraNotInstalled,
+    StoreError,
+    SystemNotRunning,
+    TraceNotFound,
+)
 from roost.tracing.metrics import prometheus_text
 
 #: Characters that could end a string in an HTML context, escaped in every JSON answer,
@@ -160,6 +166,11 @@ async def get_trace(request: web.Request) -> web.Response:
     except TraceNotFound:
         raise Problem(404, "Not found", f"run {run_id!r} has no trace in the store; it may be "
                                         "past the trace retention") from None
+    except (StoreError, UnicodeDecodeError) as error:  # a failed read, or a damaged trace key
+        raise Problem(500, "Unreadable trace", f"the trace of run {run_id!r} cannot be read "
+                                               f"({type(error).__name__}: {error}); "
+                                               f"{views.check_advice(system.store.path)}"
+                      ) from None
     return _json(trace)
 
 

@@ -109,7 +109,8 @@ _PROBLEMS = {
     415: ("UnsupportedMediaType", "The body is not sent as application/json."),
     422: ("UnprocessableContent", "The body is JSON but not a valid decision; `errors` names "
                                    "the fields."),
-    500: ("InternalError", "The console failed; its log has the error's type."),
+    500: ("InternalError", "The console failed (its log has the error's type), or a record "
+                           "it needs cannot be read from the store (the detail names it)."),
     501: ("NotImplemented", "Prometheus metrics need the optional extra roost[metrics]."),
 }
 
@@ -177,8 +178,13 @@ def _paths() -> dict[str, Any]:
                     {"type": "string"}),
              _CURSOR, _LIMIT))},
         "/api/v1/runs/{run_id}": {"get": _operation(
-            "getRun", "One run: its row, input, steps and results, checkpoints and gates.",
-            _json("RunView", "The run."), (400, 404), (_RUN_ID,))},
+            "getRun", "One run: its row, input, steps and results, checkpoints and gates. "
+                      "Missing or damaged records of the run (step results, checkpoints, gate "
+                      "records) do not fail the answer: `missing_results` names the steps "
+                      "whose results are not in the store and `problems` says what could not "
+                      "be read and what to do. A run record that does not decode is a 500.",
+            _json("RunView", "The run, with what could not be read of it."), (400, 404),
+            (_RUN_ID,))},
         "/api/v1/runs/{run_id}/trace": {"get": _operation(
             "getRunTrace", "The run's trace: every span, the tree they make, and totals.",
             _json("Trace", "The run's spans."), (400, 404), (_RUN_ID,))},

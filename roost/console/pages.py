@@ -32,6 +32,7 @@ from roost.errors import (
     GateAlreadyDecided,
     GateClosed,
     GateDecisionInvalid,
+    StoreError,
     SystemNotRunning,
     TraceNotFound,
 )
@@ -271,21 +272,25 @@ async def run(request: web.Request) -> web.Response:
     system = request.app[SYSTEM]
     run_id = request.match_info["run_id"]
     view = await views.run_view(system, run_id)
-    trace, trace_note = await _trace(system, run_id)
+    trace, trace_note, trace_damaged = await _trace(system, run_id)
     waterfall = None if trace is None else layout(trace)
     spans = [] if waterfall is None else [(row, span_parts(row.span)) for row in waterfall.rows]
     return _page(request, "run.html", view=view, trace=trace, trace_note=trace_note,
-                 waterfall=waterfall, spans=spans)
+                 trace_damaged=trace_damaged, waterfall=waterfall, spans=spans)
 
 
-async def _trace(system: Any, run_id: str) -> tuple[Trace | None, str | None]:
-    """The run's trace, or None and why there is none."""
+async def _trace(system: Any, run_id: str) -> tuple[Trace | None, str | None, bool]:
+    """The run's trace, or None, why there is none, and whether that is damage."""
     try:
-        return await system.traces.get(run_id), None
+        return await system.traces.get(run_id), None, False
     except (ConfigurationError, SystemNotRunning):
-        return None, "This system records no traces (it runs with tracing off)."
+        return None, "This system records no traces (it runs with tracing off).", False
     except TraceNotFound:
-        return None, "The store holds no trace of this run; it may be past the trace retention."
+        return (None, "The store holds no trace of this run; it may be past the trace "
+                      "retention.", False)
+    except (StoreError, UnicodeDecodeError) as error:  # a failed read, or a damaged trace key
+        return (None, f"The trace of run {run_id!r} cannot be read ({type(error).__name__}: "
+                      f"{error}); {views.check_advice(system.store.path)}.", True)
 
 
 def span_parts(span: Span) -> dict[str, dict[str, Any]]:

@@ -3,7 +3,9 @@ the JSON API encodes and the pages render, so both always agree.
 
 Every payload a run carries (inputs, results, what a gate shows) is turned into plain
 JSON-able data here, with a typed placeholder (`<Type>`) for what has no JSON form;
-the pages escape it when they render it.
+the pages escape it when they render it. A run whose checkpoints, step results or gate
+records are damaged or missing is still shown: what its records hold, and a problem
+naming what could not be read and what to do.
 """
 
 from __future__ import annotations
@@ -11,13 +13,25 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Any
+from functools import partial
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from roost.console.problems import Problem
-from roost.pipelines.run import RunProgress, encoded_results, load_progress
-from roost.storage import Checkpoint, GateRecord, RecordCodec, RunRecord, RunStore, SnapshotReader
+from roost.errors import CheckpointCorrupt, RecordCorrupt
+from roost.pipelines.run import RunProgress, load_progress
+from roost.storage import (
+    Checkpoint,
+    GateRecord,
+    RecordCodec,
+    RunRecord,
+    RunStore,
+    SnapshotReader,
+    checkpoint_key,
+)
+from roost.storage.gates import decode_gate
 
 _CHECKPOINT = RecordCodec(Checkpoint)
 _ANY = msgspec.msgpack.Decoder()
@@ -85,7 +99,8 @@ class StepView(msgspec.Struct, frozen=True):
     """One step of a run: how it settled and its result (plain data)."""
 
     name: str
-    outcome: str  # completed, skipped, optional_failure, waiting, not_reached
+    # completed, skipped, optional_failure, waiting, outcome_unknown, failed, result_missing
+    outcome: str
     result: Any = None
     error: str | None = None
 
@@ -129,13 +144,21 @@ class GateView(msgspec.Struct, frozen=True):
 
 
 class RunView(msgspec.Struct, frozen=True):
-    """One run in full: its row, input, steps, checkpoints and gates."""
+    """One run in full: its row, input, steps, checkpoints and gates, and what of it the
+    store could not give (shown beside the rest rather than failing the whole run)."""
 
     run: RunRow
     input: Any
     steps: list[StepView]
     checkpoints: list[CheckpointView]
     gates: list[GateView]
+    missing_results: Annotated[list[str], Meta(
+        description="completed steps whose results the run's latest checkpoint names but the "
+                    "store does not hold (pruned, or a damaged store); each is in `steps` "
+                    "with the outcome `result_missing`")]
+    problems: Annotated[list[str], Meta(
+        description="what could not be read for this run (missing results, a checkpoint or "
+                    "gate record that does not decode) and what to do; empty when all is well")]
 
 
 def gate_view(record: GateRecord) -> GateView:
@@ -155,7 +178,10 @@ def gate_view(record: GateRecord) -> GateView:
 def _latest(snapshot: SnapshotReader, run_id: str) -> Checkpoint | None:
     prefix = run_id.encode() + b"\x00"
     for key, value in snapshot.scan("checkpoints", prefix=prefix, reverse=True):
-        return _CHECKPOINT.decode(key, value)
+        try:
+            return _CHECKPOINT.decode(key, value)
+        except RecordCorrupt:  # a damaged checkpoint: the row shows the record alone
+            return None
     return None
 
 
@@ -213,24 +239,136 @@ async def runs_page(system: Any, *, status: str | None = None, pipeline: str | N
 
 
 async def run_view(system: Any, run_id: str) -> RunView:
-    """Run `run_id` in full.
+    """Run `run_id` in full: everything its records hold, with a problem for each record
+    that is missing or does not decode.
 
     Raises:
         RunNotFound: no such run.
+        RecordCorrupt: the run's own record does not decode (there is nothing to show).
     """
-    pipelines = system.pipelines
-    record = await pipelines.runs.get(run_id)
-    checkpoints = await pipelines.checkpoints.list(run_id)
-    progress = _progress(checkpoints[-1] if checkpoints else None)
-    encoded = {} if progress is None else await encoded_results(system.store, progress, run_id)
-    gates = await system.gates.store.of_run(run_id)
+    record = await system.pipelines.runs.get(run_id)
+    stored = await system.store.read(partial(_run_records, run_id))
+    damage = _Damage(run_id, system.store.path)
+    checkpoints, latest = _checkpoints(stored.checkpoints, damage)
+    progress = None if latest is None else _latest_progress(latest, damage)
+    encoded = {} if progress is None else _encoded_results(progress, stored.results)
+    missing = [name for name, raw in encoded.items() if raw is None]
+    if missing:
+        names = ", ".join(repr(name) for name in missing)
+        many = len(missing) > 1
+        damage.add(f"the results of steps {names} of run {run_id!r} are" if many
+                   else f"the result of step {names} of run {run_id!r} is",
+                   "not in the store (pruned, or the store was damaged), though the run's "
+                   f"latest checkpoint names {'them' if many else 'it'} as done")
     return RunView(
         run=run_row(record, progress),
         input=None if record.input is None else plain(_decode(record.input)),
         steps=_steps(record, progress, encoded),
         checkpoints=[CheckpointView(c.seq, c.step, c.timestamp, len(c.state))
                      for c in checkpoints],
-        gates=[gate_view(g) for g in gates])
+        gates=_gates(stored.gates, damage),
+        missing_results=missing, problems=damage.problems)
+
+
+class _RunRecords(msgspec.Struct, frozen=True):
+    """A run's checkpoints, step results and gate records as stored, read in one snapshot."""
+
+    checkpoints: list[tuple[bytes, bytes]]
+    results: dict[str, bytes]
+    gates: list[tuple[bytes, bytes]]
+
+
+def _run_records(run_id: str, snapshot: SnapshotReader) -> _RunRecords:
+    prefix = run_id.encode() + b"\x00"
+    return _RunRecords(
+        checkpoints=list(snapshot.scan("checkpoints", prefix=prefix)),
+        results={key[len(prefix):].decode(errors="replace"): value
+                 for key, value in snapshot.scan("results", prefix=prefix)},
+        gates=list(snapshot.scan("gates", prefix=prefix)))
+
+
+class _Damage:
+    """The problems found reading one run, each saying what is wrong and what to do."""
+
+    def __init__(self, run_id: str, store: str) -> None:
+        self.run_id = run_id
+        self.prefix = run_id.encode() + b"\x00"
+        self.problems: list[str] = []
+        self._check = check_advice(store)
+
+    def add(self, what: str, wrong: str) -> None:
+        self.problems.append(f"{what} {wrong}; {self._check}")
+
+
+def check_advice(store: str) -> str:
+    """What to do about a damaged record in the store at `store`."""
+    return (f"run `roost store check {store}` (with the system and console that use the "
+            "store stopped) to list every damaged record")
+
+
+def _checkpoints(stored: list[tuple[bytes, bytes]], damage: _Damage
+                 ) -> tuple[list[Checkpoint], Checkpoint | None]:
+    """The checkpoints in `stored` that decode and fit their key, and the latest of them if
+    it is the latest stored (None: there is none, or it is damaged)."""
+    checkpoints = []
+    latest = None
+    last = len(stored) - 1
+    for index, (key, value) in enumerate(stored):
+        what = (f"checkpoint {int.from_bytes(key[len(damage.prefix):], 'big')} of run "
+                f"{damage.run_id!r}")
+        left_out = "it is left out" + (", and the steps shown are those the run's record "
+                                       "keeps" if index == last else "")
+        try:
+            checkpoint = _CHECKPOINT.decode(key, value)
+        except RecordCorrupt as error:
+            damage.add(what, f"does not decode ({error.error}); {left_out}")
+            continue
+        if checkpoint_key(checkpoint.run_id, checkpoint.seq) != key:
+            damage.add(what, f"says it is checkpoint {checkpoint.seq} of run "
+                             f"{checkpoint.run_id!r}; {left_out}")
+            continue
+        checkpoints.append(checkpoint)
+        if index == last:
+            latest = checkpoint
+    return checkpoints, latest
+
+
+def _latest_progress(latest: Checkpoint, damage: _Damage) -> RunProgress | None:
+    try:
+        return load_progress(latest)
+    except CheckpointCorrupt as error:
+        damage.add(f"the latest checkpoint of run {damage.run_id!r} (checkpoint {latest.seq}, "
+                   f"step {latest.step!r})",
+                   f"does not hold a run's progress ({error.error}); the steps shown are "
+                   "those the run's record keeps")
+        return None
+
+
+def _encoded_results(progress: RunProgress, stored: dict[str, bytes]
+                     ) -> dict[str, msgspec.Raw | None]:
+    """Every completed step's encoded result, in `progress`'s order: those it carries and
+    those it names as stored; None for a result `stored` does not hold."""
+    results: dict[str, msgspec.Raw | None] = dict(progress.results)
+    for name in progress.stored:
+        results[name] = msgspec.Raw(stored[name]) if name in stored else None
+    return results
+
+
+def _gates(stored: list[tuple[bytes, bytes]], damage: _Damage) -> list[GateView]:
+    """The gates in `stored` that can be shown; a problem for each other."""
+    gates = []
+    for key, value in stored:
+        what = (f"the record of gate {key[len(damage.prefix):].decode(errors='replace')!r} of "
+                f"run {damage.run_id!r}")
+        try:
+            record = decode_gate(key, value)
+            if record is not None:
+                gates.append(gate_view(record))
+        except RecordCorrupt as error:
+            damage.add(what, f"does not decode ({error.error}); it is left out")
+        except msgspec.DecodeError as error:
+            damage.add(what, f"holds JSON that does not decode ({error}); it is left out")
+    return gates
 
 
 def _decode(data: bytes) -> Any:
@@ -241,12 +379,13 @@ def _decode(data: bytes) -> Any:
 
 
 def _steps(record: RunRecord, progress: RunProgress | None,
-           encoded: dict[str, msgspec.Raw]) -> list[StepView]:
-    if progress is None:  # checkpoints pruned: the plain results the record keeps
+           encoded: dict[str, msgspec.Raw | None]) -> list[StepView]:
+    if progress is None:  # no checkpoint (pruned) or a damaged one: the record's results
         results = _decode(record.result) if record.result else {}
         return [StepView(str(name), "completed", plain(value))
                 for name, value in (results.items() if isinstance(results, dict) else [])]
-    steps = [StepView(name, "completed", plain(_decode(bytes(raw))))
+    steps = [StepView(name, "completed", plain(_decode(bytes(raw)))) if raw is not None
+             else StepView(name, "result_missing", error="its result is not in the store")
              for name, raw in encoded.items()]
     steps += [StepView(name, "optional_failure", error=error)
               for name, error in progress.failures.items()]

@@ -1,0 +1,282 @@
+"""A run whose records are missing or damaged in the store: the run page and
+`GET /api/v1/runs/{id}` show everything that can be read and name what cannot, with what
+to do; only a run record that does not decode at all fails the answer.
+
+The damage is written straight through the store API into the console fixture's store
+(runs `done`, `broken` and `angry`).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import msgspec
+import pytest
+
+from roost.pipelines.run import RunProgress
+from roost.storage import (
+    Checkpoint,
+    CheckpointStore,
+    Delete,
+    Put,
+    RecordCodec,
+    RunStore,
+    StepResults,
+    checkpoint_key,
+    encode_state,
+)
+from roost.storage.gates import GateRecord, gate_key
+from roost.storage.results import result_key
+from tests.console.conftest import Console, bearer
+
+pytestmark = pytest.mark.anyio
+
+PROBLEM = "application/problem+json"
+_GATE = RecordCodec(GateRecord)
+_CHECKPOINT = RecordCodec(Checkpoint)
+
+
+async def run_json(console: Console, run_id: str) -> Any:
+    response = await console.client.get(f"/api/v1/runs/{run_id}", headers=bearer())
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def run_page(console: Console, run_id: str) -> str:
+    """The run page's text, unescaped (asserting it was a 200)."""
+    response = await console.client.get(f"/runs/{run_id}", headers=bearer())
+    assert response.status == 200, await response.text()
+    return html.unescape(await response.text())
+
+
+async def pruned_run(console: Console) -> None:
+    """Run `pruned`: its checkpoint names steps draft, review and send as done, but only
+    draft's result is in the store."""
+    store = console.system.store
+    await RunStore(store).create("pruned", pipeline="support",
+                                 input=msgspec.msgpack.encode("a pruned customer"))
+    await store.commit([StepResults.put_op("pruned", "draft",
+                                           msgspec.msgpack.encode({"text": "drafted"}))])
+    progress = RunProgress(results={}, failures={}, reviews={}, skipped=[], trace_id="t1",
+                           stored=["draft", "review", "send"])
+    await CheckpointStore(store).save("pruned", step="send", actor_path="/runs/pruned",
+                                      state=encode_state(progress))
+
+
+async def next_checkpoint(console: Console, run_id: str, value: bytes) -> int:
+    """Store `value` as run `run_id`'s next (latest) checkpoint; its sequence number."""
+    latest = await console.system.pipelines.checkpoints.latest(run_id)
+    seq = latest.seq + 1
+    await console.system.store.commit([Put("checkpoints", checkpoint_key(run_id, seq), value)])
+    return seq
+
+
+# --- step results missing ---------------------------------------------------------------
+
+
+async def test_the_api_lists_the_steps_whose_results_are_missing_and_shows_the_rest(
+        console: Console) -> None:
+    await pruned_run(console)
+
+    view = await run_json(console, "pruned")
+
+    assert view["run"]["run_id"] == "pruned" and view["run"]["status"] == "running"
+    assert view["input"] == "a pruned customer"
+    assert [(s["name"], s["outcome"], s["result"]) for s in view["steps"]] == [
+        ("draft", "completed", {"text": "drafted"}),
+        ("review", "result_missing", None), ("send", "result_missing", None)]
+    assert view["missing_results"] == ["review", "send"]
+    [problem] = view["problems"]
+    assert "the results of steps 'review', 'send' of run 'pruned' are not in the store" in problem
+    assert f"roost store check {console.system.store.path}" in problem
+    assert [c["step"] for c in view["checkpoints"]] == ["send"]
+
+
+async def test_a_single_missing_result_is_named_in_the_singular(console: Console) -> None:
+    await console.system.store.commit([StepResults.put_op("pruned", "review", b"\xa2ok")])
+    await pruned_run(console)
+
+    view = await run_json(console, "pruned")
+
+    assert view["missing_results"] == ["send"]
+    assert "the result of step 'send' of run 'pruned' is not in the store" in view["problems"][0]
+
+
+async def test_the_runs_list_still_shows_a_run_whose_results_are_missing(
+        console: Console) -> None:
+    await pruned_run(console)
+
+    response = await console.client.get("/api/v1/runs", headers=bearer())
+
+    rows = {row["run_id"]: row for row in (await response.json())["items"]}
+    assert response.status == 200 and rows["pruned"]["steps"] == 3
+
+
+async def test_the_run_page_marks_the_missing_results_and_shows_the_rest(
+        console: Console) -> None:
+    await pruned_run(console)
+
+    page = await run_page(console, "pruned")
+
+    assert "Part of this run cannot be read from the store" in page
+    assert "the results of steps 'review', 'send' of run 'pruned' are not in the store" in page
+    assert "roost store check" in page
+    assert "drafted" in page and page.count(">result_missing</span>") == 2
+    assert page.count("its result is not in the store") == 2
+
+
+async def test_a_real_run_whose_result_was_deleted_keeps_its_trace_and_gates(
+        console: Console) -> None:
+    await console.system.store.commit([Delete("results", result_key("angry", "draft"))])
+
+    view = await run_json(console, "angry")
+    page = await run_page(console, "angry")
+
+    assert view["missing_results"] == ["draft"]
+    assert [g["gate"] for g in view["gates"]] == ["send"]
+    assert "the result of step 'draft' of run 'angry' is not in the store" in page
+    assert 'class="waterfall"' in page and "an angry customer <script>" in page
+
+
+# --- a damaged checkpoint ---------------------------------------------------------------
+
+
+async def test_a_latest_checkpoint_that_does_not_decode_is_named_and_the_record_shown(
+        console: Console) -> None:
+    seq = await next_checkpoint(console, "done", b"not a checkpoint")
+
+    view = await run_json(console, "done")
+    page = await run_page(console, "done")
+
+    [problem] = view["problems"]
+    assert problem.startswith(f"checkpoint {seq} of run 'done' does not decode")
+    assert "the steps shown are those the run's record keeps" in problem
+    assert "roost store check" in problem
+    assert [(s["name"], s["outcome"]) for s in view["steps"]] == [("draft", "completed"),
+                                                                   ("send", "completed")]
+    assert [c["seq"] for c in view["checkpoints"]] == list(range(1, seq))
+    assert problem in page and 'class="waterfall"' in page
+
+
+async def test_an_older_checkpoint_that_does_not_decode_leaves_the_latest_in_charge(
+        console: Console) -> None:
+    await console.system.store.commit([Put("checkpoints", checkpoint_key("angry", 1), b"junk")])
+
+    view = await run_json(console, "angry")
+
+    [problem] = view["problems"]
+    assert problem.startswith("checkpoint 1 of run 'angry' does not decode")
+    assert "record keeps" not in problem
+    assert [(s["name"], s["outcome"]) for s in view["steps"]] == [("draft", "completed")]
+
+
+async def test_a_checkpoint_stored_under_another_runs_key_is_left_out(console: Console) -> None:
+    [checkpoint, *_] = await console.system.pipelines.checkpoints.list("done")
+    own = await console.system.pipelines.checkpoints.list("angry")
+    await console.system.store.commit([Put("checkpoints", checkpoint_key("angry", 1),
+                                           _CHECKPOINT.encode(checkpoint))])
+
+    view = await run_json(console, "angry")
+
+    assert view["problems"][0].startswith("checkpoint 1 of run 'angry' says it is checkpoint 1 "
+                                          "of run 'done'")
+    assert [c["seq"] for c in view["checkpoints"]] == [c.seq for c in own[1:]]
+
+
+async def test_a_latest_checkpoint_that_holds_no_run_progress_is_named(
+        console: Console) -> None:
+    await CheckpointStore(console.system.store).save("done", step="send", actor_path="/x",
+                                                     state=b"not progress")
+
+    view = await run_json(console, "done")
+
+    [problem] = view["problems"]
+    assert "the latest checkpoint of run 'done'" in problem
+    assert "does not hold a run's progress" in problem
+    assert [s["name"] for s in view["steps"]] == ["draft", "send"]
+
+
+async def test_the_runs_list_shows_a_run_whose_latest_checkpoint_does_not_decode(
+        console: Console) -> None:
+    await next_checkpoint(console, "done", b"not a checkpoint")
+
+    response = await console.client.get("/api/v1/runs", headers=bearer())
+
+    rows = {row["run_id"]: row for row in (await response.json())["items"]}
+    assert response.status == 200 and rows["done"]["status"] == "completed"
+    assert (await console.client.get("/runs", headers=bearer())).status == 200
+
+
+# --- a damaged gate record ---------------------------------------------------------------
+
+
+async def test_a_gate_record_that_does_not_decode_is_named_and_the_other_gates_shown(
+        console: Console) -> None:
+    await console.system.store.commit([Put("gates", gate_key("angry", "review"), b"junk")])
+
+    view = await run_json(console, "angry")
+    page = await run_page(console, "angry")
+
+    [problem] = view["problems"]
+    assert problem.startswith("the record of gate 'review' of run 'angry' does not decode")
+    assert "roost store check" in problem
+    assert [g["gate"] for g in view["gates"]] == ["send"]
+    assert problem in page and "an angry customer <script>" in page
+
+
+async def test_a_gate_whose_shown_data_is_not_json_is_named(console: Console) -> None:
+    record = await console.system.gates.get("angry", "send")
+    damaged = msgspec.structs.replace(record, gate="retry", shown=b"{not json")
+    await console.system.store.commit([Put("gates", gate_key("angry", "retry"),
+                                           _GATE.encode(damaged))])
+
+    view = await run_json(console, "angry")
+
+    [problem] = view["problems"]
+    assert problem.startswith("the record of gate 'retry' of run 'angry' holds JSON that does "
+                              "not decode")
+    assert [g["gate"] for g in view["gates"]] == ["send"]
+
+
+# --- an unreadable trace ----------------------------------------------------------------
+
+
+async def test_a_trace_that_cannot_be_read_is_named_on_the_page_and_the_run_shown(
+        console: Console) -> None:
+    await console.system.store.commit([Put("traces", b"r/done\x00\xff\xfe", b"")])
+
+    page = await run_page(console, "done")
+
+    assert "The trace of run 'done' cannot be read (UnicodeDecodeError" in page
+    assert "roost store check" in page
+    assert "reply to a happy customer" in page and 'class="waterfall"' not in page
+
+
+async def test_a_trace_that_cannot_be_read_is_a_named_problem_in_the_api(
+        console: Console) -> None:
+    await console.system.store.commit([Put("traces", b"r/done\x00\xff\xfe", b"")])
+
+    response = await console.client.get("/api/v1/runs/done/trace", headers=bearer())
+
+    assert response.status == 500 and response.content_type == PROBLEM
+    body = await response.json()
+    assert body["title"] == "Unreadable trace"
+    assert body["detail"].startswith("the trace of run 'done' cannot be read")
+    assert "roost store check" in body["detail"]
+    assert (await run_json(console, "done"))["problems"] == []
+
+
+# --- a run record that does not decode --------------------------------------------------
+
+
+async def test_a_run_record_that_does_not_decode_keeps_its_problem_answer(
+        console: Console) -> None:
+    await console.system.store.commit([Put("runs", b"done", b"junk")])
+
+    response = await console.client.get("/api/v1/runs/done", headers=bearer())
+    page = await console.client.get("/runs/done", headers=bearer())
+
+    assert response.status == 500 and response.content_type == PROBLEM
+    assert (await response.json())["title"] == "Internal error"
+    assert page.status == 500 and "Internal error" in await page.text()
