@@ -2,9 +2,9 @@
 
 The writer is a task on the store's I/O loop (`_io.IoThread`) with a connection of its
 own. Each turn it takes every write queued at that moment, applies them in order in
-one transaction (`Update` and `Append` functions run there, after `SELECT ... FOR
-UPDATE`; the run leases the writes are fenced by are read first, in one statement),
-commits, and wakes the application's loop once to settle all of their
+one transaction, in a handful of statements whatever their number (see `_batch`: the
+keys they read are read first, `FOR UPDATE`, and so are the run leases the writes are
+fenced by), commits, and wakes the application's loop once to settle all of their
 futures: one commit, and one WAL flush when any write in the batch is durable (a batch
 of non-durable writes commits with `synchronous_commit = off`).
 
@@ -30,7 +30,7 @@ from roost._logging import get_logger
 from roost.errors import RoostError, StoreError, StoreUnreachable
 from roost.storage._writer import Outcome, WriteRequest, _describe, _resolve
 from roost.storage.ops import Fence
-from roost.storage.postgres import _sql
+from roost.storage.postgres import _batch
 
 # Bounds one transaction's size and the wait of the writes queued behind it.
 _MAX_BATCH = 1024
@@ -38,14 +38,6 @@ _MAX_BATCH = 1024
 _MAX_RETRIES = 5
 
 _log = get_logger("roost.storage")
-
-
-class _Refused(Exception):
-    """A write's own operations failed (not the connection): it fails alone."""
-
-    def __init__(self, request: WriteRequest, error: Exception) -> None:
-        self.request = request
-        self.error = error
 
 
 class PostgresWriter:
@@ -67,6 +59,8 @@ class PostgresWriter:
         self._url = url
         self._connection_errors = connection_errors
         self._retry_errors = retry_errors
+        # What makes a batch be done again: a deadlock or serialization failure, a race.
+        self._redo_errors: tuple[type[BaseException], ...] = (*retry_errors, _batch.WriteRaced)
         self._reconnect_for = reconnect_for  # seconds a batch waits for a lost server
         self._lost_server = (*connection_errors, StoreUnreachable)  # ... connecting again too
         self._pending: list[WriteRequest] = []  # this loop tick's writes, not yet handed over
@@ -195,20 +189,23 @@ class PostgresWriter:
                     "BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off")
                 fenced = {op.run_id for request in batch for op in request.ops
                           if isinstance(op, Fence)}
-                leases = await _sql.lock_leases(connection, fenced) if fenced else {}
+                leases = await _batch.lock_leases(connection, fenced) if fenced else {}
                 try:
-                    results = [await self._apply(connection, request, leases)
-                               for request in batch]
-                except _Refused as refused:
+                    results = await _batch.apply_batch(
+                        connection, [request.ops for request in batch], leases)
+                except _batch.OpFailed as failed:
+                    if not isinstance(failed.error, Exception) or isinstance(
+                            failed.error, self._connection_errors + self._retry_errors):
+                        raise failed.error from None
                     await connection.execute("ROLLBACK")
-                    batch.remove(refused.request)
+                    refused = batch.pop(failed.index)
                     self.failed_writes += 1
-                    outcomes.append((refused.request.future, None,
-                                     self._failed("write", refused.request, refused.error)))
+                    outcomes.append((refused.future, None,
+                                     self._failed("write", refused, failed.error)))
                     continue
                 stage = "commit"
                 await connection.execute("COMMIT")
-            except self._retry_errors as error:
+            except self._redo_errors as error:
                 await self._rollback()
                 retries += 1
                 if retries <= _MAX_RETRIES:
@@ -234,15 +231,6 @@ class PostgresWriter:
                          for request, result in zip(batch, results, strict=True)]
             return outcomes
         return outcomes
-
-    async def _apply(self, connection: Any, request: WriteRequest,
-                     leases: _sql.Leases) -> list[Any]:
-        try:
-            return await _sql.apply_all(connection, request.ops, leases)
-        except self._connection_errors + self._retry_errors:
-            raise
-        except Exception as error:
-            raise _Refused(request, error) from error
 
     async def _connected(self) -> Any:
         if self._connection is None or self._connection.is_closed():

@@ -42,11 +42,11 @@ from roost.storage._keys import SEQ_SIZE, key_range
 from roost.storage._writer import WriteRequest
 from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 from roost.storage.postgres import _sql
+from roost.storage.postgres._batch import MAX_KEY_SIZE
 from roost.storage.postgres._io import IoThread
 from roost.storage.postgres._listen import Heard, Listener
 from roost.storage.postgres._schema import prepare
 from roost.storage.postgres._snapshot import PostgresSnapshot
-from roost.storage.postgres._sql import MAX_KEY_SIZE
 from roost.storage.postgres._url import check_url, redact
 from roost.storage.postgres._writer import PostgresWriter
 from roost.storage.store import Durability, StoreStatistics
