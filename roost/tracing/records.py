@@ -8,7 +8,9 @@ Keys are laid out so that every query is a prefix or range scan:
   a search walks summaries newest first and never opens a span it does not need.
 - `s/<trace id>`: a `TraceRef` to the trace's start, to find its summary.
 - `r/<run id>\\0<trace id>`: a `TraceRef`, so a run id finds its trace(s).
-- `m/totals`: the `TraceTotals` the size retention reads.
+- `m/totals/<writer>`: a `TraceTotals` per trace store that wrote spans (each process
+  keeps its own, so that the nodes of a cluster never wait for each other's count); the
+  size retention reads their sum. (`m/totals` alone is an older store's.)
 
 Every value is a tagged msgpack map, as `roost store check` expects. The functions at
 the end run inside `Store.read` for the trace store's writes and its retention.
@@ -94,7 +96,8 @@ class TraceRef(Record, tag="trace-ref", frozen=True, kw_only=True, gc=False):
 
 
 class TraceTotals(Record, tag="trace-totals", frozen=True, kw_only=True, gc=False):
-    """The stored size of every span record in the database, for size retention."""
+    """The bytes of span records one trace store wrote, less those it pruned: the sum over
+    every writer is the stored size of the spans, for size retention."""
 
     bytes: int = 0
 
@@ -263,15 +266,13 @@ def current_summaries(trace_ids: list[str], snapshot: Snapshot,
 
 
 def prune_victims(cutoff_ns: int, max_bytes: int, low_water: int, snapshot: Snapshot,
-                  ) -> tuple[list[bytes], int, int, bool]:
+                  ) -> tuple[list[bytes], int, int, bool, dict[bytes, int]]:
     """The keys of the oldest traces to delete: started before `cutoff_ns`, or while the
     span records take more than `max_bytes` (until `low_water`). Returns the keys, the
-    bytes they free, how many traces, and whether that is every trace."""
-    raw = snapshot.get(DB, TOTALS)
-    try:
-        total = 0 if raw is None else TOTALS_DECODER.decode(raw).bytes
-    except msgspec.DecodeError:
-        total = 0
+    bytes they free, how many traces, whether that is every trace, and the writers'
+    counts as read (see `totals`)."""
+    counts = totals(snapshot)
+    total = sum(counts.values())
     excess = total - low_water if total > max_bytes else 0
     keys: list[bytes] = []
     freed = traces = 0
@@ -279,7 +280,7 @@ def prune_victims(cutoff_ns: int, max_bytes: int, low_water: int, snapshot: Snap
         if len(keys) >= _PRUNE_KEYS or (
                 int.from_bytes(key[len(INDEX):len(INDEX) + 8], "big") >= cutoff_ns
                 and freed >= excess):
-            return keys, freed, traces, False
+            return keys, freed, traces, False, counts
         trace_id = trace_id_of_index(key)
         keys += (key, trace_key(trace_id))
         try:
@@ -290,16 +291,30 @@ def prune_victims(cutoff_ns: int, max_bytes: int, low_water: int, snapshot: Snap
             keys.append(span)
             freed += len(span) + len(stored)
         traces += 1
-    return keys, freed, traces, True
+    return keys, freed, traces, True, counts
 
 
-def adding_bytes(delta: int) -> Callable[[bytes | None], bytes]:
-    """The change (for an `Update` of `m/totals`) that adds `delta` bytes to the total."""
-    def change(current: bytes | None) -> bytes:
+def totals(snapshot: Snapshot) -> dict[bytes, int]:
+    """The bytes each writer's totals record counts (one that does not decode counts 0)."""
+    found = {}
+    for key, value in snapshot.scan(DB, prefix=TOTALS):
+        try:
+            found[key] = TOTALS_DECODER.decode(value).bytes
+        except msgspec.DecodeError:
+            found[key] = 0
+    return found
+
+
+def adding_bytes(delta: int) -> Callable[[bytes | None], bytes | None]:
+    """The change (for an `Update` of a totals record) that adds `delta` bytes to its count,
+    which may go below 0 (a writer that pruned others' spans): only the sum is a size.
+    A count that reaches 0 is deleted (the record of a writer long gone goes away)."""
+    def change(current: bytes | None) -> bytes | None:
         try:
             total = 0 if current is None else TOTALS_DECODER.decode(current).bytes
         except msgspec.DecodeError:
             total = 0
-        return ENCODER.encode(TraceTotals(bytes=max(0, total + delta)))
+        total += delta
+        return ENCODER.encode(TraceTotals(bytes=total)) if total else None
 
     return change

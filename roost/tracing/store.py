@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -55,7 +56,6 @@ from roost.tracing.records import (
     TOTALS,
     TraceRef,
     TraceSummary,
-    TraceTotals,
     adding_bytes,
     current_summaries,
     index_key,
@@ -155,6 +155,9 @@ class TraceStore:
         # The stored summary and index key (None, None: no summary) of the open traces
         # written lately: this store is their only writer, so a batch reads only the rest.
         self._summaries: dict[str, tuple[TraceSummary | None, bytes | None]] = {}
+        # This store's own count of span bytes (see `records.totals`): writers of one
+        # database (a cluster's nodes) never wait for each other to count.
+        self._totals = TOTALS + b"/" + secrets.token_hex(8).encode()
         self.written = self.dropped = self.failed_batches = self.pruned = self.skipped = 0
 
     # --- recording ------------------------------------------------------------------------
@@ -288,7 +291,7 @@ class TraceStore:
                         key = run_key(run_id, trace_id)
                         if len(key) <= longest:
                             ops.append(Put(DB, key, ref))
-        ops.append(Update(DB, TOTALS, adding_bytes(added)))
+        ops.append(Update(DB, self._totals, adding_bytes(added)))
         return _Write(ops, written, list(by_trace))
 
     async def _commit(self, writes: list[_Write]) -> None:
@@ -341,18 +344,29 @@ class TraceStore:
         while not self._store.readonly:
             cutoff = self._clock_ns() - self._retention_ns
             async with self._writing:
-                keys, freed, traces, emptied = await self._store.read(partial(
+                keys, freed, traces, emptied, counts = await self._store.read(partial(
                     prune_victims, cutoff, self._max_bytes, int(self._max_bytes * 0.9)))
                 if not traces:
                     return pruned
                 ops: list[Op] = [Delete(DB, key) for key in keys]
-                ops.append(Put(DB, TOTALS, ENCODER.encode(TraceTotals(bytes=0))) if emptied
-                           else Update(DB, TOTALS, adding_bytes(-freed)))
+                ops += self._recount(counts, freed, emptied=emptied)
                 self._summaries.clear()  # some of them may be gone
                 await self._store.commit(ops, durable=False)
             pruned += traces
             self.pruned += traces
         return pruned
+
+    def _recount(self, counts: dict[bytes, int], freed: int, *, emptied: bool) -> list[Op]:
+        """The totals' changes for a prune that read `counts` and frees `freed` bytes: every
+        other writer's count moves into this one's, less the bytes freed. With nothing
+        left (`emptied`), each count keeps only what was written since it was read, which
+        also mends a count that had drifted."""
+        ops: list[Op] = [Update(DB, key, adding_bytes(-bytes))
+                         for key, bytes in counts.items() if bytes and (emptied or key != self._totals)]
+        if not emptied:
+            moved = sum(bytes for key, bytes in counts.items() if key != self._totals)
+            ops.append(Update(DB, self._totals, adding_bytes(moved - freed)))
+        return ops
 
     async def _prune_loop(self) -> None:
         while True:

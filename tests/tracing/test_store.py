@@ -468,6 +468,28 @@ async def test_past_max_bytes_the_oldest_traces_go_until_under_it(store: Store) 
     assert await traces.prune() == 0
 
 
+async def test_trace_stores_sharing_a_database_count_its_size_together(store: Store) -> None:
+    # Two writers (a cluster's nodes) keep a count each, so that they never wait for each
+    # other; the size retention goes by their sum, whichever of them prunes.
+    one = TraceStore(store, max_bytes=10_000, clock_ns=lambda: T0)
+    two = TraceStore(store, max_bytes=10_000, clock_ns=lambda: T0)
+    add_all(one, [s for n in range(0, 30, 2) for s in run_trace(n, f"run-{n:02d}", start=n)])
+    add_all(two, [s for n in range(1, 30, 2) for s in run_trace(n, f"run-{n:02d}", start=n)])
+    await one.flush()
+    await two.flush()
+
+    pruned = await two.prune()
+
+    kept = (await one.search(limit=100)).traces
+    assert pruned > 0 and len(kept) == 30 - pruned
+    assert [summary.run_id for summary in kept] == [f"run-{n:02d}" for n in reversed(range(pruned, 30))]
+    assert sum(summary.bytes for summary in kept) <= 9_000
+    assert await one.prune() == 0 and await two.prune() == 0
+    old = T0 + 10 * 86_400 * SECOND  # every trace past its retention: the counts go to 0
+    assert await TraceStore(store, clock_ns=lambda: old).prune() == 30 - pruned
+    assert [key async for key, _ in store.scan("traces", prefix=b"m/")] == []
+
+
 async def test_bad_settings_are_refused_naming_them(store: Store) -> None:
     with pytest.raises(ConfigurationError, match="retention=0 must be a positive number"):
         TraceStore(store, retention=0)
