@@ -263,6 +263,23 @@ async def test_a_new_runs_lease_is_written_with_its_record(postgres_url: str) ->
     assert await lease_row(postgres_url, "run-3") is None
 
 
+async def test_a_second_lease_for_a_run_is_refused_alone_and_a_run_queued_again_moves_on(
+        postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        await store.commit([Lease("run-1", "orders", "node-a", 30.0), Put("runs", b"run-1", b"")])
+        await store.commit([Lease("run-2", "orders", None, 30.0), Put("runs", b"run-2", b"")])
+        async with anyio.create_task_group() as group:  # one batch: the others still commit
+            group.start_soon(store.commit, [Lease("run-3", "orders", "node-b", 30.0),
+                                            Put("runs", b"run-3", b"")])
+            group.start_soon(store.commit, [Lease("run-2", "orders", None, 30.0)])
+            with pytest.raises(StoreError, match="run 'run-1' already has a lease"):
+                await store.commit([Lease("run-1", "orders", "node-b", 30.0)])
+
+    assert (await lease_row(postgres_url, "run-1") or ())[:2] == ("node-a", 1)
+    assert (await lease_row(postgres_url, "run-2") or ())[:2] == (None, 1)  # queued again
+    assert (await lease_row(postgres_url, "run-3") or ())[:2] == ("node-b", 1)
+
+
 def _refuse(current: bytes | None) -> bytes:
     raise StoreError("refused by the test")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from roost.errors import ConfigurationError, InternalError, LeaseLost
+from roost.errors import ConfigurationError, InternalError, LeaseLost, StoreError
 from roost.storage._keys import SEQ_SIZE, pack_seq, prefix_end, unpack_seq
 from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 from roost.storage.postgres._schema import LEASES_TABLE
@@ -51,13 +51,19 @@ _INSERT = (f"INSERT INTO {_T} (db, key, value) "
            "ON CONFLICT (db, key) DO NOTHING RETURNING true")
 _DELETE = (f"DELETE FROM {_T} AS t USING unnest($1::text[], $2::bytea[]) AS k(db, key) "
            "WHERE t.db = k.db AND t.key = k.key")
+# New runs' leases, held by their node; a run that has one already is refused.
 _LEASE = (f"INSERT INTO {LEASES_TABLE} (run_id, pipeline, owner, epoch, lease_until) "
-          "VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4))")
+          "SELECT run_id, pipeline, owner, 1, now() + make_interval(secs => seconds) "
+          "FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[]) "
+          "AS l(run_id, pipeline, owner, seconds) "
+          "ON CONFLICT (run_id) DO NOTHING RETURNING run_id")
 # A queued run's lease starts expired (any node may claim it at once), owned by no node. A
 # run queued again (decided at a gate) may still have its old row: its epoch moves on, so
 # a node that drove it before is fenced out.
 _QUEUE = (f"INSERT INTO {LEASES_TABLE} (run_id, pipeline, owner, epoch, lease_until) "
-          "VALUES ($1, $2, NULL, 0, now()) ON CONFLICT (run_id) DO UPDATE SET "
+          "SELECT run_id, pipeline, NULL, 0, now() "
+          "FROM unnest($1::text[], $2::text[]) AS l(run_id, pipeline) "
+          "ON CONFLICT (run_id) DO UPDATE SET "
           f"pipeline = EXCLUDED.pipeline, owner = NULL, epoch = {LEASES_TABLE}.epoch + 1, "
           "lease_until = now(), parked = NULL")
 
@@ -110,16 +116,30 @@ async def apply_batch(connection: Any, writes: Sequence[Sequence[Op]],
             raise OpFailed(index, error) from error
         new_leases += [(index, op) for op in ops if isinstance(op, Lease)]
     await overlay.flush(connection)
-    for index, lease in new_leases:
-        try:
-            if lease.owner is None:
-                await connection.execute(_QUEUE, lease.run_id, lease.pipeline)
-            else:
-                await connection.execute(_LEASE, lease.run_id, lease.pipeline, lease.owner,
-                                         lease.seconds)
-        except Exception as error:
-            raise OpFailed(index, error) from error
+    await _write_leases(connection, new_leases)
     return results
+
+
+async def _write_leases(connection: Any, leases: list[tuple[int, Lease]]) -> None:
+    """The batch's new leases in two statements at most (those of new runs, of queued ones).
+
+    Raises:
+        OpFailed: a new run's lease exists already (its write is refused).
+    """
+    held = {lease.run_id: (index, lease) for index, lease in leases if lease.owner is not None}
+    queued = {lease.run_id: lease for _, lease in leases if lease.owner is None}
+    if held:
+        rows = await connection.fetch(
+            _LEASE, list(held), [lease.pipeline for _, lease in held.values()],
+            [lease.owner for _, lease in held.values()],
+            [lease.seconds for _, lease in held.values()])
+        for run_id in held.keys() - {row[0] for row in rows}:
+            raise OpFailed(held[run_id][0], StoreError(
+                f"run {run_id!r} already has a lease: a run id is stored once; start the "
+                "run under a new id"))
+    if queued:
+        await connection.execute(_QUEUE, list(queued),
+                                 [lease.pipeline for lease in queued.values()])
 
 
 async def _read(connection: Any, keys: set[Key]) -> dict[Key, bytes]:
