@@ -317,10 +317,11 @@ class RunActor(Actor):
         Returns:
             The run's record, as stored when this actor started.
         """
-        record = await self.pipelines.runs.get(self.run_id)
+        created = self.pipelines.just_created(self.run_id)
+        record = created or await self.pipelines.runs.get(self.run_id)
         self.input = self.pipelines.decode_input(self.pipeline, self.run_id, record.input)
         self.trace_id = run_trace_id(self.run_id, record.created_at)
-        latest = await self.pipelines.checkpoints.latest(self.run_id)
+        latest = None if created else await self.pipelines.checkpoints.latest(self.run_id)
         if latest is not None:
             progress = load_progress(latest)
             self.resumed_from = latest

@@ -155,6 +155,7 @@ class Pipelines:
         self._through_gates: set[asyncio.Future[RunOutcome]] = set()  # not woken by parking
         self._resume_after_park: set[str] = set()
         self._live: set[str] = set()
+        self._created: dict[str, RunRecord] = {}  # see `just_created`
         # The decision writes of runs resumed as they are decided, until their actor has
         # seen them land (see `commit_decision`).
         self._deciding: dict[str, asyncio.Future[builtins.list[Any]]] = {}
@@ -324,14 +325,25 @@ class Pipelines:
         if cluster is not None:  # its record's write leases it to this node
             cluster.starting(run_id, pipeline.name)
         try:
-            await self.runs.create(run_id, pipeline=pipeline.name, input=_ENCODER.encode(input))
+            self._created[run_id] = await self.runs.create(
+                run_id, pipeline=pipeline.name, input=_ENCODER.encode(input))
         except BaseException:
             if cluster is not None:
                 cluster.not_started(run_id)
             self._slot_freed(run_id)
             raise
-        await self._spawn_run(pipeline, run_id)
+        try:
+            await self._spawn_run(pipeline, run_id)
+        except BaseException:
+            self._created.pop(run_id, None)
+            raise
         return RunHandle(self, run_id)
+
+    def just_created(self, run_id: str) -> RunRecord | None:
+        """The record `start` has just stored for `run_id`, once: its actor's first load
+        needs no read of the store (nor of checkpoints: a new run has none). An actor
+        started again after a crash gets None and reads what is stored."""
+        return self._created.pop(run_id, None)
 
     async def resume(self, run_id: str) -> RunHandle:
         """Continue a run from its last completed step (a no-op for a live or ended run).
@@ -466,6 +478,7 @@ class Pipelines:
         if current is not None and current is not ref:
             return
         self._deciding.pop(run_id, None)
+        self._created.pop(run_id, None)  # it stopped before it loaded
         self._slot_freed(run_id)
         if run_id not in self._live:
             return  # it finished (and said so) first
