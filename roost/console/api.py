@@ -140,12 +140,12 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 async def list_runs(request: web.Request) -> web.Response:
     query = _query(request, "status", "pipeline", "since", "until", "text", "cursor", "limit")
-    rows, cursor = await views.runs_page(
+    rows, cursor, problems = await views.runs_page(
         request.app[SYSTEM], status=_choice(query, "status", RUN_STATUSES),
         pipeline=query.get("pipeline") or None, since=_number(query, "since"),
         until=_number(query, "until"), text=query.get("text") or None,
         cursor=query.get("cursor"), limit=_limit(query))
-    return _json(RunPage(rows, cursor))
+    return _json(RunPage(rows, cursor, problems))
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -179,12 +179,12 @@ async def get_trace(request: web.Request) -> web.Response:
 
 async def list_gates(request: web.Request) -> web.Response:
     query = _query(request, "status", "assignee", "pipeline", "older_than", "cursor", "limit")
-    gates, cursor = await views.gates_page(
+    gates, cursor, problems = await views.gates_page(
         request.app[SYSTEM], status=_choice(query, "status", GATE_STATUSES) or "pending",
         assignee=query.get("assignee") or None, pipeline=query.get("pipeline") or None,
         older_than=_number(query, "older_than", minimum=0), cursor=query.get("cursor"),
         limit=_limit(query))
-    return _json(GatePage(gates, cursor))
+    return _json(GatePage(gates, cursor, problems))
 
 
 async def get_gate(request: web.Request) -> web.Response:

@@ -38,6 +38,10 @@ class RunPage(msgspec.Struct, frozen=True):
 
     items: list[RunRow]
     next_cursor: str | None
+    problems: Annotated[list[str], Meta(
+        description="a run record in this page's range that does not decode is left out of "
+                    "`items` (and not counted in `limit`) and named here with what to do; "
+                    "empty when all is well")]
 
 
 class GatePage(msgspec.Struct, frozen=True):
@@ -45,6 +49,11 @@ class GatePage(msgspec.Struct, frozen=True):
 
     items: list[GateView]
     next_cursor: str | None
+    problems: Annotated[list[str], Meta(
+        description="gate records left out of `items` (and not counted in `limit`) and what "
+                    "to do: every page names each gate record in the store that does not "
+                    "decode (its status and place are unknown), and this page's gates whose "
+                    "JSON does not decode; empty when all is well")]
 
 
 class ActorList(msgspec.Struct, frozen=True):
@@ -165,7 +174,9 @@ def _paths() -> dict[str, Any]:
             {"description": "The OpenAPI 3.1 document.",
              "content": {"application/json": {"schema": {"type": "object"}}}}, ())},
         "/api/v1/runs": {"get": _operation(
-            "listRuns", "Runs, newest first, filtered; a page at a time.",
+            "listRuns", "Runs, newest first, filtered; a page at a time. A run record that "
+                        "does not decode does not fail the answer: it is left out and "
+                        "`problems` names it and says what to do.",
             _json("RunPage", "A page of runs."), (400,),
             (_query("status", "only runs with this status",
                     {"type": "string", "enum": list(RUN_STATUSES)}),
@@ -190,7 +201,9 @@ def _paths() -> dict[str, Any]:
             _json("Trace", "The run's spans."), (400, 404), (_RUN_ID,))},
         "/api/v1/gates": {"get": _operation(
             "listGates", "Gates: pending ones oldest first (the inbox), or the decided or "
-                         "closed ones latest first (the audit trail).",
+                         "closed ones latest first (the audit trail). A gate record that does "
+                         "not decode does not fail the answer: it is left out and `problems` "
+                         "names it and says what to do.",
             _json("GatePage", "A page of gates."), (400,),
             (_query("status", "which gates", {"type": "string", "enum": list(GATE_STATUSES),
                                               "default": "pending"}),

@@ -249,8 +249,9 @@ async def runs(request: web.Request) -> web.Response:
     rows: list[views.RunRow] = []
     cursor = None
     problem = None
+    damaged: list[str] = []
     try:
-        rows, cursor = await views.runs_page(
+        rows, cursor, damaged = await views.runs_page(
             request.app[SYSTEM], status=chosen["status"] or None,
             pipeline=chosen["pipeline"].strip() or None,
             since=parse_moment("since", chosen["since"]),
@@ -263,8 +264,8 @@ async def runs(request: web.Request) -> web.Response:
     older = None if cursor is None else "/runs?" + urlencode({**kept, "cursor": cursor})
     return _page(request, "runs.html", 200 if problem is None else problem.status,
                  lines=[run_line(row) for row in rows], chosen=chosen, statuses=RUN_STATUSES,
-                 older=older, problem=problem, first_page=query.get("cursor") is None,
-                 first="/runs?" + urlencode(kept))
+                 older=older, problem=problem, damaged=damaged,
+                 first_page=query.get("cursor") is None, first="/runs?" + urlencode(kept))
 
 
 async def run(request: web.Request) -> web.Response:
@@ -331,11 +332,12 @@ async def _inbox(request: web.Request, source: Mapping[str, Any], status: int = 
     items: list[views.GateView] = []
     cursor = None
     problem = None
+    damaged: list[str] = []
     try:
         if which not in GATE_STATUSES:
             raise Problem(400, "Bad filter", f"status={which[:20]!r} is not one of "
                                              f"{', '.join(GATE_STATUSES)}")
-        items, cursor = await views.gates_page(
+        items, cursor, damaged = await views.gates_page(
             request.app[SYSTEM], status=which, assignee=assignee,
             cursor=None if failure is not None else query.get("cursor"))
     except Problem as error:
@@ -349,7 +351,8 @@ async def _inbox(request: web.Request, source: Mapping[str, Any], status: int = 
     base = {"status": which, "assignee": assignee or ""}
     more = None if cursor is None else "/gates?" + urlencode({**base, "cursor": cursor})
     return _page(request, "gates.html", status, which=which, assignee=assignee or "",
-                 forms=with_forms, more=more, problem=problem, decided=query.get("decided"),
+                 forms=with_forms, more=more, problem=problem, damaged=damaged,
+                 decided=query.get("decided"),
                  failure=failure, failure_shown=shown, statuses=GATE_STATUSES)
 
 

@@ -5,7 +5,8 @@ Every payload a run carries (inputs, results, what a gate shows) is turned into 
 JSON-able data here, with a typed placeholder (`<Type>`) for what has no JSON form;
 the pages escape it when they render it. A run whose checkpoints, step results or gate
 records are damaged or missing is still shown: what its records hold, and a problem
-naming what could not be read and what to do.
+naming what could not be read and what to do. Likewise a list of runs or gates shows the
+records it can read and names each one that does not decode.
 """
 
 from __future__ import annotations
@@ -213,16 +214,18 @@ def run_row(record: RunRecord, progress: RunProgress | None) -> RunRow:
 async def runs_page(system: Any, *, status: str | None = None, pipeline: str | None = None,
                     since: float | None = None, until: float | None = None,
                     text: str | None = None, cursor: str | None = None,
-                    limit: int = 50) -> tuple[list[RunRow], str | None]:
-    """A page of runs, newest first, with the cursor of the next page.
+                    limit: int = 50) -> tuple[list[RunRow], str | None, list[str]]:
+    """A page of runs, newest first, with the cursor of the next page and a problem for
+    each run record in the page's range that does not decode (left out of the rows).
 
     Raises:
         Problem: 400 for a bad cursor, limit or status.
     """
+    damaged: list[RecordCorrupt] = []
     try:
         read_page = RunStore(system.store).page_reader(
             limit=limit, before=decode_cursor(cursor), status=status, pipeline=pipeline,
-            since=since, until=until, text=text)
+            since=since, until=until, text=text, damaged=damaged)
     except Problem:
         raise
     except ValueError as error:  # ConfigurationError: a bad limit or status
@@ -235,7 +238,31 @@ async def runs_page(system: Any, *, status: str | None = None, pipeline: str | N
     records, after, latest = await system.store.read(read)
     rows = [run_row(record, _progress(checkpoint))
             for record, checkpoint in zip(records, latest, strict=True)]
-    return rows, encode_cursor(after)
+    return rows, encode_cursor(after), [damaged_run(error, system.store.path)
+                                        for error in damaged]
+
+
+def damaged_run(error: RecordCorrupt, store: str) -> str:
+    """The problem of a run record that does not decode, left out of a list of runs."""
+    try:
+        what = f"the record of run {error.key.decode()!r}"
+    except UnicodeDecodeError:
+        what = f"the run record at key {error.key!r}"
+    return f"{what} does not decode ({error.error}); it is left out of this list; " \
+           f"{check_advice(store)}"
+
+
+def damaged_gate(error: RecordCorrupt, store: str) -> str:
+    """The problem of a gate record that does not decode, left out of a list of gates: it
+    names the run and gate its key stands for, or the key if that cannot be read."""
+    run_id, separator, gate = error.key.rpartition(b"\x00")  # gate names hold no NUL
+    try:
+        what = (f"the record of gate {gate.decode()!r} of run {run_id.decode()!r}"
+                if separator and run_id and gate else f"the gate record at key {error.key!r}")
+    except UnicodeDecodeError:
+        what = f"the gate record at key {error.key!r}"
+    return f"{what} does not decode ({error.error}); it is left out of this list; " \
+           f"{check_advice(store)}"
 
 
 async def run_view(system: Any, run_id: str) -> RunView:
@@ -303,7 +330,8 @@ class _Damage:
 def check_advice(store: str) -> str:
     """What to do about a damaged record in the store at `store`."""
     return (f"run `roost store check {store}` (with the system and console that use the "
-            "store stopped) to list every damaged record")
+            "store stopped) to list every damaged record, and restore the store from a backup "
+            "if it reports damage")
 
 
 def _checkpoints(stored: list[tuple[bytes, bytes]], damage: _Damage
@@ -402,19 +430,28 @@ def _steps(record: RunRecord, progress: RunProgress | None,
 async def gates_page(system: Any, *, status: str | None = "pending", assignee: str | None = None,
                      pipeline: str | None = None, older_than: float | None = None,
                      cursor: str | None = None, limit: int = 50
-                     ) -> tuple[list[GateView], str | None]:
+                     ) -> tuple[list[GateView], str | None, list[str]]:
     """A page of gates, oldest first (pending ones by default; decided ones are the audit
-    trail), with the cursor of the next page."""
+    trail), with the cursor of the next page and what could not be read: a problem for
+    each gate record in the store that does not decode (it may belong to any page, so
+    every page names it), and for each of the page's gates whose JSON does not decode."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise Problem(400, "Bad request", f"limit={limit!r} must be a whole number from 1 to 1000")
-    if status is None or status == "pending":
-        records = await system.gates.pending(assignee=assignee, pipeline=pipeline,
-                                             older_than=older_than)
+    status = status or "pending"
+    store = system.gates.store
+    damaged: list[RecordCorrupt] = []
+    # The store's list, not `system.gates.pending`: that one fails on the first damaged record.
+    records = [r for r in await store.list(status=status, damaged=damaged)
+               if (assignee is None or assignee in r.assignees)
+               and (pipeline is None or r.pipeline == pipeline)]
+    if status == "pending":
+        if older_than is not None:
+            cutoff = store.clock() - older_than
+            records = [r for r in records if r.opened_at <= cutoff]
+        records.sort(key=lambda r: r.opened_at)
     else:
-        records = [r for r in await system.gates.store.list(status=status)
-                   if (assignee is None or assignee in r.assignees)
-                   and (pipeline is None or r.pipeline == pipeline)]
         records.sort(key=lambda r: r.decided_at or r.opened_at, reverse=True)
+    problems = [damaged_gate(error, system.store.path) for error in damaged]
     position = decode_cursor(cursor)
     start = 0
     if position is not None:
@@ -423,10 +460,19 @@ async def gates_page(system: Any, *, status: str | None = "pending", assignee: s
             raise Problem(400, "Bad cursor", "the cursor's gate is no longer in this list; "
                                              "start again without a cursor")
         start = keys.index(position) + 1
-    page = records[start:start + limit]
-    after = (f"{page[-1].run_id}\x1f{page[-1].gate}"
-             if page and start + limit < len(records) else None)
-    return [gate_view(r) for r in page], encode_cursor(after)
+    page: list[GateView] = []
+    after = None
+    for record in records[start:]:
+        if len(page) == limit:
+            after = f"{page[-1].run_id}\x1f{page[-1].gate}"
+            break
+        try:
+            page.append(gate_view(record))
+        except msgspec.DecodeError as error:
+            problems.append(f"the record of gate {record.gate!r} of run {record.run_id!r} holds "
+                            f"JSON that does not decode ({error}); it is left out of this list; "
+                            f"{check_advice(system.store.path)}")
+    return page, encode_cursor(after), problems
 
 
 # --- the live system ------------------------------------------------------------------

@@ -6,6 +6,8 @@ ones: deadlines that passed while no process ran are applied first, then the com
 lists or decides. The pipelines are not loaded here, so an edit's input is checked
 against the JSON Schema stored with the gate. A decided run is `queued`; it resumes
 when a system registers its pipeline with `resume=True` (e.g. the next `roost run`).
+A gate record that does not decode is left out of `roost gates`' list and named on
+stderr, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Any
 
 import msgspec
 
-from roost.errors import RoostError, StoreUnavailable
+from roost.errors import RecordCorrupt, RoostError, StoreUnavailable
 from roost.runtime._store_option import add_store_option
 from roost.runtime.log import configure_logging
 from roost.runtime.system import ActorSystem
 from roost.storage import GateRecord, RunStatus, is_postgres_url, open_store
 from roost.storage._integrity import DATA_FILE, recorded_id
+from roost.storage.gates import PENDING
 
 EXIT_OK, EXIT_FAILED = 0, 1
 #: The longest the commands wait for the gate timer to apply deadlines that have passed.
@@ -133,9 +136,31 @@ def _not_json(constant: str) -> Any:
 
 
 async def _gates(args: argparse.Namespace) -> int:
+    """List the waiting gates that can be read; exit 1, after naming them, if some records
+    cannot."""
+    damaged: list[RecordCorrupt] = []
     async with _open_system(args.store) as system:
-        records = await system.gates.pending(assignee=args.assignee, pipeline=args.pipeline,
-                                             older_than=args.older_than)
+        store = system.gates.store
+        # The store's list, not `system.gates.pending`: that one fails on the first damaged record.
+        cutoff = None if args.older_than is None else store.clock() - args.older_than
+        records = sorted((r for r in await store.list(status=PENDING, damaged=damaged)
+                          if (args.assignee is None or args.assignee in r.assignees)
+                          and (args.pipeline is None or r.pipeline == args.pipeline)
+                          and (cutoff is None or r.opened_at <= cutoff)),
+                         key=lambda r: r.opened_at)
+        where = system.store.path
+    _print_gates(args, records)
+    if not damaged:
+        return EXIT_OK
+    names = ", ".join(_gate_name(error.key) for error in damaged)
+    print(f"roost: {len(damaged)} gate record(s) do not decode and are left out of the list: "
+          f"{names}; run `roost store check {where}` with the system and console that use the "
+          "store stopped, and restore the store from a backup if it reports damage",
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _print_gates(args: argparse.Namespace, records: list[GateRecord]) -> None:
     if args.json:
         for record in records:
             print(gate_json(record))
@@ -146,7 +171,17 @@ async def _gates(args: argparse.Namespace) -> int:
         rows = [[r.run_id, r.gate, age(now - r.opened_at), ",".join(r.assignees) or "-",
                  " ".join(r.reason.split())] for r in records]
         print("\n".join(_table(["RUN", "GATE", "AGE", "ASSIGNEES", "REASON"], rows)))
-    return EXIT_OK
+
+
+def _gate_name(key: bytes) -> str:
+    """A damaged gate record by its run and gate, as its key holds them (else the key)."""
+    run_id, separator, gate = key.rpartition(b"\x00")  # gate names hold no NUL
+    try:
+        if separator and run_id and gate:
+            return f"gate {gate.decode()!r} of run {run_id.decode()!r}"
+    except UnicodeDecodeError:
+        pass
+    return f"the one at key {key!r}"
 
 
 async def _decide(args: argparse.Namespace, decision_input: Any) -> int:

@@ -4,7 +4,8 @@
 indented by depth, with a bar placed and scaled on the trace's time span, its
 duration, status (errors in red on a terminal), tokens and cost; `--json` prints
 the raw spans. `roost runs` lists runs, newest first, with their status, pipeline,
-start, duration, steps, tokens and cost. Both open the store read-only.
+start, duration, steps, tokens and cost; a run record that does not decode is left out
+and named on stderr, and the command exits 1. Both open the store read-only.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 
 import msgspec
 
-from roost.errors import StoreError, TraceNotFound
+from roost.errors import RecordCorrupt, StoreError, TraceNotFound
 from roost.runtime._store_option import add_store_option
 from roost.runtime.log import configure_logging
-from roost.storage import RunRecord, RunStatus, RunStore, open_store
+from roost.storage import RunRecord, RunStatus, RunStore, StoreInterface, open_store
 from roost.tracing import Span, Trace, TraceStore, TraceSummary
 from roost.tracing.records import usage_of
 
@@ -30,6 +31,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 #: Columns of a waterfall bar: the whole trace's time span.
 BAR_WIDTH = 40
 _LABEL_WIDTH = 44
+#: The most run records `roost runs` reads in one read transaction.
+_READ_PAGE = 1000
 _RED, _RESET = "\x1b[31m", "\x1b[0m"
 _ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
@@ -78,17 +81,46 @@ async def _trace(args: argparse.Namespace) -> int:
 
 
 async def _runs(args: argparse.Namespace) -> int:
+    """List the runs that can be read; exit 1, after naming them, if some records cannot."""
+    damaged: list[RecordCorrupt] = []
     async with open_store(args.store, readonly=True, create=False) as store:
-        records = await RunStore(store).list(args.status)
-        records = [record for record in records
-                   if args.pipeline is None or record.pipeline == args.pipeline]
+        records = await _readable_runs(store, args.status, args.pipeline, damaged)
         records.sort(key=lambda record: record.created_at, reverse=True)
         traces = TraceStore(store)
         rows = [_run_row(record, await traces.summary(record.run_id))
                 for record in records[:args.limit]]
     print("\n".join(_table(["RUN", "STATUS", "PIPELINE", "STARTED", "DURATION", "STEPS",
                             "TOKENS", "COST"], rows)))
-    return EXIT_OK
+    if not damaged:
+        return EXIT_OK
+    names = ", ".join(_run_name(error.key) for error in damaged)
+    print(f"roost: {len(damaged)} run record(s) do not decode and are left out of the list: "
+          f"{names}; run `roost store check {store.path}` with the system and console that "
+          "use the store stopped, and restore the store from a backup if it reports damage",
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
+async def _readable_runs(store: StoreInterface, status: str | None, pipeline: str | None,
+                         damaged: list[RecordCorrupt]) -> list[RunRecord]:
+    """Every run record with `status` of `pipeline` that decodes, a page at a time; the
+    errors of those that do not are appended to `damaged`."""
+    runs = RunStore(store)
+    found: list[RunRecord] = []
+    before = None
+    while True:
+        page, before = await store.read(runs.page_reader(
+            limit=_READ_PAGE, before=before, status=status, pipeline=pipeline, damaged=damaged))
+        found += page
+        if before is None:
+            return found
+
+
+def _run_name(key: bytes) -> str:
+    try:
+        return repr(key.decode())
+    except UnicodeDecodeError:
+        return f"the one at key {key!r}"
 
 
 def waterfall(trace: Trace, *, color: bool = False, width: int = BAR_WIDTH) -> list[str]:

@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from roost.errors import ConfigurationError, GateAlreadyDecided, GateClosed, GateNotFound
+from roost.errors import (
+    ConfigurationError,
+    GateAlreadyDecided,
+    GateClosed,
+    GateNotFound,
+    RecordCorrupt,
+)
 from roost.storage._keys import SEQ_SIZE, pack_seq, unpack_seq
 from roost.storage.codecs import Record, RecordCodec
 from roost.storage.ops import Changed, Delete, Op, Put, Update
@@ -281,11 +287,27 @@ class GateStore:
                 found.append(_CODEC.decode(key, data))
         return found
 
-    async def list(self, *, status: str | None = None) -> builtins.list[GateRecord]:
-        """Every gate (optionally only those with `status`), by run id and name."""
-        return [record async for key, value in self._store.scan(_DB, stop=_INDEX)
-                if (record := _CODEC.decode(key, value)) is not None
-                and (status is None or record.status == status)]
+    async def list(self, *, status: str | None = None,
+                   damaged: builtins.list[RecordCorrupt] | None = None
+                   ) -> builtins.list[GateRecord]:
+        """Every gate (optionally only those with `status`), by run id and name.
+
+        Without `damaged`, a record that does not decode raises `RecordCorrupt`. With it,
+        such records are skipped and their errors appended to `damaged` (whatever their
+        status), so a list can show the gates it can read and name the others.
+        """
+        found = []
+        async for key, value in self._store.scan(_DB, stop=_INDEX):
+            try:
+                record = _CODEC.decode(key, value)
+            except RecordCorrupt as error:
+                if damaged is None:
+                    raise
+                damaged.append(error)
+                continue
+            if status is None or record.status == status:
+                found.append(record)
+        return found
 
     async def due(self, now: float, limit: int = 256) -> builtins.list[tuple[float, str, str]]:
         """Deadline index entries at or before `now`: (deadline, run id, gate), earliest first."""

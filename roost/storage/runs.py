@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from roost.errors import ConfigurationError, RunNotFound, StoreError
+from roost.errors import ConfigurationError, RecordCorrupt, RunNotFound, StoreError
 from roost.storage import _run_index
 from roost.storage._interface import SnapshotReader, StoreInterface
 from roost.storage.codecs import Record, RecordCodec
@@ -251,10 +251,15 @@ class RunStore:
     def page_reader(self, *, limit: int = 50, before: str | None = None,
                     status: RunStatus | str | None = None, pipeline: str | None = None,
                     since: float | None = None, until: float | None = None,
-                    text: str | None = None
+                    text: str | None = None, damaged: builtins.list[RecordCorrupt] | None = None
                     ) -> Callable[[SnapshotReader], tuple[builtins.list[RunRecord], str | None]]:
         """`page` as a function of a snapshot, to read a page and what goes with it (its
         runs' checkpoints, say) in one `Store.read`.
+
+        Without `damaged`, a record that does not decode raises `RecordCorrupt` when read.
+        With it, the page skips such records and appends their errors to `damaged`, so a
+        list can show the runs it can read and name the others: a skipped record is not
+        counted in `limit`, and each is named by the one page whose range holds it.
 
         Raises:
             ConfigurationError: a bad limit or status.
@@ -269,7 +274,15 @@ class RunStore:
         def read(snapshot: SnapshotReader) -> tuple[builtins.list[RunRecord], str | None]:
             found: builtins.list[RunRecord] = []
             for key, value in snapshot.scan(_DB, stop=stop, reverse=True):
-                record = _CODEC.decode(key, value)
+                try:
+                    record = _CODEC.decode(key, value)
+                except RecordCorrupt as error:
+                    if damaged is None:
+                        raise
+                    if len(found) == limit:  # it belongs to the next page
+                        return found, found[-1].run_id
+                    damaged.append(error)
+                    continue
                 if ((wanted is not None and record.status != wanted)
                         or (pipeline is not None and record.pipeline != pipeline)
                         or (since is not None and record.created_at < since)

@@ -457,3 +457,14 @@ async def test_every_reference_in_the_openapi_document_resolves(console: Console
         declared = {p["name"] for op in item.values() for p in op.get("parameters", [])
                     if p["in"] == "path"}
         assert declared == {part[1:-1] for part in path.split("/") if part.startswith("{")}
+
+
+async def test_the_openapi_document_describes_the_problems_each_list_and_run_answers_with(
+        console: Console) -> None:
+    schemas = (await get(console, "/api/v1/openapi.json"))["components"]["schemas"]
+
+    for name in ("RunPage", "GatePage", "RunView"):
+        assert "problems" in schemas[name]["required"], name
+        problems = schemas[name]["properties"]["problems"]
+        assert problems["type"] == "array" and problems["items"] == {"type": "string"}
+        assert "what to do" in problems["description"], name

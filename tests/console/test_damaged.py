@@ -280,3 +280,175 @@ async def test_a_run_record_that_does_not_decode_keeps_its_problem_answer(
     assert response.status == 500 and response.content_type == PROBLEM
     assert (await response.json())["title"] == "Internal error"
     assert page.status == 500 and "Internal error" in await page.text()
+
+
+# --- a damaged record in the runs list ---------------------------------------------------
+
+
+async def runs_json(console: Console, **query: str) -> Any:
+    response = await console.client.get("/api/v1/runs", params=query, headers=bearer())
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def test_the_runs_list_shows_the_runs_it_can_read_and_names_a_damaged_record(
+        console: Console) -> None:
+    await console.system.store.commit([Put("runs", b"cracked", b"junk")])
+
+    listed = await runs_json(console)
+
+    assert [row["run_id"] for row in listed["items"]] == ["done", "broken", "angry"]
+    [problem] = listed["problems"]
+    assert problem.startswith("the record of run 'cracked' does not decode (")
+    assert "it is left out of this list" in problem
+    assert f"run `roost store check {console.system.store.path}`" in problem
+    assert "with the system and console that use the store stopped" in problem
+    assert "restore the store from a backup if it reports damage" in problem
+    assert (await runs_json(console, status="failed"))["problems"] == [problem]
+
+
+async def test_the_runs_list_names_nothing_when_every_record_decodes(console: Console) -> None:
+    assert (await runs_json(console))["problems"] == []
+
+
+async def test_the_runs_page_shows_the_runs_it_can_read_and_the_damaged_record_in_red(
+        console: Console) -> None:
+    await console.system.store.commit([Put("runs", b"cracked", b"junk")])
+
+    response = await console.client.get("/runs", headers=bearer())
+    page = html.unescape(await response.text())
+
+    assert response.status == 200
+    assert '<div class="damage" role="alert">' in page
+    assert "Some runs cannot be read from the store" in page
+    assert "the record of run 'cracked' does not decode" in page and "roost store check" in page
+    assert all(f'href="/runs/{run_id}"' in page for run_id in ("done", "broken", "angry"))
+
+
+async def test_runs_pages_skip_a_damaged_record_without_counting_it_and_name_it_once(
+        console: Console) -> None:
+    # Newest first is by run id, descending: done, cracked (damaged), broken, angry.
+    await console.system.store.commit([Put("runs", b"cracked", b"junk")])
+    pages, cursor = [], None
+    while True:
+        page = await runs_json(console, limit="1", **({"cursor": cursor} if cursor else {}))
+        pages.append(([row["run_id"] for row in page["items"]],
+                      [problem.split(" does not decode")[0] for problem in page["problems"]]))
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert pages == [(["done"], []), (["broken"], ["the record of run 'cracked'"]),
+                     (["angry"], [])]
+
+
+async def test_a_damaged_run_record_whose_key_is_not_text_is_named_by_its_key(
+        console: Console) -> None:
+    await console.system.store.commit([Put("runs", b"\xc3(", b"junk")])
+
+    [problem] = (await runs_json(console))["problems"]
+
+    assert problem.startswith("the run record at key b'\\xc3(' does not decode")
+
+
+# --- a damaged record in the gates inbox -------------------------------------------------
+
+
+async def gates_json(console: Console, **query: str) -> Any:
+    response = await console.client.get("/api/v1/gates", params=query, headers=bearer())
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def second_gate(console: Console, gate: str, **changes: Any) -> None:
+    """Store a copy of run `angry`'s pending gate `send` as its gate `gate`, opened later."""
+    record = await console.system.gates.get("angry", "send")
+    copy = msgspec.structs.replace(record, gate=gate, opened_at=record.opened_at + 1, **changes)
+    await console.system.store.commit([Put("gates", gate_key("angry", gate), _GATE.encode(copy))])
+
+
+async def test_the_gates_inbox_shows_the_gates_it_can_read_and_names_a_damaged_record(
+        console: Console) -> None:
+    await console.system.store.commit([Put("gates", gate_key("cracked", "review"), b"junk")])
+
+    pending = await gates_json(console)
+    decided = await gates_json(console, status="decided")
+
+    assert [(g["run_id"], g["gate"]) for g in pending["items"]] == [("angry", "send")]
+    [problem] = pending["problems"]
+    assert problem.startswith("the record of gate 'review' of run 'cracked' does not decode (")
+    assert "it is left out of this list" in problem
+    assert f"run `roost store check {console.system.store.path}`" in problem
+    assert "restore the store from a backup if it reports damage" in problem
+    assert (decided["items"], decided["problems"]) == ([], [problem])
+    assert (await gates_json(console, assignee="nobody"))["problems"] == [problem]
+
+
+async def test_the_gates_inbox_names_nothing_when_every_record_decodes(console: Console) -> None:
+    assert (await gates_json(console))["problems"] == []
+    assert (await gates_json(console, status="closed"))["problems"] == []
+
+
+@pytest.mark.parametrize(("key", "named"), [
+    (b"cracked\x00review\x00again", "the record of gate 'again' of run 'cracked\\x00review'"),
+    (b"no-separator", "the gate record at key b'no-separator'"),
+    (b"\xc3(\x00review", "the gate record at key b'\\xc3(\\x00review'"),
+])
+async def test_a_damaged_gate_record_is_named_by_its_run_and_gate_or_else_its_key(
+        console: Console, key: bytes, named: str) -> None:
+    await console.system.store.commit([Put("gates", key, b"junk")])
+
+    [problem] = (await gates_json(console))["problems"]
+
+    assert problem.startswith(f"{named} does not decode")
+
+
+async def test_the_gates_pages_show_the_damaged_record_in_red_beside_the_gates(
+        console: Console) -> None:
+    await console.system.store.commit([Put("gates", gate_key("cracked", "review"), b"junk")])
+
+    for status in ("pending", "decided"):
+        response = await console.client.get("/gates", params={"status": status, "assignee": ""},
+                                            headers=bearer())
+        page = html.unescape(await response.text())
+
+        assert response.status == 200
+        assert '<div class="damage" role="alert">' in page
+        assert "Some gates cannot be read from the store" in page
+        assert "the record of gate 'review' of run 'cracked' does not decode" in page
+        assert ("an angry customer <script>" in page) == (status == "pending")
+
+
+async def test_gate_pages_follow_the_cursor_past_a_damaged_record_naming_it_on_each(
+        console: Console) -> None:
+    await second_gate(console, "retry")
+    await console.system.store.commit([Put("gates", gate_key("angry", "broken"), b"junk")])
+
+    first = await gates_json(console, limit="1")
+    second = await gates_json(console, limit="1", cursor=first["next_cursor"])
+
+    assert [g["gate"] for g in first["items"]] == ["send"]
+    assert [g["gate"] for g in second["items"]] == ["retry"] and second["next_cursor"] is None
+    assert first["problems"] == second["problems"]
+    assert [p.split(" does not decode")[0] for p in first["problems"]] == [
+        "the record of gate 'broken' of run 'angry'"]
+
+
+async def test_a_gate_whose_json_does_not_decode_is_left_out_of_the_inbox_and_named(
+        console: Console) -> None:
+    await second_gate(console, "later", shown=b"{not json")
+    await second_gate(console, "retry")  # opened with `later`: after it, by name
+
+    whole = await gates_json(console, limit="2")
+    first = await gates_json(console, limit="1")
+    second = await gates_json(console, limit="1", cursor=first["next_cursor"])
+
+    assert [g["gate"] for g in whole["items"]] == ["send", "retry"]
+    assert whole["next_cursor"] is None
+    [problem] = whole["problems"]
+    assert problem.startswith("the record of gate 'later' of run 'angry' holds JSON that does "
+                              "not decode")
+    assert "it is left out of this list" in problem and "roost store check" in problem
+    assert ([g["gate"] for g in first["items"]], first["problems"]) == (["send"], [])
+    assert ([g["gate"] for g in second["items"]], second["problems"]) == (["retry"], [problem])
+    assert second["next_cursor"] is None

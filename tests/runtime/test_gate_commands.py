@@ -18,6 +18,8 @@ import pytest
 import roost
 from roost import Gate, Pipeline, RunStep, Step
 from roost.runtime.gate_commands import age
+from roost.storage import Put, Store
+from roost.storage.gates import gate_key
 
 REPO = Path(__file__).resolve().parents[2]
 ROOST = [sys.executable, "-m", "roost.runtime.cli"]
@@ -145,6 +147,31 @@ def test_gates_says_so_when_none_are_waiting(tmp_path: Path) -> None:
     result = roost_command("gates", "--store", str(tmp_path / "store"))
 
     assert (result.returncode, result.stdout) == (0, "no gates are waiting\n")
+
+
+def test_gates_lists_the_readable_gates_names_the_damaged_records_and_exits_1(
+        store: Path) -> None:
+    async def damage() -> None:
+        async with Store.open(store) as opened:
+            await opened.commit([Put("gates", gate_key("run-billing", "refund"), b"\xc1"),
+                                 Put("gates", b"no-separator", b"\xc1")])
+
+    anyio.run(damage)
+
+    result = roost_command("gates", "--store", str(store))
+    as_json = roost_command("gates", "--store", str(store), "--json")
+
+    assert result.returncode == 1
+    assert [line.split()[:2] for line in result.stdout.splitlines()[1:]] == [
+        ["run-support", "reply"], ["run-notes", "file"]]
+    assert result.stderr == (
+        "roost: 2 gate record(s) do not decode and are left out of the list: "
+        "the one at key b'no-separator', gate 'refund' of run 'run-billing'; "
+        f"run `roost store check {store}` with the system and console that use the store "
+        "stopped, and restore the store from a backup if it reports damage\n")
+    assert as_json.returncode == 1 and as_json.stderr == result.stderr
+    assert [json.loads(line)["run_id"] for line in as_json.stdout.splitlines()] == [
+        "run-support", "run-notes"]
 
 
 def test_age_reads_like_a_person_would_say_it() -> None:

@@ -240,3 +240,30 @@ def test_runs_refuses_a_bad_limit_or_status_naming_it(runs_store: Path) -> None:
 
     assert limit.returncode == 2 and "'0' is not a positive whole number" in limit.stderr
     assert status.returncode == 2 and "invalid choice: 'done'" in status.stderr
+
+
+def damage(folder: Path, db: str, *keys: bytes) -> None:
+    """Overwrite the records at `keys` of database `db` with bytes that do not decode."""
+    async def write() -> None:
+        async with Store.open(folder) as store:
+            await store.commit([Put(db, key, b"\xc1") for key in keys])
+
+    anyio.run(write)
+
+
+def test_runs_lists_the_readable_runs_names_the_damaged_records_and_exits_1(
+        runs_store: Path) -> None:
+    damage(runs_store, "runs", b"bill-1", b"\xc3(")
+
+    result = roost_command("runs", "--store", str(runs_store))
+    failed = roost_command("runs", "--store", str(runs_store), "--status", "failed")
+
+    assert result.returncode == 1
+    assert [row[0] for row in table(result.stdout)[1:]] == ["email-2", "email-1"]
+    assert result.stderr == (
+        "roost: 2 run record(s) do not decode and are left out of the list: "
+        "the one at key b'\\xc3(', 'bill-1'; "  # in the order read: last run id first
+        f"run `roost store check {runs_store}` with the system and console that use the store "
+        "stopped, and restore the store from a backup if it reports damage\n")
+    assert (failed.returncode, table(failed.stdout)[1:]) == (1, [])
+    assert "'bill-1'" in failed.stderr  # its status cannot be read: it may be a failed run

@@ -134,6 +134,40 @@ async def test_a_run_record_that_does_not_decode_raises_record_corrupt(
         await runs.update("run-1", status="failed")
     with pytest.raises(RecordCorrupt, match="run record at key b'run-1'"):
         await runs.list()
+    with pytest.raises(RecordCorrupt, match="run record at key b'run-1'"):
+        await runs.page()
+
+
+async def test_a_page_given_a_damaged_list_skips_undecodable_records_and_names_them(
+        store: Store, runs: RunStore, clock: FakeClock) -> None:
+    for n in range(5):
+        await runs.create(f"run-{n}", pipeline="p")
+        clock.now += 1
+    await store.commit([Put("runs", b"run-2", b"\xc1")])
+
+    damaged: list[RecordCorrupt] = []
+    first, cursor = await store.read(runs.page_reader(limit=2, damaged=damaged))
+    named_by_first = list(damaged)
+    rest, end = await store.read(runs.page_reader(limit=2, before=cursor, damaged=damaged))
+
+    assert [r.run_id for r in first] == ["run-4", "run-3"] and named_by_first == []
+    assert [r.run_id for r in rest] == ["run-1", "run-0"] and end is None  # not counted
+    [error] = damaged
+    assert (error.kind, error.key) == ("run", b"run-2")
+    assert "run record at key b'run-2' does not decode" in str(error)
+
+
+async def test_a_damaged_record_is_named_whatever_the_pages_filters(
+        store: Store, runs: RunStore) -> None:
+    await runs.create("run-1", pipeline="p")
+    await store.commit([Put("runs", b"run-0", b"\xc1")])
+
+    damaged: list[RecordCorrupt] = []
+    page, cursor = await store.read(runs.page_reader(status=RunStatus.FAILED, pipeline="other",
+                                                     damaged=damaged))
+
+    assert (page, cursor) == ([], None)
+    assert [error.key for error in damaged] == [b"run-0"]
 
 
 # --- the index of ended runs, and the sweep that reads it ---------------------------------

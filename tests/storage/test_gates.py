@@ -1,0 +1,50 @@
+"""Specifications of `roost.storage.gates`: listing gate records, damaged ones included."""
+
+from __future__ import annotations
+
+import pytest
+
+from roost.errors import RecordCorrupt
+from roost.storage import Put, Store
+from roost.storage.gates import DECIDED, PENDING, GateRecord, GateStore, deadline_key, gate_key
+from tests.support import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def gates(store: Store, clock: FakeClock) -> GateStore:
+    return GateStore(store, clock=clock)
+
+
+async def stored_gates(store: Store, gates: GateStore) -> None:
+    """Gates a/one (pending, with a deadline) and b/two (decided), and a damaged c/three."""
+    for run_id, gate, status in (("a", "one", PENDING), ("b", "two", DECIDED)):
+        record = GateRecord(run_id=run_id, gate=gate, pipeline="p", step=gate, status=status,
+                            opened_at=1.0, deadline=None if status == DECIDED else 5.0)
+        await store.commit(gates.open_ops(record))
+    await store.commit([Put("gates", gate_key("c", "three"), b"\xc1")])
+
+
+async def test_list_raises_record_corrupt_for_a_damaged_record_without_a_damaged_list(
+        store: Store, gates: GateStore) -> None:
+    await stored_gates(store, gates)
+
+    with pytest.raises(RecordCorrupt, match=r"gate record at key b'c\\x00three' does not decode"):
+        await gates.list()
+
+
+@pytest.mark.parametrize(("status", "listed"), [
+    (None, [("a", "one"), ("b", "two")]), (PENDING, [("a", "one")]), (DECIDED, [("b", "two")])])
+async def test_list_given_a_damaged_list_skips_undecodable_records_whatever_the_status(
+        store: Store, gates: GateStore, status: str | None, listed: list[tuple[str, str]]
+        ) -> None:
+    await stored_gates(store, gates)
+
+    damaged: list[RecordCorrupt] = []
+    records = await gates.list(status=status, damaged=damaged)
+
+    assert [(r.run_id, r.gate) for r in records] == listed
+    assert [(error.kind, error.key) for error in damaged] == [("gate", b"c\x00three")]
+    # The deadline index entry is in the database, neither listed nor taken for damage.
+    assert await store.get("gates", deadline_key(5.0, "a", "one")) is not None
