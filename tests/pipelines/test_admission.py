@@ -34,6 +34,25 @@ class Quick(roost.Actor):
         return {"run": message.run_id, "text": "x" * 1024}
 
 
+IN_STEP: dict[str, int] = {}  # run id -> its steps executing now
+MOST_RUNS_IN_STEPS: list[int] = []
+
+
+class Counted(roost.Actor):
+    """Takes a little while, noting how many runs have a step executing at once."""
+
+    async def receive(self, message: roost.RunStep) -> Any:
+        IN_STEP[message.run_id] = IN_STEP.get(message.run_id, 0) + 1
+        MOST_RUNS_IN_STEPS.append(len(IN_STEP))
+        try:
+            await asyncio.sleep(0.005)
+        finally:
+            IN_STEP[message.run_id] -= 1
+            if not IN_STEP[message.run_id]:
+                del IN_STEP[message.run_id]
+        return message.step
+
+
 HELD = roost.Pipeline("held", [roost.Step("only", Held, workers=20)])
 
 
@@ -41,6 +60,8 @@ HELD = roost.Pipeline("held", [roost.Step("only", Held, workers=20)])
 def fresh_gate() -> None:
     GATE["open"] = asyncio.Event()
     STARTED.clear()
+    IN_STEP.clear()
+    MOST_RUNS_IN_STEPS.clear()
 
 
 async def statuses(system: roost.ActorSystem) -> dict[str, str]:
@@ -153,3 +174,21 @@ async def test_a_run_queued_while_the_only_slot_frees_is_not_stranded(tmp_path: 
             with anyio.fail_after(5):
                 assert (await second.result()).status == "completed"
         assert system.pipelines.statistics()["queued"] == 0
+
+
+async def test_no_more_runs_than_the_bound_execute_steps_at_once_while_slots_change_hands(
+        tmp_path: Path) -> None:
+    # A slot changes hands when a run reports its end, before its actor has stopped: the
+    # next run's steps may start then, but never more runs have steps executing than the bound.
+    pipeline = roost.Pipeline("counted", [
+        roost.Step("a", Counted, workers=20),
+        roost.Step("b", Counted, after="a", workers=20),
+        roost.Step("c", Counted, after="a", workers=20),  # b and c run side by side
+    ])
+    async with roost.ActorSystem(store=tmp_path, durability="async", max_active_runs=4) as system:
+        handles = await asyncio.gather(*(system.pipelines.start(pipeline) for _ in range(60)))
+        outcomes = await asyncio.gather(*(handle.result() for handle in handles))
+        assert system.pipelines.statistics() == {"active": 0, "queued": 0, "limit": 4}
+
+    assert [o.status for o in outcomes] == ["completed"] * 60
+    assert max(MOST_RUNS_IN_STEPS) == 4
