@@ -364,6 +364,40 @@ async def test_a_fencer_conditions_every_commit_and_callers_see_only_their_resul
         assert await store.commit([Insert("ledger", b"k2", b"v")]) == [True]
 
 
+class BusyAtCommit:
+    """A writer connection whose first COMMIT asyncpg refuses to send, as it does when a
+    server going away left its protocol busy; everything else goes to the real one."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._connection, name)
+
+    async def execute(self, query: str, *args: object) -> str:
+        if query == "COMMIT" and not self.refused:
+            self.refused += 1
+            raise asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress")
+        result: str = await self._connection.execute(query, *args)
+        return result
+
+
+async def test_a_commit_the_driver_never_sent_is_redone_on_a_new_connection(
+        postgres_url: str) -> None:
+    async with PostgresStore.open(postgres_url) as store:
+        writer = store._writer
+        assert writer is not None
+        busy = BusyAtCommit(writer._connection)
+        writer._connection = busy
+
+        await store.commit([Put("runs", b"run-1", b"saved")])
+
+        assert busy.refused == 1 and writer._connection is not busy
+        assert await store.get("runs", b"run-1") == b"saved"
+
+
 async def test_writes_made_while_the_server_restarts_are_saved_once_it_is_back(
         postgres_url: str, postgres_server: PostgresServer) -> None:
     async with PostgresStore.open(postgres_url) as store:

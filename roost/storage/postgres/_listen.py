@@ -29,9 +29,9 @@ class Listener:
 
     @property
     def alive(self) -> bool:
-        """Whether it still listens (its connection is open)."""
-        return (not self._closed and self._connection is not None
-                and not self._connection.is_closed())
+        """Whether it still listens (its connection is open, and still its own: the pool
+        takes back a connection the server dropped)."""
+        return not self._closed and self._connection is not None and _open(self._connection)
 
     async def start(self) -> None:
         """On the store's I/O loop: take a connection and LISTEN on the channels."""
@@ -57,9 +57,19 @@ class Listener:
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        if not _open(connection):
+            return  # the pool has it back already
         try:
-            if not connection.is_closed():
-                for channel in self._channels:
-                    await connection.remove_listener(channel, self._notified)
+            for channel in self._channels:
+                await connection.remove_listener(channel, self._notified)
         finally:
             await self._pool.release(connection, timeout=self._timeout)
+
+
+def _open(connection: Any) -> bool:
+    """Whether a pooled connection is open and still held (asyncpg raises for one the pool
+    has taken back, as it does when the server dropped it)."""
+    try:
+        return not connection.is_closed()
+    except Exception:  # InterfaceError: released back to the pool
+        return False

@@ -213,7 +213,8 @@ class PostgresWriter:
                 return outcomes + self._fail_all(batch, "write", cast(Exception, error))
             except Exception as error:
                 self._drop_connection()
-                if (stage == "write" and isinstance(error, self._lost_server)
+                if ((stage == "write" or _commit_never_sent(error))
+                        and isinstance(error, self._lost_server)
                         and time.perf_counter() - started < self._reconnect_for):
                     # Lost before COMMIT was sent: nothing of it was saved, so it is safe to
                     # redo once the server is back (a restart costs latency, not errors).
@@ -277,3 +278,12 @@ class PostgresWriter:
                             f"({type(error).__name__}: {error}); {consequence}")
         failed.__cause__ = error
         return failed
+
+
+def _commit_never_sent(error: BaseException) -> bool:
+    """Whether asyncpg refused to send the COMMIT at all: its protocol was still busy with
+    an operation the server's going away cut short (seen when a server restarts), which
+    it checks before writing anything. The transaction was then not committed, and the
+    batch may be redone like one lost before its COMMIT."""
+    return "cannot switch to state" in str(error)
+
