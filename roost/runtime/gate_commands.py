@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from roost.errors import RecordCorrupt, RoostError, StoreUnavailable
-from roost.runtime._store_option import add_store_option
+from roost.runtime._store_option import add_store_option, report_damaged
 from roost.runtime.log import configure_logging
 from roost.runtime.system import ActorSystem
 from roost.storage import GateRecord, RunStatus, is_postgres_url, open_store
@@ -152,11 +152,7 @@ async def _gates(args: argparse.Namespace) -> int:
     _print_gates(args, records)
     if not damaged:
         return EXIT_OK
-    names = ", ".join(_gate_name(error.key) for error in damaged)
-    print(f"roost: {len(damaged)} gate record(s) do not decode and are left out of the list: "
-          f"{names}; run `roost store check {where}` with the system and console that use the "
-          "store stopped, and restore the store from a backup if it reports damage",
-          file=sys.stderr)
+    report_damaged("gate", [_gate_name(error.key) for error in damaged], where)
     return EXIT_FAILED
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from roost.errors import RecordCorrupt, StoreError, TraceNotFound
-from roost.runtime._store_option import add_store_option
+from roost.runtime._store_option import add_store_option, report_damaged
 from roost.runtime.log import configure_logging
 from roost.storage import RunRecord, RunStatus, RunStore, StoreInterface, open_store
 from roost.tracing import Span, Trace, TraceStore, TraceSummary
@@ -93,11 +93,7 @@ async def _runs(args: argparse.Namespace) -> int:
                             "TOKENS", "COST"], rows)))
     if not damaged:
         return EXIT_OK
-    names = ", ".join(_run_name(error.key) for error in damaged)
-    print(f"roost: {len(damaged)} run record(s) do not decode and are left out of the list: "
-          f"{names}; run `roost store check {store.path}` with the system and console that "
-          "use the store stopped, and restore the store from a backup if it reports damage",
-          file=sys.stderr)
+    report_damaged("run", [_run_name(error.key) for error in damaged], store.path)
     return EXIT_FAILED
 
 

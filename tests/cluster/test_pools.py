@@ -188,6 +188,11 @@ def test_a_pool_on_a_tool_step_or_an_empty_pool_name_is_refused() -> None:
     with pytest.raises(PipelineDefinitionError, match="step 'send': pool= places an actor "
                                                       "step's workers"):
         Pipeline("p", [Step("send", tool="send", args=lambda r, i: {}, pool="gpu")])
+    with pytest.raises(PipelineDefinitionError, match="step 'infer': pool= places an actor "
+                                                      "step's workers; a tool step \\(or a tool "
+                                                      "fallback\\)"):
+        Pipeline("p", [Step("infer", roost.Actor, pool="gpu", fallback="send",
+                            args=lambda r, i: {})])
     with pytest.raises(PipelineDefinitionError, match="pool must be a non-empty string"):
         Pipeline("p", [Step("infer", roost.Actor, pool="")])
 

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 from roost.errors import ConfigurationError, StoreError, StoreUnavailable
 from roost.storage import Delete, Insert, Put, Store, Update
 from roost.storage.ops import Changed
-from roost.storage.store import Snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -159,20 +157,6 @@ async def test_a_failed_flush_fails_the_durable_writes_and_the_store_keeps_worki
         await store.commit([Put("runs", b"k", b"v")])
     assert await store.commit([Put("runs", b"k2", b"v")]) == [None]
     assert store.statistics().failed_writes == 1
-
-
-async def test_a_read_on_the_loop_sees_what_a_read_in_a_thread_sees_without_the_hop(
-        store: Store) -> None:
-    await store.commit([Put("runs", b"a", b"1"), Put("runs", b"b", b"2"), Put("ledger", b"c", b"3")])
-
-    def read(snapshot: Snapshot) -> tuple[int, bytes | None, list[tuple[bytes, bytes]]]:
-        return threading.get_ident(), snapshot.get("ledger", b"c"), list(snapshot.scan("runs"))
-
-    on_loop = store.read_on_loop(read)
-    in_thread = await store.read(read)
-
-    assert on_loop == (threading.get_ident(), b"3", [(b"a", b"1"), (b"b", b"2")])
-    assert in_thread[0] != on_loop[0] and in_thread[1:] == on_loop[1:]
 
 
 async def test_bad_settings_are_refused_at_open(tmp_path: Path) -> None:

@@ -461,11 +461,17 @@ async def test_past_max_bytes_the_oldest_traces_go_until_under_it(store: Store) 
 
     pruned = await traces.prune()
 
-    kept = (await traces.search(limit=100)).traces
+    assert_the_newest_kept_under_the_low_water(await traces.search(limit=100), pruned)
+    assert await traces.prune() == 0
+
+
+def assert_the_newest_kept_under_the_low_water(page: Any, pruned: int) -> None:
+    """Of the 30 traces `run-00` ... `run-29`, the `pruned` oldest went and the rest take
+    at most the low water (90% of max_bytes=10,000)."""
+    kept = page.traces
     assert pruned > 0 and len(kept) == 30 - pruned
     assert [summary.run_id for summary in kept] == [f"run-{n:02d}" for n in reversed(range(pruned, 30))]
     assert sum(summary.bytes for summary in kept) <= 9_000
-    assert await traces.prune() == 0
 
 
 async def test_trace_stores_sharing_a_database_count_its_size_together(store: Store) -> None:
@@ -480,10 +486,7 @@ async def test_trace_stores_sharing_a_database_count_its_size_together(store: St
 
     pruned = await two.prune()
 
-    kept = (await one.search(limit=100)).traces
-    assert pruned > 0 and len(kept) == 30 - pruned
-    assert [summary.run_id for summary in kept] == [f"run-{n:02d}" for n in reversed(range(pruned, 30))]
-    assert sum(summary.bytes for summary in kept) <= 9_000
+    assert_the_newest_kept_under_the_low_water(await one.search(limit=100), pruned)
     assert await one.prune() == 0 and await two.prune() == 0
     old = T0 + 10 * 86_400 * SECOND  # every trace past its retention: the counts go to 0
     assert await TraceStore(store, clock_ns=lambda: old).prune() == 30 - pruned
