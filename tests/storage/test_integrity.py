@@ -58,6 +58,21 @@ async def test_a_truncated_data_file_is_refused_before_it_is_mapped(
         await Store.open(tmp_path)
 
 
+async def test_pages_past_the_last_commit_are_not_damage_and_may_be_cut(tmp_path: Path) -> None:
+    # A process killed mid-transaction leaves pages it wrote past the last commit at the
+    # end of the data file; the store is whole with or without them.
+    await filled_store(tmp_path)
+    data = tmp_path / "data.mdb"
+    committed = data.stat().st_size
+    data.write_bytes(data.read_bytes() + os.urandom(8 * 4096))
+    async with Store.open(tmp_path) as store:
+        assert len([entry async for entry in store.scan("traces")]) == 400
+    os.truncate(data, committed)
+
+    async with Store.open(tmp_path) as store:
+        assert len([entry async for entry in store.scan("traces")]) == 400
+
+
 def test_listing_runs_of_a_truncated_store_in_a_new_process_fails_cleanly_without_sigbus(
         tmp_path: Path) -> None:
     anyio.run(filled_store, tmp_path)
