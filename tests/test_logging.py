@@ -28,6 +28,22 @@ def test_a_failing_log_write_is_dropped_and_counted() -> None:
     assert SafeLogger.failures == before + 1
 
 
+def test_a_logger_follows_structlog_configured_again_after_its_first_use() -> None:
+    logger = get_logger("roost")
+    with structlog.testing.capture_logs() as first:
+        logger.info("before")
+    with structlog.testing.capture_logs() as second:
+        logger.info("after", n=2)
+    structlog.configure(processors=[full_disk])
+    before = SafeLogger.failures
+
+    logger.info("dropped")
+
+    assert [event["event"] for event in first] == ["before"]
+    assert second == [{"event": "after", "n": 2, "log_level": "info"}]
+    assert SafeLogger.failures == before + 1
+
+
 class Flaky(roost.Actor):
     async def receive(self, message: Any) -> Any:
         if message == "crash":
