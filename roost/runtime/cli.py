@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("gates", "decide"):
         return run_gate_command(args)
     if args.command == "console":
+        tune_gc()  # a console process is roost's too: its pages allocate in bulk
         return run_console_command(args)
     try:
         new_loop = loop_factory(args.loop)
