@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -105,6 +106,10 @@ def _find_root(module: Any, target: str, attr: str | None) -> Root:
             continue
         if isinstance(value, SupervisorSpec):
             return value
+        if inspect.isfunction(value) and not inspect.iscoroutinefunction(value):
+            raise BootstrapError(
+                f"{target}: {name!r} is a plain function; define it as `async def {name}(system)` "
+                "(roost awaits it, and the process ends when it returns)")
         if callable(value) and not isinstance(value, type):
             return value  # type: ignore[no-any-return]
         raise BootstrapError(

@@ -69,7 +69,13 @@ def _print_report(report: CheckReport) -> None:
     counts = ", ".join(f"{db}={count}" for db, count in report.records.items())
     print(f"store {report.path} (id {report.store_id}): {counts}")
     for problem in report.problems:
-        where = f"{problem.db}[{problem.key}]" if problem.key else problem.db
+        where = f"{problem.db}[{_printable(problem.key)}]" if problem.key else problem.db
         print(f"  unreadable: {where}: {problem.error}")
     verdict = "every record decodes" if report.ok else f"{len(report.problems)} unreadable"
     print(f"roost: {verdict}")
+
+
+def _printable(key: str) -> str:
+    """`key` with the characters a terminal would not show (the NUL between a run id and a
+    step or gate name) written as escapes, e.g. `run-1\\x00draft`."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in key)

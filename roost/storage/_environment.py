@@ -71,9 +71,7 @@ def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = 
     where = str(path)
     if readonly:
         return _open_readonly(path, map_size=map_size)
-    if not create and not (path / _integrity.DATA_FILE).exists() and (
-            _integrity.recorded_id(path) is None
-            and not (path / _integrity.LMDB_LOCK_FILE).exists()):
+    if not create and _never_held_a_store(path):
         raise StoreUnavailable(where, "there is no store in this folder; check the path")
     if path.exists() and not path.is_dir():
         raise StoreUnavailable(where, "the path is a file, not a folder; give a folder path "
@@ -89,6 +87,13 @@ def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = 
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _never_held_a_store(path: Path) -> bool:
+    """No data file, store id or LMDB lock file: nothing says a store was ever here (a
+    folder with only some of them held one, and opening it reports the damage)."""
+    return (not (path / _integrity.DATA_FILE).exists() and _integrity.recorded_id(path) is None
+            and not (path / _integrity.LMDB_LOCK_FILE).exists())
 
 
 def _open_locked(path: Path, lock_fd: int, *, nosync: bool, map_size: int) -> Environment:
@@ -133,7 +138,7 @@ def _open_readonly(path: Path, *, map_size: int) -> Environment:
     (`lock=False`) and no writer thread starts.
     """
     where = str(path)
-    if not path.is_dir() or not (path / _integrity.DATA_FILE).exists():
+    if not path.is_dir() or _never_held_a_store(path):
         raise StoreUnavailable(where, "there is no store in this folder; check the path")
     lock_fd = _lock_shared(path)
     try:

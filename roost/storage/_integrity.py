@@ -72,7 +72,7 @@ def recorded_id(path: Path) -> str | None:
     """The store id kept beside the data file, or None if this folder never held a store."""
     try:
         return (path / ID_FILE).read_text().strip() or None
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

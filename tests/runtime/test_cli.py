@@ -333,3 +333,15 @@ def test_a_module_target_without_the_attribute_exits_2_naming_it(
     assert cli.main(["run", "bootmod:tree", "--store", str(tmp_path / "store")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == "roost: bootmod:tree: the module has no attribute 'tree'"
+
+
+@pytest.mark.usefixtures("clean_imports")
+def test_a_plain_function_as_main_exits_2_asking_for_async_def(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = write_script(tmp_path, "plain.py", "def main(system):\n    return 1\n")
+    assert cli.main(["run", str(script), "--store", str(tmp_path / "store")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"roost: {script}: 'main' is a plain function; define it as "
+                    "`async def main(system)` (roost awaits it, and the process ends when it "
+                    "returns)")

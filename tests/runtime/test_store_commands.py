@@ -59,3 +59,43 @@ def test_backup_makes_a_copy_that_check_accepts(tmp_path: Path,
     assert main(["store", "backup", str(tmp_path / "live"), str(tmp_path / "copy")]) == 0
     assert main(["store", "check", str(tmp_path / "copy")]) == 0
     assert "traces=50" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["check"], ["backup", "DEST"]])
+def test_a_file_given_as_the_store_is_a_clear_error_not_a_traceback(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], command: list[str]) -> None:
+    (tmp_path / "notes.txt").write_text("not a store")
+    args = [str(tmp_path / "copy") if word == "DEST" else word for word in command]
+
+    code = main(["store", args[0], str(tmp_path / "notes.txt"), *args[1:]])
+
+    err = capfd.readouterr().err
+    assert code == 1
+    assert err.startswith("roost: StoreUnavailable:") and "Traceback" not in err
+
+
+def test_reading_a_folder_whose_data_file_was_deleted_reports_the_damage(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    anyio.run(a_store, tmp_path)
+    (tmp_path / "data.mdb").unlink()
+
+    code = main(["runs", "--store", str(tmp_path)])
+
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "StoreCorrupt" in err and "data file data.mdb is missing" in err
+
+
+def test_check_writes_a_key_with_a_nul_as_an_escape(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    async def damaged_gate() -> None:
+        async with Store.open(tmp_path) as store:
+            await store.commit([Put("gates", b"run-1\x00review", b"\xc1 not msgpack")])
+
+    anyio.run(damaged_gate)
+
+    code = main(["store", "check", str(tmp_path)])
+
+    out = capfd.readouterr().out
+    assert code == 1
+    assert "unreadable: gates[run-1\\x00review]:" in out and "\x00" not in out
