@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from roost._validate import is_count, is_number
 from roost.actors.actor import Actor, Message
 from roost.errors import PipelineDefinitionError
 from roost.pipelines.gate import Gate, GateDecision
@@ -129,9 +130,12 @@ class Step(msgspec.Struct, frozen=True):
     review: Gate | None = None
 
     def __post_init__(self) -> None:
+        # Anything else is left as given, for `Pipeline` to refuse naming the pipeline.
         after: Any = self.after
-        msgspec.structs.force_setattr(
-            self, "after", (after,) if isinstance(after, str) else tuple(after))
+        if isinstance(after, str):
+            msgspec.structs.force_setattr(self, "after", (after,))
+        elif isinstance(after, Iterable):
+            msgspec.structs.force_setattr(self, "after", tuple(after))
 
 
 class Pipeline:
@@ -145,25 +149,31 @@ class Pipeline:
     Raises:
         PipelineDefinitionError: a duplicate or unknown step name, a cycle, a
             step with no worker or tool (or both), or a bad option; the message
-            names the step.
+            names the step, the option, its value and what it must be.
     """
 
     def __init__(self, name: str, steps: Iterable[Step], *, input_type: Any = Any) -> None:
         if not isinstance(name, str) or not name or "/" in name:
             raise PipelineDefinitionError(
                 f"pipeline name must be a non-empty string without '/', got {name!r}")
+        where = f"pipeline {name!r}"
+        if isinstance(steps, str) or not isinstance(steps, Iterable):
+            raise _invalid(where, "steps", steps, "a list of roost.Step")
+        _check_decodable(where, "input_type", input_type)
         self.name = name
         self.input_type = input_type
         self.steps: dict[str, Step] = {}
         for item in steps:
             if not isinstance(item, Step):
-                raise PipelineDefinitionError(
-                    f"pipeline {name!r}: {item!r} is not a roost.Step")
+                raise PipelineDefinitionError(f"{where}: {item!r} is not a roost.Step")
+            if not _is_name(item.name) or "/" in item.name:
+                raise PipelineDefinitionError(f"{where}, step {item.name!r}: the name must be a "
+                                              "non-empty string without '/'")
             if item.name in self.steps:
-                raise PipelineDefinitionError(f"pipeline {name!r}: two steps are named {item.name!r}")
+                raise PipelineDefinitionError(f"{where}: two steps are named {item.name!r}")
             self.steps[item.name] = item
         if not self.steps:
-            raise PipelineDefinitionError(f"pipeline {name!r} has no steps")
+            raise PipelineDefinitionError(f"{where} has no steps")
         #: Steps that run only when a gate rejects: target -> (the gated step, the gate).
         self.reject_targets: dict[str, tuple[str, str]] = {}
         for item in self.steps.values():
@@ -172,14 +182,18 @@ class Pipeline:
 
     def _check(self, item: Step) -> None:
         where = f"pipeline {self.name!r}, step {item.name!r}"
-        if not isinstance(item.name, str) or not item.name or "/" in item.name:
-            raise PipelineDefinitionError(f"{where}: the name must be a non-empty string without '/'")
         if (item.worker is None) == (item.tool is None):
             raise PipelineDefinitionError(
                 f"{where}: give exactly one of worker= (an Actor subclass) or tool= (a tool name)")
-        if item.worker is not None and not (isinstance(item.worker, type)
-                                            and issubclass(item.worker, Actor)):
-            raise PipelineDefinitionError(f"{where}: worker must be an Actor subclass, got {item.worker!r}")
+        if item.worker is not None and not _is_actor_class(item.worker):
+            raise _invalid(where, "worker", item.worker, "an Actor subclass")
+        if item.tool is not None and not _is_name(item.tool):
+            raise _invalid(where, "tool", item.tool, "the name of a registered tool")
+        if item.fallback is not None and not _is_name(item.fallback) and not _is_actor_class(
+                item.fallback):
+            raise _invalid(where, "fallback", item.fallback, "an Actor subclass or a tool name")
+        for field, what in _FUNCTIONS:
+            _check_function(where, field, getattr(item, field), what)
         if item.tool is not None and item.args is None:
             raise PipelineDefinitionError(
                 f"{where}: a tool step needs args=lambda results, input: {{...}}")
@@ -187,26 +201,26 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"{where}: its fallback is the tool {item.fallback!r}, so it needs "
                 "args=lambda results, input: {...} to call it with")
+        if not (isinstance(item.after, tuple) and all(_is_name(dep) for dep in item.after)):
+            raise _invalid(where, "after", item.after, "a step's name or a list of step names")
         for dep in item.after:
             if dep not in self.steps:
                 raise PipelineDefinitionError(
                     f"{where}: comes after unknown step {dep!r}; known: {', '.join(self.steps)}")
-        if item.fallback is not None and not isinstance(item.fallback, str) and not (
-                isinstance(item.fallback, type) and issubclass(item.fallback, Actor)):
-            raise PipelineDefinitionError(
-                f"{where}: fallback must be an Actor subclass or a tool name, got {item.fallback!r}")
-        if not (isinstance(item.timeout, int | float) and item.timeout > 0):
-            raise PipelineDefinitionError(f"{where}: timeout must be > 0 seconds, got {item.timeout!r}")
-        if isinstance(item.workers, bool) or not isinstance(item.workers, int) or item.workers < 1:
-            raise PipelineDefinitionError(
-                f"{where}: workers must be a whole number >= 1, got {item.workers!r}")
-        if isinstance(item.capacity, bool) or not isinstance(item.capacity, int) or item.capacity < 1:
-            raise PipelineDefinitionError(
-                f"{where}: capacity must be a whole number >= 1, got {item.capacity!r}")
+        if item.retry is not None and not isinstance(item.retry, Retry):
+            raise _invalid(where, "retry", item.retry, "a roost.Retry (say "
+                           "roost.Retry(attempts=3)) or None for one attempt")
+        if not (is_number(item.timeout) and item.timeout > 0):
+            raise _invalid(where, "timeout", item.timeout, "> 0 seconds (a finite number)")
+        if not isinstance(item.optional, bool):
+            raise _invalid(where, "optional", item.optional, "True or False")
+        _check_decodable(where, "output", item.output)
+        for field in ("workers", "capacity"):
+            if not is_count(getattr(item, field), 1):
+                raise _invalid(where, field, getattr(item, field), "a whole number >= 1")
         if item.pool is not None:
-            if not isinstance(item.pool, str) or not item.pool:
-                raise PipelineDefinitionError(
-                    f"{where}: pool must be a non-empty string (a pool's name), got {item.pool!r}")
+            if not _is_name(item.pool):
+                raise _invalid(where, "pool", item.pool, "a non-empty string (a pool's name)")
             if item.worker is None or isinstance(item.fallback, str):
                 raise PipelineDefinitionError(
                     f"{where}: pool= places an actor step's workers; a tool step (or a tool "
@@ -217,14 +231,14 @@ class Pipeline:
             if gate is None:
                 continue
             if not isinstance(gate, Gate):
-                raise PipelineDefinitionError(f"{where}: {option}= must be a roost.Gate, got {gate!r}")
+                raise _invalid(where, option, gate, "a roost.Gate or None")
             gate.check(f"{where}, {option}")
             self._check_on_reject(where, item.name, gate_name, gate.on_reject)
 
     def _check_on_reject(self, where: str, step: str, gate: str, target: str | None) -> None:
         if target is None:
             return
-        if target not in self.steps or target == step:
+        if not isinstance(target, str) or target not in self.steps or target == step:
             raise PipelineDefinitionError(
                 f"{where}: on_reject={target!r} must name another step of the pipeline")
         if target in self.reject_targets and self.reject_targets[target][1] != gate:
@@ -265,3 +279,41 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, steps={self.order})"
+
+
+#: The options of a step that take a function, and what it must be.
+_FUNCTIONS = (
+    ("when", "a function of the results returning a bool, or None"),
+    ("map", "a function of the results returning the list of items, or None"),
+    ("args", "a function of the results and the input returning the tool's keyword arguments"),
+)
+
+
+def _invalid(where: str, field: str, value: object, what: str,
+             because: object = None) -> PipelineDefinitionError:
+    """The error for option `field` at `where`: what it must be and the value it got, with
+    `because` (the reason a check such as msgspec's gave) when there is one."""
+    text = f"{where}: {field} must be {what}, got {value!r}"
+    return PipelineDefinitionError(text if because is None else f"{text}: {because}")
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_actor_class(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, Actor)
+
+
+def _check_function(where: str, field: str, value: object, what: str) -> None:
+    if value is not None and not callable(value):
+        raise _invalid(where, field, value, what)
+
+
+def _check_decodable(where: str, field: str, kind: object) -> None:
+    """Refuse a type msgspec cannot decode: runs decode their inputs and results with one."""
+    try:
+        msgspec.msgpack.Decoder(kind)
+    except (TypeError, ValueError, NameError) as error:
+        raise _invalid(where, field, kind, "a type msgspec can decode (say int, list[str] or "
+                       "a msgspec.Struct)", because=error) from error

@@ -15,7 +15,7 @@ makes `data` the step's result. A tool step that ends in `ToolOutcomeUnknown` op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -44,7 +44,7 @@ class Escalate(msgspec.Struct, frozen=True):
     on_timeout: TimeoutAction | Escalate = "reject"
 
     def __post_init__(self) -> None:
-        msgspec.structs.force_setattr(self, "to", tuple(self.to))
+        msgspec.structs.force_setattr(self, "to", _names("Escalate", "to", self.to))
 
 
 class Gate(msgspec.Struct, frozen=True):
@@ -77,7 +77,8 @@ class Gate(msgspec.Struct, frozen=True):
     show: Callable[[Mapping[str, Any], Any], Any] | None = None
 
     def __post_init__(self) -> None:
-        msgspec.structs.force_setattr(self, "assignees", tuple(self.assignees))
+        msgspec.structs.force_setattr(self, "assignees",
+                                      _names("Gate", "assignees", self.assignees))
 
     def check(self, where: str) -> None:
         """Raise PipelineDefinitionError, naming `where`, for a malformed option."""
@@ -85,6 +86,10 @@ class Gate(msgspec.Struct, frozen=True):
             raise PipelineDefinitionError(f"{where}: gate when= must be a function of the results")
         if not (isinstance(self.reason, str) or callable(self.reason)):
             raise PipelineDefinitionError(f"{where}: gate reason= must be text or a function")
+        if self.show is not None and not callable(self.show):
+            raise PipelineDefinitionError(
+                f"{where}: gate show= must be a function of the results and the input, "
+                f"got {self.show!r}")
         if not all(isinstance(name, str) and name for name in self.assignees):
             raise PipelineDefinitionError(f"{where}: gate assignees= must be non-empty names")
         if self.timeout is not None and not _positive(self.timeout):
@@ -98,6 +103,15 @@ class Gate(msgspec.Struct, frozen=True):
                 raise PipelineDefinitionError(
                     f"{where}: gate input_type={self.input_type!r} is not a type msgspec can "
                     f"validate: {error}") from error
+
+
+def _names(owner: str, field: str, value: object) -> tuple[Any, ...]:
+    """`value` as a tuple; a lone string (which would become its letters) or something that
+    is not a list is refused when the gate is built."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise PipelineDefinitionError(
+            f"{owner}: {field} must be a list of names (say ['support']), got {value!r}")
+    return tuple(value)
 
 
 def _positive(value: object) -> bool:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from roost._logging import get_logger
+from roost._validate import check_seconds
 from roost.errors import ConfigurationError, GateDecisionInvalid, RunNotFound, StoreError
 from roost.pipelines import _schema_check
 from roost.pipelines.gate import APPROVAL_DECISIONS, OUTCOME_DECISIONS, Escalate, Gate, GateDecision
@@ -317,7 +318,18 @@ class Gates:
     async def pending(self, *, assignee: str | None = None, pipeline: str | None = None,
                       older_than: float | None = None) -> list[GateRecord]:
         """The gates waiting for a decision, oldest first: only those assigned to `assignee`,
-        of runs of `pipeline`, or open for more than `older_than` seconds."""
+        of runs of `pipeline`, or open for more than `older_than` seconds.
+
+        Raises:
+            ConfigurationError: `assignee` or `pipeline` is not a name (a str) or None, or
+                `older_than` is not a number of seconds >= 0 or None.
+        """
+        for field, value in (("assignee", assignee), ("pipeline", pipeline)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(
+                    f"gates.pending: {field} must be a name (a str) or None, got {value!r}")
+        if older_than is not None:
+            check_seconds("gates.pending", "older_than", older_than)
         cutoff = None if older_than is None else self._clock() - older_than
         found = [r for r in await self.store.list(status=PENDING)
                  if (assignee is None or assignee in r.assignees)

@@ -6,6 +6,7 @@ the step at fault, raised by `Pipeline(...)` before anything runs.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 import roost
 from roost.errors import ConfigurationError, PipelineDefinitionError
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
+from roost.pipelines.gate import Gate
 
 
 class Worker(roost.Actor):
@@ -139,6 +141,77 @@ def test_a_pool_size_that_is_not_a_whole_number_of_at_least_one_is_refused(worke
     with pytest.raises(PipelineDefinitionError,
                        match=r"pipeline 'p', step 'a': workers must be a whole number >= 1"):
         Pipeline("p", [Step("a", Worker, workers=workers)])
+
+
+BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
+    ({"after": 5}, "after must be a step's name or a list of step names, got 5"),
+    ({"after": None}, "after must be a step's name or a list of step names, got None"),
+    ({"after": [None]}, "after must be a step's name or a list of step names, got (None,)"),
+    ({"after": [["a"]]}, "after must be a step's name or a list of step names, got (['a'],)"),
+    ({"retry": 3}, "retry must be a roost.Retry (say roost.Retry(attempts=3)) or None for one "
+                   "attempt, got 3"),
+    ({"when": 5}, "when must be a function of the results returning a bool, or None, got 5"),
+    ({"map": [1, 2]}, "map must be a function of the results returning the list of items, or "
+                      "None, got [1, 2]"),
+    ({"worker": None, "tool": "send", "args": {"to": "ada"}},
+     "args must be a function of the results and the input returning the tool's keyword "
+     "arguments, got {'to': 'ada'}"),
+    ({"worker": None, "tool": 5, "args": args}, "tool must be the name of a registered tool, got 5"),
+    ({"optional": "no"}, "optional must be True or False, got 'no'"),
+    ({"output": 5}, "output must be a type msgspec can decode (say int, list[str] or a "
+                    "msgspec.Struct), got 5: Type '5' is not supported"),
+    ({"output": int | str | bytes}, "output must be a type msgspec can decode"),
+    ({"timeout": float("inf")}, "timeout must be > 0 seconds (a finite number), got inf"),
+    ({"timeout": True}, "timeout must be > 0 seconds (a finite number), got True"),
+    ({"workers": True}, "workers must be a whole number >= 1, got True"),
+    ({"capacity": False}, "capacity must be a whole number >= 1, got False"),
+    ({"capacity": 2.0}, "capacity must be a whole number >= 1, got 2.0"),
+    ({"pool": ""}, "pool must be a non-empty string (a pool's name), got ''"),
+    ({"pool": 5}, "pool must be a non-empty string (a pool's name), got 5"),
+    ({"fallback": ""}, "fallback must be an Actor subclass or a tool name, got ''"),
+    ({"gate": "yes"}, "gate must be a roost.Gate or None, got 'yes'"),
+    ({"review": {"assignees": ["ana"]}}, "review must be a roost.Gate or None, got {'assignees'"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS,
+                         ids=[" ".join(options) for options, _ in BAD_OPTIONS])
+def test_a_bad_step_option_is_refused_naming_the_step_the_option_its_value_and_what_to_use(
+        options: dict[str, Any], message: str) -> None:
+    step = Step("b", **{"worker": Worker, **options})
+
+    with pytest.raises(PipelineDefinitionError, match=re.escape(f"pipeline 'p', step 'b': {message}")):
+        Pipeline("p", [Step("a", Worker), step])
+
+
+def test_the_types_a_run_decodes_with_are_accepted_when_msgspec_can_decode_them() -> None:
+    pipeline = Pipeline("p", [Step("a", Worker, output=list[StepFailure]),
+                              Step("b", Worker, output=None, optional=True)],
+                        input_type=dict[str, int])
+
+    assert pipeline.input_type == dict[str, int]
+    assert pipeline.steps["a"].output == list[StepFailure]
+
+
+@pytest.mark.parametrize(("steps", "input_type", "message"), [
+    (None, Any, "pipeline 'p': steps must be a list of roost.Step, got None"),
+    (Step("a", Worker), Any, "pipeline 'p': steps must be a list of roost.Step, got Step("),
+    ([Step("a", Worker)], 5, "pipeline 'p': input_type must be a type msgspec can decode (say "
+                             "int, list[str] or a msgspec.Struct), got 5: Type '5' is not supported"),
+    ([Step(["a"], Worker)], Any,  # type: ignore[arg-type]
+     "pipeline 'p', step ['a']: the name must be a non-empty string without '/'"),
+])
+def test_bad_pipeline_arguments_are_refused_naming_the_pipeline_and_the_argument(
+        steps: Any, input_type: Any, message: str) -> None:
+    with pytest.raises(PipelineDefinitionError, match=re.escape(message)):
+        Pipeline("p", steps, input_type=input_type)
+
+
+def test_an_on_reject_that_is_not_a_step_name_is_refused() -> None:
+    with pytest.raises(PipelineDefinitionError, match=re.escape(
+            "pipeline 'p', step 'a': on_reject=['b'] must name another step of the pipeline")):
+        Pipeline("p", [Step("a", Worker, gate=Gate(on_reject=["b"])),  # type: ignore[arg-type]
+                       Step("b", Worker)])
 
 
 @pytest.mark.parametrize("name", ["", "a/b"])

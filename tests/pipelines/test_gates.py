@@ -8,6 +8,7 @@ new system on the same store.
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 import roost
 from roost import Escalate, Gate, NeedsReview, Pipeline, RunStep, Step
 from roost.errors import (
+    ConfigurationError,
     GateAlreadyDecided,
     GateClosed,
     GateDecisionInvalid,
@@ -518,6 +520,22 @@ def test_a_bad_gate_is_refused_when_the_pipeline_is_built() -> None:
         Pipeline("p", [Step("a", Drafter, gate=Gate(on_timeout="shrug"))])  # type: ignore[arg-type]
     with pytest.raises(PipelineDefinitionError, match=r"Escalate\(to=\.\.\.\) needs at least one"):
         Pipeline("p", [Step("a", Drafter, gate=Gate(on_timeout=Escalate(to=[], timeout=1)))])
+    with pytest.raises(PipelineDefinitionError, match=re.escape(
+            "pipeline 'p', step 'a', gate: gate show= must be a function of the results and the "
+            "input, got 5")):
+        Pipeline("p", [Step("a", Drafter, gate=Gate(show=5))])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("names", ["support", None])
+def test_gate_and_escalation_names_that_are_not_a_list_are_refused_when_built(
+        names: Any) -> None:
+    # A lone string would otherwise become its letters: assignees "s", "u", "p", ...
+    with pytest.raises(PipelineDefinitionError, match=re.escape(
+            f"Gate: assignees must be a list of names (say ['support']), got {names!r}")):
+        Gate(assignees=names)
+    with pytest.raises(PipelineDefinitionError, match=re.escape(
+            f"Escalate: to must be a list of names (say ['support']), got {names!r}")):
+        Escalate(to=names, timeout=60)
 
 
 # --- unknown outcomes -------------------------------------------------------------------
@@ -645,6 +663,19 @@ async def test_pending_filters_by_assignee_pipeline_and_age(system: roost.ActorS
     assert [g.run_id for g in await system.gates.pending(assignee="billing")] == ["run-2"]
     assert [g.run_id for g in await system.gates.pending(pipeline="billing")] == ["run-2"]
     assert await system.gates.pending(older_than=3600) == []
+
+
+@pytest.mark.parametrize(("filters", "message"), [
+    ({"older_than": "x"}, "gates.pending: older_than must be a number of seconds >= 0, got 'x'"),
+    ({"older_than": -1.0}, "gates.pending: older_than must be a number of seconds >= 0, got -1.0"),
+    ({"assignee": ["billing"]}, "gates.pending: assignee must be a name (a str) or None, "
+                                "got ['billing']"),
+    ({"pipeline": 5}, "gates.pending: pipeline must be a name (a str) or None, got 5"),
+])
+async def test_pending_refuses_a_bad_filter_naming_it_and_its_value(
+        system: roost.ActorSystem, filters: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        await system.gates.pending(**filters)
 
 
 # --- what a parked run holds ------------------------------------------------------------
