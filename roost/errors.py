@@ -75,6 +75,26 @@ class ActorStopped(RoostError):
         )
 
 
+class ActorRestarted(ActorStopped):
+    """A restart cut the message short: the actor was killed while handling it, then restarted.
+
+    An `ActorStopped` (reason `killed`) so that existing handlers catch it, but the actor
+    is alive again behind the same ref: the message can be sent to it again.
+    """
+
+    def __init__(self, actor: str, message: object) -> None:
+        self.actor = actor
+        self.message = message
+        self.reason = "killed"
+        RoostError.__init__(
+            self,
+            f"{actor}: handling {_type_name(message)} was cut short by a restart of this "
+            "actor (its supervisor restarted it while the message was still running, and "
+            "cancelled it at its shutdown_timeout), so it gets no reply; the actor runs "
+            "again and the ref is still usable: send the message again if it must be handled",
+        )
+
+
 class AskTimeout(RoostError, TimeoutError):
     """An `ask` got no reply within its timeout."""
 
@@ -374,6 +394,32 @@ class TransientToolError(ToolError):
     """A failure worth retrying (timeout, connection error, 429, 5xx)."""
 
 
+class ToolCallOptionInvalid(ToolArgumentsInvalid):
+    """`key=` or `timeout=` given to `Tools.call` is invalid.
+
+    They are options of the call, not arguments of the tool, so the message does
+    not speak of the tool's signature. `argument` is `"key"` or `"timeout"`.
+    """
+
+    def __init__(self, tool: str, error: str, *, argument: str, expected: str,
+                 given: str) -> None:
+        self.tool = tool
+        self.argument = argument
+        self.expected = expected
+        self.given = given
+        ToolError.__init__(self, f"tool {tool!r}: {error}")
+
+
+class IdempotencyKeyInUse(TransientToolError):
+    """The service is still processing an earlier request with the same idempotency key
+    (HTTP 409 under Stripe's rules and the IETF Idempotency-Key draft).
+
+    Transient: the call is retried with the same key. When the retries run out its
+    outcome is unknown, so the proxy keeps the key in flight (`ToolStillInProgress`)
+    instead of storing a failure.
+    """
+
+
 class PermanentToolError(ToolError):
     """A failure that retrying will not fix (e.g. HTTP 4xx other than 429).
 
@@ -471,6 +517,35 @@ class ToolTimeout(TransientToolError, TimeoutError):
         super().__init__(f"tool {tool!r}: {what} timed out after {timeout:g}s")
 
 
+class ToolCallTimeout(ToolTimeout):
+    """`Tools.call` got no answer within its `timeout=`; the call itself was not stopped.
+
+    A side-effecting call goes on in the tool proxy: a call with the same key joins
+    it while it runs and replays its result once it is recorded.
+
+    Attributes:
+        tool: The tool called.
+        key: The call's idempotency key.
+        timeout: The seconds waited.
+        started: False when the tool proxy's mailbox stayed full for all that time,
+            so the call never started (a retry runs it).
+    """
+
+    def __init__(self, tool: str, key: str, timeout: float, *, started: bool = True) -> None:
+        self.tool = tool
+        self.key = key
+        self.timeout = timeout
+        self.started = started
+        if started:
+            fate = ("the call goes on, and a call with the same key joins it (or replays its "
+                    "result once it is recorded); pass a longer timeout= to wait for it")
+        else:
+            fate = ("the tool proxy's mailbox stayed full, so the call never started; "
+                    "retry it later with the same key")
+        ToolError.__init__(self, f"tool {tool!r}: no answer to the call with key {key!r} "
+                                 f"within {timeout:g}s; {fate}")
+
+
 class ToolConnectionLost(TransientToolError, ConnectionError):
     """The connection broke after the request was sent, so the call may have taken effect.
 
@@ -539,6 +614,33 @@ class ToolOutcomeUnknown(ToolError):
             "repeated and the key stays in flight. Give the tool a working verify hook, mark "
             "it idempotent=True if repeating it is harmless, or have a person check and "
             "settle it"
+        )
+
+
+class ToolStillInProgress(ToolOutcomeUnknown):
+    """The service kept answering that an earlier request with the call's key is still
+    being processed (`IdempotencyKeyInUse`) until the retries ran out.
+
+    A `ToolOutcomeUnknown` with the same attributes (`attempt_error` is the last
+    `IdempotencyKeyInUse`): the request may take effect, so the key stays in flight
+    and a later call with it settles it as after a crash.
+    """
+
+    def __init__(self, tool: str, key: str, attempt_error: BaseException) -> None:
+        self.tool = tool
+        self.key = key
+        self.attempt_error = attempt_error
+        self.verify_error = None
+        self.cause = attempt_error
+        self.left_here = False
+        ToolError.__init__(
+            self,
+            f"tool {tool!r}: call with key {key!r}: the service is still processing an "
+            f"earlier request with this key ({type(attempt_error).__name__}: "
+            f"{attempt_error}) and the retries ran out; its outcome is unknown and the key "
+            "stays in flight. A later call with the same key settles it through the tool's "
+            "verify hook (or, for an idempotent tool without one, by asking the service "
+            "again); without either, have a person check and settle it",
         )
 
 
@@ -618,6 +720,18 @@ class SystemBusy(RoostError):
             f"(max_active_runs={limit}); call start() without wait=False to queue the run, "
             "or raise ActorSystem(max_active_runs=...)"
         )
+
+
+class RunInputInvalid(RoostError, ValueError):
+    """`start()` refused a run's input: it does not fit the pipeline's `input_type`, or it
+    cannot be stored at all. Nothing was stored."""
+
+    def __init__(self, pipeline: str, input_type: str, problem: str) -> None:
+        self.pipeline = pipeline
+        self.input_type = input_type
+        self.problem = problem
+        super().__init__(f"pipeline {pipeline!r} refused the run's input: {problem}; "
+                         "nothing was stored")
 
 
 class RunNotFound(RoostError, LookupError):

@@ -26,10 +26,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from roost._logging import get_logger
+from roost._validate import is_number
 from roost.errors import (
+    AskTimeout,
     ConfigurationError,
     SystemNotRunning,
     ToolBusy,
+    ToolCallOptionInvalid,
+    ToolCallTimeout,
     ToolGated,
     ToolUnavailable,
 )
@@ -53,10 +57,8 @@ if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
     from roost.storage.ledger import Ledger
 
-#: How long a call may take in all when its tool sets no deadline, in seconds.
-DEFAULT_CALL_TIMEOUT = 300.0
-#: Extra time the caller waits past a tool's deadline, so that the proxy's own
-#: `ToolTimeout` (measured from when the call started running) arrives first.
+#: Extra time a caller waits by default past the longest a tool's own limits let a call
+#: run, so that the proxy's own answer (e.g. a `ToolTimeout`) arrives first.
 DEADLINE_MARGIN = 5.0
 
 _log = get_logger("roost")
@@ -73,7 +75,7 @@ class Tools:
     def __init__(self, clock: Callable[[], float], tracer: Tracer | None = None) -> None:
         self.registry = ToolRegistry()
         self.tracer = tracer if tracer is not None else Tracer(recording=False)
-        self.state = ToolState(clock)
+        self.state = ToolState(clock, self.registry)
         self._proxy: ActorRef | None = None
         self._ledger: Ledger | None = None
 
@@ -90,7 +92,9 @@ class Tools:
         """Register a `@tool` function, an `HttpTool`, or a `ToolSpec`; returns its spec.
 
         Raises:
-            ConfigurationError: not a tool, or a tool with that name exists.
+            ConfigurationError: not a tool, a tool with that name exists, or a
+                side-effecting tool's return annotation is one its recorded results
+                cannot be decoded as (see `ToolRegistry.register`).
         """
         spec = self.registry.register(tool)
         self.state.breaker(spec)  # so that `breaker(name)` shows it before the first call
@@ -119,20 +123,30 @@ class Tools:
         makes a call with other arguments in the same place gets
         `IdempotencyConflict`, not a second side effect.
 
+        A side-effecting call recorded in the ledger returns its result as
+        recorded, decoded as the tool's return annotation, so the first call and
+        every replay return the same value (a tuple comes back as a list unless
+        the annotation says tuple).
+
         Args:
             name: the tool's registered name.
-            key: the idempotency key: a non-empty str of at most 255
-                characters; derived when omitted. Read-only tools ignore it.
-            timeout: how long to wait in all, in seconds (default: the tool's
-                retry deadline plus a margin, else 300).
+            key: the idempotency key: a non-empty str of at most 255 bytes of
+                UTF-8 (255 ASCII characters); derived when omitted. Read-only
+                tools ignore it.
+            timeout: how long to wait, in seconds: a positive number. Default:
+                the tool's retry deadline plus a margin; without a deadline, the
+                longest its own limits let it run (every attempt to its time
+                limit, every backoff at its longest, verify after each attempt)
+                plus a margin.
             **arguments: the tool's keyword arguments.
 
         Raises:
             UnknownTool: no tool is registered under `name`.
             ToolGated: the tool is guarded by a gate: call it as a pipeline step.
-            ToolArgumentsInvalid: the key is not a valid key, or the arguments do
-                not fit the tool's signature or annotations, or cannot be hashed
-                into a fingerprint.
+            ToolCallOptionInvalid: `key` or `timeout` is invalid (a
+                `ToolArgumentsInvalid`).
+            ToolArgumentsInvalid: the arguments do not fit the tool's signature
+                or annotations, or cannot be hashed into a fingerprint.
             ToolUnavailable: the breaker is open and the tool has no fallback.
             ToolFallbackFailed: the breaker is open and the fallback raised.
             ToolBusy: the tool's concurrency limit and waiting line are full.
@@ -140,8 +154,14 @@ class Tools:
             ToolOutcomeUnknown: the call (or an earlier one with this key) was
                 cut off by a timeout, a lost connection or a crash, the tool is
                 not idempotent, and its verify hook cannot tell if it took effect.
+            ToolStillInProgress: the service kept answering that an earlier
+                request with this key is still being processed until the retries
+                ran out (a `ToolOutcomeUnknown`: the key stays in flight).
             ToolResultUnrecordable: the tool ran but its result could not be
-                recorded; it is not run again for this key.
+                recorded (it does not encode, does not fit the return annotation,
+                or the write failed); it is not run again for this key.
+            ToolCallTimeout: a side-effecting call gave no answer within
+                `timeout`; it goes on, and a call with the same key joins it.
             PermanentToolError: a permanent failure stored for this key, replayed.
             Exception: the tool's own error after its retries.
 
@@ -156,6 +176,11 @@ class Tools:
             raise ToolGated(spec.name)
         if key is not None:
             key = check_key(spec.name, key)
+        if timeout is not None and not (is_number(timeout) and timeout > 0):
+            raise ToolCallOptionInvalid(
+                spec.name, f"timeout={timeout!r} is not a valid time to wait for the call; "
+                "pass a positive number of seconds, or None for the default",
+                argument="timeout", expected="float", given=type(timeout).__name__)
         bound = spec.bind(arguments)
         if spec.read_only and key is not None:
             _log.info("tool_call_key_ignored", tool=spec.name, key=key,
@@ -185,10 +210,17 @@ class Tools:
         refused = self._refusal(spec)
         if refused is not None and not await self._in_ledger(spec, key):
             return await self.state.fallback(spec, bound, key, refused, span, timeout)
-        if timeout is None:
-            deadline = spec.retry_policy.deadline
-            timeout = DEFAULT_CALL_TIMEOUT if deadline is None else deadline + DEADLINE_MARGIN
-        return await proxy.ask(Call(spec, bound, key, fp, span), timeout=timeout)
+        if timeout is None:  # as long as the tool's own limits let the call run
+            longest = spec.longest_run
+            assert longest is not None, "a side-effecting tool always has an attempt limit"
+            timeout = longest + DEADLINE_MARGIN
+        call = Call(spec, bound, key, fp, span)
+        try:
+            return await proxy.ask(call, timeout=timeout)
+        except AskTimeout as error:
+            if error.message is not call:
+                raise  # the tool's own ask, passed on as its error
+            raise ToolCallTimeout(spec.name, key, timeout, started=error.queued) from None
 
     async def _traced(self, proxy: ActorRef, spec: ToolSpec, bound: dict[str, Any],
                       key: str | None, timeout: float | None, trace: TraceContext) -> Any:

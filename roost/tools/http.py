@@ -10,7 +10,12 @@ not be made, 429 and 5xx raise `TransientToolError` (retried, counted by the
 breaker); timeouts raise `ToolTimeout` and a connection that broke once the
 request may have been sent raises `ToolConnectionLost`, both transient but
 with an unknown outcome (retried only for idempotent tools, else settled by
-`verify`); other 4xx raise `PermanentToolError`.
+`verify`); 409 to a request sent with an `Idempotency-Key` raises
+`IdempotencyKeyInUse` (an earlier request with the key is still being processed:
+retried, and if the retries run out the outcome is unknown); other 4xx raise
+`PermanentToolError` with the status as its `code`. A side-effecting request
+answered with a JSON body that does not decode took effect: it raises
+`ToolResultUnrecordable`, and the proxy finalizes its key as such.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from yarl import URL
 
 from roost.errors import (
     ConfigurationError,
+    IdempotencyKeyInUse,
     PermanentToolError,
     ToolConnectionLost,
+    ToolResultUnrecordable,
     ToolTimeout,
     TransientToolError,
 )
@@ -167,8 +174,12 @@ class HttpTool:
                 request may have been sent and processed).
             TransientToolError: The connection could not be made (nothing was
                 sent), or the status was 429 or 5xx.
-            PermanentToolError: Any other 4xx status, or a JSON response whose
-                body does not decode.
+            IdempotencyKeyInUse: 409 to a request sent with an idempotency key: an
+                earlier request with that key is still being processed.
+            PermanentToolError: Any other 4xx status (`code` is the status), or a
+                read-only request answered with a JSON body that does not decode.
+            ToolResultUnrecordable: A side-effecting request was answered with a
+                JSON body that does not decode: it took effect, its answer is lost.
 
         If cancelled, the request may still be processed by the server.
         """
@@ -200,35 +211,45 @@ class HttpTool:
             ) from error
         status = response.status
         if status >= 400:
-            raise self._status_error(response, body)
-        return {"status": status, "body": self._decode(response, body)}
+            raise self._status_error(response, body, keyed=idempotency_key is not None)
+        return {"status": status, "body": self._decode(response, body, idempotency_key)}
 
-    def _status_error(self, response: aiohttp.ClientResponse, body: bytes) -> Exception:
+    def _status_error(self, response: aiohttp.ClientResponse, body: bytes, *,
+                      keyed: bool) -> Exception:
         tool = self.spec.name
-        answered = f"tool {tool!r}: {self._shown_url} answered {response.status} {response.reason}"
+        status = response.status
+        answered = f"tool {tool!r}: {self._shown_url} answered {status} {response.reason}"
         excerpt = body[:_EXCERPT_CHARS].decode("utf-8", "replace")
-        if response.status == 429 or response.status >= 500:
+        if status == 429 or status >= 500:
             retry_after = response.headers.get("Retry-After")
             hint = f" (Retry-After: {retry_after})" if retry_after else ""
             return TransientToolError(
                 f"{answered}{hint}: {excerpt!r}; the service is overloaded or failing "
                 "(transient, safe to retry later)"
             )
+        if status == 409 and keyed:
+            return IdempotencyKeyInUse(
+                f"{answered}: {excerpt!r}; an earlier request with this Idempotency-Key is "
+                "still being processed (retried with the same key)"
+            )
         return PermanentToolError(
             f"{answered}: {excerpt!r}; the request was refused, retrying will not help: "
-            "check the arguments, URL and credentials"
+            "check the arguments, URL and credentials",
+            code=status,
         )
 
-    def _decode(self, response: aiohttp.ClientResponse, body: bytes) -> Any:
+    def _decode(self, response: aiohttp.ClientResponse, body: bytes, key: str | None) -> Any:
         if not body:
             return None
         if response.content_type == "application/json" or response.content_type.endswith("+json"):
             try:
                 return msgspec.json.decode(body)
             except msgspec.DecodeError as error:
-                raise PermanentToolError(
-                    f"tool {self.spec.name!r}: {self._shown_url} answered {response.status} "
-                    f"with a JSON body that does not decode ({error}); the request may have "
-                    "taken effect, check the service before repeating it"
-                ) from None
+                answered = (f"{self._shown_url} answered {response.status} with a JSON body "
+                            f"that does not decode ({error})")
+                if self.spec.read_only:  # it changed nothing: just a failed request
+                    raise PermanentToolError(
+                        f"tool {self.spec.name!r}: {answered}; check the service and the URL"
+                    ) from None
+                raise ToolResultUnrecordable(self.spec.name, key or "", answered) from None
         return body.decode(response.charset or "utf-8", "replace")

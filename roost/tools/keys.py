@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import msgspec
 
-from roost.errors import ToolArgumentsInvalid
+from roost.errors import ToolArgumentsInvalid, ToolCallOptionInvalid
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -93,7 +93,7 @@ def check_key(tool: str, key: object) -> str:
     of UTF-8 (a str subclass is taken as its plain value).
 
     Raises:
-        ToolArgumentsInvalid: `key` is not such a str (naming the tool and the value).
+        ToolCallOptionInvalid: `key` is not such a str (naming the tool and the value).
     """
     if isinstance(key, str):
         plain = str.__str__(key)
@@ -111,7 +111,7 @@ def check_key(tool: str, key: object) -> str:
             shown = f"{plain[:20]!r}... ({size} bytes of UTF-8)"
     else:
         shown = f"{key!r:.60} ({type(key).__name__})"
-    raise ToolArgumentsInvalid(
+    raise ToolCallOptionInvalid(
         tool,
         f"key={shown} is not a valid idempotency key; pass a non-empty str of at most "
         f"{MAX_KEY_LENGTH} bytes of UTF-8 (255 ASCII characters), or no key to have one derived",

@@ -12,7 +12,11 @@ before the breaker is asked. A call whose outcome is unknown (cut off by its
 time limit, its connection lost after sending, or found in flight after a
 crash) is never run again blindly unless the tool is idempotent: its `verify`
 hook settles it, or it ends in `ToolOutcomeUnknown` with the key left in
-flight. A result that cannot be recorded finalizes the key as `unrecordable`.
+flight; so does a call whose service still processes an earlier request with
+its key when the retries run out (`IdempotencyKeyInUse`). A result is checked
+against the tool's return annotation before it is recorded and returned as
+recorded, so a replay returns the same; a result that cannot be recorded (or a
+tool's own `ToolResultUnrecordable`) finalizes the key as `unrecordable`.
 
 A call recorded as a span (one made inside a pipeline run, see `Tools`) brings its
 open `tool_call` span along: the proxy sets how the call was answered
@@ -24,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -36,11 +39,13 @@ from roost.actors.actor import Actor, Message
 from roost.errors import (
     ActorStopped,
     IdempotencyConflict,
+    IdempotencyKeyInUse,
     PermanentToolError,
     ToolBusy,
     ToolFallbackFailed,
     ToolOutcomeUnknown,
     ToolResultUnrecordable,
+    ToolStillInProgress,
     ToolTimeout,
     ToolUnavailable,
 )
@@ -48,7 +53,15 @@ from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, BreakerTransition, CircuitBreaker
 from roost.tools.bulkhead import Bulkhead
 from roost.tools.retry import Recheck, Watchdog, call_once, call_with_retry
-from roost.tools.spec import DEFAULT_TIMEOUT, Done, NotDone, ToolSpec, Verified
+from roost.tools.spec import (
+    DEFAULT_TIMEOUT,
+    Done,
+    NotDone,
+    ToolRegistry,
+    ToolSpec,
+    Verified,
+    type_name,
+)
 from roost.trace import call_trace, handling
 from roost.tracing.spans import SpanKind
 from roost.tracing.tracer import OpenSpan
@@ -108,20 +121,20 @@ class _InFlight:
 
 
 class ToolState:
-    """What the system knows about its tools: breakers, bulkheads, the watchdog that times
-    their attempts, and counts.
+    """What the system knows about its tools: the registry (and so each tool's result
+    decoder), breakers, bulkheads, the watchdog that times their attempts, and counts.
 
     Shared by the proxy actor and the callers' side (`Tools`), and kept across
     proxy restarts: a dependency does not heal because the proxy restarted.
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], registry: ToolRegistry) -> None:
         self.clock = clock
+        self.registry = registry
         self.stats = ToolStatistics()
         self.watchdog = Watchdog()  # times every attempt of every tool
         self.breakers: dict[str, CircuitBreaker] = {}
         self._bulkheads: dict[str, Bulkhead] = {}
-        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
 
     def breaker(self, spec: ToolSpec) -> CircuitBreaker | None:
         """The tool's breaker (created on first use), or None if it has none."""
@@ -151,17 +164,6 @@ class ToolState:
             bulkhead = self._bulkheads[spec.name] = Bulkhead(
                 spec.name, limit=spec.concurrency, max_waiting=spec.max_waiting)
         return bulkhead
-
-    def decoder(self, spec: ToolSpec) -> msgspec.msgpack.Decoder[Any]:
-        """Decodes stored results into the tool's declared return type (built once per tool)."""
-        decoder = self._decoders.get(spec.name)
-        if decoder is None:
-            try:
-                returns = typing.get_type_hints(spec.fn).get("return", Any)
-            except Exception:
-                returns = Any
-            decoder = self._decoders[spec.name] = msgspec.msgpack.Decoder(returns)
-        return decoder
 
     async def run(self, spec: ToolSpec, arguments: dict[str, Any], key: str | None,
                   span: OpenSpan | None = None) -> Any:
@@ -458,7 +460,13 @@ class ToolProxy(Actor):
         if entry.status == "completed":
             self.state.stats.dedup_hits += 1
             _log.info("tool_call_replayed", tool=spec.name, key=key, status="completed")
-            return self.state.decoder(spec).decode(entry.result or b"\xc0")
+            decoder = self.state.registry.results(spec.name)
+            try:
+                return decoder.decode(entry.result or b"\xc0")
+            except msgspec.DecodeError as error:  # recorded under another annotation, or by hand
+                raise ToolResultUnrecordable(
+                    spec.name, key, f"its recorded result does not decode as "
+                    f"{type_name(decoder.type)}: {error}", error) from error
         if entry.status == "failed":
             self.state.stats.dedup_hits += 1
             _log.info("tool_call_replayed", tool=spec.name, key=key, status="failed")
@@ -488,8 +496,7 @@ class ToolProxy(Actor):
                 _log.warning("tool_call_verified_done", tool=spec.name, key=key)
                 if span is not None:
                     span.attributes["tool.outcome"] = "verified"
-                await self._record(spec, key, entry, verdict.result)
-                return verdict.result
+                return await self._record(spec, key, entry, verdict.result)
             _log.warning("tool_call_verified_not_done", tool=spec.name, key=key)
         return await self._run_recorded(spec, arguments, key, await ledger.take_over(entry), span)
 
@@ -507,38 +514,61 @@ class ToolProxy(Actor):
             raise
         except ToolOutcomeUnknown:
             raise  # it may have taken effect: the key stays in flight, never run blindly
+        except IdempotencyKeyInUse as error:
+            # The service still works on an earlier request with this key, which may yet
+            # take effect: the key stays in flight, as for any unknown outcome.
+            _log.error("tool_outcome_unknown", tool=spec.name, key=key, error=_describe(error))
+            raise ToolStillInProgress(spec.name, key, error) from error
+        except ToolResultUnrecordable as error:  # the tool's word: it took effect, no result
+            await self._mark_unrecordable(spec, key, entry, error.error)
+            raise
         except Exception as error:
             if spec.retry_policy.retries(error):
                 await ledger.release(entry)  # transient: a later call may try again
             else:
                 await ledger.fail(entry, error)  # permanent: replayed to later calls
             raise
-        await self._record(spec, key, entry, result)
-        return result
+        return await self._record(spec, key, entry, result)
 
-    async def _record(self, spec: ToolSpec, key: str, entry: LedgerEntry, result: Any) -> None:
-        """Persist the result before the caller gets it.
+    async def _record(self, spec: ToolSpec, key: str, entry: LedgerEntry, result: Any) -> Any:
+        """Persist the result before the caller gets it, and return it as recorded.
 
-        The tool has run by now, so a result that does not encode, or a write that
-        fails, finalizes the key as unrecordable instead of inviting a retry.
+        The recorded form is the result decoded as the tool's return annotation, what
+        every replay returns too. The tool has run by now, so a result that does not
+        encode or fit the annotation, or a write that fails, finalizes the key as
+        unrecordable instead of inviting a retry.
         """
         ledger = self.ledger
         assert ledger is not None
         try:
             encoded = _ENCODER.encode(result)
-        except (TypeError, msgspec.EncodeError) as error:
-            await self._unrecordable(spec, key, entry, error)
+        except (TypeError, OverflowError, msgspec.EncodeError) as error:
+            await self._unrecordable(spec, key, entry, _describe(error), error)
+        decoder = self.state.registry.results(spec.name)
+        try:
+            recorded = decoder.decode(encoded)
+        except msgspec.DecodeError as error:
+            await self._unrecordable(
+                spec, key, entry,
+                f"the result does not fit the return annotation {type_name(decoder.type)}: "
+                f"{error}", error)
         try:
             await ledger.complete(entry, encoded)
         except Exception as error:  # StoreError, most likely: the disk, the map, the writer
-            await self._unrecordable(spec, key, entry, error)
+            await self._unrecordable(spec, key, entry, _describe(error), error)
+        return recorded
 
-    async def _unrecordable(self, spec: ToolSpec, key: str, entry: LedgerEntry,
+    async def _unrecordable(self, spec: ToolSpec, key: str, entry: LedgerEntry, reason: str,
                             error: Exception) -> NoReturn:
         """Mark the key done without a result, and raise ToolResultUnrecordable for `error`."""
+        await self._mark_unrecordable(spec, key, entry, reason)
+        raise ToolResultUnrecordable(spec.name, key, reason, error) from error
+
+    async def _mark_unrecordable(self, spec: ToolSpec, key: str, entry: LedgerEntry,
+                                 reason: str) -> None:
+        """Finalize the key as done without a result, for `reason`."""
         ledger = self.ledger
         assert ledger is not None
-        reason = _describe(error)
         _log.error("tool_result_unrecordable", tool=spec.name, key=key, error=reason)
         try:
             await ledger.unrecordable(entry, reason)
@@ -547,7 +577,6 @@ class ToolProxy(Actor):
             # still never runs again on its own.
             _log.error("tool_result_unrecordable_not_saved", tool=spec.name, key=key,
                        error=_describe(store_error))
-        raise ToolResultUnrecordable(spec.name, key, reason, error) from error
 
 
 def _attempt_span(call: OpenSpan, tool: str, number: int) -> OpenSpan:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -142,6 +143,16 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
         cap = min(self.max_delay, self.base_delay * 2.0 ** min(attempt, _MAX_EXPONENT))
         uniform = random.uniform if rng is None else rng.uniform
         return uniform(0.0, cap)
+
+    def longest_backoff(self) -> float:
+        """The most all the waits between attempts can add up to, in seconds: each at its
+        cap (`base_delay` doubling per failure, at most `max_delay`)."""
+        retries = self.attempts - 1
+        if retries == 0 or self.base_delay == 0:
+            return 0.0
+        # Caps below max_delay: base_delay * 2**n for n < doubling; the rest are max_delay.
+        doubling = min(retries, max(0, math.ceil(math.log2(self.max_delay / self.base_delay))))
+        return self.base_delay * (2.0 ** doubling - 1) + self.max_delay * (retries - doubling)
 
     def retries(self, error: BaseException) -> bool:
         """Whether the policy retries `error` (cancellation never is)."""

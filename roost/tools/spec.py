@@ -24,6 +24,7 @@ from contextvars import ContextVar
 from typing import Any, Final, TypeVar, overload
 
 import msgspec
+import msgspec.inspect
 
 from roost._validate import is_count, is_number
 from roost.errors import ConfigurationError, ToolArgumentsInvalid, UnknownTool
@@ -39,6 +40,7 @@ __all__ = [
     "ToolRegistry",
     "ToolSpec",
     "Verified",
+    "result_decoder",
     "spec_of",
     "tool",
 ]
@@ -48,6 +50,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 #: The longest tool name, in bytes of UTF-8: with a key (at most 255 bytes) it must fit in
 #: one LMDB key of the ledger (511 bytes).
 MAX_NAME_BYTES: Final = 200
+#: Keywords `Tools.call` takes for itself, so no tool parameter can have these names.
+CALL_OPTIONS: Final = frozenset({"key", "timeout"})
 SPEC_ATTRIBUTE: Final = "__roost_tool__"
 """Attribute under which `@tool` (and tool objects such as HttpTool) keep their spec."""
 
@@ -121,6 +125,11 @@ class ToolSpec:
             (see `bind`).
         retry_policy: Derived: the policy calls run under, `retry` (or a single
             attempt) with the attempt limit described under `timeout`.
+        longest_run: Derived: the longest a call runs under the tool's own limits:
+            the policy's deadline, else every attempt to its limit and every
+            backoff at its longest (and with `verify`, a run of it before the
+            first attempt, for a key found in flight, and after each). None for a
+            read-only tool that runs without a limit.
     """
 
     name: str
@@ -139,17 +148,21 @@ class ToolSpec:
     gate: Any = None  # a roost.Gate (pipelines sit above tools: not imported here)
     signature: inspect.Signature = dataclasses.field(init=False, repr=False, compare=False)
     retry_policy: Retry = dataclasses.field(init=False, repr=False, compare=False)
+    longest_run: float | None = dataclasses.field(init=False, repr=False, compare=False)
     _plain: tuple[frozenset[str], frozenset[str], dict[str, Any]] | None = dataclasses.field(
         init=False, repr=False, compare=False)
     _types: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         name = self.name
+        # NUL separates the tool from the key in a ledger key: a name holding one would
+        # let tool "t", key "a\0b" and tool "t\0a", key "b" share an entry.
         if (not isinstance(name, str) or not name or name.strip() != name or " " in name
-                or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES):
+                or "\x00" in name or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES):
             raise ConfigurationError(
-                f"tool name={name!r:.80} is invalid; use a non-empty string without spaces, of "
-                f"at most {MAX_NAME_BYTES} bytes of UTF-8 (the ledger keys calls by it)"
+                f"tool name={name!r:.80} is invalid; use a non-empty string without spaces or "
+                f"NUL characters, of at most {MAX_NAME_BYTES} bytes of UTF-8 (the ledger keys "
+                "calls by it)"
             )
         _check_async_callable(name, "fn", self.fn)
         for flag in ("idempotent", "read_only"):
@@ -199,6 +212,8 @@ class ToolSpec:
         ):
             policy = msgspec.structs.replace(policy, attempt_timeout=DEFAULT_TIMEOUT)
         object.__setattr__(self, "retry_policy", policy)
+        object.__setattr__(self, "longest_run", _longest_run(policy, self.verify,
+                                                             self.verify_timeout))
 
     def bind(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Check `arguments` against the tool's signature and its annotations; fill in defaults.
@@ -247,8 +262,9 @@ class ToolSpec:
         try:
             bound = self.signature.bind(**arguments)
         except TypeError as error:
+            problem = _misfit(self.signature, arguments) or str(error)
             raise ToolArgumentsInvalid(
-                self.name, f"{error}; expected {self.name}{_without_annotations(self.signature)}"
+                self.name, f"{problem}; expected {self.name}{_without_annotations(self.signature)}"
             ) from None
         parameters = self.signature.parameters
         for name, value in list(bound.arguments.items()):  # those given: defaults come next
@@ -280,7 +296,7 @@ class ToolSpec:
 
     def _mismatch(self, name: str, value: Any, expected: Any,
                   error: msgspec.ValidationError) -> ToolArgumentsInvalid:
-        shown = _type_name(expected)
+        shown = type_name(expected)
         detail = str(error).replace("`$", f"`{name}")
         return ToolArgumentsInvalid(
             self.name,
@@ -390,17 +406,23 @@ class ToolRegistry:
 
     def __init__(self, tools: Iterable[object] = ()) -> None:
         self._specs: dict[str, ToolSpec] = {}
+        self._results: dict[str, msgspec.msgpack.Decoder[Any]] = {}
         for item in tools:
             self.register(item)
 
     def register(self, tool: object) -> ToolSpec:
         """Add a tool: a `@tool` function, a plain async function, a ToolSpec or a tool object.
 
+        A side-effecting tool's return annotation is resolved here, once the module
+        that declares it is fully loaded, into the decoder of its recorded results.
+
         Returns:
             The registered spec.
 
         Raises:
-            ConfigurationError: Another tool has the same name, or `tool` is not a tool.
+            ConfigurationError: Another tool has the same name, `tool` is not a tool,
+                or a side-effecting tool's return annotation does not resolve or is a
+                type msgspec cannot decode (see `result_decoder`).
         """
         spec = spec_of(tool)
         if spec.name in self._specs:
@@ -408,8 +430,21 @@ class ToolRegistry:
                 f"tool {spec.name!r} is already registered; give one of them another name "
                 "with @tool(name=...)"
             )
+        if not spec.read_only:
+            self._results[spec.name] = result_decoder(spec)
         self._specs[spec.name] = spec
         return spec
+
+    def results(self, name: str) -> msgspec.msgpack.Decoder[Any]:
+        """The decoder of side-effecting tool `name`'s recorded results (see `result_decoder`).
+
+        Raises:
+            UnknownTool: No side-effecting tool has that name.
+        """
+        try:
+            return self._results[name]
+        except KeyError:
+            raise UnknownTool(name, list(self._results)) from None
 
     def get(self, name: str) -> ToolSpec:
         """The spec of tool `name`.
@@ -425,6 +460,17 @@ class ToolRegistry:
     def names(self) -> list[str]:
         """Names of the registered tools, sorted."""
         return sorted(self._specs)
+
+
+def _longest_run(policy: Retry, verify: Verify | None, verify_timeout: float) -> float | None:
+    """See `ToolSpec.longest_run`."""
+    if policy.deadline is not None:
+        return policy.deadline
+    if policy.attempt_timeout is None:
+        return None
+    verifies = 0 if verify is None else policy.attempts + 1
+    return (policy.attempts * policy.attempt_timeout + verifies * verify_timeout
+            + policy.longest_backoff())
 
 
 def _plain_parameters(
@@ -492,7 +538,77 @@ def _namespace(fn: Callable[..., Any]) -> dict[str, Any]:
     return getattr(target, "__globals__", {})
 
 
-def _type_name(annotation: Any) -> str:
+def result_decoder(spec: ToolSpec) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of a side-effecting tool's recorded results, as its return annotation says.
+
+    Each result is checked with it before it is recorded, and the caller gets the
+    decoded form, so the first call and every replay return the same value. No
+    annotation, `Any` or `object` decode MessagePack's plain values (a tuple comes
+    back as a list).
+
+    Raises:
+        ConfigurationError: The annotation does not resolve, or is a type msgspec
+            cannot decode (e.g. `str | bytes`, or a class that is neither a Struct,
+            a dataclass nor a builtin), naming the tool and the annotation.
+    """
+    annotation = spec.signature.return_annotation
+    if isinstance(annotation, str):
+        holder = _Annotations({"return": annotation})
+        try:
+            annotation = typing.get_type_hints(holder, globalns=_namespace(spec.fn))["return"]
+        except Exception as error:
+            raise ConfigurationError(
+                f"tool {spec.name!r}: its return annotation {annotation!r} does not resolve "
+                f"({type(error).__name__}: {error}); the recorded results of a side-effecting "
+                "tool are decoded as it, so define the type at module level, or annotate "
+                "the tool -> Any"
+            ) from None
+    if annotation in (inspect.Signature.empty, Any, object):
+        annotation = Any
+    try:
+        decoder = msgspec.msgpack.Decoder(annotation)
+        custom = _custom_types(msgspec.inspect.type_info(annotation))
+    except TypeError as error:
+        raise _undecodable(spec.name, annotation, str(error)) from None
+    if custom:
+        raise _undecodable(spec.name, annotation,
+                           f"{', '.join(sorted(type_name(t) for t in custom))} needs a "
+                           "dec_hook, which the ledger does not have")
+    return decoder
+
+
+def _undecodable(tool: str, annotation: Any, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"tool {tool!r}: its return annotation {type_name(annotation)} cannot be decoded "
+        f"({why}); the results of a side-effecting tool are recorded and replayed as it, so "
+        "annotate a type msgspec decodes (str, int, float, bool, None, bytes, list, tuple, "
+        "dict, a msgspec Struct, a dataclass, or a union of those with one str-like member), "
+        "or Any"
+    )
+
+
+def _custom_types(info: msgspec.inspect.Type) -> set[type]:
+    """The classes in a type that msgspec decodes only through a `dec_hook`."""
+    found: set[type] = set()
+    seen: set[int] = set()
+    pending: list[Any] = [info]
+    while pending:  # a recursive Struct makes the type info a graph, not a tree
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, msgspec.inspect.CustomType):
+            found.add(node.cls)
+            continue
+        for field in node.__struct_fields__:
+            value = getattr(node, field)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, msgspec.inspect.Type | msgspec.inspect.Field):
+                    pending.append(item)
+    return found
+
+
+def type_name(annotation: Any) -> str:
     """How an error shows a type: `int`, `list[str]`, `Address | None` (no module paths)."""
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__qualname__
@@ -515,13 +631,47 @@ def _tool_signature(name: str, fn: Callable[..., Any], key_param: str | None) ->
                 f"tool {name!r}: parameter {shown} cannot be passed by keyword; tools are "
                 "called with keyword arguments only, so make it a normal or keyword-only one"
             )
-        if parameter.name != key_param:
-            parameters.append(parameter)
+        if parameter.name == key_param:
+            continue
+        if parameter.name in CALL_OPTIONS and parameter.kind is not inspect.Parameter.VAR_KEYWORD:
+            receive = (" (or declare key_param='key' to receive the idempotency key through it)"
+                       if parameter.name == "key" else "")
+            raise ConfigurationError(
+                f"tool {name!r}: parameter {parameter.name!r} can never be passed, since "
+                "Tools.call takes key= (the idempotency key) and timeout= (how long to wait) "
+                f"for itself; rename it{receive}"
+            )
+        parameters.append(parameter)
     if key_param is not None and key_param not in signature.parameters:
         raise _invalid(
             name, "key_param", key_param, f"{fn!r} has no parameter of that name to receive the key"
         )
     return signature.replace(parameters=parameters)
+
+
+def _misfit(signature: inspect.Signature, arguments: Mapping[str, Any]) -> str:
+    """Every required parameter missing from `arguments` and every name it has that no
+    parameter takes ("" if neither), where `Signature.bind` names only the first problem."""
+    parameters = signature.parameters.values()
+    var_keyword = inspect.Parameter.VAR_KEYWORD
+    missing = [p.name for p in parameters
+               if p.kind is not var_keyword and p.default is p.empty and p.name not in arguments]
+    takes_any = any(p.kind is var_keyword for p in parameters)
+    unexpected = [] if takes_any else [
+        name for name in arguments if name not in signature.parameters]
+    problems = []
+    if missing:
+        problems.append(_listed("missing a required argument", "missing required arguments",
+                                missing, ": "))
+    if unexpected:
+        problems.append(_listed("got an unexpected keyword argument",
+                                "got unexpected keyword arguments", unexpected, " "))
+    return "; ".join(problems)
+
+
+def _listed(one: str, many: str, names: list[str], separator: str) -> str:
+    quoted = ", ".join(repr(name) for name in names)
+    return f"{one if len(names) == 1 else many}{separator}{quoted}"
 
 
 def _without_annotations(signature: inspect.Signature) -> inspect.Signature:
@@ -540,10 +690,6 @@ def _check_async_callable(tool: str, field: str, fn: object) -> None:
             tool, field, fn, "use an async function (async def); wrap blocking code with "
             "anyio.to_thread.run_sync"
         )
-
-
-
-
 
 
 def _invalid(tool: str, field: str, value: object, allowed: str) -> ConfigurationError:

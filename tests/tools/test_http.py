@@ -12,7 +12,14 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from roost.errors import ConfigurationError, PermanentToolError, ToolTimeout, TransientToolError
+from roost.errors import (
+    ConfigurationError,
+    IdempotencyKeyInUse,
+    PermanentToolError,
+    ToolResultUnrecordable,
+    ToolTimeout,
+    TransientToolError,
+)
 from roost.tools.http import HttpTool
 from roost.tools.spec import ToolRegistry
 
@@ -66,7 +73,7 @@ async def server(anyio_backend: str) -> AsyncIterator[Server]:
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/text", text)
     app.router.add_delete("/empty", empty)
-    app.router.add_get("/broken-json", broken_json)
+    app.router.add_route("*", "/broken-json", broken_json)
     app.router.add_post("/slow", slow)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -177,15 +184,43 @@ async def test_other_4xx_are_permanent(
     assert f"tool 'desk': PUT {server.url}/status/{code} answered {code} {reason}" in message
     assert "retrying will not help" in message
     assert "secret" not in message
+    assert info.value.code == code
 
 
 @pytest.mark.anyio
-async def test_a_json_body_that_does_not_decode_is_permanent(
+async def test_409_to_a_keyed_request_means_the_key_is_still_in_use_and_is_transient(
+    server: Server, session: aiohttp.ClientSession
+) -> None:
+    call = HttpTool("desk", "POST", f"{server.url}/status/409", session=session)
+    with pytest.raises(IdempotencyKeyInUse, match=r"answered 409 Conflict: 'status 409 body'; an "
+                       r"earlier request with this Idempotency-Key is still being processed"):
+        await call(idempotency_key="k", json={})
+    assert issubclass(IdempotencyKeyInUse, TransientToolError)
+    # Without a key the service cannot mean a key in use: a plain refusal.
+    with pytest.raises(PermanentToolError, match="answered 409 Conflict") as refused:
+        await call(json={})
+    assert refused.value.code == 409
+
+
+@pytest.mark.anyio
+async def test_a_json_body_that_does_not_decode_is_a_failure_of_a_read_only_request(
     server: Server, session: aiohttp.ClientSession
 ) -> None:
     call = HttpTool("desk", "GET", f"{server.url}/broken-json", session=session)
     with pytest.raises(PermanentToolError, match=r"answered 200 with a JSON body that does not"):
         await call()
+
+
+@pytest.mark.anyio
+async def test_a_json_body_that_does_not_decode_leaves_a_side_effect_without_a_result(
+    server: Server, session: aiohttp.ClientSession
+) -> None:
+    call = HttpTool("desk", "POST", f"{server.url}/broken-json", session=session)
+    with pytest.raises(ToolResultUnrecordable, match=r"tool 'desk': call with key 'k' took effect "
+                       r"but its result could not be recorded \(POST .* answered 200 with a JSON "
+                       r"body that does not decode") as info:
+        await call(idempotency_key="k", json={})
+    assert (info.value.tool, info.value.key) == ("desk", "k")
 
 
 @pytest.mark.anyio

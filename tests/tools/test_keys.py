@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from roost.errors import ToolArgumentsInvalid
+from roost.errors import ToolArgumentsInvalid, ToolCallOptionInvalid
 from roost.tools.keys import (
     check_key,
     derive_key,
@@ -94,6 +94,14 @@ def test_any_other_key_is_refused_naming_the_tool_and_the_value(
     with pytest.raises(ToolArgumentsInvalid, match=match) as caught:
         check_key("mail", key)
     assert (caught.value.tool, caught.value.argument, caught.value.given) == ("mail", "key", given)
+
+
+def test_an_invalid_key_is_an_option_of_the_call_not_an_argument_that_does_not_fit() -> None:
+    with pytest.raises(ToolCallOptionInvalid) as caught:
+        check_key("mail", "")
+    assert isinstance(caught.value, ToolArgumentsInvalid)  # what callers already catch
+    assert str(caught.value).startswith("tool 'mail': key='' is not a valid idempotency key;")
+    assert "signature" not in str(caught.value)
 
 
 # --- fingerprints ---------------------------------------------------------------------------

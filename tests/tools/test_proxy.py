@@ -7,6 +7,8 @@ test_tool_proxy_http.py; the crash of a whole process in tests/crash/test_tool_c
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,13 @@ import msgspec
 import pytest
 
 import roost
+import roost.tools.client
 from roost.errors import (
     StoreError,
     ToolArgumentsInvalid,
     ToolBusy,
+    ToolCallOptionInvalid,
+    ToolCallTimeout,
     ToolResultUnrecordable,
     ToolTimeout,
 )
@@ -762,6 +767,164 @@ async def test_a_stored_permanent_failure_is_replayed_while_the_breaker_is_open(
         assert replayed.value.code == "card_declined"
         with pytest.raises(roost.ToolUnavailable):
             await system.tools.call("charge", key="other", card="good")
+
+
+# --- results as recorded: the first call and every replay agree ---------------------------
+
+
+async def test_the_first_call_and_every_replay_return_the_result_as_recorded(
+    tmp_path: Path,
+) -> None:
+    runs: list[str] = []
+
+    @roost.tool
+    async def charge(amount: int) -> dict[str, Any]:
+        runs.append("charge")
+        return {"id": "ch_1", "amount": amount, "split": (1, 2)}
+
+    @roost.tool
+    async def corner() -> tuple[int, int]:
+        runs.append("corner")
+        return [3, 4]  # type: ignore[return-value]  # recorded, and so returned, as a tuple
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, charge, corner)
+        first = await system.tools.call("charge", key="k", amount=5)
+        assert first == await system.tools.call("charge", key="k", amount=5)
+        assert first == {"id": "ch_1", "amount": 5, "split": [1, 2]}
+        assert await system.tools.call("corner", key="k") == (3, 4)
+        assert await system.tools.call("corner", key="k") == (3, 4)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, charge, corner)
+        assert await system.tools.call("charge", key="k", amount=5) == first
+        assert await system.tools.call("corner", key="k") == (3, 4)
+    assert runs == ["charge", "corner"]
+
+
+async def test_a_result_that_does_not_fit_the_return_annotation_is_unrecordable_naming_it(
+    tmp_path: Path,
+) -> None:
+    runs: list[str] = []
+
+    @roost.tool
+    async def count() -> int:
+        runs.append("count")
+        return "many"  # type: ignore[return-value]
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, count)
+        for _ in range(2):  # the call, then its replay: the same error, no second run
+            with pytest.raises(ToolResultUnrecordable,
+                               match=r"tool 'count': call with key 'k' took effect but its "
+                                     r"result could not be recorded \(the result does not fit "
+                                     r"the return annotation int: Expected `int`, got `str`\)"):
+                await system.tools.call("count", key="k")
+        entry = await Ledger(system.store).get("count", "k")
+        assert entry is not None and entry.status == "unrecordable"
+    assert runs == ["count"]
+
+
+async def test_a_stored_result_that_no_longer_fits_the_annotation_replays_as_unrecordable(
+    tmp_path: Path,
+) -> None:
+    @roost.tool
+    async def count() -> int:
+        raise AssertionError("a stored result is replayed, never run again")
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, count)
+        ledger = Ledger(system.store)  # as an older roost, or an older `count`, recorded it
+        claim = await ledger.claim("count", "k", fingerprint({}, tool="count"))
+        await ledger.complete(claim.entry, msgspec.msgpack.encode("many"))
+        with pytest.raises(ToolResultUnrecordable, match=r"its recorded result does not decode "
+                           r"as int: Expected `int`, got `str`"):
+            await system.tools.call("count", key="k")
+
+
+async def test_a_key_may_hold_nul_since_no_tool_name_can(tmp_path: Path) -> None:
+    runs: list[str] = []
+
+    @roost.tool(name="t")
+    async def tally() -> int:
+        runs.append("t")
+        return len(runs)
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, tally)
+        assert await system.tools.call("t", key="a\x00b") == 1
+        assert await system.tools.call("t", key="a\x00b") == 1
+        assert await ledger_keys(system) == [b"t\x00a\x00b"]  # the stored format, unchanged
+    assert runs == ["t"]
+
+
+# --- how long a caller waits ----------------------------------------------------------------
+
+
+async def test_a_caller_that_stops_waiting_gets_a_tool_timeout_and_the_same_key_joins_the_call(
+    tmp_path: Path,
+) -> None:
+    mailer = Mailer()
+    mailer.hold = anyio.Event()
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with anyio.fail_after(5), pytest.raises(ToolTimeout) as caught:
+            await system.tools.call("send", key="k", to="ada", timeout=0.1)
+        assert isinstance(caught.value, ToolCallTimeout)
+        assert (caught.value.tool, caught.value.key, caught.value.timeout) == ("send", "k", 0.1)
+        assert str(caught.value) == (
+            "tool 'send': no answer to the call with key 'k' within 0.1s; the call goes on, "
+            "and a call with the same key joins it (or replays its result once it is "
+            "recorded); pass a longer timeout= to wait for it")
+        again = asyncio.ensure_future(system.tools.call("send", key="k", to="ada"))
+        await anyio.wait_all_tasks_blocked()
+        assert system.tools.statistics().joined == 1
+        mailer.hold.set()
+        assert await again == Receipt("ada", 1)
+    assert mailer.sent == ["ada"]
+
+
+async def test_without_a_timeout_a_caller_waits_as_long_as_the_tools_own_limits_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(roost.tools.client, "DEADLINE_MARGIN", 0.2)
+
+    @roost.tool(timeout=0.1)
+    async def stubborn(seconds: float) -> str:
+        # It swallows the cancellation that ends its attempt, so it overruns its limit: only
+        # then does a caller wait past the tool's own limits.
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+        return "done"
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, stubborn)
+        with anyio.fail_after(5), pytest.raises(ToolCallTimeout) as caught:
+            await system.tools.call("stubborn", key="k", seconds=0.6)
+    assert caught.value.timeout == pytest.approx(0.1 + 0.2)  # the attempt's limit + the margin
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, math.nan, math.inf, True, "5"])
+@pytest.mark.parametrize("tool", ["send", "ping"])
+async def test_a_bad_timeout_is_refused_naming_the_tool_before_anything_runs(
+    tmp_path: Path, timeout: Any, tool: str,
+) -> None:
+    mailer = Mailer()
+    arguments = {"to": "ada"} if tool == "send" else {}
+    async with open_system(tmp_path / "store") as system:
+        registered(system, mailer.tool)
+        with pytest.raises(ToolArgumentsInvalid,
+                           match=rf"^tool '{tool}': timeout={re.escape(repr(timeout))} is not a "
+                                 r"valid time to wait for the call; pass a positive number of "
+                                 r"seconds, or None for the default$") as caught:
+            await system.tools.call(tool, key="k", timeout=timeout, **arguments)
+        assert isinstance(caught.value, ToolCallOptionInvalid)
+        assert (caught.value.argument, caught.value.given) == ("timeout", type(timeout).__name__)
+        assert system.tools.statistics().calls == 0
+    assert mailer.sent == []
 
 
 # --- results that cannot be recorded --------------------------------------------------------

@@ -24,7 +24,13 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 import roost
-from roost.errors import ToolArgumentsInvalid, ToolBusy, ToolConnectionLost
+from roost.errors import (
+    IdempotencyKeyInUse,
+    ToolArgumentsInvalid,
+    ToolBusy,
+    ToolConnectionLost,
+    ToolStillInProgress,
+)
 from roost.storage import Ledger
 from tests.support import FakeClock
 
@@ -34,6 +40,8 @@ HOLD = "hold"
 """Plan step: apply the effect, then hold the answer until `Service.release` is set."""
 DROP = "drop"
 """Plan step: apply the effect, then close the connection instead of answering."""
+BROKEN_JSON = "broken-json"
+"""Plan step: apply the effect, then answer 200 with a JSON body that does not decode."""
 OK = "ok"
 
 
@@ -54,6 +62,12 @@ class Service:
         self.plan: deque[str | int] = deque()  # one step per request; OK when empty
         self.release = asyncio.Event()
         self.latency = 0.0  # seconds each /orders request takes (the tool's own latency)
+        # Stripe's rule: a request whose Idempotency-Key is still being processed gets 409.
+        self.conflict_while_processing = False
+        self.processing: set[str] = set()
+        self.conflicts = 0
+        self.conflicted = asyncio.Event()  # set at the first 409
+        self.finished = asyncio.Event()  # set as each request that was processed ends
         self.running = 0
         self.max_running = 0
         self._arrived = asyncio.Event()
@@ -73,8 +87,14 @@ class Service:
         body = await request.json() if request.can_read_body else None
         self.requests.append(Seen(request.method, request.path, key, body))
         self._arrived.set()
+        if self.conflict_while_processing and key in self.processing:
+            self.conflicts += 1
+            self.conflicted.set()
+            return web.json_response({"error": "idempotency key in use"}, status=409)
         self.running += 1
         self.max_running = max(self.max_running, self.running)
+        if key is not None:
+            self.processing.add(key)
         try:
             step = self.plan.popleft() if self.plan else OK
             if isinstance(step, int):
@@ -91,9 +111,13 @@ class Service:
             if step == DROP:
                 assert request.transport is not None
                 request.transport.close()
+            if step == BROKEN_JSON:
+                return web.Response(text="{not json", content_type="application/json")
             return web.json_response(answer, status=201)
         finally:
             self.running -= 1
+            self.processing.discard(key or "")
+            self.finished.set()
 
 
 @pytest.fixture
@@ -503,3 +527,87 @@ def test_an_http_tools_request_timeout_is_its_attempt_limit() -> None:
                              session=aiohttp.ClientSession, timeout=90.0,
                              retry=roost.Retry(attempt_timeout=5.0))
     assert retried.spec.retry_policy.attempt_timeout == 5.0
+
+
+# --- answers that say the outcome is not known yet, or cannot be recorded ------------------
+
+
+async def test_a_409_while_the_key_is_still_processed_is_retried_with_the_same_key(
+    service: Service, tmp_path: Path,
+) -> None:
+    service.conflict_while_processing = True
+    async with open_system(store=tmp_path / "store") as system:
+        orders_tool(system, service, idempotent=True, retry=roost.Retry(
+            attempts=40, base_delay=0.02, max_delay=0.02, attempt_timeout=0.1))
+        service.plan.append(HOLD)  # the first request is processed past its attempt's limit
+
+        async def finish_after_a_conflict() -> None:
+            with anyio.fail_after(5):
+                await service.conflicted.wait()
+            service.release.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(finish_after_a_conflict)
+            answer = await call(system, "lamp", key="order-9")
+        assert service.conflicts >= 1
+        assert answer == {"status": 200, "body": {"order": 1, "item": "lamp"}}
+        assert {seen.key for seen in service.requests} == {"order-9"}
+        assert list(service.effects) == ["order-9"]
+        entry = await Ledger(system.store).get("orders", "order-9")
+        assert entry is not None and entry.status == "completed"
+
+
+async def test_a_409_until_the_retries_run_out_leaves_the_outcome_unknown_not_failed(
+    service: Service, tmp_path: Path,
+) -> None:
+    service.conflict_while_processing = True
+    async with open_system(store=tmp_path / "store") as system:
+        orders_tool(system, service, idempotent=True, retry=roost.Retry(
+            attempts=3, base_delay=0.01, attempt_timeout=0.1))
+        service.plan.append(HOLD)
+        with anyio.fail_after(5), pytest.raises(roost.ToolOutcomeUnknown) as caught:
+            await call(system, "lamp", key="order-9")
+        assert isinstance(caught.value, ToolStillInProgress)
+        assert isinstance(caught.value.attempt_error, IdempotencyKeyInUse)
+        assert "still processing an earlier request with this key" in str(caught.value)
+        assert service.conflicts == 2
+        entry = await Ledger(system.store).get("orders", "order-9")
+        assert entry is not None and entry.status == "in_flight"  # never stored as failed
+
+        service.release.set()  # the service finishes the first request
+        with anyio.fail_after(5):
+            await service.finished.wait()
+        # An idempotent tool asks again with the key, and the service answers what it did.
+        answer = await call(system, "lamp", key="order-9")
+        assert answer == {"status": 200, "body": {"order": 1, "item": "lamp"}}
+        assert list(service.effects) == ["order-9"]
+
+
+async def test_a_refusal_keeps_its_http_status_as_the_code_also_when_replayed(
+    service: Service, tmp_path: Path,
+) -> None:
+    async with open_system(store=tmp_path / "store") as system:
+        orders_tool(system, service)
+        service.plan.append(422)
+        with pytest.raises(roost.PermanentToolError, match="answered 422") as first:
+            await call(system, "desk", key="refused")
+        with pytest.raises(roost.PermanentToolError, match="failed before") as replayed:
+            await call(system, "desk", key="refused")
+        assert first.value.code == replayed.value.code == 422
+        assert service.count() == 1
+
+
+async def test_a_success_answered_with_broken_json_took_effect_and_is_unrecordable(
+    service: Service, tmp_path: Path,
+) -> None:
+    async with open_system(store=tmp_path / "store") as system:
+        orders_tool(system, service)
+        service.plan.append(BROKEN_JSON)
+        for _ in range(2):  # the call, then its replay: never sent again
+            with pytest.raises(roost.ToolResultUnrecordable,
+                               match=r"key 'order-5' took effect .*answered 200 with a JSON body "
+                                     r"that does not decode"):
+                await call(system, "vase", key="order-5")
+        entry = await Ledger(system.store).get("orders", "order-5")
+        assert entry is not None and entry.status == "unrecordable"
+        assert service.count() == 1

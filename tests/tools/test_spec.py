@@ -20,6 +20,7 @@ from roost.tools.spec import (
     ToolRegistry,
     ToolSpec,
     Verified,
+    result_decoder,
     spec_of,
     tool,
 )
@@ -146,6 +147,36 @@ def test_a_tool_name_must_be_a_word(name: object) -> None:
         ToolSpec(name=name, fn=send_email)  # type: ignore[arg-type]
 
 
+def test_a_tool_name_cannot_hold_nul_which_ends_the_name_in_a_ledger_key() -> None:
+    # Else tool "t" with key "a\0b" and tool "t\0a" with key "b" would share one entry.
+    with pytest.raises(ConfigurationError, match=r"tool name='t\\x00a' is invalid; use a "
+                       r"non-empty string without spaces or NUL characters"):
+        ToolSpec(name="t\x00a", fn=send_email)
+
+
+async def keyed(room: int, key: str) -> str:
+    return key
+
+
+async def timed(room: int, *, timeout: float) -> str:
+    return str(timeout)
+
+
+@pytest.mark.parametrize(("fn", "name"), [(keyed, "key"), (timed, "timeout")])
+def test_a_parameter_cannot_be_named_like_an_option_tools_call_takes_for_itself(
+    fn: Any, name: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"tool '{fn.__name__}': parameter '{name}' can "
+                       r"never be passed, since Tools.call takes key= .* and timeout= .* for "
+                       r"itself; rename it"):
+        tool(fn)
+
+
+def test_a_parameter_named_key_may_receive_the_idempotency_key() -> None:
+    spec = ToolSpec(name="keyed", fn=keyed, key_param="key")
+    assert list(spec.signature.parameters) == ["room"]
+
+
 def test_a_partial_of_an_async_function_is_a_valid_tool() -> None:
     spec = ToolSpec(name="mail_ada", fn=functools.partial(send_email, "ada@example.org"))
     assert spec.bind({"body": "hi"}) == {"body": "hi", "cc": None}
@@ -203,6 +234,16 @@ def test_bad_arguments_name_the_tool_and_what_is_wrong(
 ) -> None:
     with pytest.raises(ToolArgumentsInvalid, match=match):
         spec_of(send_email).bind(arguments)
+
+
+def test_a_call_that_misses_one_argument_and_misnames_another_is_told_both() -> None:
+    with pytest.raises(ToolArgumentsInvalid, match=r"missing a required argument: 'to'; got an "
+                       r"unexpected keyword argument 'too'; expected send_email\(to, body, "
+                       r"cc=None\)$"):
+        spec_of(send_email).bind({"too": "ada", "body": "hi"})
+    with pytest.raises(ToolArgumentsInvalid, match=r"missing required arguments: 'to', 'body'; "
+                       r"got unexpected keyword arguments 'x', 'y'"):
+        spec_of(send_email).bind({"x": 1, "y": 2})
 
 
 def test_extra_keywords_of_a_var_keyword_tool_are_flattened() -> None:
@@ -321,3 +362,88 @@ def test_the_arguments_of_an_http_tool_are_checked_too() -> None:
     with pytest.raises(ToolArgumentsInvalid, match=r"argument 'params' must be "
                        r"Mapping\[str, str\] \| None"):
         orders.spec.bind({"params": {"page": 2}})
+
+
+# --- the type results are recorded and replayed as ----------------------------------------
+
+
+class Opaque:
+    """A class msgspec decodes only through a dec_hook."""
+
+
+async def either() -> str | bytes:
+    return "x"
+
+
+async def opaque() -> Opaque:
+    return Opaque()
+
+
+async def opaques() -> dict[str, list[Opaque]]:
+    return {}
+
+
+@pytest.mark.parametrize(("fn", "shown"), [
+    (either, r"str \| bytes"), (opaque, "Opaque"), (opaques, r"dict\[str, list\[Opaque\]\]"),
+])
+def test_a_side_effecting_tool_whose_results_cannot_be_decoded_is_refused_at_registration(
+    fn: Any, shown: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"tool '{fn.__name__}': its return annotation "
+                       rf"{shown} cannot be decoded \(.*\); the results of a side-effecting tool "
+                       r"are recorded and replayed as it, so annotate a type msgspec decodes"):
+        ToolRegistry([fn])
+    # A read-only tool's results are never recorded: any annotation will do.
+    assert ToolRegistry([tool(read_only=True)(fn)]).names() == [fn.__name__]
+
+
+def test_a_return_annotation_that_does_not_resolve_is_refused_at_registration() -> None:
+    class Local(msgspec.Struct):
+        n: int
+
+    async def make() -> Local:  # a string this module cannot resolve
+        return Local(1)
+
+    with pytest.raises(ConfigurationError, match=r"tool 'make': its return annotation 'Local' "
+                       r"does not resolve \(NameError: .*\); .* define the type at module level, "
+                       r"or annotate the tool -> Any"):
+        ToolRegistry([make])
+
+
+@tool  # declared before the class it returns: resolved when registered, not here
+async def made_later() -> Later:
+    return Later(1)
+
+
+class Later(msgspec.Struct):
+    n: int
+
+
+async def untyped():  # type: ignore[no-untyped-def]
+    return (1, 2)
+
+
+def test_results_decode_as_the_return_annotation_resolved_at_registration() -> None:
+    registry = ToolRegistry([made_later, send_email])
+    assert registry.results("made_later").decode(msgspec.msgpack.encode({"n": 1})) == Later(1)
+    assert registry.results("send_email").decode(msgspec.msgpack.encode("ok")) == "ok"
+    # Without an annotation, results come back as MessagePack's plain values.
+    assert result_decoder(spec_of(untyped)).decode(msgspec.msgpack.encode((1, 2))) == [1, 2]
+
+
+# --- how long a call may run under the tool's own limits ------------------------------------
+
+
+def test_the_longest_run_covers_every_attempt_and_every_backoff_at_its_longest() -> None:
+    single = ToolSpec(name="single", fn=send_email, timeout=2.0)
+    assert single.longest_run == 2.0
+    retried = ToolSpec(name="retried", fn=send_email, retry=Retry(
+        attempts=4, base_delay=1.0, max_delay=3.0, attempt_timeout=10.0))
+    assert retried.longest_run == 4 * 10.0 + (1.0 + 2.0 + 3.0)
+    verified = ToolSpec(name="verified", fn=send_email, verify=already_sent, verify_timeout=5.0,
+                        retry=Retry(attempts=2, base_delay=0.5, attempt_timeout=10.0))
+    # verify may run for a key found in flight, then after each attempt
+    assert verified.longest_run == 2 * 10.0 + 3 * 5.0 + 0.5
+    limited = ToolSpec(name="limited", fn=send_email, retry=Retry(attempts=9, deadline=30.0))
+    assert limited.longest_run == 30.0
+    assert ToolSpec(name="plain", fn=send_email, read_only=True).longest_run is None
