@@ -19,7 +19,8 @@ import msgspec
 from aiohttp import web
 
 from roost.console import openapi, views
-from roost.console.app import LIVE, SYSTEM, session_of
+from roost.console.app import LIVE, SYSTEM, query_params, session_of
+from roost.console.forms import MAX_DEPTH, too_deep
 from roost.console.openapi import (
     DEFAULT_LIMIT,
     GATE_STATUSES,
@@ -35,6 +36,7 @@ from roost.console.problems import Problem
 from roost.errors import (
     ConfigurationError,
     ExtraNotInstalled,
+    RecordCorrupt,
     StoreError,
     SystemNotRunning,
     TraceNotFound,
@@ -80,15 +82,6 @@ def _json(data: Any) -> web.Response:
 
 def _bad(name: str, detail: str) -> Problem:
     return Problem(400, "Bad request", detail, errors={name: detail})
-
-
-def _query(request: web.Request, *allowed: str) -> Mapping[str, str]:
-    """The query parameters, refusing any this route does not take (a typo filters nothing)."""
-    for name in request.query:
-        if name not in allowed:
-            raise _bad(name, f"unknown query parameter {name!r}; this route takes "
-                             f"{', '.join(allowed) or 'none'}")
-    return request.query
 
 
 def _limit(query: Mapping[str, str]) -> int:
@@ -139,7 +132,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    query = _query(request, "status", "pipeline", "since", "until", "text", "cursor", "limit")
+    query = query_params(request, "status", "pipeline", "since", "until", "text", "cursor",
+                         "limit")
     rows, cursor, problems = await views.runs_page(
         request.app[SYSTEM], status=_choice(query, "status", RUN_STATUSES),
         pipeline=query.get("pipeline") or None, since=_number(query, "since"),
@@ -155,7 +149,10 @@ async def get_run(request: web.Request) -> web.Response:
 async def get_trace(request: web.Request) -> web.Response:
     system = request.app[SYSTEM]
     run_id = request.match_info["run_id"]
-    await system.pipelines.runs.get(run_id)  # an unknown run is a RunNotFound
+    try:
+        await system.pipelines.runs.get(run_id)  # an unknown run is a RunNotFound
+    except RecordCorrupt:
+        pass  # the run exists; its trace is kept apart from its damaged record
     try:
         traces = system.traces
     except (ConfigurationError, SystemNotRunning):
@@ -178,7 +175,8 @@ async def get_trace(request: web.Request) -> web.Response:
 
 
 async def list_gates(request: web.Request) -> web.Response:
-    query = _query(request, "status", "assignee", "pipeline", "older_than", "cursor", "limit")
+    query = query_params(request, "status", "assignee", "pipeline", "older_than", "cursor",
+                         "limit")
     gates, cursor, problems = await views.gates_page(
         request.app[SYSTEM], status=_choice(query, "status", GATE_STATUSES) or "pending",
         assignee=query.get("assignee") or None, pipeline=query.get("pipeline") or None,
@@ -188,9 +186,8 @@ async def list_gates(request: web.Request) -> web.Response:
 
 
 async def get_gate(request: web.Request) -> web.Response:
-    record = await request.app[SYSTEM].gates.get(request.match_info["run_id"],
-                                                 request.match_info["gate"])
-    return _json(views.gate_view(record))
+    return _json(await views.one_gate(request.app[SYSTEM], request.match_info["run_id"],
+                                      request.match_info["gate"]))
 
 
 async def decide(request: web.Request) -> web.Response:
@@ -201,14 +198,19 @@ async def decide(request: web.Request) -> web.Response:
     if not isinstance(by, str) or not by.strip():
         detail = "by: name who decides (a non-empty string), for the audit trail"
         raise Problem(422, "Invalid decision", detail, errors={"by": detail})
-    record = await request.app[SYSTEM].gates.decide(
-        request.match_info["run_id"], request.match_info["gate"], body["decision"],
-        input=body.get("input"), by=by, comment=body.get("comment"))
+    system = request.app[SYSTEM]
+    try:
+        record = await system.gates.decide(
+            request.match_info["run_id"], request.match_info["gate"], body["decision"],
+            input=body.get("input"), by=by, comment=body.get("comment"))
+    except RecordCorrupt as error:  # the gate's or its run's record: nothing was decided
+        raise views.unreadable(error, system.store.path) from None
     return _json(views.gate_view(record))
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    """The request body, a JSON object (a body over the size limit is a 413 on reading)."""
+    """The request body, a JSON object nested at most `MAX_DEPTH` deep (a body over the
+    size limit is a 413 on reading)."""
     if request.content_type != "application/json":
         raise Problem(415, "Unsupported media type", f"send the body as JSON with "
                                                      f"'Content-Type: application/json', not "
@@ -218,10 +220,19 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as error:
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {error}") from None
+    except RecursionError:  # nested deeper than the decoder goes
+        raise _too_deep() from None
+    if too_deep(body):
+        raise _too_deep()
     if not isinstance(body, dict):
         detail = f"the body must be a JSON object, not {_json_type(body)}"
         raise Problem(422, "Invalid body", detail, errors={"body": detail})
     return body
+
+
+def _too_deep() -> Problem:
+    detail = f"the body nests arrays and objects more than {MAX_DEPTH} deep; send flatter data"
+    return Problem(422, "Invalid body", detail, errors={"body": detail})
 
 
 def _decision_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +279,7 @@ async def reset_breaker(request: web.Request) -> web.Response:
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     system = _live(request)
-    limit = _limit(_query(request, "limit"))
+    limit = _limit(query_params(request, "limit"))
     return _json(DeadLetterList(views.dead_letters(system, limit=limit),
                                 system.dead_letters.counts()))
 

@@ -10,12 +10,15 @@ A store has one owner process, so beside a running system use that system's cons
 from __future__ import annotations
 
 import ipaddress
+import logging
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from roost._logging import get_logger
 from roost.console.auth import COOKIE, Auth, Session
@@ -40,6 +43,38 @@ def session_of(request: web.Request) -> Session | None:
     return request.get(SESSION)
 
 
+def query_params(request: web.Request, *allowed: str) -> Mapping[str, str]:
+    """The query parameters of a list, refusing any this route does not take (a typo would
+    filter nothing) and any given more than once (which one counts would be a guess).
+
+    Raises:
+        Problem: 400, naming the parameter.
+    """
+    for name in request.query:
+        if name not in allowed:
+            detail = (f"unknown query parameter {name!r}; this route takes "
+                      f"{', '.join(allowed) or 'none'}")
+            raise Problem(400, "Bad request", detail, errors={name: detail})
+        if len(request.query.getall(name)) > 1:
+            detail = f"query parameter {name!r} is given more than once; give it once"
+            raise Problem(400, "Bad request", detail, errors={name: detail})
+    return request.query
+
+
+async def read_form(request: web.Request) -> Mapping[str, Any]:
+    """The form posted in `request` (empty when the body is not a form).
+
+    Raises:
+        Problem: 400, a body that does not read as a form (not in its charset, an unknown
+            charset, a malformed multipart body).
+    """
+    try:
+        return await request.post()
+    except (ValueError, LookupError) as error:  # UnicodeDecodeError is a ValueError
+        raise Problem(400, "Bad form", f"the form cannot be read ({type(error).__name__}); "
+                                       "send it as a browser does: URL-encoded UTF-8") from None
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every route but the sign-in page needs the bearer token or a session; a session's
@@ -60,7 +95,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.method in _UNSAFE:
         candidate = request.headers.get("X-CSRF-Token")
         if candidate is None and request.content_type == "application/x-www-form-urlencoded":
-            candidate = str((await request.post()).get("csrf", ""))
+            candidate = str((await read_form(request)).get("csrf", ""))
         if not auth.csrf_ok(session, candidate):
             raise Problem(403, "Forbidden", "the form's CSRF token is missing or wrong; "
                                             "reload the page and try again")
@@ -114,6 +149,28 @@ def create_app(system: Any, *, token: str, live: bool = True,
     return app
 
 
+class _RefusedRequests(logging.Filter):
+    """Logs a request aiohttp's parser refuses (a URL or header over its limits, malformed
+    HTTP) as one line, without the traceback aiohttp logs or the request's bytes (a URL may
+    carry secrets): the client is at fault, and aiohttp has answered it with a plain 400.
+
+    aiohttp writes that answer itself, before any middleware runs, and takes no hook to
+    shape it; only its logger can be chosen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        log = _log.warning if record.levelno >= logging.WARNING else _log.debug
+        log("console_request_refused", status=error.code, error_type=type(error).__name__)
+        return False
+
+
+#: The logger of the console's HTTP server (aiohttp's errors outside any request handler).
+_server_log = logging.getLogger("roost.console.server")
+_server_log.addFilter(_RefusedRequests())
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -135,7 +192,8 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8470,
     elif not is_loopback(host):
         _log.warning("console_without_tls", host=host, port=port,
                      advice="bind to 127.0.0.1 or give a TLS certificate")
-    runner = web.AppRunner(app, access_log=None)  # an access log would hold query strings
+    # No access log: it would hold query strings.
+    runner = web.AppRunner(app, access_log=None, logger=_server_log)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, ssl_context=context).start()

@@ -67,6 +67,12 @@ def _read_token(path: Path) -> str:
     return token
 
 
+def _utf8(text: str) -> bytes:
+    """`text` as bytes to compare, for any text: a header's bytes that are not UTF-8 come
+    to the console as lone surrogates, which strict UTF-8 refuses to encode."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 class Session(msgspec.Struct):
     """A signed-in browser: who (the name decisions record), its CSRF token, last use."""
 
@@ -86,14 +92,14 @@ class Auth:
     def __init__(self, token: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         if not token:
             raise ConfigurationError("the console token must not be empty")
-        self._token = token.encode()
+        self._token = _utf8(token)
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._failures: dict[str, int] = {}
 
     def token_matches(self, candidate: str) -> bool:
         """Whether `candidate` is the token (compared in constant time)."""
-        return hmac.compare_digest(hashlib.sha256(candidate.encode()).digest(),
+        return hmac.compare_digest(hashlib.sha256(_utf8(candidate)).digest(),
                                    hashlib.sha256(self._token).digest())
 
     def bearer_ok(self, header: str | None) -> bool:
@@ -127,8 +133,8 @@ class Auth:
             self._sessions.pop(session_id, None)
 
     def csrf_ok(self, session: Session, candidate: str | None) -> bool:
-        return bool(candidate) and hmac.compare_digest(session.csrf.encode(),
-                                                       (candidate or "").encode())
+        return bool(candidate) and hmac.compare_digest(_utf8(session.csrf),
+                                                       _utf8(candidate or ""))
 
     def failed(self, address: str) -> float:
         """Count a failed sign-in from `address`; the seconds to hold the answer back."""

@@ -25,6 +25,36 @@ BUTTONS = {"approve": ("approve", False), "reject": ("reject", False), "edit": (
 _FIELD_KINDS = {"string": "text", "integer": "integer", "number": "number", "boolean": "checkbox"}
 _NAMED_FIELD = re.compile(r"\$\.([A-Za-z_][\w-]*)|required field `([^`]+)`")
 _INPUT_PREFIX = re.compile(r"^the input does not fit [^:]*: ")
+#: The deepest a decision's edited input (or an API decision body) may nest arrays and
+#: objects: deeper data would exhaust the recursion of the decoders and pages that read it.
+MAX_DEPTH = 100
+_TOO_DEEP = f"nested more than {MAX_DEPTH} deep; give flatter data"
+
+
+def too_deep(value: Any) -> bool:
+    """Whether `value` nests lists and dicts more than `MAX_DEPTH` deep (counted a level at
+    a time, without recursion)."""
+    level = [value]
+    for _ in range(MAX_DEPTH + 1):
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            return False
+        level = [item for container in containers
+                 for item in (container.values() if isinstance(container, dict) else container)]
+    return True
+
+
+def parse_json(text: str) -> tuple[Any, str | None]:
+    """`text` parsed as JSON, or what is wrong with it, said for the input it came from."""
+    try:
+        value = json.loads(text)
+    except RecursionError:  # nested deeper than the parser goes
+        return None, _TOO_DEEP
+    except ValueError as error:
+        return None, f"not valid JSON: {error}"
+    if too_deep(value):
+        return None, _TOO_DEEP
+    return value, None
 
 
 def pretty(value: Any) -> str:
@@ -200,10 +230,8 @@ def _field_value(field: Field, raw: str, present: bool) -> tuple[bool, Any, str 
         if not math.isfinite(number):
             return False, None, f"{raw[:40]!r} is not a finite number"
         return True, int(number) if number.is_integer() and "." not in raw else number, None
-    try:
-        return True, json.loads(raw), None
-    except ValueError as error:
-        return False, None, f"not valid JSON: {error}"
+    value, error = parse_json(raw)
+    return error is None, value, error
 
 
 def edited_input(gate: views.GateView, form: Mapping[str, Any]) -> tuple[Any, dict[str, str]]:
@@ -214,10 +242,8 @@ def edited_input(gate: views.GateView, form: Mapping[str, Any]) -> tuple[Any, di
         raw = str(form.get("input_json", ""))
         if not raw.strip():
             return None, {"input": "required: the edited input, as JSON"}
-        try:
-            return json.loads(raw), {}
-        except ValueError as error:
-            return None, {"input": f"not valid JSON: {error}"}
+        edit, error = parse_json(raw)
+        return edit, {} if error is None else {"input": error}
     value: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for field in fields:

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from roost.console.auth import COOKIE
+from roost.console.forms import MAX_DEPTH
 from roost.console.views import (
     ActorView,
     BreakerRow,
@@ -106,8 +107,9 @@ _SCHEMAS = (RunPage, RunView, Trace, GatePage, GateView, DecisionRequest, ActorL
 
 #: Problem responses: HTTP status -> (component name, description).
 _PROBLEMS = {
-    400: ("BadRequest", "A query parameter, cursor or the JSON syntax is wrong, or an id is "
-                        "longer than the store's keys can be."),
+    400: ("BadRequest", "A query parameter is unknown, given twice or wrong (`errors` names "
+                        "it), the cursor or the JSON syntax is wrong, or an id is longer than "
+                        "the store's keys can be."),
     401: ("Unauthorized", "No credential, or a wrong one: send 'Authorization: Bearer <token>'."),
     403: ("Forbidden", "A browser session's unsafe request without its CSRF token "
                        "(X-CSRF-Token header)."),
@@ -116,8 +118,12 @@ _PROBLEMS = {
     409: ("Conflict", "The gate was decided differently first, or closed."),
     413: ("PayloadTooLarge", "The body is larger than the console accepts."),
     415: ("UnsupportedMediaType", "The body is not sent as application/json."),
-    422: ("UnprocessableContent", "The body is JSON but not a valid decision; `errors` names "
-                                   "the fields."),
+    422: ("UnprocessableContent", "The body is JSON but not a valid decision (`errors` names "
+                                   "the fields, or `body` when it nests more than "
+                                   f"{MAX_DEPTH} deep); or the record the request is about "
+                                   "does not decode (title `Unreadable record`: the detail "
+                                   "names it and says what to do; asking again will not "
+                                   "help)."),
     500: ("InternalError", "The console failed (its log has the error's type), or a record "
                            "it needs cannot be read from the store (the detail names it)."),
     501: ("NotImplemented", "Prometheus metrics need the optional extra roost[metrics]."),
@@ -193,11 +199,14 @@ def _paths() -> dict[str, Any]:
                       "Missing or damaged records of the run (step results, checkpoints, gate "
                       "records) do not fail the answer: `missing_results` names the steps "
                       "whose results are not in the store and `problems` says what could not "
-                      "be read and what to do. A run record that does not decode is a 500.",
+                      "be read and what to do. Nor does a run record that does not decode: "
+                      "`run` and `input` are then null and `problems` names the record.",
             _json("RunView", "The run, with what could not be read of it."), (400, 404),
             (_RUN_ID,))},
         "/api/v1/runs/{run_id}/trace": {"get": _operation(
-            "getRunTrace", "The run's trace: every span, the tree they make, and totals.",
+            "getRunTrace", "The run's trace: every span, the tree they make, and totals. A "
+                           "run record that does not decode does not stop its trace being "
+                           "answered (getRun names the damage).",
             _json("Trace", "The run's spans."), (400, 404), (_RUN_ID,))},
         "/api/v1/gates": {"get": _operation(
             "listGates", "Gates: pending ones oldest first (the inbox), or the decided or "
@@ -214,11 +223,14 @@ def _paths() -> dict[str, Any]:
                     {"type": "number", "minimum": 0}),
              _CURSOR, _LIMIT))},
         "/api/v1/gates/{run_id}/{gate}": {"get": _operation(
-            "getGate", "One gate: why, for whom, what it shows, its decision and audit trail.",
-            _json("GateView", "The gate."), (400, 404), (_RUN_ID, _GATE))},
+            "getGate", "One gate: why, for whom, what it shows, its decision and audit "
+                       "trail. A gate record that does not decode is a 422 `Unreadable "
+                       "record` naming it.",
+            _json("GateView", "The gate."), (400, 404, 422), (_RUN_ID, _GATE))},
         "/api/v1/gates/{run_id}/{gate}/decision": {"post": _operation(
             "decideGate", "Decide a gate; the run resumes. Deciding again the same way "
-                          "changes nothing.",
+                          "changes nothing. A gate or run record that does not decode is a "
+                          "422 `Unreadable record` naming it (nothing is decided).",
             _json("GateView", "The decided gate."), (400, 403, 404, 409, 413, 415, 422),
             (_RUN_ID, _GATE), body="DecisionRequest")},
         "/api/v1/system/actors": {"get": _operation(

@@ -23,7 +23,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from yarl import URL
 
 from roost.console import forms, views
-from roost.console.app import AUTH, LIVE, SECURE, SYSTEM, session_of
+from roost.console.app import AUTH, LIVE, SECURE, SYSTEM, query_params, read_form, session_of
 from roost.console.auth import COOKIE
 from roost.console.problems import Problem
 from roost.console.waterfall import layout
@@ -32,6 +32,7 @@ from roost.errors import (
     GateAlreadyDecided,
     GateClosed,
     GateDecisionInvalid,
+    RecordCorrupt,
     StoreError,
     SystemNotRunning,
     TraceNotFound,
@@ -145,7 +146,7 @@ async def login_form(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     """Sign in with the token and a name: a session cookie and on to `next`; a wrong token
     is answered late (the brake on guessing) with the form again."""
-    form = await request.post()
+    form = await read_form(request)
     token, name = str(form.get("token", "")), str(form.get("name", "")).strip()
     target = safe_next(str(form.get("next", "")))
     auth = request.app[AUTH]
@@ -244,13 +245,14 @@ def run_line(row: views.RunRow) -> RunLine:
 async def runs(request: web.Request) -> web.Response:
     """The runs, newest first, filtered by status, pipeline, time range and text."""
     query = request.query
-    chosen = {name: query.get(name, "") for name in ("status", "pipeline", "since", "until",
-                                                     "text", "limit")}
+    filters = ("status", "pipeline", "since", "until", "text", "limit")
+    chosen = {name: query.get(name, "") for name in filters}
     rows: list[views.RunRow] = []
     cursor = None
     problem = None
     damaged: list[str] = []
     try:
+        query_params(request, *filters, "cursor")
         rows, cursor, damaged = await views.runs_page(
             request.app[SYSTEM], status=chosen["status"] or None,
             pipeline=chosen["pipeline"].strip() or None,
@@ -276,8 +278,9 @@ async def run(request: web.Request) -> web.Response:
     trace, trace_note, trace_damaged = await _trace(system, run_id)
     waterfall = None if trace is None else layout(trace)
     spans = [] if waterfall is None else [(row, span_parts(row.span)) for row in waterfall.rows]
-    return _page(request, "run.html", view=view, trace=trace, trace_note=trace_note,
-                 trace_damaged=trace_damaged, waterfall=waterfall, spans=spans)
+    return _page(request, "run.html", run_id=run_id, view=view, trace=trace,
+                 trace_note=trace_note, trace_damaged=trace_damaged, waterfall=waterfall,
+                 spans=spans)
 
 
 async def _trace(system: Any, run_id: str) -> tuple[Trace | None, str | None, bool]:
@@ -334,6 +337,8 @@ async def _inbox(request: web.Request, source: Mapping[str, Any], status: int = 
     problem = None
     damaged: list[str] = []
     try:
+        if failure is None:
+            query_params(request, "status", "assignee", "cursor", "decided")
         if which not in GATE_STATUSES:
             raise Problem(400, "Bad filter", f"status={which[:20]!r} is not one of "
                                              f"{', '.join(GATE_STATUSES)}")
@@ -366,8 +371,8 @@ async def decide(request: web.Request) -> web.Response:
                                         "(API clients decide at /api/v1/gates/...)")
     system = request.app[SYSTEM]
     run_id, name = request.match_info["run_id"], request.match_info["gate"]
-    form = await request.post()
-    gate = views.gate_view(await system.gates.get(run_id, name))
+    form = await read_form(request)
+    gate = await views.one_gate(system, run_id, name)
 
     async def again(status: int, message: str, field_errors: dict[str, str] | None = None
                     ) -> web.Response:
@@ -394,6 +399,8 @@ async def decide(request: web.Request) -> web.Response:
                            dict([named]) if named is not None else None)
     except (GateAlreadyDecided, GateClosed) as error:
         return await again(409, f"Nothing was decided: {error}")
+    except RecordCorrupt as error:  # the run's record: nothing was decided
+        raise views.unreadable(error, system.store.path) from None
     assignee = _assignee(request, form)
     back = "/gates?" + urlencode({"assignee": assignee or "", "decided": f"{run_id}/{name}"})
     raise web.HTTPSeeOther(URL(back, encoded=True))  # as encoded: yarl would unquote the %2F

@@ -3,10 +3,11 @@ the JSON API encodes and the pages render, so both always agree.
 
 Every payload a run carries (inputs, results, what a gate shows) is turned into plain
 JSON-able data here, with a typed placeholder (`<Type>`) for what has no JSON form;
-the pages escape it when they render it. A run whose checkpoints, step results or gate
-records are damaged or missing is still shown: what its records hold, and a problem
-naming what could not be read and what to do. Likewise a list of runs or gates shows the
-records it can read and names each one that does not decode.
+the pages escape it when they render it. A run whose own record, checkpoints, step
+results or gate records are damaged or missing is still shown: what its other records
+hold, and a problem naming what could not be read and what to do. Likewise a list of
+runs or gates shows the records it can read and names each one that does not decode; a
+single gate whose record does not decode is a problem naming it (`unreadable`).
 """
 
 from __future__ import annotations
@@ -148,8 +149,11 @@ class RunView(msgspec.Struct, frozen=True):
     """One run in full: its row, input, steps, checkpoints and gates, and what of it the
     store could not give (shown beside the rest rather than failing the whole run)."""
 
-    run: RunRow
-    input: Any
+    run: Annotated[RunRow | None, Meta(
+        description="null when the run's own record does not decode (`problems` names it); "
+                    "the steps, checkpoints and gates are then read from its other records")]
+    input: Annotated[Any, Meta(description="null as well when the run's record does not "
+                                           "decode")]
     steps: list[StepView]
     checkpoints: list[CheckpointView]
     gates: list[GateView]
@@ -238,31 +242,57 @@ async def runs_page(system: Any, *, status: str | None = None, pipeline: str | N
     records, after, latest = await system.store.read(read)
     rows = [run_row(record, _progress(checkpoint))
             for record, checkpoint in zip(records, latest, strict=True)]
-    return rows, encode_cursor(after), [damaged_run(error, system.store.path)
+    return rows, encode_cursor(after), [damaged_record(error, system.store.path)
                                         for error in damaged]
 
 
-def damaged_run(error: RecordCorrupt, store: str) -> str:
-    """The problem of a run record that does not decode, left out of a list of runs."""
-    try:
-        what = f"the record of run {error.key.decode()!r}"
-    except UnicodeDecodeError:
-        what = f"the run record at key {error.key!r}"
-    return f"{what} does not decode ({error.error}); it is left out of this list; " \
-           f"{check_advice(store)}"
+def damaged_record(error: RecordCorrupt, store: str) -> str:
+    """The problem of a run or gate record that does not decode, left out of a list."""
+    return f"{record_name(error)} does not decode ({error.error}); it is left out of this " \
+           f"list; {check_advice(store)}"
 
 
-def damaged_gate(error: RecordCorrupt, store: str) -> str:
-    """The problem of a gate record that does not decode, left out of a list of gates: it
-    names the run and gate its key stands for, or the key if that cannot be read."""
-    run_id, separator, gate = error.key.rpartition(b"\x00")  # gate names hold no NUL
+def unreadable(error: RecordCorrupt, store: str) -> Problem:
+    """The answer when the record a request is about does not decode, so there is nothing
+    to show: a 422 naming the record and what to do (the request itself is fine, and
+    asking again will not help)."""
+    return Problem(422, "Unreadable record", f"{record_name(error)} does not decode "
+                                             f"({error.error}); {check_advice(store)}")
+
+
+def record_name(error: RecordCorrupt) -> str:
+    """The damaged record as people know it: the record of run `r`, or of gate `g` of run
+    `r`; else by its kind and key (a key that is not text, or not a gate's run and name)."""
     try:
-        what = (f"the record of gate {gate.decode()!r} of run {run_id.decode()!r}"
-                if separator and run_id and gate else f"the gate record at key {error.key!r}")
+        if error.kind == "run":
+            return f"the record of run {error.key.decode()!r}"
+        run_id, separator, gate = error.key.rpartition(b"\x00")  # gate names hold no NUL
+        if error.kind == "gate" and separator and run_id and gate:
+            return f"the record of gate {gate.decode()!r} of run {run_id.decode()!r}"
     except UnicodeDecodeError:
-        what = f"the gate record at key {error.key!r}"
-    return f"{what} does not decode ({error.error}); it is left out of this list; " \
-           f"{check_advice(store)}"
+        pass
+    return f"the {error.kind} record at key {error.key!r}"
+
+
+async def one_gate(system: Any, run_id: str, gate: str) -> GateView:
+    """Gate `gate` of run `run_id`.
+
+    Raises:
+        GateNotFound: no such gate.
+        Problem: 422, its record (or the JSON it holds) does not decode, named with what
+            to do; or another of the run's gate records does not decode, so the run's
+            gates cannot be listed in the not-found answer.
+    """
+    try:
+        record = await system.gates.get(run_id, gate)
+    except RecordCorrupt as error:
+        raise unreadable(error, system.store.path) from None
+    try:
+        return gate_view(record)
+    except msgspec.DecodeError as error:
+        raise Problem(422, "Unreadable record",
+                      f"the record of gate {gate!r} of run {run_id!r} holds JSON that does not "
+                      f"decode ({error}); {check_advice(system.store.path)}") from None
 
 
 async def run_view(system: Any, run_id: str) -> RunView:
@@ -271,11 +301,16 @@ async def run_view(system: Any, run_id: str) -> RunView:
 
     Raises:
         RunNotFound: no such run.
-        RecordCorrupt: the run's own record does not decode (there is nothing to show).
     """
-    record = await system.pipelines.runs.get(run_id)
-    stored = await system.store.read(partial(_run_records, run_id))
     damage = _Damage(run_id, system.store.path)
+    try:
+        record: RunRecord | None = await system.pipelines.runs.get(run_id)
+    except RecordCorrupt as error:
+        record = None
+        damage.add(record_name(error), f"does not decode ({error.error}); the run's status, "
+                                       "input and times cannot be shown, and the rest is read "
+                                       "from its other records")
+    stored = await system.store.read(partial(_run_records, run_id))
     checkpoints, latest = _checkpoints(stored.checkpoints, damage)
     progress = None if latest is None else _latest_progress(latest, damage)
     encoded = {} if progress is None else _encoded_results(progress, stored.results)
@@ -288,8 +323,8 @@ async def run_view(system: Any, run_id: str) -> RunView:
                    "not in the store (pruned, or the store was damaged), though the run's "
                    f"latest checkpoint names {'them' if many else 'it'} as done")
     return RunView(
-        run=run_row(record, progress),
-        input=None if record.input is None else plain(_decode(record.input)),
+        run=None if record is None else run_row(record, progress),
+        input=None if record is None or record.input is None else plain(_decode(record.input)),
         steps=_steps(record, progress, encoded),
         checkpoints=[CheckpointView(c.seq, c.step, c.timestamp, len(c.state))
                      for c in checkpoints],
@@ -406,10 +441,10 @@ def _decode(data: bytes) -> Any:
         return "<undecodable>"
 
 
-def _steps(record: RunRecord, progress: RunProgress | None,
+def _steps(record: RunRecord | None, progress: RunProgress | None,
            encoded: dict[str, msgspec.Raw | None]) -> list[StepView]:
     if progress is None:  # no checkpoint (pruned) or a damaged one: the record's results
-        results = _decode(record.result) if record.result else {}
+        results = _decode(record.result) if record is not None and record.result else {}
         return [StepView(str(name), "completed", plain(value))
                 for name, value in (results.items() if isinstance(results, dict) else [])]
     steps = [StepView(name, "completed", plain(_decode(bytes(raw)))) if raw is not None
@@ -422,7 +457,8 @@ def _steps(record: RunRecord, progress: RunProgress | None,
               for name, reason in progress.reviews.items()]
     steps += [StepView(name, "outcome_unknown") for name in progress.unknown]
     steps += [StepView(name, "skipped") for name in progress.skipped]
-    if record.failed_step is not None and all(s.name != record.failed_step for s in steps):
+    if record is not None and record.failed_step is not None \
+            and all(s.name != record.failed_step for s in steps):
         steps.append(StepView(record.failed_step, "failed", error=record.error))
     return steps
 
@@ -451,7 +487,7 @@ async def gates_page(system: Any, *, status: str | None = "pending", assignee: s
         records.sort(key=lambda r: r.opened_at)
     else:
         records.sort(key=lambda r: r.decided_at or r.opened_at, reverse=True)
-    problems = [damaged_gate(error, system.store.path) for error in damaged]
+    problems = [damaged_record(error, system.store.path) for error in damaged]
     position = decode_cursor(cursor)
     start = 0
     if position is not None:

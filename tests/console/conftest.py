@@ -3,6 +3,7 @@ test client (a real server on 127.0.0.1) for its console."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,20 +57,24 @@ class Console(msgspec.Struct):
     waiting: str
 
 
-@pytest.fixture
-async def console(tmp_path: Path) -> AsyncIterator[Console]:
+async def start_runs(system: Any) -> None:
     """Runs `done` (completed, its result holds a <script>), `broken` (failed) and `angry`
     (waiting at gate `send`, whose reason holds a <script>)."""
+    system.tools.register(send_email)
+    pipeline = support()
+    await (await system.pipelines.start(pipeline, "a happy customer", run_id="done")).result()
+    try:
+        await (await system.pipelines.start(pipeline, "boom", run_id="broken")).result()
+    except roost.StepFailed:
+        pass
+    await (await system.pipelines.start(pipeline, "an angry customer", run_id="angry")).result()
+
+
+@pytest.fixture
+async def console(tmp_path: Path) -> AsyncIterator[Console]:
+    """A live console over the runs of `start_runs`."""
     async with roost.ActorSystem(store=tmp_path / "store", tracing=True) as system:
-        system.tools.register(send_email)
-        pipeline = support()
-        await (await system.pipelines.start(pipeline, "a happy customer", run_id="done")).result()
-        try:
-            await (await system.pipelines.start(pipeline, "boom", run_id="broken")).result()
-        except roost.StepFailed:
-            pass
-        await (await system.pipelines.start(pipeline, "an angry customer",
-                                            run_id="angry")).result()
+        await start_runs(system)
         app = create_app(system, token=TOKEN)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             yield Console(system, client, "done", "broken", "angry")
@@ -77,3 +82,14 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
 
 def bearer() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def send_raw(host: str, port: int, request: bytes) -> bytes:
+    """Send `request` as it is (bytes no HTTP client library would send: not UTF-8, over
+    the server's limits) on a new connection; the whole answer, once the server closes."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        return await reader.read()
+    finally:
+        writer.close()

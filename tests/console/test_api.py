@@ -11,11 +11,13 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 import roost
-from roost.console import api, create_app
+from roost.console import api, create_app, serve
+from roost.console.forms import MAX_DEPTH
 from roost.errors import ExtraNotInstalled
-from tests.console.conftest import TOKEN, XSS, Console, bearer, send_email, support
+from tests.console.conftest import TOKEN, XSS, Console, bearer, send_email, send_raw, support
 
 pytestmark = pytest.mark.anyio
 
@@ -151,6 +153,22 @@ async def test_a_bad_query_parameter_is_a_400_problem_naming_it(
     body = await problem(response, 400)
 
     assert named in body["detail"] and named in body["errors"]
+
+
+@pytest.mark.parametrize(("path", "name", "values"), [
+    ("/api/v1/runs", "limit", ("1", "2")),
+    ("/api/v1/runs", "status", ("completed", "failed")),
+    ("/api/v1/gates", "older_than", ("1", "2")),
+    ("/api/v1/system/dead-letters", "limit", ("5", "5")),
+])
+async def test_a_query_parameter_given_twice_is_a_400_problem_naming_it(
+        console: Console, path: str, name: str, values: tuple[str, str]) -> None:
+    response = await console.client.get(path, params=[(name, value) for value in values],
+                                        headers=bearer())
+    body = await problem(response, 400)
+
+    assert body["errors"] == {
+        name: f"query parameter {name!r} is given more than once; give it once"}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/runs", "/api/v1/gates"])
@@ -298,6 +316,35 @@ async def test_a_body_that_is_not_a_decision_is_a_422_naming_each_field(
     assert set(body["errors"]) == fields
 
 
+@pytest.mark.parametrize("depth", [MAX_DEPTH, 100_000])
+async def test_a_decision_nested_deeper_than_the_console_reads_is_a_422_naming_the_body(
+        console: Console, depth: int) -> None:
+    body = b'{"decision": "edit", "by": "ada", "input": ' + b"[" * depth + b"]" * depth + b"}"
+
+    response = await console.client.post(
+        "/api/v1/gates/angry/send/decision", data=body,
+        headers=bearer() | {"Content-Type": "application/json"})
+
+    answer = await problem(response, 422)
+    assert answer["title"] == "Invalid body"
+    assert answer["errors"] == {"body": f"the body nests arrays and objects more than "
+                                        f"{MAX_DEPTH} deep; send flatter data"}
+    assert (await console.system.gates.get("angry", "send")).status == "pending"
+
+
+async def test_a_decision_nested_as_deep_as_the_console_reads_is_judged_by_the_gate(
+        console: Console) -> None:
+    depth = MAX_DEPTH - 1  # the body's object is one level more
+    body = b'{"decision": "edit", "by": "ada", "input": ' + b"[" * depth + b"]" * depth + b"}"
+
+    response = await console.client.post(
+        "/api/v1/gates/angry/send/decision", data=body,
+        headers=bearer() | {"Content-Type": "application/json"})
+
+    answer = await problem(response, 422)
+    assert answer["title"] == "Invalid decision" and "ReplyEdit" in answer["detail"]
+
+
 async def test_an_oversize_body_is_a_413_problem(console: Console) -> None:
     huge = {"decision": "edit", "by": "ada", "input": {"to": "x", "body": "y" * 300_000}}
     response = await console.client.post("/api/v1/gates/angry/send/decision",
@@ -417,6 +464,26 @@ async def test_a_console_over_a_store_answers_live_routes_with_a_404_problem(
 
 
 # --- the OpenAPI document -------------------------------------------------------------
+
+
+async def test_a_request_line_over_aiohttps_limit_is_logged_in_one_line_without_a_traceback(
+        console: Console, caplog: pytest.LogCaptureFixture) -> None:
+    # aiohttp answers it with its own plain-text 400 before the console's code runs.
+    runner = await serve(create_app(console.system, token=TOKEN), "127.0.0.1", 0)
+    try:
+        host, port = runner.addresses[0][:2]
+        with capture_logs() as logs:
+            answer = await send_raw(host, port, b"GET /api/v1/runs?text=" + b"secret" * 2000
+                                    + b" HTTP/1.1\r\nHost: console\r\n\r\n")
+    finally:
+        await runner.cleanup()
+
+    assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    assert [event for event in logs if event["event"] == "console_request_refused"] == [
+        {"event": "console_request_refused", "status": 400, "error_type": "LineTooLong",
+         "log_level": "warning"}]
+    assert [record.exc_info for record in caplog.records if record.exc_info] == []
+    assert "secret" not in repr(logs) + caplog.text
 
 
 async def test_the_openapi_document_lists_exactly_the_routes_the_app_serves(

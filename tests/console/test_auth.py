@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from roost.console import create_app, load_token
 from roost.console.app import AUTH
 from roost.console.auth import COOKIE, FREE_FAILURES, MAX_DELAY, SESSION_IDLE, TOKEN_ENV, Auth
 from roost.errors import ConfigurationError
-from tests.console.conftest import TOKEN, XSS, Console, bearer
+from tests.console.conftest import TOKEN, XSS, Console, bearer, send_raw
 from tests.support import FakeClock
 
 DECISION = "/api/v1/gates/angry/send/decision"
@@ -99,6 +100,18 @@ def test_only_the_token_as_a_bearer_credential_is_accepted(header: str | None, o
     assert Auth(TOKEN).bearer_ok(header) is ok
 
 
+@pytest.mark.parametrize("candidate", ["t\u00e9st", "\udce9\udce9", "\ud800", TOKEN + "\udce9"])
+def test_a_credential_of_any_characters_is_compared_and_is_not_the_token(candidate: str) -> None:
+    # A header's bytes that are not UTF-8 reach the console as lone surrogates (\udce9).
+    auth = Auth(TOKEN)
+    _, session = auth.sign_in("ada")
+
+    assert not auth.token_matches(candidate)
+    assert not auth.bearer_ok(f"Bearer {candidate}")
+    assert not auth.csrf_ok(session, candidate)
+    assert Auth(candidate).token_matches(candidate)
+
+
 def test_a_session_lasts_while_it_is_used_and_expires_when_idle(clock: FakeClock) -> None:
     auth = Auth(TOKEN, clock=clock)
     session_id, session = auth.sign_in("ada")
@@ -173,6 +186,49 @@ async def test_a_missing_or_wrong_credential_is_a_401_problem(
     assert (await console.client.get("/api/v1/gates/angry/send", headers=bearer())).status == 200
     assert (await (await console.client.get("/api/v1/gates/angry/send",
                                             headers=bearer())).json())["status"] == "pending"
+
+
+async def raw_request(console: Console, head: bytes) -> tuple[int, str]:
+    """Send a request made of `head` (its request and header lines, in bytes that need not
+    be UTF-8, as no HTTP client library sends them); the answer's status and content type."""
+    answer = await send_raw(console.client.host, console.client.port,
+                            head + b"Host: console\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    status = re.match(rb"HTTP/1\.1 (\d{3}) ", answer)
+    content_type = re.search(rb"\r\nContent-Type: ([^;\r]+)", answer, re.IGNORECASE)
+    assert status is not None and content_type is not None, answer
+    return int(status.group(1)), content_type.group(1).decode()
+
+
+async def test_a_bearer_token_in_bytes_that_are_not_utf8_is_a_401_problem(
+        console: Console) -> None:
+    answer = await raw_request(console, b"GET /api/v1/runs HTTP/1.1\r\n"
+                                        b"Authorization: Bearer \xe9\xe9\r\n")
+
+    assert answer == (401, PROBLEM)
+
+
+async def test_a_csrf_token_in_bytes_that_are_not_utf8_is_a_403_problem(
+        console: Console) -> None:
+    cookie, _ = signed_in(console)
+
+    answer = await raw_request(console, f"POST {DECISION} HTTP/1.1\r\n"
+                                        f"Cookie: {cookie['Cookie']}\r\n".encode()
+                               + b"X-CSRF-Token: \xe9\r\n")
+
+    assert answer == (403, PROBLEM)
+    assert (await console.system.gates.get("angry", "send")).status == "pending"
+
+
+async def test_a_session_form_post_that_is_not_utf8_is_a_400_page(console: Console) -> None:
+    cookie, csrf = signed_in(console)
+
+    response = await console.client.post(
+        "/gates/angry/send/decide", data=f"csrf={csrf}&decision=approve&comment=".encode()
+        + b"\xff", headers=cookie | {"Content-Type": "application/x-www-form-urlencoded"})
+
+    assert response.status == 400 and response.content_type == "text/html"
+    assert "the form cannot be read (UnicodeDecodeError)" in await response.text()
+    assert (await console.system.gates.get("angry", "send")).status == "pending"
 
 
 async def test_a_browser_session_reads_the_api_without_a_csrf_token(console: Console) -> None:

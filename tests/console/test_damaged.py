@@ -1,19 +1,31 @@
 """A run whose records are missing or damaged in the store: the run page and
 `GET /api/v1/runs/{id}` show everything that can be read and name what cannot, with what
-to do; only a run record that does not decode at all fails the answer.
+to do, even when the run's own record does not decode; a single gate whose record does
+not decode is a 422 problem naming it. Never an internal error.
 
-The damage is written straight through the store API into the console fixture's store
-(runs `done`, `broken` and `angry`).
+Most damage is written straight through the store API into the console fixture's store
+(runs `done`, `broken` and `angry`); a damaged run or gate record is written as a disk
+fault would leave it: garbage over the value in the closed store's LMDB file, then served
+by a store console (as `roost console --store` serves it).
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import lmdb
 import msgspec
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+import roost
+from roost.console import create_app
+from roost.console.app import AUTH
+from roost.console.auth import COOKIE
 from roost.pipelines.run import RunProgress
 from roost.storage import (
     Checkpoint,
@@ -28,7 +40,7 @@ from roost.storage import (
 )
 from roost.storage.gates import GateRecord, gate_key
 from roost.storage.results import result_key
-from tests.console.conftest import Console, bearer
+from tests.console.conftest import TOKEN, Console, bearer, start_runs
 
 pytestmark = pytest.mark.anyio
 
@@ -267,19 +279,158 @@ async def test_a_trace_that_cannot_be_read_is_a_named_problem_in_the_api(
     assert (await run_json(console, "done"))["problems"] == []
 
 
-# --- a run record that does not decode --------------------------------------------------
+# --- a run or gate record damaged on disk ------------------------------------------------
 
 
-async def test_a_run_record_that_does_not_decode_keeps_its_problem_answer(
-        console: Console) -> None:
-    await console.system.store.commit([Put("runs", b"done", b"junk")])
+async def closed_store(tmp_path: Path) -> Path:
+    """A store folder, closed, holding the runs of `start_runs`."""
+    folder = tmp_path / "closed"
+    async with roost.ActorSystem(store=folder, tracing=True) as system:
+        await start_runs(system)
+    return folder
 
-    response = await console.client.get("/api/v1/runs/done", headers=bearer())
-    page = await console.client.get("/runs/done", headers=bearer())
 
-    assert response.status == 500 and response.content_type == PROBLEM
-    assert (await response.json())["title"] == "Internal error"
-    assert page.status == 500 and "Internal error" in await page.text()
+def overwrite(folder: Path, database: str, key: bytes) -> None:
+    """Overwrite the value at `key` of `database` in the closed store at `folder` with
+    garbage, as a disk fault would."""
+    env = lmdb.open(str(folder), max_dbs=64)
+    try:
+        with env.begin(db=env.open_db(database.encode(), create=False), write=True) as txn:
+            assert txn.replace(key, b"\xc1\xff garbage \x00\x01") is not None, key
+    finally:
+        env.close()
+
+
+@asynccontextmanager
+async def store_console(folder: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    """A console over the store at `folder` alone, as `roost console --store` serves it."""
+    async with roost.ActorSystem(store=folder, tracing=True) as system:
+        app = create_app(system, token=TOKEN, live=False)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            yield client
+
+
+async def test_a_run_whose_record_does_not_decode_is_shown_from_its_other_records(
+        tmp_path: Path) -> None:
+    folder = await closed_store(tmp_path)
+    overwrite(folder, "runs", b"angry")
+
+    async with store_console(folder) as client:
+        response = await client.get("/api/v1/runs/angry", headers=bearer())
+        view = await response.json()
+
+    assert response.status == 200, view
+    [problem] = view["problems"]
+    assert problem.startswith("the record of run 'angry' does not decode (the bytes are not a "
+                              "msgpack record")
+    assert "status, input and times cannot be shown" in problem
+    assert f"run `roost store check {folder}`" in problem
+    assert (view["run"], view["input"]) == (None, None)
+    assert [(s["name"], s["outcome"]) for s in view["steps"]] == [("draft", "completed")]
+    assert view["steps"][0]["result"]["text"] == "reply to an angry customer"
+    assert view["checkpoints"] and [g["gate"] for g in view["gates"]] == ["send"]
+
+
+async def test_the_trace_of_a_run_whose_record_does_not_decode_is_still_answered(
+        tmp_path: Path) -> None:
+    folder = await closed_store(tmp_path)
+    overwrite(folder, "runs", b"angry")
+
+    async with store_console(folder) as client:
+        response = await client.get("/api/v1/runs/angry/trace", headers=bearer())
+        trace = await response.json()
+
+    assert response.status == 200, trace
+    assert trace["run_id"] == "angry" and trace["spans"]
+
+
+async def test_the_page_of_a_run_whose_record_does_not_decode_names_it_and_shows_the_rest(
+        tmp_path: Path) -> None:
+    folder = await closed_store(tmp_path)
+    overwrite(folder, "runs", b"angry")
+
+    async with store_console(folder) as client:
+        response = await client.get("/runs/angry", headers=bearer())
+        page = html.unescape(await response.text())
+
+    assert response.status == 200
+    assert "<h1>Run <code>angry</code></h1>" in page
+    assert "Part of this run cannot be read from the store" in page
+    assert "the record of run 'angry' does not decode" in page and "roost store check" in page
+    assert "Its input is kept in its record, which cannot be read." in page
+    assert "reply to an angry customer" in page and "an angry customer <script>" in page
+    assert 'class="waterfall"' in page
+
+
+async def test_a_gate_whose_record_does_not_decode_is_a_422_problem_naming_it(
+        tmp_path: Path) -> None:
+    folder = await closed_store(tmp_path)
+    overwrite(folder, "gates", gate_key("angry", "send"))
+
+    async with store_console(folder) as client:
+        response = await client.get("/api/v1/gates/angry/send", headers=bearer())
+        body = await response.json()
+        run = await (await client.get("/api/v1/runs/angry", headers=bearer())).json()
+
+    assert response.status == 422 and response.content_type == PROBLEM
+    assert body["title"] == "Unreadable record"
+    assert body["detail"].startswith("the record of gate 'send' of run 'angry' does not decode")
+    assert f"run `roost store check {folder}`" in body["detail"]
+    assert run["gates"] == []
+    assert [p.split(" does not decode")[0] for p in run["problems"]] == [
+        "the record of gate 'send' of run 'angry'"]
+
+
+async def test_asking_for_a_missing_gate_beside_a_damaged_one_names_the_damaged_record(
+        tmp_path: Path) -> None:
+    # The not-found answer lists the run's gates, which cannot all be read.
+    folder = await closed_store(tmp_path)
+    overwrite(folder, "gates", gate_key("angry", "send"))
+
+    async with store_console(folder) as client:
+        response = await client.get("/api/v1/gates/angry/review", headers=bearer())
+        body = await response.json()
+
+    assert response.status == 422 and body["title"] == "Unreadable record"
+    assert body["detail"].startswith("the record of gate 'send' of run 'angry' does not decode")
+
+
+@pytest.mark.parametrize(("database", "key", "named"), [
+    ("gates", gate_key("angry", "send"), "the record of gate 'send' of run 'angry'"),
+    ("runs", b"angry", "the record of run 'angry'"),
+])
+async def test_deciding_a_gate_whose_or_whose_runs_record_does_not_decode_is_a_422(
+        tmp_path: Path, database: str, key: bytes, named: str) -> None:
+    folder = await closed_store(tmp_path)
+    overwrite(folder, database, key)
+
+    async with store_console(folder) as client:
+        response = await client.post("/api/v1/gates/angry/send/decision", headers=bearer(),
+                                     json={"decision": "approve", "by": "ada"})
+        body = await response.json()
+
+    assert response.status == 422 and response.content_type == PROBLEM
+    assert body["title"] == "Unreadable record"
+    assert body["detail"].startswith(f"{named} does not decode")
+    assert "roost store check" in body["detail"]
+
+
+async def test_deciding_a_damaged_gate_from_its_form_is_a_422_page_naming_it(
+        tmp_path: Path) -> None:
+    folder = await closed_store(tmp_path)
+    overwrite(folder, "gates", gate_key("angry", "send"))
+
+    async with store_console(folder) as client:
+        session_id, session = client.server.app[AUTH].sign_in("ada")
+        response = await client.post("/gates/angry/send/decide",
+                                     headers={"Cookie": f"{COOKIE}={session_id}"},
+                                     data={"csrf": session.csrf, "decision": "approve"})
+        page = html.unescape(await response.text())
+
+    assert response.status == 422 and response.content_type == "text/html"
+    assert "<h1>422 · Unreadable record</h1>" in page
+    assert "the record of gate 'send' of run 'angry' does not decode" in page
+    assert "roost store check" in page
 
 
 # --- a damaged record in the runs list ---------------------------------------------------

@@ -16,7 +16,7 @@ import roost
 from roost.console import create_app
 from roost.console.app import AUTH
 from roost.console.auth import COOKIE
-from tests.console.conftest import TOKEN, XSS, Console
+from tests.console.conftest import TOKEN, XSS, Console, Writer
 
 pytestmark = pytest.mark.anyio
 
@@ -114,6 +114,19 @@ async def test_a_next_that_leaves_the_console_goes_to_the_runs_instead(
                                          allow_redirects=False)
 
     assert response.headers["Location"] == "/runs"
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded",
+                                          "application/x-www-form-urlencoded; charset=no-such"])
+async def test_a_sign_in_form_that_cannot_be_read_is_a_400_page(console: Console,
+                                                                content_type: str) -> None:
+    response = await console.client.post("/login", data=b"\xff\xff=\xff&name=ada",
+                                         headers={"Content-Type": content_type},
+                                         allow_redirects=False)
+
+    assert response.status == 400 and response.content_type == "text/html"
+    assert "the form cannot be read" in await response.text()
+    assert COOKIE not in response.cookies
 
 
 async def test_the_sign_in_form_keeps_next(console: Console) -> None:
@@ -227,6 +240,25 @@ async def test_a_bad_runs_filter_is_an_error_on_the_page(console: Console, query
     page = await response.text()
     assert error in page
     assert '<form class="filters"' in page
+
+
+@pytest.mark.parametrize(("path", "error"), [
+    ("/runs?colour=red", "unknown query parameter 'colour'; this route takes status, pipeline"),
+    ("/runs?limit=1&limit=2", "query parameter 'limit' is given more than once; give it once"),
+    ("/gates?older_than=abc", "unknown query parameter 'older_than'; this route takes status, "
+                              "assignee, cursor, decided"),
+    ("/gates?status=pending&status=decided", "query parameter 'status' is given more than once"),
+])
+async def test_an_unknown_or_repeated_query_parameter_of_a_list_is_an_error_on_the_page(
+        console: Console, path: str, error: str) -> None:
+    await sign_in(console.client)
+
+    response = await console.client.get(path)
+
+    assert response.status == 400
+    page = html.unescape(await response.text())
+    assert f'<p class="error" role="alert">{error}' in page
+    assert '<form class="filters"' in page and 'href="/runs/done"' not in page
 
 
 async def test_the_runs_are_filtered_by_time_range(console: Console) -> None:
@@ -415,6 +447,25 @@ async def test_an_edit_through_the_typed_form_converts_numbers_and_checkboxes(
     assert await finished(console.system, "refund") == "completed"
 
 
+@pytest.mark.parametrize("depth", [101, 20_000])
+async def test_an_edit_nested_too_deep_is_an_error_beside_its_input_and_decides_nothing(
+        console: Console, depth: int) -> None:
+    # A gate without an input type is edited as one JSON text.
+    pipeline = roost.Pipeline("drafts", [roost.Step(
+        "draft", Writer, gate=roost.Gate(reason="check the draft", assignees=["support"]))],
+        input_type=str)
+    await (await console.system.pipelines.start(pipeline, "x", run_id="deep")).result()
+    csrf = await sign_in(console.client)
+
+    response = await console.client.post("/gates/deep/draft/decide", data={
+        "csrf": csrf, "decision": "edit", "input_json": "[" * depth + "]" * depth})
+
+    assert response.status == 422
+    assert re.search(r'class="field-error" id="gate-\d+-json-error">nested more than 100 deep; '
+                     r"give flatter data</p>", await response.text())
+    assert (await console.system.gates.get("deep", "draft")).status == "pending"
+
+
 async def test_a_form_post_without_its_csrf_token_is_a_403_page(console: Console) -> None:
     await sign_in(console.client)
 
@@ -430,8 +481,8 @@ async def test_a_form_post_without_its_csrf_token_is_a_403_page(console: Console
 
 
 @roost.tool(breaker=roost.Breaker(failures=1))
-async def flaky_lookup(key: str) -> str:
-    return key
+async def flaky_lookup(name: str) -> str:
+    return name
 
 
 async def test_a_breaker_is_shown_and_reset_from_the_system_page(console: Console) -> None:
