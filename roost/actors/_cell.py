@@ -37,7 +37,7 @@ from roost.actors.child_spec import DEFAULT_SHUTDOWN_TIMEOUT
 from roost.actors.messages import StopReason, Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Supervisor, SupervisorSpec
-from roost.errors import ActorStopped, CheckpointUnencodable, InternalError
+from roost.errors import ActorRestarted, ActorStopped, CheckpointUnencodable, InternalError
 from roost.mailbox.envelope import Envelope
 from roost.mailbox.mailbox import Mailbox
 from roost.trace import TraceContext, handling
@@ -326,9 +326,12 @@ class Cell:
                     result = await self.actor.receive(envelope.message)  # type: ignore[union-attr]
                 except asyncio.CancelledError as cancelled:
                     if self._killing:
-                        # Killed by a stop or restart that could not wait for this message.
+                        # Killed by a stop or restart that could not wait for this message:
+                        # after a restart the asker is told the ref still works.
                         self._absorb_kill()
-                        killed = ActorStopped(self.path, envelope.message, KILLED)
+                        killed = (ActorStopped(self.path, envelope.message, KILLED)
+                                  if self._killed_for_stop
+                                  else ActorRestarted(self.path, envelope.message))
                         self._reply_error(envelope, killed)
                         if self.span is not None:
                             self._span_failed(killed, envelope, failed=False)
@@ -626,10 +629,33 @@ class Cell:
 
     # --- stopping -------------------------------------------------------------------------
 
+    async def stop_requested(self) -> None:
+        """Stop on a user's request (`ref.stop()`, `ctx.stop(ref)`, `system.stop(ref)`).
+
+        From inside this actor's own message handling it is `ctx.stop()`: it returns at
+        once and the actor exits normally after the current message. From inside a
+        descendant's, the stop is started and this returns at once: waiting would
+        deadlock, since this actor waits for the descendant to stop first. Otherwise it
+        is `stop()`.
+        """
+        current = handling.get()
+        if current is self:
+            self.post_exit()
+            return
+        while current is not None:
+            current = current.parent
+            if current is self:
+                self.engine.own(self.loop.create_task(self.stop(),
+                                                      context=self.engine.base_context()))
+                return
+        await self.stop()
+
     async def stop(self, reason: StopReason = NORMAL, error: BaseException | None = None) -> None:
         """Stop and wait until stopped; kill after `shutdown_timeout` if stuck in a message.
 
-        A timeout of 0 kills a busy actor at once; `math.inf` waits for ever.
+        A timeout of 0 kills a busy actor at once; `math.inf` waits for ever. The runtime's
+        own stops call this; a user's request goes through `stop_requested`, which never
+        waits for a stop that waits for the caller.
         """
         if self.state == STOPPED:
             return
@@ -788,6 +814,8 @@ class Cell:
             self._done.set_result(None)
         if self.parent is not None:
             self.parent.post_system(ChildStopped(self, reason, error))
+        elif reason == FAILURE:  # the root died (e.g. its message loop broke): so does the system
+            self.engine.fail(error)
         _log.debug("actor_stopped", actor=self.path, reason=reason)
 
     # --- watching -------------------------------------------------------------------------

@@ -104,6 +104,9 @@ class Engine:
         self.running = False
         if self.guardian is not None:
             await self.guardian.stop()
+            # A root that died on its own (its message loop broke) left its children
+            # running; a root that stopped has none left.
+            await self.guardian.stop_children()
         leftovers = [t for t in self._tasks if not t.done()]
         for task in leftovers:
             task.cancel("roost: the actor system is shutting down")

@@ -6,14 +6,21 @@ value raises `ConfigurationError` naming the field and the value.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
-from typing import Any, Literal
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from roost._validate import check_count, check_seconds, is_number
 from roost.errors import ConfigurationError
 from roost.mailbox.mailbox import DEFAULT_CAPACITY, OVERFLOW_POLICIES, Overflow
+
+if TYPE_CHECKING:
+    from roost.actors.actor import Actor
 
 Restart = Literal["permanent", "transient", "temporary"]
 RESTART_TYPES: tuple[Restart, ...] = ("permanent", "transient", "temporary")
@@ -37,6 +44,80 @@ def check_shutdown_timeout(owner: str, value: Any) -> None:
             f"{owner}: shutdown_timeout must be a number of seconds >= 0 (0: stop at once, "
             f"math.inf: wait for ever), got {value!r}"
         )
+
+
+def check_options(owner: str, options: Iterable[str], valid: Sequence[str],
+                  listing: str | None = None) -> None:
+    """Raise `ConfigurationError` naming every option not in `valid`, and listing `valid`.
+
+    Args:
+        owner: who took the options, e.g. `Supervisor 'app'`.
+        options: the option names given.
+        valid: the names allowed.
+        listing: how to list them in the message (default: comma-separated).
+    """
+    unknown = [name for name in options if name not in valid]
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1)
+        described.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    raise ConfigurationError(
+        f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(described)}; "
+        f"valid options are {listing or ', '.join(valid) or 'none'}"
+    )
+
+
+# The keyword parameters of each actor class's __init__ (None: it takes **kwargs).
+_init_keywords: weakref.WeakKeyDictionary[type[Actor], tuple[str, ...] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def check_init_keywords(owner: str, factory: type[Actor], keywords: Iterable[str],
+                        options: Sequence[str] = (), options_are: str = "") -> None:
+    """Refuse a keyword that is neither one of `options` nor a parameter of `factory.__init__`.
+
+    The message names it (with a close match, if any) and lists what is valid, so a typo
+    fails where it is written instead of at the actor's start. Nothing is refused when
+    `__init__` takes `**kwargs` or has no signature to read.
+
+    Args:
+        owner: who took the keywords, e.g. `spawn Greeter`.
+        factory: the actor class.
+        keywords: the keyword names given.
+        options: names taken besides `__init__`'s (spawn's options), described in the
+            message as `options_are`.
+    """
+    try:
+        accepted = _init_keywords[factory]
+    except KeyError:
+        accepted = _keywords_of(factory)
+        _init_keywords[factory] = accepted
+    if accepted is None:
+        return
+    takes = (f"{', '.join(accepted)} ({factory.__name__}.__init__'s parameters)"
+             if accepted else f"none from {factory.__name__}.__init__, which takes no keywords")
+    listing = f"{', '.join(options)} ({options_are}) and {takes}" if options else takes
+    check_options(owner, keywords, (*options, *accepted), listing=listing)
+
+
+def _keywords_of(factory: type[Actor]) -> tuple[str, ...] | None:
+    if factory.__init__ is object.__init__:
+        return ()
+    try:
+        parameters = inspect.signature(factory).parameters.values()  # without `self`
+    except (TypeError, ValueError):  # no signature to read: let __init__ decide
+        return None
+    keywords = []
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              inspect.Parameter.KEYWORD_ONLY):
+            keywords.append(parameter.name)
+    return tuple(keywords)
 
 
 class Backoff(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,7 +173,8 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
         factory: an `Actor` subclass, or a nested `SupervisorSpec`.
         name: the child's name (its path's last part); defaults to the class name.
         args: positional arguments for the actor's `__init__`.
-        kwargs: keyword arguments for the actor's `__init__`.
+        kwargs: keyword arguments for the actor's `__init__`, checked against its
+            parameters when the spec is built (unless it takes `**kwargs`).
         restart: `permanent` (always restarted), `transient` (restarted only after a
             failure, not after a normal exit) or `temporary` (never restarted). The
             default is OTP's `permanent`; `spawn` and `start` default to `transient`.
@@ -134,6 +216,12 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             check_name(owner, self.name)
         if not isinstance(self.args, tuple):
             raise ConfigurationError(f"{owner}: args must be a tuple, got {self.args!r}")
+        if not (isinstance(self.kwargs, dict) and all(isinstance(k, str) for k in self.kwargs)):
+            raise ConfigurationError(
+                f"{owner}: kwargs must be a dict of the actor's __init__ keyword arguments by "
+                f"name, got {self.kwargs!r}")
+        if self.kwargs and not isinstance(factory, SupervisorSpec):
+            check_init_keywords(f"{owner} kwargs", factory, self.kwargs)
         if self.restart not in RESTART_TYPES:
             raise ConfigurationError(
                 f"{owner}: restart must be one of {', '.join(RESTART_TYPES)}, got {self.restart!r}"

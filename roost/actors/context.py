@@ -83,14 +83,18 @@ class ActorContext:
     async def stop(self, ref: ActorRef | None = None) -> None:
         """Stop another actor and wait until it has stopped; with no argument, end this one.
 
-        Ending this actor is a normal exit that happens after the current message:
-        its supervisor then restarts it only if its restart type is `permanent`.
+        Ending this actor (no argument, or its own ref) returns at once: it is a normal
+        exit that happens after the current message, and its supervisor then restarts
+        it only if its restart type is `permanent`. Stopping an ancestor (e.g.
+        `ctx.parent`) from inside a message starts its stop and returns at once without
+        waiting: the ancestor stops this actor first, so waiting would deadlock. Both
+        then stop with reason `normal`, this actor once its current message is done.
         """
         cell = self._cell
         if ref is None or ref._cell is cell:
             cell.post_exit()
             return
-        await ref._cell.stop()
+        await ref._cell.stop_requested()
 
     def forward(self, ref: ActorRef) -> None:
         """Pass the message being handled on to `ref`, keeping its sender, reply and id.

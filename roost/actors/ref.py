@@ -174,5 +174,11 @@ class ActorRef:
         runs within its shutdown timeout. Messages still queued become dead
         letters and pending asks fail with `ActorStopped`. Stopping an actor
         that has already stopped does nothing.
+
+        Called by the actor itself while it handles a message, it is `ctx.stop()`:
+        it returns at once and the actor exits normally after that message. Called
+        by one of its descendants while that one handles a message, it starts the
+        stop and returns at once without waiting (the actor stops its descendants
+        first, so waiting would deadlock); the actor then stops with reason `normal`.
         """
-        await self._cell.stop()
+        await self._cell.stop_requested()

@@ -17,12 +17,10 @@ its spec, `StartChild` or `RestartChild`) once the child has stopped for good:
 from __future__ import annotations
 
 import asyncio
-import difflib
-import inspect
 import random
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
@@ -32,7 +30,13 @@ from roost._validate import check_count, check_seconds
 from roost.actors._restart import RestartIntensity, restarts_in_a_row, should_restart
 from roost.actors._system_messages import StartInstance, StopInstance
 from roost.actors.actor import Actor, Message
-from roost.actors.child_spec import Backoff, ChildSpec, check_name
+from roost.actors.child_spec import (
+    Backoff,
+    ChildSpec,
+    check_init_keywords,
+    check_name,
+    check_options,
+)
 from roost.actors.messages import StopReason
 from roost.errors import (
     ChildNotFound,
@@ -89,29 +93,6 @@ class SupervisorSpec(msgspec.Struct, frozen=True, kw_only=True):
         actor = self.actor if self.actor is not None else Supervisor
         allowed = tuple(getattr(actor, "spec_options", ()))
         check_options(owner, self.options, (*SPEC_ARGUMENTS, *allowed))
-
-
-def check_options(owner: str, options: Iterable[str], valid: Sequence[str],
-                  listing: str | None = None) -> None:
-    """Raise `ConfigurationError` naming every option not in `valid`, and listing `valid`.
-
-    Args:
-        owner: who took the options, e.g. `Supervisor 'app'`.
-        options: the option names given.
-        valid: the names allowed.
-        listing: how to list them in the message (default: comma-separated).
-    """
-    unknown = [name for name in options if name not in valid]
-    if not unknown:
-        return
-    described = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, valid, n=1)
-        described.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
-    raise ConfigurationError(
-        f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(described)}; "
-        f"valid options are {listing or ', '.join(valid) or 'none'}"
-    )
 
 
 class StartChild(Message, frozen=True):
@@ -281,11 +262,25 @@ class Supervisor(Actor):
         return child
 
     async def handle(self, message: Any) -> Any:
-        """Messages other than supervisor commands; subclasses (pools) override this."""
-        raise ConfigurationError(
+        """Messages other than supervisor commands; subclasses (pools) override this.
+
+        A plain supervisor takes none: an `ask` gets a `ConfigurationError`, and a `tell`
+        is recorded in `system.dead_letters` as `unhandled`. Neither is a failure: a stray
+        message must not restart the supervisor and its whole subtree.
+        """
+        refused = ConfigurationError(
             f"{self.ctx.path}: a Supervisor only takes StartChild, StopChild, RestartChild, "
             f"DeleteChild and WhichChildren, got {type(message).__name__}"
         )
+        reply = self.ctx.take_reply()
+        if reply is not None:
+            reply.set_exception(refused)
+        else:
+            sender = self.ctx.sender
+            self.ctx.system.dead_letters.record(
+                "unhandled", self.ctx.path, message, None if sender is None else sender.path,
+                refused)
+        return None
 
 
 class Supervision:
@@ -352,7 +347,11 @@ class Supervision:
             await self.restart(group, child)
 
     async def restart(self, group: list[Cell], failed: Cell) -> None:
-        """Stop the group's instances in reverse start order, then start fresh ones in order."""
+        """Stop the group's instances in reverse start order, then start fresh ones in order.
+
+        A temporary member other than the failed child is not restarted: it stops for good
+        where its turn to stop comes.
+        """
         members = [c for c in group if self.cell.children.get(c.name) is c and c.accepting]
         for member in members:
             # This restart covers any delayed one a member's own failure scheduled.
@@ -360,14 +359,15 @@ class Supervision:
             if pending is not None:
                 pending.cancel()
         loop = self.cell.loop
+        restarted = [c for c in members if c is failed or c.options.restart != "temporary"]
         if len(members) > 1:  # stop them all (in reverse) before any starts again
             for child in reversed(members):
+                if child not in restarted:  # a temporary sibling is stopped for good
+                    await child.stop()
+                    continue
                 ack: asyncio.Future[None] = loop.create_future()
                 await child.request(StopInstance(ack), ack)
-        for child in members:
-            if child is not failed and child.options.restart == "temporary":
-                await child.stop()
-                continue
+        for child in restarted:
             started: asyncio.Future[BaseException | None] = loop.create_future()
             child.restarts += 1
             error = await child.request(StartInstance(started, fresh=len(members) == 1), started)
@@ -475,46 +475,8 @@ def as_child_spec(factory: Any, args: tuple[Any, ...], name: str | None,
     settings = {k: v for k, v in options.items() if k in SPAWN_OPTIONS}
     kwargs = {k: v for k, v in options.items() if k not in settings}
     if kwargs:
-        _check_init_keywords(factory, kwargs)
+        check_init_keywords(f"spawn {factory.__name__}", factory, kwargs, SPAWN_OPTIONS,
+                            "spawn options")
     settings.setdefault("restart", "transient")
     settings.setdefault("shutdown_timeout", factory.shutdown_timeout)
     return ChildSpec(factory=factory, name=name, args=args, kwargs=kwargs, **settings)
-
-
-# The keyword parameters of each actor class's __init__ (None: it takes **kwargs).
-_init_keywords: weakref.WeakKeyDictionary[type, tuple[str, ...] | None] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _check_init_keywords(factory: type[Actor], kwargs: dict[str, Any]) -> None:
-    """Refuse a keyword that is neither a spawn option nor an `__init__` parameter."""
-    try:
-        accepted = _init_keywords[factory]
-    except KeyError:
-        accepted = _keywords_of(factory)
-        _init_keywords[factory] = accepted
-    if accepted is None:
-        return
-    takes = (f"{', '.join(accepted)} ({factory.__name__}.__init__'s parameters)"
-             if accepted else f"none from {factory.__name__}.__init__, which takes no keywords")
-    check_options(f"spawn {factory.__name__}", kwargs, (*SPAWN_OPTIONS, *accepted),
-                  listing=f"{', '.join(SPAWN_OPTIONS)} (spawn options) and {takes}")
-
-
-def _keywords_of(factory: type[Actor]) -> tuple[str, ...] | None:
-    if factory.__init__ is object.__init__:
-        return ()
-    try:
-        parameters = inspect.signature(factory).parameters.values()  # without `self`
-    except (TypeError, ValueError):  # no signature to read: let __init__ decide
-        return None
-    keywords = []
-    for parameter in parameters:
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                              inspect.Parameter.KEYWORD_ONLY):
-            keywords.append(parameter.name)
-    return tuple(keywords)
-

@@ -56,6 +56,7 @@ from roost.storage import (
     checkpoint_key,
 )
 from roost.storage.gates import PENDING
+from roost.storage.results import result_key
 from roost.tools.keys import derive_key, step_unit
 from roost.tools.retry import Retry, call_with_retry
 from roost.tools.spec import gate_passed
@@ -101,9 +102,10 @@ class RunProgress(msgspec.Struct, frozen=True, tag="run_progress"):
 
 
 async def encoded_results(store: Store, progress: RunProgress, run_id: str,
-                          key: bytes = b"") -> dict[str, msgspec.Raw]:
-    """Every completed step's encoded result for `progress`: those it carries, and those
-    it names in `stored`, read from the store.
+                          checkpoint: bytes) -> dict[str, msgspec.Raw]:
+    """Every completed step's encoded result for `progress` (the state of the checkpoint
+    stored under key `checkpoint`): those it carries, and those it names in `stored`,
+    read from the store.
 
     Raises:
         CheckpointCorrupt: a result the checkpoint names is not in the store.
@@ -113,22 +115,29 @@ async def encoded_results(store: Store, progress: RunProgress, run_id: str,
         stored = await StepResults(store).read(run_id)
         for name in progress.stored:
             if name not in stored:
-                raise CheckpointCorrupt(run_id, name, key, "its result is missing from the "
-                                                           "store's results")
+                raise CheckpointCorrupt(run_id, name, checkpoint, "it names a result that is "
+                                        f"missing from the store's results (key "
+                                        f"{result_key(run_id, name)!r})")
             results[name] = stored[name]
     return results
 
 
 def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
                     decoder: Callable[[Any], msgspec.msgpack.Decoder[Any]], *,
-                    encoded: dict[str, msgspec.Raw], run_id: str = "",
-                    key: bytes = b"") -> dict[str, Any]:
+                    encoded: dict[str, msgspec.Raw], run_id: str,
+                    checkpoint: bytes | None) -> dict[str, Any]:
     """The results of a run (`encoded`, see `encoded_results`), each decoded to its step's
     declared type, with the failures `progress` holds.
 
+    Args:
+        checkpoint: the key of the checkpoint `progress` comes from, or None when `encoded`
+            is the copy of the results the run's record keeps (its checkpoints pruned).
+
     Raises:
-        CheckpointCorrupt: a step's stored result does not decode (damaged bytes, or a
-            changed `output` type), naming the run and the step.
+        RecordCorrupt, CheckpointCorrupt: a step's result does not decode (damaged bytes,
+            or a changed `output` type), naming the record that holds it: the step's
+            record in `results`, the checkpoint (an older roost's checkpoints carry
+            results), or the run's record.
     """
     results: dict[str, Any] = {}
     for name, raw in encoded.items():
@@ -137,8 +146,13 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
         try:
             results[name] = decoder(output).decode(raw)
         except msgspec.DecodeError as error:
-            raise CheckpointCorrupt(run_id, name, key, f"its stored result does not decode as "
-                                    f"{getattr(output, '__name__', output)}: {error}") from error
+            reason = (f"step {name!r}'s result does not decode as "
+                      f"{getattr(output, '__name__', output)}: {error}")
+            if checkpoint is None:
+                raise RecordCorrupt("run", run_id.encode(), reason) from error
+            if name in progress.results:
+                raise CheckpointCorrupt(run_id, name, checkpoint, reason) from error
+            raise RecordCorrupt("step result", result_key(run_id, name), reason) from error
     results.update((name, StepFailure(error)) for name, error in progress.failures.items())
     return results
 
@@ -220,6 +234,41 @@ def load_progress(checkpoint: Checkpoint) -> RunProgress:
             f"its state is not a run's progress: {error}") from error
 
 
+class StoredRun(msgspec.Struct, frozen=True):
+    """What a run goes on from, read from the store and decoded (see `read_run`): its
+    record, its input, its latest checkpoint (None before the first) with the progress
+    and the results it holds, and the records of the gates it opened."""
+
+    record: RunRecord
+    input: Any
+    checkpoint: Checkpoint | None = None
+    progress: RunProgress | None = None
+    encoded: dict[str, msgspec.Raw] = {}
+    results: dict[str, Any] = {}
+    gates: dict[str, GateRecord] = {}
+
+
+async def read_run(pipelines: Pipelines, pipeline: Pipeline, record: RunRecord) -> StoredRun:
+    """Read and decode everything run `record` goes on from.
+
+    Raises:
+        RecordCorrupt, CheckpointCorrupt: a record of the run cannot be read (it does not
+            decode, or a result its checkpoint names is missing); the error names it.
+    """
+    run_id = record.run_id
+    input = pipelines.decode_input(pipeline, run_id, record.input)
+    latest = await pipelines.checkpoints.latest(run_id)
+    if latest is None:
+        return StoredRun(record, input)
+    progress = load_progress(latest)
+    key = checkpoint_key(run_id, latest.seq)
+    encoded = await encoded_results(pipelines.system.store, progress, run_id, key)
+    results = decode_progress(progress, pipeline, pipelines.decoder, encoded=encoded,
+                              run_id=run_id, checkpoint=key)
+    gates = {r.gate: r for r in await pipelines.gates.store.named(run_id, progress.gates)}
+    return StoredRun(record, input, latest, progress, encoded, results, gates)
+
+
 class RunActor(Actor):
     """Runs one pipeline run to its end, from its latest checkpoint."""
 
@@ -253,13 +302,8 @@ class RunActor(Actor):
     async def on_start(self) -> None:
         try:
             record = await self._load()
-        except StoreError as corrupt:
-            if self._store_failure(corrupt) is not None:  # a cluster's server, not the bytes
-                await self._pause(corrupt)
-                return
-            # Restarting cannot mend stored bytes: the run fails, naming them; they stay
-            # in the store for a person to inspect.
-            await self._finish("failed", error=str(corrupt))
+        except StoreError as error:
+            await self._cannot_read(error)
             return
         deciding = self.pipelines.deciding(self.run_id)
         if deciding is not None:
@@ -273,8 +317,8 @@ class RunActor(Actor):
             try:
                 record = await self.pipelines.runs.get(self.run_id)
                 await self._load_gates()
-            except StoreError as corrupt:
-                await self._finish("failed", error=str(corrupt))
+            except StoreError as error:
+                await self._cannot_read(error)
                 return
         await self._begin(record)
 
@@ -312,46 +356,74 @@ class RunActor(Actor):
             self._advance()
 
     async def _load(self) -> RunRecord:
-        """Load the input and the latest checkpoint (a resume goes on from there).
+        """Load the input and, for a resumed run, what its latest checkpoint and gate
+        records hold (it goes on from there): as `resume` read them just now, else from
+        the store.
 
         Returns:
             The run's record, as stored when this actor started.
+
+        Raises:
+            StoreError: a record of the run cannot be read (see `read_run`).
         """
         created = self.pipelines.just_created(self.run_id)
-        record = created or await self.pipelines.runs.get(self.run_id)
-        self.input = self.pipelines.decode_input(self.pipeline, self.run_id, record.input)
+        if created is not None:
+            record, self.input = created
+            self.trace_id = run_trace_id(self.run_id, record.created_at)
+            return record
+        record = await self.pipelines.runs.get(self.run_id)
+        stored = self.pipelines.just_read(self.run_id, record)
+        if stored is None:
+            stored = await read_run(self.pipelines, self.pipeline, record)
+        self.input = stored.input
         self.trace_id = run_trace_id(self.run_id, record.created_at)
-        latest = None if created else await self.pipelines.checkpoints.latest(self.run_id)
-        if latest is not None:
-            progress = load_progress(latest)
-            self.resumed_from = latest
+        progress = stored.progress
+        if progress is not None:
+            self.resumed_from = stored.checkpoint
             self.trace_id = progress.trace_id or self.trace_id
             self.usage_before = progress.usage
             self.skipped = list(progress.skipped)
-            key = checkpoint_key(latest.run_id, latest.seq)
-            self.encoded = await encoded_results(self.pipelines.system.store, progress,
-                                                 self.run_id, key)
+            self.encoded = stored.encoded
             self.unsaved = set(progress.results)  # carried by an older checkpoint: move them
             self.failures = dict(progress.failures)
             self.reviews = dict(progress.reviews)
             self.review_data = dict(progress.review_data)
             self.unknown = list(progress.unknown)
             self.gates = list(progress.gates)
-            self.results = decode_progress(progress, self.pipeline, self.pipelines.decoder,
-                                           encoded=self.encoded, run_id=self.run_id, key=key)
+            self.results = stored.results
             _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
-        await self._load_gates()
+        self._adopt_gates(stored.gates)
         return record
 
     async def _load_gates(self) -> None:
-        """Read the records of the gates the run has opened, with their decisions."""
-        if not self.gates:
-            return
+        """Read the records of the gates the run has opened again, with their decisions."""
+        if self.gates:
+            records = await self.pipelines.gates.store.named(self.run_id, self.gates)
+            self._adopt_gates({r.gate: r for r in records})
+
+    def _adopt_gates(self, records: dict[str, GateRecord]) -> None:
+        """Go on from these gate records, and the decisions they hold."""
         gates = self.pipelines.gates
-        self.gate_records = {r.gate: r for r in await gates.store.named(self.run_id, self.gates)}
+        self.gate_records = records
         self.decisions = {name: gates.decision_of(self.pipeline, r)
-                          for name, r in self.gate_records.items() if r.decision is not None}
+                          for name, r in records.items() if r.decision is not None}
+
+    async def _cannot_read(self, error: StoreError) -> None:
+        """The run's stored state could not be read. On a cluster's node, a failure of the
+        server pauses the run (see `_pause`). Otherwise a record of the run is damaged:
+        restarting cannot mend stored bytes, and failing the run would write over the
+        state an operator restores it from, so stop without writing anything; the run
+        stays stored as it was, and is not resumed."""
+        if self._store_failure(error) is not None:
+            await self._pause(error)
+            return
+        self.finished = True
+        for task in self.running.values():
+            task.cancel()
+        self._close_span("unreadable", error=error)
+        self.pipelines.unreadable(self.run_id, error)
+        await self.ctx.stop()
 
     async def on_stop(self) -> None:
         for task in self.running.values():
@@ -786,8 +858,8 @@ class RunActor(Actor):
             self.to_open = {}
             try:
                 await self._load_gates()
-            except StoreError as corrupt:
-                await self._finish("failed", error=str(corrupt))
+            except StoreError as error:
+                await self._cannot_read(error)
                 return
             await self._go_on()
             return

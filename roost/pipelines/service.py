@@ -6,10 +6,11 @@ the runs at shutdown and a run interrupted by shutdown stays `running`). Every
 run has a record in the store; a run still `running` when its process died is
 listed by `interrupted()` and goes on from its last completed step with
 `resume(run_id)` (or automatically, when its pipeline is registered with
-`resume=True`). A run that reaches a gate parks as `waiting` (no actor, no task)
-until a person decides (`system.gates`, see `gates`); then it resumes from the gate:
-here at once, stored `running` with the decision, or else stored `queued`, like any
-interrupted run.
+`resume=True`). A run with a record that cannot be read (a damaged store) is not
+resumed nor changed: it is left as it is for an operator to restore, and named.
+A run that reaches a gate parks as `waiting` (no actor, no task) until a person
+decides (`system.gates`, see `gates`); then it resumes from the gate: here at once,
+stored `running` with the decision, or else stored `queued`, like any interrupted run.
 
 At most `max_active_runs` runs are in flight; a run started past that is stored as
 `queued` and starts when a slot frees (see `admission`), also after a restart.
@@ -26,18 +27,21 @@ import contextlib
 import secrets
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from roost._logging import get_logger
 from roost.actors.child_spec import ChildSpec
 from roost.actors.pool import Pool
 from roost.actors.supervisor import Supervisor
 from roost.errors import (
+    CheckpointCorrupt,
     ConfigurationError,
     RecordCorrupt,
     RunCancelled,
+    RunInputInvalid,
     RunInterrupted,
     StepFailed,
     StoreError,
@@ -52,17 +56,22 @@ from roost.pipelines.run import (
     RunActor,
     RunProgress,
     StepTiming,
+    StoredRun,
     decode_progress,
     encoded_results,
     load_progress,
+    read_run,
 )
-from roost.storage import CheckpointStore, Op, RunRecord, RunStatus, RunStore
+from roost.storage import CheckpointStore, Op, RunRecord, RunStatus, RunStore, checkpoint_key
 from roost.tracing.tracer import UsageTotals
 
 if TYPE_CHECKING:
     from roost.actors.ref import ActorRef
 
+_log = get_logger("roost")
 _ENCODER = msgspec.msgpack.Encoder()
+#: What msgpack raises for a value it cannot encode (OverflowError: an int past 64 bits).
+_UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError)
 #: How many recent step timings are kept per pipeline.
 TIMINGS_KEPT = 10_000
 _RESULTS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
@@ -76,6 +85,37 @@ def new_run_id() -> str:
     instead of landing all over them: a commit then touches few pages, however large
     the store has grown."""
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def check_run_id(run_id: object, max_bytes: int) -> None:
+    """Refuse a run id that cannot name a run: the run's actor (`/pipelines/runs/<run id>`)
+    and its records in the store (keys of at most `max_bytes` for the id) must hold it.
+
+    Raises:
+        ConfigurationError: naming the id and the rule it breaks.
+    """
+    if not isinstance(run_id, str):
+        problem = f"is not a string (it is of type {type(run_id).__name__})"
+    elif not run_id:
+        problem = "is empty"
+    elif "/" in run_id:
+        problem = "contains '/', which would split the path of the run's actor"
+    elif "\x00" in run_id:
+        problem = "contains a NUL character, which ends the run id in its records' keys"
+    else:
+        try:
+            size = len(run_id.encode())
+        except UnicodeEncodeError:
+            problem = "is not valid Unicode text (it cannot be encoded as UTF-8)"
+        else:
+            if size <= max_bytes:
+                return
+            problem = f"is {size} bytes long in UTF-8, past the store's limit"
+    shown = repr(run_id) if len(repr(run_id)) <= 80 else f"{str(run_id)[:60]!r}..."
+    raise ConfigurationError(
+        f"run_id={shown} {problem}; a run id must be a non-empty string without '/' or "
+        f"NUL characters, at most {max_bytes} bytes in UTF-8 (or leave run_id out for a "
+        "generated one)")
 
 
 class RunOutcome(msgspec.Struct, frozen=True):
@@ -133,6 +173,19 @@ class RunHandle:
         await self._pipelines.cancel(self.run_id)
 
 
+class Resumed(builtins.list[RunHandle]):
+    """The handles of the runs that `register(resume=True)` or `resume_interrupted()`
+    resumed (a list), and in `damaged` the errors of the runs they left as they are
+    because a record of theirs cannot be read: each names the record (its kind and key).
+    Those runs are not failed nor changed, so their records can be inspected and restored
+    (`roost store check DIR`, then a backup)."""
+
+    def __init__(self, handles: Iterable[RunHandle] = (),
+                 damaged: Iterable[RecordCorrupt | CheckpointCorrupt] = ()) -> None:
+        super().__init__(handles)
+        self.damaged: builtins.list[RecordCorrupt | CheckpointCorrupt] = builtins.list(damaged)
+
+
 class Pipelines:
     """The system's pipeline runs.
 
@@ -155,7 +208,10 @@ class Pipelines:
         self._through_gates: set[asyncio.Future[RunOutcome]] = set()  # not woken by parking
         self._resume_after_park: set[str] = set()
         self._live: set[str] = set()
-        self._created: dict[str, RunRecord] = {}  # see `just_created`
+        self._created: dict[str, tuple[RunRecord, Any]] = {}  # see `just_created`
+        self._read: dict[str, StoredRun] = {}  # see `just_read`
+        # Why runs stopped in this process without going on: a record could not be read.
+        self._unreadable: dict[str, StoreError] = {}
         # The decision writes of runs resumed as they are decided, until their actor has
         # seen them land (see `commit_decision`).
         self._deciding: dict[str, asyncio.Future[builtins.list[Any]]] = {}
@@ -193,7 +249,7 @@ class Pipelines:
 
     # --- registry and actors ----------------------------------------------------------
 
-    async def register(self, pipeline: Pipeline, *, resume: bool = False) -> list[RunHandle]:
+    async def register(self, pipeline: Pipeline, *, resume: bool = False) -> Resumed:
         """Make `pipeline` known (so its runs can be resumed by id).
 
         Args:
@@ -201,11 +257,15 @@ class Pipelines:
                 runs whose lease expired, and queued ones, up to the free slots).
 
         Returns:
-            Handles of the runs resumed.
+            Handles of the runs resumed. A run with a record that cannot be read (nor a
+            run record that cannot, whose pipeline is unknown) is left as it is, logged
+            and named in the result's `damaged`: the other runs resume.
 
         Raises:
-            ConfigurationError: another pipeline with that name is registered.
+            ConfigurationError: `pipeline` is not a `Pipeline`, or another pipeline with
+                that name is registered.
         """
+        _check_pipeline("register", pipeline)
         known = self._registered.get(pipeline.name)
         if known is not None and known is not pipeline:
             raise ConfigurationError(
@@ -215,12 +275,14 @@ class Pipelines:
         if self.cluster is not None:  # its runs are resumed by the nodes' claims
             if not resume:
                 self.cluster.slot_freed()  # claim them soon
-                return []
-            return [RunHandle(self, run_id) for run_id in await self.cluster.claim()]
+                return Resumed()
+            return Resumed(RunHandle(self, run_id) for run_id in await self.cluster.claim())
         if not resume:
-            return []
-        return [await self.resume(r.run_id) for r in await self.interrupted()
-                if r.pipeline == pipeline.name]
+            return Resumed()
+        damaged: builtins.list[RecordCorrupt] = []
+        interrupted = await self.interrupted(damaged=damaged)
+        return await self._resume_all([r for r in interrupted if r.pipeline == pipeline.name],
+                                       damaged)
 
     def registered(self, name: str) -> Pipeline | None:
         """The pipeline registered here under `name`, if any."""
@@ -290,17 +352,27 @@ class Pipelines:
 
         Args:
             pipeline: the pipeline to run.
-            input: the run's input (stored with the run).
-            run_id: the run's id (generated if omitted).
+            input: the run's input (stored with the run): it must fit the pipeline's
+                `input_type`, and the run gets it as that type, as after a resume.
+            run_id: the run's id (generated if omitted): a non-empty string without '/'
+                or NUL characters (see `check_run_id`).
             wait: queue the run when every slot is taken (True), or refuse it with
                 `SystemBusy` (False).
 
         Raises:
-            ConfigurationError: no store, or `run_id` is already used.
+            ConfigurationError: no store, `pipeline` is not a `Pipeline`, or `run_id` is
+                invalid or already used.
+            RunInputInvalid: `input` does not fit the pipeline's `input_type`, or cannot
+                be encoded; nothing was stored.
             SystemBusy: `wait=False` and every slot is taken; nothing was stored.
         """
+        _check_pipeline("start", pipeline)
+        if run_id is None:
+            run_id = new_run_id()
+        else:
+            check_run_id(run_id, self.checkpoints.max_run_id_bytes)
+        encoded, decoded = self._checked_input(pipeline, input)
         await self.register(pipeline)
-        run_id = run_id or new_run_id()
         admission = self.admission
         cluster = self.cluster
         if not admission.has_room():
@@ -309,8 +381,8 @@ class Pipelines:
             if cluster is not None:  # queued for any node of the cluster with a free slot
                 cluster.starting(run_id, pipeline.name, queued=True)
             try:
-                await self.runs.create(run_id, pipeline=pipeline.name,
-                                       input=_ENCODER.encode(input), status=RunStatus.QUEUED)
+                await self.runs.create(run_id, pipeline=pipeline.name, input=encoded,
+                                       status=RunStatus.QUEUED)
             except BaseException:
                 if cluster is not None:
                     cluster.not_started(run_id)
@@ -325,58 +397,136 @@ class Pipelines:
         if cluster is not None:  # its record's write leases it to this node
             cluster.starting(run_id, pipeline.name)
         try:
-            self._created[run_id] = await self.runs.create(
-                run_id, pipeline=pipeline.name, input=_ENCODER.encode(input))
+            record = await self.runs.create(run_id, pipeline=pipeline.name, input=encoded)
         except BaseException:
             if cluster is not None:
                 cluster.not_started(run_id)
             self._slot_freed(run_id)
             raise
+        self._created[run_id] = record, decoded
+        await self._spawn_stored(pipeline, run_id)
+        return RunHandle(self, run_id)
+
+    def _checked_input(self, pipeline: Pipeline, input: Any) -> tuple[bytes, Any]:
+        """`input` encoded for the run's record, and decoded from that as the pipeline's
+        `input_type` (what the run's steps get, now and after a resume).
+
+        Raises:
+            RunInputInvalid: it cannot be encoded, or does not decode as `input_type`.
+        """
+        input_type = pipeline.input_type
+        try:
+            encoded = _ENCODER.encode(input)
+        except _UNENCODABLE as error:
+            raise RunInputInvalid(pipeline.name, _type_name(input_type), f"it cannot be "
+                                  f"stored ({error}); pass a msgspec.Struct or plain data "
+                                  "(str, int, float, bool, None, bytes, lists, dicts)") from error
+        try:
+            return encoded, self.decoder(input_type).decode(encoded)
+        except msgspec.ValidationError as error:
+            name = _type_name(input_type)
+            raise RunInputInvalid(pipeline.name, name, f"it does not fit the pipeline's "
+                                  f"input_type {name} ({error})") from error
+
+    async def _spawn_stored(self, pipeline: Pipeline, run_id: str) -> None:
+        """Start the actor of a run that holds a slot and is stored: if it cannot start
+        (e.g. the system stops), the run stays stored as it is, to resume later, and its
+        slot goes to the next run."""
         try:
             await self._spawn_run(pipeline, run_id)
         except BaseException:
             self._created.pop(run_id, None)
+            self._read.pop(run_id, None)
+            if self.cluster is not None:  # any node may go on with it
+                self.cluster.let_go(run_id)
+            self._slot_freed(run_id)
             raise
-        return RunHandle(self, run_id)
 
-    def just_created(self, run_id: str) -> RunRecord | None:
-        """The record `start` has just stored for `run_id`, once: its actor's first load
-        needs no read of the store (nor of checkpoints: a new run has none). An actor
-        started again after a crash gets None and reads what is stored."""
+    def just_created(self, run_id: str) -> tuple[RunRecord, Any] | None:
+        """The record `start` has just stored for `run_id` and the run's input, once: its
+        actor's first load needs no read of the store (nor of checkpoints: a new run has
+        none). An actor started again after a crash gets None and reads what is stored."""
         return self._created.pop(run_id, None)
+
+    def just_read(self, run_id: str, record: RunRecord) -> StoredRun | None:
+        """What `resume` has just read of `run_id`, once, if the run's record is still
+        `record` (nothing changed it since): its actor goes on from that without reading
+        the store again. Otherwise None: the actor reads what is stored."""
+        stored = self._read.pop(run_id, None)
+        return stored if stored is not None and stored.record == record else None
 
     async def resume(self, run_id: str) -> RunHandle:
         """Continue a run from its last completed step (a no-op for a live or ended run).
 
         A run `waiting` at a gate is not continued until a person decides
         (`system.gates.decide`, which resumes it). On a cluster's node, only a run whose
-        lease the node holds is continued (the nodes claim the others).
+        lease the node holds is continued (the nodes claim the others). The run's
+        records are read first: a run with one that cannot be read is not continued,
+        and left as it is in the store.
 
         Raises:
             RunNotFound: no such run.
             ConfigurationError: its pipeline is not registered in this process.
+            RecordCorrupt, CheckpointCorrupt: a record of the run (its record, latest
+                checkpoint, a step result or a gate record) cannot be read; the error
+                names it.
         """
         await self._previous_actor_gone(run_id)
         record = await self.runs.get(run_id)
-        resumable = record.status in (RunStatus.RUNNING, RunStatus.QUEUED)
-        if resumable and run_id in self._live and record.status == RunStatus.QUEUED:
-            # Decided while its actor is still parking it: resume once the actor has stopped.
-            self._resume_after_park.add(run_id)
-        if not resumable or run_id in self._live or self.admission.is_waiting(run_id):
+        if not self._goes_on_here(record):
             return RunHandle(self, run_id)
-        if self.cluster is not None and not self.cluster.holds(run_id):
-            return RunHandle(self, run_id)  # another node's, or waiting for a node's claim
         pipeline = self._registered.get(record.pipeline)
         if pipeline is None:
             raise ConfigurationError(
                 f"run {run_id!r} belongs to pipeline {record.pipeline!r}, which is not registered "
                 "here; call system.pipelines.register(pipeline) first")
+        stored = await read_run(self, pipeline, record)
+        if not self._goes_on_here(record):  # resumed meanwhile
+            return RunHandle(self, run_id)
         if self.admission.has_room():
             self.admission.take_slot(run_id)
-            await self._spawn_run(pipeline, run_id)
+            self._read[run_id] = stored
+            await self._spawn_stored(pipeline, run_id)
         else:
             self.admission.wait(run_id, pipeline.name)
         return RunHandle(self, run_id)
+
+    def _goes_on_here(self, record: RunRecord) -> bool:
+        """Whether `resume` continues the run `record` describes here now: it is `running`
+        or `queued`, neither live nor queued here, and (on a cluster's node) leased here."""
+        run_id = record.run_id
+        resumable = record.status in (RunStatus.RUNNING, RunStatus.QUEUED)
+        if resumable and run_id in self._live and record.status == RunStatus.QUEUED:
+            # Decided while its actor is still parking it: resume once the actor has stopped.
+            self._resume_after_park.add(run_id)
+        if not resumable or run_id in self._live or self.admission.is_waiting(run_id):
+            return False
+        # Otherwise another node's, or waiting for a node's claim.
+        return self.cluster is None or self.cluster.holds(run_id)
+
+    async def _resume_all(self, records: Iterable[RunRecord],
+                          damaged: builtins.list[RecordCorrupt]) -> Resumed:
+        """Resume the runs `records` describe. A run with a record that cannot be read is
+        left as it is, logged and named in the result's `damaged`, after the run records
+        that do not decode at all (`damaged`, logged here too)."""
+        for error in damaged:
+            self._log_unreadable(error.key.decode(errors="replace"), error)
+        resumed = Resumed(damaged=damaged)
+        for record in records:
+            try:
+                resumed.append(await self.resume(record.run_id))
+            except (RecordCorrupt, CheckpointCorrupt) as error:
+                self._log_unreadable(record.run_id, error)
+                resumed.damaged.append(error)
+        return resumed
+
+    def _log_unreadable(self, run_id: str, error: StoreError) -> None:
+        _log.error("run_unreadable", run_id=run_id, error_type=type(error).__name__,
+                   error=str(error), what_to_do=(
+                       "the run is left as it is in the store, not resumed: run `roost store "
+                       f"check {self.system.store.path}` with the system and console that use "
+                       "the store stopped, and restore the store from a backup if it reports "
+                       "damage"))
 
     async def commit_decision(self, record: RunRecord,
                               ops: Callable[[bool], builtins.list[Op]]) -> builtins.list[Any]:
@@ -458,11 +608,16 @@ class Pipelines:
         self._spawn_under(await self._runs_supervisor(), pipeline, run_id)
 
     def _spawn_under(self, runs: ActorRef, pipeline: Pipeline, run_id: str) -> None:
-        self._live.add(run_id)
-        self._paused.pop(run_id, None)
         spec = ChildSpec(factory=RunActor, name=run_id, args=(self, pipeline, run_id),
                          restart="transient")
-        ref = self.system.engine.spawn_under(runs, spec, (), None, {})
+        self._live.add(run_id)
+        try:
+            ref = self.system.engine.spawn_under(runs, spec, (), None, {})
+        except BaseException:
+            self._live.discard(run_id)
+            raise
+        self._paused.pop(run_id, None)
+        self._unreadable.pop(run_id, None)
         self.system.engine.termination(ref).add_done_callback(
             lambda _: self._run_actor_ended(run_id, ref))
 
@@ -479,6 +634,7 @@ class Pipelines:
             return
         self._deciding.pop(run_id, None)
         self._created.pop(run_id, None)  # it stopped before it loaded
+        self._read.pop(run_id, None)
         self._slot_freed(run_id)
         if run_id not in self._live:
             return  # it finished (and said so) first
@@ -492,14 +648,26 @@ class Pipelines:
     def paused(self, run_id: str, cause: StoreError) -> None:
         """Called by a run's actor that stops because the store cannot save its progress:
         its waiters hear `RunInterrupted` with the cause; the run stays resumable."""
-        self._live.discard(run_id)
         self._paused[run_id] = cause
-        if self.cluster is not None:  # any node may go on with it (this one, once it can)
+        self._stopped_unended(run_id, RunInterrupted(run_id, cause))
+
+    def unreadable(self, run_id: str, error: StoreError) -> None:
+        """Called by a run's actor that stops because a record of the run cannot be read:
+        the run is left as it is in the store (logged, its waiters hear `error`)."""
+        self._log_unreadable(run_id, error)
+        self._unreadable[run_id] = error
+        self._stopped_unended(run_id, error)
+
+    def _stopped_unended(self, run_id: str, error: BaseException) -> None:
+        """The run's actor stopped without ending the run: its slot frees, its waiters
+        hear `error`, and on a cluster any node may go on with it (this one too, later)."""
+        self._live.discard(run_id)
+        if self.cluster is not None:
             self.cluster.let_go(run_id)
         self._slot_freed(run_id)
         for future in self._waiters.pop(run_id, []):
             if not future.done():
-                future.set_exception(RunInterrupted(run_id, cause))
+                future.set_exception(error)
 
     def _slot_freed(self, run_id: str) -> None:
         """Give the slot `run_id` held to the oldest queued run (a second call does nothing)."""
@@ -558,18 +726,29 @@ class Pipelines:
         """Runs in flight, runs queued for a slot, and the bound (`max_active_runs`)."""
         return self.admission.statistics()
 
-    async def interrupted(self) -> list[RunRecord]:
+    async def interrupted(self, *, damaged: builtins.list[RecordCorrupt] | None = None
+                          ) -> builtins.list[RunRecord]:
         """Runs stored as `running` or `queued` that this process neither runs nor queues,
-        oldest first."""
-        records = [r for status in (RunStatus.RUNNING, RunStatus.QUEUED)
-                   for r in await self.runs.list(status=status)
-                   if r.run_id not in self._live and not self.admission.is_waiting(r.run_id)]
+        oldest first.
+
+        Args:
+            damaged: where to append the errors of run records that do not decode (whether
+                they are interrupted runs cannot be told); without it, such a record
+                raises `RecordCorrupt`.
+        """
+        records = [r for r in await self.runs.list(damaged=damaged)
+                   if r.status in (RunStatus.RUNNING, RunStatus.QUEUED)
+                   and r.run_id not in self._live and not self.admission.is_waiting(r.run_id)]
         return sorted(records, key=lambda r: r.created_at)
 
-    async def resume_interrupted(self) -> list[RunHandle]:
-        """Resume every interrupted run whose pipeline is registered."""
-        return [await self.resume(r.run_id) for r in await self.interrupted()
-                if r.pipeline in self._registered]
+    async def resume_interrupted(self) -> Resumed:
+        """Resume every interrupted run whose pipeline is registered; like
+        `register(resume=True)`, a run with a record that cannot be read is left as it
+        is, logged and named in the result's `damaged`."""
+        damaged: builtins.list[RecordCorrupt] = []
+        interrupted = await self.interrupted(damaged=damaged)
+        return await self._resume_all([r for r in interrupted if r.pipeline in self._registered],
+                                      damaged)
 
     async def list(self, status: RunStatus | str | None = None) -> list[RunRecord]:
         """Run records, optionally only those with one status."""
@@ -628,18 +807,22 @@ class Pipelines:
         if record.status in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.SUSPENDED):
             if run_id in self._paused:  # paused here: say why, as its waiters heard
                 raise RunInterrupted(run_id, self._paused[run_id])
+            if run_id in self._unreadable:  # stopped here, as its waiters heard
+                raise self._unreadable[run_id]
             raise ConfigurationError(
                 f"run {run_id!r} is {record.status} but not live here; resume it first")
         pipeline = self._registered.get(record.pipeline)
         latest = await self.checkpoints.latest(run_id)
+        key = None
         if latest is not None:  # the full picture, failed optional steps included
             progress = load_progress(latest)
-            encoded = await encoded_results(self.system.store, progress, run_id)
+            key = checkpoint_key(run_id, latest.seq)
+            encoded = await encoded_results(self.system.store, progress, run_id, key)
         else:  # checkpoints pruned: the plain results the record keeps
             progress = RunProgress(results={}, failures={}, reviews={}, skipped=[], trace_id="")
             encoded = _RESULTS.decode(record.result or b"\x80")
         results = decode_progress(progress, pipeline, self.decoder, encoded=encoded,
-                                  run_id=run_id)
+                                  run_id=run_id, checkpoint=key)
         waiting_at = []
         if record.status == RunStatus.WAITING:
             waiting_at = [r.gate for r in await self.gates.store.of_run(run_id)
@@ -727,3 +910,17 @@ class Pipelines:
         except msgspec.DecodeError as error:
             raise RecordCorrupt("run", run_id.encode(), f"its input does not decode as "
                                 f"pipeline {pipeline.name!r}'s input_type: {error}") from error
+
+
+def _check_pipeline(method: str, pipeline: object) -> None:
+    """Refuse anything but a `Pipeline` where one is expected (a name, say)."""
+    if not isinstance(pipeline, Pipeline):
+        raise ConfigurationError(
+            f"system.pipelines.{method}() takes a roost.Pipeline, got {pipeline!r} (a "
+            f"{type(pipeline).__name__}); pass the pipeline itself, "
+            "roost.Pipeline(name, steps)")
+
+
+def _type_name(kind: Any) -> str:
+    """How a message names a type: a class by its name, `list[int]` or `Any` as written."""
+    return kind.__qualname__ if isinstance(kind, type) else repr(kind)

@@ -22,6 +22,7 @@ import anyio
 import structlog
 
 from roost._logging import get_logger
+from roost._validate import check_count, check_seconds
 from roost.actors._engine import Engine
 from roost.actors.messages import Terminated
 from roost.actors.ref import ActorRef
@@ -57,8 +58,8 @@ class ActorSystem:
             configure structlog; None leaves structlog as the application set it.
         log_level: the lowest level logged when roost configures structlog.
         max_restarts: restarts of top-level actors allowed within `within`
-            seconds before the whole system fails.
-        within: the root's restart-intensity window, in seconds.
+            seconds before the whole system fails (a whole number >= 0).
+        within: the root's restart-intensity window, in seconds (> 0).
         dead_letters_kept: how many recent dead letters stay inspectable.
         ledger_retention: how long settled idempotency keys are kept, in seconds.
         checkpoints_kept: how many checkpoints of each run or checkpointed actor are
@@ -146,6 +147,9 @@ class ActorSystem:
             raise ConfigurationError(
                 f"ActorSystem: durability must be 'sync' or 'async', got {durability!r}"
             )
+        # The root supervises top-level actors by the same rules as `Supervisor.spec`.
+        check_count("ActorSystem", "max_restarts", max_restarts, 0)
+        check_seconds("ActorSystem", "within", within, allow_zero=False)
         self.name = name
         #: The LMDB store folder, or the PostgreSQL store URL (None: no store of that kind).
         self.store_path = None if store is None or is_postgres_url(store) else Path(store)
@@ -490,7 +494,12 @@ class ActorSystem:
         return self.engine.lookup(path)
 
     async def stop(self, ref: ActorRef) -> None:
-        """Stop an actor (children first, then its `on_stop`) and wait until it has stopped."""
+        """Stop an actor (children first, then its `on_stop`) and wait until it has stopped.
+
+        From inside the actor's own message handling this is `ctx.stop()` (it returns at
+        once; the actor exits normally after the message), and from inside a descendant's
+        it starts the stop and returns at once: see `ActorRef.stop`.
+        """
         await ref.stop()
 
     async def join(self, ref: ActorRef) -> Terminated:

@@ -222,12 +222,18 @@ class CheckpointStore:
         except ConfigurationError:  # an id no checkpoint can be saved under
             return None
 
+    @property
+    def max_run_id_bytes(self) -> int:
+        """The longest run id (in UTF-8 bytes) that checkpoints can be saved under: its
+        checkpoints' keys (id, separator, sequence number) must fit the store's keys."""
+        return self._store.max_key_size - len(_SEPARATOR) - SEQ_SIZE
+
     def _prefix(self, run_id: str) -> bytes:
         prefix = _run_prefix(run_id)
-        if len(prefix) + SEQ_SIZE > self._store.max_key_size:
+        if len(prefix) - len(_SEPARATOR) > self.max_run_id_bytes:
             raise ConfigurationError(
                 f"run id {run_id!r} is {len(prefix) - 1} bytes long; checkpointed run "
-                f"ids must be at most {self._store.max_key_size - SEQ_SIZE - 1} bytes")
+                f"ids must be at most {self.max_run_id_bytes} bytes")
         return prefix
 
 

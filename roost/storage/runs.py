@@ -296,17 +296,30 @@ class RunStore:
 
         return read
 
-    async def list(self, status: RunStatus | str | None = None) -> builtins.list[RunRecord]:
+    async def list(self, status: RunStatus | str | None = None, *,
+                   damaged: builtins.list[RecordCorrupt] | None = None
+                   ) -> builtins.list[RunRecord]:
         """Every run record in run id order, or only those with `status`.
+
+        Without `damaged`, a record that does not decode raises `RecordCorrupt`. With it,
+        such records are skipped and their errors appended to `damaged` (whatever their
+        status: it cannot be read), so a caller can go on with the runs it can read and
+        name the others.
 
         Raises:
             ConfigurationError: an invalid status.
-            RecordCorrupt: a record does not decode.
+            RecordCorrupt: a record does not decode (without `damaged`).
         """
         wanted = None if status is None else _status(status)
         found: builtins.list[RunRecord] = []
         async for key, value in self._store.scan(_DB, stop=_run_index.PREFIX):
-            record = _CODEC.decode(key, value)
+            try:
+                record = _CODEC.decode(key, value)
+            except RecordCorrupt as error:
+                if damaged is None:
+                    raise
+                damaged.append(error)
+                continue
             if wanted is None or record.status == wanted:
                 found.append(record)
         return found

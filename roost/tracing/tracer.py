@@ -85,7 +85,11 @@ _PLAIN = frozenset({str, bytes, int, float, bool, list, tuple, type(None)})
 def usage_of(result: Any) -> Usage | None:
     """The `Usage` a step's or tool's result carries in a `usage` field (an attribute, or a
     dict key), else None (also for one that is not a valid `Usage`: recording never fails
-    the work it records)."""
+    the work it records).
+
+    A usage given as a mapping counts too: a result decoded without its types (a tool's
+    `-> dict[str, Any]` as recorded, a result read back on resume) carries it as one.
+    """
     kind = type(result)
     if kind in _PLAIN:
         return None
@@ -95,6 +99,11 @@ def usage_of(result: Any) -> Usage | None:
         usage = getattr(result, "usage", None) if "usage" in result.__struct_fields__ else None
     else:
         usage = result.get("usage") if isinstance(result, dict) else getattr(result, "usage", None)
+    if isinstance(usage, dict):
+        try:
+            usage = msgspec.convert(usage, Usage)
+        except msgspec.ValidationError:
+            return None
     return usage if valid_usage(usage) else None
 
 

@@ -89,6 +89,51 @@ def test_a_bad_child_spec_field_is_named_with_its_value(field: str, value: Any, 
         ChildSpec(**fields)
 
 
+class Sized(roost.Actor):
+    def __init__(self, width: int, *, height: int = 1) -> None:
+        self.area = width * height
+
+    async def receive(self, message: Any) -> Any:
+        return self.area
+
+
+class TakesAnything(roost.Actor):
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    async def receive(self, message: Any) -> Any:
+        return self.settings
+
+
+@pytest.mark.parametrize("kwargs", [None, [("width", 2)], {1: 2}])
+def test_child_spec_kwargs_that_are_not_a_dict_by_name_are_refused(kwargs: Any) -> None:
+    with pytest.raises(ConfigurationError,
+                       match=r"^ChildSpec\(name='w'\): kwargs must be a dict of the actor's "
+                             r"__init__ keyword arguments by name, got "):
+        ChildSpec(factory=Sized, name="w", kwargs=kwargs)
+
+
+def test_a_child_spec_kwarg_that_init_does_not_take_is_refused_when_the_spec_is_built() -> None:
+    # As spawn does: not at the child's start, as ActorStartFailed wrapping a TypeError.
+    with pytest.raises(ConfigurationError, match=(
+            r"^ChildSpec\(name='w'\) kwargs: unknown option 'hieght' \(did you mean 'height'\?\); "
+            r"valid options are width, height \(Sized.__init__'s parameters\)$")):
+        ChildSpec(factory=Sized, name="w", kwargs={"width": 2, "hieght": 3})
+    with pytest.raises(ConfigurationError,
+                       match=r"unknown option 'size'; valid options are none from "
+                             r"Worker.__init__, which takes no keywords$"):
+        ChildSpec(factory=Worker, kwargs={"size": 3})
+    with pytest.raises(ConfigurationError,
+                       match=r"^ChildSpec\(name='p-1'\) kwargs: unknown option 'hieght'"):
+        roost.Pool.spec("p", Sized, size=2, kwargs={"width": 1, "hieght": 1})
+
+
+def test_child_spec_kwargs_are_free_for_an_init_that_takes_any_keyword() -> None:
+    assert ChildSpec(factory=Sized, kwargs={"width": 2, "height": 3}).kwargs == {
+        "width": 2, "height": 3}
+    assert ChildSpec(factory=TakesAnything, kwargs={"anything": 1}).kwargs == {"anything": 1}
+
+
 @pytest.mark.parametrize("timeout", [0, 0.0, math.inf])
 def test_shutdown_timeout_takes_0_to_stop_at_once_and_inf_to_wait_for_ever(timeout: float) -> None:
     # OTP's brutal_kill and infinity.

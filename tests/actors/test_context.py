@@ -189,6 +189,52 @@ async def test_ctx_stop_with_a_ref_stops_that_actor_and_waits(system: roost.Acto
     assert stopper.is_alive
 
 
+class StopsAncestor(roost.Actor):
+    """On "go", stops the ancestor at `path` through `how`, then answers; logs its lifecycle."""
+
+    def __init__(self, path: str, how: str, log: list[str]) -> None:
+        self.path = path
+        self.how = how
+        self.log = log
+
+    async def receive(self, message: Any) -> Any:
+        ancestor = self.ctx.system.lookup(self.path)
+        if self.how == "ctx.stop(ref)":
+            await self.ctx.stop(ancestor)
+        elif self.how == "ref.stop()":
+            await ancestor.stop()
+        else:
+            await self.ctx.system.stop(ancestor)
+        self.log.append("after stop")
+        return "stopping"
+
+    async def on_stop(self) -> None:
+        self.log.append(f"stop:{self.ctx.path}")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["ctx.stop(ref)", "ref.stop()", "system.stop(ref)"])
+@pytest.mark.parametrize("ancestor", ["/app/team", "/app"])  # the parent, the grandparent
+async def test_stopping_an_ancestor_from_inside_a_message_returns_at_once_and_all_stop_normally(
+    system: roost.ActorSystem, how: str, ancestor: str
+) -> None:
+    # The ancestor stops its descendants first, so waiting for it would deadlock.
+    log: list[str] = []
+    worker = roost.ChildSpec(factory=StopsAncestor, name="worker", shutdown_timeout=30,
+                             kwargs={"path": ancestor, "how": how, "log": log})
+    app = await system.start(roost.Supervisor.spec(
+        "app", children=[roost.Supervisor.spec("team", children=[worker])]))
+    team, worker_ref = system.lookup("/app/team"), system.lookup("/app/team/worker")
+
+    with anyio.fail_after(5):
+        assert await worker_ref.ask("go") == "stopping"
+        ended = {ref.path: (await system.join(ref)).reason for ref in (worker_ref, team)}
+
+    assert ended == {"/app/team/worker": "normal", "/app/team": "normal"}
+    assert log == ["after stop", "stop:/app/team/worker"]
+    assert app.is_alive is (ancestor != "/app")
+
+
 @pytest.mark.anyio
 async def test_ctx_forward_lets_another_actor_answer_the_original_ask(
     system: roost.ActorSystem,

@@ -565,6 +565,45 @@ async def test_a_stop_overtakes_queued_messages_which_become_dead_letters(
     assert {d.recipient for d in letters} == {"/busy"}
 
 
+class StopsItself(roost.Actor):
+    """Stops itself through `how` while handling a message, then answers it; logs both."""
+
+    def __init__(self, how: str, log: list[str]) -> None:
+        self.how = how
+        self.log = log
+
+    async def receive(self, message: Any) -> Any:
+        me = self.ctx.self_ref
+        if self.how == "ref.stop()":
+            await me.stop()
+        elif self.how == "system.stop(ref)":
+            await self.ctx.system.stop(me)
+        else:
+            await self.ctx.stop(me)
+        self.log.append("after stop")
+        return "done"
+
+    async def on_stop(self) -> None:
+        self.log.append("on_stop")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["ref.stop()", "system.stop(ref)", "ctx.stop(ref)"])
+async def test_an_actor_stopping_itself_through_its_ref_stops_normally_after_the_message(
+    system: roost.ActorSystem, how: str
+) -> None:
+    # Like ctx.stop(): waiting for its own stop would wait for the message it is handling.
+    log: list[str] = []
+    ref = system.spawn(StopsItself, how, log, name="quitter", shutdown_timeout=30)
+
+    with anyio.fail_after(5):
+        assert await ref.ask("quit") == "done"
+        ended = await system.join(ref)
+
+    assert ended.reason == "normal"
+    assert log == ["after stop", "on_stop"]
+
+
 @pytest.mark.anyio
 async def test_a_refs_statistics_show_its_state_and_mailbox_depth() -> None:
     busy, gate = asyncio.Event(), asyncio.Event()

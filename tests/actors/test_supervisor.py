@@ -34,6 +34,7 @@ from roost import (
     Supervisor,
     WhichChildren,
 )
+from roost.errors import ActorRestarted
 from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -565,18 +566,28 @@ async def test_a_restarted_supervisor_starts_with_a_fresh_restart_intensity(
     assert (await children_of(mid.ref))["w"].restarts == 1
 
 
+class CrashingSupervisor(Supervisor):
+    """A supervisor that fails on Crash, like any actor whose receive raises."""
+
+    async def handle(self, message: Any) -> Any:
+        match message:
+            case Crash():
+                raise RuntimeError("the supervisor crashed")
+        return await super().handle(message)
+
+
 async def test_a_restarted_supervisor_comes_back_with_its_static_children_only(
     system: roost.ActorSystem,
 ) -> None:
     log = EventLog()
-    mid = Supervisor.spec("mid", backoff=NO_BACKOFF, children=[child("w", log)])
+    mid = CrashingSupervisor.spec("mid", backoff=NO_BACKOFF, children=[child("w", log)])
     top = await system.start(Supervisor.spec(
         "top", backoff=NO_BACKOFF, children=[ChildSpec(factory=mid, poison_after=1)],
     ))
     mid_ref = system.lookup("/top/mid")
     dynamic = await mid_ref.ask(StartChild(child("d", log)))
     assert list(await children_of(mid_ref)) == ["w", "d"]
-    mid_ref.tell("not a supervisor command")  # a failure of the supervisor itself
+    mid_ref.tell(Crash())  # a failure of the supervisor itself
     await log.wait_len(5)
     assert log.entries == ["start:w", "start:d", "stop:d", "stop:w", "start:w"]
     assert list(await children_of(mid_ref)) == ["w"]
@@ -774,6 +785,40 @@ async def test_poison_after_one_drops_the_crashing_message_at_once(
     assert await w.ask(Ping()) == "w"
     assert log.entries == ["start:w", "stop:w", "start:w"]
     assert len(system.dead_letters.recent("poison")) == 1
+
+
+async def test_a_message_a_supervisor_does_not_take_is_dead_lettered_and_restarts_nothing(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    app = await system.start(Supervisor.spec("app", children=[child("w", log)]))
+    w = system.lookup("/app/w")
+
+    app.tell(Ping())  # OTP logs and ignores it; Akka calls it unhandled
+    children = await children_of(app)  # answered after the Ping was handled
+
+    assert log.entries == ["start:w"]
+    assert (children["w"].restarts, app.statistics()["restarts"]) == (0, 0)
+    assert system.lookup("/app/w") is w
+    [letter] = system.dead_letters.recent()
+    assert (letter.reason, letter.recipient, letter.message) == ("unhandled", "/app", Ping())
+    assert str(letter.error) == ("/app: a Supervisor only takes StartChild, StopChild, "
+                                 "RestartChild, DeleteChild and WhichChildren, got Ping")
+
+
+async def test_an_ask_a_supervisor_does_not_take_raises_to_the_asker_and_restarts_nothing(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    app = await system.start(Supervisor.spec("app", children=[child("w", log)]))
+
+    with pytest.raises(roost.ConfigurationError,
+                       match=r"^/app: a Supervisor only takes StartChild, .* got Ping$"):
+        await app.ask(Ping())
+
+    assert (await children_of(app))["w"].restarts == 0
+    assert log.entries == ["start:w"]
+    assert len(system.dead_letters) == 0  # the asker heard of it: not a dead letter
 
 
 # --- static and dynamic children ------------------------------------------------------------
@@ -1071,6 +1116,54 @@ async def test_a_sibling_stuck_in_a_message_does_not_block_a_one_for_all_restart
                            "stop:b", "killed:a", "stop:a", "start:a", "start:b"]
     assert await a.ask(Ping()) == "a"
     assert {n: i.restarts for n, i in (await children_of(sup)).items()} == {"a": 1, "b": 1}
+
+
+async def test_an_ask_cut_short_by_a_restart_says_the_actor_was_restarted_and_its_ref_works(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    await system.start(Supervisor.spec("app", strategy="one_for_all", backoff=NO_BACKOFF, children=[
+        ChildSpec(factory=Holder, name="a", kwargs={"log": log}, shutdown_timeout=0.1),
+        ChildSpec(factory=Holder, name="b", kwargs={"log": log}, poison_after=1),
+    ]))
+    a, b = system.lookup("/app/a"), system.lookup("/app/b")
+    held = asyncio.ensure_future(a.ask(Hold(), timeout=5))
+    await log.wait_count("holding:a", 1)
+    b.tell(Crash())  # one_for_all: a is restarted too, and its Hold is cancelled at 0.1 s
+
+    with pytest.raises(ActorRestarted) as cut:
+        await held
+    assert isinstance(cut.value, roost.ActorStopped)  # what existing handlers catch
+    assert (cut.value.actor, cut.value.reason) == ("/app/a", "killed")
+    assert "handling Hold was cut short by a restart of this actor" in str(cut.value)
+    assert "the ref is still usable" in str(cut.value)
+    assert "spawn a new actor" not in str(cut.value)
+    assert await a.ask(Ping()) == "a"
+    assert a.is_alive
+
+
+async def test_a_temporary_sibling_killed_by_a_group_restart_reports_stopped_not_restarted(
+    system: roost.ActorSystem,
+) -> None:
+    log = EventLog()
+    await system.start(Supervisor.spec("app", strategy="one_for_all", backoff=NO_BACKOFF, children=[
+        ChildSpec(factory=Holder, name="t", kwargs={"log": log}, shutdown_timeout=0.1,
+                  restart="temporary"),
+        ChildSpec(factory=Holder, name="b", kwargs={"log": log}, poison_after=1),
+    ]))
+    t, b = system.lookup("/app/t"), system.lookup("/app/b")
+    held = asyncio.ensure_future(t.ask(Hold(), timeout=5))
+    await log.wait_count("holding:t", 1)
+    b.tell(Crash())
+
+    with pytest.raises(roost.ActorStopped) as cut:
+        await held
+    assert not isinstance(cut.value, ActorRestarted)
+    assert cut.value.reason == "killed"
+    assert (await system.join(t)).reason == "killed"
+    await log.wait_count("start:b", 2)
+    assert log.entries == ["start:t", "start:b", "holding:t",
+                           "stop:b", "killed:t", "stop:t", "start:b"]
 
 
 # --- watch ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ on the same store then finds it with `interrupted()` and continues it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,7 +19,13 @@ import msgspec
 import pytest
 
 import roost
-from roost.errors import ConfigurationError, RunNotFound, StepFailed
+from roost.errors import (
+    CheckpointCorrupt,
+    ConfigurationError,
+    RecordCorrupt,
+    RunInputInvalid,
+    RunNotFound,
+)
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.run import NeedsReview, RunProgress
 from roost.pipelines.service import RunHandle, RunOutcome
@@ -375,8 +382,8 @@ async def test_checkpoints_of_runs_ended_past_retention_are_pruned_and_their_out
     assert await system.pipelines.prune_finished(older_than=3600) == 0
 
 
-async def test_a_checkpointed_result_that_no_longer_fits_its_step_fails_the_run_naming_it(
-        store: Path) -> None:
+async def test_a_stored_result_that_no_longer_fits_its_step_is_not_resumed_and_is_named(
+        store: Path, board: Board) -> None:
     await leave_running(store, orders(), "charge")  # reserve's result "reserve:done" is stored
 
     changed = Pipeline("orders", [
@@ -386,11 +393,15 @@ async def test_a_checkpointed_result_that_no_longer_fits_its_step_fails_the_run_
     ])
     async with new_system(store) as system:
         await system.pipelines.register(changed)
-        with pytest.raises(StepFailed) as failed:
-            await outcome_of(await system.pipelines.resume("run-1"))
+        with pytest.raises(RecordCorrupt) as refused:
+            await system.pipelines.resume("run-1")
+        record = await system.pipelines.runs.get("run-1")
 
-    assert "checkpoint of run 'run-1' step 'reserve'" in str(failed.value)
-    assert "its stored result does not decode as int" in str(failed.value)
+    assert str(refused.value).startswith(
+        "step result record at key b'run-1\\x00reserve' does not decode: step 'reserve''s "
+        "result does not decode as int")
+    assert (record.status, record.error) == ("running", None)  # left as it is
+    assert board.steps_run() == ["reserve"]
 
 
 # --- runs that wait for a person -------------------------------------------------------
@@ -547,6 +558,94 @@ async def test_a_generated_run_id_is_unique(system: roost.ActorSystem) -> None:
     await outcome_of(second)
 
 
+@pytest.mark.parametrize(("run_id", "rule"), [
+    ("", "is empty"),
+    ("a/b", "contains '/', which would split the path of the run's actor"),
+    ("a\x00b", "contains a NUL character, which ends the run id in its records' keys"),
+    (5, "is not a string (it is of type int)"),
+])
+async def test_start_refuses_a_run_id_that_cannot_name_a_run_and_stores_nothing(
+        system: roost.ActorSystem, run_id: Any, rule: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        await system.pipelines.start(orders(), "order-1", run_id=run_id)
+
+    assert str(refused.value).startswith(f"run_id={run_id!r} {rule}; a run id must be a "
+                                         "non-empty string without '/' or NUL characters")
+    assert await system.pipelines.list() == []
+    assert system.pipelines.statistics()["active"] == 0  # no run slot is held
+
+
+async def test_a_run_id_may_be_as_long_as_its_records_keys_allow_and_no_longer(
+        system: roost.ActorSystem) -> None:
+    limit = system.pipelines.checkpoints.max_run_id_bytes
+    pipeline = Pipeline("one", [Step("one", Worker)])
+
+    with pytest.raises(ConfigurationError, match=rf"is {limit + 1} bytes long in UTF-8, past the "
+                                                 rf"store's limit; .* at most {limit} bytes"):
+        await system.pipelines.start(pipeline, run_id="r" * (limit + 1))
+    longest = await system.pipelines.start(pipeline, run_id="r" * limit)
+
+    assert (await outcome_of(longest)).status == "completed"
+    assert [r.run_id for r in await system.pipelines.list()] == ["r" * limit]
+
+
+async def test_a_run_whose_actor_cannot_start_gives_back_its_slot_and_stays_stored_to_resume(
+        store: Path) -> None:
+    pipeline = Pipeline("one", [Step("one", Worker)])
+    async with roost.ActorSystem(store=store, max_active_runs=1, log_format="json",
+                                 log_level="critical") as system:
+        await outcome_of(await system.pipelines.start(pipeline, run_id="first"))
+        await system.stop(system.lookup("/pipelines/runs"))  # no run actor can start now
+
+        with pytest.raises(roost.SystemNotRunning):
+            await system.pipelines.start(pipeline, run_id="second")
+
+        assert system.pipelines.statistics()["active"] == 0
+        assert [r.run_id for r in await system.pipelines.interrupted()] == ["second"]
+    async with new_system(store) as system:
+        [resumed] = await system.pipelines.register(pipeline, resume=True)
+        assert (await outcome_of(resumed)).status == "completed"
+
+
+async def test_start_refuses_an_input_that_does_not_fit_the_input_type_and_stores_nothing(
+        system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("tickets", [Step("triage", Worker)], input_type=Ticket)
+
+    with pytest.raises(RunInputInvalid) as refused:
+        await system.pipelines.start(pipeline, {"sender": "ada"}, run_id="run-1")
+
+    assert str(refused.value) == (
+        "pipeline 'tickets' refused the run's input: it does not fit the pipeline's input_type "
+        "Ticket (Object missing required field `kind`); nothing was stored")
+    assert await system.pipelines.list() == []
+
+
+async def test_start_refuses_an_input_that_cannot_be_stored(system: roost.ActorSystem) -> None:
+    with pytest.raises(RunInputInvalid, match=r"pipeline 'orders' refused the run's input: it "
+                                              r"cannot be stored \(Encoding objects of type "
+                                              r"object is unsupported\); pass a msgspec.Struct"):
+        await system.pipelines.start(orders(), object(), run_id="run-1")
+
+    assert await system.pipelines.list() == []
+
+
+async def test_a_runs_steps_get_its_input_as_the_input_type(
+        system: roost.ActorSystem, board: Board) -> None:
+    pipeline = Pipeline("tickets", [Step("triage", Worker)], input_type=Ticket)
+
+    await outcome_of(await system.pipelines.start(pipeline, {"sender": "ada", "kind": "refund"}))
+
+    assert [request.input for request in board.requests] == [Ticket("ada", "refund")]
+
+
+@pytest.mark.parametrize("method", ["start", "register"])
+async def test_a_pipeline_name_in_place_of_a_pipeline_is_refused(
+        system: roost.ActorSystem, method: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"system.pipelines.{method}\(\) takes a "
+                                                 r"roost.Pipeline, got 'orders' \(a str\)"):
+        await getattr(system.pipelines, method)("orders")
+
+
 async def test_registering_another_pipeline_under_a_taken_name_is_refused(
         system: roost.ActorSystem) -> None:
     first = orders()
@@ -626,7 +725,7 @@ async def test_waiting_on_a_run_whose_actor_is_stopped_raises_run_interrupted_an
         assert (await run.result()).results == {"a": "done"}
 
 
-async def test_a_run_whose_checkpoint_is_corrupt_fails_naming_it_instead_of_restarting(
+async def test_a_run_whose_checkpoint_is_corrupt_is_left_as_it_is_naming_it(
     tmp_path: Path,
 ) -> None:
     from roost.storage import Put, checkpoint_key
@@ -641,17 +740,18 @@ async def test_a_run_whose_checkpoint_is_corrupt_fails_naming_it_instead_of_rest
         await system.pipelines.runs.create("r1", pipeline="fragile", input=b"\xc0")
         await system.store.commit([Put("checkpoints", checkpoint_key("r1", 1), b"\x93junk")])
         await system.pipelines.register(pipeline)
-        run = await system.pipelines.resume("r1")
-        with pytest.raises(roost.StepFailed, match="checkpoint of run 'r1'"):
-            await run.result()
+        with pytest.raises(CheckpointCorrupt, match=re.escape(
+                f"checkpoint of run 'r1' step None (key {checkpoint_key('r1', 1)!r}) does not "
+                "decode")):
+            await system.pipelines.resume("r1")
         record = await system.pipelines.runs.get("r1")
-        assert record.status == "failed"
-        assert "does not decode" in (record.error or "") or "not a run" in (record.error or "")
+        assert (record.status, record.error) == ("running", None)
+        assert system.pipelines.statistics()["active"] == 0
         # Nothing was lost: the corrupt checkpoint is still there to inspect.
         assert await system.store.get("checkpoints", checkpoint_key("r1", 1)) == b"\x93junk"
 
 
-async def test_a_run_whose_stored_input_no_longer_fits_fails_naming_the_pipeline(
+async def test_a_run_whose_stored_input_no_longer_fits_is_not_resumed_naming_the_pipeline(
     tmp_path: Path,
 ) -> None:
     import msgspec
@@ -669,6 +769,8 @@ async def test_a_run_whose_stored_input_no_longer_fits_fails_naming_the_pipeline
         await system.pipelines.runs.create("r2", pipeline="orders",
                                            input=msgspec.msgpack.encode({"qty": 3}))
         await system.pipelines.register(pipeline)
-        run = await system.pipelines.resume("r2")
-        with pytest.raises(roost.StepFailed, match="input_type"):
-            await run.result()
+        with pytest.raises(RecordCorrupt, match=r"run record at key b'r2' does not decode: its "
+                                                r"input does not decode as pipeline 'orders''s "
+                                                r"input_type"):
+            await system.pipelines.resume("r2")
+        assert (await system.pipelines.runs.get("r2")).status == "running"

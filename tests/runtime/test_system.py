@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import anyio
 import pytest
 
 import roost
@@ -332,6 +334,65 @@ async def test_spawning_on_a_system_that_is_not_running_raises_system_not_runnin
 def test_an_unknown_durability_raises_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="durability must be 'sync' or 'async', got 'never'"):
         roost.ActorSystem(durability="never")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("max_restarts", -1, "a whole number >= 0"),
+        ("max_restarts", "x", "a whole number >= 0"),
+        ("max_restarts", 2.5, "a whole number >= 0"),
+        ("max_restarts", True, "a whole number >= 0"),
+        ("within", 0, "a number of seconds > 0"),
+        ("within", -5, "a number of seconds > 0"),
+        ("within", float("nan"), "a number of seconds > 0"),
+        ("within", float("inf"), "a number of seconds > 0"),
+        ("within", "10", "a number of seconds > 0"),
+    ],
+)
+def test_a_bad_root_intensity_is_refused_like_a_supervisors(option: str, value: Any,
+                                                              rule: str) -> None:
+    # The root supervises the top-level actors: Supervisor.spec's rules apply to it.
+    with pytest.raises(ConfigurationError,
+                       match=rf"^ActorSystem: {option} must be {rule}, got {re.escape(repr(value))}$"):
+        roost.ActorSystem(**{option: value})
+    with pytest.raises(ConfigurationError,
+                       match=rf"^Supervisor 'app': {option} must be {rule}, got "):
+        roost.Supervisor.spec("app", **{option: value})
+
+
+def test_a_root_that_never_restarts_is_a_valid_system() -> None:
+    assert roost.ActorSystem(max_restarts=0, within=0.5) is not None
+
+
+class Crashes(roost.Actor):
+    async def receive(self, message: Any) -> Any:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.anyio
+async def test_a_root_whose_message_loop_breaks_fails_the_system_with_the_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log: list[str] = []
+    body: list[str] = []
+
+    async def broken(*args: Any) -> None:
+        raise KeyError("an engine invariant")
+
+    with anyio.fail_after(5), pytest.raises(
+            roost.InternalError, match=r"/: its message loop failed \(KeyError"):
+        async with new_system() as system:
+            monkeypatch.setattr(system.engine.guardian.supervision, "child_failed", broken)
+            await system.start(Logged, log, name="bystander")
+            system.spawn(Crashes, name="crasher").tell("crash")  # the root handles its failure
+            body.append("waiting")
+            await anyio.sleep(5)  # cancelled when the system fails
+            body.append("still running")
+
+    assert system.failure is not None and "an engine invariant" in str(system.failure)
+    assert body == ["waiting"]
+    assert log == ["start:bystander", "stop:bystander"]  # shutdown still stopped the tree
 
 
 @pytest.mark.anyio

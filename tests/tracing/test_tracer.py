@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from roost.tracing import Price, Span, SpanKind, Tracer, Usage
+from roost.tracing.tracer import usage_of
 
 
 class Reply(msgspec.Struct):
@@ -113,3 +114,25 @@ def test_a_span_survives_the_store_codec_round_trip() -> None:
     encoded = msgspec.msgpack.encode(spans[0])
 
     assert msgspec.msgpack.decode(encoded, type=Span) == spans[0]
+
+
+class Answer(msgspec.Struct):
+    text: str
+    usage: Usage
+
+
+@pytest.mark.parametrize("result", [
+    Answer("hi", Usage("gpt-4o-mini", 12, 3)),
+    {"text": "hi", "usage": Usage("gpt-4o-mini", 12, 3)},
+    # The same results as a store gives them back when they are decoded without their types.
+    msgspec.msgpack.decode(msgspec.msgpack.encode(Answer("hi", Usage("gpt-4o-mini", 12, 3)))),
+])
+def test_a_results_usage_is_found_as_a_struct_or_as_the_mapping_it_is_stored_as(
+        result: Any) -> None:
+    assert usage_of(result) == Usage("gpt-4o-mini", 12, 3)
+
+
+@pytest.mark.parametrize("result", ["text", {"usage": {"model": "m", "input_tokens": -1}},
+                                    {"usage": "lots"}, Reply("no usage here")])
+def test_a_result_without_a_valid_usage_has_none(result: Any) -> None:
+    assert usage_of(result) is None
