@@ -150,6 +150,11 @@ class ActorSystem:
         # The root supervises top-level actors by the same rules as `Supervisor.spec`.
         check_count("ActorSystem", "max_restarts", max_restarts, 0)
         check_seconds("ActorSystem", "within", within, allow_zero=False)
+        # A key kept 0 s (or NaN s) would not be deduplicated at all: side effects would repeat.
+        check_seconds("ActorSystem", "ledger_retention", ledger_retention, allow_zero=False)
+        check_seconds("ActorSystem", "run_retention", run_retention, allow_zero=False)
+        check_count("ActorSystem", "checkpoints_kept", checkpoints_kept, 0)
+        check_count("ActorSystem", "dead_letters_kept", dead_letters_kept, 0)
         self.name = name
         #: The LMDB store folder, or the PostgreSQL store URL (None: no store of that kind).
         self.store_path = None if store is None or is_postgres_url(store) else Path(store)

@@ -361,6 +361,28 @@ def test_a_bad_root_intensity_is_refused_like_a_supervisors(option: str, value: 
         roost.Supervisor.spec("app", **{option: value})
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("ledger_retention", 0, "a number of seconds > 0"),
+        ("ledger_retention", -5, "a number of seconds > 0"),
+        ("ledger_retention", float("nan"), "a number of seconds > 0"),
+        ("ledger_retention", "x", "a number of seconds > 0"),
+        ("ledger_retention", None, "a number of seconds > 0"),
+        ("run_retention", 0, "a number of seconds > 0"),
+        ("checkpoints_kept", -1, "a whole number >= 0"),
+        ("checkpoints_kept", 1.5, "a whole number >= 0"),
+        ("dead_letters_kept", "many", "a whole number >= 0"),
+    ],
+)
+def test_a_bad_retention_is_refused_when_the_system_is_made(option: str, value: Any,
+                                                              rule: str) -> None:
+    # ledger_retention=0 would deduplicate nothing: every retry would run its tool again.
+    with pytest.raises(ConfigurationError,
+                       match=rf"^ActorSystem: {option} must be {rule}, got {re.escape(repr(value))}$"):
+        roost.ActorSystem(**{option: value})
+
+
 def test_a_root_that_never_restarts_is_a_valid_system() -> None:
     assert roost.ActorSystem(max_restarts=0, within=0.5) is not None
 
