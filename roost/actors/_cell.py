@@ -80,6 +80,7 @@ class Cell:
 
     __slots__ = (
         "__weakref__",
+        "_abandoned",
         "_done",
         "_killed_for_stop",
         "_killing",
@@ -165,6 +166,7 @@ class Cell:
         self._started = False
         self._killing = False  # a kill is under way: the CancelledError it causes is ours
         self._killed_for_stop = False  # a stop had to kill: a normal stop is "killed"
+        self._abandoned: Envelope | None = None  # its asker gave up: its handling is cancelled
         self._starting = False  # on_start (or hydration) is running
         self._done: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -325,7 +327,9 @@ class Cell:
                 try:
                     result = await self.actor.receive(envelope.message)  # type: ignore[union-attr]
                 except asyncio.CancelledError as cancelled:
-                    if self._killing:
+                    if self._abandoned is envelope and not self._killing:
+                        self._absorb_abandon(envelope)
+                    elif self._killing:
                         # Killed by a stop or restart that could not wait for this message:
                         # after a restart the asker is told the ref still works.
                         self._absorb_kill()
@@ -371,6 +375,9 @@ class Cell:
                     reply = envelope.reply
                     if reply is not None and not reply.done():
                         reply.set_result(result)
+                if self._abandoned is not None:  # receive swallowed the cancellation
+                    self._abandoned = None
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 if self.span is not None:
                     self.span.end()
                     self.span = None
@@ -427,6 +434,36 @@ class Cell:
                 then = "kept for redelivery after the restart"
             span.event("actor_failed", error_type=type(error).__name__, message=then)
             self.crash_run = span.run_id
+
+    def abandon(self, message: object) -> bool:
+        """Give up on `message`, whose asker stopped waiting for it: take it out of the
+        mailbox if it is still queued, or cancel its handling if it is being handled. The
+        actor then goes on with its next message, as it is (not restarted); a `receive`
+        that ignores the cancellation keeps the actor busy until it ends. True if found."""
+        queued = self.mailbox.withdraw(message)
+        if queued is not None:
+            if queued.reply is not None:
+                queued.reply.cancel()
+            return True
+        current = self.current
+        if current is None or current.message is not message:
+            return False
+        task = self.task
+        if (task is not None and not task.done() and self.state == RUNNING
+                and not self._killing and self._abandoned is None):
+            self._abandoned = current
+            task.cancel(f"{self.path}: its asker gave up on {type(message).__name__}")
+        return True
+
+    def _absorb_abandon(self, envelope: Envelope) -> None:
+        """The CancelledError of `abandon` arrived: end the message, and carry on."""
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        self._abandoned = None
+        if envelope.reply is not None:
+            envelope.reply.cancel()
+        if self.span is not None:
+            self.span.event("abandoned", reason="its asker stopped waiting")
+        _log.info("message_abandoned", actor=self.path, message=type(envelope.message).__name__)
 
     def _absorb_kill(self) -> None:
         """The CancelledError of our own kill arrived: carry on (stopping or restarting)."""

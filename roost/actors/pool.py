@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from roost._validate import check_count
 from roost.actors.child_spec import Backoff, ChildSpec
+from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Strategy, Supervisor, SupervisorSpec, check_options
 from roost.errors import ConfigurationError
 
@@ -104,3 +105,13 @@ class Pool(Supervisor):
             target = roomy[0]
         self.ctx.forward(target.ref)
         return None
+
+
+def abandon_routed(pool: ActorRef, message: object) -> bool:
+    """Give up on `message`, asked of `pool` by a caller that stopped waiting: out of the
+    pool's mailbox, or out of the worker that has it (queued, or its handling cancelled),
+    so that a step past its timeout does not keep a worker busy for ever. True if found."""
+    cell = pool._cell
+    if cell.abandon(message):
+        return True
+    return any(worker.abandon(message) for worker in list(cell.children.values()))

@@ -185,6 +185,17 @@ class Mailbox:
             self._wake_putter()
         return envelope
 
+    def withdraw(self, message: object) -> Envelope | None:
+        """Take the queued user message that is `message` (by identity) out of the queue, or
+        None if it is not queued; wakes one waiting sender as the room appears."""
+        for envelope in self._user:
+            if envelope.message is message:
+                self._user.remove(envelope)
+                if self._putters:
+                    self._wake_putter()
+                return envelope
+        return None
+
     def _wake_putter(self) -> None:
         putters = self._putters
         while putters and len(self._user) + self._reserved < self.capacity:

@@ -31,7 +31,9 @@ import msgspec
 
 from roost._logging import get_logger
 from roost.actors.actor import Actor, Message
+from roost.actors.pool import abandon_routed
 from roost.errors import (
+    AskTimeout,
     CheckpointCorrupt,
     PermanentToolError,
     RecordCorrupt,
@@ -715,7 +717,12 @@ class RunActor(Actor):
                           input=self.input if edited is None else edited,
                           results=dict(self.results), item=item, index=index, attempt=attempt,
                           decisions=dict(self.decisions))
-        return await pool.ask(request, timeout=step.timeout + 1.0, trace=trace)
+        try:
+            return await pool.ask(request, timeout=step.timeout + 1.0, trace=trace)
+        except (asyncio.CancelledError, AskTimeout):
+            # Past its timeout (or the run ended): the worker must not stay busy with it.
+            abandon_routed(pool, request)
+            raise
 
     async def _remote(self, step: Step, pool: str, *, fallback: bool, item: Any,
                       index: int | None, attempt: int, edited: Any,

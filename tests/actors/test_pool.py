@@ -11,6 +11,7 @@ import pytest
 
 import roost
 from roost import ChildInfo, ConfigurationError, Pool, WhichChildren
+from roost.actors.pool import abandon_routed
 
 pytestmark = pytest.mark.anyio
 
@@ -220,3 +221,64 @@ def test_a_misspelt_size_is_named_not_reported_as_a_missing_argument() -> None:
         Pool.spec("p", Echo, sise=3)
     with pytest.raises(ConfigurationError, match=r"Pool 'p': size is required"):
         Pool.spec("p", Echo)
+
+
+async def test_a_message_whose_asker_gave_up_is_taken_from_its_worker_queued_or_running(
+    system: roost.ActorSystem,
+) -> None:
+    shared = Shared()
+    pool = await system.start(pool_spec(shared, size=1))
+    hold, queued = Hold(), Work(1)
+    holding = asyncio.ensure_future(pool.ask(hold, timeout=5))
+    await shared.holding.wait()
+    waiting = asyncio.ensure_future(pool.ask(queued, timeout=5))
+    for _ in range(5):  # the pool forwards it to its only worker, busy with the hold
+        await asyncio.sleep(0)
+
+    assert abandon_routed(pool, queued)
+    assert abandon_routed(pool, hold)
+    assert not abandon_routed(pool, Work(2))
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(holding, 1)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 1)
+    # The worker gave up the held message and serves the next one, as it is: not restarted.
+    assert await pool.ask(Where(), timeout=1) == "/pool/pool-1"
+    assert shared.attempts[1] == 0
+    assert dict(shared.starts) == {"/pool/pool-1": 1}
+    assert [info.restarts for info in await pool.ask(WhichChildren())] == [0]
+
+
+class Stubborn(roost.Actor):
+    """Ignores the cancellation of its first message and finishes it anyway."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, Hold):
+            self.shared.holding.set()
+            try:
+                await self.shared.gate.wait()
+            except asyncio.CancelledError:
+                await self.shared.gate.wait()
+            return "held"
+        await asyncio.sleep(0.01)  # the next message's awaits are not cancelled
+        return "next"
+
+
+async def test_a_worker_that_ignores_the_cancellation_finishes_and_then_serves_on(
+    system: roost.ActorSystem,
+) -> None:
+    shared = Shared()
+    pool = await system.start(Pool.spec("pool", Stubborn, size=1, kwargs={"shared": shared}))
+    hold = Hold()
+    holding = asyncio.ensure_future(pool.ask(hold, timeout=5))
+    await shared.holding.wait()
+
+    assert abandon_routed(pool, hold)
+    shared.gate.set()
+
+    assert await asyncio.wait_for(holding, 1) == "held"  # it finished, so it answers
+    assert await pool.ask(Where(), timeout=1) == "next"

@@ -526,6 +526,30 @@ async def test_a_timed_out_attempt_is_retried(system: roost.ActorSystem, board: 
     assert outcome.results == {"slow-once": "attempt 2"}
 
 
+async def test_a_step_past_its_timeout_is_cancelled_in_its_worker_which_serves_the_next_run(
+        system: roost.ActorSystem, board: Board) -> None:
+    cancelled = asyncio.Event()
+
+    @board.on("hang")
+    async def hang(request: RunStep) -> Any:
+        if request.input == "first":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return f"served {request.input}"
+
+    pipeline = Pipeline("hang", [Step("hang", Worker, timeout=0.1, workers=1)])
+    first = await system.pipelines.start(pipeline, "first")
+    with anyio.fail_after(5), pytest.raises(StepFailed, match=r"timed out after 0\.1s"):
+        await first.result()
+    second = await run_to_end(system, pipeline, "second")
+
+    assert cancelled.is_set()
+    assert second.results == {"hang": "served second"}
+
+
 async def test_a_fallback_worker_answers_with_the_same_request_when_retries_fail(
         system: roost.ActorSystem, board: Board) -> None:
     @board.on("draft")
