@@ -63,14 +63,21 @@ class MailboxFull(RoostError):
 
 
 class ActorStopped(RoostError):
-    """The actor has stopped, so it cannot take or answer the message."""
+    """The actor has stopped, so it cannot take or answer the message.
 
-    def __init__(self, actor: str, message: object, reason: str = "stopped") -> None:
+    `error` is the failure it stopped with (its `on_start` or hydration failed, it
+    crashed past its restarts), also named in the message; None for any other stop.
+    """
+
+    def __init__(self, actor: str, message: object, reason: str = "stopped",
+                 error: BaseException | None = None) -> None:
         self.actor = actor
         self.message = message
         self.reason = reason
+        self.error = error
+        why = reason if error is None else f"{reason}: {type(error).__name__}: {error}"
         super().__init__(
-            f"{actor}: actor has stopped (reason={reason}); cannot deliver "
+            f"{actor}: actor has stopped (reason={why}); cannot deliver "
             f"{_type_name(message)}; spawn a new actor or look up its replacement"
         )
 
@@ -86,6 +93,7 @@ class ActorRestarted(ActorStopped):
         self.actor = actor
         self.message = message
         self.reason = "killed"
+        self.error = None
         RoostError.__init__(
             self,
             f"{actor}: handling {_type_name(message)} was cut short by a restart of this "
@@ -312,6 +320,21 @@ class CheckpointCorrupt(StoreError):
         super().__init__(
             f"checkpoint of run {run_id!r} step {step!r} (key {key!r}) does not decode: "
             f"{error}; prune it, or start the actor fresh"
+        )
+
+
+class CheckpointNotSaved(StoreError):
+    """An actor's checkpoint could not be written (a full disk, a failing store); the actor
+    fails and restarts from its last checkpoint, so its memory never runs ahead of the
+    store (a caller retrying after this error would otherwise count twice)."""
+
+    def __init__(self, actor: str, cause: BaseException) -> None:
+        self.actor = actor
+        self.cause = cause
+        super().__init__(
+            f"{actor}: its checkpoint was not saved ({type(cause).__name__}: {cause}); the "
+            "actor restarts from its last checkpoint, so what this message changed is undone; "
+            "retry once the store can write again"
         )
 
 

@@ -37,7 +37,13 @@ from roost.actors.child_spec import DEFAULT_SHUTDOWN_TIMEOUT
 from roost.actors.messages import StopReason, Terminated
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Supervisor, SupervisorSpec
-from roost.errors import ActorRestarted, ActorStopped, CheckpointUnencodable, InternalError
+from roost.errors import (
+    ActorRestarted,
+    ActorStopped,
+    CheckpointNotSaved,
+    CheckpointUnencodable,
+    InternalError,
+)
 from roost.mailbox.envelope import Envelope
 from roost.mailbox.mailbox import Mailbox
 from roost.trace import TraceContext, handling
@@ -69,6 +75,9 @@ def _bound(seconds: float) -> float | None:
 
 
 _log = get_logger("roost")
+#: A checkpoint that failed: the actor's memory is ahead of its store, so it restarts from
+#: its last checkpoint even when the message was an ask (whose asker gets the error).
+_CHECKPOINT_FAILED = (CheckpointUnencodable, CheckpointNotSaved)
 
 
 class _MailboxClosed(Exception):
@@ -230,11 +239,13 @@ class Cell:
             queued = await self.mailbox.put(envelope)
         except _MailboxClosed:
             self._undeliverable(envelope)
-            raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped") from None
+            raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped",
+                               self.stop_error) from None
         if self.state == STOPPED:  # stopped while we waited: what we queued is undeliverable
             for stranded in self.mailbox.drain():
                 self._undeliverable(stranded)
-            raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped")
+            raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped",
+                               self.stop_error)
         if queued and self.task is None and self.state == RUNNING:
             self.schedule()
 
@@ -258,7 +269,8 @@ class Cell:
         reply = envelope.reply
         if reply is not None and not reply.done():
             reply.set_exception(
-                ActorStopped(self.path, envelope.message, self.stop_reason or "stopped")
+                ActorStopped(self.path, envelope.message, self.stop_reason or "stopped",
+                             self.stop_error)
             )
         sender = envelope.sender.path if envelope.sender is not None else None
         self.engine.dead_letters.record("actor_stopped", self.path, envelope.message, sender)
@@ -361,12 +373,12 @@ class Cell:
                 except Exception as error:
                     if self.span is not None:
                         self._span_failed(error, envelope, failed=envelope.reply is None or
-                                          isinstance(error, CheckpointUnencodable))
+                                          isinstance(error, _CHECKPOINT_FAILED))
                     if envelope.reply is None:
                         self._fail(error, envelope, "receive")
                     else:
                         self._reply_error(envelope, error)
-                        if isinstance(error, CheckpointUnencodable):
+                        if isinstance(error, _CHECKPOINT_FAILED):
                             # Its state cannot be saved, so it cannot be trusted either:
                             # restart from the last good checkpoint (the asker has its error).
                             self._fail(error, None, "receive")
@@ -828,7 +840,7 @@ class Cell:
             self.crash_run = None
         current, self.current = self.current, None
         if current is not None:  # the message being handled will get no reply now
-            self._reply_error(current, ActorStopped(self.path, current.message, reason))
+            self._reply_error(current, ActorStopped(self.path, current.message, reason, error))
         for envelope in self.mailbox.drain():
             if isinstance(envelope.message, Terminated):
                 continue

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from roost._logging import get_logger
-from roost.errors import CheckpointCorrupt, CheckpointUnencodable, ConfigurationError
+from roost.errors import (
+    CheckpointCorrupt,
+    CheckpointNotSaved,
+    CheckpointUnencodable,
+    ConfigurationError,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from roost.actors._cell import Cell
@@ -59,12 +65,28 @@ async def hydrate(checkpoints: Any, cell: Cell, actor: Actor) -> None:
         if latest is None:
             return
         actor.state = decode_state(latest, state_type)
+        dropped = _fields_not_in(latest.state, state_type)
+        if dropped:
+            # A renamed or removed field: its saved value is gone from the actor's state.
+            _log.warning("checkpoint_fields_dropped", actor=cell.path,
+                         state_type=state_type.__qualname__, fields=dropped,
+                         advice="a field of the saved state is not in state_type; if it was "
+                                "renamed, keep the old name (msgspec.field(name=...))")
     except CheckpointCorrupt as error:
         if not getattr(actor, "fresh_on_corrupt_checkpoint", False):
             raise
         _log.error("checkpoint_corrupt_started_fresh", actor=cell.path, error=str(error))
         return
     _log.debug("actor_hydrated", actor=cell.path, step=latest.step, seq=latest.seq)
+
+
+def _fields_not_in(state: bytes, state_type: type) -> list[str]:
+    """The fields saved in `state` that `state_type` does not have (msgspec drops them)."""
+    fields = getattr(state_type, "__struct_encode_fields__", None)
+    saved = msgspec.msgpack.decode(state)
+    if fields is None or not isinstance(saved, dict):
+        return []
+    return sorted(str(name) for name in saved if name not in fields)
 
 
 async def save(actor: Actor, step: str, durable: bool | None) -> Checkpoint:
@@ -92,10 +114,13 @@ async def save(actor: Actor, step: str, durable: bool | None) -> Checkpoint:
         field, error = unencodable_field(state, "state")
         raise CheckpointUnencodable(cell.path, type(state).__qualname__, field,
                                     error or str(exc)) from exc
-    checkpoint = await store.save(
-        checkpoint_id(actor), step=step, actor_path=cell.path, state=encoded,
-        durable=durable,
-    )
+    try:
+        checkpoint = await store.save(
+            checkpoint_id(actor), step=step, actor_path=cell.path, state=encoded,
+            durable=durable,
+        )
+    except StoreError as exc:
+        raise CheckpointNotSaved(cell.path, exc) from exc
     _log.debug("checkpoint_saved", actor=cell.path, step=step, seq=checkpoint.seq, run_id=run_id)
     return checkpoint
 

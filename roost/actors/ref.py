@@ -120,7 +120,7 @@ class ActorRef:
             check_timeout(timeout, f"ask {self.path}")
         cell = self._cell
         if not cell.accepting:
-            raise ActorStopped(self.path, message, cell.stop_reason or "stopped")
+            raise ActorStopped(self.path, message, cell.stop_reason or "stopped", cell.stop_error)
         reply: asyncio.Future[Any] = cell.loop.create_future()
         sender = handling.get()
         if trace is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 import roost
 from roost.errors import CheckpointCorrupt
@@ -216,3 +217,64 @@ async def test_unencodable_state_fails_the_actor_naming_the_field_and_it_restart
         state = await keeper.ask(Get(), timeout=5)  # a fresh instance, hydrated
         assert state.items == ["apple"] and state.notes == {}
         assert keeper.statistics()["restarts"] == 1
+
+
+class TallyRenamed(msgspec.Struct):
+    total: int = 0
+    seen: list[str] = msgspec.field(default_factory=list)
+
+
+class TallyRetyped(msgspec.Struct):
+    count: str = ""
+
+
+class CounterRenamed(Counter):
+    state_type = TallyRenamed  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self.state = TallyRenamed()  # type: ignore[assignment]
+
+
+class CounterRetyped(Counter):
+    state_type = TallyRetyped  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self.state = TallyRetyped()  # type: ignore[assignment]
+
+
+async def saved_tally(store: Path) -> None:
+    async with roost.ActorSystem(store=store, log_format="json", log_level="critical") as system:
+        counter = system.spawn(Counter, name="counter")
+        assert await counter.ask(Add("a")) == 1
+
+
+async def test_a_saved_field_the_new_state_type_lacks_is_logged_not_dropped_silently(
+        tmp_path: Path) -> None:
+    await saved_tally(tmp_path / "store")
+    roost.configure_logging("json", "warning")
+
+    with capture_logs() as logs:
+        async with roost.ActorSystem(store=tmp_path / "store") as system:
+            counter = system.spawn(CounterRenamed, name="counter")
+            state = await counter.ask(Get())
+
+    assert state == TallyRenamed(total=0, seen=["a"])
+    dropped = [entry for entry in logs if entry["event"] == "checkpoint_fields_dropped"]
+    assert [(entry["actor"], entry["state_type"], entry["fields"]) for entry in dropped] == [
+        ("/counter", "TallyRenamed", ["count"])]
+
+
+async def test_an_actor_whose_checkpoint_no_longer_decodes_fails_its_start_naming_the_cause(
+        tmp_path: Path) -> None:
+    await saved_tally(tmp_path / "store")
+
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        with pytest.raises(roost.ActorStartFailed, match=r"CheckpointCorrupt: .*does not decode "
+                                                         r"as TallyRetyped"):
+            await system.start(CounterRetyped, name="counter")
+        with pytest.raises(roost.ActorStopped, match=r"reason=failure: CheckpointCorrupt: "
+                                                     r".*does not decode as TallyRetyped") as raised:
+            await system.spawn(CounterRetyped, name="counter", restart="temporary").ask(Get())
+
+    assert isinstance(raised.value.error, CheckpointCorrupt)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 import roost
@@ -57,3 +58,45 @@ async def test_runs_pause_on_a_full_disk_and_resume_once_space_is_freed(small_di
     assert len(resumed) == len(paused)
     assert {o.status for o in finished} == {"completed"}
     assert set(statuses.values()) == {"completed"} and len(statuses) == 30
+
+
+async def test_a_checkpoint_the_full_disk_refused_is_undone_so_a_retried_ask_counts_once(
+        small_disk: Path) -> None:
+    filler = small_disk / "filler"
+    async with roost.ActorSystem(store=small_disk / "store", log_format="json",
+                                 log_level="critical") as system:
+        notes = system.spawn(Notes, name="notes")
+        assert await notes.ask(Note("a" * 65536), timeout=5) == 1
+        await anyio.to_thread.run_sync(fill, filler)
+
+        with pytest.raises(roost.CheckpointNotSaved,
+                           match=r"^/notes: its checkpoint was not saved \(StoreError: .*\); "
+                                 r"the actor restarts from its last checkpoint"):
+            await notes.ask(Note("b" * 65536), timeout=5)
+        await anyio.to_thread.run_sync(filler.unlink)
+
+        # Restarted from the last saved state: the refused note is not counted.
+        assert await notes.ask(Note("b" * 65536), timeout=5) == 2
+        assert notes.statistics()["restarts"] == 1
+
+
+class Jotted(msgspec.Struct):
+    notes: list[str] = msgspec.field(default_factory=list)
+
+
+class Note(roost.Message):
+    text: str
+
+
+class Notes(roost.Actor):
+    """Keeps every note in its checkpointed state (each ~64 KB: a save needs new pages)."""
+
+    state_type = Jotted
+
+    def __init__(self) -> None:
+        self.state = Jotted()
+
+    async def receive(self, message: Note) -> int:
+        self.state.notes.append(message.text)
+        await self.checkpoint(step="noted")
+        return len(self.state.notes)
