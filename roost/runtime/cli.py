@@ -140,7 +140,11 @@ def _run_to_the_end(main: Coroutine[Any, Any, int], abandoned: set[asyncio.Task[
         return code, not executor.done()
     finally:
         asyncio.set_event_loop(None)
-        loop.close()
+        loop.close()  # which gives SIGINT and SIGTERM back their default: death by signal
+        # The work has ended and the store is closed: a signal now must not turn a clean
+        # exit into "killed by SIGTERM" for the process manager.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _settle_tasks(loop: asyncio.AbstractEventLoop, abandoned: set[asyncio.Task[Any]]) -> bool:

@@ -128,6 +128,30 @@ def test_sigterm_shuts_the_tree_down_gracefully_and_exits_0(tmp_path: Path) -> N
     assert stopped[3:] == ["/app/b", "/app/a", "/app"]
 
 
+def test_signals_that_keep_coming_while_it_exits_still_end_in_exit_0(tmp_path: Path) -> None:
+    # A process manager may repeat its SIGTERM; one landing after the loop has closed must
+    # not turn the clean exit into death by signal.
+    script = write_script(tmp_path, "graceful.py", GRACEFUL.format(out=str(tmp_path / "o")))
+    codes = []
+    for _ in range(3):
+        process = subprocess.Popen(
+            [*MODULE, "run", str(script), "--store", str(tmp_path / "store"),
+             "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert read_line(process, timeout=20.0) == "ready\n"
+            deadline = time.monotonic() + 20.0
+            while process.poll() is None and time.monotonic() < deadline:
+                process.send_signal(signal.SIGTERM)
+                time.sleep(0.002)
+            codes.append(process.wait(timeout=20.0))
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    assert codes == [0, 0, 0]
+
+
 ESCALATING = """\
     import asyncio
     from pathlib import Path
