@@ -25,7 +25,15 @@ import msgspec
 
 from roost._logging import get_logger
 from roost._validate import check_seconds
-from roost.errors import ConfigurationError, GateDecisionInvalid, RunNotFound, StoreError
+from roost.errors import (
+    ConfigurationError,
+    GateDecisionInvalid,
+    RecordCorrupt,
+    RunNotFound,
+    StoreError,
+    ToolArgumentsInvalid,
+    ToolUnavailable,
+)
 from roost.pipelines import _schema_check
 from roost.pipelines.gate import APPROVAL_DECISIONS, OUTCOME_DECISIONS, Escalate, Gate, GateDecision
 from roost.pipelines.notify import DEFAULT_BREAKER, DEFAULT_RETRY, Webhook
@@ -44,6 +52,7 @@ from roost.storage.codecs import RecordCodec
 from roost.storage.gates import PENDING, Decision
 from roost.tools.breaker import Breaker
 from roost.tools.retry import Retry
+from roost.tools.spec import ToolSpec
 
 if TYPE_CHECKING:
     from roost.pipelines.definition import Pipeline
@@ -57,6 +66,8 @@ TIMEOUT_DECIDER = "roost:timeout"
 _TIMER_MAX_SLEEP = 60.0
 #: How long a deadline that could not be applied waits before the next try.
 _TIMER_RETRY = 30.0
+#: How many notifications a webhook that was just added sends at once to catch up.
+_CATCH_UP_CONCURRENCY = 8
 
 OnOpen = Callable[[GateRecord], Awaitable[None] | None]
 
@@ -80,11 +91,13 @@ def timeout_chain(action: str | Escalate) -> list[TimeoutStep]:
 
 
 def check_decision(record: GateRecord, decision: str, input: Any, by: str,
-                   input_type: Any = None) -> bytes | None:
+                   input_type: Any = None, tool: ToolSpec | None = None) -> bytes | None:
     """Check a decision for `record`; returns its input as JSON (None without one).
 
     `input_type` (the gate's type, where the pipeline is loaded) checks the input
-    exactly; without it the JSON Schema stored with the gate does.
+    exactly; without it the JSON Schema stored with the gate does, and an edit that
+    replaces the arguments of `tool` (a tool step's gate, where the tool is registered)
+    must bind to them as a call of the tool does.
 
     Raises:
         GateDecisionInvalid: naming what is wrong and what is allowed.
@@ -122,7 +135,29 @@ def check_decision(record: GateRecord, decision: str, input: Any, by: str,
         if found:
             raise GateDecisionInvalid(run_id, gate, f"the input does not fit "
                                                     f"{record.input_type}: {'; '.join(found)}")
-    return msgspec.json.encode(plain)
+    encoded = msgspec.json.encode(plain)
+    if tool is not None and decision == "edit":
+        _check_arguments(record, tool, msgspec.json.decode(encoded))  # as the step reads it
+    return encoded
+
+
+def _check_arguments(record: GateRecord, tool: ToolSpec, arguments: Any) -> None:
+    """Refuse an edit that cannot be the keyword arguments of `tool`, which it replaces:
+    checked with the tool's own `bind`, so it fails here, not when the step calls the tool.
+
+    Raises:
+        GateDecisionInvalid: naming the tool and what does not fit.
+    """
+    if not isinstance(arguments, dict):
+        raise GateDecisionInvalid(record.run_id, record.gate, (
+            f"an edit replaces the arguments of tool {tool.name!r}, so it must be a mapping of "
+            f"argument names to values, got {type(arguments).__name__}"))
+    try:
+        tool.bind(arguments)
+    except ToolArgumentsInvalid as error:
+        raise GateDecisionInvalid(record.run_id, record.gate, (
+            f"an edit replaces the arguments of tool {tool.name!r}, and these do not fit: "
+            f"{error}")) from error
 
 
 class Gates:
@@ -140,6 +175,7 @@ class Gates:
         self._callbacks: list[OnOpen] = []
         self._timer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._webhooks: list[Webhook] = []
 
     @property
     def store(self) -> GateStore:
@@ -172,7 +208,11 @@ class Gates:
 
     def on_open(self, callback: OnOpen) -> None:
         """Call `callback(record)` (a function or a coroutine function) for each gate that
-        opens in this process, and again when one escalates. Its errors are logged."""
+        opens in this process, and again when one escalates. Its errors are logged.
+
+        At most once, in this process only: a callback that fails, or a process that stops
+        before it ran, is not called again (a webhook's delivery is at least once; see
+        `add_webhook`)."""
         if not callable(callback):
             raise ConfigurationError(f"on_open needs a function, got {callback!r}")
         self._callbacks.append(callback)
@@ -250,8 +290,11 @@ class Gates:
         if comment is not None and not isinstance(comment, str):
             raise GateDecisionInvalid(run_id, gate, f"comment= must be text, got {comment!r}")
         pipeline = pipelines.registered(record_of_run.pipeline)
-        input_type = None if pipeline is None else self.input_type(pipeline, record)
-        encoded = check_decision(record, decision, input, by, input_type)
+        input_type = tool = None
+        if pipeline is not None:
+            input_type = self.input_type(pipeline, record)
+            tool = self.tool_of(pipeline, record)
+        encoded = check_decision(record, decision, input, by, input_type, tool)
         stored = Decision(decision=decision, input=encoded, by=by.strip(), at=self._clock(),
                           comment=comment, timed_out=timed_out)
         unindex = [] if record.deadline is None else [
@@ -281,11 +324,19 @@ class Gates:
             return gate.input_type if gate is not None and gate.input_type is not None \
                 else step.output
         gate = step.gate
-        if gate is None and step.tool is not None:
-            registry = self._pipelines.system.tools.registry
-            if step.tool in registry.names():
-                gate = registry.get(step.tool).gate
+        if gate is None or record.tool is not None:  # the step's tool's gate opened
+            tool = self.tool_of(pipeline, record)
+            gate = None if tool is None else tool.gate
         return gate.input_type if isinstance(gate, Gate) else None
+
+    def tool_of(self, pipeline: Pipeline, record: GateRecord) -> ToolSpec | None:
+        """The tool whose arguments an edit at `record` replaces: a tool step's, at the gate
+        before the step (None at other gates, or when the tool is not registered here)."""
+        step = pipeline.steps.get(record.step)
+        if step is None or step.tool is None or record.gate_kind != "step":
+            return None
+        registry = self._pipelines.system.tools.registry
+        return registry.get(step.tool) if step.tool in registry.names() else None
 
     def decision_of(self, pipeline: Pipeline, record: GateRecord) -> GateDecision:
         """The decision stored in `record`, its input decoded as the gate's type.
@@ -421,8 +472,13 @@ class Gates:
                     timeout: float = 10.0, retry: Retry | None = DEFAULT_RETRY,
                     breaker: Breaker | None = DEFAULT_BREAKER) -> Webhook:
         """POST each gate that opens in this process, and each escalation, to `url` as
-        signed JSON, once, through the tool proxy as tool `roost.webhook.<name>`; see
-        `roost.pipelines.notify` (receivers check requests with `verify_signature`).
+        signed JSON, at least once, through the tool proxy as tool `roost.webhook.<name>`;
+        see `roost.pipelines.notify` (receivers check requests with `verify_signature`).
+
+        Added while the system runs (as a process does at its start), it also sends, in
+        the background, each pending gate's latest event (its opening or escalation) that
+        it has not delivered yet, e.g. because an earlier process stopped first: with the
+        key its first delivery used, so the tool ledger drops one that did arrive.
 
         Raises:
             ConfigurationError: `url` is not an absolute http(s) URL, `secret` is not a
@@ -430,14 +486,70 @@ class Gates:
         """
         system = self._pipelines.system
         webhook = Webhook(url, secret=secret, name=name, tools=system.tools,
-                          session=system.http_session, timeout=timeout, retry=retry,
-                          breaker=breaker)
+                          session=system.http_session, store=lambda: system.store,
+                          clock=self._clock, timeout=timeout, retry=retry, breaker=breaker)
         if webhook.spec.name in system.tools.registry.names():
             raise ConfigurationError(f"a webhook named {name!r} was added already; pass "
                                      "add_webhook(name=...) to add another")
         system.tools.register(webhook.spec)
         self.on_open(webhook)
+        self._webhooks.append(webhook)
+        if system.store is not None and self._pipelines.system_running():
+            self._start_catch_up(webhook)
         return webhook
+
+    def catch_up(self) -> None:
+        """At system start: every webhook added before it sends what it has not delivered
+        (`add_webhook` starts this itself for a webhook added to a running system)."""
+        for webhook in self._webhooks:
+            self._start_catch_up(webhook)
+
+    def _start_catch_up(self, webhook: Webhook) -> None:
+        system = self._pipelines.system
+        # In a context of its own, like `_notify`: not part of the caller's run.
+        task = system.loop.create_task(self._catch_up(webhook), context=contextvars.Context(),
+                                       name=f"roost-catch-up-{webhook.spec.name}")
+        system.engine.own(task)
+
+    async def _catch_up(self, webhook: Webhook) -> None:
+        """Send what `webhook` has not delivered of the pending gates' latest events, oldest
+        gate first, a few at a time; stop once its breaker is open (the rest wait for the
+        next process)."""
+        damaged: list[RecordCorrupt] = []
+        try:
+            records = await self.store.list(status=PENDING, damaged=damaged)
+        except StoreError as error:
+            _log.error("gate_catch_up_failed", tool=webhook.spec.name,
+                       error_type=type(error).__name__, error=str(error))
+            return
+        if damaged:
+            _log.error("gate_catch_up_skipped_damaged", tool=webhook.spec.name,
+                       gates=len(damaged), error=str(damaged[0]))
+        waiting = iter(sorted((r for r in records if not webhook.delivered(r)),
+                              key=lambda r: r.opened_at))
+
+        async def deliver() -> None:
+            for record in waiting:  # shared: each gate is taken by one of the senders
+                if not await self._deliver_pending(webhook, record):
+                    return
+
+        await asyncio.gather(*(deliver() for _ in range(_CATCH_UP_CONCURRENCY)))
+
+    async def _deliver_pending(self, webhook: Webhook, record: GateRecord) -> bool:
+        """Deliver `webhook`'s notification of `record`'s gate as it is stored now (one
+        decided meanwhile is not announced); False when the webhook's breaker refused it."""
+        try:
+            found = await self.store.named(record.run_id, [record.gate])
+            if found:  # else its run was deleted meanwhile
+                await webhook(found[0])
+        except ToolUnavailable as error:
+            _log.warning("gate_catch_up_paused", tool=webhook.spec.name, run_id=record.run_id,
+                         gate=record.gate, error=str(error))
+            return False
+        except Exception as error:
+            _log.error("gate_notification_failed", run_id=record.run_id, gate=record.gate,
+                       error_type=type(error).__name__, error=str(error))
+        return True
 
 
 def _resume(runs: RunStore, run_id: str) -> Update:

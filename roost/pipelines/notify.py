@@ -6,11 +6,18 @@ The body is a `GateNotification` as JSON. `Roost-Signature: t=<unix seconds>,v1=
 carries an HMAC-SHA256 of `f"{t}." + body` under the shared secret (Stripe's scheme);
 receivers check it with `verify_signature`. Each notification goes through the tool
 proxy as a call of the tool `roost.webhook.<name>`, keyed by the gate's run, name,
-opening and audit-trail length (also sent as `Idempotency-Key`): it is sent once,
-however often it is handed over, and retried on 429, 5xx and connections that could
-not be made. A request cut off after it was sent (a timeout, a broken connection) is
-not repeated, since nothing can tell whether it arrived; nor is a notification the
-breaker refused while open. Such failures are logged and never affect the run.
+opening and the audit-trail length up to the event it announces (also sent as
+`Idempotency-Key`).
+
+Delivery is at least once, like Stripe's: a notification is retried on 429, 5xx, a
+connection that could not be made, and a request cut off after it was sent (a timeout, a
+broken connection), which may have arrived; receivers drop repeats by `Idempotency-Key`.
+Each delivery is noted in the gate's audit trail (a `notified` event naming the webhook's
+tool and the key), and the tool ledger replays a completed call with the same key, so a
+notification that arrived is not sent again, in this process or a later one. One not
+delivered yet (the retries ran out, the breaker refused it while open, or the process
+stopped first) is sent when a later process adds the webhook, if its gate still waits
+and the event is still the gate's latest. Failures are logged and never affect the run.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from roost.errors import (
     ToolTimeout,
     TransientToolError,
 )
-from roost.storage import GateRecord
-from roost.storage.gates import PENDING
+from roost.storage import GateRecord, StoreInterface
+from roost.storage.gates import NOTIFIED, PENDING, notified, notified_op
 from roost.tools.breaker import Breaker
 from roost.tools.retry import Retry
 from roost.tools.spec import ToolSpec
@@ -96,11 +103,22 @@ class GateNotification(msgspec.Struct, frozen=True, kw_only=True):
     shown: Any
 
 
+def _announced(record: GateRecord) -> tuple[str, int]:
+    """The event a webhook announces for `record` ("gate.escalated" after an escalation, else
+    "gate.opened") and the length of the audit trail up to it: the `notified` notes after it
+    do not count, so the key stays the one its first delivery used."""
+    for index in range(len(record.history) - 1, -1, -1):
+        what = record.history[index].what
+        if what != NOTIFIED:
+            return ("gate.escalated" if what == "escalated" else "gate.opened"), index + 1
+    return "gate.opened", 0
+
+
 def notification_of(record: GateRecord) -> GateNotification:
     """What a webhook sends for `record`, as it opened or, after an escalation, escalated."""
-    escalated = bool(record.history) and record.history[-1].what == "escalated"
+    event, _ = _announced(record)
     return GateNotification(
-        event="gate.escalated" if escalated else "gate.opened", run_id=record.run_id,
+        event=event, run_id=record.run_id,
         gate=record.gate, pipeline=record.pipeline, step=record.step, kind=record.gate_kind,
         reason=record.reason, assignees=list(record.assignees), opened_at=record.opened_at,
         deadline=record.deadline, input_type=record.input_type,
@@ -110,13 +128,14 @@ def notification_of(record: GateRecord) -> GateNotification:
 def notification_key(record: GateRecord, event: str) -> str:
     """The idempotency key of `record`'s notification of `event`.
 
-    The length of the audit trail tells an escalation from the opening; the opening
-    time tells a gate opened again after a decision (a tool step's outcome gate, after
-    "not_done") from its first opening. Hashed: run ids and gate names may be long
-    and hold any character, and the key travels as a header.
+    The length of the audit trail up to the announced event tells an escalation from the
+    opening; the opening time tells a gate opened again after a decision (a tool step's
+    outcome gate, after "not_done") from its first opening. Hashed: run ids and gate names
+    may be long and hold any character, and the key travels as a header.
     """
+    _, length = _announced(record)
     identity = msgspec.msgpack.encode(
-        [record.run_id, record.gate, event, record.opened_at, len(record.history)])
+        [record.run_id, record.gate, event, record.opened_at, length])
     return f"roost-gate-{hashlib.sha256(identity).hexdigest()}"
 
 
@@ -199,7 +218,8 @@ class Webhook:
     """Posts gate notifications to `url` through the tool proxy (see the module).
 
     It is the `on_open` callback `Gates.add_webhook` installs; `spec` is its tool, which
-    takes a `GateNotification` and returns the response's status.
+    takes a `GateNotification` and returns the response's status. The tool is idempotent:
+    the request carries its key, by which receivers drop repeats.
 
     Args:
         url: absolute http:// or https:// URL of the receiver.
@@ -207,6 +227,8 @@ class Webhook:
         name: the webhook's name; its tool is `roost.webhook.<name>`.
         tools: the system's tools, to call the tool through.
         session: returns the pooled aiohttp session to send with (never closed here).
+        store: returns the system's store, where deliveries are noted (None: not noted).
+        clock: wall-clock seconds since the epoch, for the notes.
         timeout: seconds one request may take, connecting included; also each attempt's
             limit, unless `retry.attempt_timeout` sets one.
         retry: the retry policy of each notification (None: a single attempt).
@@ -217,7 +239,9 @@ class Webhook:
     """
 
     def __init__(self, url: str, *, secret: str | bytes, name: str, tools: Tools,
-                 session: Callable[[], aiohttp.ClientSession], timeout: float = 10.0,
+                 session: Callable[[], aiohttp.ClientSession],
+                 store: Callable[[], StoreInterface | None] = lambda: None,
+                 clock: Callable[[], float] = time.time, timeout: float = 10.0,
                  retry: Retry | None = DEFAULT_RETRY,
                  breaker: Breaker | None = DEFAULT_BREAKER) -> None:
         parsed = URL(url) if isinstance(url, str) else None
@@ -236,11 +260,13 @@ class Webhook:
         self.timeout = timeout
         self._tools = tools
         self._session = session
+        self._store = store
+        self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         # Errors show the URL without credentials or query (they may hold secrets).
         self._shown_url = str(parsed.with_user(None).with_query(None).with_fragment(None))
         self.spec = ToolSpec(
-            name=f"roost.webhook.{name}", fn=self._post, idempotent=False, breaker=breaker,
+            name=f"roost.webhook.{name}", fn=self._post, idempotent=True, breaker=breaker,
             retry=retry, key_param="idempotency_key",
             # The request's own limit is each attempt's, unless the retry policy sets one.
             timeout=timeout if getattr(retry, "attempt_timeout", None) is None else None)
@@ -248,19 +274,30 @@ class Webhook:
     def __repr__(self) -> str:
         return f"Webhook({self.spec.name!r}, {self._shown_url!r})"
 
+    def delivered(self, record: GateRecord) -> bool:
+        """Whether `record`'s audit trail notes that this webhook delivered its latest event."""
+        event, _ = _announced(record)
+        return notified(record, self.spec.name, notification_key(record, event))
+
     async def __call__(self, record: GateRecord) -> None:
-        """Notify the receiver of `record` (once per opening or escalation); a gate no longer
-        pending (decided or closed meanwhile) is not announced.
+        """Notify the receiver of `record`'s latest event (its opening or escalation), then
+        note the delivery in the gate's audit trail. A gate no longer pending (decided or
+        closed meanwhile), or whose record notes the delivery, is not announced.
 
         Raises:
-            ToolError: the notification failed (after its retries), the breaker is
-                open, or its outcome is unknown; see `Tools.call`.
+            ToolError: the notification failed (after its retries) or the breaker is
+                open; see `Tools.call`.
+            StoreError: the delivery could not be noted (the ledger still keeps it from
+                being sent again while it retains the key).
         """
-        if record.status != PENDING:
+        if record.status != PENDING or self.delivered(record):
             return
         notification = notification_of(record)
-        await self._tools.call(self.spec.name, key=notification_key(record, notification.event),
-                               notification=notification)
+        key = notification_key(record, notification.event)
+        await self._tools.call(self.spec.name, key=key, notification=notification)
+        store = self._store()
+        if store is not None:
+            await store.commit([notified_op(record, self.spec.name, key, self._clock())])
 
     async def _post(self, *, notification: GateNotification, idempotency_key: str) -> int:
         """Send one signed request; its status (2xx), or the tool error the proxy acts on."""
@@ -283,7 +320,8 @@ class Webhook:
         except aiohttp.ClientError as error:
             raise ToolConnectionLost(
                 f"tool {tool!r}: POST {self._shown_url} broke off: {type(error).__name__}: "
-                f"{error}; the notification may have arrived, so it is not sent again") from error
+                f"{error}; the notification may have arrived (retried with the same "
+                "Idempotency-Key)") from error
         status = response.status
         if 200 <= status < 300:
             return status

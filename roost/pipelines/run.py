@@ -290,6 +290,7 @@ class RunActor(Actor):
         self.gate_records: dict[str, GateRecord] = {}  # as stored when this instance started
         self.decisions: dict[str, GateDecision] = {}
         self.to_open: dict[str, str] = {}  # gate name -> its step: opened once nothing runs
+        self.opening: dict[str, Gate] = {}  # step -> the gate to open before it (see _pass_gate)
         self.outcome_errors: dict[str, ToolOutcomeUnknown] = {}
         self.skipped: list[str] = []
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -499,41 +500,57 @@ class RunActor(Actor):
             # Park, or finish, in receive, where state changes are serialized.
             self.ctx.self_ref.tell(_Settle(instance=id(self)))
 
-    def _gate_of(self, step: Step) -> Gate | None:
-        """The gate before `step`: its own, or (a tool step) its tool's."""
-        if step.gate is not None or step.tool is None:
-            return step.gate
+    def _tool_gate(self, step: Step) -> Gate | None:
+        """The gate of `step`'s tool (`@tool(gate=...)`), if it is a tool step and has one."""
+        if step.tool is None:
+            return None
         registry = self.ctx.system.tools.registry
         if step.tool not in registry.names():
             return None  # the call will fail with UnknownTool
         gate = registry.get(step.tool).gate
         return gate if isinstance(gate, Gate) else None
 
+    def _gate_to_open(self, step: Step) -> Gate | None:
+        """The gate to open before `step`: its own if that one's `when` holds, else its
+        tool's if that one's holds (a tool's gate guards every pipeline call of the tool);
+        None when neither opens. Raises what a `when` raises."""
+        for gate in (step.gate, self._tool_gate(step)):
+            if gate is not None and (gate.when is None or bool(gate.when(self.results))):
+                return gate
+        return None
+
+    def _decided_gate(self, step: Step) -> Gate | None:
+        """The gate that opened before `step` and was decided: its tool's when the gate's
+        record names the tool (see `_gate_record`), else the step's own."""
+        record = self.gate_records.get(step.name)
+        if step.gate is None or (record is not None and record.tool is not None):
+            return self._tool_gate(step)
+        return step.gate
+
     def _pass_gate(self, step: Step, settled: set[str]) -> str:
-        """"run" when `step` may start: it has no gate, its gate's `when` is false, or a
-        person approved (or edited). "wait" when its gate is to open, or it was rejected
-        and skipped (an on_reject step answers). "stop" when the run ends: rejected, or
-        the gate's `when` raised."""
-        gate = self._gate_of(step)
-        if gate is None:
-            return "run"
+        """"run" when `step` may start: no gate opens before it (see `_gate_to_open`), or
+        a person approved (or edited) the one that did, which passes its tool's gate too.
+        "wait" when a gate is to open, or it was rejected and skipped (an on_reject step
+        answers). "stop" when the run ends: rejected, or a gate's `when` raised."""
         decision = self.decisions.get(step.name)
         if decision is None:
             try:
-                opens = gate.when is None or bool(gate.when(self.results))
+                gate = self._gate_to_open(step)
             except Exception as error:
                 self._fail_soon(step.name, f"its gate's condition raised "
                                            f"{type(error).__name__}: {error}")
                 return "stop"
-            if not opens:
+            if gate is None:
                 return "run"
+            self.opening[step.name] = gate
             self.to_open[step.name] = step.name
             return "wait"
         if decision.decision != "reject":
             return "run"
         why = f"rejected at gate {step.name!r} by {decision.by}"
         self._skip(step.name, why, settled)
-        if gate.on_reject is not None:
+        gate = self._decided_gate(step)
+        if gate is not None and gate.on_reject is not None:
             return "wait"
         self.finished_soon("rejected", why, step.name)
         return "stop"
@@ -897,9 +914,7 @@ class RunActor(Actor):
             return gates.new_record(self.pipeline, self.run_id, name, step_name, "outcome",
                                     Gate(), reason=reason, shown=shown, input_type=step.output,
                                     tool=step.tool, key=key)
-        declared = self._gate_of(step)
-        assert declared is not None
-        gate = declared
+        gate = self.opening[step_name]
         reason = gate.reason(self.results) if callable(gate.reason) else gate.reason
         if gate.show is not None:
             shown = gate.show(self.results, self.input)
@@ -907,8 +922,11 @@ class RunActor(Actor):
             shown = {"arguments": dict(step.args(self.results, self.input))}
         else:
             shown = {dep: self.results[dep] for dep in step.after if dep in self.results}
+        # A tool's gate names the tool in its record: the decision is then the tool's gate's
+        # (its input type and on_reject), also in a later process.
         return gates.new_record(self.pipeline, self.run_id, name, step_name, "step", gate,
-                                reason=str(reason), shown=shown, input_type=gate.input_type)
+                                reason=str(reason), shown=shown, input_type=gate.input_type,
+                                tool=None if gate is step.gate else step.tool)
 
     async def _apply_decisions(self) -> bool:
         """Apply the decisions made at review and outcome gates since the run parked;

@@ -156,6 +156,9 @@ class RunHandle:
             StepFailed: a step failed (after retries and fallback) and was not optional.
             RunCancelled: the run was cancelled.
             RunInterrupted: the run's actor stopped before the run ended (it can be resumed).
+            ConfigurationError: the run cannot end in this process: `through_gates` for a
+                run waiting at a gate whose pipeline is not registered here, or a run stored
+                running or queued that is not live here (resume it first).
         """
         outcome = await self._pipelines.outcome(self.run_id, through_gates=through_gates)
         if outcome.status == "failed":
@@ -169,7 +172,12 @@ class RunHandle:
         return (await self._pipelines.runs.get(self.run_id)).status
 
     async def cancel(self) -> None:
-        """Cancel the run (running steps are cancelled) and wait until it has ended."""
+        """Cancel the run (running steps are cancelled) and wait until it has ended.
+
+        A side-effecting tool call a step had started goes on in the tool proxy until it
+        settles and is recorded (never cut off with its outcome unknown), so its effect
+        may land just after this returns; it is not made again.
+        """
         await self._pipelines.cancel(self.run_id)
 
 
@@ -796,6 +804,15 @@ class Pipelines:
             self._forget(run_id, waiter)
             raise
         if waiter is not None:
+            if record.status == RunStatus.WAITING and record.pipeline not in self._registered:
+                # A decision would leave it queued for a process that registers its pipeline:
+                # it would never end here.
+                self._forget(run_id, waiter)
+                raise ConfigurationError(
+                    f"run {run_id!r} waits at a gate, but its pipeline {record.pipeline!r} is "
+                    "not registered here, so it cannot go on through its gates in this "
+                    "process; call system.pipelines.register(pipeline) first, or wait without "
+                    "through_gates=True")
             if record.status == RunStatus.WAITING or run_id in self._live or waiter.done():
                 return await waiter
             self._forget(run_id, waiter)

@@ -243,6 +243,7 @@ class ActorSystem:
             self.engine.own(self.loop.create_task(self._prune_ledger()))
             self.engine.own(self.loop.create_task(self._sweep_ended_runs()))
             self.gates.start_timer()  # deadlines that passed while no process ran fire now
+            self.gates.catch_up()  # notifications a process died before delivering go out now
         _log.info("system_started", system=self.name, store=self._store_name())
         return self
 

@@ -69,7 +69,8 @@ class GateRecord(Record, tag="gate", frozen=True, kw_only=True, gc=False):
         on_timeout: the timeout chain still to apply.
         input_type: the name of the type an edit must fit; `input_schema` its JSON Schema.
         shown: JSON of the data the person decides on.
-        tool, key: an outcome gate's tool call.
+        tool, key: the tool call an outcome gate asks about; `tool` alone: the tool whose own
+            gate this is (it opened because the step's gate did not).
         decision, input, by, decided_at, comment: the decision (`input` as JSON).
         history: the audit trail.
     """
@@ -177,9 +178,10 @@ class GateStore:
         return [Update(_DB, key, open_gate)]
 
     def decide_op(self, run_id: str, gate: str, decision: Decision) -> Update:
-        """The operation that records `decision`: a no-op when the same decision is there,
-        `GateAlreadyDecided` for a different one, `GateClosed` for a closed gate,
-        `GateNotFound` when the run has no such gate."""
+        """The operation that records `decision`: a no-op when the same decision is there
+        (the same input, whatever the order of its keys), `GateAlreadyDecided` for a
+        different one, `GateClosed` for a closed gate, `GateNotFound` when the run has no
+        such gate."""
         key = gate_key(run_id, gate)
 
         def decide(current: bytes | None) -> bytes:
@@ -189,7 +191,8 @@ class GateStore:
             if record.status == CLOSED:
                 raise GateClosed(run_id, gate, _closed_why(record))
             if record.status == DECIDED:
-                if record.decision == decision.decision and record.input == decision.input:
+                if record.decision == decision.decision and _same_input(record.input,
+                                                                        decision.input):
                     return current
                 raise GateAlreadyDecided(run_id, gate, record.decision or "?", record.by or "?")
             event = GateEvent(at=decision.at, what="timed_out" if decision.timed_out else "decided",
@@ -328,6 +331,15 @@ def _unindex(key: bytes) -> tuple[float, str, str]:
     return deadline, run_id.decode(), gate.decode()
 
 
+def _same_input(stored: bytes | None, given: bytes | None) -> bool:
+    """Whether two decisions' inputs (JSON) hold the same data: compared as JSON with the
+    keys of every object sorted, so that `1` and `1.0`, or `true` and `1`, still differ."""
+    if stored is None or given is None:
+        return stored == given
+    return (msgspec.json.encode(msgspec.json.decode(stored), order="sorted")
+            == msgspec.json.encode(msgspec.json.decode(given), order="sorted"))
+
+
 def _closed_why(record: GateRecord) -> str:
     closed = next((event for event in reversed(record.history) if event.what == "closed"), None)
     return closed.detail or "closed" if closed is not None else "closed"
@@ -336,3 +348,32 @@ def _closed_why(record: GateRecord) -> str:
 def _check_name(what: str, value: object) -> None:
     if not isinstance(value, str) or not value or "\x00" in value:
         raise ConfigurationError(f"{what} {value!r} must be a non-empty string without NUL")
+
+
+#: The audit-trail event that notes a webhook's delivery (`by`: its tool; `detail`: the key).
+NOTIFIED = "notified"
+
+
+def notified(record: GateRecord, by: str, key: str) -> bool:
+    """Whether `record`'s audit trail notes that `by` delivered the notification keyed `key`."""
+    return any(event.what == NOTIFIED and event.by == by and event.detail == key
+               for event in record.history)
+
+
+def notified_op(record: GateRecord, by: str, key: str, at: float) -> Update:
+    """The operation that notes in the audit trail of gate `record` that `by` (a webhook's
+    tool) delivered its notification keyed `key` at `at`, so that no later process sends it
+    again. It changes nothing when the note is there, the gate was opened again since (the
+    note belongs to an earlier opening) or the gate is gone."""
+    key_of_gate = gate_key(record.run_id, record.gate)
+
+    def note(current: bytes | None) -> bytes | None:
+        if current is None:
+            return None
+        stored = _CODEC.decode(key_of_gate, current)
+        if stored.opened_at != record.opened_at or notified(stored, by, key):
+            return current
+        event = GateEvent(at=at, what=NOTIFIED, by=by, detail=key)
+        return _CODEC.encode(msgspec.structs.replace(stored, history=[*stored.history, event]))
+
+    return Update(_DB, key_of_gate, note)

@@ -117,9 +117,13 @@ class ToolSpec:
         key_param: Name of a keyword parameter of `fn` through which the proxy
             passes the idempotency key (e.g. to send it to a remote API);
             callers do not pass it.
-        gate: A `roost.Gate` for an irreversible tool: a pipeline step calling
-            it waits for a person first (unless the step declares its own gate),
-            and a direct call, which no gate guards, is refused with ToolGated.
+        gate: A `roost.Gate` for an irreversible tool: every pipeline step of the
+            tool (`Step(tool=...)`) waits for a person first. A step's own gate that
+            opens stands in for it (one approval passes both); when the step's gate
+            does not open (its `when` is false), this one applies. Any other call
+            through `Tools.call`, which no gate guards, is refused with ToolGated;
+            calling the decorated function itself runs it unguarded (it is a plain
+            function).
         signature: Derived: the signature callers' arguments must fit (without
             `key_param`). Arguments are also checked against its annotations
             (see `bind`).

@@ -232,6 +232,21 @@ async def test_the_same_decision_twice_is_a_no_op_and_a_different_one_is_refused
     assert len(SENT) == 1
 
 
+async def test_the_same_edit_with_its_keys_in_another_order_is_the_same_decision(
+        system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("seen", [Step("look", Seer, gate=Gate(input_type=dict[str, Any]))])
+    run = await system.pipelines.start(pipeline, "original", run_id="run-1")
+    await outcome(run)
+    first = await system.gates.decide("run-1", "look", "edit", input={"a": 1, "b": 3}, by="ana")
+
+    again = await system.gates.decide("run-1", "look", "edit", input={"b": 3, "a": 1}, by="bob")
+    with pytest.raises(GateAlreadyDecided, match="'edit' by 'ana'"):
+        await system.gates.decide("run-1", "look", "edit", input={"a": 1, "b": True}, by="bob")
+
+    assert again == first
+    assert (await outcome(run, through_gates=True)).results["look"]["input"] == {"a": 1, "b": 3}
+
+
 async def test_steps_after_a_gate_see_its_decision(system: roost.ActorSystem) -> None:
     pipeline = Pipeline("seen", [
         Step("look", Seer, gate=Gate(input_type=ReplyEdit)),
@@ -434,6 +449,21 @@ async def test_a_decision_made_with_no_process_running_is_picked_up_by_resume(
     assert SENT == [{"to": "customer@example.org", "body": "reply to angry customer"}]
 
 
+async def test_waiting_through_gates_is_refused_at_once_where_the_pipeline_is_not_registered(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    async with new_system(store) as system:
+        await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))
+
+    async with new_system(store) as system:  # the pipeline is not registered here
+        run = await system.pipelines.resume("run-1")
+        assert (await outcome(run)).status == "waiting"
+        with anyio.fail_after(1), pytest.raises(ConfigurationError, match=re.escape(
+                "run 'run-1' waits at a gate, but its pipeline 'support' is not registered "
+                "here")):
+            await run.result(through_gates=True)
+
+
 # --- deadlines --------------------------------------------------------------------------
 
 
@@ -506,6 +536,81 @@ async def test_a_gated_tool_called_directly_is_refused(system: roost.ActorSystem
     with pytest.raises(ToolGated, match="'wire_money' is guarded by a gate"):
         await system.tools.call("wire_money", amount=5)
     assert SENT == []
+
+
+class Payment(msgspec.Struct):
+    note: str
+
+
+def paying(gate: Gate) -> Pipeline:
+    return Pipeline("pay", [Step("wire", tool="wire_money", args=lambda r, i: {"amount": i},
+                                 gate=gate)])
+
+
+async def test_a_tools_gate_opens_when_the_steps_own_gate_does_not(
+        system: roost.ActorSystem) -> None:
+    # The step's own gate (with an input type of its own) stays shut: the tool's gate guards
+    # the call all the same, and an edit there replaces the tool's arguments.
+    pipeline = paying(Gate(when=lambda r: False, reason="never", input_type=Payment))
+    run = await system.pipelines.start(pipeline, 100, run_id="run-1")
+    parked = await outcome(run)
+
+    assert (parked.status, parked.waiting_at, SENT) == ("waiting", ["wire"], [])
+    [gate] = await system.gates.pending(assignee="finance")
+    assert gate.reason == "wiring money needs a person"
+
+    await system.gates.decide("run-1", "wire", "edit", input={"amount": 90}, by="cfo")
+
+    assert (await outcome(run, through_gates=True)).results["wire"] == "wired 90"
+    assert SENT == [{"wire": 90}]
+
+
+async def test_a_tools_gate_rejected_after_the_steps_own_gate_stayed_shut_ends_the_run(
+        system: roost.ActorSystem) -> None:
+    run = await system.pipelines.start(paying(Gate(when=lambda r: False)), 100, run_id="run-1")
+    await outcome(run)
+
+    await system.gates.decide("run-1", "wire", "reject", by="cfo")
+
+    assert (await outcome(run, through_gates=True)).status == "rejected"
+    assert SENT == []
+
+
+@pytest.mark.parametrize(("decision", "edit", "wired"), [("approve", None, 100),
+                                                         ("edit", {"amount": 7}, 7)])
+async def test_one_approval_at_a_tool_steps_own_gate_also_passes_its_tools_gate(
+        system: roost.ActorSystem, decision: str, edit: Any, wired: int) -> None:
+    pipeline = paying(Gate(reason="a large payment", assignees=["cfo"]))
+    run = await system.pipelines.start(pipeline, 100, run_id="run-1")
+    await outcome(run)
+    [gate] = await system.gates.pending()
+    assert (gate.reason, gate.assignees) == ("a large payment", ["cfo"])
+
+    await system.gates.decide("run-1", "wire", decision, input=edit, by="cfo")
+    done = await outcome(run, through_gates=True)
+
+    assert (done.status, SENT) == ("completed", [{"wire": wired}])
+    assert [g.gate for g in await system.gates.store.of_run("run-1")] == ["wire"]
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    ({"amount": "lots"}, "argument 'amount' must be int, got str 'lots'"),
+    ({"amt": 9}, "missing a required argument: 'amount'"),
+    ([1, 2], "must be a mapping of argument names to values, got list"),
+])
+async def test_an_edit_at_a_tool_steps_gate_without_an_input_type_must_fit_the_tools_arguments(
+        system: roost.ActorSystem, edit: Any, problem: str) -> None:
+    pipeline = Pipeline("pay", [Step("wire", tool="wire_money", args=lambda r, i: {"amount": i})])
+    run = await system.pipelines.start(pipeline, 100, run_id="run-1")
+    await outcome(run)
+
+    with pytest.raises(GateDecisionInvalid, match=re.escape(problem)):
+        await system.gates.decide("run-1", "wire", "edit", input=edit, by="cfo")
+    assert (await system.gates.get("run-1", "wire")).status == "pending"  # nothing recorded
+
+    await system.gates.decide("run-1", "wire", "edit", input={"amount": 9}, by="cfo")
+    assert (await outcome(run, through_gates=True)).results["wire"] == "wired 9"
+    assert SENT == [{"wire": 9}]
 
 
 # --- definitions ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests of roost/pipelines/notify.py and `Gates.add_webhook`: each gate that opens or escalates
-is POSTed once, signed, to a real aiohttp receiver on 127.0.0.1, through the tool proxy.
+is POSTed, signed, to a real aiohttp receiver on 127.0.0.1, through the tool proxy: at least
+once, across processes, and never again once delivered.
 
 Each system is a real one on a real LMDB store in a temp folder.
 """
@@ -7,8 +8,10 @@ Each system is a real one on a real LMDB store in a temp folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -24,11 +27,15 @@ from structlog.testing import capture_logs
 import roost
 from roost import Escalate, Gate, Pipeline, RunStep, SignatureInvalid, Step, verify_signature
 from roost.errors import ConfigurationError, TransientToolError
+from roost.pipelines.notify import notification_key
+from roost.storage import GateEvent
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]
 
 SECRET = "whsec-test-7f3a9c"
 FAST = roost.Retry(attempts=3, base_delay=0.01, max_delay=0.02)
+#: A plan entry that makes the receiver take longer than a webhook's timeout to answer.
+HANG = 0
 
 
 class Received(msgspec.Struct, frozen=True):
@@ -37,7 +44,8 @@ class Received(msgspec.Struct, frozen=True):
 
 
 class Receiver:
-    """A webhook receiver that records every request and answers as `plan` says (200 when empty)."""
+    """A webhook receiver that records every request and answers as `plan` says (200 when
+    empty; `HANG`: only after 0.6 s)."""
 
     def __init__(self) -> None:
         self.url = ""
@@ -49,6 +57,9 @@ class Receiver:
         self.requests.append(Received(dict(request.headers), await request.read()))
         self._arrived.set()
         status = self.plan.popleft() if self.plan else 200
+        if status == HANG:
+            await asyncio.sleep(0.6)
+            status = 200
         return web.json_response({"status": status}, status=status)
 
     async def wait_for(self, count: int) -> list[Received]:
@@ -63,19 +74,28 @@ class Receiver:
         return [msgspec.json.decode(r.body)["event"] for r in self.requests]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@contextlib.asynccontextmanager
+async def serving(port: int = 0) -> AsyncIterator[Receiver]:
+    """A receiver listening on `port` of 127.0.0.1 (0: a free one) until the block ends."""
     state = Receiver()
     app = web.Application()
     app.router.add_post("/hook", state.hook)
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    state.url = f"http://{host}:{port}/hook"
-    yield state
-    await runner.cleanup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        host, bound = runner.addresses[0][:2]
+        state.url = f"http://{host}:{bound}/hook"
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with serving() as state:
+        yield state
 
 
 class Sender(roost.Actor):
@@ -106,6 +126,18 @@ async def park(system: roost.ActorSystem, pipeline: Pipeline) -> roost.RunHandle
 async def settle() -> None:
     """Leave time for a notification that should not come (a duplicate) to arrive."""
     await anyio.sleep(0.2)
+
+
+async def noted(system: roost.ActorSystem, run_id: str = "run-1", gate: str = "send",
+                tool: str = "roost.webhook.gates") -> list[GateEvent]:
+    """The gate's `notified` events by `tool`, once there is one (failing after 5 s)."""
+    with anyio.fail_after(5):
+        while True:
+            record = await system.gates.get(run_id, gate)
+            found = [e for e in record.history if e.what == "notified" and e.by == tool]
+            if found:
+                return found
+            await anyio.sleep(0.02)
 
 
 # --- sending ----------------------------------------------------------------------------
@@ -236,6 +268,195 @@ async def test_a_receiver_that_cannot_be_reached_is_retried_then_fails_without_t
     assert SECRET not in str(failed.value)
     await webhook(record)  # the working webhook is unaffected
     assert receiver.events() == ["gate.opened"]
+
+
+async def test_a_request_cut_off_by_the_timeout_is_sent_again_with_the_same_key(
+        system: roost.ActorSystem, receiver: Receiver) -> None:
+    system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST, timeout=0.2)
+    receiver.plan.append(HANG)
+
+    await park(system, gated())
+
+    cut_off, delivered = await receiver.wait_for(2)
+    assert cut_off.headers["Idempotency-Key"] == delivered.headers["Idempotency-Key"]
+    assert cut_off.body == delivered.body
+    assert len(await noted(system)) == 1
+
+
+# --- across processes -------------------------------------------------------------------
+
+#: A process whose webhook's receiver is down: it parks run-1 at a gate, says "retrying" once
+#: the notification's retries have begun, and waits to be killed.
+CRASHING_PROCESS = """
+import asyncio, sys
+import roost
+
+class Sender(roost.Actor):
+    async def receive(self, message):
+        return "sent"
+
+async def main(store, url, secret):
+    async with roost.ActorSystem(store=store, log_level="error") as system:
+        system.gates.add_webhook(url, secret=secret,
+                                 retry=roost.Retry(attempts=1000, base_delay=0.05, max_delay=0.05))
+        pipeline = roost.Pipeline("support", [roost.Step(
+            "send", Sender, gate=roost.Gate(reason="needs a person", assignees=["support"]))],
+            input_type=str)
+        run = await system.pipelines.start(pipeline, "hello", run_id="run-1")
+        await run.result()
+        while system.tools.statistics().retries < 2:
+            await asyncio.sleep(0.01)
+        print("retrying", flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_notification_cut_off_by_a_crash_is_delivered_once_by_the_next_process(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    port = await unused_port()
+    with anyio.fail_after(10):
+        process = await anyio.open_process(
+            [sys.executable, "-c", CRASHING_PROCESS, str(store),
+             f"http://127.0.0.1:{port}/hook", SECRET])
+        try:
+            assert process.stdout is not None
+            output = b""
+            async for chunk in process.stdout:
+                output += chunk
+                if b"retrying" in output:
+                    break
+            assert b"retrying" in output, output
+        finally:
+            process.kill()  # SIGKILL: no shutdown of any kind
+            await process.wait()
+
+    async with serving(port) as receiver, roost.ActorSystem(store=store) as system:
+        system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST)
+
+        [request] = await receiver.wait_for(1)
+        record = await system.gates.get("run-1", "send")
+        [note] = await noted(system)
+        await settle()
+
+    assert receiver.events() == ["gate.opened"]
+    assert request.headers["Idempotency-Key"] == notification_key(record, "gate.opened") \
+        == note.detail
+    verify_signature(SECRET, request.headers["Roost-Signature"], request.body)
+
+
+async def test_a_delivered_notification_is_not_sent_again_by_the_next_process(
+        tmp_path: Path, receiver: Receiver) -> None:
+    store = tmp_path / "store"
+    # The ledger forgets the key at once: the gate's own record keeps it from being sent again.
+    async with roost.ActorSystem(store=store, ledger_retention=0.001) as system:
+        system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST)
+        await park(system, gated())
+        await receiver.wait_for(1)
+        await noted(system)
+
+    async with roost.ActorSystem(store=store, ledger_retention=0.001) as system:
+        system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST)
+        await settle()
+        assert len(await noted(system)) == 1
+
+    assert receiver.events() == ["gate.opened"]
+
+
+async def test_only_a_gates_latest_event_is_caught_up(tmp_path: Path, receiver: Receiver) -> None:
+    store = tmp_path / "store"
+    async with roost.ActorSystem(store=store) as system:  # no webhook yet
+        await park(system, gated(timeout=0.2, on_timeout=Escalate(to=["leads"], timeout=600)))
+        with anyio.fail_after(5):
+            while (await system.gates.get("run-1", "send")).history[-1].what \
+                    != "escalated":  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+
+    async with roost.ActorSystem(store=store) as system:
+        system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST)
+        [request] = await receiver.wait_for(1)
+        await noted(system)
+        await settle()
+
+    body = msgspec.json.decode(request.body)
+    assert (body["event"], body["assignees"]) == ("gate.escalated", ["leads"])
+    assert len(receiver.requests) == 1
+
+
+async def test_a_gate_decided_while_its_notification_could_not_be_delivered_is_not_announced(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    port = await unused_port()
+    down = f"http://127.0.0.1:{port}/hook"
+    pipeline = gated()
+    async with roost.ActorSystem(store=store) as system:
+        system.gates.add_webhook(down, secret=SECRET, retry=FAST)
+        await park(system, pipeline)
+        await system.gates.decide("run-1", "send", "approve", by="ada")
+        waiting = await system.pipelines.start(pipeline, "hi", run_id="run-2")
+        with anyio.fail_after(10):
+            assert (await waiting.result()).status == "waiting"
+
+    async with serving(port) as receiver, roost.ActorSystem(store=store) as system:
+        system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST)
+        [request] = await receiver.wait_for(1)
+        await settle()
+
+    assert msgspec.json.decode(request.body)["run_id"] == "run-2"
+    assert len(receiver.requests) == 1
+
+
+async def test_a_webhook_added_before_the_system_starts_catches_up_when_it_starts(
+        tmp_path: Path, receiver: Receiver) -> None:
+    store = tmp_path / "store"
+    async with roost.ActorSystem(store=store) as system:  # no webhook yet: not announced
+        await park(system, gated())
+
+    system = roost.ActorSystem(store=store)
+    system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST)
+    async with system:
+        [request] = await receiver.wait_for(1)
+        await settle()
+
+    body = msgspec.json.decode(request.body)
+    assert (body["event"], body["run_id"]) == ("gate.opened", "run-1")
+    assert len(receiver.requests) == 1
+
+
+async def test_a_webhook_whose_breaker_opens_stops_catching_up_until_the_next_process(
+        tmp_path: Path, receiver: Receiver) -> None:
+    store = tmp_path / "store"
+    pipeline = gated()
+    async with roost.ActorSystem(store=store) as system:  # no webhook: 20 gates not announced
+        for number in range(20):
+            run = await system.pipelines.start(pipeline, "hi", run_id=f"run-{number}")
+            with anyio.fail_after(10):
+                assert (await run.result()).status == "waiting"
+
+    receiver.plan.extend([503] * 20)
+    with capture_logs() as logs:
+        async with roost.ActorSystem(store=store, log_level="info") as system:
+            system.gates.add_webhook(receiver.url, secret=SECRET, retry=None,
+                                     breaker=roost.Breaker(failures=2, cooldown=60))
+            with anyio.fail_after(5):
+                while not any(log["event"] == "gate_catch_up_paused"  # noqa: ASYNC110
+                              for log in logs):
+                    await anyio.sleep(0.02)
+            await settle()
+    refused = len(receiver.requests)
+    assert refused < 20
+
+    receiver.plan.clear()
+    async with roost.ActorSystem(store=store) as system:
+        system.gates.add_webhook(receiver.url, secret=SECRET, retry=FAST)
+        delivered = (await receiver.wait_for(refused + 20))[refused:]
+        await settle()
+
+    assert len(receiver.requests) == refused + 20
+    assert {msgspec.json.decode(r.body)["run_id"] for r in delivered} == {
+        f"run-{number}" for number in range(20)}
 
 
 async def unused_port() -> int:
