@@ -126,6 +126,21 @@ class ActorContext:
         await ref._cell.enqueue_waiting(envelope.forwarded())
         envelope.reply = None
 
+    def refuse(self, message: Any, error: BaseException) -> None:
+        """Refuse the message being handled without failing: an asker gets `error`, and a
+        told message is recorded in `system.dead_letters` as unhandled (with `error`).
+
+        For messages an actor cannot handle when crashing would cost more than the
+        message (a supervisor's children, a proxy's calls in flight).
+        """
+        reply = self.take_reply()
+        if reply is not None:
+            reply.set_exception(error)
+            return
+        sender = self.sender
+        self.system.dead_letters.record(
+            "unhandled", self.path, message, None if sender is None else sender.path, error)
+
     def take_reply(self) -> asyncio.Future[Any] | None:
         """Take over answering the message being handled (None if it was a tell).
 

@@ -272,14 +272,7 @@ class Supervisor(Actor):
             f"{self.ctx.path}: a Supervisor only takes StartChild, StopChild, RestartChild, "
             f"DeleteChild and WhichChildren, got {type(message).__name__}"
         )
-        reply = self.ctx.take_reply()
-        if reply is not None:
-            reply.set_exception(refused)
-        else:
-            sender = self.ctx.sender
-            self.ctx.system.dead_letters.record(
-                "unhandled", self.ctx.path, message, None if sender is None else sender.path,
-                refused)
+        self.ctx.refuse(message, refused)
         return None
 
 

@@ -7,7 +7,7 @@ can change and stored bytes can be told apart and refused when they do not fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -71,6 +71,19 @@ class RecordCodec(Generic[R]):
             raise self._corrupt(key, self._unknown_schema(record.schema),
                                 msgspec.structs.asdict(record))
         return record
+
+    async def decode_all(self, entries: AsyncIterable[tuple[bytes, bytes]],
+                         damaged: list[RecordCorrupt] | None) -> AsyncIterator[R]:
+        """The records of `entries` (a scan). One that does not decode raises
+        `RecordCorrupt`; with `damaged`, it is skipped and its error appended instead, so
+        a caller can go on with the records it can read and name the others."""
+        async for key, value in entries:
+            try:
+                yield self.decode(key, value)
+            except RecordCorrupt as error:
+                if damaged is None:
+                    raise
+                damaged.append(error)
 
     def _explained(self, key: bytes, data: bytes, error: msgspec.DecodeError) -> StoreError:
         """The error for `data` that does not decode, in terms of tag and schema if readable."""

@@ -299,18 +299,9 @@ class GateStore:
         such records are skipped and their errors appended to `damaged` (whatever their
         status), so a list can show the gates it can read and name the others.
         """
-        found = []
-        async for key, value in self._store.scan(_DB, stop=_INDEX):
-            try:
-                record = _CODEC.decode(key, value)
-            except RecordCorrupt as error:
-                if damaged is None:
-                    raise
-                damaged.append(error)
-                continue
-            if status is None or record.status == status:
-                found.append(record)
-        return found
+        return [record async for record in _CODEC.decode_all(
+                    self._store.scan(_DB, stop=_INDEX), damaged)
+                if status is None or record.status == status]
 
     async def due(self, now: float, limit: int = 256) -> builtins.list[tuple[float, str, str]]:
         """Deadline index entries at or before `now`: (deadline, run id, gate), earliest first."""

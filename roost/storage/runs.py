@@ -311,18 +311,9 @@ class RunStore:
             RecordCorrupt: a record does not decode (without `damaged`).
         """
         wanted = None if status is None else _status(status)
-        found: builtins.list[RunRecord] = []
-        async for key, value in self._store.scan(_DB, stop=_run_index.PREFIX):
-            try:
-                record = _CODEC.decode(key, value)
-            except RecordCorrupt as error:
-                if damaged is None:
-                    raise
-                damaged.append(error)
-                continue
-            if wanted is None or record.status == wanted:
-                found.append(record)
-        return found
+        return [record async for record in _CODEC.decode_all(
+                    self._store.scan(_DB, stop=_run_index.PREFIX), damaged)
+                if wanted is None or record.status == wanted]
 
     async def sweep_ended(self, before: float,
                           prune: Callable[[builtins.list[str]], Awaitable[int]]) -> int:

@@ -361,14 +361,7 @@ class ToolProxy(Actor):
         # Not a failure of the proxy: crashing it would cancel every call in flight.
         refused = TypeError(f"{self.ctx.path}: the tool proxy takes Call messages, got "
                             f"{type(message).__name__}; use ctx.tools.call(name, **arguments)")
-        reply = self.ctx.take_reply()
-        if reply is not None:
-            reply.set_exception(refused)
-        else:
-            sender = self.ctx.sender
-            self.ctx.system.dead_letters.record(
-                "unhandled", self.ctx.path, message, None if sender is None else sender.path,
-                refused)
+        self.ctx.refuse(message, refused)
         return None
 
     async def on_stop(self) -> None:
