@@ -275,6 +275,11 @@ class Cell:
         sender = envelope.sender.path if envelope.sender is not None else None
         self.engine.dead_letters.record("actor_stopped", self.path, envelope.message, sender)
 
+    def _late_reply(self, envelope: Envelope, result: Any) -> None:
+        """A reply its asker no longer waits for (the ask timed out or was cancelled)."""
+        asker = envelope.sender.path if envelope.sender is not None else "(outside any actor)"
+        self.engine.dead_letters.record("late_reply", asker, result, self.path)
+
     def schedule(self) -> None:
         """Start a drain task for this cell, owned by the system."""
         self.task = self.engine.start_drain(self._drain())
@@ -385,8 +390,11 @@ class Cell:
                 else:
                     # Read after receive: forward() hands the reply to another actor.
                     reply = envelope.reply
-                    if reply is not None and not reply.done():
-                        reply.set_result(result)
+                    if reply is not None:
+                        if not reply.done():
+                            reply.set_result(result)
+                        else:
+                            self._late_reply(envelope, result)
                 if self._abandoned is not None:  # receive swallowed the cancellation
                     self._abandoned = None
                     asyncio.current_task().uncancel()  # type: ignore[union-attr]

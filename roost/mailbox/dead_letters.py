@@ -21,6 +21,8 @@ REASONS = (
     "mailbox_full",  # refused by a full mailbox with policy fail (the sender got MailboxFull)
     "poison",  # crashed its actor `poison_after` times (it was handled that many times)
     "unhandled",  # a runtime actor (e.g. the tool proxy) does not take this kind of message
+    "late_reply",  # a reply whose asker had stopped waiting (timed out or cancelled); the
+    # recipient is the asker, the sender the actor that replied
 )
 
 _log = get_logger("roost.dead_letters")

@@ -146,3 +146,26 @@ async def test_messages_queued_behind_a_stuck_actor_at_shutdown_become_dead_lett
         Ping(3),
     ]
     assert system.failure is None
+
+
+class Slow(roost.Actor):
+    async def receive(self, message: Any) -> Any:
+        await anyio.sleep(0.2)
+        return f"late answer to {message.n}"
+
+
+@pytest.mark.anyio
+async def test_a_reply_after_its_ask_timed_out_becomes_a_late_reply_dead_letter(
+        system: roost.ActorSystem) -> None:
+    slow = system.spawn(Slow, name="slow")
+
+    with pytest.raises(roost.AskTimeout):
+        await slow.ask(Ping(7), timeout=0.05)
+    with anyio.fail_after(2):
+        while not system.dead_letters.recent("late_reply"):  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+    [letter] = system.dead_letters.recent("late_reply")
+    assert (letter.recipient, letter.sender, letter.message) == (
+        "(outside any actor)", "/slow", "late answer to 7")
+    assert system.dead_letters.counts()["late_reply"] == 1
