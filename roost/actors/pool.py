@@ -90,8 +90,11 @@ class Pool(Supervisor):
 
     async def handle(self, message: Any) -> Any:
         workers = [c for c in self.ctx._cell.children.values() if c.accepting]
-        if not workers:
-            raise ConfigurationError(f"{self.ctx.path}: the pool has no live workers")
+        if not workers:  # refused, not a crash: that would take the pool down with them
+            self.ctx.refuse(message, ConfigurationError(
+                f"{self.ctx.path}: the pool has no live workers (they stopped), so "
+                f"{type(message).__name__} cannot be routed; restart the pool's workers"))
+            return None
         if self._routing == "least_busy":
             target = min(workers, key=lambda c: len(c.mailbox))
         else:

@@ -149,7 +149,12 @@ async def test_a_pool_without_live_workers_says_so_to_the_asker(system: roost.Ac
     await system.join(worker)
     with pytest.raises(ConfigurationError, match="/pool: the pool has no live workers"):
         await pool.ask(Where())
+    pool.tell(Where())  # a told message is a dead letter, not a crash of the pool
+    await pool.ask(WhichChildren())  # handled after the tell
+
     assert pool.is_alive
+    assert [letter.recipient for letter in system.dead_letters.recent("unhandled")] == ["/pool"]
+    assert pool.statistics()["restarts"] == 0
 
 
 @pytest.mark.parametrize(
