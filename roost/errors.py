@@ -732,14 +732,17 @@ class RemoteStepFailed(RoostError):
 
 
 class SystemBusy(RoostError):
-    """`start(..., wait=False)` found every run slot taken (the caller asked not to queue)."""
+    """`start(..., wait=False)` found every run slot taken, or runs queued before it (the
+    caller asked not to queue)."""
 
-    def __init__(self, pipeline: str, active: int, limit: int) -> None:
+    def __init__(self, pipeline: str, active: int, limit: int, queued: int = 0) -> None:
         self.pipeline = pipeline
         self.active = active
         self.limit = limit
+        self.queued = queued
+        waiting = f" and {queued} queued before it" if queued else ""
         super().__init__(
-            f"pipeline {pipeline!r}: not started, {active} runs are in flight "
+            f"pipeline {pipeline!r}: not started, {active} runs are in flight{waiting} "
             f"(max_active_runs={limit}); call start() without wait=False to queue the run, "
             "or raise ActorSystem(max_active_runs=...)"
         )

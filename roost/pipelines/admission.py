@@ -43,6 +43,11 @@ class Admission:
     def has_room(self) -> bool:
         return len(self._active) < self.limit
 
+    def can_start(self) -> bool:
+        """Whether a new run may take a slot now: one is free and no run waits before it
+        (a new run joins the back of the line, however slots free up)."""
+        return len(self._active) < self.limit and not self._waiting
+
     def take_slot(self, run_id: str) -> None:
         """Count `run_id` as in flight (the caller checked `has_room`, or resumes it)."""
         self._active.add(run_id)

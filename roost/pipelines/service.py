@@ -372,7 +372,8 @@ class Pipelines:
                 invalid or already used.
             RunInputInvalid: `input` does not fit the pipeline's `input_type`, or cannot
                 be encoded; nothing was stored.
-            SystemBusy: `wait=False` and every slot is taken; nothing was stored.
+            SystemBusy: `wait=False` and every slot is taken, or runs queued before this
+                one wait for a slot; nothing was stored.
         """
         _check_pipeline("start", pipeline)
         if run_id is None:
@@ -383,9 +384,10 @@ class Pipelines:
         await self.register(pipeline)
         admission = self.admission
         cluster = self.cluster
-        if not admission.has_room():
+        if not admission.can_start():
             if not wait:
-                raise SystemBusy(pipeline.name, admission.active, admission.limit)
+                raise SystemBusy(pipeline.name, admission.active, admission.limit,
+                                 admission.queued)
             if cluster is not None:  # queued for any node of the cluster with a free slot
                 cluster.starting(run_id, pipeline.name, queued=True)
             try:

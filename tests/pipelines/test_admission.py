@@ -103,6 +103,30 @@ async def test_start_with_wait_false_refuses_a_run_when_every_slot_is_taken(
         assert (await first.result()).status == "completed"
 
 
+async def test_a_new_run_joins_the_back_of_the_line_even_when_a_slot_is_free(
+        tmp_path: Path) -> None:
+    # Slots go to queued runs in groups (here 2 of 40), so one can be free while runs wait;
+    # a new start must not take it ahead of them (nor be let through with wait=False).
+    wide = roost.Pipeline("held-wide", [roost.Step("only", Held, workers=60)])
+    async with roost.ActorSystem(store=tmp_path, max_active_runs=40) as system:
+        held = [await system.pipelines.start(wide, run_id=f"held-{i:02d}") for i in range(40)]
+        queued = [await system.pipelines.start(wide, run_id=f"queued-{i}") for i in range(3)]
+        await system.pipelines.cancel("held-00")
+        assert system.pipelines.statistics() == {"active": 39, "queued": 3, "limit": 40}
+
+        with pytest.raises(SystemBusy, match=r"39 runs are in flight and 3 queued before it"):
+            await system.pipelines.start(wide, run_id="refused", wait=False)
+        late = await system.pipelines.start(wide, run_id="late")
+        assert (await statuses(system))["late"] == "queued"
+
+        GATE["open"].set()
+        with anyio.fail_after(10):
+            for handle in [*held[1:], *queued, late]:
+                assert (await handle.result()).status == "completed"
+
+    assert STARTED[-4:] == ["queued-0", "queued-1", "queued-2", "late"]
+
+
 async def test_queued_runs_survive_a_restart_and_start_when_the_pipeline_is_resumed(
         tmp_path: Path) -> None:
     async with roost.ActorSystem(store=tmp_path, max_active_runs=1) as system:
