@@ -233,12 +233,12 @@ class Cell:
     async def enqueue_waiting(self, envelope: Envelope) -> None:
         """Queue a user message, waiting for room when the mailbox policy is `wait`."""
         if self.state >= STOPPING:
-            self._undeliverable(envelope)
+            self._undeliverable(_unanswered(envelope))
             raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopping")
         try:
             queued = await self.mailbox.put(envelope)
         except _MailboxClosed:
-            self._undeliverable(envelope)
+            self._undeliverable(_unanswered(envelope))
             raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopped",
                                self.stop_error) from None
         if self.state == STOPPED:  # stopped while we waited: what we queued is undeliverable
@@ -917,3 +917,11 @@ class Cell:
             **self.mailbox.statistics(),
         }
 
+
+def _unanswered(envelope: Envelope) -> Envelope:
+    """`envelope` without its reply: its sender is told by the error raised to it, and a
+    reply future failed as well would be one nobody retrieves (asyncio warns of it)."""
+    reply, envelope.reply = envelope.reply, None
+    if reply is not None:
+        reply.cancel()
+    return envelope

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -622,3 +623,25 @@ async def test_a_refs_statistics_show_its_state_and_mailbox_depth() -> None:
         assert (stats["path"], stats["state"], stats["depth"], stats["capacity"]) == (
             "/slow", "running", 3, 10)
         gate.set()
+
+
+@pytest.mark.anyio
+async def test_an_ask_waiting_for_room_when_its_actor_stops_fails_once_and_leaves_nothing_behind(
+        system: roost.ActorSystem, caplog: pytest.LogCaptureFixture) -> None:
+    gate, holding = anyio.Event(), anyio.Event()
+    full = system.spawn(Recorder, [], gate=gate, holding=holding, name="full", capacity=1,
+                        overflow="wait", shutdown_timeout=0.0)
+    full.tell(Ping(1))
+    await holding.wait()
+    full.tell(Ping(2))  # the one slot is taken: the next ask waits for room
+    waiting = asyncio.ensure_future(full.ask(Ping(3), timeout=5))
+    await asyncio.sleep(0.01)
+
+    await full.stop()
+    with pytest.raises(roost.ActorStopped, match="/full: actor has stopped"):
+        await waiting
+    del waiting
+    gc.collect()
+
+    assert "never retrieved" not in caplog.text  # no second, unretrieved copy of the error
+    assert len(system.dead_letters.recent("actor_stopped")) == 2  # Ping(2) and Ping(3)
