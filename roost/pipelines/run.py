@@ -339,7 +339,8 @@ class RunActor(Actor):
             # It ended before this actor started (e.g. a restart after its last write), or
             # still waits at its gates (the decision that was to resume it was refused):
             # report that again, run nothing.
-            _log.info("run_not_resumed", run_id=self.run_id, status=str(record.status))
+            _log.info("run_not_resumed", run_id=self.run_id, trace_id=self.trace_id,
+                      status=str(record.status))
             if record.status == RunStatus.WAITING:
                 self.to_open = {r.gate: r.step for r in self.gate_records.values()
                                 if r.status == PENDING}
@@ -394,7 +395,7 @@ class RunActor(Actor):
             self.unknown = list(progress.unknown)
             self.gates = list(progress.gates)
             self.results = stored.results
-            _log.info("run_resumed", run_id=self.run_id, pipeline=self.pipeline.name,
+            _log.info("run_resumed", run_id=self.run_id, trace_id=self.trace_id, pipeline=self.pipeline.name,
                       completed=sorted(self.results))
         self._adopt_gates(stored.gates)
         return record
@@ -576,6 +577,9 @@ class RunActor(Actor):
     async def _run_step(self, step: Step) -> None:
         started = time.perf_counter()
         attempts = [0]
+        # This task's own context: what it logs and writes belongs to the run's trace, not
+        # to whatever message the run's actor handles meanwhile.
+        call_trace.set(TraceContext(self.trace_id, None, self.run_id))
         try:
             if step.map is not None:
                 items = list(step.map(self.results))
@@ -878,7 +882,8 @@ class RunActor(Actor):
                  or self.gate_records[r.gate].status != "pending"]
         gates.opened(fresh)
         if decided:  # the run stayed running: go on with the decisions
-            _log.info("run_decided_while_parking", run_id=self.run_id, gates=sorted(decided))
+            _log.info("run_decided_while_parking", run_id=self.run_id, trace_id=self.trace_id,
+                      gates=sorted(decided))
             self.to_open = {}
             try:
                 await self._load_gates()
@@ -887,7 +892,7 @@ class RunActor(Actor):
                 return
             await self._go_on()
             return
-        _log.info("run_waiting", run_id=self.run_id, pipeline=self.pipeline.name,
+        _log.info("run_waiting", run_id=self.run_id, trace_id=self.trace_id, pipeline=self.pipeline.name,
                   gates=list(self.to_open))
         await self._ended("waiting", reason, None)
 
@@ -1012,7 +1017,7 @@ class RunActor(Actor):
         self.finished = True
         for task in self.running.values():
             task.cancel()
-        _log.error("run_paused", run_id=self.run_id, pipeline=self.pipeline.name,
+        _log.error("run_paused", run_id=self.run_id, trace_id=self.trace_id, pipeline=self.pipeline.name,
                    error_type=type(error).__name__, error=str(error))
         self._close_span("paused", error=error)
         self.pipelines.paused(self.run_id, error)
@@ -1047,8 +1052,8 @@ class RunActor(Actor):
         except StoreError as store_error:
             await self._pause(store_error)
             return
-        _log.info("run_finished", run_id=self.run_id, pipeline=self.pipeline.name, status=status,
-                  failed_step=failed_step, error=error)
+        _log.info("run_finished", run_id=self.run_id, trace_id=self.trace_id,
+                  pipeline=self.pipeline.name, status=status, failed_step=failed_step, error=error)
         await self._ended(status, error, failed_step)
 
     async def _ended(self, status: str, error: str | None, failed_step: str | None) -> None:

@@ -30,12 +30,14 @@ def add_actor_context(logger: Any, method: str, event: MutableMapping[str, Any]
     Add it to your own structlog chain if you configure structlog yourself.
     """
     cell = handling.get()
-    if cell is None:
-        trace = call_trace.get()  # inside a tool call: the caller's trace
-    else:
+    # Set inside a tool call (the caller's trace) and in a run's step tasks (the run's):
+    # it wins over the message its actor happens to handle meanwhile.
+    trace = call_trace.get()
+    if cell is not None:
         event.setdefault("actor", cell.path)
         envelope = cell.current
-        trace = None if envelope is None else envelope.trace_context()
+        if trace is None and envelope is not None:
+            trace = envelope.trace_context()
     if trace is not None:
         event.setdefault("trace_id", trace.trace_id)
         if trace.run_id is not None:

@@ -15,12 +15,14 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 import roost
 from roost.errors import StepFailed, TransientToolError
 from roost.pipelines.definition import Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.run import NeedsReview, RunProgress
 from roost.pipelines.service import RunOutcome
+from roost.runtime.log import add_actor_context
 from roost.storage import CheckpointStore
 from roost.tracing import Span, SpanKind
 from roost.tracing.tracer import UsageTotals
@@ -278,6 +280,23 @@ async def test_the_usage_totals_are_kept_with_the_run_and_read_back_after_it_end
 
 
 # --- attempts and outcomes ------------------------------------------------------------
+
+
+async def test_a_runs_logs_carry_the_trace_id_its_trace_is_stored_under(
+        system: roost.ActorSystem, spans: Spans, events: Events) -> None:
+    events.failures_left["flaky"] = 1
+    retry = roost.Retry(attempts=2, base_delay=0.001, max_delay=0.002)
+    roost.configure_logging("json", "info")
+
+    with capture_logs(processors=[add_actor_context]) as logs:
+        await run_to_end(system, Pipeline("retrying", [Step("flaky", Flaky, retry=retry)]),
+                         run_id="logged")
+
+    stored = spans.one("run retrying").trace_id
+    by_event = {log["event"]: log for log in logs if log.get("run_id") == "logged"}
+    for event in ("step_attempt_failed", "step_retry_scheduled", "run_finished"):
+        assert by_event[event].get("trace_id") == stored, event
+
 
 
 async def test_each_retry_is_an_attempt_span_with_its_error_and_the_delay_before_the_next(
