@@ -37,7 +37,7 @@ from roost.storage.postgres import is_postgres_url, redact
 from roost.tools.client import Tools
 from roost.tracing import Price, Tracer, TraceStore
 from roost.tracing.metrics import SpanMetrics, snapshot
-from roost.tracing.tracer import Redact
+from roost.tracing.tracer import Redact, check_payload_options
 
 _log = get_logger("roost")
 #: Seconds between sweeps for checkpoints of runs past their retention.
@@ -155,6 +155,7 @@ class ActorSystem:
         check_seconds("ActorSystem", "run_retention", run_retention, allow_zero=False)
         check_count("ActorSystem", "checkpoints_kept", checkpoints_kept, 0)
         check_count("ActorSystem", "dead_letters_kept", dead_letters_kept, 0)
+        check_payload_options("ActorSystem", payload_limit, redact)
         self.name = name
         #: The LMDB store folder, or the PostgreSQL store URL (None: no store of that kind).
         self.store_path = None if store is None or is_postgres_url(store) else Path(store)

@@ -17,19 +17,24 @@ are JSON-encoded strings. Needs the optional extra `roost[otel]`.
 from __future__ import annotations
 
 import atexit
+import threading
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
+from roost._logging import get_logger
 from roost.errors import ConfigurationError, ExtraNotInstalled
 from roost.tracing.spans import Span
+
+_log = get_logger("roost")
 
 try:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Event, ReadableSpan
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 except ImportError as error:  # the extra is optional: fail when an exporter is made
@@ -37,6 +42,26 @@ except ImportError as error:  # the extra is optional: fail when an exporter is 
 else:
     _MISSING = None
     _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+    class _Counting(SpanExporter):
+        """Wraps the exporter that sends spans, counting the spans it delivered, so that a
+        shutdown cut short can say how many it leaves unsent."""
+
+        def __init__(self, exporter: SpanExporter) -> None:
+            self.exporter = exporter
+            self.delivered = 0
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            result = self.exporter.export(spans)
+            if result is SpanExportResult.SUCCESS:
+                self.delivered += len(spans)
+            return result
+
+        def shutdown(self) -> None:
+            self.exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return self.exporter.force_flush(timeout_millis)
 
 _ENCODER = msgspec.json.Encoder()
 _INT64 = 2**63
@@ -75,7 +100,7 @@ class OtelExporter:
             with `service.name` = `service_name` (plus `OTEL_RESOURCE_ATTRIBUTES`).
         service_name: the `service.name` of the default resource.
         timeout: seconds one export may take, retries included; also the longest
-            `shutdown` waits for a collector that does not answer.
+            `shutdown` waits in all (what is still unsent then is dropped, and logged).
         schedule_delay: seconds between exports of a partial batch.
         max_queue_size: spans queued for export at most; more are dropped by the SDK.
 
@@ -106,8 +131,10 @@ class OtelExporter:
                 timeout=timeout)
         self.resource = resource or Resource.create({"service.name": service_name})
         self._scope = InstrumentationScope("roost", _version())
+        self._timeout = timeout
+        self._sender = _Counting(exporter)
         self._processor = BatchSpanProcessor(
-            exporter, max_queue_size=max_queue_size,
+            self._sender, max_queue_size=max_queue_size,
             schedule_delay_millis=schedule_delay * 1000.0,
             max_export_batch_size=min(512, max_queue_size))
         self._closed = False
@@ -168,13 +195,23 @@ class OtelExporter:
         return bool(self._processor.force_flush())
 
     def shutdown(self) -> None:
-        """Send what is queued and stop the export thread (blocks: call it off the event
-        loop); spans ended later are ignored. A second call does nothing."""
+        """Send what is queued and stop the export thread, waiting at most `timeout` (blocks:
+        call it off the event loop); spans ended later are ignored. A second call does
+        nothing. Spans still unsent at the deadline are dropped, with a warning counting
+        them."""
         if self._closed:
             return
         self._closed = True
         atexit.unregister(self.shutdown)
-        self._processor.shutdown()
+        # The SDK's shutdown waits up to 30 s, whatever the exporter's timeout: it runs in a
+        # daemon thread of its own, left behind at the deadline.
+        closing = threading.Thread(target=self._processor.shutdown, name="roost-otel-shutdown",
+                                   daemon=True)
+        closing.start()
+        closing.join(self._timeout)
+        if closing.is_alive():
+            _log.warning("otel_export_shutdown_timed_out", timeout=self._timeout,
+                         dropped=self.exported - self._sender.delivered)
 
 
 def otel_attributes(attributes: dict[str, Any]) -> dict[str, Any]:

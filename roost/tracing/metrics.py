@@ -9,7 +9,7 @@ Two sources, so the hot path pays almost nothing:
   their mailbox depth and restarts, dead letters, runs in flight and queued,
   tool-proxy counts, each breaker's state, the store's writes and commits
   (a group commit's batch size is writes per commit), the trace store's spans
-  written, dropped and buffered.
+  written and dropped (counters) and buffered (a gauge).
 
 `snapshot(system)` (what `system.metrics()` returns) gives them as plain nested
 dicts: `{name: value}`, a labelled metric as dicts keyed by its label values in
@@ -297,10 +297,11 @@ def _trace_store_families(system: Any) -> list[Family]:
         return []
     stats = traces.statistics()
     return [
-        Family("trace_spans", "counter", "Spans the trace store wrote, dropped, or holds "
-               "buffered for its next batch.", ("state",),
-               {("written",): stats.written, ("dropped",): stats.dropped,
-                ("buffered",): stats.buffered}),
+        Family("trace_spans", "counter", "Spans the trace store wrote or dropped.", ("state",),
+               {("written",): stats.written, ("dropped",): stats.dropped}),
+        # A gauge of its own: the buffer fills and empties, and a counter never goes down.
+        Family("trace_spans_buffered", "gauge", "Spans the trace store holds for its next batch.",
+               samples={(): stats.buffered}),
         Family("traces_pruned", "counter", "Traces deleted by retention (age or size).",
                samples={(): stats.pruned}),
     ]

@@ -10,7 +10,8 @@ the key layout). A batch the store refuses (a full disk, a closed store) is drop
 and counted, with one warning: tracing never fails or slows the work it records.
 
 Old traces are pruned off the hot path, a few at a time, by age (`retention`) and
-by size (`max_bytes` of span records), by a periodic task.
+by size (`max_bytes` of span records), by a periodic task; and by size as soon as the
+spans written take the store past `max_bytes` (one background prune at a time).
 
 `get` reads a small trace (up to `_LOOP_READ_BYTES` of span records) on the event
 loop, as the store reads a point, and a larger one in one worker-thread hop; `search`
@@ -82,11 +83,13 @@ _LOOP_READ_BYTES = 64 * 1024
 
 
 class _Write(msgspec.Struct, frozen=True):
-    """One batch ready to commit: its operations, how many spans it writes, its traces."""
+    """One batch ready to commit: its operations, how many spans it writes, its traces, and
+    the bytes it adds to the store's total."""
 
     ops: list[Op]
     spans: int
     traces: list[str]
+    added: int
 
 
 class TraceStoreStatistics(msgspec.Struct, frozen=True):
@@ -150,6 +153,9 @@ class TraceStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._size_pruner: asyncio.Task[None] | None = None
+        # The store's span bytes as the last prune read them, plus what this store wrote since.
+        self._total_bytes = 0
         self._closing = False
         self._warned: set[str] = set()
         # The stored summary and index key (None, None: no summary) of the open traces
@@ -186,10 +192,11 @@ class TraceStore:
         if self._closing:
             return
         self._closing = True
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._pruner
+        for pruner in (self._pruner, self._size_pruner):
+            if pruner is not None:
+                pruner.cancel()
+                with suppress(asyncio.CancelledError):
+                    await pruner
         self._wake.set()
         if self._flusher is not None:
             await self._flusher
@@ -292,7 +299,7 @@ class TraceStore:
                         if len(key) <= longest:
                             ops.append(Put(DB, key, ref))
         ops.append(Update(DB, self._totals, adding_bytes(added)))
-        return _Write(ops, written, list(by_trace))
+        return _Write(ops, written, list(by_trace), added)
 
     async def _commit(self, writes: list[_Write]) -> None:
         """Commit prepared batches at once (non-durable) and count how each went.
@@ -321,12 +328,22 @@ class TraceStore:
                     known.pop(trace_id, None)
                 continue
             self.written += write.spans
+            self._total_bytes += write.added
             for trace_id in write.traces:
                 summary = known.get(trace_id)
                 if summary is not None and summary[0] is not None and summary[0].status != "open":
                     del known[trace_id]  # its root has ended: few spans, if any, follow
         while len(known) > _KNOWN_SUMMARIES:
             del known[next(iter(known))]
+        if self._total_bytes > self._max_bytes:
+            self._prune_for_size()
+
+    def _prune_for_size(self) -> None:
+        """Start a prune in the background, unless one is running (or the store is closing)."""
+        running = self._size_pruner
+        if self._closing or self._loop is None or (running is not None and not running.done()):
+            return
+        self._size_pruner = self._loop.create_task(self._sweep(), name="roost-trace-size-pruner")
 
     def _failed(self, spans: int, error: Exception) -> None:
         """A batch of `spans` spans could not be written: drop it, count it, warn once."""
@@ -346,6 +363,7 @@ class TraceStore:
             async with self._writing:
                 keys, freed, traces, emptied, counts = await self._store.read(partial(
                     prune_victims, cutoff, self._max_bytes, int(self._max_bytes * 0.9)))
+                self._total_bytes = sum(counts.values()) - freed
                 if not traces:
                     return pruned
                 ops: list[Op] = [Delete(DB, key) for key in keys]
@@ -370,14 +388,18 @@ class TraceStore:
 
     async def _prune_loop(self) -> None:
         while True:
-            try:
-                pruned = await self.prune()
-            except Exception as error:  # retry at the next sweep
-                self._warn_once("trace_prune_failed", error)
-            else:
-                if pruned:
-                    _log.info("traces_pruned", traces=pruned)
+            await self._sweep()
             await asyncio.sleep(self._prune_interval)
+
+    async def _sweep(self) -> None:
+        """Prune, logging what went; a failure is warned about once and retried later."""
+        try:
+            pruned = await self.prune()
+        except Exception as error:  # retry at the next sweep
+            self._warn_once("trace_prune_failed", error)
+        else:
+            if pruned:
+                _log.info("traces_pruned", traces=pruned)
 
     # --- queries --------------------------------------------------------------------------
 

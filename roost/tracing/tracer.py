@@ -3,8 +3,9 @@
 Recording never blocks and never fails the work it records: a span is a few Python
 objects until it ends, then each sink (the trace store's buffer, an exporter) takes
 it. Payloads (step inputs and results, tool arguments and results) are encoded with
-msgspec to JSON-like values, cut to `payload_limit` bytes with a marker, and passed
-through `redact` before any sink sees them.
+msgspec to JSON-like values, passed whole through `redact`, then cut to `payload_limit`
+bytes with a marker, before any sink sees them (so a secret `redact` masks is masked in a
+long payload too).
 
 The tracer is also where the layers that record a run meet: the run actor lists its
 open `run` span under the run's id (`runs`), so that an actor restarting inside the
@@ -21,6 +22,8 @@ from typing import Any
 import msgspec
 
 from roost._logging import get_logger
+from roost._validate import check_count
+from roost.errors import ConfigurationError
 from roost.trace import new_span_id
 from roost.tracing.spans import Span, SpanEvent, SpanKind, Usage
 
@@ -211,11 +214,15 @@ class Tracer:
     Args:
         payload_limit: the most bytes of one encoded payload kept on a span; longer
             ones are cut, with a marker saying how long they were.
-        redact: called on every payload before it is kept (see `Redact`).
+        redact: called on every whole payload before it is cut and kept (see `Redact`).
         prices: the price per model for turning token usage into cost (none built in).
         recording: False turns recording off for good (`ActorSystem(tracing=False)`),
             whatever sinks are added.
         clock_ns: wall-clock nanoseconds (inject in tests).
+
+    Raises:
+        ConfigurationError: `payload_limit` is not a whole number > 0, or `redact` is
+            neither None nor callable.
 
     Attributes:
         enabled: whether spans are recorded: recording is on and a sink takes them.
@@ -227,10 +234,12 @@ class Tracer:
     def __init__(self, *, payload_limit: int = 8192, redact: Redact | None = None,
                  prices: Mapping[str, Price] | None = None, recording: bool = True,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
+        check_payload_options("Tracer", payload_limit, redact)
         self.payload_limit = payload_limit
         # A str this short is within the limit however JSON escapes it (at most 6 bytes a char).
         self._short_text = payload_limit // 6
         self.redact = redact
+        self._redaction_failures: set[str] = set()  # error types logged once each
         self.prices = dict(prices or {})
         self.now_ns = clock_ns
         self.recording = recording
@@ -282,19 +291,40 @@ class Tracer:
 
         A value msgspec cannot encode becomes a typed placeholder, where it is (the
         rest of the payload is kept); a long one a marker with its size and the start
-        of its JSON text.
+        of its JSON text. `redact` sees the whole payload, before it is cut.
         """
+        redact = self.redact
+        if redact is None:
+            return self._shaped(value)
+        return self._shaped(self._redacted(redact, name, self._plain(value)))
+
+    def _shaped(self, value: Any) -> Any:
+        """`value` encoded and cut to `payload_limit` bytes."""
         if value is None or type(value) is bool or (
                 type(value) is str and len(value) <= self._short_text and value.isascii()):
-            kept: Any = value  # already JSON-like and short enough: nothing to encode
-        else:
-            kept = self._encoded(value)
-        if self.redact is not None:
-            try:
-                kept = self.redact(name, kept)
-            except Exception as error:  # never store what the hook failed to clean
-                kept = {"roost.redaction_failed": type(error).__name__}
-        return kept
+            return value  # already JSON-like and short enough: nothing to encode
+        return self._encoded(value)
+
+    def _plain(self, value: Any) -> Any:
+        """`value` as the JSON-like value `redact` is given, whole (not cut)."""
+        if value is None or type(value) in (bool, str, int, float):
+            return value
+        try:
+            return msgspec.json.decode(_ENCODER.encode(value))
+        except (TypeError, ValueError, msgspec.EncodeError):  # e.g. a str that is not UTF-8
+            return _placeholder(value)
+
+    def _redacted(self, redact: Redact, name: str, value: Any) -> Any:
+        """What `redact` keeps of the payload `name`; a marker if it raised (logged once per
+        error type, without the payload: never store what the hook failed to clean)."""
+        try:
+            return redact(name, value)
+        except Exception as error:
+            error_type = type(error).__name__
+            if error_type not in self._redaction_failures:
+                self._redaction_failures.add(error_type)
+                _log.error("trace_redaction_failed", payload_name=name, error_type=error_type)
+            return {"roost.redaction_failed": error_type}
 
     def _encoded(self, value: Any) -> Any:
         try:
@@ -316,3 +346,13 @@ class Tracer:
             return None
         return (usage.input_tokens * price.input_per_million
                 + usage.output_tokens * price.output_per_million) / 1_000_000
+
+
+def check_payload_options(owner: str, payload_limit: Any, redact: Any) -> None:
+    """Raise `ConfigurationError` naming `owner` unless `payload_limit` is a whole number
+    > 0 and `redact` is None or callable."""
+    check_count(owner, "payload_limit", payload_limit, 1)
+    if redact is not None and not callable(redact):
+        raise ConfigurationError(
+            f"{owner}: redact must be a function redact(name, value) -> value, or None; "
+            f"got {redact!r}")

@@ -383,6 +383,22 @@ def test_a_bad_retention_is_refused_when_the_system_is_made(option: str, value: 
         roost.ActorSystem(**{option: value})
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("payload_limit", 0, "payload_limit must be a whole number >= 1, got 0"),
+        ("payload_limit", -5, "payload_limit must be a whole number >= 1, got -5"),
+        ("payload_limit", "8k", "payload_limit must be a whole number >= 1, got '8k'"),
+        ("redact", "yes", "redact must be a function redact(name, value) -> value, or None; "
+                          "got 'yes'"),
+    ],
+)
+def test_a_bad_trace_payload_option_is_refused_when_the_system_is_made(option: str, value: Any,
+                                                                        rule: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^ActorSystem: {re.escape(rule)}$"):
+        roost.ActorSystem(**{option: value})
+
+
 def test_a_root_that_never_restarts_is_a_valid_system() -> None:
     assert roost.ActorSystem(max_restarts=0, within=0.5) is not None
 

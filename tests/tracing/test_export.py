@@ -7,7 +7,9 @@ import gzip
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from structlog.testing import capture_logs
 
 import roost
 from roost.errors import ConfigurationError
@@ -256,6 +261,39 @@ async def test_a_collector_that_is_down_neither_fails_nor_holds_up_the_work_bein
     assert tracer.dropped == 0 and exporter.exported == 100
     tracer.start("after shutdown", SpanKind.RUN, trace_id=new_trace_id()).end()
     assert exporter.exported == 100
+
+
+class Stuck(SpanExporter):
+    """A collector that answers no export until `answer` is set."""
+
+    def __init__(self) -> None:
+        self.answer = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.answer.wait()
+        return SpanExportResult.SUCCESS
+
+
+def test_shutdown_waits_at_most_the_timeout_and_logs_how_many_spans_it_drops() -> None:
+    stuck = Stuck()
+    tracer = Tracer()
+    exporter = OtelExporter(exporter=stuck, timeout=0.5, schedule_delay=0.01)
+    tracer.add_sink(exporter)
+    for i in range(5):
+        tracer.start(f"run {i}", SpanKind.RUN, trace_id=new_trace_id()).end()
+
+    try:
+        with capture_logs() as logs:
+            started = time.monotonic()
+            exporter.shutdown()
+            took = time.monotonic() - started
+    finally:
+        stuck.answer.set()  # let the SDK's thread end
+
+    assert took < 1.5
+    assert [(log["event"], log["dropped"]) for log in logs
+            if log["event"] == "otel_export_shutdown_timed_out"] == [
+        ("otel_export_shutdown_timed_out", 5)]
 
 
 def test_an_endpoint_that_is_not_an_http_url_or_export_without_tracing_is_refused() -> None:

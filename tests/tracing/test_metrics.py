@@ -95,7 +95,7 @@ async def test_a_snapshot_after_real_runs_counts_runs_by_status_and_times_steps_
     assert metrics["store_writes"] > 0 and metrics["store_commits"] > 0
     assert metrics["store_batch_size"] >= 1.0
     assert metrics["spans_dropped"] == 0
-    assert metrics["trace_spans"]["written"] + metrics["trace_spans"]["buffered"] == sum(
+    assert metrics["trace_spans"]["written"] + metrics["trace_spans_buffered"] == sum(
         metrics["spans"].values())
 
 
@@ -175,6 +175,22 @@ async def test_prometheus_text_parses_back_with_the_snapshot_names_and_values(
     assert value("roost_runs_in_flight", state="limit") == 1000
     assert families["roost_mailbox_depth"].type == "gauge"
     assert value("roost_store_writes", "_total") == system.metrics()["store_writes"]
+
+
+async def test_spans_written_and_dropped_are_counters_and_spans_buffered_a_gauge(
+        system: roost.ActorSystem) -> None:
+    # The buffer empties at every batch: as a counter's sample it would go down between scrapes.
+    await run_mail(system)
+
+    families = {family.name: family for family in
+                text_string_to_metric_families(prometheus_text(system))}
+
+    assert families["roost_trace_spans"].type == "counter"
+    assert {sample.labels["state"] for sample in families["roost_trace_spans"].samples} == {
+        "written", "dropped"}
+    assert families["roost_trace_spans_buffered"].type == "gauge"
+    [buffered] = families["roost_trace_spans_buffered"].samples
+    assert buffered.name == "roost_trace_spans_buffered" and buffered.value >= 0
 
 
 def test_a_collector_registers_in_an_application_registry_and_reads_at_every_scrape() -> None:

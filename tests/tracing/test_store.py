@@ -465,6 +465,29 @@ async def test_past_max_bytes_the_oldest_traces_go_until_under_it(store: Store) 
     assert await traces.prune() == 0
 
 
+async def test_spans_written_past_max_bytes_start_a_prune_without_waiting_for_the_sweep(
+        store: Store) -> None:
+    traces = TraceStore(store, max_bytes=10_000, prune_interval=3600.0, clock_ns=lambda: T0)
+    traces.start()
+    try:
+        await asyncio.sleep(0.1)  # its first sweep, of an empty store, is over; the next is an hour away
+        add_all(traces, [one for n in range(30) for one in run_trace(n, f"run-{n:02d}", start=n)])
+        await traces.flush()
+
+        with anyio.fail_after(5):  # the prune runs in the background
+            while True:
+                page = await traces.search(limit=100)
+                if sum(summary.bytes for summary in page.traces) <= 9_000:
+                    break
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the prune's last look, which finds nothing more to delete
+
+        assert_the_newest_kept_under_the_low_water(await traces.search(limit=100),
+                                                   traces.statistics().pruned)
+    finally:
+        await traces.close()
+
+
 def assert_the_newest_kept_under_the_low_water(page: Any, pruned: int) -> None:
     """Of the 30 traces `run-00` ... `run-29`, the `pruned` oldest went and the rest take
     at most the low water (90% of max_bytes=10,000)."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
+from roost.errors import ConfigurationError
 from roost.tracing import Price, Span, SpanKind, Tracer, Usage
 from roost.tracing.tracer import usage_of
 
@@ -72,6 +75,52 @@ def test_an_unencodable_payload_becomes_a_typed_placeholder_and_a_failing_redact
 
     assert Tracer(redact=broken).payload("x", {"secret": 1}) == {
         "roost.redaction_failed": "RuntimeError"}
+
+
+def test_a_long_payload_is_redacted_whole_before_it_is_cut() -> None:
+    def mask_keys(name: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: "***" if k == "api_key" else v for k, v in value.items()}
+        return value
+
+    tracer = Tracer(payload_limit=1024, redact=mask_keys)
+    kept = tracer.payload("step.input", {"api_key": "sk-SECRET", "blob": "y" * 5000})
+
+    assert kept["roost.truncated"] is True and len(kept["preview"]) == 1024
+    assert "sk-SECRET" not in kept["preview"] and kept["preview"].startswith('{"api_key":"***"')
+    assert kept["bytes"] == len('{"api_key":"***","blob":""}') + 5000  # the redacted size
+
+
+def test_a_failing_redactor_is_logged_once_per_error_type_without_the_payload() -> None:
+    def fussy(name: str, value: Any) -> Any:
+        raise (TypeError if isinstance(value, dict) else KeyError)("sk-SECRET")
+
+    tracer = Tracer(redact=fussy)
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert tracer.payload("step.input", {"api_key": "sk-SECRET"}) == {
+                "roost.redaction_failed": "TypeError"}
+        assert tracer.payload("step.output", [1]) == {"roost.redaction_failed": "KeyError"}
+
+    failures = [log for log in logs if log["event"] == "trace_redaction_failed"]
+    assert [(log["payload_name"], log["error_type"]) for log in failures] == [
+        ("step.input", "TypeError"), ("step.output", "KeyError")]
+    assert "sk-SECRET" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"redact": "yes"}, "redact must be a function"),
+        ({"payload_limit": 0}, "payload_limit must be a whole number >= 1, got 0"),
+        ({"payload_limit": -5}, "payload_limit must be a whole number >= 1, got -5"),
+        ({"payload_limit": "8k"}, "payload_limit must be a whole number >= 1, got '8k'"),
+        ({"payload_limit": 1024.0}, "payload_limit must be a whole number >= 1, got 1024.0"),
+    ],
+)
+def test_a_bad_payload_option_is_refused_naming_it(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^Tracer: {re.escape(named)}"):
+        Tracer(**options)
 
 
 def test_usage_becomes_gen_ai_attributes_and_cost_from_the_price_table() -> None:
