@@ -161,14 +161,15 @@ async def get_trace(request: web.Request) -> web.Response:
     try:
         trace = await traces.get(run_id)
     except TraceNotFound:
-        raise Problem(404, "Not found", f"run {run_id!r} has no trace in the store; it may be "
-                                        "past the trace retention") from None
+        raise Problem(404, "Not found", f"run {run_id!r} exists but its trace is not kept in "
+                                        "the store: its system ran with tracing off, or the "
+                                        "trace is past the system's trace_retention") from None
     except (StoreError, UnicodeDecodeError) as error:  # a failed read, or a damaged trace key
         raise Problem(500, "Unreadable trace", f"the trace of run {run_id!r} cannot be read "
                                                f"({type(error).__name__}: {error}); "
                                                f"{views.check_advice(system.store.path)}"
                       ) from None
-    return _json(trace)
+    return _json(views.trace_view(trace))
 
 
 # --- gates ----------------------------------------------------------------------------

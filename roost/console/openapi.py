@@ -22,9 +22,9 @@ from roost.console.views import (
     GateView,
     RunRow,
     RunView,
+    TraceView,
 )
 from roost.storage import RunStatus
-from roost.tracing.query import Trace
 
 PROBLEM_TYPE = "application/problem+json"
 #: The largest page a list gives.
@@ -102,7 +102,7 @@ class ProblemDetails(msgspec.Struct, frozen=True):
     errors: dict[str, str] = {}
 
 
-_SCHEMAS = (RunPage, RunView, Trace, GatePage, GateView, DecisionRequest, ActorList,
+_SCHEMAS = (RunPage, RunView, TraceView, GatePage, GateView, DecisionRequest, ActorList,
             BreakerList, BreakerRow, DeadLetterList, ProblemDetails)
 
 #: Problem responses: HTTP status -> (component name, description).
@@ -206,8 +206,10 @@ def _paths() -> dict[str, Any]:
         "/api/v1/runs/{run_id}/trace": {"get": _operation(
             "getRunTrace", "The run's trace: every span, the tree they make, and totals. A "
                            "run record that does not decode does not stop its trace being "
-                           "answered (getRun names the damage).",
-            _json("Trace", "The run's spans."), (400, 404), (_RUN_ID,))},
+                           "answered (getRun names the damage), nor does a span record "
+                           "that does not decode: it is left out and `problems` names it.",
+            _json("TraceView", "The run's spans, with what could not be read of them."),
+            (400, 404), (_RUN_ID,))},
         "/api/v1/gates": {"get": _operation(
             "listGates", "Gates: pending ones oldest first (the inbox), or the decided or "
                          "closed ones latest first (the audit trail). A gate record that does "

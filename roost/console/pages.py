@@ -38,7 +38,7 @@ from roost.errors import (
     TraceNotFound,
 )
 from roost.storage import RunStatus
-from roost.tracing import Span, Trace
+from roost.tracing import Span
 
 # The templates are package files: they do not change while the console serves them, so
 # they are not checked for changes on every render (auto_reload).
@@ -283,15 +283,16 @@ async def run(request: web.Request) -> web.Response:
                  spans=spans)
 
 
-async def _trace(system: Any, run_id: str) -> tuple[Trace | None, str | None, bool]:
+async def _trace(system: Any, run_id: str
+                 ) -> tuple[views.TraceView | None, str | None, bool]:
     """The run's trace, or None, why there is none, and whether that is damage."""
     try:
-        return await system.traces.get(run_id), None, False
+        return views.trace_view(await system.traces.get(run_id)), None, False
     except (ConfigurationError, SystemNotRunning):
         return None, "This system records no traces (it runs with tracing off).", False
     except TraceNotFound:
-        return (None, "The store holds no trace of this run; it may be past the trace "
-                      "retention.", False)
+        return (None, "The store keeps no trace of this run: its system ran with tracing "
+                      "off, or the trace is past the system's trace_retention.", False)
     except (StoreError, UnicodeDecodeError) as error:  # a failed read, or a damaged trace key
         return (None, f"The trace of run {run_id!r} cannot be read ({type(error).__name__}: "
                       f"{error}); {views.check_advice(system.store.path)}.", True)

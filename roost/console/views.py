@@ -3,9 +3,10 @@ the JSON API encodes and the pages render, so both always agree.
 
 Every payload a run carries (inputs, results, what a gate shows) is turned into plain
 JSON-able data here, with a typed placeholder (`<Type>`) for what has no JSON form;
-the pages escape it when they render it. A run whose own record, checkpoints, step
-results or gate records are damaged or missing is still shown: what its other records
-hold, and a problem naming what could not be read and what to do. Likewise a list of
+the pages escape it when they render it. A run's input and step results are shown as its
+trace keeps them when the system has a `redact` hook (`_shown`). A run whose own record,
+checkpoints, step results or gate records are damaged or missing is still shown: what its
+other records hold, and a problem naming what could not be read and what to do. Likewise a list of
 runs or gates shows the records it can read and names each one that does not decode; a
 single gate whose record does not decode is a problem naming it (`unreadable`).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -34,6 +36,7 @@ from roost.storage import (
     checkpoint_key,
 )
 from roost.storage.gates import decode_gate
+from roost.tracing.query import Trace
 
 _CHECKPOINT = RecordCodec(Checkpoint)
 _ANY = msgspec.msgpack.Decoder()
@@ -322,14 +325,35 @@ async def run_view(system: Any, run_id: str) -> RunView:
                    else f"the result of step {names} of run {run_id!r} is",
                    "not in the store (pruned, or the store was damaged), though the run's "
                    f"latest checkpoint names {'them' if many else 'it'} as done")
+    shown = partial(_shown, system.tracer)
     return RunView(
         run=None if record is None else run_row(record, progress),
-        input=None if record is None or record.input is None else plain(_decode(record.input)),
-        steps=_steps(record, progress, encoded),
+        input=None if record is None or record.input is None
+        else shown("run.input", plain(_decode(record.input))),
+        steps=_steps(record, progress, encoded, shown),
         checkpoints=[CheckpointView(c.seq, c.step, c.timestamp, len(c.state))
                      for c in checkpoints],
         gates=_gates(stored.gates, damage),
         missing_results=missing, problems=damage.problems)
+
+
+class TraceView(Trace, frozen=True):
+    """A run's trace as the console shows it: the trace, and a problem for each of its span
+    records that does not decode (left out of `spans`, as other damaged records are left
+    out of a list and named)."""
+
+    problems: Annotated[list[str], Meta(
+        description="the span records of this trace that do not decode and are left out of "
+                    "`spans`, and what to do; empty when all is well")]
+
+
+def trace_view(trace: Trace) -> TraceView:
+    """`trace` with a problem naming each span record of it that does not decode."""
+    problems = [f"a span record of this trace does not decode ({entry}); it is left out of "
+                "the trace, and the rest is shown; restore the store from a backup if you "
+                "need that span (`roost store check` does not read trace records)"
+                for entry in trace.skipped]
+    return TraceView(**msgspec.structs.asdict(trace), problems=problems)
 
 
 class _RunRecords(msgspec.Struct, frozen=True):
@@ -441,18 +465,30 @@ def _decode(data: bytes) -> Any:
         return "<undecodable>"
 
 
+def _shown(tracer: Any, name: str, value: Any) -> Any:
+    """What the console shows of payload `name` (`run.input`, `step.output`): `value` as
+    the system's tracer keeps it on a span (cut to its payload limit and passed through
+    its `redact`, a failing hook leaving its placeholder), so that the console shows no
+    more than the trace does; `value` itself when the system redacts nothing."""
+    return value if tracer.redact is None else tracer.payload(name, value)
+
+
 def _steps(record: RunRecord | None, progress: RunProgress | None,
-           encoded: dict[str, msgspec.Raw | None]) -> list[StepView]:
+           encoded: dict[str, msgspec.Raw | None], shown: Callable[[str, Any], Any]
+           ) -> list[StepView]:
+    """The run's steps, each result as `shown` makes it."""
     if progress is None:  # no checkpoint (pruned) or a damaged one: the record's results
         results = _decode(record.result) if record is not None and record.result else {}
-        return [StepView(str(name), "completed", plain(value))
+        return [StepView(str(name), "completed", shown("step.output", plain(value)))
                 for name, value in (results.items() if isinstance(results, dict) else [])]
-    steps = [StepView(name, "completed", plain(_decode(bytes(raw)))) if raw is not None
+    steps = [StepView(name, "completed", shown("step.output", plain(_decode(bytes(raw)))))
+             if raw is not None
              else StepView(name, "result_missing", error="its result is not in the store")
              for name, raw in encoded.items()]
     steps += [StepView(name, "optional_failure", error=error)
               for name, error in progress.failures.items()]
-    steps += [StepView(name, "waiting", plain(_decode(bytes(progress.review_data[name])))
+    steps += [StepView(name, "waiting",
+                       shown("step.output", plain(_decode(bytes(progress.review_data[name]))))
                        if name in progress.review_data else None, error=reason)
               for name, reason in progress.reviews.items()]
     steps += [StepView(name, "outcome_unknown") for name in progress.unknown]

@@ -3,9 +3,11 @@
 `roost trace` prints a run's span tree as a text waterfall: one line per span,
 indented by depth, with a bar placed and scaled on the trace's time span, its
 duration, status (errors in red on a terminal), tokens and cost; `--json` prints
-the raw spans. `roost runs` lists runs, newest first, with their status, pipeline,
-start, duration, steps, tokens and cost; a run record that does not decode is left out
-and named on stderr, and the command exits 1. Both open the store read-only.
+the raw spans. A span record that does not decode is left out and named on stderr, and
+the command exits 1; so does a run whose trace is not kept (tracing off, or pruned).
+`roost runs` lists runs, newest first, with their status, pipeline, start, duration,
+steps, tokens and cost; a run record that does not decode is left out and named on
+stderr, and the command exits 1. Both open the store read-only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from roost.errors import RecordCorrupt, StoreError, TraceNotFound
+from roost.errors import RecordCorrupt, RunNotFound, StoreError, TraceNotFound
 from roost.runtime._store_option import add_store_option, report_damaged
 from roost.runtime.log import configure_logging
 from roost.storage import RunRecord, RunStatus, RunStore, StoreInterface, open_store
@@ -53,7 +55,8 @@ def add_trace_commands(commands: Any) -> None:
 
 
 def run_trace_command(args: argparse.Namespace) -> int:
-    """Run `roost trace` or `roost runs`: 0 when done, 1 for an unknown id or a store error."""
+    """Run `roost trace` or `roost runs`: 0 when done; 1 for an unknown id, a run without a
+    trace, a damaged record or a store error."""
     # Logs go to stderr, errors only: stdout is the report, and the command names what it
     # skipped itself.
     configure_logging("auto", "error")
@@ -67,17 +70,38 @@ def run_trace_command(args: argparse.Namespace) -> int:
 
 
 async def _trace(args: argparse.Namespace) -> int:
+    """Print the trace; exit 1, after printing the rest, if span records did not decode."""
     async with open_store(args.store, readonly=True, create=False) as store:
-        trace = await TraceStore(store).get(args.id)
+        try:
+            trace = await TraceStore(store).get(args.id)
+        except TraceNotFound:
+            if not await _run_exists(store, args.id):
+                raise
+            print(f"roost: run {args.id!r} exists but its trace is not kept in the store at "
+                  f"{store.path!r}: its system ran with tracing off, or the trace is past "
+                  "the system's trace_retention", file=sys.stderr)
+            return EXIT_FAILED
     if args.json:
         print(msgspec.json.encode(trace.spans).decode())
     else:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         print("\n".join(waterfall(trace, color=color)))
-    if trace.skipped:
-        print(f"roost: {len(trace.skipped)} span record(s) did not decode and were left out: "
-              + "; ".join(trace.skipped), file=sys.stderr)
-    return EXIT_OK
+    if not trace.skipped:
+        return EXIT_OK
+    print(f"roost: {len(trace.skipped)} span record(s) did not decode and were left out: "
+          + "; ".join(trace.skipped), file=sys.stderr)
+    return EXIT_FAILED
+
+
+async def _run_exists(store: StoreInterface, run_id: str) -> bool:
+    """Whether the store holds a record of run `run_id` (one that does not decode too)."""
+    try:
+        await RunStore(store).get(run_id)
+    except RunNotFound:
+        return False
+    except RecordCorrupt:
+        pass
+    return True
 
 
 async def _runs(args: argparse.Namespace) -> int:

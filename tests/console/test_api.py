@@ -530,7 +530,7 @@ async def test_the_openapi_document_describes_the_problems_each_list_and_run_ans
         console: Console) -> None:
     schemas = (await get(console, "/api/v1/openapi.json"))["components"]["schemas"]
 
-    for name in ("RunPage", "GatePage", "RunView"):
+    for name in ("RunPage", "GatePage", "RunView", "TraceView"):
         assert "problems" in schemas[name]["required"], name
         problems = schemas[name]["properties"]["problems"]
         assert problems["type"] == "array" and problems["items"] == {"type": "string"}

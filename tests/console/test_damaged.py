@@ -279,6 +279,79 @@ async def test_a_trace_that_cannot_be_read_is_a_named_problem_in_the_api(
     assert (await run_json(console, "done"))["problems"] == []
 
 
+async def damage_a_span(console: Console, run_id: str) -> int:
+    """Overwrite one span record of run `run_id`'s trace with bytes that do not decode;
+    the number of spans the trace had."""
+    response = await console.client.get(f"/api/v1/runs/{run_id}/trace", headers=bearer())
+    trace = await response.json()
+    prefix = b"t/" + trace["trace_id"].encode() + b"\x00"
+    keys = [key async for key, _ in console.system.store.scan("traces", prefix=prefix)]
+    await console.system.store.commit([Put("traces", keys[-1], b"\xc1")])
+    return len(trace["spans"])
+
+
+async def test_a_span_record_that_does_not_decode_is_left_out_of_the_trace_and_named(
+        console: Console) -> None:
+    spans = await damage_a_span(console, "done")
+
+    response = await console.client.get("/api/v1/runs/done/trace", headers=bearer())
+
+    assert response.status == 200
+    trace = await response.json()
+    assert len(trace["spans"]) == spans - 1
+    [problem] = trace["problems"]
+    assert problem.startswith("a span record of this trace does not decode (b't/")
+    assert "it is left out of the trace" in problem and "restore the store" in problem
+
+
+async def test_a_trace_whose_records_all_decode_names_no_problem(console: Console) -> None:
+    response = await console.client.get("/api/v1/runs/done/trace", headers=bearer())
+
+    assert (await response.json())["problems"] == []
+
+
+async def test_the_run_page_shows_a_damaged_span_record_in_red_beside_the_waterfall(
+        console: Console) -> None:
+    await damage_a_span(console, "done")
+
+    page = await run_page(console, "done")
+
+    assert '<div class="damage" role="alert">' in page
+    assert "Part of this trace cannot be read from the store" in page
+    assert "a span record of this trace does not decode (b't/" in page
+    assert 'class="waterfall"' in page
+
+
+async def forget_every_trace(console: Console) -> None:
+    """Delete every trace record, as trace retention leaves a store after its runs."""
+    await console.system.traces.get("done")  # the spans still buffered are written first
+    keys = [key async for key, _ in console.system.store.scan("traces")]
+    await console.system.store.commit([Delete("traces", key) for key in keys])
+
+
+async def test_a_run_whose_trace_is_not_kept_is_a_404_saying_the_run_exists(
+        console: Console) -> None:
+    await forget_every_trace(console)
+
+    response = await console.client.get("/api/v1/runs/done/trace", headers=bearer())
+
+    assert response.status == 404 and response.content_type == PROBLEM
+    assert (await response.json())["detail"] == (
+        "run 'done' exists but its trace is not kept in the store: its system ran with tracing "
+        "off, or the trace is past the system's trace_retention")
+
+
+async def test_the_page_of_a_run_whose_trace_is_not_kept_says_why_and_shows_the_run(
+        console: Console) -> None:
+    await forget_every_trace(console)
+
+    page = await run_page(console, "done")
+
+    assert "The store keeps no trace of this run: its system ran with tracing off, or the " \
+           "trace is past the system's trace_retention." in page
+    assert "reply to a happy customer" in page and 'class="waterfall"' not in page
+
+
 # --- a run or gate record damaged on disk ------------------------------------------------
 
 

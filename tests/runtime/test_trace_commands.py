@@ -127,7 +127,8 @@ def test_trace_json_prints_the_raw_spans(email_store: Path) -> None:
     assert all(span["trace_id"] == TRACE_ID and span["record"] == "span" for span in spans)
 
 
-def test_span_records_that_do_not_decode_are_left_out_and_named_on_stderr(email_store: Path) -> None:
+def test_span_records_that_do_not_decode_are_left_out_named_on_stderr_and_exit_1(
+        email_store: Path) -> None:
     async def corrupt_every_span() -> None:
         async with Store.open(email_store) as store:
             keys = [key async for key, _ in store.scan("traces", prefix=b"t/")]
@@ -137,7 +138,7 @@ def test_span_records_that_do_not_decode_are_left_out_and_named_on_stderr(email_
 
     result = roost_command("trace", "email-0042", "--store", str(email_store))
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     assert result.stdout.startswith(f"trace {TRACE_ID}  run email-0042  ")
     assert "0 spans" in result.stdout
     assert "roost: 4 span record(s) did not decode and were left out: b't/" in result.stderr
@@ -149,6 +150,26 @@ def test_an_unknown_id_says_so_on_stderr_and_exits_1(email_store: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.startswith("roost: no run or trace named 'email-9999'")
+
+
+async def record_untraced_run(folder: Path) -> None:
+    """A stopped system's store with run `quiet-1`, recorded with tracing off."""
+    async with roost.ActorSystem(store=folder, tracing=False, log_format="json",
+                                 log_level="critical") as system:
+        pipeline = roost.Pipeline("support-email", [roost.Step("draft", Draft)])
+        await (await system.pipelines.start(pipeline, run_id="quiet-1")).result()
+
+
+def test_a_run_without_a_kept_trace_is_said_to_exist_and_exits_1(tmp_path: Path) -> None:
+    anyio.run(record_untraced_run, tmp_path / "store")
+
+    result = roost_command("trace", "quiet-1", "--store", str(tmp_path / "store"))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("roost: run 'quiet-1' exists but its trace is not kept in "
+                                    "the store at ")
+    assert "tracing off, or the trace is past the system's trace_retention" in result.stderr
 
 
 def test_a_folder_without_a_store_exits_1_and_creates_nothing(tmp_path: Path) -> None:
