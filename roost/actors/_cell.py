@@ -462,8 +462,7 @@ class Cell:
         that ignores the cancellation keeps the actor busy until it ends. True if found."""
         queued = self.mailbox.withdraw(message)
         if queued is not None:
-            if queued.reply is not None:
-                queued.reply.cancel()
+            _unanswered(queued)
             return True
         current = self.current
         if current is None or current.message is not message:
@@ -919,8 +918,9 @@ class Cell:
 
 
 def _unanswered(envelope: Envelope) -> Envelope:
-    """`envelope` without its reply: its sender is told by the error raised to it, and a
-    reply future failed as well would be one nobody retrieves (asyncio warns of it)."""
+    """`envelope` with its reply cancelled and dropped: its asker has its answer another way
+    (the error raised to it, or it gave up), and a reply future failed as well would be one
+    nobody retrieves (asyncio warns of it)."""
     reply, envelope.reply = envelope.reply, None
     if reply is not None:
         reply.cancel()

@@ -35,7 +35,7 @@ from roost.storage import (
     SnapshotReader,
     checkpoint_key,
 )
-from roost.storage.gates import decode_gate
+from roost.storage.gates import decode_gate, gate_of_key
 from roost.tracing.query import Trace
 
 _CHECKPOINT = RecordCodec(Checkpoint)
@@ -266,14 +266,15 @@ def unreadable(error: RecordCorrupt, store: str) -> Problem:
 def record_name(error: RecordCorrupt) -> str:
     """The damaged record as people know it: the record of run `r`, or of gate `g` of run
     `r`; else by its kind and key (a key that is not text, or not a gate's run and name)."""
-    try:
-        if error.kind == "run":
+    if error.kind == "run":
+        try:
             return f"the record of run {error.key.decode()!r}"
-        run_id, separator, gate = error.key.rpartition(b"\x00")  # gate names hold no NUL
-        if error.kind == "gate" and separator and run_id and gate:
-            return f"the record of gate {gate.decode()!r} of run {run_id.decode()!r}"
-    except UnicodeDecodeError:
-        pass
+        except UnicodeDecodeError:
+            pass
+    named = gate_of_key(error.key) if error.kind == "gate" else None
+    if named is not None:
+        run_id, gate = named
+        return f"the record of gate {gate!r} of run {run_id!r}"
     return f"the {error.kind} record at key {error.key!r}"
 
 

@@ -30,7 +30,7 @@ from roost.runtime.log import configure_logging
 from roost.runtime.system import ActorSystem
 from roost.storage import GateRecord, RunStatus, is_postgres_url, open_store
 from roost.storage._integrity import DATA_FILE, recorded_id
-from roost.storage.gates import PENDING
+from roost.storage.gates import PENDING, gate_of_key
 
 EXIT_OK, EXIT_FAILED = 0, 1
 #: The longest the commands wait for the gate timer to apply deadlines that have passed.
@@ -171,13 +171,11 @@ def _print_gates(args: argparse.Namespace, records: list[GateRecord]) -> None:
 
 def _gate_name(key: bytes) -> str:
     """A damaged gate record by its run and gate, as its key holds them (else the key)."""
-    run_id, separator, gate = key.rpartition(b"\x00")  # gate names hold no NUL
-    try:
-        if separator and run_id and gate:
-            return f"gate {gate.decode()!r} of run {run_id.decode()!r}"
-    except UnicodeDecodeError:
-        pass
-    return f"the one at key {key!r}"
+    named = gate_of_key(key)
+    if named is None:
+        return f"the one at key {key!r}"
+    run_id, gate = named
+    return f"gate {gate!r} of run {run_id!r}"
 
 
 async def _decide(args: argparse.Namespace, decision_input: Any) -> int:

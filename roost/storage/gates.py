@@ -107,6 +107,18 @@ def gate_key(run_id: str, gate: str) -> bytes:
     return run_id.encode() + _SEPARATOR + gate.encode()
 
 
+def gate_of_key(key: bytes) -> tuple[str, str] | None:
+    """The run id and gate name a gate record's key holds, or None if it holds no such
+    pair (a damaged key: no separator, an empty part, or bytes that are not UTF-8)."""
+    run_id, separator, gate = key.rpartition(_SEPARATOR)  # gate names hold no NUL
+    if not (separator and run_id and gate):
+        return None
+    try:
+        return run_id.decode(), gate.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def deadline_key(deadline: float, run_id: str, gate: str) -> bytes:
     """The deadline index key of a gate."""
     return _INDEX + pack_seq(max(0, round(deadline * 1000))) + gate_key(run_id, gate)

@@ -6,7 +6,15 @@ import pytest
 
 from roost.errors import RecordCorrupt
 from roost.storage import Put, Store
-from roost.storage.gates import DECIDED, PENDING, GateRecord, GateStore, deadline_key, gate_key
+from roost.storage.gates import (
+    DECIDED,
+    PENDING,
+    GateRecord,
+    GateStore,
+    deadline_key,
+    gate_key,
+    gate_of_key,
+)
 from tests.support import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -48,3 +56,16 @@ async def test_list_given_a_damaged_list_skips_undecodable_records_whatever_the_
     assert [(error.kind, error.key) for error in damaged] == [("gate", b"c\x00three")]
     # The deadline index entry is in the database, neither listed nor taken for damage.
     assert await store.get("gates", deadline_key(5.0, "a", "one")) is not None
+
+
+@pytest.mark.parametrize(("key", "named"), [
+    (b"run-1\x00review", ("run-1", "review")),
+    (b"run-1\x00draft/review", ("run-1", "draft/review")),
+    (b"no-separator", None),
+    (b"\x00gate", None),
+    (b"run-1\x00", None),
+    (b"\xc3(\x00gate", None),  # not UTF-8
+])
+def test_a_gate_key_names_its_run_and_gate_or_nothing_when_damaged(
+        key: bytes, named: tuple[str, str] | None) -> None:
+    assert gate_of_key(key) == named
