@@ -1,4 +1,5 @@
-"""Helpers shared by tests: a fake clock for deadlines, cooldowns and restart windows; a disk filler."""
+"""Helpers shared by tests: a fake clock for deadlines, cooldowns and restart windows; a disk
+filler; a command's stderr without its log lines."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def fill(path: Path) -> None:
                 file.flush()
         except OSError as error:
             assert error.errno == errno.ENOSPC
+
+
+def without_logs(stderr: str) -> str:
+    """`stderr` without its JSON log lines: what a command itself printed. A loaded machine
+    may log `event_loop_blocked` (a warning) beside the error a test expects."""
+    return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith("{"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from typing import Any
 
 import pytest
@@ -178,15 +177,23 @@ def test_a_bad_pool_setting_is_named_with_its_value(options: dict[str, Any], pat
         Pool.spec("pool", Worker, **settings)
 
 
-class SlowStop(roost.Actor):
-    """Takes `seconds` to stop, and says when it did."""
+class StopTogether(roost.Actor):
+    """Finishes stopping only once every worker of its pool is stopping too."""
 
-    def __init__(self, seconds: float, stopped: list[str]) -> None:
-        self.seconds = seconds
+    def __init__(self, stopping: list[str], stopped: list[str], everyone: asyncio.Event,
+                 size: int) -> None:
+        self.stopping = stopping
         self.stopped = stopped
+        self.everyone = everyone
+        self.size = size
 
     async def on_stop(self) -> None:
-        await asyncio.sleep(self.seconds)
+        self.stopping.append(self.ctx.path)
+        if len(self.stopping) == self.size:
+            self.everyone.set()
+        # Stopped one after another, the first worker would wait here until its shutdown
+        # timeout cancelled it, and the others would not be stopping yet.
+        await self.everyone.wait()
         self.stopped.append(self.ctx.path)
 
     async def receive(self, message: Any) -> Any:
@@ -196,13 +203,14 @@ class SlowStop(roost.Actor):
 async def test_a_pools_workers_stop_together_within_one_shutdown_timeout(
     system: roost.ActorSystem,
 ) -> None:
+    stopping: list[str] = []
     stopped: list[str] = []
-    pool = await system.start(Pool.spec("pool", SlowStop, size=3, args=(0.3, stopped)))
-    started = time.monotonic()
+    everyone = asyncio.Event()
+    pool = await system.start(
+        Pool.spec("pool", StopTogether, size=3, args=(stopping, stopped, everyone, 3)))
     await pool.stop()
-    elapsed = time.monotonic() - started
     assert sorted(stopped) == ["/pool/pool-1", "/pool/pool-2", "/pool/pool-3"]
-    assert elapsed < 0.6, f"one after another would take 0.9 s; took {elapsed:.2f} s"
+    assert system.statistics()["abandoned"] == 0
 
 
 class Echo(roost.Actor):

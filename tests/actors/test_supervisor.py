@@ -978,7 +978,7 @@ async def test_a_child_stuck_in_on_stop_is_cancelled_at_its_timeout_and_the_syst
     elapsed = time.monotonic() - started
     assert log.entries == [
         "start:a", "start:stuck", "start:c", "stop:c", "stop:stuck", "cancelled:stuck", "stop:a"]
-    assert 0.1 <= elapsed < 1.0, elapsed
+    assert 0.1 <= elapsed < 4.0, elapsed  # cancelled at its 0.1 s, not the default 5 s
     assert system.statistics()["abandoned"] == 0
 
 

@@ -32,6 +32,7 @@ import pytest
 import roost
 from roost import Pipeline, RunStep, Step
 from roost.runtime.console_command import console_address
+from tests.support import without_logs
 
 REPO = Path(__file__).resolve().parents[2]
 ROOST = [sys.executable, "-m", "roost.runtime.cli"]
@@ -213,7 +214,7 @@ def test_console_refuses_a_folder_without_a_store_and_leaves_it_alone(tmp_path: 
                             timeout=30)
 
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.startswith(f"roost: StoreUnavailable: cannot open the store at "
+    assert without_logs(result.stderr).startswith(f"roost: StoreUnavailable: cannot open the store at "
                                     f"{str(tmp_path / 'none')!r}: there is no store in this folder")
     assert not (tmp_path / "none").exists()
 
@@ -238,7 +239,7 @@ def test_console_on_a_port_in_use_exits_1_saying_so(store: Path, busy_port: int)
                             timeout=30)
 
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.startswith(f"roost: ConfigurationError: cannot serve the console on "
+    assert without_logs(result.stderr).startswith(f"roost: ConfigurationError: cannot serve the console on "
                                     f"127.0.0.1:{busy_port}: ")
     assert "choose another port or host" in result.stderr
 
@@ -313,7 +314,7 @@ def test_run_with_console_on_a_port_in_use_exits_1_before_main_runs(
                             timeout=30)
 
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.startswith(f"roost: ConfigurationError: cannot serve the console on "
+    assert without_logs(result.stderr).startswith(f"roost: ConfigurationError: cannot serve the console on "
                                     f"127.0.0.1:{busy_port}: ")
 
 
