@@ -48,6 +48,7 @@ from roost.errors import (
     SystemBusy,
 )
 from roost.pipelines import remote
+from roost.pipelines._sameness import first_difference
 from roost.pipelines.admission import Admission
 from roost.pipelines.definition import Pipeline, Step
 from roost.pipelines.gates import Gates
@@ -258,7 +259,9 @@ class Pipelines:
     # --- registry and actors ----------------------------------------------------------
 
     async def register(self, pipeline: Pipeline, *, resume: bool = False) -> Resumed:
-        """Make `pipeline` known (so its runs can be resumed by id).
+        """Make `pipeline` known (so its runs can be resumed by id). Registering an
+        identical definition again (the same steps, options and function code, built anew)
+        keeps the first.
 
         Args:
             resume: also resume its interrupted runs now (on a cluster's node: claim its
@@ -270,15 +273,19 @@ class Pipelines:
             and named in the result's `damaged`: the other runs resume.
 
         Raises:
-            ConfigurationError: `pipeline` is not a `Pipeline`, or another pipeline with
-                that name is registered.
+            ConfigurationError: `pipeline` is not a `Pipeline`, or a different pipeline
+                with that name is registered (the message names what differs).
         """
         _check_pipeline("register", pipeline)
         known = self._registered.get(pipeline.name)
         if known is not None and known is not pipeline:
-            raise ConfigurationError(
-                f"a different pipeline named {pipeline.name!r} is already registered")
-        self._registered[pipeline.name] = pipeline
+            difference = first_difference(known, pipeline)
+            if difference is not None:
+                raise ConfigurationError(
+                    f"a different pipeline named {pipeline.name!r} is already registered "
+                    f"({difference} differs); give the new definition another name")
+        else:
+            self._registered[pipeline.name] = pipeline
         self.gates.start_timer()
         if self.cluster is not None:  # its runs are resumed by the nodes' claims
             if not resume:
@@ -382,6 +389,7 @@ class Pipelines:
             check_run_id(run_id, self.checkpoints.max_run_id_bytes)
         encoded, decoded = self._checked_input(pipeline, input)
         await self.register(pipeline)
+        pipeline = self._registered[pipeline.name]  # the first of identical definitions
         admission = self.admission
         cluster = self.cluster
         if not admission.can_start():

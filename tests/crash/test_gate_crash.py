@@ -23,7 +23,6 @@ from pathlib import Path
 
 import anyio
 import msgspec
-import pytest
 
 from roost.storage import GateRecord, GateStore, RunStatus, RunStore, Store
 
@@ -34,7 +33,6 @@ TIMED_RUNS = 6
 TIMED_IDS = [f"run-{i:02d}" for i in range(TIMED_RUNS)]
 REJECTED = {run_id for run_id in TIMED_IDS if int(run_id[-2:]) % 2 == 0}  # in `reject-late`
 TIMEOUT = 15.0  # seconds for each process at most
-# The file's tests share 33 seconds (pytest-timeout); each usually needs a third of its share.
 
 
 class Runs(msgspec.Struct):
@@ -91,7 +89,6 @@ def exactly_once(run_ids: list[str], steps: list[str]) -> Counter[str]:
     return Counter(f"{run_id} {step}" for run_id in run_ids for step in steps)
 
 
-@pytest.mark.timeout(6)
 def test_runs_parked_at_a_gate_when_the_process_is_killed_stay_pending_and_complete_once_decided(
         tmp_path: Path) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
@@ -131,7 +128,6 @@ def test_runs_parked_at_a_gate_when_the_process_is_killed_stay_pending_and_compl
     assert effects(tmp_path) == exactly_once(RUN_IDS, ["log", "send"]), note
 
 
-@pytest.mark.timeout(13)
 def test_a_kill_at_any_point_while_decided_runs_resume_never_repeats_a_side_effect(
         tmp_path: Path) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
@@ -179,7 +175,6 @@ def test_a_kill_at_any_point_while_decided_runs_resume_never_repeats_a_side_effe
         f"{ {line: count for line, count in made.items() if count != 1} }")
 
 
-@pytest.mark.timeout(8)
 def test_a_kill_while_decisions_resume_their_runs_here_loses_no_decision_and_runs_no_step_early(
         tmp_path: Path) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
@@ -221,7 +216,6 @@ def test_a_kill_while_decisions_resume_their_runs_here_loses_no_decision_and_run
     assert effects(tmp_path) == exactly_once(RUN_IDS, ["log", "send"]), note
 
 
-@pytest.mark.timeout(6)
 def test_a_gate_deadline_that_passed_while_no_process_ran_applies_at_the_next_start(
         tmp_path: Path) -> None:
     kill = killed_at(run("park-timed", tmp_path, f"park:{TIMED_RUNS}", TIMED_RUNS))

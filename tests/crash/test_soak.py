@@ -11,12 +11,14 @@ from pathlib import Path
 
 import anyio
 import lmdb
+import pytest
 
 from benches.soak import Soak, crash_load, soak
 
 SEED = 20261202
 
 
+@pytest.mark.timeout(300)  # about 40 s; twice that on a loaded machine, over the default 60 s
 def test_fifty_kills_lose_no_acknowledged_checkpoint_and_repeat_no_side_effect(
         tmp_path: Path) -> None:
     lines: list[str] = []

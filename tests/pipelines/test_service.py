@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -646,15 +646,50 @@ async def test_a_pipeline_name_in_place_of_a_pipeline_is_refused(
         await getattr(system.pipelines, method)("orders")
 
 
-async def test_registering_another_pipeline_under_a_taken_name_is_refused(
-        system: roost.ActorSystem) -> None:
-    first = orders()
-    await system.pipelines.register(first)
-    await system.pipelines.register(first)  # the same pipeline again is fine
+def orders_with(timeout: float = 60.0, limit: int = 10) -> Pipeline:
+    """`orders` with a step timeout and a value its `when=` closure holds."""
+    return Pipeline("orders", [
+        Step("reserve", Worker, timeout=timeout),
+        Step("confirm", Worker, after="reserve", when=lambda results: len(results) < limit),
+    ])
 
-    with pytest.raises(ConfigurationError,
-                       match=r"a different pipeline named 'orders' is already registered"):
-        await system.pipelines.register(orders())
+
+async def test_the_same_definition_built_again_is_the_registered_pipeline(
+        system: roost.ActorSystem) -> None:
+    await system.pipelines.register(orders())
+    await system.pipelines.register(orders())  # a new object, new lambdas, the same code
+
+    handle = await system.pipelines.start(orders(), "order-1")  # built per call, as services do
+    assert (await handle.result()).status == "completed"
+
+
+def with_recursive_condition() -> Pipeline:
+    def deep(results: Mapping[str, Any], depth: int = 0) -> bool:  # its closure holds itself
+        return depth >= 3 or deep(results, depth + 1)
+
+    return Pipeline("orders", [Step("reserve", Worker), Step("confirm", Worker, when=deep)])
+
+
+async def test_a_rebuilt_definition_whose_condition_refers_to_itself_is_the_same(
+        system: roost.ActorSystem) -> None:
+    await system.pipelines.register(with_recursive_condition())
+    await system.pipelines.register(with_recursive_condition())
+
+
+@pytest.mark.parametrize(("changed", "difference"), [
+    (lambda: orders_with(timeout=30.0), "step 'reserve': timeout"),
+    (lambda: orders_with(limit=5), "step 'confirm': when"),
+    (lambda: Pipeline("orders", [Step("reserve", Worker)]),
+     r"steps \['reserve', 'confirm'\] against \['reserve'\]"),
+])
+async def test_a_different_pipeline_under_a_taken_name_is_refused_naming_what_differs(
+        system: roost.ActorSystem, changed: Callable[[], Pipeline], difference: str) -> None:
+    await system.pipelines.register(orders_with())
+
+    with pytest.raises(ConfigurationError, match=(
+            rf"a different pipeline named 'orders' is already registered \({difference} "
+            r"differs\); give the new definition another name")):
+        await system.pipelines.register(changed())
 
 
 async def test_pipelines_need_a_store() -> None:
