@@ -80,21 +80,27 @@ class ActorContext:
         """Start a child actor supervised by this one; see `ActorSystem.spawn` for options."""
         return self._cell.engine.spawn_under(self._cell, factory, args, name, options)
 
-    async def stop(self, ref: ActorRef | None = None) -> None:
-        """Stop another actor and wait until it has stopped; with no argument, end this one.
+    def stop(self, ref: ActorRef | None = None) -> asyncio.Future[None]:
+        """Stop another actor (await the result to wait until it has stopped); with no
+        argument, end this one.
 
-        Ending this actor (no argument, or its own ref) returns at once: it is a normal
-        exit that happens after the current message, and its supervisor then restarts
-        it only if its restart type is `permanent`. Stopping an ancestor (e.g.
-        `ctx.parent`) from inside a message starts its stop and returns at once without
-        waiting: the ancestor stops this actor first, so waiting would deadlock. Both
-        then stop with reason `normal`, this actor once its current message is done.
+        The stop starts when this is called, awaited or not: `self.ctx.stop()` ends the
+        actor as Akka's `context.stop(self)` does. Ending this actor (no argument, or its
+        own ref) is a normal exit that happens after the current message, and its
+        supervisor then restarts it only if its restart type is `permanent`. Stopping an
+        ancestor (e.g. `ctx.parent`) from inside a message starts its stop and does not
+        wait: the ancestor stops this actor first, so waiting would deadlock. Both then
+        stop with reason `normal`, this actor once its current message is done.
         """
         cell = self._cell
         if ref is None or ref._cell is cell:
             cell.post_exit()
-            return
-        await ref._cell.stop_requested()
+            done: asyncio.Future[None] = cell.loop.create_future()
+            done.set_result(None)
+            return done
+        stopping = cell.loop.create_task(ref._cell.stop_requested())
+        cell.engine.own(stopping)
+        return stopping
 
     def forward(self, ref: ActorRef) -> None:
         """Pass the message being handled on to `ref`, keeping its sender, reply and id.

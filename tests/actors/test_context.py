@@ -176,6 +176,30 @@ async def test_ctx_stop_without_a_ref_ends_the_actor_after_the_current_message(
 
 
 @pytest.mark.anyio
+async def test_ctx_stop_not_awaited_still_ends_the_actor_and_stops_another(
+    system: roost.ActorSystem,
+) -> None:
+    class Quitter(roost.Actor):
+        async def receive(self, message: Any) -> Any:
+            if message == "quit":
+                self.ctx.stop()  # as Akka's context.stop(self): no await needed
+            else:
+                self.ctx.stop(message)  # started at once; awaiting it would wait for the end
+            return "ok"
+
+    victim = system.spawn(Echo, name="victim")
+    quitter = system.spawn(Quitter, name="quitter")
+
+    with anyio.fail_after(10):
+        assert await quitter.ask(victim) == "ok"
+        await system.join(victim)
+        assert quitter.is_alive
+        assert await quitter.ask("quit") == "ok"
+        await system.join(quitter)
+    assert not quitter.is_alive
+
+
+@pytest.mark.anyio
 async def test_ctx_stop_with_a_ref_stops_that_actor_and_waits(system: roost.ActorSystem) -> None:
     class Stopper(roost.Actor):
         async def receive(self, message: Any) -> Any:

@@ -29,6 +29,8 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian's chromium at {CHROMIUM} "
                                                      "(apt-get install chromium; scripts/dev.py "
                                                      "test installs it)"),
+    # Chromium's first start took 34 s on a loaded machine (a few seconds when idle).
+    pytest.mark.timeout(180),
 ]
 
 NAME = "Ada Lovelace"
@@ -52,7 +54,7 @@ async def browsing(console: Console, tmp_path: Path) -> AsyncIterator[Browsing]:
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
+            executable_path=str(CHROMIUM), headless=True, timeout=120_000,
             args=["--no-sandbox"] if os.geteuid() == 0 else [])
         try:
             page = await browser.new_page()

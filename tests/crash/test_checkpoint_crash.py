@@ -18,12 +18,12 @@ from pathlib import Path
 
 import anyio
 import msgspec
+import pytest
 
 from roost.storage import CheckpointStore, Store, decode_state
 
 WRITER = Path(__file__).with_name("_checkpoint_writer.py")
 KILLS = 20
-BUDGET = 20.0  # seconds for all the rounds
 RUN_ID = "crash-run"
 
 
@@ -73,17 +73,14 @@ async def check_store(folder: Path, acked: dict[int, str]) -> int:
     return len(saved)
 
 
+@pytest.mark.timeout(180)  # about 10 s; more on a loaded machine, over the default 60 s
 def test_every_acknowledged_checkpoint_survives_sigkill(tmp_path: Path) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
     folder = tmp_path / "store"
     acked: dict[int, str] = {}
-    deadline = time.monotonic() + BUDGET
-    kills = 0
-    while kills < KILLS and time.monotonic() < deadline:
+    for _ in range(KILLS):
         acked |= run_until_killed(folder, rng)
-        kills += 1
         stored = anyio.run(check_store, folder, acked)
-        assert stored >= len(acked)
-    assert kills == KILLS, f"only {kills} kills fit in {BUDGET}s (seed {seed})"
+        assert stored >= len(acked), f"seed {seed}"
     assert acked, f"the writer never acknowledged a checkpoint (seed {seed})"
