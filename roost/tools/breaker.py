@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
+import aiohttp
 import msgspec
 
 from roost._logging import get_logger
@@ -60,9 +61,10 @@ ErrorFilter = (
 Listener = Callable[["BreakerTransition"], object]
 """Called as `listener(transition)` after every state change."""
 
-DEFAULT_COUNTS: Final = (TransientToolError, TimeoutError, OSError)
-"""Errors that count as failures unless `Breaker.counts` says otherwise (OSError
-covers ConnectionError)."""
+DEFAULT_COUNTS: Final = (TransientToolError, TimeoutError, OSError, aiohttp.ClientConnectionError)
+"""Errors that count as failures unless `Breaker.counts` says otherwise (OSError covers
+ConnectionError; aiohttp's connection errors, from a tool that uses aiohttp itself, are not
+all OSErrors)."""
 
 _DEFAULT_FAILURES: Final = 5
 _WINDOW_BUCKETS: Final = 10

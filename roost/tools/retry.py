@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
+import aiohttp
 import anyio
 import msgspec
 
@@ -57,8 +58,10 @@ T = TypeVar("T")
 
 _log = get_logger("roost.tools.retry")
 
-DEFAULT_RETRY_ON: Final = (TransientToolError, TimeoutError, ConnectionError)
-"""Errors retried unless `Retry.retry_on` says otherwise (ToolTimeout is transient)."""
+DEFAULT_RETRY_ON: Final = (TransientToolError, TimeoutError, ConnectionError,
+                           aiohttp.ClientConnectionError)
+"""Errors retried unless `Retry.retry_on` says otherwise (ToolTimeout is transient; aiohttp's
+connection errors, from a tool that uses aiohttp itself, are not all `ConnectionError`s)."""
 
 # 2.0 ** 1024 overflows; past this exponent the cap is max_delay anyway.
 _MAX_EXPONENT: Final = 1023
@@ -72,13 +75,14 @@ def leaves_outcome_unknown(error: BaseException) -> bool:
     """Whether an attempt that failed with `error` may still have taken effect.
 
     A timeout (the attempt was cut off, or the tool's own client gave up
-    waiting) or a connection that broke (reset, aborted, or `ToolConnectionLost`
-    after the request was sent) says nothing about what the other side did. A
-    refused connection never carried the request, and an answered failure
-    (e.g. HTTP 503, a `TransientToolError`) is known.
+    waiting) or a connection that broke (reset, aborted, `ToolConnectionLost`
+    after the request was sent, or aiohttp's `ServerDisconnectedError`) says
+    nothing about what the other side did. A refused connection (aiohttp's
+    `ClientConnectorError`: none was made) never carried the request, and an
+    answered failure (e.g. HTTP 503, a `TransientToolError`) is known.
     """
-    return isinstance(error, TimeoutError | ConnectionError) and not isinstance(
-        error, ConnectionRefusedError)
+    return isinstance(error, TimeoutError | ConnectionError | aiohttp.ClientConnectionError) \
+        and not isinstance(error, ConnectionRefusedError | aiohttp.ClientConnectorError)
 
 
 class Retry(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from unittest.mock import Mock
 
+import aiohttp
 import anyio
 import anyio.lowlevel
 import pytest
@@ -384,6 +386,13 @@ def test_errors_outside_counts_are_neither_success_nor_failure(clock: FakeClock)
     fail(breaker, error=ValueError("a bug"))
     assert breaker.statistics().consecutive_failures == 1
     fail(breaker, error=ConnectionResetError())
+    assert breaker.state is OPEN
+
+
+def test_aiohttp_connection_errors_count_by_default(clock: FakeClock) -> None:
+    breaker = make(clock, failures=2)
+    fail(breaker, error=aiohttp.ServerDisconnectedError())  # not an OSError
+    fail(breaker, error=aiohttp.ClientConnectorError(Mock(), ConnectionRefusedError(111, "no")))
     assert breaker.state is OPEN
 
 

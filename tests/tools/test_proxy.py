@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
+import aiohttp
 import anyio
 import msgspec
 import pytest
@@ -645,7 +647,9 @@ async def test_a_timed_out_attempt_of_an_idempotent_tool_is_retried(tmp_path: Pa
 @pytest.mark.parametrize(
     ("lost", "unknown"),
     [(ConnectionResetError("reset by peer"), True), (BrokenPipeError("broken pipe"), True),
-     (ConnectionRefusedError("refused"), False), (roost.TransientToolError("503"), False)],
+     (aiohttp.ServerDisconnectedError(), True),  # a tool that uses aiohttp itself
+     (ConnectionRefusedError("refused"), False), (roost.TransientToolError("503"), False),
+     (aiohttp.ClientConnectorError(Mock(), ConnectionRefusedError(111, "refused")), False)],
 )
 async def test_a_connection_broken_after_sending_is_an_unknown_outcome_a_refused_one_is_not(
     tmp_path: Path, lost: Exception, unknown: bool,

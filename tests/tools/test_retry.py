@@ -9,7 +9,9 @@ import random
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+from unittest.mock import Mock
 
+import aiohttp
 import anyio
 import anyio.lowlevel
 import pytest
@@ -326,7 +328,10 @@ async def test_a_full_bulkhead_is_not_retried_and_not_held_against_the_breaker()
         (ConnectionResetError(), True),
         (BrokenPipeError(), True),
         (ToolConnectionLost("broke off after sending"), True),
+        (aiohttp.ServerDisconnectedError(), True),  # from a tool using aiohttp itself
+        (aiohttp.ClientOSError(104, "reset"), True),
         (ConnectionRefusedError(), False),
+        (aiohttp.ClientConnectorError(Mock(), ConnectionRefusedError(111, "refused")), False),
         (TransientToolError("503"), False),
         (PermanentToolError("404"), False),
         (ValueError("bad"), False),
