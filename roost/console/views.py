@@ -202,7 +202,7 @@ def _progress(checkpoint: Checkpoint | None) -> RunProgress | None:
         return None
 
 
-def run_row(record: RunRecord, progress: RunProgress | None) -> RunRow:
+def run_row(record: RunRecord, progress: RunProgress | None, tracer: Any) -> RunRow:
     usage = progress.usage if progress is not None else None
     steps = 0 if progress is None else (len(progress.results) + len(progress.stored)
                                         + len(progress.failures))
@@ -212,7 +212,7 @@ def run_row(record: RunRecord, progress: RunProgress | None) -> RunRow:
         run_id=record.run_id, pipeline=record.pipeline, status=str(record.status),
         created_at=record.created_at, updated_at=record.updated_at,
         seconds=max(0.0, until - record.created_at), last_step=record.last_step,
-        failed_step=record.failed_step, error=record.error, steps=steps,
+        failed_step=record.failed_step, error=_error_shown(tracer, record.error), steps=steps,
         input_tokens=0 if usage is None else usage.input_tokens,
         output_tokens=0 if usage is None else usage.output_tokens,
         cost=None if usage is None else usage.cost)
@@ -243,7 +243,7 @@ async def runs_page(system: Any, *, status: str | None = None, pipeline: str | N
         return records, after, [_latest(snapshot, record.run_id) for record in records]
 
     records, after, latest = await system.store.read(read)
-    rows = [run_row(record, _progress(checkpoint))
+    rows = [run_row(record, _progress(checkpoint), system.tracer)
             for record, checkpoint in zip(records, latest, strict=True)]
     return rows, encode_cursor(after), [damaged_record(error, system.store.path)
                                         for error in damaged]
@@ -328,10 +328,10 @@ async def run_view(system: Any, run_id: str) -> RunView:
                    f"latest checkpoint names {'them' if many else 'it'} as done")
     shown = partial(_shown, system.tracer)
     return RunView(
-        run=None if record is None else run_row(record, progress),
+        run=None if record is None else run_row(record, progress, system.tracer),
         input=None if record is None or record.input is None
         else shown("run.input", plain(_decode(record.input))),
-        steps=_steps(record, progress, encoded, shown),
+        steps=_steps(record, progress, encoded, shown, partial(_error_shown, system.tracer)),
         checkpoints=[CheckpointView(c.seq, c.step, c.timestamp, len(c.state))
                      for c in checkpoints],
         gates=_gates(stored.gates, damage),
@@ -474,29 +474,36 @@ def _shown(tracer: Any, name: str, value: Any) -> Any:
     return value if tracer.redact is None else tracer.payload(name, value)
 
 
+def _error_shown(tracer: Any, error: str | None) -> str | None:
+    """What the console shows of a run's or step's error: its message as spans keep it
+    (through the system's `redact`)."""
+    return None if error is None else tracer.error_text(error)
+
+
 def _steps(record: RunRecord | None, progress: RunProgress | None,
-           encoded: dict[str, msgspec.Raw | None], shown: Callable[[str, Any], Any]
-           ) -> list[StepView]:
-    """The run's steps, each result as `shown` makes it."""
-    if progress is None:  # no checkpoint (pruned) or a damaged one: the record's results
+           encoded: dict[str, msgspec.Raw | None], shown: Callable[[str, Any], Any],
+           error_shown: Callable[[str | None], str | None]) -> list[StepView]:
+    """The run's steps, each result as `shown` makes it, each error as `error_shown` does."""
+    if progress is None:  # no checkpoint (pruned, none yet, or damaged): the record's results
         results = _decode(record.result) if record is not None and record.result else {}
-        return [StepView(str(name), "completed", shown("step.output", plain(value)))
-                for name, value in (results.items() if isinstance(results, dict) else [])]
-    steps = [StepView(name, "completed", shown("step.output", plain(_decode(bytes(raw)))))
-             if raw is not None
-             else StepView(name, "result_missing", error="its result is not in the store")
-             for name, raw in encoded.items()]
-    steps += [StepView(name, "optional_failure", error=error)
-              for name, error in progress.failures.items()]
-    steps += [StepView(name, "waiting",
-                       shown("step.output", plain(_decode(bytes(progress.review_data[name]))))
-                       if name in progress.review_data else None, error=reason)
-              for name, reason in progress.reviews.items()]
-    steps += [StepView(name, "outcome_unknown") for name in progress.unknown]
-    steps += [StepView(name, "skipped") for name in progress.skipped]
+        steps = [StepView(str(name), "completed", shown("step.output", plain(value)))
+                 for name, value in (results.items() if isinstance(results, dict) else [])]
+    else:
+        steps = [StepView(name, "completed", shown("step.output", plain(_decode(bytes(raw)))))
+                 if raw is not None
+                 else StepView(name, "result_missing", error="its result is not in the store")
+                 for name, raw in encoded.items()]
+        steps += [StepView(name, "optional_failure", error=error_shown(error))
+                  for name, error in progress.failures.items()]
+        steps += [StepView(name, "waiting",
+                           shown("step.output", plain(_decode(bytes(progress.review_data[name]))))
+                           if name in progress.review_data else None, error=error_shown(reason))
+                  for name, reason in progress.reviews.items()]
+        steps += [StepView(name, "outcome_unknown") for name in progress.unknown]
+        steps += [StepView(name, "skipped") for name in progress.skipped]
     if record is not None and record.failed_step is not None \
             and all(s.name != record.failed_step for s in steps):
-        steps.append(StepView(record.failed_step, "failed", error=record.error))
+        steps.append(StepView(record.failed_step, "failed", error=error_shown(record.error)))
     return steps
 
 

@@ -191,7 +191,7 @@ class OpenSpan(msgspec.Struct):
         """Mark the span as ended in `error`."""
         self.status = "error"
         self.error_type = type(error).__name__
-        self.error_message = str(error)
+        self.error_message = self._tracer.error_text(str(error))
 
     def end(self) -> Span | None:
         """Finish the span and hand it to the sinks (a second call does nothing)."""
@@ -297,6 +297,15 @@ class Tracer:
         if redact is None:
             return self._shaped(value)
         return self._shaped(self._redacted(redact, name, self._plain(value)))
+
+    def error_text(self, message: str) -> str:
+        """An error's message as spans keep it: passed through `redact` as the payload
+        `error.message` (a tool's error may quote what it was sent), its answer as text."""
+        redact = self.redact
+        if redact is None:
+            return message
+        kept = self._redacted(redact, "error.message", message)
+        return kept if isinstance(kept, str) else _ENCODER.encode(kept).decode()
 
     def _shaped(self, value: Any) -> Any:
         """`value` encoded and cut to `payload_limit` bytes."""

@@ -1,6 +1,6 @@
 """A system's `redact` hook on the console: the run page and `GET /api/v1/runs/{id}` show a
-run's input and step results as its trace keeps them, passed through the same hook, so
-the console never shows what the hook keeps out of the trace. A hook that fails shows the
+run's input, step results and errors as its trace keeps them, passed through the same hook,
+so the console never shows what the hook keeps out of the trace. A hook that fails shows the
 tracer's placeholder, never the value and never an internal error.
 """
 
@@ -43,6 +43,13 @@ class Caller(roost.Actor):
         return {"api_key": SECRET, "answer": "forty-two"}
 
 
+class Quoter(roost.Actor):
+    """Fails quoting what it was given, as a client library's error often does."""
+
+    async def receive(self, message: roost.RunStep) -> Any:
+        raise RuntimeError(f"the service refused key {message.input['password']}")
+
+
 class Served:
     """A system redacting with a hook, its console's client, and the run `leaky` it made."""
 
@@ -77,6 +84,11 @@ def console_with(redact: Callable[[str, Any], Any]) -> Callable[[Path], Any]:
             run = await system.pipelines.start(
                 pipeline, input={"password": SECRET, "user": "ann"}, run_id="leaky")
             await run.result()
+            failing = roost.Pipeline("quoting", [roost.Step("call", Quoter)])
+            quoted = await system.pipelines.start(failing, input={"password": SECRET},
+                                                  run_id="quoted")
+            with pytest.raises(roost.StepFailed):
+                await quoted.result()
             async with TestClient(TestServer(create_app(system, token=TOKEN),
                                              host="127.0.0.1")) as client:
                 yield Served(system, client)
@@ -127,3 +139,17 @@ async def test_a_failing_hook_shows_the_tracers_placeholder_and_never_the_value(
     assert view["input"] == placeholder == (await failing.span_attributes("run leaky"))["run.input"]
     assert [s["result"] for s in view["steps"]] == [placeholder]
     assert SECRET not in page and '"roost.redaction_failed": "ValueError"' in page
+
+
+async def test_a_runs_error_is_shown_redacted_as_its_spans_keep_it(masked: Served) -> None:
+    response = await masked.client.get("/api/v1/runs/quoted", headers=bearer())
+    view = await response.json()
+    page = await masked.client.get("/runs/quoted", headers=bearer())
+    trace = await masked.client.get("/api/v1/runs/quoted/trace", headers=bearer())
+
+    refused = f"the service refused key {MASKED}"
+    assert view["run"]["error"].endswith(refused)
+    assert [s["error"] for s in view["steps"] if s["name"] == "call"] == [view["run"]["error"]]
+    assert SECRET not in html.unescape(await page.text())
+    assert SECRET not in await trace.text()
+    assert refused in {span["error_message"] for span in (await trace.json())["spans"]}

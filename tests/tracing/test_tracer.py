@@ -91,6 +91,22 @@ def test_a_long_payload_is_redacted_whole_before_it_is_cut() -> None:
     assert kept["bytes"] == len('{"api_key":"***","blob":""}') + 5000  # the redacted size
 
 
+def test_an_error_message_on_a_span_passes_through_redact() -> None:
+    spans: list[Span] = []
+
+    def mask(name: str, value: Any) -> Any:
+        return value.replace("sk-SECRET", "***") if name == "error.message" else value
+
+    tracer = Tracer(redact=mask)
+    tracer.add_sink(spans.append)
+    span = tracer.start("tool send", SpanKind.TOOL_CALL, trace_id="t" * 32)
+    span.fail(ValueError("rejected key sk-SECRET"))
+    span.end()
+
+    assert (spans[0].error_type, spans[0].error_message) == ("ValueError", "rejected key ***")
+    assert Tracer(redact=lambda name, value: {"hidden": True}).error_text("x") == '{"hidden":true}'
+
+
 def test_a_failing_redactor_is_logged_once_per_error_type_without_the_payload() -> None:
     def fussy(name: str, value: Any) -> Any:
         raise (TypeError if isinstance(value, dict) else KeyError)("sk-SECRET")
