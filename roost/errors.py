@@ -787,6 +787,24 @@ class RunInterrupted(RoostError):
         )
 
 
+class PipelineChanged(RoostError):
+    """A stored run cannot go on under the pipeline registered now under its name: the
+    definition changed in a way the run's progress does not fit (a step it ran was removed
+    or renamed, a new step comes before one it ran, a stored result or decision no longer
+    fits its type). The run is left as it is in the store."""
+
+    def __init__(self, run_id: str, pipeline: str, reason: str) -> None:
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.reason = reason
+        super().__init__(
+            f"run {run_id!r} cannot go on under the pipeline {pipeline!r} registered now: "
+            f"{reason}; it is left as it is in the store: resume it under the definition it "
+            f"started with (registered as {pipeline!r}), or cancel it "
+            f"(system.pipelines.cancel({run_id!r})), and give an incompatible definition a "
+            "new name")
+
+
 class RunCancelled(RoostError):
     """The run was cancelled before it finished."""
 

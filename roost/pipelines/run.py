@@ -35,7 +35,9 @@ from roost.actors.pool import abandon_routed
 from roost.errors import (
     AskTimeout,
     CheckpointCorrupt,
+    GateDecisionInvalid,
     PermanentToolError,
+    PipelineChanged,
     RecordCorrupt,
     RemoteStepFailed,
     RoostError,
@@ -45,6 +47,7 @@ from roost.errors import (
     ToolResultUnrecordable,
 )
 from roost.pipelines import remote
+from roost.pipelines._compat import check_fits
 from roost.pipelines.definition import NeedsReview, Pipeline, RunStep, Step, StepFailure
 from roost.pipelines.gate import Gate, GateDecision
 from roost.storage import (
@@ -136,10 +139,11 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
             is the copy of the results the run's record keeps (its checkpoints pruned).
 
     Raises:
-        RecordCorrupt, CheckpointCorrupt: a step's result does not decode (damaged bytes,
-            or a changed `output` type), naming the record that holds it: the step's
-            record in `results`, the checkpoint (an older roost's checkpoints carry
-            results), or the run's record.
+        RecordCorrupt, CheckpointCorrupt: a step's result does not decode (damaged bytes),
+            naming the record that holds it: the step's record in `results`, the
+            checkpoint (an older roost's checkpoints carry results), or the run's record.
+        PipelineChanged: a step's result is well-formed but does not fit the step's
+            `output` type (it changed).
     """
     results: dict[str, Any] = {}
     for name, raw in encoded.items():
@@ -150,6 +154,11 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
         except msgspec.DecodeError as error:
             reason = (f"step {name!r}'s result does not decode as "
                       f"{getattr(output, '__name__', output)}: {error}")
+            if pipeline is not None and _well_formed(raw):  # its `output` type changed
+                raise PipelineChanged(run_id, pipeline.name, f"step {name!r}'s stored result "
+                                      "does not fit its output type "
+                                      f"{getattr(output, '__name__', output)}: {error}"
+                                      ) from error
             if checkpoint is None:
                 raise RecordCorrupt("run", run_id.encode(), reason) from error
             if name in progress.results:
@@ -157,6 +166,15 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
             raise RecordCorrupt("step result", result_key(run_id, name), reason) from error
     results.update((name, StepFailure(error)) for name, error in progress.failures.items())
     return results
+
+
+def _well_formed(raw: bytes) -> bool:
+    """Whether `raw` is a msgpack value at all (of whatever shape)."""
+    try:
+        msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 class StepTiming(msgspec.Struct, frozen=True, gc=False):
@@ -256,6 +274,8 @@ async def read_run(pipelines: Pipelines, pipeline: Pipeline, record: RunRecord) 
     Raises:
         RecordCorrupt, CheckpointCorrupt: a record of the run cannot be read (it does not
             decode, or a result its checkpoint names is missing); the error names it.
+        PipelineChanged: `pipeline` does not fit what the run did (see `check_fits`), or
+            a stored input or result no longer fits its type.
     """
     run_id = record.run_id
     input = pipelines.decode_input(pipeline, run_id, record.input)
@@ -268,6 +288,7 @@ async def read_run(pipelines: Pipelines, pipeline: Pipeline, record: RunRecord) 
     results = decode_progress(progress, pipeline, pipelines.decoder, encoded=encoded,
                               run_id=run_id, checkpoint=key)
     gates = {r.gate: r for r in await pipelines.gates.store.named(run_id, progress.gates)}
+    check_fits(pipeline, run_id, progress, gates.values())
     return StoredRun(record, input, latest, progress, encoded, results, gates)
 
 
@@ -308,6 +329,9 @@ class RunActor(Actor):
         except StoreError as error:
             await self._cannot_read(error)
             return
+        except Exception as error:  # the same stored state fails the same way: no restart
+            await self._cannot_go_on(error)
+            return
         deciding = self.pipelines.deciding(self.run_id)
         if deciding is not None:
             # Resumed as a person decides, while the decision is being written: the run was
@@ -322,6 +346,9 @@ class RunActor(Actor):
                 await self._load_gates()
             except StoreError as error:
                 await self._cannot_read(error)
+                return
+            except Exception as error:
+                await self._cannot_go_on(error)
                 return
         await self._begin(record)
 
@@ -353,6 +380,9 @@ class RunActor(Actor):
         """Apply the decisions made since the run parked, then start what is ready."""
         try:
             ended = await self._apply_decisions()
+        except PipelineChanged as error:
+            await self._cannot_go_on(error)
+            return
         except RoostError as error:  # a stored decision that cannot be applied
             await self._finish("failed", error=str(error))
             return
@@ -407,11 +437,18 @@ class RunActor(Actor):
             self._adopt_gates({r.gate: r for r in records})
 
     def _adopt_gates(self, records: dict[str, GateRecord]) -> None:
-        """Go on from these gate records, and the decisions they hold."""
+        """Go on from these gate records, and the decisions they hold.
+
+        Raises:
+            PipelineChanged: a decision's input does not fit its gate's type now.
+        """
         gates = self.pipelines.gates
         self.gate_records = records
-        self.decisions = {name: gates.decision_of(self.pipeline, r)
-                          for name, r in records.items() if r.decision is not None}
+        try:
+            self.decisions = {name: gates.decision_of(self.pipeline, r)
+                              for name, r in records.items() if r.decision is not None}
+        except GateDecisionInvalid as error:
+            raise PipelineChanged(self.run_id, self.pipeline.name, str(error)) from error
 
     async def _cannot_read(self, error: StoreError) -> None:
         """The run's stored state could not be read. On a cluster's node, a failure of the
@@ -426,6 +463,15 @@ class RunActor(Actor):
         for task in self.running.values():
             task.cancel()
         self._close_span("unreadable", error=error)
+        self.pipelines.unreadable(self.run_id, error)
+        await self.ctx.stop()
+
+    async def _cannot_go_on(self, error: Exception) -> None:
+        """The run cannot go on from what is stored (the pipeline changed in a way its
+        progress does not fit, or loading it raised): stop without writing anything, as
+        in `_cannot_read`; restarting would fail the same way."""
+        self.finished = True
+        self._close_span("unresumable", error=error)
         self.pipelines.unreadable(self.run_id, error)
         await self.ctx.stop()
 
@@ -497,7 +543,7 @@ class RunActor(Actor):
                 continue
             self._step_span(step)
             self.running[name] = asyncio.get_running_loop().create_task(self._run_step(step))
-        if not self.running and (self.to_open or len(settled) == len(steps)):
+        if not self.running and (self.to_open or settled >= steps.keys()):
             # Park, or finish, in receive, where state changes are serialized.
             self.ctx.self_ref.tell(_Settle(instance=id(self)))
 
@@ -829,7 +875,7 @@ class RunActor(Actor):
             return
         self.results[done.step] = result
         if (not self.running and not self.to_open
-                and len(set(self.results) | set(self.skipped)) == len(self.pipeline.steps)):
+                and set(self.results) | set(self.skipped) >= self.pipeline.steps.keys()):
             # The last step: its checkpoint and the run's end in one write.
             await self._finish("completed", checkpoint=done.step)
             return
@@ -955,7 +1001,12 @@ class RunActor(Actor):
                 self._keep(step_name, msgspec.Raw(_ENCODER.encode(result)))
             else:
                 raw = proposed if proposed is not None else msgspec.Raw(_ENCODER.encode(None))
-                result = self.pipelines.decoder(step.output).decode(raw)
+                try:
+                    result = self.pipelines.decoder(step.output).decode(raw)
+                except msgspec.ValidationError as error:
+                    raise PipelineChanged(self.run_id, self.pipeline.name, (
+                        f"the result step {step_name!r} proposed for review does not fit its "
+                        f"output type now: {error}")) from error
                 self._keep(step_name, raw)
             self.results[step_name] = result
         for step_name in list(self.unknown):

@@ -39,6 +39,7 @@ from roost.actors.supervisor import Supervisor
 from roost.errors import (
     CheckpointCorrupt,
     ConfigurationError,
+    PipelineChanged,
     RecordCorrupt,
     RunCancelled,
     RunInputInvalid,
@@ -184,15 +185,19 @@ class RunHandle:
 
 class Resumed(builtins.list[RunHandle]):
     """The handles of the runs that `register(resume=True)` or `resume_interrupted()`
-    resumed (a list), and in `damaged` the errors of the runs they left as they are
-    because a record of theirs cannot be read: each names the record (its kind and key).
-    Those runs are not failed nor changed, so their records can be inspected and restored
-    (`roost store check DIR`, then a backup)."""
+    resumed (a list); in `damaged` the errors of the runs they left as they are because a
+    record of theirs cannot be read: each names the record (its kind and key); in
+    `changed` the errors of the runs they left as they are because the pipeline registered
+    now does not fit what they did (`PipelineChanged`). Those runs are not failed nor
+    changed, so their records can be inspected and restored (`roost store check DIR`, then
+    a backup), or resumed under the definition they started with."""
 
     def __init__(self, handles: Iterable[RunHandle] = (),
-                 damaged: Iterable[RecordCorrupt | CheckpointCorrupt] = ()) -> None:
+                 damaged: Iterable[RecordCorrupt | CheckpointCorrupt] = (),
+                 changed: Iterable[PipelineChanged] = ()) -> None:
         super().__init__(handles)
         self.damaged: builtins.list[RecordCorrupt | CheckpointCorrupt] = builtins.list(damaged)
+        self.changed: builtins.list[PipelineChanged] = builtins.list(changed)
 
 
 class Pipelines:
@@ -220,7 +225,7 @@ class Pipelines:
         self._created: dict[str, tuple[RunRecord, Any]] = {}  # see `just_created`
         self._read: dict[str, StoredRun] = {}  # see `just_read`
         # Why runs stopped in this process without going on: a record could not be read.
-        self._unreadable: dict[str, StoreError] = {}
+        self._unreadable: dict[str, Exception] = {}
         # The decision writes of runs resumed as they are decided, until their actor has
         # seen them land (see `commit_decision`).
         self._deciding: dict[str, asyncio.Future[builtins.list[Any]]] = {}
@@ -488,6 +493,10 @@ class Pipelines:
             RecordCorrupt, CheckpointCorrupt: a record of the run (its record, latest
                 checkpoint, a step result or a gate record) cannot be read; the error
                 names it.
+            PipelineChanged: the pipeline registered now does not fit what the run did
+                (a step it ran is gone, a new step comes before one it ran, a stored
+                result, input or decision no longer fits its type); the run is left as
+                it is.
         """
         await self._previous_actor_gone(run_id)
         record = await self.runs.get(run_id)
@@ -536,9 +545,26 @@ class Pipelines:
             except (RecordCorrupt, CheckpointCorrupt) as error:
                 self._log_unreadable(record.run_id, error)
                 resumed.damaged.append(error)
+            except PipelineChanged as error:
+                self._log_unreadable(record.run_id, error)
+                resumed.changed.append(error)
         return resumed
 
-    def _log_unreadable(self, run_id: str, error: StoreError) -> None:
+    def _log_unreadable(self, run_id: str, error: Exception) -> None:
+        """Log why run `run_id` is left as it is in the store, and what to do about it."""
+        if isinstance(error, PipelineChanged):
+            _log.error("run_pipeline_changed", run_id=run_id, pipeline=error.pipeline,
+                       error=error.reason, what_to_do=(
+                           "the run is left as it is in the store, not resumed: register the "
+                           "definition it started with under its name to finish it, or cancel "
+                           "it"))
+            return
+        if not isinstance(error, StoreError):
+            _log.error("run_not_resumable", run_id=run_id, error_type=type(error).__name__,
+                       error=str(error), what_to_do=(
+                           "the run is left as it is in the store, not resumed: this is a bug "
+                           "in roost or in the pipeline's code; report it with this log"))
+            return
         _log.error("run_unreadable", run_id=run_id, error_type=type(error).__name__,
                    error=str(error), what_to_do=(
                        "the run is left as it is in the store, not resumed: run `roost store "
@@ -669,9 +695,10 @@ class Pipelines:
         self._paused[run_id] = cause
         self._stopped_unended(run_id, RunInterrupted(run_id, cause))
 
-    def unreadable(self, run_id: str, error: StoreError) -> None:
-        """Called by a run's actor that stops because a record of the run cannot be read:
-        the run is left as it is in the store (logged, its waiters hear `error`)."""
+    def unreadable(self, run_id: str, error: Exception) -> None:
+        """Called by a run's actor that stops because the run cannot go on from what is
+        stored (a record cannot be read, the pipeline changed): the run is left as it is in
+        the store (logged, its waiters hear `error`)."""
         self._log_unreadable(run_id, error)
         self._unreadable[run_id] = error
         self._stopped_unended(run_id, error)
@@ -934,6 +961,10 @@ class Pipelines:
             return None
         try:
             return self.decoder(pipeline.input_type).decode(data)
+        except msgspec.ValidationError as error:  # well-formed, of another shape
+            raise PipelineChanged(run_id, pipeline.name, "its stored input does not fit the "
+                                  f"input_type {_type_name(pipeline.input_type)}: {error}"
+                                  ) from error
         except msgspec.DecodeError as error:
             raise RecordCorrupt("run", run_id.encode(), f"its input does not decode as "
                                 f"pipeline {pipeline.name!r}'s input_type: {error}") from error

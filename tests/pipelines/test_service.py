@@ -22,7 +22,6 @@ import roost
 from roost.errors import (
     CheckpointCorrupt,
     ConfigurationError,
-    RecordCorrupt,
     RunInputInvalid,
     RunNotFound,
 )
@@ -393,15 +392,87 @@ async def test_a_stored_result_that_no_longer_fits_its_step_is_not_resumed_and_i
     ])
     async with new_system(store) as system:
         await system.pipelines.register(changed)
-        with pytest.raises(RecordCorrupt) as refused:
+        with pytest.raises(roost.PipelineChanged) as refused:
             await system.pipelines.resume("run-1")
         record = await system.pipelines.runs.get("run-1")
 
+    # Not reported as damage: the bytes are sound, the definition changed.
     assert str(refused.value).startswith(
-        "step result record at key b'run-1\\x00reserve' does not decode: step 'reserve''s "
-        "result does not decode as int")
+        "run 'run-1' cannot go on under the pipeline 'orders' registered now: step 'reserve''s "
+        "stored result does not fit its output type int: Expected `int`, got `str`")
     assert (record.status, record.error) == ("running", None)  # left as it is
     assert board.steps_run() == ["reserve"]
+
+
+def version(*steps: Step) -> Pipeline:
+    return Pipeline("evolving", list(steps))
+
+
+V1 = (Step("a", Worker), Step("b", Worker, after="a"), held("c", after="b"))
+
+
+@pytest.mark.parametrize(("v2", "reason"), [
+    ((Step("a", Worker), held("c", after="a")),
+     "it holds its result for step 'b', which the pipeline no longer has (removed or renamed)"),
+    ((Step("a", Worker), Step("b2", Worker, after="a"), held("c", after="b2")),
+     "it holds its result for step 'b', which the pipeline no longer has (removed or renamed)"),
+    ((Step("a", Worker), Step("x", Worker, after="a"), Step("b", Worker, after="x"),
+      held("c", after="b")),
+     "step 'x' is new and comes before step 'b', which the run already reached"),
+])
+async def test_a_run_the_registered_definition_no_longer_fits_is_left_as_it_is_and_named(
+        store: Path, board: Board, v2: tuple[Step, ...], reason: str) -> None:
+    await leave_running(store, version(*V1), "c")
+
+    async with new_system(store) as system:
+        resumed = await system.pipelines.register(version(*v2), resume=True)
+        with pytest.raises(roost.PipelineChanged) as again:
+            await system.pipelines.resume("run-1")
+        record = await system.pipelines.runs.get("run-1")
+
+    assert list(resumed) == [] and resumed.damaged == []
+    [changed] = resumed.changed
+    assert (changed.run_id, changed.pipeline, changed.reason) == ("run-1", "evolving", reason)
+    assert str(again.value) == str(changed)
+    assert (record.status, record.error) == ("running", None)  # nothing dropped or ended
+    assert board.steps_run() == ["a", "b"]
+
+
+async def test_a_step_added_after_the_ones_a_run_reached_runs_when_it_resumes(
+        store: Path, board: Board) -> None:
+    await leave_running(store, version(*V1), "c")
+
+    async with new_system(store) as system:
+        [handle] = await system.pipelines.register(
+            version(*V1, Step("d", Worker, after="c")), resume=True)
+        outcome = await outcome_of(handle)
+
+    assert (outcome.status, sorted(outcome.results)) == ("completed", ["a", "b", "c", "d"])
+    assert board.steps_run() == ["a", "b", "d"]
+
+
+async def test_a_decision_for_a_step_the_new_definition_lacks_fails_that_run_alone(
+        store: Path, board: Board) -> None:
+    async def unsure(request: RunStep) -> Any:
+        return NeedsReview("refund over the limit")
+
+    board.behaviours["check"] = unsure
+    async with new_system(store) as system:
+        await outcome_of(await system.pipelines.start(reviewed(), "order-1", run_id="run-1"))
+    renamed = Pipeline("reviewed", [Step("draft", Worker), Step("verify", Worker, after="draft")])
+
+    async with new_system(store) as system:
+        await system.pipelines.register(renamed)
+        await system.gates.decide("run-1", "check/review", "approve", by="ana")
+        with pytest.raises(roost.PipelineChanged, match="step 'check'"):
+            await outcome_of(RunHandle(system.pipelines, "run-1"))
+        # The runs supervisor is unharmed: another run goes on to its end.
+        other = await system.pipelines.start(version(Step("a", Worker)), run_id="run-2")
+        assert (await outcome_of(other)).status == "completed"
+        record = await system.pipelines.runs.get("run-1")
+
+    assert record.error is None and record.status in ("running", "queued")
+    assert board.effects == []
 
 
 # --- runs that wait for a person -------------------------------------------------------
@@ -804,8 +875,8 @@ async def test_a_run_whose_stored_input_no_longer_fits_is_not_resumed_naming_the
         await system.pipelines.runs.create("r2", pipeline="orders",
                                            input=msgspec.msgpack.encode({"qty": 3}))
         await system.pipelines.register(pipeline)
-        with pytest.raises(RecordCorrupt, match=r"run record at key b'r2' does not decode: its "
-                                                r"input does not decode as pipeline 'orders''s "
-                                                r"input_type"):
+        with pytest.raises(roost.PipelineChanged, match=(
+                r"run 'r2' cannot go on under the pipeline 'orders' registered now: its stored "
+                r"input does not fit the input_type \S*Order: Object missing required field `sku`")):
             await system.pipelines.resume("r2")
         assert (await system.pipelines.runs.get("r2")).status == "running"
