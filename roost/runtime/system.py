@@ -21,6 +21,7 @@ import aiohttp
 import anyio
 import structlog
 
+from roost._completion import to_completion
 from roost._logging import get_logger
 from roost._validate import check_count, check_seconds
 from roost.actors._engine import Engine
@@ -256,8 +257,7 @@ class ActorSystem:
     ) -> bool | None:
         shutdown_error: BaseException | None = None
         try:
-            with anyio.CancelScope(shield=True):
-                await self._shutdown()
+            await to_completion(self._shutdown())
         except BaseException as error:  # still close the task group below, then raise it
             shutdown_error = error
         assert self._failed is not None

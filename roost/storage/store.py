@@ -32,6 +32,7 @@ import anyio
 import lmdb
 import msgspec
 
+from roost._completion import to_completion
 from roost._histogram import Histogram
 from roost.errors import ConfigurationError, StoreCorrupt, StoreError
 from roost.storage._environment import CORRUPTION, Environment, open_environment
@@ -137,11 +138,15 @@ class Store:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval={flush_interval!r} must be positive seconds")
         loop = asyncio.get_running_loop()
-        # Shielded: a cancelled open must not drop an opened environment and its lock.
-        with anyio.CancelScope(shield=True):
-            environment = await anyio.to_thread.run_sync(partial(
-                open_environment, Path(path), nosync=durability == "async", map_size=map_size,
-                create=create, readonly=readonly))
+        opening = asyncio.ensure_future(anyio.to_thread.run_sync(partial(
+            open_environment, Path(path), nosync=durability == "async", map_size=map_size,
+            create=create, readonly=readonly)))
+        try:
+            environment = await to_completion(opening)
+        except asyncio.CancelledError:  # opened all the same: release the folder and its lock
+            if not opening.cancelled() and opening.exception() is None:
+                await to_completion(anyio.to_thread.run_sync(opening.result().close))
+            raise
         guard = MapGuard()
         writer = None
         if not readonly:
@@ -161,13 +166,11 @@ class Store:
             return
         self._closed = True
         if self._writer is None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._close_readonly)
+            await to_completion(anyio.to_thread.run_sync(self._close_readonly))
             return
         done: asyncio.Future[None] = self._loop.create_future()
         self._writer.stop(done)
-        with anyio.CancelScope(shield=True):
-            await done
+        await to_completion(done)
 
     def _close_readonly(self) -> None:
         with self._guard.exclusive():

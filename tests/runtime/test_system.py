@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -438,3 +441,53 @@ async def test_an_error_raised_inside_the_system_block_comes_out_as_itself() -> 
     with pytest.raises(ValueError, match="the application's own error"):
         async with roost.ActorSystem(log_format="json", log_level="critical"):
             raise ValueError("the application's own error")
+
+
+# --- cancelled from outside while opening or stopping -------------------------------------------
+
+
+class SlowStop(roost.Actor):
+    async def on_stop(self) -> None:
+        await asyncio.sleep(0.2)
+
+    async def receive(self, message: Any) -> Any:
+        return message
+
+
+@pytest.mark.anyio
+async def test_a_system_cancelled_while_it_stops_still_releases_its_store(tmp_path: Path) -> None:
+    """asyncio's own cancellation (a TaskGroup sibling failing, asyncio.timeout) goes through
+    anyio's shielded scopes: the shutdown must finish all the same."""
+    store = tmp_path / "store"
+    stopping = asyncio.Event()
+
+    async def service() -> None:
+        async with roost.ActorSystem(store=store, log_format=None) as system:
+            system.spawn(SlowStop, name="slow")
+            stopping.set()
+
+    task = asyncio.create_task(service())
+    await stopping.wait()
+    await asyncio.sleep(0.05)  # in the shutdown now, waiting for on_stop
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async with roost.ActorSystem(store=store, log_format=None):  # the folder is free again
+        pass
+    assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("roost")] == []
+
+
+@pytest.mark.anyio
+async def test_a_system_cancelled_while_it_opens_its_store_leaves_the_store_free(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    async with roost.ActorSystem(store=store, log_format=None):
+        pass
+    for attempt in range(20):  # cancelled at different points of the open
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.0005 * (attempt % 10)):
+                async with roost.ActorSystem(store=store, log_format=None):
+                    await asyncio.sleep(10)
+        async with roost.ActorSystem(store=store, log_format=None):
+            pass

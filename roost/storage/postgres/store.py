@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from roost._completion import to_completion
 from roost._histogram import Histogram
 from roost.errors import (
     ConfigurationError,
@@ -155,17 +156,21 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         io = IoThread(f"roost-store-io:{shown}")
         io.start()
-        # Shielded: a cancelled open must not leave connections and a thread behind.
-        with anyio.CancelScope(shield=True):
-            try:
-                store = await io.call(cls._start(
-                    url, shown, asyncpg, io, loop, durability=durability,
-                    create=create and not readonly, readonly=readonly, timeout=timeout,
-                    pool_size=int(pool_size), settings=settings))
-            except BaseException:
-                await anyio.to_thread.run_sync(io.stop)
-                raise
-        return store
+        starting = asyncio.ensure_future(io.call(cls._start(
+            url, shown, asyncpg, io, loop, durability=durability,
+            create=create and not readonly, readonly=readonly, timeout=timeout,
+            pool_size=int(pool_size), settings=settings)))
+        try:
+            return await to_completion(starting)
+        except asyncio.CancelledError:  # started all the same: leave no connection behind
+            if not starting.cancelled() and starting.exception() is None:
+                await to_completion(starting.result().close())
+            else:
+                await to_completion(anyio.to_thread.run_sync(io.stop))
+            raise
+        except BaseException:
+            await to_completion(anyio.to_thread.run_sync(io.stop))
+            raise
 
     @classmethod
     async def _start(cls, url: str, shown: str, asyncpg: Any, io: IoThread,
@@ -211,12 +216,14 @@ class PostgresStore:
             if self._closed:
                 return
             self._closed = True
-        with anyio.CancelScope(shield=True):
-            if self._writer is not None:
-                await self._writer.stop()
-            await anyio.to_thread.run_sync(self._wait_for_readers)
-            await self._io.call(self._close_pool())
-            await anyio.to_thread.run_sync(self._io.stop)
+        await to_completion(self._close())
+
+    async def _close(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
+        await anyio.to_thread.run_sync(self._wait_for_readers)
+        await self._io.call(self._close_pool())
+        await anyio.to_thread.run_sync(self._io.stop)
 
     def _wait_for_readers(self) -> None:
         with self._readers_done:
