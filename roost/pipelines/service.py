@@ -830,7 +830,7 @@ class Pipelines:
         """Wait until the run ends (at once if it has) and return its outcome; a run parked
         at a gate gives its `waiting` outcome, unless `through_gates`."""
         if run_id in self._live or self.admission.is_waiting(run_id):
-            return await self._wait(run_id, through_gates=through_gates)
+            return await self._waited(run_id, self._wait(run_id, through_gates=through_gates))
         cluster = self.cluster
         # Listening before the read: the run may be decided, resumed and end during it. (On
         # a cluster it may resume on any node: its record says when it ends.)
@@ -851,7 +851,7 @@ class Pipelines:
                     "process; call system.pipelines.register(pipeline) first, or wait without "
                     "through_gates=True")
             if record.status == RunStatus.WAITING or run_id in self._live or waiter.done():
-                return await waiter
+                return await self._waited(run_id, waiter)
             self._forget(run_id, waiter)
         if cluster is not None and run_id not in self._paused and (
                 record.status in (RunStatus.RUNNING, RunStatus.QUEUED)
@@ -895,6 +895,15 @@ class Pipelines:
             if status not in (RunStatus.RUNNING, RunStatus.QUEUED) and not (
                     through_gates and status == RunStatus.WAITING):
                 return
+
+    async def _waited(self, run_id: str, waiter: asyncio.Future[RunOutcome]) -> RunOutcome:
+        """`waiter`'s outcome; a caller that gives up (a timeout around `result()`, say)
+        stops listening, so polling a run that waits for hours holds nothing per poll."""
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self._forget(run_id, waiter)
+            raise
 
     def _forget(self, run_id: str, waiter: asyncio.Future[RunOutcome] | None) -> None:
         """Stop listening with `waiter` (None: nothing to do)."""

@@ -8,7 +8,9 @@ on the same store then finds it with `interrupted()` and continues it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import tracemalloc
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -509,6 +511,35 @@ async def test_resuming_a_run_waiting_at_a_review_runs_nothing_and_gives_its_wai
     assert record.status == "waiting"
     assert board.steps_run() == ["draft", "check"]
     assert board.effects == []
+
+
+async def test_polling_a_waiting_run_with_a_timeout_holds_nothing_per_poll(
+        store: Path, board: Board) -> None:
+    async def unsure(request: RunStep) -> Any:
+        return NeedsReview("refund over the limit")
+
+    board.behaviours["check"] = unsure
+
+    async def poll(handle: RunHandle, times: int) -> None:
+        for _ in range(times):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handle.result(through_gates=True), 0.0001)
+
+    async with new_system(store) as system:
+        handle = await system.pipelines.start(reviewed(), "order-1", run_id="run-1")
+        await outcome_of(handle)  # waiting at check/review
+        await poll(handle, 200)  # warm up
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            await poll(handle, 2000)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        await system.gates.decide("run-1", "check/review", "approve", by="ana")
+        assert (await outcome_of(handle)).status == "completed"  # still heard after the polls
+
+    assert grown < 64 * 1024, f"{grown} bytes kept by 2000 abandoned waits"
 
 
 async def test_a_run_left_running_with_a_review_in_its_checkpoint_parks_at_the_review_on_resume(
