@@ -47,6 +47,7 @@ from roost.errors import (
     StepFailed,
     StoreError,
     SystemBusy,
+    SystemNotRunning,
 )
 from roost.pipelines import remote
 from roost.pipelines._sameness import first_difference
@@ -255,6 +256,8 @@ class Pipelines:
 
     def _need_store(self) -> None:
         if self.system.store is None:
+            if self.system.store_path is not None or self.system.store_url is not None:
+                raise SystemNotRunning("use system.pipelines (its store is closed)")
             raise ConfigurationError(
                 "pipelines need a store to checkpoint their runs; pass ActorSystem(store=...)")
         if self._runs is None:

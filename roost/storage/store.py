@@ -444,7 +444,9 @@ class Store:
         return StoreCorrupt(self._path, f"reading database {db!r} failed ({exc})")
 
     def _closed_error(self) -> StoreError:
-        return StoreError(f"store at {self._path!r} is closed; open it again with Store.open")
+        return StoreError(f"store at {self._path!r} is closed (its system stopped, or "
+                          "Store.close was called): use it inside `async with ActorSystem(...)`, "
+                          "or open it again with Store.open")
 
     def _handle(self, db: str) -> lmdb._Database:
         try:

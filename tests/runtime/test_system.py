@@ -491,3 +491,16 @@ async def test_a_system_cancelled_while_it_opens_its_store_leaves_the_store_free
                     await asyncio.sleep(10)
         async with roost.ActorSystem(store=store, log_format=None):
             pass
+
+
+@pytest.mark.anyio
+async def test_pipelines_and_gates_used_after_the_system_stopped_say_so(tmp_path: Path) -> None:
+    async with roost.ActorSystem(store=tmp_path / "store", log_format=None) as system:
+        pass
+    pipeline = roost.Pipeline("p", [roost.Step("a", SlowStop)])
+
+    with pytest.raises(SystemNotRunning, match=r"cannot use system.pipelines \(its store is "
+                                                r"closed\): the actor system is not running"):
+        await system.pipelines.start(pipeline)
+    with pytest.raises(SystemNotRunning):
+        await system.pipelines.list()

@@ -504,8 +504,9 @@ class PostgresStore:
     # --- checks ---------------------------------------------------------------------------
 
     def _closed_error(self) -> StoreError:
-        return StoreError(f"store at {self._url!r} is closed; open it again with "
-                          "PostgresStore.open")
+        return StoreError(f"store at {self._url!r} is closed (its system stopped, or "
+                          "close() was called): use it inside `async with ActorSystem(...)`, or "
+                          "open it again with PostgresStore.open")
 
     def _check_db(self, db: str) -> None:
         if db not in DATABASES:
