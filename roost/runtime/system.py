@@ -56,7 +56,10 @@ class ActorSystem:
             store. Checkpointed actors need one.
         durability: `sync` (a checkpoint is acknowledged after fsync) or `async`.
         log_format: `console`, `json` or `auto` (console on a terminal) to
-            configure structlog; None leaves structlog as the application set it.
+            configure structlog (process-wide: the application's own structlog loggers
+            too); None leaves structlog as the application configured it, and configures
+            `auto` only if nothing configured structlog yet. To keep roost off your
+            logging, call `structlog.configure(...)` before entering the system.
         log_level: the lowest level logged when roost configures structlog.
         max_restarts: restarts of top-level actors allowed within `within`
             seconds before the whole system fails (a whole number >= 0).
