@@ -351,8 +351,9 @@ class Gates:
             try:
                 value = msgspec.json.decode(record.input, type=Any if kind is None else kind)
             except msgspec.ValidationError as error:
+                shown = getattr(kind, "__name__", None) or str(kind)  # the type now
                 raise GateDecisionInvalid(record.run_id, record.gate, f"the decided input does "
-                                          f"not fit {record.input_type}: {error}") from error
+                                          f"not fit {shown}: {error}") from error
         return GateDecision(record.decision, record.by, record.decided_at or 0.0, value,
                             record.comment)
 
