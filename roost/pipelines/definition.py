@@ -201,6 +201,11 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"{where}: its fallback is the tool {item.fallback!r}, so it needs "
                 "args=lambda results, input: {...} to call it with")
+        if item.args is not None and item.tool is None and not isinstance(item.fallback, str):
+            raise PipelineDefinitionError(
+                f"{where}: args= gives a tool's arguments, and this step calls no tool (its "
+                "worker gets the run's results and input in its RunStep); drop args=, or use "
+                "tool=")
         if not (isinstance(item.after, tuple) and all(_is_name(dep) for dep in item.after)):
             raise _invalid(where, "after", item.after, "a step's name or a list of step names")
         for dep in item.after:

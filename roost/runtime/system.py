@@ -10,6 +10,7 @@ the block is cancelled and the error is raised from it.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,28 @@ from roost.tracing.tracer import Redact, check_payload_options
 _log = get_logger("roost")
 #: Seconds between sweeps for checkpoints of runs past their retention.
 _SWEEP_INTERVAL = 3600.0
+
+
+def _check_options(*, name: Any, store: Any, tracing: Any, loop_lag_threshold: Any,
+                   prices: Any) -> None:
+    """Refuse the `ActorSystem` options no other check covers, naming the option."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"ActorSystem: name must be a non-empty string, got {name!r}")
+    if store is not None and not (isinstance(store, str | os.PathLike) and os.fspath(store)):
+        raise ConfigurationError(
+            f"ActorSystem: store must be a folder path or a postgresql:// URL (or None for "
+            f"no store), got {store!r}; '.roost' keeps it in a folder of the working directory")
+    if not isinstance(tracing, bool):
+        raise ConfigurationError(f"ActorSystem: tracing must be True or False, got {tracing!r}")
+    if loop_lag_threshold is not None:
+        check_seconds("ActorSystem", "loop_lag_threshold (None turns the monitor off)",
+                      loop_lag_threshold, allow_zero=False)
+    if prices is not None and not (isinstance(prices, Mapping) and all(
+            isinstance(model, str) and isinstance(price, Price)
+            for model, price in prices.items())):
+        raise ConfigurationError(
+            f"ActorSystem: prices must map model names to roost.Price(input_per_million=..., "
+            f"output_per_million=...), got {prices!r}")
 
 
 class ActorSystem:
@@ -160,6 +183,8 @@ class ActorSystem:
         check_count("ActorSystem", "checkpoints_kept", checkpoints_kept, 0)
         check_count("ActorSystem", "dead_letters_kept", dead_letters_kept, 0)
         check_payload_options("ActorSystem", payload_limit, redact)
+        _check_options(name=name, store=store, tracing=tracing,
+                       loop_lag_threshold=loop_lag_threshold, prices=prices)
         self.name = name
         #: The LMDB store folder, or the PostgreSQL store URL (None: no store of that kind).
         self.store_path = None if store is None or is_postgres_url(store) else Path(store)

@@ -171,6 +171,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
     ({"fallback": ""}, "fallback must be an Actor subclass or a tool name, got ''"),
     ({"gate": "yes"}, "gate must be a roost.Gate or None, got 'yes'"),
     ({"review": {"assignees": ["ana"]}}, "review must be a roost.Gate or None, got {'assignees'"),
+    ({"args": args}, "args= gives a tool's arguments, and this step calls no tool"),
 ]
 
 

@@ -386,6 +386,26 @@ def test_a_bad_retention_is_refused_when_the_system_is_made(option: str, value: 
         roost.ActorSystem(**{option: value})
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("name", "", "name must be a non-empty string, got ''"),
+    ("store", "", "store must be a folder path or a postgresql:// URL (or None for no store), "
+                  "got ''"),
+    ("store", 5, "store must be a folder path or a postgresql:// URL (or None for no store), "
+                 "got 5"),
+    ("tracing", "yes", "tracing must be True or False, got 'yes'"),
+    ("loop_lag_threshold", 0, "loop_lag_threshold (None turns the monitor off) must be a number "
+                              "of seconds > 0, got 0"),
+    ("loop_lag_threshold", -1, "loop_lag_threshold (None turns the monitor off) must be a "
+                               "number of seconds > 0, got -1"),
+    ("prices", {"m": 5}, "prices must map model names to roost.Price(input_per_million=..., "
+                         "output_per_million=...), got {'m': 5}"),
+])
+def test_a_bad_system_option_is_refused_naming_it(option: str, value: Any, message: str) -> None:
+    # prices={"m": 5} used to fail every run that reported usage, at run time.
+    with pytest.raises(ConfigurationError, match=f"^ActorSystem: {re.escape(message)}"):
+        roost.ActorSystem(**{option: value})
+
+
 @pytest.mark.parametrize(
     ("option", "value", "rule"),
     [
