@@ -78,8 +78,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The arguments (by their name in the parsed arguments) that an empty string would quietly
+#: turn into the current folder, or for --host every interface; what to say instead.
+_NOT_EMPTY = {
+    "target": "the script to run is empty (''), which would run the current folder's app.py; "
+              "give a Python file, a folder with app.py, or module:attr",
+    "store": "--store is empty (''), which would mean the current folder; give the store's "
+             "folder (e.g. --store .roost; --store . for the current folder) or a "
+             "postgresql:// URL",
+    "folder": "the store folder is empty (''), which would mean the current folder; give its "
+              "path (. for the current folder)",
+    "destination": "the backup destination is empty (''), which would mean the current "
+                   "folder; give the path of a new or empty folder for the copy",
+    "host": "--host is empty (''), which would listen on every interface; give the address to "
+            "listen on (e.g. 127.0.0.1; 0.0.0.0 for every interface, with TLS)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `roost` console script; returns the exit code.
+
+    When stdout is closed early (`roost gates | head`), the command stops there and the
+    process exits 1 quietly, as Unix tools do.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError:
+        # Whatever is still buffered goes nowhere: the interpreter's own flush at exit would
+        # fail again and print a warning.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """Parse the arguments and run the command; the exit code.
 
     If a task is still running after shutdown because it ignores cancellation, the
     process ends with `os._exit` once the output is flushed: Python cannot kill the
@@ -87,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ever.
     """
     args = _parser().parse_args(argv)
+    for name, refusal in _NOT_EMPTY.items():
+        if getattr(args, name, None) == "":
+            print(f"roost: {refusal}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "store":
         return run_store_command(args)
     if args.command in ("trace", "runs"):

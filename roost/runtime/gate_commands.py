@@ -29,6 +29,7 @@ from roost.runtime._store_option import add_store_option, report_damaged
 from roost.runtime.log import configure_logging
 from roost.runtime.system import ActorSystem
 from roost.storage import GateRecord, RunStatus, is_postgres_url, open_store
+from roost.storage._environment import permission_denied
 from roost.storage._integrity import DATA_FILE, recorded_id
 from roost.storage.gates import PENDING, gate_of_key
 
@@ -89,13 +90,17 @@ def run_gate_command(args: argparse.Namespace) -> int:
 
 def require_store(path: str) -> None:
     """Raise StoreUnavailable unless `path` (a folder or a PostgreSQL URL) holds a store (a
-    system would create one there)."""
+    system would create one there) that this process may read."""
     if is_postgres_url(path):
         asyncio.run(_probe(path))
         return
     folder = Path(path)
-    if not folder.is_dir() or (not (folder / DATA_FILE).is_file()
-                               and recorded_id(folder) is None):
+    try:
+        held = folder.is_dir() and ((folder / DATA_FILE).is_file()
+                                    or recorded_id(folder) is not None)
+    except PermissionError as exc:
+        raise permission_denied(path, exc) from exc
+    if not held:
         raise StoreUnavailable(path, "there is no store in this folder; check the path (a "
                                      "system creates it when it first starts)")
 

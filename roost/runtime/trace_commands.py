@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from roost.errors import RecordCorrupt, RunNotFound, StoreError, TraceNotFound
+from roost.errors import ConfigurationError, RecordCorrupt, RunNotFound, StoreError, TraceNotFound
 from roost.runtime._store_option import add_store_option, report_damaged
 from roost.runtime.log import configure_logging
 from roost.storage import RunRecord, RunStatus, RunStore, StoreInterface, open_store
@@ -55,8 +55,8 @@ def add_trace_commands(commands: Any) -> None:
 
 
 def run_trace_command(args: argparse.Namespace) -> int:
-    """Run `roost trace` or `roost runs`: 0 when done; 1 for an unknown id, a run without a
-    trace, a damaged record or a store error."""
+    """Run `roost trace` or `roost runs`: 0 when done; 1 for an unknown or empty id, a run
+    without a trace, a damaged record or a store error."""
     # Logs go to stderr, errors only: stdout is the report, and the command names what it
     # skipped itself.
     configure_logging("auto", "error")
@@ -64,7 +64,7 @@ def run_trace_command(args: argparse.Namespace) -> int:
         return asyncio.run(_trace(args) if args.command == "trace" else _runs(args))
     except TraceNotFound as error:
         print(f"roost: {error}", file=sys.stderr)
-    except StoreError as error:
+    except (ConfigurationError, StoreError) as error:
         print(f"roost: {type(error).__name__}: {error}", file=sys.stderr)
     return EXIT_FAILED
 

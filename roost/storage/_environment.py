@@ -60,7 +60,7 @@ def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = 
     warns that a machine crash may also damage the database (its `MDB_NOSYNC`).
 
     Raises:
-        StoreUnavailable: the path is a file, the folder cannot be created or written,
+        StoreUnavailable: the path is a file, the folder cannot be created, read or written,
             another process (or another store in this one) has it open, or it holds
             something other than a roost store; or, without `create`, there is no
             store there.
@@ -68,9 +68,16 @@ def open_environment(path: Path, *, nosync: bool, map_size: int, create: bool = 
     With `readonly`, an existing store is opened for reading only (see
     `_open_readonly`); nothing in the folder is changed.
     """
+    try:
+        if readonly:
+            return _open_readonly(path, map_size=map_size)
+        return _open_writable(path, nosync=nosync, map_size=map_size, create=create)
+    except PermissionError as exc:  # one not reported more precisely where it arose
+        raise permission_denied(str(path), exc) from exc
+
+
+def _open_writable(path: Path, *, nosync: bool, map_size: int, create: bool) -> Environment:
     where = str(path)
-    if readonly:
-        return _open_readonly(path, map_size=map_size)
     if not create and _never_held_a_store(path):
         raise StoreUnavailable(where, "there is no store in this folder; check the path")
     if path.exists() and not path.is_dir():
@@ -98,10 +105,7 @@ def _never_held_a_store(path: Path) -> bool:
 
 def _open_locked(path: Path, lock_fd: int, *, nosync: bool, map_size: int) -> Environment:
     where = str(path)
-    try:
-        _integrity.check_data_file(path)
-    except PermissionError as exc:
-        raise _permission_denied(where, exc) from exc
+    _integrity.check_data_file(path)
     try:
         env = lmdb.open(where, map_size=map_size, max_dbs=_MAX_DBS, sync=not nosync,
                         metasync=False, max_spare_txns=_SPARE_TXNS)
@@ -109,7 +113,7 @@ def _open_locked(path: Path, lock_fd: int, *, nosync: bool, map_size: int) -> En
         raise _integrity.corrupt(path, f"LMDB refuses its data file ({exc})") from exc
     except (lmdb.Error, OSError) as exc:
         if _is_permission_error(exc):
-            raise _permission_denied(where, exc) from exc
+            raise permission_denied(where, exc) from exc
         raise StoreUnavailable(where, f"LMDB cannot open it ({type(exc).__name__}: {exc}); "
                                "it must be a roost store folder or an empty folder") from exc
     try:
@@ -121,6 +125,8 @@ def _open_locked(path: Path, lock_fd: int, *, nosync: bool, map_size: int) -> En
         raise _integrity.corrupt(path, f"LMDB finds its data damaged ({exc})") from exc
     except (lmdb.Error, OSError) as exc:
         env.close()
+        if _is_permission_error(exc):
+            raise permission_denied(where, exc) from exc
         raise StoreUnavailable(where, f"its named databases cannot be opened "
                                f"({type(exc).__name__}: {exc}); it is an LMDB environment "
                                "but not a roost store") from exc
@@ -147,7 +153,7 @@ def _open_readonly(path: Path, *, map_size: int) -> Environment:
             env = lmdb.open(where, map_size=map_size, max_dbs=_MAX_DBS, readonly=True, lock=False,
                             max_spare_txns=_SPARE_TXNS)
         except PermissionError as exc:
-            raise _permission_denied(where, exc) from exc
+            raise permission_denied(where, exc) from exc
         except CORRUPTION as exc:
             raise _integrity.corrupt(path, f"LMDB refuses its data file ({exc})") from exc
         except (lmdb.Error, OSError) as exc:
@@ -219,7 +225,8 @@ def _is_permission_error(exc: BaseException) -> bool:
             or "Permission denied" in str(exc))
 
 
-def _permission_denied(where: str, exc: BaseException) -> StoreUnavailable:
+def permission_denied(where: str, exc: BaseException) -> StoreUnavailable:
+    """The error for a store folder, or a file in it, that this process may not use."""
     return StoreUnavailable(where, f"permission denied ({exc}); give this process read and "
                                    "write access to the folder and its files")
 

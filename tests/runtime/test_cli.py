@@ -277,6 +277,43 @@ def test_a_script_with_a_syntax_error_exits_2_naming_the_line(tmp_path: Path) ->
     assert result.stdout == ""
 
 
+EMPTY_STORE = "roost: --store is empty (''), which would mean the current folder; give "
+EMPTY_FOLDER = "roost: the store folder is empty (''), which would mean the current folder; give "
+EMPTY_ARGUMENTS = {
+    "run --store": (["run", "app.py", "--store", ""], EMPTY_STORE),
+    "run target": (["run", ""], "roost: the script to run is empty (''), which would run the "
+                                "current folder's app.py; give "),
+    "runs": (["runs", "--store", ""], EMPTY_STORE),
+    "trace": (["trace", "run-1", "--store", ""], EMPTY_STORE),
+    "gates": (["gates", "--store", ""], EMPTY_STORE),
+    "decide": (["decide", "run-1", "reply", "approve", "--by", "ana", "--store", ""], EMPTY_STORE),
+    "console": (["console", "--store", ""], EMPTY_STORE),
+    "store check": (["store", "check", ""], EMPTY_FOLDER),
+    "store backup": (["store", "backup", "", "copy"], EMPTY_FOLDER),
+}
+
+
+@pytest.mark.parametrize(("args", "error"), EMPTY_ARGUMENTS.values(), ids=EMPTY_ARGUMENTS.keys())
+def test_an_empty_store_or_folder_is_refused_in_one_line_instead_of_meaning_the_working_folder(
+        tmp_path: Path, args: list[str], error: str) -> None:
+    # The working folder holds an app.py, which `roost run ""` would run.
+    marker = tmp_path / "ran.txt"
+    write_script(tmp_path, "app.py", f"""\
+        from pathlib import Path
+
+        async def main(system):
+            Path({str(marker)!r}).write_text("ran")
+    """)
+
+    result = subprocess.run([*MODULE, *args], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(error), line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["app.py"]  # nothing made or run
+
+
 # --- in-process: the loader's messages ------------------------------------------------------
 
 

@@ -257,6 +257,19 @@ def test_console_beyond_loopback_without_tls_warns_that_the_token_crosses_in_cle
     assert '"event": "console_without_tls"' in err  # and the log says so
 
 
+def test_console_refuses_an_empty_host_instead_of_listening_on_every_interface(
+        store: Path) -> None:
+    result = subprocess.run([*ROOST, "console", "--store", str(store), "--host", "",
+                             "--port", "0"],
+                            cwd=REPO, env=environment(), capture_output=True, text=True,
+                            timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("roost: --host is empty (''), which would listen on every "
+                             "interface; give the address to listen on (e.g. 127.0.0.1; 0.0.0.0 "
+                             "for every interface, with TLS)\n")
+
+
 def test_console_with_a_tls_certificate_but_no_key_exits_2(store: Path) -> None:
     result = subprocess.run([*ROOST, "console", "--store", str(store), "--tls-cert", "cert.pem"],
                             cwd=REPO, env=environment(), capture_output=True, text=True,

@@ -61,6 +61,17 @@ def roost_command(*args: str, stdin: str | None = None) -> subprocess.CompletedP
                           input=stdin)
 
 
+def into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """`roost ARGS` writing to a pipe whose reader is already gone, as `| head` leaves it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([*ROOST, *args], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=30)
+    finally:
+        os.close(write)
+
+
 def quiet_system(store: Path) -> roost.ActorSystem:
     return roost.ActorSystem(store=store, log_format="json", log_level="error")
 
@@ -139,6 +150,13 @@ def test_gates_json_prints_one_record_per_line_with_its_json_fields_decoded(stor
     assert first["shown"] == {}  # the results the first step comes after: none
     assert first["input"] is None
     assert [event["what"] for event in first["history"]] == ["opened"]
+
+
+def test_gates_json_to_a_reader_that_stops_reading_ends_quietly_with_exit_1(
+        store: Path) -> None:
+    result = into_a_closed_pipe("gates", "--store", str(store), "--json")
+
+    assert (result.returncode, result.stderr) == (1, "")
 
 
 def test_gates_says_so_when_none_are_waiting(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,6 +14,8 @@ import pytest
 
 from roost.runtime.cli import main
 from roost.storage import Put, Store
+
+ROOST = [sys.executable, "-m", "roost.runtime.cli"]
 
 
 async def a_store(path: Path) -> None:
@@ -72,6 +77,52 @@ def test_a_file_given_as_the_store_is_a_clear_error_not_a_traceback(
     err = capfd.readouterr().err
     assert code == 1
     assert err.startswith("roost: StoreUnavailable:") and "Traceback" not in err
+
+
+def test_backup_into_an_empty_destination_is_refused_and_writes_nothing_in_the_working_folder(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    anyio.run(a_store, tmp_path / "live")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+
+    code = main(["store", "backup", str(tmp_path / "live"), ""])
+
+    assert code == 2
+    assert capfd.readouterr().err == (
+        "roost: the backup destination is empty (''), which would mean the current folder; "
+        "give the path of a new or empty folder for the copy\n")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`roost ARGS` run in `cwd` as user nobody (the tests run as root, whom no permission
+    stops); skips the test where that cannot be done."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser to run roost as another user")
+    command = ["runuser", "-u", "nobody", "--", *ROOST]
+    if subprocess.run([*command, "--help"], cwd=cwd, capture_output=True, timeout=30).returncode:
+        pytest.skip("user nobody cannot run this checkout's python")
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args", [["store", "check", "store"], ["store", "backup", "store", "copy"],
+                                  ["runs", "--store", "store"], ["gates", "--store", "store"]],
+                         ids=["store check", "store backup", "runs", "gates"])
+def test_a_store_folder_this_user_may_not_read_is_a_one_line_error_not_a_traceback(
+        tmp_path: Path, args: list[str]) -> None:
+    anyio.run(a_store, tmp_path / "store")
+    tmp_path.chmod(0o755)  # nobody may look in here, but not into the store
+    (tmp_path / "store").chmod(0o000)
+
+    result = as_nobody(*args, cwd=tmp_path)
+
+    assert (result.returncode, result.stdout) == (1, "")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("roost: StoreUnavailable: cannot open the store at 'store': permission "
+                           "denied ("), line
+    assert line.endswith("); give this process read and write access to the folder and its "
+                         "files")
+    assert not (tmp_path / "copy").exists()
 
 
 def test_reading_a_folder_whose_data_file_was_deleted_reports_the_damage(

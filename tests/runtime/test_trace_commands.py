@@ -29,6 +29,17 @@ def roost_command(*args: str) -> subprocess.CompletedProcess[str]:
                           env=environment)
 
 
+def into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """`roost ARGS` writing to a pipe whose reader is already gone, as `| head` leaves it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([*ROOST, *args], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=30)
+    finally:
+        os.close(write)
+
+
 async def record_email_run(folder: Path) -> None:
     """A stopped system's store with one run's spans: run > (classify, draft > send_email)."""
     prices = {"gpt": roost.Price(input_per_million=2.0, output_per_million=8.0)}
@@ -170,6 +181,21 @@ def test_a_run_without_a_kept_trace_is_said_to_exist_and_exits_1(tmp_path: Path)
     assert result.stderr.startswith("roost: run 'quiet-1' exists but its trace is not kept in "
                                     "the store at ")
     assert "tracing off, or the trace is past the system's trace_retention" in result.stderr
+
+
+def test_an_empty_id_is_refused_in_one_line_and_exits_1(email_store: Path) -> None:
+    result = roost_command("trace", "", "--store", str(email_store))
+
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("roost: ConfigurationError: run or trace id '' must be a non-empty "
+                             "string\n")
+
+
+def test_a_reader_that_stops_reading_ends_the_trace_quietly_with_exit_1(
+        email_store: Path) -> None:
+    result = into_a_closed_pipe("trace", "email-0042", "--store", str(email_store))
+
+    assert (result.returncode, result.stderr) == (1, "")
 
 
 def test_a_folder_without_a_store_exits_1_and_creates_nothing(tmp_path: Path) -> None:
