@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "roost"
 
 FOUNDATION = {"roost.errors", "roost.trace", "roost._validate", "roost._logging", "roost._histogram",
-              "roost.storage", "roost.tracing"}
+              "roost._completion", "roost.storage", "roost.tracing"}
 
 #: What each layer may import from roost, besides itself.
 ALLOWED: dict[str, set[str]] = {
@@ -25,10 +25,11 @@ ALLOWED: dict[str, set[str]] = {
     "roost._validate": {"roost.errors"},
     "roost._logging": set(),
     "roost._histogram": set(),
+    "roost._completion": set(),
     "roost.storage": {"roost.errors", "roost.trace", "roost._validate", "roost._logging",
-                      "roost._histogram"},
+                      "roost._histogram", "roost._completion"},
     "roost.tracing": {"roost.errors", "roost.trace", "roost._validate", "roost._logging",
-                      "roost._histogram", "roost.storage"},
+                      "roost._histogram", "roost._completion", "roost.storage"},
     "roost.mailbox": FOUNDATION,
     "roost.actors": FOUNDATION | {"roost.mailbox"},
     "roost.tools": FOUNDATION | {"roost.mailbox", "roost.actors"},
