@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import anyio
+
 T = TypeVar("T")
 
 
@@ -21,11 +23,14 @@ async def to_completion(work: Awaitable[T]) -> T:
     cancellation (chained to `work`'s error, if it failed), else return `work`'s result."""
     task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError as error:
-            cancelled = error
+    # The shield holds off anyio's cancellations, which anyio delivers again at every await
+    # of a task in a cancelled scope (this loop would spin); asyncio's come through once.
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError as error:
+                cancelled = error
     if cancelled is not None:
         if not task.cancelled() and task.exception() is not None:
             raise cancelled from task.exception()

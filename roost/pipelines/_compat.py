@@ -43,6 +43,10 @@ def check_fits(pipeline: Pipeline, run_id: str, progress: RunProgress,
         if name not in steps:
             raise PipelineChanged(run_id, pipeline.name, f"it holds {what} for step {name!r}, "
                                   "which the pipeline no longer has (removed or renamed)")
+    for name in progress.unknown:
+        if steps[name].tool is None:
+            raise PipelineChanged(run_id, pipeline.name, f"it holds a tool call of unknown "
+                                  f"outcome for step {name!r}, which calls no tool now")
     before: dict[str, str] = {}  # a step -> a reached step that waits for it
     for other in reached:
         for name in _upstream(pipeline, other):

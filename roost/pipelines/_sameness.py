@@ -37,10 +37,6 @@ def _same(a: Any, b: Any, seen: set[tuple[int, int]]) -> bool:
         return True
     if type(a) is not type(b):
         return False
-    pair = (id(a), id(b))
-    if pair in seen:  # a closure that refers to itself: compared already, up the stack
-        return True
-    seen.add(pair)
     if isinstance(a, msgspec.Struct):
         return all(_same(getattr(a, f), getattr(b, f), seen) for f in a.__struct_fields__)
     if isinstance(a, (list, tuple)):
@@ -48,6 +44,12 @@ def _same(a: Any, b: Any, seen: set[tuple[int, int]]) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k], seen) for k in a)
     if isinstance(a, types.FunctionType):
+        # Keyed by the functions themselves, which the pipelines keep alive (the id of a
+        # temporary may be reused by the next one).
+        pair = (id(a), id(b))
+        if pair in seen:  # a closure that refers to itself: compared already, up the stack
+            return True
+        seen.add(pair)
         return (a.__code__ == b.__code__ and a.__globals__ is b.__globals__
                 and _same(a.__defaults__, b.__defaults__, seen)
                 and _same(a.__kwdefaults__, b.__kwdefaults__, seen)

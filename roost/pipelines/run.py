@@ -350,7 +350,10 @@ class RunActor(Actor):
             except Exception as error:
                 await self._cannot_go_on(error)
                 return
-        await self._begin(record)
+        try:
+            await self._begin(record)
+        except Exception as error:  # applying what is stored failed: it would fail again
+            await self._cannot_go_on(error)
 
     async def _begin(self, record: RunRecord) -> None:
         """Go on from the run as `record` says it is stored."""

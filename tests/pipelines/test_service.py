@@ -477,6 +477,35 @@ async def test_a_decision_for_a_step_the_new_definition_lacks_fails_that_run_alo
     assert board.effects == []
 
 
+@roost.tool(timeout=0.2)
+async def slow_charge(order: str) -> str:
+    await asyncio.sleep(5)  # cut off at 0.2 s: its outcome is unknown
+    return "charged"
+
+
+async def test_an_unknown_outcome_kept_for_a_step_that_no_longer_calls_a_tool_is_not_applied(
+        store: Path) -> None:
+    def charging(tool: bool) -> Pipeline:
+        first = (Step("charge", tool="slow_charge", args=lambda r, order: {"order": order})
+                 if tool else Step("charge", Worker))
+        return Pipeline("charging", [first, Step("receipt", Worker, after="charge")])
+
+    async with new_system(store) as system:
+        system.tools.register(slow_charge)
+        parked = await outcome_of(await system.pipelines.start(charging(True), "o-1",
+                                                               run_id="run-1"))
+    assert parked.waiting_at == ["charge/outcome"]
+
+    async with new_system(store) as system:
+        system.tools.register(slow_charge)
+        await system.pipelines.register(charging(False))
+        await system.gates.decide("run-1", "charge/outcome", "done", input="x", by="ana")
+        with pytest.raises(roost.PipelineChanged, match="which calls no tool now"):
+            await outcome_of(RunHandle(system.pipelines, "run-1"))
+        other = await system.pipelines.start(version(Step("a", Worker)), run_id="run-2")
+        assert (await outcome_of(other)).status == "completed"  # the runs supervisor lives
+
+
 # --- runs that wait for a person -------------------------------------------------------
 
 
@@ -776,6 +805,28 @@ async def test_a_rebuilt_definition_whose_condition_refers_to_itself_is_the_same
         system: roost.ActorSystem) -> None:
     await system.pipelines.register(with_recursive_condition())
     await system.pipelines.register(with_recursive_condition())
+
+
+def above(limit: int) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda results: len(results) > limit
+
+
+def all_of(*conditions: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda results: all(condition(results) for condition in conditions)
+
+
+def with_conditions(*limits: int) -> Pipeline:
+    return Pipeline("orders", [Step("reserve", Worker), Step(
+        "confirm", Worker, after="reserve", when=all_of(*(above(n) for n in limits)))])
+
+
+async def test_conditions_built_from_many_closures_are_compared_value_by_value(
+        system: roost.ActorSystem) -> None:
+    await system.pipelines.register(with_conditions(1, 2, 3, 4))
+    await system.pipelines.register(with_conditions(1, 2, 3, 4))
+
+    with pytest.raises(ConfigurationError, match=r"\(step 'confirm': when differs\)"):
+        await system.pipelines.register(with_conditions(1, 2, 3, 5))
 
 
 @pytest.mark.parametrize(("changed", "difference"), [
