@@ -38,7 +38,13 @@ from roost.cluster import _task_statements as task_sql
 from roost.cluster._fencing import runs_written
 from roost.cluster.settings import NodeSettings
 from roost.cluster.tasks import StepTasks
-from roost.errors import LeaseLost, StoreError
+from roost.errors import (
+    CheckpointCorrupt,
+    LeaseLost,
+    PipelineChanged,
+    RecordCorrupt,
+    StoreError,
+)
 from roost.storage import RunStatus
 from roost.storage.ops import Fence, Lease, Op
 
@@ -406,7 +412,11 @@ class Cluster:
             self._lost.pop(run_id, None)
             self._held[run_id] = _Held(epoch, sent + lease, confirmed=True)
             if takeovers > self.settings.max_takeovers:
-                await self._park(run_id, epoch, takeovers)
+                await self._park(run_id, epoch, (
+                    f"parked by node {self.node_id!r}: taken over {takeovers} times "
+                    f"(max_takeovers={self.settings.max_takeovers}); each node driving it "
+                    "stopped or stalled, so it may be what stops them; inspect it, then "
+                    "resume it with system.pipelines.resume after setting it running"))
                 continue
             if takeovers:
                 self.took_over += 1
@@ -428,25 +438,33 @@ class Cluster:
                 self.ended(run_id)
                 return False
             await pipelines.resume(run_id)
+        except (RecordCorrupt, CheckpointCorrupt, PipelineChanged) as error:
+            # Stored state no node can go on from: every claim would fail the same way.
+            try:
+                await self._park(run_id, self._held[run_id].epoch,
+                                 f"parked by node {self.node_id!r}: {error}")
+                return False
+            except Exception as park_error:  # e.g. the server went away: try again later
+                _log.warning("takeover_failed", node=self.node_id, run_id=run_id,
+                             error=repr(park_error))
+            self.let_go(run_id)
+            return False
         except Exception as error:  # any node, this one too, may try again
             _log.warning("takeover_failed", node=self.node_id, run_id=run_id, error=repr(error))
             self.let_go(run_id)
             return False
         return True
 
-    async def _park(self, run_id: str, epoch: int, takeovers: int) -> None:
-        """Park a run taken over too often: `suspended`, with the reason, claimed by no node."""
-        reason = (f"parked by node {self.node_id!r}: taken over {takeovers} times "
-                  f"(max_takeovers={self.settings.max_takeovers}); each node driving it "
-                  "stopped or stalled, so it may be what stops them; inspect it, then resume "
-                  "it with system.pipelines.resume after setting it running")
+    async def _park(self, run_id: str, epoch: int, reason: str) -> None:
+        """Park a run no node should go on with (taken over too often, or its stored state
+        does not fit): `suspended`, with the reason, claimed by no node."""
         runs = self.system.pipelines.runs
         await self.system.store.commit([runs.change(run_id, status=RunStatus.SUSPENDED,
                                                     error=reason)])
         await self._sql(lambda c: sql.park(c, run_id, self.node_id, epoch, reason))
         self._held.pop(run_id, None)
         self.parked += 1
-        _log.error("run_parked", node=self.node_id, run_id=run_id, takeovers=takeovers)
+        _log.error("run_parked", node=self.node_id, run_id=run_id, reason=reason)
 
     async def _sql(self, function: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         return await self.system.store.on_connection(function)

@@ -243,3 +243,34 @@ async def test_a_handle_waits_through_gates_for_a_run_resumed_on_another_node(
             done = await handle.result(through_gates=True)
 
     assert (done.status, done.results["second"]) == ("completed", "second")
+
+
+async def test_a_run_the_registered_definition_no_longer_fits_is_parked_saying_why(
+        postgres_url: str) -> None:
+    async with node(postgres_url, "a", lease=1.0, heartbeat=0.2) as system:
+        await system.pipelines.start(pipeline("a"), None, run_id="r1")
+        await until("'first' done", lambda: _seen("a", "second"))
+    renamed = Pipeline("p", [Step("first_renamed", Echo), Step("second", Echo,
+                                                                after="first_renamed")])
+
+    async with node(postgres_url, "b", lease=1.0, heartbeat=0.2, max_takeovers=5) as system:
+        await system.pipelines.register(renamed, resume=True)
+
+        async def parked() -> bool:
+            return bool((await sql(postgres_url, "SELECT parked FROM roost_leases "
+                                                 "WHERE run_id = 'r1'"))[0]["parked"])
+
+        await until("the run parked", parked)
+        [lease] = await sql(postgres_url, "SELECT takeovers, parked FROM roost_leases")
+        record = await system.pipelines.runs.get("r1")
+
+    # Parked at the first claim, naming the change, not after bouncing max_takeovers times.
+    assert lease["takeovers"] <= 1
+    assert lease["parked"].startswith("parked by node 'b': run 'r1' cannot go on under the "
+                                      "pipeline 'p' registered now: it holds its result for "
+                                      "step 'first'")
+    assert (record.status, record.error) == (RunStatus.SUSPENDED, lease["parked"])
+
+
+async def _seen(node_id: str, step: str) -> bool:
+    return (node_id, step) in SEEN
