@@ -1,9 +1,12 @@
 """Helpers shared by tests: a fake clock for deadlines, cooldowns and restart windows; a disk
-filler; a command's stderr without its log lines."""
+filler; a command's stderr without its log lines; a command writing into a closed pipe."""
 
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -35,3 +38,15 @@ def without_logs(stderr: str) -> str:
     """`stderr` without its JSON log lines: what a command itself printed. A loaded machine
     may log `event_loop_blocked` (a warning) beside the error a test expects."""
     return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith("{"))
+
+
+def into_a_closed_pipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`roost ARGS` (run in `cwd`) writing to a pipe whose reader is already gone, as
+    `| head` leaves it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "roost.runtime.cli", *args], cwd=cwd,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write)

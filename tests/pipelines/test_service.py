@@ -455,9 +455,6 @@ async def test_a_step_added_after_the_ones_a_run_reached_runs_when_it_resumes(
 
 async def test_a_decision_for_a_step_the_new_definition_lacks_fails_that_run_alone(
         store: Path, board: Board) -> None:
-    async def unsure(request: RunStep) -> Any:
-        return NeedsReview("refund over the limit")
-
     board.behaviours["check"] = unsure
     async with new_system(store) as system:
         await outcome_of(await system.pipelines.start(reviewed(), "order-1", run_id="run-1"))
@@ -509,6 +506,11 @@ async def test_an_unknown_outcome_kept_for_a_step_that_no_longer_calls_a_tool_is
 # --- runs that wait for a person -------------------------------------------------------
 
 
+async def unsure(request: RunStep) -> Any:
+    """`check`'s behaviour in the review tests: it asks a person."""
+    return NeedsReview("refund over the limit")
+
+
 def reviewed() -> Pipeline:
     """draft -> check (asks for review in these tests) -> charge (a side effect)."""
     return Pipeline("reviewed", [
@@ -520,9 +522,6 @@ def reviewed() -> Pipeline:
 
 async def test_resuming_a_run_waiting_at_a_review_runs_nothing_and_gives_its_waiting_outcome(
         store: Path, board: Board) -> None:
-    async def unsure(request: RunStep) -> Any:
-        return NeedsReview("refund over the limit")
-
     board.behaviours["check"] = unsure
     async with new_system(store) as system:
         live = await outcome_of(await system.pipelines.start(reviewed(), "order-1",
@@ -544,9 +543,6 @@ async def test_resuming_a_run_waiting_at_a_review_runs_nothing_and_gives_its_wai
 
 async def test_polling_a_waiting_run_with_a_timeout_holds_nothing_per_poll(
         store: Path, board: Board) -> None:
-    async def unsure(request: RunStep) -> Any:
-        return NeedsReview("refund over the limit")
-
     board.behaviours["check"] = unsure
 
     async def poll(handle: RunHandle, times: int) -> None:

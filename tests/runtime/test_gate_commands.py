@@ -20,6 +20,7 @@ from roost import Gate, Pipeline, RunStep, Step
 from roost.runtime.gate_commands import age
 from roost.storage import Put, Store
 from roost.storage.gates import gate_key
+from tests.support import into_a_closed_pipe
 
 REPO = Path(__file__).resolve().parents[2]
 ROOST = [sys.executable, "-m", "roost.runtime.cli"]
@@ -59,17 +60,6 @@ def timed() -> Pipeline:
 def roost_command(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*ROOST, *args], cwd=REPO, capture_output=True, text=True, timeout=30,
                           input=stdin)
-
-
-def into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
-    """`roost ARGS` writing to a pipe whose reader is already gone, as `| head` leaves it."""
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        return subprocess.run([*ROOST, *args], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
-                              text=True, timeout=30)
-    finally:
-        os.close(write)
 
 
 def quiet_system(store: Path) -> roost.ActorSystem:
@@ -154,7 +144,7 @@ def test_gates_json_prints_one_record_per_line_with_its_json_fields_decoded(stor
 
 def test_gates_json_to_a_reader_that_stops_reading_ends_quietly_with_exit_1(
         store: Path) -> None:
-    result = into_a_closed_pipe("gates", "--store", str(store), "--json")
+    result = into_a_closed_pipe(REPO, "gates", "--store", str(store), "--json")
 
     assert (result.returncode, result.stderr) == (1, "")
 

@@ -16,6 +16,7 @@ import pytest
 import roost
 from roost.storage import Put, Store
 from roost.tracing import SpanKind
+from tests.support import into_a_closed_pipe
 
 REPO = Path(__file__).resolve().parents[2]
 ROOST = [sys.executable, "-m", "roost.runtime.cli"]
@@ -27,17 +28,6 @@ def roost_command(*args: str) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if key != "NO_COLOR"}
     return subprocess.run([*ROOST, *args], cwd=REPO, capture_output=True, text=True, timeout=30,
                           env=environment)
-
-
-def into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
-    """`roost ARGS` writing to a pipe whose reader is already gone, as `| head` leaves it."""
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        return subprocess.run([*ROOST, *args], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
-                              text=True, timeout=30)
-    finally:
-        os.close(write)
 
 
 async def record_email_run(folder: Path) -> None:
@@ -193,7 +183,7 @@ def test_an_empty_id_is_refused_in_one_line_and_exits_1(email_store: Path) -> No
 
 def test_a_reader_that_stops_reading_ends_the_trace_quietly_with_exit_1(
         email_store: Path) -> None:
-    result = into_a_closed_pipe("trace", "email-0042", "--store", str(email_store))
+    result = into_a_closed_pipe(REPO, "trace", "email-0042", "--store", str(email_store))
 
     assert (result.returncode, result.stderr) == (1, "")
 
