@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
@@ -177,12 +178,12 @@ def _run_to_the_end(main: Coroutine[Any, Any, int], abandoned: set[asyncio.Task[
         loop.run_until_complete(asyncio.wait({executor}, timeout=KILL_GRACE))
         return code, not executor.done()
     finally:
-        asyncio.set_event_loop(None)
-        loop.close()  # which gives SIGINT and SIGTERM back their default: death by signal
         # The work has ended and the store is closed: a signal now must not turn a clean
         # exit into "killed by SIGTERM" for the process manager.
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def _settle_tasks(loop: asyncio.AbstractEventLoop, abandoned: set[asyncio.Task[Any]]) -> bool:
@@ -217,8 +218,15 @@ async def _run(root: Root, args: argparse.Namespace, abandoned: set[asyncio.Task
         received.append(signum.name)
         stop.set()
 
+    def on_os_signal(signum: int, frame: object) -> None:
+        # Installed with signal.signal, not loop.add_signal_handler: closing the loop would
+        # put the default (death by signal) back, and a signal landing before `_run_loop`
+        # ignores them would turn a clean exit into "killed by SIGTERM".
+        with contextlib.suppress(RuntimeError):  # the loop has closed: exiting anyway
+            loop.call_soon_threadsafe(on_signal, signal.Signals(signum))
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+        signal.signal(signum, on_os_signal)
     try:
         system = ActorSystem(store=args.store, durability=args.durability,
                              log_format=args.log_format, log_level=args.log_level,
