@@ -154,7 +154,8 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
         except msgspec.DecodeError as error:
             reason = (f"step {name!r}'s result does not decode as "
                       f"{getattr(output, '__name__', output)}: {error}")
-            if pipeline is not None and _well_formed(raw):  # its `output` type changed
+            if pipeline is not None and isinstance(error, msgspec.ValidationError):
+                # Well-formed, of another shape: its `output` type changed.
                 raise PipelineChanged(run_id, pipeline.name, f"step {name!r}'s stored result "
                                       "does not fit its output type "
                                       f"{getattr(output, '__name__', output)}: {error}"
@@ -166,15 +167,6 @@ def decode_progress(progress: RunProgress, pipeline: Pipeline | None,
             raise RecordCorrupt("step result", result_key(run_id, name), reason) from error
     results.update((name, StepFailure(error)) for name, error in progress.failures.items())
     return results
-
-
-def _well_formed(raw: bytes) -> bool:
-    """Whether `raw` is a msgpack value at all (of whatever shape)."""
-    try:
-        msgspec.msgpack.decode(raw)
-    except msgspec.DecodeError:
-        return False
-    return True
 
 
 class StepTiming(msgspec.Struct, frozen=True, gc=False):
@@ -457,24 +449,22 @@ class RunActor(Actor):
         """The run's stored state could not be read. On a cluster's node, a failure of the
         server pauses the run (see `_pause`). Otherwise a record of the run is damaged:
         restarting cannot mend stored bytes, and failing the run would write over the
-        state an operator restores it from, so stop without writing anything; the run
-        stays stored as it was, and is not resumed."""
+        state an operator restores it from: see `_cannot_go_on`."""
         if self._store_failure(error) is not None:
             await self._pause(error)
             return
+        await self._cannot_go_on(error)
+
+    async def _cannot_go_on(self, error: Exception) -> None:
+        """The run cannot go on from what is stored (a damaged record, a pipeline that
+        changed in a way its progress does not fit, or loading it raised): stop without
+        writing anything, so the run stays stored as it was, and is not resumed;
+        restarting would fail the same way."""
         self.finished = True
         for task in self.running.values():
             task.cancel()
-        self._close_span("unreadable", error=error)
-        self.pipelines.unreadable(self.run_id, error)
-        await self.ctx.stop()
-
-    async def _cannot_go_on(self, error: Exception) -> None:
-        """The run cannot go on from what is stored (the pipeline changed in a way its
-        progress does not fit, or loading it raised): stop without writing anything, as
-        in `_cannot_read`; restarting would fail the same way."""
-        self.finished = True
-        self._close_span("unresumable", error=error)
+        self._close_span("unreadable" if isinstance(error, StoreError) else "unresumable",
+                         error=error)
         self.pipelines.unreadable(self.run_id, error)
         await self.ctx.stop()
 

@@ -474,6 +474,30 @@ async def test_a_decision_for_a_step_the_new_definition_lacks_fails_that_run_alo
     assert board.effects == []
 
 
+@pytest.mark.parametrize(("decision", "given", "reason"), [
+    ("approve", None, "the result step 'check' proposed for review does not fit its output "
+                      "type now"),
+    ("edit", "a text", "the decided input does not fit int"),
+])
+async def test_a_review_decided_under_one_output_type_and_resumed_under_another_is_not_applied(
+        store: Path, board: Board, decision: str, given: Any, reason: str) -> None:
+    board.behaviours["check"] = unsure
+    async with new_system(store) as system:
+        await outcome_of(await system.pipelines.start(reviewed(), "order-1", run_id="run-1"))
+
+    async with new_system(store) as system:  # decided where the pipeline is not registered
+        await system.gates.decide("run-1", "check/review", decision, input=given, by="ana")
+        retyped = Pipeline("reviewed", [Step("draft", Worker),
+                                        Step("check", Worker, after="draft", output=int)])
+        [handle] = await system.pipelines.register(retyped, resume=True)
+        with pytest.raises(roost.PipelineChanged, match=re.escape(reason)):
+            await outcome_of(handle)
+        record = await system.pipelines.runs.get("run-1")
+
+    assert record.error is None and record.status in ("running", "queued")
+    assert board.effects == []
+
+
 @roost.tool(timeout=0.2)
 async def slow_charge(order: str) -> str:
     await asyncio.sleep(5)  # cut off at 0.2 s: its outcome is unknown
