@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import inspect
 import os
 import signal
@@ -33,6 +32,7 @@ from roost.actors._cell import KILL_GRACE
 from roost.actors.messages import StopReason, Terminated
 from roost.actors.supervisor import SupervisorSpec
 from roost.errors import BootstrapError, ConfigurationError, ExtraNotInstalled, RoostError
+from roost.runtime._signals import ignore_stop_signals, on_stop_signals
 from roost.runtime.bootstrap import Root, load_root
 from roost.runtime.console_command import (
     add_console_command,
@@ -178,10 +178,7 @@ def _run_to_the_end(main: Coroutine[Any, Any, int], abandoned: set[asyncio.Task[
         loop.run_until_complete(asyncio.wait({executor}, timeout=KILL_GRACE))
         return code, not executor.done()
     finally:
-        # The work has ended and the store is closed: a signal now must not turn a clean
-        # exit into "killed by SIGTERM" for the process manager.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_stop_signals()
         asyncio.set_event_loop(None)
         loop.close()
 
@@ -218,15 +215,7 @@ async def _run(root: Root, args: argparse.Namespace, abandoned: set[asyncio.Task
         received.append(signum.name)
         stop.set()
 
-    def on_os_signal(signum: int, frame: object) -> None:
-        # Installed with signal.signal, not loop.add_signal_handler: closing the loop would
-        # put the default (death by signal) back, and a signal landing before `_run_loop`
-        # ignores them would turn a clean exit into "killed by SIGTERM".
-        with contextlib.suppress(RuntimeError):  # the loop has closed: exiting anyway
-            loop.call_soon_threadsafe(on_signal, signal.Signals(signum))
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_os_signal)
+    on_stop_signals(loop, on_signal)
     try:
         system = ActorSystem(store=args.store, durability=args.durability,
                              log_format=args.log_format, log_level=args.log_level,

@@ -23,6 +23,7 @@ from aiohttp import web
 from roost.console import create_app, load_token, serve
 from roost.console.app import is_loopback
 from roost.errors import ConfigurationError, RoostError, StoreUnavailable
+from roost.runtime._signals import ignore_stop_signals, on_stop_signals
 from roost.runtime._store_option import add_store_option
 from roost.runtime.gate_commands import require_store
 from roost.runtime.system import ActorSystem
@@ -56,7 +57,10 @@ def run_console_command(args: argparse.Namespace) -> int:
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key)
     try:
         require_store(args.store)
-        return asyncio.run(_serve_store(args.store, args.host, args.port, tls))
+        try:
+            return asyncio.run(_serve_store(args.store, args.host, args.port, tls))
+        finally:
+            ignore_stop_signals()
     except StoreUnavailable as error:
         print(f"roost: StoreUnavailable: {error}", file=sys.stderr)
         if "already open" in error.reason:
@@ -76,8 +80,7 @@ async def _serve_store(store: str, host: str, port: int, tls: tuple[Path, Path] 
         received.append(signum.name)
         stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    on_stop_signals(loop, on_signal)
     async with ActorSystem(store=store, tracing=True, log_format="auto",
                            log_level="warning") as system:
         runner = await start_console(system, host, port, live=False, tls=tls)

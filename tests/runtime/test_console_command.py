@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -184,6 +185,21 @@ def test_console_serves_the_runs_of_a_store_to_the_bearer_token_until_sigterm(
     code, _, err = process.stop()
     assert code == 0, err
     assert "roost: received SIGTERM, console stopped" in err
+
+
+def test_sigterms_that_keep_coming_while_the_console_exits_still_end_in_exit_0(
+        store: Path, processes: list[Process]) -> None:
+    # A process manager may repeat its SIGTERM; one landing after the loop has closed must
+    # not turn the clean exit into death by signal.
+    for _ in range(3):
+        process = start(processes, "console", "--store", str(store), "--port", "0")
+        port_of(process.line())
+        deadline = time.monotonic() + 20.0
+        while process.popen.poll() is None and time.monotonic() < deadline:
+            process.popen.send_signal(signal.SIGTERM)
+            time.sleep(0.002)
+        code, _, err = process.stop()
+        assert code == 0, err
 
 
 def test_console_without_a_token_generates_one_saves_it_0600_and_prints_it_only_once(
