@@ -91,6 +91,12 @@ _NOT_EMPTY = {
               "path (. for the current folder)",
     "destination": "the backup destination is empty (''), which would mean the current "
                    "folder; give the path of a new or empty folder for the copy",
+    "input": "--input is empty (''), which would mean the current folder; give the JSON "
+             "file with the decision's input, or - for stdin",
+    "tls_cert": "--tls-cert is empty (''), which would mean the current folder; give the PEM "
+                "certificate file",
+    "tls_key": "--tls-key is empty (''), which would mean the current folder; give the PEM "
+               "private key file",
     "host": "--host is empty (''), which would listen on every interface; give the address to "
             "listen on (e.g. 127.0.0.1; 0.0.0.0 for every interface, with TLS)",
 }

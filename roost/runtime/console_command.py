@@ -41,9 +41,9 @@ def add_console_command(commands: Any) -> None:
                          help=f"the address to listen on (default: {DEFAULT_HOST})")
     console.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                          help=f"the port to listen on, 0 for a free one (default: {DEFAULT_PORT})")
-    console.add_argument("--tls-cert", type=Path, metavar="FILE",
+    console.add_argument("--tls-cert", metavar="FILE",
                          help="serve HTTPS with this PEM certificate (needs --tls-key)")
-    console.add_argument("--tls-key", type=Path, metavar="FILE",
+    console.add_argument("--tls-key", metavar="FILE",
                          help="the PEM private key of --tls-cert")
 
 
@@ -54,7 +54,7 @@ def run_console_command(args: argparse.Namespace) -> int:
         print("roost: --tls-cert and --tls-key go together; give both, or neither for "
               "plain HTTP", file=sys.stderr)
         return EXIT_USAGE
-    tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key)
+    tls = None if args.tls_cert is None else (Path(args.tls_cert), Path(args.tls_key))
     try:
         require_store(args.store)
         try:

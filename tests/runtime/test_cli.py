@@ -288,13 +288,19 @@ EMPTY_ARGUMENTS = {
     "gates": (["gates", "--store", ""], EMPTY_STORE),
     "decide": (["decide", "run-1", "reply", "approve", "--by", "ana", "--store", ""], EMPTY_STORE),
     "console": (["console", "--store", ""], EMPTY_STORE),
+    "decide --input": (["decide", "run-1", "reply", "edit", "--input", "", "--by", "ana",
+                        "--store", "s"], "roost: --input is empty (''), which would mean the "),
+    "console --tls-cert": (["console", "--store", "s", "--tls-cert", "", "--tls-key", "k.pem"],
+                           "roost: --tls-cert is empty (''), which would mean the "),
+    "console --tls-key": (["console", "--store", "s", "--tls-cert", "c.pem", "--tls-key", ""],
+                          "roost: --tls-key is empty (''), which would mean the "),
     "store check": (["store", "check", ""], EMPTY_FOLDER),
     "store backup": (["store", "backup", "", "copy"], EMPTY_FOLDER),
 }
 
 
 @pytest.mark.parametrize(("args", "error"), EMPTY_ARGUMENTS.values(), ids=EMPTY_ARGUMENTS.keys())
-def test_an_empty_store_or_folder_is_refused_in_one_line_instead_of_meaning_the_working_folder(
+def test_an_empty_path_argument_is_refused_in_one_line_instead_of_meaning_the_working_folder(
         tmp_path: Path, args: list[str], error: str) -> None:
     # The working folder holds an app.py, which `roost run ""` would run.
     marker = tmp_path / "ran.txt"
