@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -23,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from roost._logging import get_logger
 from roost.console.auth import COOKIE, Auth, Session
 from roost.console.problems import Handler, Problem, problems_middleware
+from roost.errors import ConfigurationError
 
 _log = get_logger("roost.console")
 
@@ -146,7 +148,19 @@ def create_app(system: Any, *, token: str, live: bool = True,
     app[SECURE] = secure
     api.add_routes(app)
     pages.add_routes(app)
+    app.on_startup.append(partial(_served_at_root, next(iter(app.router.resources())).canonical))
     return app
+
+
+async def _served_at_root(path: str, app: web.Application) -> None:
+    """Refuse to start under a prefix (`add_subapp`): the pages link to absolute paths."""
+    served = next(iter(app.router.resources())).canonical
+    if served != path:
+        prefix = served.removesuffix(path)
+        raise ConfigurationError(
+            f"the roost console cannot be mounted under the prefix {prefix!r}: its pages and "
+            "links expect to be served at '/'; serve it on a port of its own with "
+            "roost.console.serve(app, host, port), or add it with add_domain")
 
 
 class _RefusedRequests(logging.Filter):

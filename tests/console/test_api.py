@@ -10,13 +10,14 @@ from typing import Any
 
 import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 import roost
 from roost.console import api, create_app, serve
 from roost.console.forms import MAX_DEPTH
-from roost.errors import ExtraNotInstalled
+from roost.errors import ConfigurationError, ExtraNotInstalled
 from tests.console.conftest import TOKEN, XSS, Console, bearer, send_email, send_raw, support
 
 pytestmark = pytest.mark.anyio
@@ -461,6 +462,28 @@ async def test_a_console_over_a_store_answers_live_routes_with_a_404_problem(
 
             assert "this console serves a store, not a live system" in body["detail"]
         assert (await client.get("/api/v1/runs/done", headers=bearer())).status == 200
+
+
+async def test_a_console_mounted_under_a_prefix_refuses_to_start_naming_the_prefix(
+        console: Console) -> None:
+    # Its pages link to absolute paths (/runs, /gates): under /console every link would miss.
+    service = web.Application()
+    service.add_subapp("/console", create_app(console.system, token=TOKEN))
+    runner = web.AppRunner(service)
+
+    with pytest.raises(ConfigurationError, match=r"under the prefix '/console'.*a port of its own"):
+        await runner.setup()
+    await runner.cleanup()
+
+
+async def test_a_console_added_by_domain_is_served(console: Console) -> None:
+    service = web.Application()
+    service.add_domain("console.localhost", create_app(console.system, token=TOKEN))
+    async with TestClient(TestServer(service, host="127.0.0.1")) as client:
+        answer = await client.get("/api/v1/runs/done",
+                                  headers={**bearer(), "Host": "console.localhost"})
+
+        assert answer.status == 200
 
 
 # --- the OpenAPI document -------------------------------------------------------------
