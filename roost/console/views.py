@@ -83,7 +83,10 @@ def decode_cursor(cursor: str | None) -> str | None:
 
 
 class RunRow(msgspec.Struct, frozen=True):
-    """One run in a list: where it is, how long it took, its steps, tokens and cost."""
+    """One run in a list: where it is, how long it took, its steps, tokens and cost.
+
+    `steps` counts the steps that ran (completed, failed, optional and failed), not those
+    skipped or waiting at a gate; `roost runs` counts them the same way."""
 
     run_id: str
     pipeline: str
@@ -193,26 +196,37 @@ def _latest(snapshot: SnapshotReader, run_id: str) -> Checkpoint | None:
     return None
 
 
-def _progress(checkpoint: Checkpoint | None) -> RunProgress | None:
+def latest_progress(snapshot: SnapshotReader, run_id: str) -> RunProgress | None:
+    """What run `run_id`'s latest checkpoint says it has done, or None without a readable
+    one (a list row then shows the run's record alone)."""
+    checkpoint = _latest(snapshot, run_id)
     if checkpoint is None:
         return None
     try:
         return load_progress(checkpoint)
-    except Exception:  # a damaged checkpoint: the row shows the record alone
+    except Exception:  # a damaged checkpoint
         return None
+
+
+def steps_run(record: RunRecord, progress: RunProgress | None) -> int:
+    """How many of a run's steps ran: those completed, the optional ones that failed, and
+    the step the run failed at (skipped steps and steps waiting at a gate did not run)."""
+    ran = {record.failed_step} if record.failed_step is not None else set()
+    if progress is not None:
+        ran.update(progress.results, progress.stored, progress.failures)
+    return len(ran)
 
 
 def run_row(record: RunRecord, progress: RunProgress | None, tracer: Any) -> RunRow:
     usage = progress.usage if progress is not None else None
-    steps = 0 if progress is None else (len(progress.results) + len(progress.stored)
-                                        + len(progress.failures))
     ended = record.status in ("completed", "failed", "cancelled", "rejected")
     until = record.updated_at if ended else max(record.updated_at, time.time())
     return RunRow(
         run_id=record.run_id, pipeline=record.pipeline, status=str(record.status),
         created_at=record.created_at, updated_at=record.updated_at,
         seconds=max(0.0, until - record.created_at), last_step=record.last_step,
-        failed_step=record.failed_step, error=_error_shown(tracer, record.error), steps=steps,
+        failed_step=record.failed_step, error=_error_shown(tracer, record.error),
+        steps=steps_run(record, progress),
         input_tokens=0 if usage is None else usage.input_tokens,
         output_tokens=0 if usage is None else usage.output_tokens,
         cost=None if usage is None else usage.cost)
@@ -238,13 +252,14 @@ async def runs_page(system: Any, *, status: str | None = None, pipeline: str | N
     except ValueError as error:  # ConfigurationError: a bad limit or status
         raise Problem(400, "Bad request", str(error)) from None
 
-    def read(snapshot: SnapshotReader) -> tuple[list[RunRecord], str | None, list[Checkpoint | None]]:
+    def read(snapshot: SnapshotReader
+             ) -> tuple[list[RunRecord], str | None, list[RunProgress | None]]:
         records, after = read_page(snapshot)
-        return records, after, [_latest(snapshot, record.run_id) for record in records]
+        return records, after, [latest_progress(snapshot, record.run_id) for record in records]
 
-    records, after, latest = await system.store.read(read)
-    rows = [run_row(record, _progress(checkpoint), system.tracer)
-            for record, checkpoint in zip(records, latest, strict=True)]
+    records, after, progress = await system.store.read(read)
+    rows = [run_row(record, ran, system.tracer)
+            for record, ran in zip(records, progress, strict=True)]
     return rows, encode_cursor(after), [damaged_record(error, system.store.path)
                                         for error in damaged]
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from roost.console.views import latest_progress, steps_run
 from roost.errors import ConfigurationError, RecordCorrupt, RunNotFound, StoreError, TraceNotFound
 from roost.runtime._store_option import add_store_option, report_damaged
 from roost.runtime.log import configure_logging
@@ -110,9 +111,12 @@ async def _runs(args: argparse.Namespace) -> int:
     async with open_store(args.store, readonly=True, create=False) as store:
         records = await _readable_runs(store, args.status, args.pipeline, damaged)
         records.sort(key=lambda record: record.created_at, reverse=True)
+        del records[args.limit:]
         traces = TraceStore(store)
-        rows = [_run_row(record, await traces.summary(record.run_id))
-                for record in records[:args.limit]]
+        steps = await store.read(lambda snapshot: [
+            steps_run(record, latest_progress(snapshot, record.run_id)) for record in records])
+        rows = [_run_row(record, await traces.summary(record.run_id), ran)
+                for record, ran in zip(records, steps, strict=True)]
     print("\n".join(_table(["RUN", "STATUS", "PIPELINE", "STARTED", "DURATION", "STEPS",
                             "TOKENS", "COST"], rows)))
     if not damaged:
@@ -186,7 +190,7 @@ def _usage(span: Span) -> str:
     return text + (f"  cost {_cost(cost)}" if cost is not None else "")
 
 
-def _run_row(record: RunRecord, summary: TraceSummary | None) -> list[str]:
+def _run_row(record: RunRecord, summary: TraceSummary | None, steps: int) -> list[str]:
     if summary is not None:
         duration = _duration(summary.duration_ns)
     elif record.status in _ENDED:
@@ -196,7 +200,7 @@ def _run_row(record: RunRecord, summary: TraceSummary | None) -> list[str]:
     tokens = 0 if summary is None else summary.input_tokens + summary.output_tokens
     return [record.run_id, record.status.value, record.pipeline,
             datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M:%S"), duration,
-            "-" if summary is None else str(summary.steps), str(tokens) if tokens else "-",
+            str(steps), str(tokens) if tokens else "-",
             "-" if summary is None or summary.cost is None else _cost(summary.cost)]
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import anyio
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 import roost
+from roost.console import create_app
 from roost.storage import Put, Store
 from roost.tracing import SpanKind
 from tests.support import into_a_closed_pipe
@@ -260,6 +262,34 @@ def test_runs_lists_runs_newest_first_with_status_pipeline_steps_tokens_and_cost
     assert email[6:] == ["2", "240", f"{(200 * 1.0 + 40 * 2.0) / 1e6:.6g}"]
     assert email[5].endswith(("µs", "ms", "s"))
     assert rows[1][6:] == ["1", "-", "-"]
+
+
+def test_runs_counts_the_steps_that_ran_as_the_console_does(tmp_path: Path) -> None:
+    # A skipped step did not run; an optional step that failed, and the step a run failed
+    # at, did.
+    chain = roost.Pipeline("chain", [
+        roost.Step("draft", Draft),
+        roost.Step("translate", Draft, after="draft", when=lambda results: False),
+        roost.Step("lint", Refuse, after="draft", optional=True),
+        roost.Step("send", Refuse, after="lint")])
+
+    async def run() -> dict[str, int]:
+        async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                     log_level="critical") as system:
+            with pytest.raises(roost.StepFailed):
+                await (await system.pipelines.start(chain, run_id="chain-1")).result()
+            app = create_app(system, token="t" * 20)
+            async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+                answer = await client.get("/api/v1/runs",
+                                          headers={"Authorization": "Bearer " + "t" * 20})
+                return {row["run_id"]: row["steps"] for row in (await answer.json())["items"]}
+
+    console = anyio.run(run)
+    result = roost_command("runs", "--store", str(tmp_path / "store"))
+
+    (row,) = table(result.stdout)[1:]
+    assert console == {"chain-1": 3}
+    assert row[0] == "chain-1" and row[6] == "3"
 
 
 def test_runs_filters_by_status_and_pipeline_and_limits(runs_store: Path) -> None:
