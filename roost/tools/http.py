@@ -16,11 +16,17 @@ retried, and if the retries run out the outcome is unknown); other 4xx raise
 `PermanentToolError` with the status as its `code`. A side-effecting request
 answered with a JSON body that does not decode took effect: it raises
 `ToolResultUnrecordable`, and the proxy finalizes its key as such.
+
+The header must carry the key exactly, or the service would deduplicate by another
+key than the ledger: a key with a control character (which HTTP cannot carry) or
+with leading or trailing whitespace (which HTTP strips) is refused before anything
+is sent, with a `PermanentToolError`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -51,6 +57,9 @@ _METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "
 _IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _EXCERPT_CHARS: Final = 200
+# What an HTTP field value cannot carry as it is: control characters other than a tab
+# (forbidden), and whitespace at either end (stripped by the receiver).
+_UNSENDABLE_KEY: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
 
 
 class HttpTool:
@@ -176,8 +185,9 @@ class HttpTool:
                 sent), or the status was 429 or 5xx.
             IdempotencyKeyInUse: 409 to a request sent with an idempotency key: an
                 earlier request with that key is still being processed.
-            PermanentToolError: Any other 4xx status (`code` is the status), or a
-                read-only request answered with a JSON body that does not decode.
+            PermanentToolError: Any other 4xx status (`code` is the status), a
+                read-only request answered with a JSON body that does not decode, or
+                an `idempotency_key` that a header cannot carry exactly (nothing is sent).
             ToolResultUnrecordable: A side-effecting request was answered with a
                 JSON body that does not decode: it took effect, its answer is lost.
 
@@ -186,6 +196,14 @@ class HttpTool:
         tool = self.spec.name
         headers = self._headers
         if idempotency_key is not None:
+            if _UNSENDABLE_KEY.search(idempotency_key):
+                raise PermanentToolError(
+                    f"tool {tool!r}: idempotency key {idempotency_key[:40]!r} cannot be sent "
+                    "as the Idempotency-Key header as it is (HTTP forbids control characters "
+                    "and strips whitespace at either end, so the service would see another "
+                    "key); nothing was sent: use printable text without leading or trailing "
+                    "spaces, e.g. a UUID"
+                )
             headers = {**headers, "Idempotency-Key": idempotency_key}
         session = self._session if isinstance(self._session, aiohttp.ClientSession) else (
             self._session()
