@@ -68,6 +68,8 @@ all OSErrors)."""
 
 _DEFAULT_FAILURES: Final = 5
 _WINDOW_BUCKETS: Final = 10
+#: The shortest failure-rate window: its buckets must stay wider than the clock's jitter.
+_MIN_WINDOW: Final = 0.001
 
 
 class Breaker(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,8 +112,9 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
             raise _invalid(
                 "failure_rate", self.failure_rate, "use a share in (0, 1], e.g. 0.5, or None"
             )
-        if not (is_number(self.window) and self.window > 0):
-            raise _invalid("window", self.window, "use a positive number of seconds")
+        if not (is_number(self.window) and _MIN_WINDOW <= self.window < math.inf):
+            raise _invalid("window", self.window,
+                           f"use a positive number of seconds (at least {_MIN_WINDOW:g}), e.g. 60")
         if not is_count(self.min_calls, 1):
             raise _invalid("min_calls", self.min_calls, "use a whole number >= 1")
         if not (is_number(self.cooldown) and self.cooldown > 0):
@@ -123,6 +126,9 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
                 "use an exception type, a tuple of exception types, or a predicate "
                 "taking the error and returning bool",
             )
+        if self.counts == ():
+            raise _invalid("counts", (), "it would count no error, so the breaker could never "
+                                         "open; leave it out to count the default errors")
 
     @property
     def failure_threshold(self) -> int | None:
@@ -271,6 +277,13 @@ class CircuitBreaker:
         """The last failure the breaker counted (None before the first and after `reset`)."""
         return self._last_error
 
+    def refuses_for(self) -> float:
+        """Seconds the breaker goes on refusing every call: the rest of its cooldown while
+        open (inf when forced open), else 0."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return self._retry_at - self._clock()
+
     def acquire(self) -> Permit:
         """Ask leave to make one call. Never waits.
 
@@ -301,12 +314,19 @@ class CircuitBreaker:
         raise ToolUnavailable(self.tool, now + cooldown, cooldown, self._opened_by)
 
     def on_success(self, permit: Permit) -> None:
-        """Report that the call made with `permit` succeeded; a probe's success closes."""
+        """Report that the call made with `permit` succeeded; a probe's success closes.
+
+        In the closed state the failure rate is checked after every call, as
+        resilience4j does: the success that brings the window to `min_calls` opens
+        the breaker if the failures already reach the rate.
+        """
         self._successes += 1
         if permit is self._closed_permit:
             self._consecutive = 0
             if self._window is not None:
-                self._window.record(self._clock(), failed=False)
+                calls, failures = self._window.record(self._clock(), failed=False)
+                if self._rate_reached(calls, failures):
+                    self._change_state(BreakerState.OPEN, "failure_rate", self._last_error)
         elif permit is self._probe:
             self._change_state(BreakerState.CLOSED, "probe_succeeded")
 
@@ -350,8 +370,10 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Close the breaker now and forget its failures (`last_error` included).
 
-        Outcomes of calls admitted before are ignored. Listeners hear a change
-        (reason `reset`) unless it was closed already.
+        Outcomes of calls admitted before the breaker last opened are ignored; a
+        reset of a closed breaker forgets the counts but not its calls in flight,
+        whose outcomes still count. Listeners hear a change (reason `reset`)
+        unless it was closed already.
         """
         self._last_error = None
         if self._state is BreakerState.CLOSED:
@@ -413,8 +435,9 @@ class CircuitBreaker:
             return True
 
     def _rate_reached(self, calls: int, failures: int) -> bool:
+        # Compared as a quotient: `rate * calls` rounds, so 55 of 100 fell short of 0.55.
         rate = self.config.failure_rate
-        return rate is not None and calls >= self.config.min_calls and failures >= rate * calls
+        return rate is not None and calls >= self.config.min_calls and failures / calls >= rate
 
     def _change_state(self, new: BreakerState, reason: str,
                       cause: BaseException | None = None) -> None:

@@ -127,6 +127,9 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
                 "use an exception type, a tuple of exception types, or a predicate "
                 "taking the error and returning bool",
             )
+        if self.retry_on == ():
+            raise _invalid("retry_on", (), "it would retry no error; to turn retries off "
+                                           "use attempts=1")
         for name in ("attempt_timeout", "deadline"):
             value = getattr(self, name)
             if value is not None and not (is_number(value) and value > 0):
@@ -155,8 +158,12 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
         if retries == 0 or self.base_delay == 0:
             return 0.0
         # Caps below max_delay: base_delay * 2**n for n < doubling; the rest are max_delay.
-        doubling = min(retries, max(0, math.ceil(math.log2(self.max_delay / self.base_delay))))
-        return self.base_delay * (2.0 ** doubling - 1) + self.max_delay * (retries - doubling)
+        # (ldexp, and the exponent compared before rounding: a tiny base_delay overflows
+        # both max_delay / base_delay and 2.0 ** n.)
+        exponent = math.log2(self.max_delay / self.base_delay)
+        doubling = retries if exponent >= retries else max(0, math.ceil(exponent))
+        return (math.ldexp(self.base_delay, doubling) - self.base_delay
+                + self.max_delay * (retries - doubling))
 
     def retries(self, error: BaseException) -> bool:
         """Whether the policy retries `error` (cancellation never is)."""
@@ -184,13 +191,15 @@ async def call_with_retry(
     Each attempt asks `breaker` for a permit, takes a slot in `bulkhead`
     (waiting counts toward the deadline, not the attempt timeout), then awaits a
     fresh `call()` within `policy.attempt_timeout`, and reports the outcome to
-    the breaker. An attempt that ran and failed with its outcome unknown (see
-    `leaves_outcome_unknown`) is settled by `recheck`, when given, before
-    anything else: its result ends the call, its error ends the call, and only
-    an attempt found not done goes on to the usual retry decision. Between
-    attempts it sleeps `policy.delay(...)`; when that sleep would end past
-    `policy.deadline`, it gives up at once. It logs `tool_attempt_failed`,
-    `tool_retry_scheduled` and `tool_gave_up`.
+    the breaker (none for an attempt the bulkhead refused or the deadline cut
+    off while it waited for a slot: the tool did not run). An attempt that ran
+    and failed with its outcome unknown (see `leaves_outcome_unknown`) is
+    settled by `recheck`, when given, before anything else: its result ends the
+    call, its error ends the call, and only an attempt found not done goes on to
+    the usual retry decision. Between attempts it sleeps `policy.delay(...)`;
+    when that sleep would end past `policy.deadline`, or the breaker would still
+    refuse the retry after it, it gives up at once. It logs
+    `tool_attempt_failed`, `tool_retry_scheduled` and `tool_gave_up`.
 
     Args:
         call: Makes one attempt; called anew for each.
@@ -274,7 +283,10 @@ async def call_with_retry(
             if breaker is not None and permit is not None:
                 if span is not None:
                     before = breaker.state
-                breaker.on_failure(permit, error)
+                if slot.entered:
+                    breaker.on_failure(permit, error)
+                else:  # refused or cut off by the bulkhead: the tool never ran, no verdict
+                    breaker.release(permit)
                 _breaker_moved(span, breaker, before)
             _log.warning(
                 f"{subject}_attempt_failed", **who, attempt=number,
@@ -308,6 +320,8 @@ async def call_with_retry(
                 delay = policy.delay(number - 1, rng)
                 if policy.deadline is not None and clock() - started + delay >= policy.deadline:
                     reason = "deadline"
+                elif breaker is not None and breaker.refuses_for() > delay:
+                    reason = "breaker_open"  # the retry would be refused: no point waiting for it
             if reason is not None:
                 _log.warning(
                     f"{subject}_gave_up", **who, attempts=number, reason=reason,
