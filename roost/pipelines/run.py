@@ -733,7 +733,7 @@ class RunActor(Actor):
             return result
 
         return await call_with_retry(attempt, policy, tool=f"step {step.name}", key=self.run_id,
-                                     step=step.name,
+                                     step=step.name, rng=self.ctx.system.tools.state.jitter,
                                      attempt_span=None if step_span is None else open_attempt)
 
     async def _once(self, step: Step, worker: Any, item: Any, index: int | None,

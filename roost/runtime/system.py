@@ -218,7 +218,7 @@ class ActorSystem:
             self.otel_exporter = self._otel_exporter(otlp_endpoint)
         self.loop_monitor = (None if loop_lag_threshold is None
                              else LoopMonitor(threshold=loop_lag_threshold))
-        self.tools = Tools(clock, self.tracer)
+        self.tools = Tools(clock, self.tracer, rand)
         self.pipelines = Pipelines(self, max_active_runs=max_active_runs)
         #: This system as a node of the cluster on its PostgreSQL store (None on LMDB).
         self.cluster: Cluster | None = self._node(

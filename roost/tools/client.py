@@ -22,6 +22,7 @@ so costs one check.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -70,12 +71,14 @@ class Tools:
     Args:
         clock: monotonic seconds, for breakers.
         tracer: records the calls made inside pipeline runs (None: nothing is recorded).
+        rand: uniform [0, 1) numbers for retry backoff jitter.
     """
 
-    def __init__(self, clock: Callable[[], float], tracer: Tracer | None = None) -> None:
+    def __init__(self, clock: Callable[[], float], tracer: Tracer | None = None,
+                 rand: Callable[[], float] = random.random) -> None:
         self.registry = ToolRegistry()
         self.tracer = tracer if tracer is not None else Tracer(recording=False)
-        self.state = ToolState(clock, self.registry)
+        self.state = ToolState(clock, self.registry, rand)
         self._proxy: ActorRef | None = None
         self._ledger: Ledger | None = None
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -52,7 +53,7 @@ from roost.errors import (
 from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, BreakerTransition, CircuitBreaker
 from roost.tools.bulkhead import Bulkhead
-from roost.tools.retry import Recheck, Watchdog, call_once, call_with_retry
+from roost.tools.retry import Jitter, Recheck, Watchdog, call_once, call_with_retry
 from roost.tools.spec import (
     DEFAULT_TIMEOUT,
     Done,
@@ -128,9 +129,11 @@ class ToolState:
     proxy restarts: a dependency does not heal because the proxy restarted.
     """
 
-    def __init__(self, clock: Callable[[], float], registry: ToolRegistry) -> None:
+    def __init__(self, clock: Callable[[], float], registry: ToolRegistry,
+                 rand: Callable[[], float] = random.random) -> None:
         self.clock = clock
         self.registry = registry
+        self.jitter = Jitter(rand)  # retry backoff
         self.stats = ToolStatistics()
         self.watchdog = Watchdog()  # times every attempt of every tool
         self.breakers: dict[str, CircuitBreaker] = {}
@@ -199,8 +202,8 @@ class ToolState:
                 result = await call_with_retry(
                     lambda: spec.invoke(arguments, key=key), policy, tool=spec.name, key=key,
                     breaker=self.breaker(spec), bulkhead=self.bulkhead(spec),
-                    sleep=self._retry_sleep, recheck=self._recheck_of(spec, arguments, key),
-                    watchdog=self.watchdog,
+                    sleep=self._retry_sleep, rng=self.jitter,
+                    recheck=self._recheck_of(spec, arguments, key), watchdog=self.watchdog,
                     attempt_span=functools.partial(_attempt_span, span, spec.name))
             elif (policy.attempts == 1 and policy.deadline is None and spec.breaker is None
                     and spec.concurrency is None):
@@ -215,8 +218,8 @@ class ToolState:
                 result = await call_with_retry(
                     lambda: spec.invoke(arguments, key=key), policy, tool=spec.name, key=key,
                     breaker=self.breaker(spec), bulkhead=self.bulkhead(spec),
-                    sleep=self._retry_sleep, recheck=self._recheck_of(spec, arguments, key),
-                    watchdog=self.watchdog)
+                    sleep=self._retry_sleep, rng=self.jitter,
+                    recheck=self._recheck_of(spec, arguments, key), watchdog=self.watchdog)
         except (ToolUnavailable, ToolBusy):
             raise
         except Exception as error:

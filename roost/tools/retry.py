@@ -170,6 +170,18 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
         return isinstance(error, Exception) and error_matches(self.retry_on, error)
 
 
+class Jitter(random.Random):
+    """A `random.Random` whose numbers come from `rand` (the system's `rand=`), so that an
+    injected source also decides retry backoff."""
+
+    def __init__(self, rand: Callable[[], float]) -> None:
+        super().__init__(0)  # a fixed seed: the numbers come from `rand`, not the state
+        self._rand = rand
+
+    def random(self) -> float:
+        return self._rand()
+
+
 async def call_with_retry(
     call: Callable[[], Awaitable[T]],
     policy: Retry,

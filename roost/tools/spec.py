@@ -192,6 +192,10 @@ class ToolSpec:
             raise _invalid(name, "concurrency", self.concurrency, "use a whole number >= 1")
         if not is_count(self.max_waiting, 0):
             raise _invalid(name, "max_waiting", self.max_waiting, "use a whole number >= 0")
+        if self.concurrency is None and self.max_waiting != DEFAULT_MAX_WAITING:
+            raise _invalid(name, "max_waiting", self.max_waiting,
+                           "it bounds the callers waiting for a concurrency slot, and the "
+                           "tool has no concurrency= limit; set concurrency= too")
         if self.fallback is not None:
             _check_async_callable(name, "fallback", self.fallback)
         if self.verify is not None:

@@ -423,6 +423,7 @@ async def plain() -> str:
         (lambda: roost.Retry(retry_on=()), "retry_on"),  # attempts=1 turns retries off
         (lambda: roost.tool(concurrency=0)(plain), "concurrency"),
         (lambda: roost.tool(max_waiting=-1)(plain), "max_waiting"),
+        (lambda: roost.tool(max_waiting=5)(plain), "max_waiting"),  # without concurrency=
         (lambda: roost.tool(timeout=-5)(plain), "timeout"),
     ],
 )
@@ -439,3 +440,19 @@ async def test_a_tiny_base_delay_is_a_working_retry_policy() -> None:
 
         assert await system.tools.call("dep") == "ok"
         assert flaky.calls == 2
+
+
+async def test_the_systems_rand_decides_tool_retry_backoff() -> None:
+    drawn: list[float] = []
+
+    def rand() -> float:
+        drawn.append(0.0)
+        return 0.0  # no wait at all, whatever the policy's caps
+
+    flaky = Flaky(retry=roost.Retry(attempts=3, base_delay=300.0, max_delay=300.0))
+    flaky.errors = [TransientToolError("blip"), TransientToolError("blip")]
+    async with roost.ActorSystem(rand=rand, log_format="json", log_level="critical") as system:
+        system.tools.register(flaky.tool)
+
+        assert await system.tools.call("dep", timeout=1000.0) == "ok"
+    assert (flaky.calls, len(drawn)) == (3, 2)
