@@ -93,8 +93,10 @@ class Cell:
         "_done",
         "_killed_for_stop",
         "_killing",
+        "_start_began",
         "_started",
         "_starting",
+        "_step",
         "_stopping",
         "actor",
         "args",
@@ -177,6 +179,8 @@ class Cell:
         self._killed_for_stop = False  # a stop had to kill: a normal stop is "killed"
         self._abandoned: Envelope | None = None  # its asker gave up: its handling is cancelled
         self._starting = False  # on_start (or hydration) is running
+        self._start_began = 0.0  # loop time when its last start (on_start) began
+        self._step: asyncio.Future[None] | None = None  # resolved as a step begins
         self._done: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
 
@@ -499,6 +503,8 @@ class Cell:
         """Create (if needed) and start the instance; a failure is returned and, if `report`,
         reported to the supervisor (else the caller waiting for the start owns it)."""
         self._starting = True
+        self._start_began = self.loop.time()
+        self._step_begins()
         try:
             actor = self.actor if self.actor is not None else self.instantiate()
             await self.engine.hydrate(self, actor)
@@ -603,12 +609,9 @@ class Cell:
                     and message.generation == child.restarts):
                 await self.supervision_engine().child_failed(child, message.error, message.context)
         elif isinstance(message, ChildStopped):
-            child = message.child
-            if self.children.get(child.name) is child:
-                if self.supervision is not None:
-                    self.supervision.forget(child)
-                if not child.listed:  # a kept spec stays in its place in the start order
-                    del self.children[child.name]
+            # A kept spec stays in its place in the start order; `_finalize` removed any other.
+            if self.supervision is not None:
+                self.supervision.forget(message.child)
 
     async def _exit(self) -> None:
         """The actor ended itself (`ctx.stop()`). A child that its supervisor would not restart
@@ -640,6 +643,7 @@ class Cell:
         if self.state >= STOPPING:
             return
         self.state = SUSPENDED
+        self._step_begins()
         self._forget_supervision()
         await self.stop_children()
         old = self.actor
@@ -649,26 +653,62 @@ class Cell:
         self._started = False
 
     async def request(self, message: Any, ack: asyncio.Future[Any]) -> Any:
-        """Post a restart phase and wait for its ack; kill the actor if it is stuck.
+        """Post a restart phase and wait for its ack, each of its steps bounded (`_wait_steps`).
 
-        A start is bounded by `start_timeout`, a stop by `shutdown_timeout`.
         Returns the ack's value; None if the actor stopped meanwhile; a `TimeoutError`
-        if it never answered and had to be abandoned.
+        if a step ignored its kill and the actor had to be abandoned.
         """
-        timeout = (self.start_timeout if isinstance(message, StartInstance)
-                   else self.shutdown_timeout)
+        since = self.loop.time()
         self.post_system(message)
-        done = self.termination()
-        await asyncio.wait({ack, done}, timeout=_bound(timeout),
-                           return_when=asyncio.FIRST_COMPLETED)
-        if not ack.done() and not done.done():
-            self.kill(timeout)
-            await asyncio.wait({ack, done}, timeout=KILL_GRACE, return_when=asyncio.FIRST_COMPLETED)
-            if not ack.done() and not done.done():
-                self._abandon()
-                return TimeoutError(f"{self.path}: did not answer {type(message).__name__} "
-                                    f"within {timeout:g}s and was abandoned")
+        limit = await self._wait_steps({ack, self.termination()}, since, for_stop=False)
+        if limit is not None:
+            self._abandon()
+            return TimeoutError(f"{self.path}: did not answer {type(message).__name__} "
+                                f"within {limit:g}s and was abandoned")
         return ack.result() if ack.done() else None
+
+    async def _wait_steps(self, waiting: set[asyncio.Future[Any]], since: float, *,
+                          for_stop: bool) -> float | None:
+        """Wait until one of `waiting` is done, killing the actor where a step overruns.
+
+        Each step has its own bound: a message in progress `shutdown_timeout` from `since`,
+        `on_start` its `start_timeout` from its beginning; stopping the instance for a
+        restart bounds itself (each child's stop, then `on_stop`), so slow but timely
+        children never get their parent killed. Returns None, or the timeout of a step
+        that ignored its kill for `KILL_GRACE` seconds (the caller abandons the actor).
+        """
+        loop = self.loop
+        while not any(future.done() for future in waiting):
+            step = self._next_step()
+            if self._starting:
+                limit, deadline = self.start_timeout, self._start_began + self.start_timeout
+            elif self.state == RUNNING:  # it may be busy with a message
+                limit, deadline = self.shutdown_timeout, since + self.shutdown_timeout
+            else:  # stopping its instance for a restart, or about to start
+                limit, deadline = math.inf, math.inf
+            watched = {*waiting, step}
+            await asyncio.wait(watched, timeout=_bound(max(0.0, deadline - loop.time())),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if any(future.done() for future in watched):
+                continue
+            if for_stop:
+                self._killed_for_stop = True
+            self.kill(limit)
+            await asyncio.wait(watched, timeout=KILL_GRACE, return_when=asyncio.FIRST_COMPLETED)
+            if not any(future.done() for future in watched):
+                return limit
+        return None
+
+    def _next_step(self) -> asyncio.Future[None]:
+        """A future resolved when the next step (stopping the instance, `on_start`) begins."""
+        if self._step is None:
+            self._step = self.loop.create_future()
+        return self._step
+
+    def _step_begins(self) -> None:
+        step, self._step = self._step, None
+        if step is not None and not step.done():
+            step.set_result(None)
 
     def post_restart(self, group: list[Cell], failed: Cell) -> None:
         """Restart `group` (children of this actor) once this actor gets to it."""
@@ -719,18 +759,13 @@ class Cell:
         if self.state < STOPPING:
             if self._stopping is None:
                 self._stopping = self.loop.create_future()
+            since = self.loop.time()
             self.post_system(Stop(reason, error))
-            # Phase 1: the actor may be busy with a message; give it its shutdown timeout.
-            await asyncio.wait({self._stopping, done}, timeout=_bound(self.shutdown_timeout),
-                               return_when=asyncio.FIRST_COMPLETED)
-            if self.state < STOPPING:
-                self._killed_for_stop = True
-                self.kill(self.shutdown_timeout)
-                await asyncio.wait({self._stopping, done}, timeout=KILL_GRACE,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if self.state < STOPPING:
-                    self._abandon()
-                    return
+            # Phase 1: until it gets to the stop (a message in progress gets its shutdown
+            # timeout, as does on_start; the stop of an instance for a restart bounds itself).
+            if await self._wait_steps({self._stopping, done}, since, for_stop=True) is not None:
+                self._abandon()
+                return
         # Phase 2: the stop sequence bounds itself (children and on_stop have timeouts).
         await asyncio.shield(done)
 
@@ -868,8 +903,13 @@ class Cell:
             self._stopping.set_result(None)
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
-        if self.parent is not None:
-            self.parent.post_system(ChildStopped(self, reason, error))
+        parent = self.parent
+        if parent is not None:
+            if not self.listed and parent.children.get(self.name) is self:
+                # Gone at once, not when the parent gets to ChildStopped: a child started
+                # under its name meanwhile must come last in the start order, not take its place.
+                del parent.children[self.name]
+            parent.post_system(ChildStopped(self, reason, error))
         elif reason == FAILURE:  # the root died (e.g. its message loop broke): so does the system
             self.engine.fail(error)
         _log.debug("actor_stopped", actor=self.path, reason=reason)
