@@ -139,12 +139,13 @@ class ActorNameTaken(RoostError):
 
 
 class ActorStartFailed(RoostError):
-    """An actor's `on_start` raised, so the actor never ran."""
+    """An actor's `__init__` or `on_start` raised, so the actor never ran."""
 
-    def __init__(self, actor: str, cause: BaseException) -> None:
+    def __init__(self, actor: str, cause: BaseException, *, during: str = "on_start") -> None:
         self.actor = actor
         self.cause = cause
-        super().__init__(f"{actor}: on_start failed: {type(cause).__name__}: {cause}")
+        self.during = during
+        super().__init__(f"{actor}: {during} failed: {type(cause).__name__}: {cause}")
 
 
 class SystemNotRunning(RoostError):

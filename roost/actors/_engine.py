@@ -28,6 +28,7 @@ from roost.errors import (
     ActorNotFound,
     ActorStartFailed,
     ChildAlreadyPresent,
+    RoostError,
     SystemNotRunning,
 )
 from roost.mailbox.dead_letters import DeadLetters
@@ -147,10 +148,17 @@ class Engine:
                 it takes its place, and keeps it again if the start fails.
 
         Raises:
-            ActorStartFailed: its `on_start` raised; the child is removed.
+            ActorStartFailed: its `__init__` or `on_start` raised; the child is removed.
         """
         parent = _cell_of(parent)
-        cell = self._create(parent, spec, replacing)
+        try:
+            cell = self._create(parent, spec, replacing)
+        except RoostError:  # a taken name, a stopping parent
+            raise
+        except Exception as init_error:  # the actor's __init__ raised
+            name = spec.child_name or spec.factory.__name__
+            raise ActorStartFailed(f"{parent.path.rstrip('/')}/{name}", init_error,
+                                   during="__init__") from init_error
         cell.keep_spec = keep_spec
         ack: asyncio.Future[BaseException | None] = self.loop.create_future()
         error = await cell.request(StartInstance(ack, report=False), ack)

@@ -509,7 +509,7 @@ class ActorSystem:
         """Like `spawn`, but wait until the actor has started (its `on_start` ran).
 
         Raises:
-            ActorStartFailed: `on_start` raised (for a tree: a static child failed to
+            ActorStartFailed: `__init__` or `on_start` raised (for a tree: a static child failed to
                 start); the actor is removed.
         """
         guardian = self._root(f"start {getattr(factory, '__name__', factory)!r}")

@@ -500,6 +500,24 @@ async def test_a_static_child_failing_its_first_start_fails_the_supervisors_star
             sys.lookup("/sup")
 
 
+class BadConfig(roost.Actor):
+    def __init__(self) -> None:
+        raise ValueError("no model configured")
+
+
+async def test_an_init_that_raises_fails_the_start_and_the_supervisor_carries_on() -> None:
+    async with system() as sys:
+        with pytest.raises(roost.ActorStartFailed, match=r"/b: __init__ failed: ValueError"):
+            await sys.start(BadConfig, name="b")
+        sup = await sys.start(roost.Supervisor.spec("sup"))
+        with pytest.raises(roost.ActorStartFailed) as failed:
+            await sup.ask(roost.StartChild(roost.ChildSpec(factory=BadConfig, name="c")))
+
+        assert (failed.value.actor, failed.value.during) == ("/sup/c", "__init__")
+        assert isinstance(failed.value.cause, ValueError)
+        assert await sup.ask(roost.WhichChildren()) == []
+
+
 # --- grandchildren ------------------------------------------------------------------------
 
 
