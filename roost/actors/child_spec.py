@@ -180,10 +180,12 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             default is OTP's `permanent`; `spawn` and `start` default to `transient`.
         shutdown_timeout: seconds a stopping actor gets to finish the message it is
             handling and then its `on_stop`, each, before it is cancelled; it also
-            bounds `on_start`. `0` stops at once: the message is cancelled and
-            `on_stop` does not run (OTP's `brutal_kill`; `on_start` then gets the
-            default 5 s). `math.inf` waits for ever (OTP's `infinity`). Not given: the
-            actor class's `shutdown_timeout` (5 s unless the class sets it).
+            bounds `on_start` where the start is awaited (`start`, `StartChild`, a
+            restart; not `spawn`, which returns before `on_start` ends). `0` stops at
+            once: the message is cancelled and `on_stop` does not run (OTP's
+            `brutal_kill`; `on_start` then gets the default 5 s). `math.inf` waits
+            for ever (OTP's `infinity`). Not given: the actor class's
+            `shutdown_timeout` (5 s unless the class sets it).
         capacity: mailbox capacity.
         overflow: mailbox overflow policy (`wait`, `drop_newest`, `drop_oldest`, `fail`).
         poison_after: after this many crashes on the same message, the message is
