@@ -695,6 +695,41 @@ class ToolResultUnrecordable(ToolError):
         )
 
 
+class ToolCallNotFound(ToolError, LookupError):
+    """`Tools.settle_unknown` named a key the ledger does not hold for the tool."""
+
+    def __init__(self, tool: str, key: str) -> None:
+        self.tool = tool
+        self.key = key
+        super().__init__(
+            f"tool {tool!r}: the ledger holds no call with key {key!r}; check the tool and "
+            "the key (system.tools.unknown_calls() lists the calls whose outcome is unknown)")
+
+
+class ToolCallRunning(ToolError):
+    """`Tools.settle_unknown` named a call that is running in this process: its own
+    outcome will settle it."""
+
+    def __init__(self, tool: str, key: str) -> None:
+        self.tool = tool
+        self.key = key
+        super().__init__(
+            f"tool {tool!r}: the call with key {key!r} is running in this process, so its "
+            "outcome is not unknown; wait for it to end")
+
+
+class ToolSettlementInvalid(ToolError, ValueError):
+    """The result given to `Tools.settle_unknown` does not fit the tool's return annotation
+    (or does not encode); nothing was recorded."""
+
+    def __init__(self, tool: str, key: str, error: str) -> None:
+        self.tool = tool
+        self.key = key
+        self.error = error
+        super().__init__(f"tool {tool!r}: cannot settle the call with key {key!r} with that "
+                         f"result: {error}; nothing was recorded")
+
+
 # --- pipelines ------------------------------------------------------------------------------
 
 

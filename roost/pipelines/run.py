@@ -36,13 +36,13 @@ from roost.errors import (
     AskTimeout,
     CheckpointCorrupt,
     GateDecisionInvalid,
-    PermanentToolError,
     PipelineChanged,
     RecordCorrupt,
     RemoteStepFailed,
     RoostError,
     StepFailed,
     StoreError,
+    ToolCallNotFound,
     ToolOutcomeUnknown,
     ToolResultUnrecordable,
 )
@@ -1018,17 +1018,15 @@ class RunActor(Actor):
         tools = self.ctx.system.tools
         self.unknown.remove(step_name)
         if decision.decision == "done":
-            encoded = _ENCODER.encode(decision.input)
-            await tools.settle_unknown(step.tool, key, done=True, result=encoded)
-            self._keep(step_name, msgspec.Raw(encoded))
+            await _settle(tools, step.tool, key, done=True, result=decision.input)
+            self._keep(step_name, msgspec.Raw(_ENCODER.encode(decision.input)))
             self.results[step_name] = decision.input
             return False
         if decision.decision == "not_done":  # the step runs again, under the same key
-            await tools.settle_unknown(step.tool, key, done=False)
+            await _settle(tools, step.tool, key, done=False)
             return False
         error = f"abandoned by {decision.by}: the outcome of tool {step.tool!r} was unknown"
-        await tools.settle_unknown(step.tool, key, done=False,
-                                   error=PermanentToolError(error))
+        await _settle(tools, step.tool, key, done=False, error=error)
         if step.optional:
             self.failures[step_name] = error
             self.results[step_name] = StepFailure(error)
@@ -1205,3 +1203,10 @@ class RunActor(Actor):
             span.payload("step.output", result)
             span.attributes.setdefault("step.outcome", "completed")
         span.end()
+
+
+async def _settle(tools: Any, tool: str, key: str, **outcome: Any) -> None:
+    """Settle an outcome gate's call as its decision says; a key already settled, or gone
+    (released by this decision before a crash cut the run short), is left as it is."""
+    with contextlib.suppress(ToolCallNotFound):
+        await tools.settle_unknown(tool, key, **outcome)

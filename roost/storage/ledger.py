@@ -219,6 +219,23 @@ class Ledger:
         data = await self._store.get(_DB, store_key)
         return None if data is None else _CODEC.decode(store_key, data)
 
+    async def in_flight(self, tool: str | None = None) -> list[LedgerEntry]:
+        """The entries in flight (of `tool`, or of every tool), oldest claim first: calls
+        running now, and calls whose outcome is unknown. A corrupt entry is logged and
+        left out (`roost store check` names it)."""
+        prefix = b"" if tool is None else tool.encode() + b"\x00"
+        found: list[LedgerEntry] = []
+        async for key, value in self._store.scan(_DB, prefix=prefix):
+            try:
+                entry = _CODEC.decode(key, value)
+            except RecordCorrupt as error:
+                _log.error("ledger_entry_corrupt", key=key, error=str(error))
+                continue
+            if entry.status == "in_flight":
+                found.append(entry)
+        found.sort(key=lambda entry: entry.started_at)
+        return found
+
     async def prune(self) -> int:
         """Delete every entry past its retention window; returns how many.
 

@@ -23,7 +23,7 @@ from roost.tools.breaker import (
     BreakerView,
     CircuitBreaker,
 )
-from roost.tools.client import Tools
+from roost.tools.client import Tools, UnknownCall
 from roost.tools.http import HttpTool
 from roost.tools.proxy import ToolProxy, ToolStatistics
 from roost.tools.retry import Retry
@@ -45,5 +45,6 @@ __all__ = [
     "ToolSpec",
     "ToolStatistics",
     "Tools",
+    "UnknownCall",
     "tool",
 ]

@@ -26,16 +26,22 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from roost._logging import get_logger
 from roost._validate import is_number
 from roost.errors import (
     AskTimeout,
     ConfigurationError,
+    PermanentToolError,
     SystemNotRunning,
     ToolBusy,
+    ToolCallNotFound,
     ToolCallOptionInvalid,
+    ToolCallRunning,
     ToolCallTimeout,
     ToolGated,
+    ToolSettlementInvalid,
     ToolUnavailable,
 )
 from roost.mailbox.envelope import current_envelope
@@ -48,8 +54,8 @@ from roost.tools.keys import (
     message_unit,
     step_unit,
 )
-from roost.tools.proxy import Call, ToolState, ToolStatistics
-from roost.tools.spec import ToolRegistry, ToolSpec, gate_passed
+from roost.tools.proxy import Call, RunningKeys, ToolState, ToolStatistics
+from roost.tools.spec import ToolRegistry, ToolSpec, gate_passed, type_name
 from roost.trace import TraceContext, call_trace, handling
 from roost.tracing.spans import SpanKind
 from roost.tracing.tracer import OpenSpan, Tracer, usage_of
@@ -63,6 +69,23 @@ if TYPE_CHECKING:
 DEADLINE_MARGIN = 5.0
 
 _log = get_logger("roost")
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+class UnknownCall(msgspec.Struct, frozen=True):
+    """A tool call whose outcome is unknown (`Tools.unknown_calls`), for a person to settle.
+
+    Attributes:
+        tool: the tool called.
+        key: the call's idempotency key.
+        claimed_at: when the call was claimed, in seconds since the epoch.
+        left_here: claimed by this process (cut off here), not by one that died.
+    """
+
+    tool: str
+    key: str
+    claimed_at: float
+    left_here: bool = False
 
 
 class Tools:
@@ -281,25 +304,89 @@ class Tools:
         ledger = self._ledger
         return ledger is not None and await ledger.get(spec.name, key) is not None
 
-    async def settle_unknown(self, name: str, key: str, *, done: bool, result: bytes | None = None,
-                             error: BaseException | None = None) -> None:
-        """Settle a call whose outcome was unknown, as a person found it: `done` records
-        `result` (msgpack bytes) for the key; not done with `error` fails the key for good;
-        not done without one forgets the key, so the next call with it runs the tool. A key
-        no longer in flight (settled meanwhile, e.g. by a second decision) is left as it is.
+    async def unknown_calls(self, tool: str | None = None) -> list[UnknownCall]:
+        """The calls (of `tool`, or of every tool) whose outcome is unknown, oldest first:
+        in flight in the ledger and not running in this process (cut off by a crash, a
+        timeout or a lost connection, with no verify hook to settle them).
+
+        Raises:
+            SystemNotRunning: the system is not running.
+            ConfigurationError: the system has no store.
+            UnknownTool: `tool` is given and not registered.
         """
-        ledger = self._ledger
-        if ledger is None:
-            raise SystemNotRunning(f"settle a call of tool {name!r}")
+        ledger, proxy = self._settling(f"list the unknown calls of tool {tool!r}")
+        if tool is not None:
+            self.registry.get(tool)
+        entries = await ledger.in_flight(tool)
+        running = await proxy.ask(RunningKeys(tool))
+        return [UnknownCall(entry.tool, entry.key, entry.started_at,
+                            left_here=entry.owner == ledger.owner)
+                for entry in entries if (entry.tool, entry.key) not in running]
+
+    async def settle_unknown(self, name: str, key: str, *, done: bool, result: Any = None,
+                             error: BaseException | str | None = None) -> bool:
+        """Settle a call whose outcome is unknown, as a person found it where the effect
+        happens (Temporal's manual completion): `done=True` records `result` for the key,
+        so every call with it returns that; `done=False` with `error` fails the key for good
+        (a `PermanentToolError` with that message, replayed); `done=False` alone forgets
+        the key, so the next call with it runs the tool.
+
+        Returns True if it settled the call, False if the call was no longer in flight
+        (settled meanwhile: by its verify hook, or a second decision).
+
+        Raises:
+            SystemNotRunning: the system is not running.
+            ConfigurationError: the system has no store.
+            UnknownTool: no tool is registered under `name`.
+            ToolCallOptionInvalid: `key` is not a valid idempotency key.
+            ToolCallNotFound: the ledger holds no call of the tool with that key.
+            ToolCallRunning: the call is running in this process now.
+            ToolSettlementInvalid: `result` does not fit the tool's return annotation.
+        """
+        ledger, proxy = self._settling(f"settle a call of tool {name!r}")
+        self.registry.get(name)
+        key = check_key(name, key)
+        encoded = self._settled_result(name, key, result) if done else None
         entry = await ledger.get(name, key)
-        if entry is None or entry.status != "in_flight":
-            return
-        if done:
-            await ledger.complete(entry, result if result is not None else b"\xc0")
+        if entry is None:
+            raise ToolCallNotFound(name, key)
+        if entry.status != "in_flight":
+            return False
+        if (name, key) in await proxy.ask(RunningKeys(name)):
+            raise ToolCallRunning(name, key)
+        if encoded is not None:
+            await ledger.complete(entry, encoded)
         elif error is not None:
-            await ledger.fail(entry, error)
+            await ledger.fail(entry, PermanentToolError(error) if isinstance(error, str)
+                              else error)
         else:
             await ledger.release(entry)
+        _log.info("tool_call_settled", tool=name, key=key,
+                  outcome="done" if done else "failed" if error is not None else "not_done")
+        return True
+
+    def _settling(self, what: str) -> tuple[Ledger, ActorRef]:
+        if self._proxy is None:
+            raise SystemNotRunning(what)
+        if self._ledger is None:
+            raise ConfigurationError(f"cannot {what}: without a store no call is recorded, so "
+                                     "none has an unknown outcome; give ActorSystem(store=...)")
+        return self._ledger, self._proxy
+
+    def _settled_result(self, name: str, key: str, result: Any) -> bytes:
+        """`result` encoded as the ledger keeps it, checked against the tool's return type."""
+        try:
+            encoded = _ENCODER.encode(result)
+        except (TypeError, OverflowError, msgspec.EncodeError) as error:
+            raise ToolSettlementInvalid(name, key, f"it does not encode ({error})") from None
+        decoder = self.registry.results(name)
+        try:
+            decoder.decode(encoded)
+        except msgspec.DecodeError as error:
+            raise ToolSettlementInvalid(
+                name, key, f"it does not fit the return annotation {type_name(decoder.type)} "
+                           f"({error})") from None
+        return encoded
 
     def statistics(self) -> ToolStatistics:
         """Counts of calls, dedup hits, joins, retries, breaker trips, rejections, fallbacks."""

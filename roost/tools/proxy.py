@@ -74,6 +74,14 @@ _log = get_logger("roost")
 _ENCODER = msgspec.msgpack.Encoder()
 
 
+class RunningKeys(Message, frozen=True):
+    """Ask the proxy which calls (of `tool`, or of every tool) it is running now (internal:
+    `Tools` asks before it lists or settles unknown outcomes); the answer is a frozenset of
+    (tool, key) pairs."""
+
+    tool: str | None = None
+
+
 class Call(Message, frozen=True, gc=False):
     """Run one side-effecting tool call (internal: sent by `Tools.call`).
 
@@ -361,6 +369,9 @@ class ToolProxy(Actor):
             case Call():
                 self._start(message)
                 return None
+            case RunningKeys(tool=tool):
+                return frozenset(call for call in self._in_flight
+                                 if tool is None or call[0] == tool)
         # Not a failure of the proxy: crashing it would cancel every call in flight.
         refused = TypeError(f"{self.ctx.path}: the tool proxy takes Call messages, got "
                             f"{type(message).__name__}; use ctx.tools.call(name, **arguments)")
