@@ -60,6 +60,9 @@ _EXCERPT_CHARS: Final = 200
 # What an HTTP field value cannot carry as it is: control characters other than a tab
 # (forbidden), and whitespace at either end (stripped by the receiver).
 _UNSENDABLE_KEY: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
+# What an RFC 8941 string (the IETF draft's form of the header) can hold.
+_STRUCTURED_KEY: Final = re.compile(r"[\x20-\x7e]+")
+_KEY_FORMATS: Final = ("plain", "structured")
 
 
 class HttpTool:
@@ -89,9 +92,12 @@ class HttpTool:
         max_waiting: See `ToolSpec`.
         fallback: See `ToolSpec`.
         verify: See `ToolSpec`.
+        key_format: How the header carries the key: `plain`, the key as it is (Stripe's
+            form, the default), or `structured`, a quoted RFC 8941 string (the IETF
+            draft's form: `Idempotency-Key: "8e03978e"`, printable ASCII keys only).
 
     Raises:
-        ConfigurationError: A bad method, URL, timeout or spec option.
+        ConfigurationError: A bad method, URL, timeout, key format or spec option.
     """
 
     def __init__(
@@ -111,7 +117,13 @@ class HttpTool:
         max_waiting: int = DEFAULT_MAX_WAITING,
         fallback: Callable[..., Awaitable[Any]] | None = None,
         verify: Verify | None = None,
+        key_format: str = "plain",
     ) -> None:
+        if key_format not in _KEY_FORMATS:
+            raise ConfigurationError(
+                f"tool {name!r}: key_format={key_format!r} is invalid; use 'plain' (the key "
+                "as it is, as Stripe reads it) or 'structured' (a quoted RFC 8941 string, as "
+                "the IETF Idempotency-Key draft specifies)")
         method = method.upper() if isinstance(method, str) else method
         if method not in _METHODS:
             raise ConfigurationError(
@@ -133,6 +145,7 @@ class HttpTool:
                 f"tool {name!r}: timeout={timeout!r} is invalid; use a positive number of seconds"
             )
         self.method = method
+        self.key_format = key_format
         self.url = parsed
         self._session = session
         self._headers = dict(headers or {})
@@ -196,15 +209,7 @@ class HttpTool:
         tool = self.spec.name
         headers = self._headers
         if idempotency_key is not None:
-            if _UNSENDABLE_KEY.search(idempotency_key):
-                raise PermanentToolError(
-                    f"tool {tool!r}: idempotency key {idempotency_key[:40]!r} cannot be sent "
-                    "as the Idempotency-Key header as it is (HTTP forbids control characters "
-                    "and strips whitespace at either end, so the service would see another "
-                    "key); nothing was sent: use printable text without leading or trailing "
-                    "spaces, e.g. a UUID"
-                )
-            headers = {**headers, "Idempotency-Key": idempotency_key}
+            headers = {**headers, "Idempotency-Key": self._key_header(idempotency_key)}
         session = self._session if isinstance(self._session, aiohttp.ClientSession) else (
             self._session()
         )
@@ -231,6 +236,27 @@ class HttpTool:
         if status >= 400:
             raise self._status_error(response, body, keyed=idempotency_key is not None)
         return {"status": status, "body": self._decode(response, body, idempotency_key)}
+
+    def _key_header(self, key: str) -> str:
+        """The Idempotency-Key header's value for `key`, in the tool's `key_format`.
+
+        Raises:
+            PermanentToolError: the header cannot carry `key` exactly (nothing is sent).
+        """
+        if self.key_format == "structured":
+            if not _STRUCTURED_KEY.fullmatch(key):
+                raise PermanentToolError(
+                    f"tool {self.spec.name!r}: idempotency key {key[:40]!r} cannot be sent as a "
+                    "structured Idempotency-Key header (an RFC 8941 string holds printable "
+                    "ASCII only); nothing was sent: use such a key, e.g. a UUID")
+            return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if _UNSENDABLE_KEY.search(key):
+            raise PermanentToolError(
+                f"tool {self.spec.name!r}: idempotency key {key[:40]!r} cannot be sent as the "
+                "Idempotency-Key header as it is (HTTP forbids control characters and strips "
+                "whitespace at either end, so the service would see another key); nothing was "
+                "sent: use printable text without leading or trailing spaces, e.g. a UUID")
+        return key
 
     def _status_error(self, response: aiohttp.ClientResponse, body: bytes, *,
                       keyed: bool) -> Exception:

@@ -426,6 +426,26 @@ async def test_a_key_with_inner_spaces_tabs_or_non_ascii_text_is_sent_as_it_is(
     assert service.keys == keys
 
 
+async def test_a_structured_key_header_is_a_quoted_rfc_8941_string_as_the_ietf_draft_says(
+    tmp_path: Path, service: Service,
+) -> None:
+    async with open_system(tmp_path / "store") as system:
+        charge_tool(system, service, key_format="structured",
+                    retry=roost.Retry(attempts=2, base_delay=0.0))
+        service.plan.append(503)
+        await system.tools.call("charge", key="8e03978e-40d5", json={"amount": 5})
+        await system.tools.call("charge", key='say "hi" \\ ok', json={"amount": 5})
+        with pytest.raises(roost.PermanentToolError, match="printable ASCII only"):
+            await system.tools.call("charge", key="commande-é", json={"amount": 5})
+    assert service.keys == ['"8e03978e-40d5"', '"8e03978e-40d5"', '"say \\"hi\\" \\\\ ok"']
+
+
+def test_an_unknown_key_format_is_refused_naming_the_two() -> None:
+    with pytest.raises(roost.ConfigurationError, match=r"key_format='ietf'.*'plain'.*'structured'"):
+        roost.HttpTool("charge", "POST", "http://127.0.0.1:9/charge", session=lambda: None,
+                       key_format="ietf")
+
+
 class Order(roost.Message, frozen=True):
     amount: int
 
