@@ -1,11 +1,11 @@
-"""Circuit breaker for one tool: stop calling a failing dependency, then probe it once.
+"""Circuit breaker for one tool: stop calling a failing dependency, then probe it.
 
 `Breaker` is the frozen configuration a tool is declared with; `CircuitBreaker` is
 the runtime state machine that every caller of that tool shares:
 
     closed --(failure threshold)--> open --(cooldown)--> half-open
-    half-open --(the one probe succeeds)--> closed
-    half-open --(the probe fails)--> open (the cooldown starts again)
+    half-open --(its `probes` calls all succeed)--> closed
+    half-open --(a probe fails)--> open (the cooldown starts again)
     any --force_open()--> open (until reset())      any --reset()--> closed
 
 A caller asks for a `Permit` before each call and reports the outcome with it:
@@ -92,7 +92,10 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
         window: Seconds of history the failure rate looks at; it slides in
             steps of a tenth of itself.
         min_calls: Calls the window must hold before the rate can open the breaker.
-        cooldown: Seconds the breaker stays open before it lets one probe through.
+        cooldown: Seconds the breaker stays open before it turns half-open.
+        probes: Calls let through while half-open (resilience4j's permitted calls in
+            half-open state): the breaker closes once they all succeed, and opens again
+            at the first counted failure among them; other calls are refused meanwhile.
         counts: Which errors count as failures: exception types or a predicate.
     """
 
@@ -101,6 +104,7 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
     window: float = 60.0
     min_calls: int = 10
     cooldown: float = 30.0
+    probes: int = 1
     counts: ErrorFilter = DEFAULT_COUNTS
 
     def __post_init__(self) -> None:
@@ -119,6 +123,8 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
             raise _invalid("min_calls", self.min_calls, "use a whole number >= 1")
         if not (is_number(self.cooldown) and self.cooldown > 0):
             raise _invalid("cooldown", self.cooldown, "use a positive number of seconds")
+        if not is_count(self.probes, 1):
+            raise _invalid("probes", self.probes, "use a whole number >= 1")
         if not is_error_filter(self.counts):
             raise _invalid(
                 "counts",
@@ -195,7 +201,7 @@ class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         opened_at: Clock time it last opened, unless it is closed; otherwise None.
         retry_at: Clock time the cooldown ends, when open (inf when forced open);
             otherwise None.
-        probe_in_flight: Whether the half-open probe permit is out.
+        probe_in_flight: Whether a half-open probe permit is out.
         consecutive_failures: Counted failures since the last success.
         window_calls: Calls in the failure-rate window (0 when that rule is off).
         window_failures: Counted failures in that window.
@@ -247,7 +253,8 @@ class CircuitBreaker:
         # Replaced whenever the breaker opens, so outcomes of calls admitted
         # before that can be told apart and ignored.
         self._closed_permit = Permit(probe=False)
-        self._probe: Permit | None = None
+        self._probes: set[Permit] = set()  # half-open: the probe permits out
+        self._probes_passed = 0  # half-open: the probes that succeeded
         self._retry_at = 0.0
         self._opened_at: float | None = None
         self._opened_by: BaseException | None = None
@@ -291,10 +298,10 @@ class CircuitBreaker:
             A permit to report the call's outcome with.
 
         Raises:
-            ToolUnavailable: The breaker is open, or half-open with its one probe
-                already out; its `cause` is the error that opened the breaker.
+            ToolUnavailable: The breaker is open, or half-open with all its probes
+                out; its `cause` is the error that opened the breaker.
                 `retry_at`/`retry_in` say when the cooldown ends; while a probe is
-                out they are a full cooldown from now, since the probe may fail and
+                out they are a full cooldown from now, since a probe may fail and
                 restart it.
         """
         if self._state is BreakerState.CLOSED:
@@ -306,9 +313,10 @@ class CircuitBreaker:
                 raise ToolUnavailable(self.tool, self._retry_at, self._retry_at - now,
                                       self._opened_by, forced=self._forced)
             self._change_state(BreakerState.HALF_OPEN, "cooldown_ended")
-        if self._probe is None:
-            self._probe = Permit(probe=True)
-            return self._probe
+        if len(self._probes) + self._probes_passed < self.config.probes:
+            probe = Permit(probe=True)
+            self._probes.add(probe)
+            return probe
         self._rejected += 1
         cooldown = self.config.cooldown
         raise ToolUnavailable(self.tool, now + cooldown, cooldown, self._opened_by)
@@ -327,15 +335,18 @@ class CircuitBreaker:
                 calls, failures = self._window.record(self._clock(), failed=False)
                 if self._rate_reached(calls, failures):
                     self._change_state(BreakerState.OPEN, "failure_rate", self._last_error)
-        elif permit is self._probe:
-            self._change_state(BreakerState.CLOSED, "probe_succeeded")
+        elif permit in self._probes:
+            self._probes.discard(permit)
+            self._probes_passed += 1
+            if self._probes_passed >= self.config.probes:
+                self._change_state(BreakerState.CLOSED, "probe_succeeded")
 
     def on_failure(self, permit: Permit, error: BaseException) -> None:
         """Report that the call made with `permit` raised `error`.
 
         An error the config does not count, or any BaseException that is not an
         Exception (cancellation), is ignored and gives the probe permit back. A
-        counted failure of the probe opens the breaker again; in the closed
+        counted failure of a probe opens the breaker again; in the closed
         state it may open it. The caller still raises its own error.
 
         A `counts` predicate that raises is a bug to fix, but must not leave the
@@ -348,7 +359,7 @@ class CircuitBreaker:
             return
         self._failures += 1
         self._last_error = error
-        if permit is self._probe:
+        if permit in self._probes:
             self._change_state(BreakerState.OPEN, "probe_failed", error)
         elif permit is self._closed_permit:
             self._consecutive += 1
@@ -364,8 +375,7 @@ class CircuitBreaker:
 
     def release(self, permit: Permit) -> None:
         """Hand back a permit whose call ended with no verdict; a probe permit becomes free."""
-        if permit is self._probe:
-            self._probe = None
+        self._probes.discard(permit)
 
     def reset(self) -> None:
         """Close the breaker now and forget its failures (`last_error` included).
@@ -415,7 +425,7 @@ class CircuitBreaker:
             state=state,
             opened_at=None if state is BreakerState.CLOSED else self._opened_at,
             retry_at=self._retry_at if state is BreakerState.OPEN else None,
-            probe_in_flight=self._probe is not None,
+            probe_in_flight=bool(self._probes),
             consecutive_failures=self._consecutive,
             window_calls=calls,
             window_failures=failures,
@@ -444,7 +454,8 @@ class CircuitBreaker:
         old = self._state
         now = self._clock()
         self._state = new
-        self._probe = None
+        self._probes = set()
+        self._probes_passed = 0
         self._consecutive = 0
         if self._window is not None:
             self._window.clear()

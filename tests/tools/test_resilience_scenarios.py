@@ -151,6 +151,43 @@ async def test_half_open_lets_one_probe_through_and_rejects_the_others_at_once(
     assert flaky.calls == 2
 
 
+async def test_half_open_lets_its_probes_through_and_closes_once_they_all_succeed(
+    clock: FakeClock,
+) -> None:
+    # resilience4j's permittedNumberOfCallsInHalfOpenState.
+    flaky = Flaky(breaker=roost.Breaker(failures=1, cooldown=30.0, probes=3))
+    flaky.errors = [TransientToolError("down")]
+    async with open_system(clock) as system:
+        system.tools.register(flaky.tool)
+        await fail_calls(system, 1)
+        clock.advance(30.0)
+        flaky.hold = anyio.Event()
+        probes = [asyncio.ensure_future(system.tools.call("dep")) for _ in range(3)]
+        with anyio.fail_after(5):
+            while flaky.calls < 4:  # the failed call, then the three probes
+                flaky.entered = anyio.Event()
+                await flaky.entered.wait()
+        with pytest.raises(ToolUnavailable):  # a fourth call while the three are out
+            await system.tools.call("dep")
+        flaky.hold.set()
+        assert await asyncio.gather(*probes) == ["ok"] * 3
+        assert system.tools.breaker("dep").state == "closed"
+
+
+async def test_one_failed_probe_of_several_opens_the_breaker_again(clock: FakeClock) -> None:
+    breaker = roost.tools.CircuitBreaker(
+        "dep", roost.Breaker(failures=1, cooldown=30.0, probes=3), clock=clock)
+    breaker.on_failure(breaker.acquire(), TransientToolError("down"))
+    clock.advance(30.0)
+    first, second = breaker.acquire(), breaker.acquire()
+    breaker.on_success(first)
+    assert breaker.state == "half_open"
+
+    breaker.on_failure(second, TransientToolError("still down"))
+
+    assert breaker.state == "open"
+
+
 async def test_a_failed_probe_opens_the_breaker_for_another_full_cooldown(clock: FakeClock) -> None:
     flaky = Flaky(breaker=roost.Breaker(failures=2, cooldown=30.0))
     flaky.errors = [TransientToolError("down")] * 3
@@ -409,6 +446,7 @@ async def plain() -> str:
         (lambda: roost.Breaker(min_calls=0), "min_calls"),
         (lambda: roost.Breaker(cooldown=0), "cooldown"),
         (lambda: roost.Breaker(cooldown="30"), "cooldown"),
+        (lambda: roost.Breaker(probes=0), "probes"),
         (lambda: roost.Breaker(counts=[TimeoutError]), "counts"),
         (lambda: roost.Breaker(counts=()), "counts"),  # it could never open
         (lambda: roost.Breaker(failure_rate=0.5, window=5e-324), "window"),
