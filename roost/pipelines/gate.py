@@ -28,6 +28,9 @@ APPROVAL_DECISIONS = ("approve", "reject", "edit")
 OUTCOME_DECISIONS = ("done", "not_done", "abandon")
 
 TimeoutAction = Literal["approve", "reject"]
+#: The longest a gate or an escalation may wait before its timeout applies (a century): a
+#: deadline is stored to the millisecond in 8 bytes, so an infinite one cannot be.
+MAX_TIMEOUT = 100 * 365 * 86_400.0
 
 
 class Escalate(msgspec.Struct, frozen=True):
@@ -45,6 +48,14 @@ class Escalate(msgspec.Struct, frozen=True):
 
     def __post_init__(self) -> None:
         msgspec.structs.force_setattr(self, "to", _names("Escalate", "to", self.to))
+        if not self.to or not all(isinstance(name, str) and name for name in self.to):
+            raise PipelineDefinitionError(
+                f"Escalate(to=...) needs at least one name, got {list(self.to)!r}")
+        if not _timeout_fits(self.timeout):
+            raise PipelineDefinitionError(
+                f"Escalate timeout= must be > 0 seconds and at most a century, got "
+                f"{self.timeout!r}")
+        _check_on_timeout("Escalate", self.on_timeout)
 
 
 class Gate(msgspec.Struct, frozen=True):
@@ -79,6 +90,13 @@ class Gate(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         msgspec.structs.force_setattr(self, "assignees",
                                       _names("Gate", "assignees", self.assignees))
+        # Checked here, not only in `check`: a tool's gate (`@tool(gate=...)`) is never part
+        # of a pipeline's definition, and a bad deadline would fail only once the gate opens.
+        if self.timeout is not None and not _timeout_fits(self.timeout):
+            raise PipelineDefinitionError(
+                "Gate: gate timeout= must be > 0 seconds and at most a century, or None to "
+                f"wait for ever, got {self.timeout!r}")
+        _check_on_timeout("Gate", self.on_timeout)
 
     def check(self, where: str) -> None:
         """Raise PipelineDefinitionError, naming `where`, for a malformed option."""
@@ -92,10 +110,6 @@ class Gate(msgspec.Struct, frozen=True):
                 f"got {self.show!r}")
         if not all(isinstance(name, str) and name for name in self.assignees):
             raise PipelineDefinitionError(f"{where}: gate assignees= must be non-empty names")
-        if self.timeout is not None and not _positive(self.timeout):
-            raise PipelineDefinitionError(
-                f"{where}: gate timeout= must be > 0 seconds or None, got {self.timeout!r}")
-        _check_on_timeout(where, self.on_timeout)
         if self.input_type is not None:
             try:
                 msgspec.json.schema(self.input_type)
@@ -114,21 +128,18 @@ def _names(owner: str, field: str, value: object) -> tuple[Any, ...]:
     return tuple(value)
 
 
-def _positive(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+def _timeout_fits(value: object) -> bool:
+    """Whether `value` is a number of seconds a stored deadline can hold (inf cannot)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and 0 < value <= MAX_TIMEOUT)
 
 
-def _check_on_timeout(where: str, action: object) -> None:
-    while isinstance(action, Escalate):
-        if not action.to or not all(isinstance(name, str) and name for name in action.to):
-            raise PipelineDefinitionError(f"{where}: Escalate(to=...) needs at least one name")
-        if not _positive(action.timeout):
-            raise PipelineDefinitionError(
-                f"{where}: Escalate timeout= must be > 0 seconds, got {action.timeout!r}")
-        action = action.on_timeout
-    if action not in ("approve", "reject"):
+def _check_on_timeout(owner: str, action: object) -> None:
+    """Refuse an `on_timeout` that is neither an action nor an `Escalate` (which checked
+    itself when built)."""
+    if not isinstance(action, Escalate) and action not in ("approve", "reject"):
         raise PipelineDefinitionError(
-            f"{where}: on_timeout= must be 'approve', 'reject' or roost.Escalate(...), "
+            f"{owner}: on_timeout= must be 'approve', 'reject' or roost.Escalate(...), "
             f"got {action!r}")
 
 

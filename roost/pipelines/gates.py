@@ -27,6 +27,7 @@ from roost._logging import get_logger
 from roost._validate import check_seconds
 from roost.errors import (
     ConfigurationError,
+    GateClosed,
     GateDecisionInvalid,
     RecordCorrupt,
     RunNotFound,
@@ -50,6 +51,7 @@ from roost.storage import (
 )
 from roost.storage.codecs import RecordCodec
 from roost.storage.gates import PENDING, Decision
+from roost.storage.runs import ENDED
 from roost.tools.breaker import Breaker
 from roost.tools.retry import Retry
 from roost.tools.spec import ToolSpec
@@ -278,7 +280,8 @@ class Gates:
             GateDecisionInvalid: an unknown decision, an empty `by`, or an input that
                 does not fit.
             GateAlreadyDecided: a different decision was made first.
-            GateClosed: the run was cancelled while it waited.
+            GateClosed: the run was cancelled while it waited, or ended at another gate or
+                step.
         """
         return await self._decide(run_id, gate, decision, input=input, by=by, comment=comment)
 
@@ -289,6 +292,10 @@ class Gates:
         record = await self.store.get(run_id, gate)
         if comment is not None and not isinstance(comment, str):
             raise GateDecisionInvalid(run_id, gate, f"comment= must be text, got {comment!r}")
+        if record.status == PENDING and record_of_run.status in ENDED:
+            # Its run ended at another gate or step: a decision here would wake nothing.
+            raise GateClosed(run_id, gate, f"its run ended {record_of_run.status} while it "
+                                           "waited; nothing would act on a decision")
         pipeline = pipelines.registered(record_of_run.pipeline)
         input_type = tool = None
         if pipeline is not None:
@@ -464,7 +471,7 @@ class Gates:
             await self._decide(run_id, gate, step.action, input=None, by=TIMEOUT_DECIDER,
                                comment=f"no decision within the gate's timeout; {step.action}",
                                timed_out=True)
-        except RunNotFound:
+        except (RunNotFound, GateClosed):  # the run is gone, or ended while the gate waited
             await self._pipelines.system.store.commit([store.unindex_op(deadline, run_id, gate)])
 
     # --- webhooks ---------------------------------------------------------------------
