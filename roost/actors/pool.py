@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
 
 from roost._validate import check_count
 from roost.actors.child_spec import Backoff, ChildSpec
 from roost.actors.ref import ActorRef
 from roost.actors.supervisor import Strategy, Supervisor, SupervisorSpec, check_options
-from roost.errors import ConfigurationError
+from roost.errors import ConfigurationError, MailboxFull
+
+if TYPE_CHECKING:
+    from roost.actors._cell import Cell
 
 Routing = Literal["round_robin", "least_busy"]
 ROUTINGS: tuple[Routing, ...] = ("round_robin", "least_busy")
@@ -61,7 +67,8 @@ class Pool(Supervisor):
             size: how many workers to keep (required).
             args: positional arguments for each worker's `__init__`.
             kwargs: keyword arguments for each worker's `__init__`.
-            routing: `round_robin`, or `least_busy` (the shortest mailbox).
+            routing: `round_robin`, or `least_busy` (the shortest mailbox, a message in
+                progress counting as one queued).
             restart: the workers' restart type.
             **worker_options: further `ChildSpec` fields for each worker
                 (`capacity`, `overflow`, `poison_after`, `shutdown_timeout`).
@@ -89,25 +96,56 @@ class Pool(Supervisor):
                             backoff=backoff, children=children, routing=routing)
 
     async def handle(self, message: Any) -> Any:
-        workers = [c for c in self.ctx._cell.children.values() if c.accepting]
-        if not workers:  # refused, not a crash: that would take the pool down with them
-            self.ctx.refuse(message, ConfigurationError(
-                f"{self.ctx.path}: the pool has no live workers (they stopped), so "
-                f"{type(message).__name__} cannot be routed; restart the pool's workers"))
-            return None
-        if self._routing == "least_busy":
-            target = min(workers, key=lambda c: len(c.mailbox))
-        else:
-            target = workers[next(self._turn) % len(workers)]
-        if target.mailbox.full:
-            # Backpressure, not failure: another worker with room, else wait for one.
-            roomy = [c for c in workers if not c.mailbox.full]
-            if not roomy:
-                await self.ctx.forward_send(target.ref)
+        cell = self.ctx._cell
+        while True:
+            workers = [c for c in cell.children.values() if c.accepting]
+            if not workers:  # refused, not a crash: that would take the pool down with them
+                self.ctx.refuse(message, ConfigurationError(
+                    f"{self.ctx.path}: the pool has no live workers (they stopped), so "
+                    f"{type(message).__name__} cannot be routed; restart the pool's workers"))
                 return None
-            target = roomy[0]
-        self.ctx.forward(target.ref)
+            target = self._choose(workers)
+            if target.mailbox.full:
+                # Backpressure, not failure: another worker with room, else wait for one.
+                target = next((c for c in workers if not c.mailbox.full), target)
+            if not (target.mailbox.full and target.mailbox.overflow == "wait"):
+                break
+            if cell.mailbox.has_system:
+                # Supervising comes first: a worker that failed waits for its restart by this
+                # pool to make room. Route this message again once that is handled.
+                current = cell.current
+                assert current is not None  # inside receive
+                cell.mailbox.push_front(msgspec.structs.replace(current))
+                self.ctx.take_reply()
+                return None
+            await self._wait_for_change(cell, workers)
+        try:
+            self.ctx.forward(target.ref)
+        except MailboxFull as full:  # policy `fail`: dead-lettered already; an asker hears why
+            reply = self.ctx.take_reply()
+            if reply is not None:
+                reply.set_exception(full)
         return None
+
+    def _choose(self, workers: list[Cell]) -> Cell:
+        if self._routing == "least_busy":
+            # A worker handling a message is busier than an idle one with the same queue.
+            return min(workers, key=lambda c: len(c.mailbox) + (c.current is not None))
+        return workers[next(self._turn) % len(workers)]
+
+    @staticmethod
+    async def _wait_for_change(cell: Cell, workers: list[Cell]) -> None:
+        """Wait until a worker's mailbox frees a slot (or its worker stops), or a system
+        message reaches the pool itself."""
+        changed: asyncio.Future[None] = cell.loop.create_future()
+        mailboxes = [cell.mailbox, *(worker.mailbox for worker in workers)]
+        for mailbox in mailboxes:
+            mailbox.wake_on_change(changed)
+        try:
+            await changed
+        finally:
+            for mailbox in mailboxes:
+                mailbox.forget_waker(changed)
 
 
 def abandon_routed(pool: ActorRef, message: object) -> bool:

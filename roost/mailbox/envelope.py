@@ -63,6 +63,8 @@ class Envelope(msgspec.Struct, gc=False):
         unit: the message's id and the numbering of the tool calls made while
             handling it, made on first use (see `message_id` and `next_call`):
             one field, not three, since every tell builds an envelope.
+        forced: a runtime event queued past the capacity (`Mailbox.put_forced`), which
+            an overflow policy must never evict.
     """
 
     message: Any
@@ -72,6 +74,7 @@ class Envelope(msgspec.Struct, gc=False):
     crashes: int = 0
     outgoing: TraceContext | None = None
     unit: _Unit | None = None
+    forced: bool = False
 
     def message_id(self) -> str:
         """This message's id, unique across processes; a redelivery after a crash keeps it.

@@ -49,7 +49,8 @@ class Mailbox:
             oldest queued message), `fail` (raise `MailboxFull`).
     """
 
-    __slots__ = ("_putters", "_reserved", "_system", "_user", "capacity", "dead_letters", "overflow", "owner")
+    __slots__ = ("_putters", "_reserved", "_system", "_user", "_wakers", "capacity", "dead_letters",
+                 "overflow", "owner")
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Mailbox:
         self._system: deque[Any] | None = None
         self._putters: deque[asyncio.Future[None]] | None = None
         self._reserved = 0  # slots promised to woken senders that have not run yet
+        self._wakers: list[asyncio.Future[None]] | None = None  # see `wake_on_change`
 
     def __len__(self) -> int:
         return len(self._user)
@@ -107,8 +109,16 @@ class Mailbox:
     def _overflow(self, envelope: Envelope) -> bool:
         policy = self.overflow
         if policy == "drop_oldest":
-            self._drop(self._user.popleft(), "dropped_oldest")
-            self._user.append(envelope)
+            user = self._user
+            # A runtime event (`put_forced`, e.g. `Terminated`) is never evicted.
+            oldest = next((i for i, queued in enumerate(user) if not queued.forced), None)
+            if oldest is None:  # nothing but runtime events queued: the new message goes
+                self._drop(envelope, "dropped_newest")
+                return False
+            evicted = user[oldest]
+            del user[oldest]
+            self._drop(evicted, "dropped_oldest")
+            user.append(envelope)
             return True
         if policy == "drop_newest":
             self._drop(envelope, "dropped_newest")
@@ -146,7 +156,10 @@ class Mailbox:
             await waiter
         except BaseException:
             if not waiter.done() or waiter.cancelled():
-                self._putters.remove(waiter)
+                # A cancelled waiter may already be gone: a consumer that freed a slot or
+                # the actor's stop took it off the queue (and gave it no slot) meanwhile.
+                if waiter in self._putters:
+                    self._putters.remove(waiter)
             elif waiter.exception() is None:
                 # Woken, then cancelled before using the slot: hand it to the next sender.
                 self._reserved -= 1
@@ -161,13 +174,17 @@ class Mailbox:
         if self._system is None:
             self._system = deque()
         self._system.append(message)
+        if self._wakers:
+            self._wake()
 
     def push_front(self, envelope: Envelope) -> None:
         """Put a message back at the head (redelivery after a crash); ignores capacity."""
         self._user.appendleft(envelope)
 
     def put_forced(self, envelope: Envelope) -> None:
-        """Queue a message that must not be refused (e.g. `Terminated`), ignoring capacity."""
+        """Queue a message that must not be refused (e.g. `Terminated`), ignoring capacity;
+        `drop_oldest` never evicts it."""
+        envelope.forced = True
         self._user.append(envelope)
 
     def get_system(self) -> Any | None:
@@ -183,16 +200,20 @@ class Mailbox:
         envelope = user.popleft()
         if self._putters:
             self._wake_putter()
+        if self._wakers:
+            self._wake()
         return envelope
 
     def withdraw(self, message: object) -> Envelope | None:
         """Take the queued user message that is `message` (by identity) out of the queue, or
         None if it is not queued; wakes one waiting sender as the room appears."""
-        for envelope in self._user:
+        for index, envelope in enumerate(self._user):
             if envelope.message is message:
-                self._user.remove(envelope)
+                del self._user[index]  # by position: `remove` would compare messages with ==
                 if self._putters:
                     self._wake_putter()
+                if self._wakers:
+                    self._wake()
                 return envelope
         return None
 
@@ -208,6 +229,8 @@ class Mailbox:
         """Remove and return every queued user message (used when the actor stops)."""
         envelopes = list(self._user)
         self._user.clear()
+        if self._wakers:
+            self._wake()
         return envelopes
 
     def release_waiters(self, error: BaseException) -> None:
@@ -217,6 +240,28 @@ class Mailbox:
             waiter = putters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+        if self._wakers:
+            self._wake()
+
+    def wake_on_change(self, waker: asyncio.Future[None]) -> None:
+        """Resolve `waker` the next time a user slot frees, a system message arrives or the
+        senders are released (the actor stopped): for a router that waits on several
+        mailboxes at once. Call `forget_waker` once done waiting."""
+        if self._wakers is None:
+            self._wakers = []
+        self._wakers.append(waker)
+
+    def forget_waker(self, waker: asyncio.Future[None]) -> None:
+        """Stop resolving `waker` (it may already be resolved and forgotten)."""
+        wakers = self._wakers
+        if wakers is not None and waker in wakers:
+            wakers.remove(waker)
+
+    def _wake(self) -> None:
+        wakers, self._wakers = self._wakers, None
+        for waker in wakers or ():
+            if not waker.done():
+                waker.set_result(None)
 
     def statistics(self) -> dict[str, int]:
         """Queue depth, capacity, waiting senders and queued system messages."""
