@@ -32,7 +32,7 @@ from roost.console.openapi import (
     GatePage,
     RunPage,
 )
-from roost.console.problems import Problem
+from roost.console.problems import Problem, inert_json
 from roost.errors import (
     ConfigurationError,
     ExtraNotInstalled,
@@ -43,9 +43,6 @@ from roost.errors import (
 )
 from roost.tracing.metrics import prometheus_text
 
-#: Characters that could end a string in an HTML context, escaped in every JSON answer,
-#: so a payload holding `<script>` is inert even to a client that sniffs.
-_ESCAPES = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"))
 _ENCODER = msgspec.json.Encoder(enc_hook=lambda value: f"<{type(value).__name__}>")
 _DIGITS = re.compile(r"[0-9]{1,7}")
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -74,10 +71,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def _json(data: Any) -> web.Response:
-    body = _ENCODER.encode(data)
-    for raw, escaped in _ESCAPES:
-        body = body.replace(raw, escaped)
-    return web.Response(body=body, content_type="application/json")
+    return web.Response(body=inert_json(_ENCODER.encode(data)), content_type="application/json")
 
 
 def _bad(name: str, detail: str) -> Problem:

@@ -106,8 +106,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Security headers on every answer (redirects too): no framing, no sniffing, no
-    scripts, no caching."""
+    """Security headers on every answer (redirects too): no framing (also for browsers that
+    predate `frame-ancestors`), no sniffing, no scripts, plugins or `<base>`, no caching."""
     try:
         response = await handler(request)
     except web.HTTPException as raised:  # a redirect, raised rather than returned
@@ -120,7 +120,9 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _secure(response: web.StreamResponse) -> None:
     response.headers.setdefault("Content-Security-Policy",
                                 "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                "script-src 'none'; frame-ancestors 'none'; form-action 'self'")
+                                "script-src 'none'; object-src 'none'; base-uri 'none'; "
+                                "frame-ancestors 'none'; form-action 'self'")
+    response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("Cache-Control", "no-store")

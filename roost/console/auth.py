@@ -96,6 +96,7 @@ class Auth:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._failures: dict[str, int] = {}
+        self._held_until: dict[str, float] = {}
 
     def token_matches(self, candidate: str) -> bool:
         """Whether `candidate` is the token (compared in constant time)."""
@@ -137,14 +138,31 @@ class Auth:
                                                        _utf8(candidate or ""))
 
     def failed(self, address: str) -> float:
-        """Count a failed sign-in from `address`; the seconds to hold the answer back."""
+        """Count a failed sign-in from `address`; the seconds to hold the answer back, during
+        which `address` is held (see `held_for`)."""
         count = self._failures[address] = self._failures.get(address, 0) + 1
         if count <= FREE_FAILURES:
             return 0.0
-        return min(MAX_DELAY, 0.5 * 2 ** (count - FREE_FAILURES - 1))
+        delay = min(MAX_DELAY, 0.5 * 2 ** (count - FREE_FAILURES - 1))
+        self._held_until[address] = self._clock() + delay
+        return delay
+
+    def held_for(self, address: str) -> float:
+        """The seconds before `address` may try the token again (0: now). No attempt is
+        checked while its address is held, so guesses sent in parallel, rather than one
+        after another, gain nothing from the brake's delay."""
+        until = self._held_until.get(address)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._held_until[address]
+            return 0.0
+        return left
 
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)
+        self._held_until.pop(address, None)
 
     def _expire(self) -> None:
         now = self._clock()

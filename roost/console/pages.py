@@ -144,13 +144,23 @@ async def login_form(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    """Sign in with the token and a name: a session cookie and on to `next`; a wrong token
-    is answered late (the brake on guessing) with the form again."""
+    """Sign in with the token and a name: a session cookie (ending the browser's previous
+    session, if any) and on to `next`; a wrong token is answered late (the brake on
+    guessing) with the form again, and until then its address's attempts are not checked
+    but answered 429."""
     form = await read_form(request)
     token, name = str(form.get("token", "")), str(form.get("name", "")).strip()
     target = safe_next(str(form.get("next", "")))
     auth = request.app[AUTH]
     remote = request.remote or "unknown"
+    held = auth.held_for(remote)
+    if held > 0:
+        wait = math.ceil(held)
+        response = _page(request, "login.html", 429, next=target, name=name[:MAX_NAME],
+                         errors={"token": f"Too many wrong tokens were tried from your address; "
+                                          f"try again in {wait} s."})
+        response.headers["Retry-After"] = str(wait)
+        return response
     errors: dict[str, str] = {}
     if not auth.token_matches(token):
         await asyncio.sleep(auth.failed(remote))
@@ -163,6 +173,7 @@ async def login(request: web.Request) -> web.Response:
         return _page(request, "login.html", status, next=target, name=name[:MAX_NAME],
                      errors=errors)
     auth.succeeded(remote)
+    auth.sign_out(request.cookies.get(COOKIE))  # a session id known before stays unusable
     session_id, _ = auth.sign_in(name)
     redirect = web.HTTPSeeOther(target)
     redirect.set_cookie(COOKIE, session_id, path="/", httponly=True, samesite="Strict",

@@ -32,6 +32,16 @@ _log = get_logger("roost.console")
 PROBLEM_TYPE = "application/problem+json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Characters that could end a string in an HTML context, escaped in every JSON answer,
+#: so data holding `<script>` is inert even to a client that sniffs.
+_HTML_ESCAPES = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"))
+
+
+def inert_json(body: bytes) -> bytes:
+    """Encoded JSON `body` with `<`, `>` and `&` escaped (the same JSON to a parser)."""
+    for raw, escaped in _HTML_ESCAPES:
+        body = body.replace(raw, escaped)
+    return body
 
 
 class Problem(Exception):
@@ -88,7 +98,7 @@ def respond(request: web.Request, problem: Problem) -> web.Response:
     """The response for `problem`: problem+json for the API, an escaped page otherwise."""
     if request.path.startswith("/api/") or request.path == "/metrics":
         return web.Response(status=problem.status, content_type=PROBLEM_TYPE,
-                            body=msgspec.json.encode(problem.body(request.path)))
+                            body=inert_json(msgspec.json.encode(problem.body(request.path))))
     from roost.console.pages import error_page  # pages import this module
 
     return error_page(request, problem)
