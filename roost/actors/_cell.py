@@ -884,7 +884,7 @@ class Cell:
         if current is not None:  # the message being handled will get no reply now
             self._reply_error(current, ActorStopped(self.path, current.message, reason, error))
         for envelope in self.mailbox.drain():
-            if isinstance(envelope.message, Terminated):
+            if envelope.forced:  # a runtime notice (Terminated) is no one's lost message
                 continue
             self._undeliverable(envelope)
         self.mailbox.release_waiters(_MailboxClosed())
@@ -938,8 +938,8 @@ class Cell:
         lane = self.mailbox.user_lane
         if target.state == STOPPED and lane:  # only a stopped target can have queued one
             ref = target.ref
-            kept = [e for e in lane
-                    if not (type(e.message) is Terminated and e.message.ref is ref)]
+            kept = [e for e in lane if not (e.forced and type(e.message) is Terminated
+                                            and e.message.ref is ref)]
             if len(kept) != len(lane):
                 lane.clear()
                 lane.extend(kept)

@@ -601,3 +601,23 @@ async def test_thousands_of_concurrent_asks_on_a_small_mailbox_are_all_answered(
     assert replies == list(range(3000))
     assert sorted(board.seen) == list(range(3000))
     assert system.dead_letters.counts() == {}
+
+
+async def test_an_ask_of_a_users_own_terminated_message_fails_when_the_actor_stops() -> None:
+    # Only the runtime's own notices are dropped silently when an actor stops.
+    board = Board()
+    async with roost.ActorSystem(log_format="json", log_level="critical") as system:
+        other = system.spawn(Keeper, board)
+        await other.stop()
+        ref = system.spawn(Keeper, board)
+        ref.tell(Hold())
+        await board.holding.wait()
+        asking = asyncio.ensure_future(
+            ref.ask(roost.Terminated(other, roost.StopReason.NORMAL), timeout=30))
+        await settle()
+        stopping = asyncio.ensure_future(ref.stop())
+        board.gate.set()
+        await stopping
+
+        with pytest.raises(roost.ActorStopped):
+            await asking
