@@ -373,12 +373,13 @@ class Cell:
                             f"{type(envelope.message).__name__} although the actor was not "
                             "cancelled (a task or future it awaited was)")
                         error.__cause__ = cancelled
-                        if self.span is not None:
-                            self._span_failed(error, envelope, failed=envelope.reply is None)
-                        if envelope.reply is None:
-                            self._fail(error, envelope, "receive")
-                        else:
-                            self._reply_error(envelope, error)
+                        self._receive_failed(envelope, error)
+                except GeneratorExit as escaped:  # not an exit of this actor: a failure
+                    error = RuntimeError(
+                        f"{self.path}: receive raised GeneratorExit while handling "
+                        f"{type(envelope.message).__name__} (a generator's close escaped it)")
+                    error.__cause__ = escaped
+                    self._receive_failed(envelope, error)
                 except Exception as error:
                     if self.span is not None:
                         self._span_failed(error, envelope, failed=envelope.reply is None or
@@ -442,6 +443,15 @@ class Cell:
         if envelope.crashes:
             span.attributes["redelivery"] = envelope.crashes
         return span
+
+    def _receive_failed(self, envelope: Envelope, error: Exception) -> None:
+        """`receive` failed with `error`: the asker gets it, or else the actor fails."""
+        if self.span is not None:
+            self._span_failed(error, envelope, failed=envelope.reply is None)
+        if envelope.reply is None:
+            self._fail(error, envelope, "receive")
+        else:
+            self._reply_error(envelope, error)
 
     def _span_failed(self, error: BaseException, envelope: Envelope, *, failed: bool) -> None:
         """Record on the message's span that handling it raised `error`; with `failed`, that
@@ -518,6 +528,11 @@ class Cell:
                 f"{self.path}: on_start did not finish within {self.start_timeout:g}s "
                 "and was cancelled")
             return self._start_failed(error, report)
+        except GeneratorExit as escaped:  # not an exit of this actor: a failed start
+            failed = RuntimeError(f"{self.path}: on_start raised GeneratorExit (a generator's "
+                                  "close escaped it)")
+            failed.__cause__ = escaped
+            return self._start_failed(failed, report)
         except Exception as error:
             return self._start_failed(error, report)
         finally:

@@ -39,10 +39,12 @@ from roost.actors.child_spec import (
 )
 from roost.actors.messages import StopReason
 from roost.errors import (
+    CheckpointCorrupt,
     ChildNotFound,
     ChildNotStopped,
     ConfigurationError,
     IntensityExceeded,
+    RecordCorrupt,
 )
 
 if TYPE_CHECKING:
@@ -313,9 +315,15 @@ class Supervision:
         self._pending: dict[Cell, asyncio.TimerHandle] = {}
 
     async def child_failed(self, child: Cell, error: BaseException | None, context: str) -> None:
-        """Restart, stop or escalate after `child` failed (`error`) or exited (None)."""
+        """Restart, stop or escalate after `child` failed (`error`) or exited (None).
+
+        A child whose start failed on its own damaged stored state is stopped, not
+        restarted (Akka stops an actor whose initialization failed): every start would
+        fail the same way until the intensity gave up on the whole tree.
+        """
         abnormal = error is not None
-        if not should_restart(child.options.restart, abnormal):
+        damaged = context == "start" and isinstance(error, CheckpointCorrupt | RecordCorrupt)
+        if damaged or not should_restart(child.options.restart, abnormal):
             self._report("child_terminated", child, error, context)
             await child.stop(StopReason.FAILURE if abnormal else StopReason.NORMAL, error)
             return

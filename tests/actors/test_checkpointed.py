@@ -118,6 +118,22 @@ async def test_a_corrupt_checkpoint_fails_the_start_with_checkpoint_corrupt(tmp_
         assert await other.ask(Add("z")) == 1
 
 
+async def test_a_spawned_actor_with_a_corrupt_checkpoint_stops_instead_of_failing_the_system(
+        tmp_path: Path) -> None:
+    # Every start would fail the same way: restarting it only used up the root's intensity.
+    async with roost.ActorSystem(store=tmp_path / "store", log_format="json",
+                                 log_level="critical") as system:
+        await system.store.commit([Put("checkpoints", checkpoint_key("/counter", 1), b"\xc1")])
+        counter = system.spawn(Counter, name="counter")
+
+        ended = await system.join(counter)
+
+        assert ended.reason == roost.StopReason.FAILURE
+        assert isinstance(ended.error, CheckpointCorrupt)
+        other = await system.start(Counter, name="other")
+        assert await other.ask(Add("z")) == 1
+
+
 async def test_a_state_whose_type_changed_is_reported_as_corrupt(tmp_path: Path) -> None:
     class Renamed(msgspec.Struct):
         total: str

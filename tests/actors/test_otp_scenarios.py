@@ -799,3 +799,32 @@ async def test_a_stop_during_a_restart_waits_for_children_that_stop_in_time() ->
         assert sys.statistics()["abandoned"] == 0
         assert (await sys.join(family)).reason == "normal"  # nothing was cut short
         assert {"stopping:k1", "stopping:k2", "stopping:k3"} <= set(log.entries)
+
+
+class ExitsLikeAGenerator(roost.Actor):
+    def __init__(self, where: str = "receive") -> None:
+        self.where = where
+
+    async def on_start(self) -> None:
+        if self.where == "on_start":
+            raise GeneratorExit
+
+    async def receive(self, message: Any) -> Any:
+        if message == "exit":
+            raise GeneratorExit
+        return message
+
+
+async def test_a_generator_exit_escaping_receive_is_the_askers_error_not_a_hang() -> None:
+    async with system() as sys:
+        ref = sys.spawn(ExitsLikeAGenerator)
+
+        with pytest.raises(RuntimeError, match="receive raised GeneratorExit while handling str"):
+            await ref.ask("exit", timeout=30)
+        assert await ref.ask("still here", timeout=30) == "still here"
+
+
+async def test_a_generator_exit_escaping_on_start_fails_the_start() -> None:
+    async with system() as sys:
+        with pytest.raises(roost.ActorStartFailed, match="on_start raised GeneratorExit"):
+            await sys.start(ExitsLikeAGenerator, "on_start", name="g")
