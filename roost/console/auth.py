@@ -33,6 +33,10 @@ FREE_FAILURES = 3
 MAX_DELAY = 10.0
 
 
+#: The shortest token the console takes (a generated one has 43 characters).
+MIN_TOKEN_LENGTH = 16
+
+
 def load_token(folder: str | os.PathLike[str] | None) -> tuple[str, bool]:
     """The console's token, and whether it was generated just now (print it once, then).
 
@@ -92,6 +96,13 @@ class Auth:
     def __init__(self, token: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         if not token:
             raise ConfigurationError("the console token must not be empty")
+        if len(token) < MIN_TOKEN_LENGTH:
+            # Every API call checks it, so a short one could be guessed by trying them all.
+            raise ConfigurationError(
+                f"the console token is too short to resist guessing ({len(token)} characters); "
+                f"use at least {MIN_TOKEN_LENGTH} random ones, e.g. from python -c 'import "
+                f"secrets; print(secrets.token_urlsafe(32))' (unset {TOKEN_ENV} to have one "
+                "generated)")
         self._token = _utf8(token)
         self._clock = clock
         self._sessions: dict[str, Session] = {}

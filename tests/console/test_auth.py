@@ -85,6 +85,13 @@ def test_an_empty_token_is_refused() -> None:
         Auth("")
 
 
+def test_a_token_short_enough_to_guess_is_refused_naming_how_to_make_one() -> None:
+    with pytest.raises(ConfigurationError, match=r"too short to resist guessing \(6 characters\)"
+                                                 r".*secrets\.token_urlsafe"):
+        Auth("secret")
+    Auth("s" * 16)
+
+
 @pytest.mark.parametrize(("header", "ok"), [
     (f"Bearer {TOKEN}", True),
     (f"Bearer {TOKEN}  ", True),
@@ -109,7 +116,7 @@ def test_a_credential_of_any_characters_is_compared_and_is_not_the_token(candida
     assert not auth.token_matches(candidate)
     assert not auth.bearer_ok(f"Bearer {candidate}")
     assert not auth.csrf_ok(session, candidate)
-    assert Auth(candidate).token_matches(candidate)
+    assert Auth(candidate * 16).token_matches(candidate * 16)
 
 
 def test_a_session_lasts_while_it_is_used_and_expires_when_idle(clock: FakeClock) -> None:
