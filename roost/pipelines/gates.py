@@ -50,7 +50,7 @@ from roost.storage import (
     Update,
 )
 from roost.storage.codecs import RecordCodec
-from roost.storage.gates import PENDING, Decision
+from roost.storage.gates import PENDING, Decision, gate_of_key
 from roost.storage.runs import ENDED
 from roost.tools.breaker import Breaker
 from roost.tools.retry import Retry
@@ -70,6 +70,11 @@ _TIMER_MAX_SLEEP = 60.0
 _TIMER_RETRY = 30.0
 #: How many notifications a webhook that was just added sends at once to catch up.
 _CATCH_UP_CONCURRENCY = 8
+#: The longest `by` a decision takes: a name for the audit trail (the console's sign-in
+#: names are at most 80 characters).
+MAX_BY = 200
+#: The control characters a decision's comment may hold: it is prose, in lines.
+_COMMENT_BREAKS = frozenset("\n\t")
 
 OnOpen = Callable[[GateRecord], Awaitable[None] | None]
 
@@ -105,9 +110,7 @@ def check_decision(record: GateRecord, decision: str, input: Any, by: str,
         GateDecisionInvalid: naming what is wrong and what is allowed.
     """
     run_id, gate = record.run_id, record.gate
-    if not isinstance(by, str) or not by.strip():
-        raise GateDecisionInvalid(run_id, gate, "by= must name who decides (a non-empty "
-                                                "string), for the audit trail")
+    check_by(record, by)
     allowed = OUTCOME_DECISIONS if record.gate_kind == "outcome" else APPROVAL_DECISIONS
     if decision not in allowed:
         raise GateDecisionInvalid(run_id, gate, f"decision={decision!r} is not one of "
@@ -128,19 +131,66 @@ def check_decision(record: GateRecord, decision: str, input: Any, by: str,
                                                     f"{record.input_type}: {error}") from error
         return msgspec.json.encode(value)
     try:
-        plain = msgspec.to_builtins(input)
+        encoded = msgspec.json.encode(msgspec.to_builtins(input))
     except TypeError as error:
         raise GateDecisionInvalid(run_id, gate, f"the input cannot be stored as JSON: {error}") \
             from error
+    stored = msgspec.json.decode(encoded)  # the input as the run will read it
     if record.input_schema is not None:
-        found = _schema_check.problems(msgspec.json.decode(record.input_schema), plain)
+        found = _schema_check.problems(msgspec.json.decode(record.input_schema), stored)
         if found:
             raise GateDecisionInvalid(run_id, gate, f"the input does not fit "
                                                     f"{record.input_type}: {'; '.join(found)}")
-    encoded = msgspec.json.encode(plain)
     if tool is not None and decision == "edit":
-        _check_arguments(record, tool, msgspec.json.decode(encoded))  # as the step reads it
+        _check_arguments(record, tool, stored)
     return encoded
+
+
+def check_by(record: GateRecord, by: Any) -> None:
+    """Refuse a `by` that is not a name: it goes into the audit trail and the logs, where a
+    control character could forge lines or drive a terminal.
+
+    Raises:
+        GateDecisionInvalid: `by` is empty, not a str, longer than `MAX_BY` (leading and
+            trailing blanks aside) or not printable.
+    """
+    run_id, gate = record.run_id, record.gate
+    if not isinstance(by, str) or not by.strip():
+        raise GateDecisionInvalid(run_id, gate, "by= must name who decides (a non-empty "
+                                                "string), for the audit trail")
+    if len(by.strip()) > MAX_BY:
+        raise GateDecisionInvalid(run_id, gate, f"by= must be a name of at most {MAX_BY} "
+                                                f"characters, got {len(by.strip())}")
+    unprintable = next((at for at, char in enumerate(by) if not char.isprintable()), None)
+    if unprintable is not None:
+        raise GateDecisionInvalid(run_id, gate, (
+            f"by= must be printable text, but holds {by[unprintable]!r} at position "
+            f"{unprintable}: name who decides without control or formatting characters"))
+
+
+def check_comment(record: GateRecord, comment: Any) -> None:
+    """Refuse a comment that is not text, or holds control characters other than newlines
+    and tabs (they could drive a terminal that shows the audit trail).
+
+    Raises:
+        GateDecisionInvalid: naming the type, or the character and its position.
+    """
+    if comment is None:
+        return
+    if not isinstance(comment, str):
+        raise GateDecisionInvalid(record.run_id, record.gate,
+                                  f"comment= must be text, got {type(comment).__name__}")
+    control = next((at for at, char in enumerate(comment)
+                    if _is_control(char) and char not in _COMMENT_BREAKS), None)
+    if control is not None:
+        raise GateDecisionInvalid(record.run_id, record.gate, (
+            f"comment= holds the control character {comment[control]!r} at position "
+            f"{control}; only newlines and tabs may break its text"))
+
+
+def _is_control(char: str) -> bool:
+    """A C0 or C1 control character, or DEL."""
+    return char < " " or "\x7f" <= char <= "\x9f"
 
 
 def _check_arguments(record: GateRecord, tool: ToolSpec, arguments: Any) -> None:
@@ -198,7 +248,7 @@ class Gates:
         now = self._clock()
         schema = None
         if input_type is not None and input_type is not Any:
-            schema = msgspec.json.encode(msgspec.json.schema(input_type))
+            schema = msgspec.json.encode(_schema_check.schema_of(input_type))
         return GateRecord(
             run_id=run_id, gate=name, pipeline=pipeline.name, step=step, gate_kind=kind,
             reason=reason, assignees=list(gate.assignees), opened_at=now,
@@ -268,8 +318,9 @@ class Gates:
                 outcome gate).
             input: an edit's data (it must fit the gate's `input_type`), or at an outcome
                 gate, with "done", the tool's result.
-            by: who decides.
-            comment: why, for the audit trail.
+            by: who decides: printable text of at most `MAX_BY` characters.
+            comment: why, for the audit trail: text whose only control characters are
+                newlines and tabs (it stays out of the logs).
 
         Returns:
             The gate's record as stored. Deciding again the same way changes nothing.
@@ -277,8 +328,8 @@ class Gates:
         Raises:
             RunNotFound: no such run.
             GateNotFound: the run has no gate of that name.
-            GateDecisionInvalid: an unknown decision, an empty `by`, or an input that
-                does not fit.
+            GateDecisionInvalid: an unknown decision, a `by` or `comment` that breaks the
+                rules above, or an input that does not fit.
             GateAlreadyDecided: a different decision was made first.
             GateClosed: the run was cancelled while it waited, or ended at another gate or
                 step.
@@ -290,8 +341,7 @@ class Gates:
         pipelines = self._pipelines
         record_of_run = await pipelines.runs.get(run_id)  # RunNotFound first
         record = await self.store.get(run_id, gate)
-        if comment is not None and not isinstance(comment, str):
-            raise GateDecisionInvalid(run_id, gate, f"comment= must be text, got {comment!r}")
+        check_comment(record, comment)
         if record.status == PENDING and record_of_run.status in ENDED:
             # Its run ended at another gate or step: a decision here would wake nothing.
             raise GateClosed(run_id, gate, f"its run ended {record_of_run.status} while it "
@@ -315,8 +365,9 @@ class Gates:
         results = await pipelines.commit_decision(record_of_run, ops)
         after = msgspec.msgpack.decode(results[0], type=GateRecord)
         if record.status == PENDING:
-            _log.info("gate_decided", run_id=run_id, gate=gate, decision=decision, by=by,
-                      timed_out=timed_out)
+            # Not the comment: free text stays out of logs, like the reason.
+            _log.info("gate_decided", run_id=run_id, gate=gate, decision=decision,
+                      by=stored.by, timed_out=timed_out)
         return after
 
     def input_type(self, pipeline: Pipeline, record: GateRecord) -> Any:
@@ -375,9 +426,15 @@ class Gates:
         return await self.store.get(run_id, gate)
 
     async def pending(self, *, assignee: str | None = None, pipeline: str | None = None,
-                      older_than: float | None = None) -> list[GateRecord]:
+                      older_than: float | None = None,
+                      damaged: list[RecordCorrupt] | None = None) -> list[GateRecord]:
         """The gates waiting for a decision, oldest first: only those assigned to `assignee`,
         of runs of `pipeline`, or open for more than `older_than` seconds.
+
+        A gate record that does not decode is left out, so one damaged record hides no
+        other gate: each is logged (`gate_unreadable`, naming it and `roost store check`)
+        and its error appended to `damaged` when given (whatever its status, which cannot
+        be read), so a listing can name it.
 
         Raises:
             ConfigurationError: `assignee` or `pipeline` is not a name (a str) or None, or
@@ -390,11 +447,27 @@ class Gates:
         if older_than is not None:
             check_seconds("gates.pending", "older_than", older_than)
         cutoff = None if older_than is None else self._clock() - older_than
-        found = [r for r in await self.store.list(status=PENDING)
+        unreadable: list[RecordCorrupt] = []
+        records = await self.store.list(status=PENDING, damaged=unreadable)
+        for error in unreadable:
+            self._log_unreadable(error)
+        if damaged is not None:
+            damaged.extend(unreadable)
+        found = [r for r in records
                  if (assignee is None or assignee in r.assignees)
                  and (pipeline is None or r.pipeline == pipeline)
                  and (cutoff is None or r.opened_at <= cutoff)]
         return sorted(found, key=lambda r: r.opened_at)
+
+    def _log_unreadable(self, error: RecordCorrupt) -> None:
+        """Log a gate record that does not decode, and what to do about it."""
+        named = gate_of_key(error.key)
+        where = {"key": repr(error.key)} if named is None else {"run_id": named[0],
+                                                                 "gate": named[1]}
+        _log.error("gate_unreadable", **where, error=error.error, what_to_do=(
+            "the gate is left out of the pending gates: run `roost store check "
+            f"{self._pipelines.system.store.path}` with the system and console that use the "
+            "store stopped, and restore the store from a backup if it reports damage"))
 
     # --- deadlines --------------------------------------------------------------------
 

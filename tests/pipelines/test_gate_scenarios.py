@@ -8,6 +8,7 @@ system on the same store.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import hmac
 import subprocess
@@ -672,6 +673,79 @@ async def test_an_edit_made_with_roost_decide_on_a_stopped_store_is_picked_up_by
     assert done.results["pay"]["input"] == {"amount": 7, "note": "partial"}
     seen = done.results["notify"]["decisions"]["pay"]
     assert (seen["decision"], seen["by"], seen["comment"]) == ("edit", "ana", "partial")
+
+
+class Card(msgspec.Struct, tag=True):
+    number: str
+
+
+class Wire(msgspec.Struct, tag=True):
+    iban: str
+
+
+class Booking(msgspec.Struct):
+    when: datetime.datetime
+    seats: dict[int, str]
+    pay: Card | Wire
+    card: Card | None = None
+
+
+def bookings() -> Pipeline:
+    return Pipeline("bookings", [
+        Step("score", Scorer, output=int),
+        Step("book", Echo, after="score", gate=Gate(reason="check it", input_type=Booking)),
+    ], input_type=dict[str, int])
+
+
+async def test_an_edit_the_run_could_not_decode_is_refused_where_its_pipeline_is_not_loaded(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    pipeline = refunds()
+    async with roost.ActorSystem(store=store) as system:
+        await parked(system, pipeline)
+
+    async with roost.ActorSystem(store=store) as system:  # as `roost decide` on a stopped store
+        with pytest.raises(roost.GateDecisionInvalid, match=r"\$\.amount: expected integer, "
+                                                            r"got number 7\.0"):
+            await system.gates.decide("run-1", "pay", "edit", by="ana",
+                                      input={"amount": 7.0, "note": "x"})
+        await system.gates.decide("run-1", "pay", "edit", by="ana",
+                                  input={"amount": 7, "note": "x"})
+
+    async with roost.ActorSystem(store=store) as system:
+        [handle] = await system.pipelines.register(pipeline, resume=True)
+        done = await result(handle)
+
+    assert done.status == "completed"
+    assert done.results["pay"]["input"] == {"amount": 7, "note": "x"}
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    ({"when": "tomorrow"}, "$.when: must be an RFC 3339 date and time, got 'tomorrow'"),
+    ({"seats": {"window": "ana"}}, "$.seats key 'window': must be an integer"),
+    ({"pay": {"type": "Wire", "iban": 5}}, "$.pay.iban: expected string, got integer 5"),
+    ({"pay": {"iban": "DE1"}}, "$.pay.type: is required, naming the form: one of 'Card', 'Wire'"),
+])
+async def test_a_typed_edit_made_where_the_pipeline_is_not_loaded_is_checked_as_the_run_decodes(
+        tmp_path: Path, edit: dict[str, Any], problem: str) -> None:
+    store = tmp_path / "store"
+    fits = {"when": "2030-01-02T10:00:00", "seats": {"12": "ana"},
+            "pay": {"type": "Card", "number": "4111"}, "card": {"number": "4242"}}
+    async with roost.ActorSystem(store=store) as system:
+        await parked(system, bookings())
+
+    async with roost.ActorSystem(store=store) as system:
+        with pytest.raises(roost.GateDecisionInvalid) as refused:
+            await system.gates.decide("run-1", "book", "edit", by="ana", input=fits | edit)
+        await system.gates.decide("run-1", "book", "edit", by="ana", input=fits)
+
+    async with roost.ActorSystem(store=store) as system:
+        [handle] = await system.pipelines.register(bookings(), resume=True)
+        done = await result(handle)
+
+    assert refused.value.problem == f"the input does not fit Booking: {problem}"
+    assert done.status == "completed"
+    assert done.results["book"]["input"]["card"] == {"type": "Card", "number": "4242"}
 
 
 # --- webhooks -----------------------------------------------------------------------------

@@ -7,17 +7,22 @@ new system on the same store.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
 import gc
 import re
+import uuid
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple, TypedDict
 
 import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 import roost
 from roost import Escalate, Gate, NeedsReview, Pipeline, RunStep, Step
@@ -31,6 +36,7 @@ from roost.errors import (
     RunNotFound,
     ToolGated,
 )
+from roost.pipelines import _schema_check
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_lmdb_flush_on_the_event_loop")]
 
@@ -877,3 +883,213 @@ async def test_a_corrupt_gate_record_is_refused_naming_its_key(system: roost.Act
         await system.gates.get("run-1", "send")
     with pytest.raises(roost.errors.RecordCorrupt):
         await system.gates.decide("run-1", "send", "approve", by="ana")
+
+
+async def test_pending_lists_the_readable_gates_and_names_each_damaged_record(
+        system: roost.ActorSystem) -> None:
+    await outcome(await system.pipelines.start(support(), "angry one", run_id="run-1"))
+    await outcome(await system.pipelines.start(support(), "angry two", run_id="run-2"))
+    await system.store.commit([roost.storage.Put("gates", b"run-1\x00send", b"\x93garbage")])
+
+    damaged: list[roost.errors.RecordCorrupt] = []
+    with capture_logs() as logs:
+        listed = await system.gates.pending(damaged=damaged)
+        without = await system.gates.pending()  # the caller need not collect them
+
+    assert [g.run_id for g in listed] == [g.run_id for g in without] == ["run-2"]
+    assert [error.key for error in damaged] == [b"run-1\x00send"]
+    unreadable = [log for log in logs if log["event"] == "gate_unreadable"]
+    assert len(unreadable) == 2  # once per listing
+    assert (unreadable[0]["log_level"], unreadable[0]["run_id"], unreadable[0]["gate"]) == (
+        "error", "run-1", "send")
+    assert f"roost store check {system.store.path}" in unreadable[0]["what_to_do"]
+
+
+# --- who decides, and why -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("by", "problem"), [
+    ("ana\n2030-01-01 [info] gate_decided by=admin", "holds '\\n' at position 3"),
+    ("ana\x1b[2J", "holds '\\x1b' at position 3"),
+    ("ana\u202e", "holds '\\u202e' at position 3"),  # a bidi override: reorders the line
+    ("a" * 201, "by= must be a name of at most 200 characters, got 201"),
+])
+async def test_a_by_that_is_not_a_printable_name_is_refused_naming_the_problem(
+        system: roost.ActorSystem, by: str, problem: str) -> None:
+    await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))
+
+    with pytest.raises(GateDecisionInvalid, match=re.escape(problem)):
+        await system.gates.decide("run-1", "send", "approve", by=by)
+
+    assert [g.gate for g in await system.gates.pending()] == ["send"]
+
+
+async def test_a_long_printable_name_decides_and_is_logged_as_stored(
+        system: roost.ActorSystem) -> None:
+    await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))
+    name = "Zoë Ångström " + "x" * 187  # 200 characters
+
+    with capture_logs() as logs:
+        record = await system.gates.decide("run-1", "send", "approve", by=f"{name} ")
+
+    assert record.by == name
+    [decided] = [log for log in logs if log["event"] == "gate_decided"]
+    assert decided["by"] == name
+
+
+@pytest.mark.parametrize("comment", ["softer\x1b[2Jplease", "softer\rplease", "softer\x85"])
+async def test_a_comment_with_control_characters_is_refused(
+        system: roost.ActorSystem, comment: str) -> None:
+    await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))
+
+    with pytest.raises(GateDecisionInvalid, match=re.escape(
+            f"comment= holds the control character {comment[6]!r} at position 6; only "
+            "newlines and tabs may break its text")) as caught:
+        await system.gates.decide("run-1", "send", "approve", by="ana", comment=comment)
+
+    assert comment not in str(caught.value)  # the message does not carry it raw either
+    assert [g.gate for g in await system.gates.pending()] == ["send"]
+
+
+async def test_a_comment_in_lines_is_kept_and_stays_out_of_the_logs(
+        system: roost.ActorSystem) -> None:
+    await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))
+    comment = "softer, please:\n\t- no blame"
+
+    with capture_logs() as logs:
+        record = await system.gates.decide("run-1", "send", "approve", by="ana",
+                                           comment=comment)
+
+    assert record.comment == comment
+    assert not [log for log in logs if any(comment in str(value) for value in log.values())]
+
+
+# --- the schema check where the pipeline is not loaded ---------------------------------------
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Card(msgspec.Struct, tag=True):
+    number: str
+
+
+class Wire(msgspec.Struct, tag=True):
+    iban: str
+    amount: int = 0
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True):
+    a: int
+
+
+class Row(msgspec.Struct, array_like=True):
+    a: int
+    b: str = "x"
+
+
+class Point(TypedDict):
+    x: int
+
+
+class Pair(NamedTuple):
+    p: int
+    q: str = "x"
+
+
+class Booking(msgspec.Struct):
+    when: datetime.datetime
+    day: datetime.date
+    seats: dict[int, str] = {}
+    pay: Card | Wire | None = None
+
+
+#: Types a gate's `input_type` may be, and plain JSON values to decide with: for each pair
+#: the stored schema's check must agree with decoding the value as the type.
+CHECKED_TYPES: list[Any] = [
+    int, float, str, bool, None, bytes, datetime.datetime, datetime.date, datetime.time,
+    datetime.timedelta, uuid.UUID, decimal.Decimal,
+    Annotated[datetime.datetime, msgspec.Meta(tz=True)],
+    Annotated[datetime.datetime, msgspec.Meta(tz=False)],
+    Annotated[datetime.time, msgspec.Meta(tz=True)],
+    Annotated[datetime.time, msgspec.Meta(tz=False)],
+    list[int], set[str], frozenset[int], tuple[int, str], tuple[int, ...], dict[str, int],
+    dict[int, str], dict[float, int], dict[uuid.UUID, int], dict[datetime.date, int],
+    dict[Level, int], dict[Literal[1, 2], int], dict[Literal["a", "b"], int], dict[Color, int],
+    dict[Annotated[int, msgspec.Meta(ge=0)], int],
+    dict[Annotated[str, msgspec.Meta(min_length=2)], int],
+    Literal["a", 1], Literal[1, 2], Color, Level, Card, Wire, Card | Wire, Card | None,
+    Card | int, Card | Wire | None, Card | Wire | int, Strict, Row, Point, Pair, Booking,
+    int | None, int | str, int | float, float | None, list[int] | None, list[Card],
+    dict[str, Card | Wire], Annotated[int, msgspec.Meta(ge=1, le=10, multiple_of=2)],
+    Annotated[float, msgspec.Meta(gt=0.5, lt=2)],
+    Annotated[str, msgspec.Meta(min_length=2, max_length=3, pattern="^a")],
+    Annotated[list[int], msgspec.Meta(min_length=1, max_length=2)],
+    Annotated[dict[str, int], msgspec.Meta(min_length=1)],
+    Annotated[bytes, msgspec.Meta(max_length=3)], Any,
+]
+CHECKED_VALUES: list[Any] = [
+    None, True, False, 0, 1, -1, 2, 7, 10**20, 0.5, 1.5, 7.0, -0.0, "", "a", "ab", "abc", "x",
+    "red", "2020-01-02", "2020-01-02T03:04:05", "2020-01-02T03:04:05Z", "not a date",
+    "2020-01-02 03:04:05+01:00", "03:04:05", "03:04:05Z", "P1D", "1 day",
+    "12345678-1234-5678-1234-567812345678", "1234", "AAAA", "AA==", "!!!", "1.5", "01",
+    [], [1], [1, 2], [1, "x"], ["x"], ["a", "a"], [1, 2, 3], [1, "y", 3],
+    [{"type": "Card", "number": "4"}], [{"number": "4"}],
+    {}, {"a": 1}, {"1": "x"}, {"x": "x"}, {"-0": "a"}, {"01": "a"}, {"1.5": 1},
+    {"2020-01-02": 1}, {"12345678-1234-5678-1234-567812345678": 1}, {"red": 1}, {"ab": 1},
+    {"2": 1}, {"3": 1}, {"number": "4111"}, {"type": "Card", "number": "4111"},
+    {"type": "Wire", "iban": "DE1"}, {"type": "Wire", "iban": 1}, {"type": "Nope", "number": "1"},
+    {"type": "Card", "number": 5}, {"a": 1, "b": 2}, {"x": 1}, {"x": 1.0}, {"x": 1, "y": 2},
+    {"x": {"type": "Card", "number": "1"}}, {"x": {"number": "1"}},
+    {"when": "2020-01-02T03:04:05", "day": "2020-01-02"},
+    {"when": "nope", "day": "2020-01-02"},
+    {"when": "2020-01-02T03:04:05", "day": "2020-01-02", "seats": {"1": "a"}},
+    {"when": "2020-01-02T03:04:05", "day": "2020-01-02", "seats": {"one": "a"}},
+    {"when": "2020-01-02T03:04:05", "day": "2020-01-02", "pay": {"type": "Card", "number": 1}},
+    {"when": "2020-01-02T03:04:05", "day": "2020-01-02", "pay": {"number": "1"}},
+]
+
+
+def _decodes(kind: Any, value: Any) -> bool:
+    try:
+        msgspec.json.decode(msgspec.json.encode(value), type=kind)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", CHECKED_TYPES, ids=str)
+def test_the_stored_schema_refuses_exactly_what_decoding_as_the_type_refuses(kind: Any) -> None:
+    schema = msgspec.json.decode(msgspec.json.encode(_schema_check.schema_of(kind)))  # as stored
+
+    disagree = [(value, problems) for value in CHECKED_VALUES
+                if _decodes(kind, value) == bool(problems := _schema_check.problems(schema, value))]
+
+    assert disagree == []
+
+
+@pytest.mark.parametrize(("kind", "value", "problem"), [
+    (Booking, {"when": "2020-01-02T03:04:05", "day": "2020-01-02", "pay": {"type": "Card",
+                                                                         "number": 1}},
+     "$.pay.number: expected string, got integer 1"),
+    (Booking, {"when": "2020-01-02T03:04:05", "day": "2020-01-02", "pay": {"number": "1"}},
+     "$.pay.type: is required, naming the form: one of 'Card', 'Wire'"),
+    (Booking, {"when": "noon", "day": "2020-01-02"},
+     "$.when: must be an RFC 3339 date and time, got 'noon'"),
+    (Booking, {"when": "2020-01-02T03:04:05", "day": "2020-01-02", "seats": {"one": "a"}},
+     "$.seats key 'one': must be an integer"),
+    (Strict | None, {"a": 7.0}, "$.a: expected integer, got number 7.0 (write a whole number "
+                                "without a decimal point)"),
+    (int | None, "7", "$: expected integer or null, got string '7'"),
+    (list[uuid.UUID] | None, ["nope"], "$[0]: must be a UUID, got 'nope'"),
+    (dict[str, bytes], {"photo": "!!!"}, "$.photo: must be base64-encoded bytes, got '!!!'"),
+])
+def test_the_stored_schema_names_the_field_that_does_not_fit(
+        kind: Any, value: Any, problem: str) -> None:
+    assert _schema_check.problems(_schema_check.schema_of(kind), value) == [problem]
