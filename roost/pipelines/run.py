@@ -211,6 +211,11 @@ class _Paused(Message, frozen=True):
 _PROGRESS_DECODER = msgspec.msgpack.Decoder(RunProgress)
 
 
+def _type_name(kind: Any) -> str:
+    """How a message names a type: a class by its name, `list[int]` or `Any` as written."""
+    return kind.__qualname__ if isinstance(kind, type) else repr(kind)
+
+
 def _step_scope(name: str, index: int | None, *, fallback: bool) -> str:
     """What a step's request does within its run (`TraceContext.step`): `name`, `name/3`
     for item 3 of a map step, `name/fallback` for its fallback. Step names hold no '/'."""
@@ -628,6 +633,12 @@ class RunActor(Actor):
                 result: Any = list(await asyncio.gather(
                     *(self._attempts(step, step.worker or step.tool, item, i, attempts)
                       for i, item in enumerate(items))))
+                reviewed = next((i for i, r in enumerate(result) if isinstance(r, NeedsReview)),
+                                None)
+                if reviewed is not None:
+                    self.ctx.self_ref.tell(self._item_reviewed(step, reviewed, items[reviewed],
+                                                               attempts[0]))
+                    return
             else:
                 result = await self._attempts(step, step.worker or step.tool, None, None, attempts)
         except asyncio.CancelledError:
@@ -656,6 +667,18 @@ class RunActor(Actor):
         self.ctx.self_ref.tell(_StepDone(instance=id(self), step=step.name, result=result,
                                          attempts=attempts[0],
                                          seconds=time.perf_counter() - started))
+
+    def _item_reviewed(self, step: Step, index: int, item: Any, attempts: int) -> _StepDone:
+        """The failure of map step `step` whose item `index` returned `NeedsReview`: a review
+        opens one gate for a whole step's result, so an item cannot ask for one."""
+        error = (f"its worker returned NeedsReview for map item {index} ({item!r:.60}); a "
+                 "review belongs to a whole step, not to one item of a map step: return "
+                 "each item's result, and ask for a review in a step after it")
+        span = self.step_spans.get(step.name)
+        if span is not None:
+            span.fail(StepFailed(self.run_id, step.name, error))
+            span.attributes["step.outcome"] = "failed"
+        return _StepDone(instance=id(self), step=step.name, error=error, attempts=attempts)
 
     def _store_failure(self, error: Exception) -> StoreError | None:
         """On a cluster's node, the store failure behind `error` that stops the run here
@@ -834,16 +857,26 @@ class RunActor(Actor):
         if isinstance(result, StepFailure):
             self.failures[done.step] = result.error
         elif isinstance(result, NeedsReview):
+            output = self.pipeline.steps[done.step].output
             try:
-                self.review_data[done.step] = msgspec.Raw(_ENCODER.encode(result.data))
-            except (TypeError, msgspec.EncodeError) as error:
+                proposed = msgspec.Raw(_ENCODER.encode(result.data))
+                # Approving makes the data the step's result: it must decode as one.
+                self.pipelines.decoder(output).decode(proposed)
+            except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as error:
                 if span is not None:
                     span.fail(error)
                     self.step_spans.pop(done.step).end()
-                await self._finish("failed", failed_step=done.step, error=(
-                    f"its review's data ({type(result.data).__name__}) cannot be stored: "
-                    f"{error}; pass a msgspec.Struct or plain data"))
+                data = type(result.data).__name__
+                if isinstance(error, msgspec.ValidationError):
+                    why = (f"its review's data ({data}) does not fit its output type "
+                           f"{_type_name(output)}: {error}; propose a result of that type in "
+                           "NeedsReview(reason, data=...)")
+                else:
+                    why = (f"its review's data ({data}) cannot be stored: {error}; pass a "
+                           "msgspec.Struct or plain data")
+                await self._finish("failed", failed_step=done.step, error=why)
                 return
+            self.review_data[done.step] = proposed
             self.reviews[done.step] = result.reason
         else:
             try:
@@ -893,8 +926,24 @@ class RunActor(Actor):
 
     async def _park(self) -> None:
         """Open the gates in `to_open` and stop: the checkpoint, the gate records and the run's
-        `waiting` status in one write. The run then holds no actor, task or timer."""
+        `waiting` status in one write. The run then holds no actor, task or timer. A step's
+        gate already decided (see `_decided_earlier`) is not opened: the run goes on."""
         gates = self.pipelines.gates
+        try:
+            earlier = await self._decided_earlier()
+        except StoreError as error:
+            await self._cannot_read(error)
+            return
+        if earlier:
+            try:
+                self._adopt_gates({**self.gate_records, **earlier})
+            except PipelineChanged as error:
+                await self._cannot_go_on(error)
+                return
+            self.gates.extend(earlier)
+            self.to_open = {}
+            await self._go_on()
+            return
         try:
             records = [self._gate_record(name, step) for name, step in self.to_open.items()]
         except Exception as error:  # a gate's reason or show function raised
@@ -934,6 +983,19 @@ class RunActor(Actor):
         _log.info("run_waiting", run_id=self.run_id, trace_id=self.trace_id, pipeline=self.pipeline.name,
                   gates=list(self.to_open))
         await self._ended("waiting", reason, None)
+
+    async def _decided_earlier(self) -> dict[str, GateRecord]:
+        """The records of the steps' gates about to open that the run does not know of but
+        that hold a decision: the checkpoint that named them was lost (deleted by hand, say)
+        and the run went on from an older one. The run goes on with those decisions; opening
+        the gates again would write over them and their audit trail. (Review and outcome
+        gates ask about what the step did this time, so they open again.)"""
+        unknown = [name for name, step in self.to_open.items()
+                   if name == step and name not in self.gate_records]
+        if not unknown:
+            return {}
+        records = await self.pipelines.gates.store.named(self.run_id, unknown)
+        return {r.gate: r for r in records if r.decision is not None}
 
     def _gate_record(self, name: str, step_name: str) -> GateRecord:
         """The record of gate `name` (before `step_name`, or its review or outcome gate)."""
@@ -1067,7 +1129,8 @@ class RunActor(Actor):
 
     async def _finish(self, status: str, *, error: str | None = None,
                       failed_step: str | None = None, checkpoint: str | None = None) -> None:
-        """End the run: store its status, then report the end and stop.
+        """End the run: store its status, closing the gates it still waits at in the same
+        write (nothing would act on their decision), then report the end and stop.
 
         Args:
             checkpoint: the step just completed, whose checkpoint is saved in the same
@@ -1079,15 +1142,16 @@ class RunActor(Actor):
             task.cancel()
         runs = self.pipelines.runs
         result = _ENCODER.encode(self.encoded)
+        closing = self._close_pending(status)
         try:
             if checkpoint is not None:
                 await self._checkpoint(checkpoint, runs.change(
                     self.run_id, status=status, error=error, result=result,
-                    failed_step=failed_step, last_step=checkpoint))
+                    failed_step=failed_step, last_step=checkpoint), *closing)
             elif self.gates:
                 await self._checkpoint(f"end:{status}", runs.change(
                     self.run_id, status=status, error=error, result=result,
-                    failed_step=failed_step))
+                    failed_step=failed_step), *closing)
             else:
                 await runs.update(self.run_id, status=status, error=error, result=result,
                                   failed_step=failed_step)
@@ -1097,6 +1161,13 @@ class RunActor(Actor):
         _log.info("run_finished", run_id=self.run_id, trace_id=self.trace_id,
                   pipeline=self.pipeline.name, status=status, failed_step=failed_step, error=error)
         await self._ended(status, error, failed_step)
+
+    def _close_pending(self, status: str) -> list[Op]:
+        """The writes that close the run's gates still pending as it ends with `status`
+        (nothing would act on their decision), to commit with its end."""
+        why = ("the run was cancelled" if status == RunStatus.CANCELLED
+               else f"its run ended {status} while it waited")
+        return self.pipelines.gates.store.close_ops(list(self.gate_records.values()), why)
 
     async def _ended(self, status: str, error: str | None, failed_step: str | None) -> None:
         """Wake whoever waits for the run's outcome, and stop."""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from roost._completion import to_completion
 from roost._logging import get_logger
 from roost.actors.child_spec import ChildSpec
 from roost.actors.pool import Pool
@@ -367,6 +368,8 @@ class Pipelines:
     async def start(self, pipeline: Pipeline, input: Any = None, *,
                     run_id: str | None = None, wait: bool = True) -> RunHandle:
         """Record a run of `pipeline` with `input` and return its handle once it is stored.
+        A caller cancelled while the record is written gets no handle, but the run, stored,
+        goes on as any other.
 
         The run starts at once if fewer than `max_active_runs` runs are in flight;
         otherwise it is stored as `queued` and starts when a slot frees (in the order
@@ -398,6 +401,18 @@ class Pipelines:
         encoded, decoded = self._checked_input(pipeline, input)
         await self.register(pipeline)
         pipeline = self._registered[pipeline.name]  # the first of identical definitions
+        # Once its record is being written, the run goes on (or waits queued) like any
+        # other, even if the caller is cancelled meanwhile: that caller only gets no handle.
+        await to_completion(self._store_run(pipeline, run_id, encoded, decoded, wait=wait))
+        return RunHandle(self, run_id)
+
+    async def _store_run(self, pipeline: Pipeline, run_id: str, encoded: bytes, decoded: Any,
+                         *, wait: bool) -> None:
+        """Store a new run and start it, or queue it when every slot is taken (see `start`).
+
+        Raises:
+            SystemBusy: `wait=False` and every slot is taken; nothing was stored.
+        """
         admission = self.admission
         cluster = self.cluster
         if not admission.can_start():
@@ -415,10 +430,10 @@ class Pipelines:
                 raise
             if cluster is not None:
                 cluster.queued()
-                return RunHandle(self, run_id)
+                return
             admission.wait(run_id, pipeline.name)
             self._admit_waiting()  # a slot may have freed while the record was written
-            return RunHandle(self, run_id)
+            return
         admission.take_slot(run_id)  # before the await: concurrent starts see it taken
         if cluster is not None:  # its record's write leases it to this node
             cluster.starting(run_id, pipeline.name)
@@ -431,7 +446,6 @@ class Pipelines:
             raise
         self._created[run_id] = record, decoded
         await self._spawn_stored(pipeline, run_id)
-        return RunHandle(self, run_id)
 
     def _checked_input(self, pipeline: Pipeline, input: Any) -> tuple[bytes, Any]:
         """`input` encoded for the run's record, and decoded from that as the pipeline's
@@ -805,9 +819,8 @@ class Pipelines:
     async def cancel(self, run_id: str) -> None:
         """Cancel a live, queued or waiting run and wait for it to end; a waiting run's
         gates close (they can no longer be decided)."""
-        if self.admission.leave(run_id):
-            await self.runs.update(run_id, status=RunStatus.CANCELLED, error="cancelled")
-            self.finished(run_id, "cancelled", {}, "cancelled", None)
+        if self.admission.leave(run_id):  # queued here; decided at a gate, it may wait at others
+            await self._cancel_parked(run_id)
             return
         if run_id not in self._live:
             record = await self.runs.get(run_id)  # raises RunNotFound for an unknown run
@@ -820,8 +833,8 @@ class Pipelines:
             await waiter
 
     async def _cancel_parked(self, run_id: str) -> None:
-        """Cancel a run that is not live here (waiting at gates, or decided and not yet
-        resumed): its status and its gates' closing in one write."""
+        """Cancel a run that is not live here (waiting at gates, or queued: decided and not
+        yet resumed, or not yet started): its status and its gates' closing in one write."""
         gates = self.gates.store
         closing = gates.close_ops(await gates.of_run(run_id), "the run was cancelled")
 

@@ -12,6 +12,7 @@ gate itself.
 from __future__ import annotations
 
 import builtins
+import functools
 import time
 from collections.abc import Callable, Iterable
 
@@ -244,19 +245,26 @@ class GateStore:
         return ops
 
     def close_ops(self, records: builtins.list[GateRecord], why: str) -> builtins.list[Op]:
-        """Close pending gates (their run was cancelled): they can no longer be decided."""
-        now = self.clock()
-        ops: builtins.list[Op] = []
-        for record in records:
-            if record.status != PENDING:
-                continue
-            closed = msgspec.structs.replace(
-                record, status=CLOSED, history=[*record.history, GateEvent(
-                    at=now, what="closed", detail=why)])
-            ops.append(Put(_DB, gate_key(record.run_id, record.gate), _CODEC.encode(closed)))
-            if record.deadline is not None:
-                ops.append(Delete(_DB, deadline_key(record.deadline, record.run_id, record.gate)))
-        return ops
+        """Close the pending gates among `records` (their run ended or was cancelled): they
+        can no longer be decided. Each write closes its gate as stored when it applies, so
+        one decided meanwhile keeps its decision (and a damaged record is left as it is)."""
+        return [Update(_DB, key, functools.partial(self._close_if_pending, key, why))
+                for key in (gate_key(r.run_id, r.gate) for r in records if r.status == PENDING)]
+
+    def _close_if_pending(self, key: bytes, why: str, current: bytes | None) -> Changed:
+        if current is None:
+            return None
+        try:
+            record = _CODEC.decode(key, current)
+        except RecordCorrupt:
+            return current
+        if record.status != PENDING:
+            return current
+        closed = msgspec.structs.replace(record, status=CLOSED, history=[
+            *record.history, GateEvent(at=self.clock(), what="closed", detail=why)])
+        unindex = [] if record.deadline is None else [
+            Delete(_DB, deadline_key(record.deadline, record.run_id, record.gate))]
+        return _CODEC.encode(closed), unindex
 
     def index_op(self, deadline: float, run_id: str, gate: str) -> Put:
         """Add a deadline index entry (the timer retries a deadline it could not apply)."""

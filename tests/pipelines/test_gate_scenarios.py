@@ -816,7 +816,9 @@ async def test_a_gate_left_pending_when_its_run_ended_elsewhere_cannot_be_decide
     await anyio.sleep(0.4)  # past b's deadline: its timeout decides nothing either
 
     gate = await system.gates.get("run-1", "b")
-    assert (gate.decision, [e.what for e in gate.history]) == (None, ["opened"])
+    assert (gate.status, gate.decision) == ("closed", None)
+    assert [e.what for e in gate.history] == ["opened", "closed"]
+    assert await system.gates.pending() == []
     assert await run.status() == "rejected"
 
 

@@ -7,8 +7,10 @@ import pytest
 from roost.errors import RecordCorrupt
 from roost.storage import Put, Store
 from roost.storage.gates import (
+    CLOSED,
     DECIDED,
     PENDING,
+    Decision,
     GateRecord,
     GateStore,
     deadline_key,
@@ -69,3 +71,37 @@ async def test_list_given_a_damaged_list_skips_undecodable_records_whatever_the_
 def test_a_gate_key_names_its_run_and_gate_or_nothing_when_damaged(
         key: bytes, named: tuple[str, str] | None) -> None:
     assert gate_of_key(key) == named
+
+
+async def test_a_damaged_gate_record_says_to_check_the_store_and_restore_it_from_a_backup(
+        store: Store, gates: GateStore) -> None:
+    await stored_gates(store, gates)
+
+    with pytest.raises(RecordCorrupt, match=r"gate record at key b'c\\x00three' does not decode: "
+                                            r".*; run `roost store check` on the store .*restore "
+                                            "the store from a backup"):
+        await gates.get("c", "three")
+
+
+async def test_closing_a_gate_read_as_pending_keeps_a_decision_made_since(
+        store: Store, gates: GateStore) -> None:
+    await stored_gates(store, gates)
+    (read,) = await gates.of_run("a")  # pending when read
+    await store.commit([gates.decide_op("a", "one", Decision("approve", None, "ana", 2.0))])
+
+    await store.commit(gates.close_ops([read], "the run was cancelled"))
+
+    (kept,) = await gates.of_run("a")
+    assert (kept.status, kept.decision, kept.by) == (DECIDED, "approve", "ana")
+
+
+async def test_closing_a_pending_gate_records_why_and_drops_its_deadline(
+        store: Store, gates: GateStore) -> None:
+    await stored_gates(store, gates)
+
+    await store.commit(gates.close_ops(await gates.of_run("a"), "its run ended failed"))
+
+    (closed,) = await gates.of_run("a")
+    assert closed.status == CLOSED
+    assert (closed.history[-1].what, closed.history[-1].detail) == ("closed", "its run ended failed")
+    assert await store.get("gates", deadline_key(5.0, "a", "one")) is None
