@@ -14,8 +14,9 @@ with an unknown outcome (retried only for idempotent tools, else settled by
 `IdempotencyKeyInUse` (an earlier request with the key is still being processed:
 retried, and if the retries run out the outcome is unknown); other 4xx raise
 `PermanentToolError` with the status as its `code`. A side-effecting request
-answered with a JSON body that does not decode took effect: it raises
-`ToolResultUnrecordable`, and the proxy finalizes its key as such.
+answered with a body that does not decode (malformed or too deeply nested JSON, a
+charset Python has no codec for) took effect: it raises `ToolResultUnrecordable`,
+and the proxy finalizes its key as such.
 
 The header must carry the key exactly, or the service would deduplicate by another
 key than the ledger: a key with a control character (which HTTP cannot carry) or
@@ -199,10 +200,10 @@ class HttpTool:
             IdempotencyKeyInUse: 409 to a request sent with an idempotency key: an
                 earlier request with that key is still being processed.
             PermanentToolError: Any other 4xx status (`code` is the status), a
-                read-only request answered with a JSON body that does not decode, or
+                read-only request answered with a body that does not decode, or
                 an `idempotency_key` that a header cannot carry exactly (nothing is sent).
             ToolResultUnrecordable: A side-effecting request was answered with a
-                JSON body that does not decode: it took effect, its answer is lost.
+                body that does not decode: it took effect, its answer is lost.
 
         If cancelled, the request may still be processed by the server.
         """
@@ -283,17 +284,28 @@ class HttpTool:
         )
 
     def _decode(self, response: aiohttp.ClientResponse, body: bytes, key: str | None) -> Any:
+        """The body of a successful response: JSON decoded, else text in its charset.
+
+        Raises:
+            PermanentToolError: A read-only request's body does not decode.
+            ToolResultUnrecordable: A side-effecting request's body does not decode: it
+                took effect, its answer is lost.
+        """
         if not body:
             return None
-        if response.content_type == "application/json" or response.content_type.endswith("+json"):
-            try:
-                return msgspec.json.decode(body)
-            except msgspec.DecodeError as error:
-                answered = (f"{self._shown_url} answered {response.status} with a JSON body "
-                            f"that does not decode ({error})")
-                if self.spec.read_only:  # it changed nothing: just a failed request
-                    raise PermanentToolError(
-                        f"tool {self.spec.name!r}: {answered}; check the service and the URL"
-                    ) from None
-                raise ToolResultUnrecordable(self.spec.name, key or "", answered) from None
-        return body.decode(response.charset or "utf-8", "replace")
+        is_json = response.content_type == "application/json" or (
+            response.content_type.endswith("+json"))
+        charset = response.charset or "utf-8"
+        try:
+            return msgspec.json.decode(body) if is_json else body.decode(charset, "replace")
+        # DecodeError for malformed JSON, RecursionError for JSON nested too deep, LookupError
+        # for an unknown or non-text charset, UnicodeError for a codec that cannot replace
+        # what it cannot decode (idna).
+        except (msgspec.DecodeError, RecursionError, LookupError, UnicodeError) as error:
+            what = "a JSON body" if is_json else f"a body in charset {charset!r}"
+            answered = (f"{self._shown_url} answered {response.status} with {what} that does "
+                        f"not decode ({type(error).__name__}: {error})")
+        if self.spec.read_only:  # it changed nothing: just a failed request
+            raise PermanentToolError(
+                f"tool {self.spec.name!r}: {answered}; check the service and the URL")
+        raise ToolResultUnrecordable(self.spec.name, key or "", answered)

@@ -13,10 +13,12 @@ time limit, its connection lost after sending, or found in flight after a
 crash) is never run again blindly unless the tool is idempotent: its `verify`
 hook settles it, or it ends in `ToolOutcomeUnknown` with the key left in
 flight; so does a call whose service still processes an earlier request with
-its key when the retries run out (`IdempotencyKeyInUse`). A result is checked
-against the tool's return annotation before it is recorded and returned as
-recorded, so a replay returns the same; a result that cannot be recorded (or a
-tool's own `ToolResultUnrecordable`) finalizes the key as `unrecordable`.
+its key when the retries run out (`IdempotencyKeyInUse`). An attempt that ignores
+its cancellation is abandoned a grace period later: its callers get the timeout
+and its key, left in flight, no longer counts as running here. A result is
+checked against the tool's return annotation before it is recorded and returned
+as recorded, so a replay returns the same; a result that cannot be recorded (or
+a tool's own `ToolResultUnrecordable`) finalizes the key as `unrecordable`.
 
 A call recorded as a span (one made inside a pipeline run, see `Tools`) brings its
 open `tool_call` span along: the proxy sets how the call was answered
@@ -53,7 +55,7 @@ from roost.errors import (
 from roost.mailbox.envelope import current_envelope
 from roost.tools.breaker import BreakerState, BreakerTransition, CircuitBreaker
 from roost.tools.bulkhead import Bulkhead
-from roost.tools.retry import Jitter, Recheck, Watchdog, call_once, call_with_retry
+from roost.tools.retry import Jitter, Recheck, Watchdog, call_once, call_with_retry, stray_exit
 from roost.tools.spec import (
     DEFAULT_TIMEOUT,
     Done,
@@ -235,6 +237,15 @@ class ToolState:
                 _log.info("tool_call_executed", tool=spec.name, key=key, outcome="failed",
                           error=f"{type(error).__name__}: {error}")
             raise
+        # From a read-only tool run without a time limit (limited attempts fail with it as a
+        # RuntimeError of their own, see Watchdog.run), or a real cancellation.
+        except asyncio.CancelledError as cancelled:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            raise stray_exit(spec.name, cancelled) from cancelled
+        except GeneratorExit as escaped:
+            raise stray_exit(spec.name, escaped) from escaped
         if not spec.read_only:
             _log.info("tool_call_executed", tool=spec.name, key=key, outcome="completed")
         return result
@@ -354,7 +365,7 @@ class ToolProxy(Actor):
         self.state = state
         self.ledger = ledger
         self._in_flight: dict[tuple[str, str], _InFlight] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], _InFlight] = {}  # each call's task, and its call
         self._loop: asyncio.AbstractEventLoop
         self._context: contextvars.Context
 
@@ -363,6 +374,7 @@ class ToolProxy(Actor):
         # What each call's task starts from: the system's context, outside any actor.
         self._context = self.ctx.system.engine.base_context()
         self._context.run(handling.set, None)
+        self.state.watchdog.on_stuck = self._abandon
 
     async def receive(self, message: Any) -> Any:
         match message:
@@ -379,6 +391,8 @@ class ToolProxy(Actor):
         return None
 
     async def on_stop(self) -> None:
+        if self.state.watchdog.on_stuck == self._abandon:
+            self.state.watchdog.on_stuck = None
         for task in self._tasks:
             task.cancel()
         # Callers hear at once, however long a tool takes to clean up after the cancellation.
@@ -410,7 +424,7 @@ class ToolProxy(Actor):
         context = self._context.copy()
         context.run(call_trace.set, trace)
         task = self._loop.create_task(self._lead(call, leading), context=context)
-        self._tasks.add(task)  # _lead takes it out as it ends: no done-callback per call
+        self._tasks[task] = leading  # _lead takes it out as it ends: no done-callback per call
 
     def _join(self, call: Call, pending: _InFlight, reply: asyncio.Future[Any] | None) -> None:
         """Wait with the call in flight under the same key, unless the arguments differ."""
@@ -450,8 +464,44 @@ class ToolProxy(Actor):
         else:
             leading.settle(result, None)
         finally:
-            del self._in_flight[(spec.name, call.key)]
-            self._tasks.discard(asyncio.current_task())
+            # An abandoned call (see _abandon) has left both tables already.
+            if self._tasks.pop(asyncio.current_task(), None) is not None:  # type: ignore[arg-type]
+                del self._in_flight[(spec.name, call.key)]
+
+    def _abandon(self, task: asyncio.Task[Any], tool: str, limit: float) -> None:
+        """Give up on a call whose attempt ignored its cancellation (see `Watchdog.on_stuck`).
+
+        Its callers get the timeout, with the outcome unknown unless the tool is
+        idempotent; its key no longer counts as running here, while the ledger keeps it
+        in flight, so later calls settle it as after a crash. Python cannot stop the
+        task: it is left running, logged and counted, and writes nothing to the ledger.
+        """
+        leading = self._tasks.pop(task, None)
+        if leading is None:  # not a call of this proxy: a read-only one, in its caller's task
+            _log.error("tool_attempt_ignores_cancellation", tool=tool,
+                       detail=f"still running {Watchdog.GRACE:g}s after its cancellation")
+            return
+        call = leading.call
+        spec: ToolSpec = call.spec
+        del self._in_flight[(spec.name, call.key)]
+        cut_off = ToolTimeout(spec.name, limit, "attempt (abandoned: it ignored its cancellation)")
+        error: Exception = cut_off
+        if not spec.idempotent:
+            unasked = None if spec.verify is None else RuntimeError(
+                "not asked while the abandoned attempt may still take effect; a later call "
+                "with the key asks it")
+            error = ToolOutcomeUnknown(spec.name, call.key, cut_off, unasked)
+        span: OpenSpan | None = call.span
+        if span is not None:
+            span.event("abandoned", limit=limit)
+        self.state.stats.failures += leading.callers
+        leading.settle(None, error)
+        leading.waiters.clear()  # answered: the task's own end, if it comes, answers no one
+        leading.callers = 0
+        self.ctx.system.engine.abandon(
+            task, "tool_call_abandoned", str(self.ctx.path),
+            f"tool {spec.name!r}: call with key {call.key!r} ignored its cancellation for "
+            f"{Watchdog.GRACE:g}s after its {limit:g}s attempt limit")
 
     async def _settle(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
                       fp: str, span: OpenSpan | None) -> Any:
@@ -513,29 +563,39 @@ class ToolProxy(Actor):
         assert ledger is not None
         try:
             result = await self.state.attempts(spec, arguments, key, span)
-        except ToolUnavailable as unavailable:
+        except Exception as error:
+            if asyncio.current_task() not in self._tasks:
+                raise  # abandoned (see _abandon): the key is no longer this call's to settle
+            return await self._failed(spec, arguments, key, entry, span, error)
+        if asyncio.current_task() not in self._tasks:
+            return result  # abandoned: as above
+        return await self._record(spec, key, entry, result)
+
+    async def _failed(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
+                      entry: LedgerEntry, span: OpenSpan | None, error: Exception) -> Any:
+        """Settle the key of a call that failed with `error`, then raise it (or what stands
+        for it); an open breaker's refusal is answered by the fallback instead."""
+        ledger = self.ledger
+        assert ledger is not None
+        if isinstance(error, ToolUnavailable):
             await ledger.release(entry)
-            return await self.state.fallback(spec, arguments, key, unavailable, span)
-        except ToolBusy:
+            return await self.state.fallback(spec, arguments, key, error, span)
+        if isinstance(error, ToolBusy):
             await ledger.release(entry)  # refused before it ran: the key stays usable
-            raise
-        except ToolOutcomeUnknown:
-            raise  # it may have taken effect: the key stays in flight, never run blindly
-        except IdempotencyKeyInUse as error:
+        elif isinstance(error, ToolOutcomeUnknown):
+            pass  # it may have taken effect: the key stays in flight, never run blindly
+        elif isinstance(error, IdempotencyKeyInUse):
             # The service still works on an earlier request with this key, which may yet
             # take effect: the key stays in flight, as for any unknown outcome.
             _log.error("tool_outcome_unknown", tool=spec.name, key=key, error=_describe(error))
             raise ToolStillInProgress(spec.name, key, error) from error
-        except ToolResultUnrecordable as error:  # the tool's word: it took effect, no result
+        elif isinstance(error, ToolResultUnrecordable):  # the tool's word: it took effect
             await self._mark_unrecordable(spec, key, entry, error.error)
-            raise
-        except Exception as error:
-            if spec.retry_policy.retries(error):
-                await ledger.release(entry)  # transient: a later call may try again
-            else:
-                await ledger.fail(entry, error)  # permanent: replayed to later calls
-            raise
-        return await self._record(spec, key, entry, result)
+        elif spec.retry_policy.retries(error):
+            await ledger.release(entry)  # transient: a later call may try again
+        else:
+            await ledger.fail(entry, error)  # permanent: replayed to later calls
+        raise error
 
     async def _record(self, spec: ToolSpec, key: str, entry: LedgerEntry, result: Any) -> Any:
         """Persist the result before the caller gets it, and return it as recorded.

@@ -33,6 +33,7 @@ import msgspec
 
 from roost._logging import get_logger
 from roost._validate import is_number
+from roost.actors._cell import KILL_GRACE
 from roost.errors import ConfigurationError, ToolTimeout, ToolUnavailable, TransientToolError
 from roost.tools.breaker import (
     BreakerState,
@@ -52,6 +53,7 @@ __all__ = [
     "call_once",
     "call_with_retry",
     "leaves_outcome_unknown",
+    "stray_exit",
 ]
 
 T = TypeVar("T")
@@ -83,6 +85,21 @@ def leaves_outcome_unknown(error: BaseException) -> bool:
     """
     return isinstance(error, TimeoutError | ConnectionError | aiohttp.ClientConnectionError) \
         and not isinstance(error, ConnectionRefusedError | aiohttp.ClientConnectorError)
+
+
+def stray_exit(tool: str, error: asyncio.CancelledError | GeneratorExit) -> RuntimeError:
+    """The failure of a tool attempt whose own code raised `error`: a CancelledError while
+    the task running it was not being cancelled (a future it awaited was), or a
+    GeneratorExit (a generator's close escaped it).
+
+    Passed on as it is, `error` would look like a cancellation, or an exit, of whatever
+    awaits the call (the tool proxy's task for the call, an actor): it is a plain failure
+    of the tool instead, as such an error from an actor's receive is.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        return RuntimeError(f"tool {tool!r} raised CancelledError although its call was not "
+                            "cancelled (a task or future it awaited was)")
+    return RuntimeError(f"tool {tool!r} raised GeneratorExit (a generator's close escaped it)")
 
 
 class Retry(msgspec.Struct, frozen=True, kw_only=True):
@@ -409,21 +426,30 @@ class Watchdog:
     limit has passed; the attempt then raises ToolTimeout. An attempt is so cut
     off between `limit` and `limit + SWEEP` seconds after it started.
 
+    An attempt that ignores its cancellation for `GRACE` seconds more is reported to
+    `on_stuck(task, tool, limit)`, if set: the tool proxy abandons the call.
+
     It serves one event loop at a time (the system's tools share one); moved to
     another, it forgets what it held on the one before.
     """
 
     SWEEP: ClassVar[float] = 0.01
+    GRACE: ClassVar[float] = KILL_GRACE
 
     def __init__(self) -> None:
+        self.on_stuck: Callable[[asyncio.Task[Any], str, float], object] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._new: dict[object, tuple[asyncio.Task[Any], float]] = {}
+        self._new: dict[object, tuple[asyncio.Task[Any], float, str]] = {}
         self._timers: dict[object, asyncio.TimerHandle] = {}
         self._expired: dict[object, int] = {}  # attempt -> its task's cancel count before
         self._sweep: asyncio.TimerHandle | None = None
 
     async def run(self, call: Callable[[], Awaitable[T]], limit: float, tool: str) -> T:
-        """Await `call()`; once it has run `limit` seconds, cancel it and raise ToolTimeout."""
+        """Await `call()`; once it has run `limit` seconds, cancel it and raise ToolTimeout.
+
+        A CancelledError or GeneratorExit the tool raised itself becomes a RuntimeError
+        (see `stray_exit`).
+        """
         attempt = call()
         task = asyncio.current_task()
         assert task is not None, "Watchdog.run runs in a task"
@@ -434,18 +460,22 @@ class Watchdog:
             self._new.clear()
             self._timers.clear()
             self._expired.clear()
-        self._new[attempt] = (task, limit)
+        self._new[attempt] = (task, limit, tool)
         if self._sweep is None:
             # Timers run in a context of their own: the caller's would keep its actor (and
             # all it holds) alive until a cancelled timer leaves the loop's heap.
             self._sweep = loop.call_later(self.SWEEP, self._arm, context=contextvars.Context())
         try:
             return await attempt
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             before = self._expired.pop(attempt, None)
             if before is not None and task.uncancel() <= before:
                 raise ToolTimeout(tool, limit, "attempt") from None
-            raise
+            if task.cancelling():
+                raise
+            raise stray_exit(tool, cancelled) from cancelled
+        except GeneratorExit as escaped:
+            raise stray_exit(tool, escaped) from escaped
         finally:
             if self._new.pop(attempt, None) is None:
                 timer = self._timers.pop(attempt, None)
@@ -456,16 +486,25 @@ class Watchdog:
 
     def _arm(self) -> None:
         self._sweep = None
-        for attempt, (task, limit) in self._new.items():
+        for attempt, (task, limit, tool) in self._new.items():
             # It started at most SWEEP seconds ago: from now, `limit` is never too early.
             self._timers[attempt] = task.get_loop().call_later(
-                limit, self._expire, attempt, task, context=contextvars.Context())
+                limit, self._expire, attempt, task, limit, tool, context=contextvars.Context())
         self._new.clear()
 
-    def _expire(self, attempt: object, task: asyncio.Task[Any]) -> None:
+    def _expire(self, attempt: object, task: asyncio.Task[Any], limit: float, tool: str) -> None:
         del self._timers[attempt]
         self._expired[attempt] = task.cancelling()
         task.cancel("tool attempt past its time limit")
+        if self.on_stuck is not None:
+            task.get_loop().call_later(self.GRACE, self._still_running, attempt, task, limit,
+                                       tool, context=contextvars.Context())
+
+    def _still_running(self, attempt: object, task: asyncio.Task[Any], limit: float,
+                       tool: str) -> None:
+        """Report an attempt that has not ended `GRACE` seconds after its cancellation."""
+        if attempt in self._expired and self.on_stuck is not None:
+            self.on_stuck(task, tool, limit)
 
 
 class _Slot(Generic[T]):

@@ -98,7 +98,9 @@ class ToolSpec:
             (`DEFAULT_TIMEOUT`), or `retry.attempt_timeout` when that is set; set
             either this or `retry.attempt_timeout`, not both. An attempt past it
             is cancelled; its outcome is unknown, so a tool that is not
-            idempotent is not retried unless `verify` finds it not done. Only a
+            idempotent is not retried unless `verify` finds it not done. An attempt
+            that ignores its cancellation for a second more is abandoned: its call
+            ends as timed out and its task is left running. Only a
             read-only tool with no breaker, bulkhead or retry and no timeout of
             its own runs without a limit: it runs in its caller's task as a
             plain await, holds nothing shared, and its caller can cancel it.
@@ -176,8 +178,10 @@ class ToolSpec:
             raise _invalid(name, "breaker", self.breaker, "use roost.Breaker(...) or None")
         if self.retry is not None and not isinstance(self.retry, Retry):
             raise _invalid(name, "retry", self.retry, "use roost.Retry(...) or None")
-        if self.gate is not None and not callable(getattr(self.gate, "check", None)):
-            raise _invalid(name, "gate", self.gate, "use roost.Gate(...) or None")
+        if self.gate is not None:
+            if not callable(getattr(self.gate, "check", None)):
+                raise _invalid(name, "gate", self.gate, "use roost.Gate(...) or None")
+            self.gate.check(f"tool {name!r}")  # its options, as a pipeline step's gate's
         if self.timeout is not None and not (is_number(self.timeout) and self.timeout > 0):
             raise _invalid(name, "timeout", self.timeout, "use a positive number of seconds")
         if self.timeout is not None and self.retry is not None and (

@@ -64,6 +64,13 @@ async def server(anyio_backend: str) -> AsyncIterator[Server]:
     async def broken_json(request: web.Request) -> web.Response:
         return web.Response(text="{not json", content_type="application/json")
 
+    async def deep_json(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+
+    async def odd_charset(request: web.Request) -> web.Response:
+        return web.Response(body=b"hello",
+                            headers={"Content-Type": "text/plain; charset=x-no-such-charset"})
+
     async def slow(request: web.Request) -> web.Response:
         await slow_may_answer.wait()
         return web.Response(text="too late")
@@ -74,6 +81,8 @@ async def server(anyio_backend: str) -> AsyncIterator[Server]:
     app.router.add_get("/text", text)
     app.router.add_delete("/empty", empty)
     app.router.add_route("*", "/broken-json", broken_json)
+    app.router.add_route("*", "/deep-json", deep_json)
+    app.router.add_route("*", "/odd-charset", odd_charset)
     app.router.add_post("/slow", slow)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -221,6 +230,37 @@ async def test_a_json_body_that_does_not_decode_leaves_a_side_effect_without_a_r
                        r"body that does not decode") as info:
         await call(idempotency_key="k", json={})
     assert (info.value.tool, info.value.key) == ("desk", "k")
+
+
+BODIES_THAT_DO_NOT_DECODE = pytest.mark.parametrize(
+    ("path", "answered"),
+    [
+        ("deep-json", r"answered 200 with a JSON body that does not decode \(RecursionError"),
+        ("odd-charset", r"answered 200 with a body in charset 'x-no-such-charset' that does not "
+                        r"decode \(LookupError"),
+    ],
+)
+
+
+@pytest.mark.anyio
+@BODIES_THAT_DO_NOT_DECODE
+async def test_a_body_that_no_decoder_takes_is_a_failure_of_a_read_only_request(
+    server: Server, session: aiohttp.ClientSession, path: str, answered: str,
+) -> None:
+    call = HttpTool("desk", "GET", f"{server.url}/{path}", session=session)
+    with pytest.raises(PermanentToolError, match=rf"tool 'desk': GET .* {answered}"):
+        await call()
+
+
+@pytest.mark.anyio
+@BODIES_THAT_DO_NOT_DECODE
+async def test_a_body_that_no_decoder_takes_leaves_a_side_effect_without_a_result(
+    server: Server, session: aiohttp.ClientSession, path: str, answered: str,
+) -> None:
+    call = HttpTool("desk", "POST", f"{server.url}/{path}", session=session)
+    with pytest.raises(ToolResultUnrecordable, match=rf"tool 'desk': call with key 'k' took "
+                       rf"effect but its result could not be recorded \(POST .* {answered}"):
+        await call(idempotency_key="k", json={})
 
 
 @pytest.mark.anyio

@@ -354,6 +354,80 @@ async def test_callers_hear_actor_stopped_when_the_proxy_stops_while_a_tool_stil
     await anyio.wait_all_tasks_blocked()
 
 
+STRAY_EXITS = pytest.mark.parametrize(
+    ("stray", "named"),
+    [(asyncio.CancelledError, r"CancelledError although its call was not cancelled"),
+     (GeneratorExit, r"GeneratorExit \(a generator's close escaped it\)")],
+    ids=["CancelledError", "GeneratorExit"],
+)
+
+
+@STRAY_EXITS
+async def test_a_tool_that_raises_cancellation_itself_fails_like_any_failing_tool(
+    tmp_path: Path, stray: type[BaseException], named: str,
+) -> None:
+    ran: list[str] = []
+    go = anyio.Event()
+
+    @roost.tool(retry=roost.Retry(attempts=3, base_delay=0.0))
+    async def charge(card: str) -> str:
+        ran.append(card)
+        raise stray("raised by the tool's own code")
+
+    async with open_system(tmp_path / "store") as system:
+        mailer = Mailer()
+        mailer.hold = go
+        registered(system, charge, mailer.tool)
+        other = asyncio.ensure_future(system.tools.call("send", key="other", to="ada"))
+        await mailer.entered.wait()
+        with anyio.fail_after(5), pytest.raises(RuntimeError, match=rf"tool 'charge' raised {named}"):
+            await system.tools.call("charge", key="order-1", card="4242")
+        # A plain failure: not retried (RuntimeError is not in retry_on), stored and replayed.
+        with pytest.raises(roost.PermanentToolError,
+                           match=r"'order-1' failed before .*RuntimeError: tool 'charge'") as replayed:
+            await system.tools.call("charge", key="order-1", card="4242")
+        assert replayed.value.original_type == "RuntimeError"
+        # The proxy goes on: the call in flight meanwhile is answered.
+        go.set()
+        with anyio.fail_after(5):
+            assert await other == Receipt("ada", 1)
+    assert ran == ["4242"]
+
+
+@STRAY_EXITS
+async def test_a_tool_that_raises_cancellation_itself_is_retried_if_retry_on_says_so(
+    tmp_path: Path, stray: type[BaseException], named: str,
+) -> None:
+    ran: list[str] = []
+
+    @roost.tool(retry=roost.Retry(attempts=3, base_delay=0.0, retry_on=RuntimeError))
+    async def charge(card: str) -> str:
+        ran.append(card)
+        if len(ran) < 3:
+            raise stray("raised by the tool's own code")
+        return "charged"
+
+    async with open_system(tmp_path / "store") as system:
+        registered(system, charge)
+        with anyio.fail_after(5):
+            assert await system.tools.call("charge", key="order-1", card="4242") == "charged"
+    assert ran == ["4242"] * 3
+
+
+@STRAY_EXITS
+async def test_a_read_only_tool_that_raises_cancellation_itself_fails_in_its_callers_task(
+    stray: type[BaseException], named: str,
+) -> None:
+    @roost.tool(read_only=True)  # no time limit: a plain await in the caller's task
+    async def look() -> str:
+        raise stray("raised by the tool's own code")
+
+    async with open_system() as system:
+        registered(system, look)
+        with pytest.raises(RuntimeError, match=rf"tool 'look' raised {named}"):
+            await system.tools.call("look")
+
+
 # --- a key found in flight: an earlier process died mid-call --------------------------------
 
 
@@ -717,6 +791,79 @@ async def test_a_hanging_half_open_probe_is_cut_off_and_the_breaker_opens_again(
                 await system.tools.call("deliver", key="probe", to="ada")  # the probe hangs
         assert system.tools.breaker_states() == {"deliver": "open"}  # not stuck half-open
     assert courier.sent == ["ada", "ada"]
+
+
+class Stubborn:
+    """A side-effecting `deliver` tool that ignores its cancellation until `release` is set."""
+
+    def __init__(self, **options: Any) -> None:
+        self.sent: list[str] = []
+        self.release = asyncio.Event()
+
+        @roost.tool(name="deliver", **options)
+        async def deliver(to: str) -> Receipt:
+            self.sent.append(to)
+            while not self.release.is_set():
+                try:
+                    await self.release.wait()
+                except asyncio.CancelledError:
+                    pass  # swallowed: the attempt goes on past its time limit
+            return Receipt(to, len(self.sent))
+
+        self.tool = deliver
+
+
+async def test_a_call_whose_tool_ignores_its_cancellation_is_abandoned_and_frees_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(roost.tools.retry.Watchdog, "GRACE", 0.1)
+    stubborn = Stubborn(timeout=0.2)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, stubborn.tool)
+        with anyio.fail_after(5), pytest.raises(
+            roost.ToolOutcomeUnknown,
+            match=r"tool 'deliver': call with key 'k' was cut off with its outcome unknown "
+                  r"\(ToolTimeout: tool 'deliver': attempt \(abandoned: it ignored its "
+                  r"cancellation\) timed out after 0\.2s\)",
+        ) as caught:
+            await system.tools.call("deliver", key="k", to="ada")
+        assert isinstance(caught.value.attempt_error, ToolTimeout)
+        assert system.statistics()["abandoned"] == 1
+        assert system.tools.statistics().failures == 1
+        # The key no longer counts as running here: a later call finds its outcome unknown
+        # at once, and a person may settle it.
+        with anyio.fail_after(1), pytest.raises(
+                roost.ToolOutcomeUnknown, match="'k' was left in flight by an earlier call"):
+            await system.tools.call("deliver", key="k", to="ada")
+        assert [call.key for call in await system.tools.unknown_calls()] == ["k"]
+        assert await system.tools.settle_unknown("deliver", "k", done=True,
+                                                 result=Receipt("ada", 7))
+        # The abandoned attempt ends at last: it answers no one and records nothing.
+        abandoned = set(system.engine.abandoned_tasks)
+        assert len(abandoned) == 1
+        stubborn.release.set()
+        await asyncio.wait(abandoned, timeout=5)
+        assert all(task.done() for task in abandoned)
+        assert await system.tools.call("deliver", key="k", to="ada") == Receipt("ada", 7)
+        assert system.tools.statistics().failures == 2  # the abandoned call and the next one
+    assert stubborn.sent == ["ada"]
+
+
+async def test_an_abandoned_call_of_an_idempotent_tool_times_out_and_its_key_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(roost.tools.retry.Watchdog, "GRACE", 0.1)
+    stubborn = Stubborn(timeout=0.2, idempotent=True)
+    async with open_system(tmp_path / "store") as system:
+        registered(system, stubborn.tool)
+        with anyio.fail_after(5), pytest.raises(
+                ToolTimeout, match=r"attempt \(abandoned: it ignored its cancellation\)"):
+            await system.tools.call("deliver", key="k", to="ada")
+        stubborn.release.set()
+        with anyio.fail_after(5):
+            assert await system.tools.call("deliver", key="k", to="ada") == Receipt("ada", 2)
+        assert system.statistics()["abandoned"] == 1
+    assert stubborn.sent == ["ada", "ada"]
 
 
 # --- replays come before the breaker --------------------------------------------------------

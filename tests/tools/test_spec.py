@@ -10,7 +10,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from roost.errors import ConfigurationError, ToolArgumentsInvalid, UnknownTool
+from roost.errors import (
+    ConfigurationError,
+    PipelineDefinitionError,
+    ToolArgumentsInvalid,
+    UnknownTool,
+)
+from roost.pipelines.gate import Gate
 from roost.tools.breaker import Breaker
 from roost.tools.http import HttpTool
 from roost.tools.retry import Retry
@@ -139,6 +145,21 @@ def test_bad_options_name_the_tool_the_field_and_the_value(
     with pytest.raises(ConfigurationError, match=match):
         fn = options.pop("fn", send_email)
         tool(**options)(fn)
+
+
+@pytest.mark.parametrize(
+    ("gate", "match"),
+    [
+        (Gate(show="the amount"), r"tool 'send_email': gate show= must be a function"),  # type: ignore[arg-type]
+        (Gate(when=True), r"tool 'send_email': gate when= must be a function"),  # type: ignore[arg-type]
+        (Gate(reason=3), r"tool 'send_email': gate reason= must be text or a function"),  # type: ignore[arg-type]
+        (Gate(assignees=["finance", ""]), r"tool 'send_email': gate assignees= must be non-empty"),
+        (Gate(input_type=object()), r"tool 'send_email': gate input_type=.* is not a type"),
+    ],
+)
+def test_a_tools_gate_is_checked_as_a_pipeline_steps_gate_is(gate: Gate, match: str) -> None:
+    with pytest.raises(PipelineDefinitionError, match=match):
+        tool(gate=gate)(send_email)
 
 
 @pytest.mark.parametrize("name", ["", " mail", "send mail", 3, "m" * 201])
