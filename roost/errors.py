@@ -310,17 +310,34 @@ class StoreCorrupt(StoreError):
         )
 
 
-class CheckpointCorrupt(StoreError):
-    """A stored record did not decode (corrupt bytes, unknown schema version, wrong type)."""
+#: What to do about a record that does not decode, unless the code raising the error knows
+#: better: the store is probably damaged, and the check finds every other damaged record.
+DAMAGED_RECORD_ADVICE = ("run `roost store check` on the store (with the systems and consoles "
+                         "that use it stopped) to list every damaged record, and restore the "
+                         "store from a backup if it reports damage")
 
-    def __init__(self, run_id: str, step: str | None, key: bytes, error: str) -> None:
+
+class CheckpointCorrupt(StoreError):
+    """A stored checkpoint (of an actor, or of a pipeline run) did not decode (corrupt bytes,
+    unknown schema version, wrong type).
+
+    Attributes:
+        advice: what to do, ending the message; `DAMAGED_RECORD_ADVICE` plus, for an
+            actor, how to start it afresh, unless the code raising it gave its own.
+    """
+
+    def __init__(self, run_id: str, step: str | None, key: bytes, error: str, *,
+                 advice: str | None = None) -> None:
         self.run_id = run_id
         self.step = step
         self.key = key
         self.error = error
+        self.advice = advice or (
+            f"{DAMAGED_RECORD_ADVICE}; an actor whose checkpoint this is can instead start "
+            "from its initial state (set `fresh_on_corrupt_checkpoint = True` on its class)")
         super().__init__(
             f"checkpoint of run {run_id!r} step {step!r} (key {key!r}) does not decode: "
-            f"{error}; prune it, or start the actor fresh"
+            f"{error}; {self.advice}"
         )
 
 
@@ -356,13 +373,19 @@ class CheckpointUnencodable(StoreError):
 
 
 class RecordCorrupt(StoreError):
-    """A non-checkpoint record (run, ledger entry, gate) did not decode."""
+    """A non-checkpoint record (run, ledger entry, gate, step result) did not decode.
 
-    def __init__(self, kind: str, key: bytes, error: str) -> None:
+    Attributes:
+        advice: what to do, ending the message (`DAMAGED_RECORD_ADVICE` unless the code
+            raising it gave its own).
+    """
+
+    def __init__(self, kind: str, key: bytes, error: str, *, advice: str | None = None) -> None:
         self.kind = kind
         self.key = key
         self.error = error
-        super().__init__(f"{kind} record at key {key!r} does not decode: {error}")
+        self.advice = advice or DAMAGED_RECORD_ADVICE
+        super().__init__(f"{kind} record at key {key!r} does not decode: {error}; {self.advice}")
 
 
 class TraceNotFound(RoostError, LookupError):

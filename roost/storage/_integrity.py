@@ -10,13 +10,14 @@ started fresh. After opening, the store's header record must match that id.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import uuid
 from pathlib import Path
 
 import msgspec
 
-from roost.errors import StoreCorrupt, StoreUnavailable
+from roost.errors import StoreCorrupt, StoreError, StoreUnavailable
 
 DATA_FILE = "data.mdb"
 ID_FILE = "roost.id"
@@ -69,27 +70,58 @@ def decode_header(path: Path, raw: bytes) -> StoreHeader:
 
 
 def recorded_id(path: Path) -> str | None:
-    """The store id kept beside the data file, or None if this folder never held a store."""
+    """The store id kept beside the data file, or None if this folder never held a store.
+
+    Raises:
+        StoreCorrupt: the id file is there but cannot be read as an id (not text, a
+            folder, a symlink loop, an I/O error).
+    """
     try:
-        return (path / ID_FILE).read_text().strip() or None
+        raw = (path / ID_FILE).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError:
+        raise
+    except OSError as exc:
+        raise _unreadable_id(path, exc.strerror or str(exc)) from exc
+    try:
+        return raw.decode().strip() or None
+    except UnicodeDecodeError as exc:
+        raise _unreadable_id(path, "it is not text") from exc
+
+
+def _unreadable_id(path: Path, why: str) -> StoreCorrupt:
+    return corrupt(path, f"its store id file {ID_FILE} cannot be read ({why}; if {DATA_FILE} "
+                         f"is intact, deleting {ID_FILE} is enough: roost writes it again from "
+                         "the store's header)")
 
 
 def record_id(path: Path, store_id: str) -> None:
-    """Keep the store id beside the data file (durably: it guards against starting fresh)."""
+    """Keep the store id beside the data file (durably: it guards against starting fresh).
+
+    Raises:
+        StoreUnavailable: the file cannot be written (naming the cause).
+    """
     target = path / ID_FILE
     temporary = path / f"{ID_FILE}.tmp"
-    with open(temporary, "w") as file:
-        file.write(store_id + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, target)
-    directory = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        with open(temporary, "w") as file:
+            file.write(store_id + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+        directory = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except PermissionError:
+        raise
+    except OSError as exc:
+        raise StoreUnavailable(str(path), f"cannot write its store id file {ID_FILE} "
+                                          f"({exc.strerror or exc}); make sure {ID_FILE} and "
+                                          f"{ID_FILE}.tmp in the folder are plain files or "
+                                          "absent, and that the disk has room") from exc
 
 
 def check_data_file(path: Path) -> bool:
@@ -106,16 +138,29 @@ def check_data_file(path: Path) -> bool:
     held = f"store {store_id}" if store_id is not None else (
         f"a store ({LMDB_LOCK_FILE} is still there)" if (path / LMDB_LOCK_FILE).exists() else None)
     try:
-        size = data.stat().st_size
+        status = data.stat()
     except FileNotFoundError:
-        size = None
+        status = None
+    except PermissionError:
+        raise
+    except OSError as exc:
+        raise _unusable_data_file(path, f"cannot be read ({exc.strerror or exc})", held) from exc
+    if status is not None and not stat.S_ISREG(status.st_mode):
+        kind = "a folder" if stat.S_ISDIR(status.st_mode) else "a device, pipe or socket"
+        raise _unusable_data_file(path, f"is {kind}, not a file", held)
+    size = None if status is None else status.st_size
     if not size:
         if held is None:
             return False
         what = "missing" if size is None else "empty (0 bytes)"
         raise corrupt(path, f"its data file {DATA_FILE} is {what}, but the folder held {held}")
-    with open(data, "rb") as file:
-        head = file.read(2 * 65536)
+    try:
+        with open(data, "rb") as file:
+            head = file.read(2 * 65536)
+    except PermissionError:
+        raise
+    except OSError as exc:
+        raise _unusable_data_file(path, f"cannot be read ({exc.strerror or exc})", held) from exc
     last_page, page_size = _newest_meta(path, head, held_a_store=held is not None)
     needed = (last_page + 1) * page_size
     if size < needed:
@@ -159,6 +204,15 @@ def _read_meta(head: bytes, page_offset: int) -> tuple[int, int, int] | None:
 
 
 _PAGE_SIZES = frozenset(2**n for n in range(9, 17))
+
+
+def _unusable_data_file(path: Path, what: str, held: str | None) -> StoreError:
+    """A data file that is there but not a readable file (a folder, a symlink loop, an I/O
+    error): damage if the folder held a store, else a folder that is not a store."""
+    if held is None:
+        return StoreUnavailable(str(path), f"its {DATA_FILE} {what}; it must be a roost store "
+                                           "folder or an empty folder")
+    return corrupt(path, f"its data file {DATA_FILE} {what}, but the folder held {held}")
 
 
 def corrupt(path: Path, detail: str) -> StoreCorrupt:

@@ -6,6 +6,12 @@ commits, flushes once if any of them asked for durability, then wakes the event
 loop once (`call_soon_threadsafe`) to settle all of their futures: one thread hop
 and one fsync serve the whole batch.
 
+The thread is a daemon, so a process whose event loop stopped without closing the
+store (a `KeyboardInterrupt` raised inside a task) still exits. At interpreter exit
+such a store is closed here: the writes queued so far are committed and flushed.
+A write acknowledged to its caller is committed before that, so it is never lost;
+LMDB commits are atomic, so a commit cut short by the exit is simply not there.
+
 The thread must not die: a batch whose handling raises anything fails its own
 callers with a `StoreError` naming the cause, and the thread goes on serving. Its
 logging can never raise into it (a log write can hit a full disk too). If the thread
@@ -16,6 +22,7 @@ listeners are told, so the system stops with that error instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import queue
 import threading
 import time
@@ -34,6 +41,8 @@ from roost.storage.ops import Append, Delete, Fence, Insert, Lease, Op, Put, Upd
 
 # Bounds one transaction's size and the wait of the writes queued behind it.
 _MAX_BATCH = 1024
+# How long interpreter exit waits for each store left open to commit, flush and close.
+_EXIT_WAIT = 10.0
 
 _log = get_logger("roost.storage")
 
@@ -52,11 +61,14 @@ class WriteRequest:
 
 
 class _Stop:
-    """Tells the writer to finish the writes queued before it, flush and close the store."""
+    """Tells the writer to finish the writes queued before it, flush and close the store.
+
+    `future` settles when that is done; None at interpreter exit, when nobody waits.
+    """
 
     __slots__ = ("future",)
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
+    def __init__(self, future: asyncio.Future[None] | None) -> None:
         self.future = future
 
 
@@ -103,7 +115,23 @@ class Writer:
 
     def start(self) -> None:
         """Start the writer thread."""
+        with _running_lock:
+            _running.add(self)
         self._thread.start()
+
+    def close_at_exit(self) -> None:
+        """At interpreter exit, close a store left open: commit and flush what is queued.
+
+        Waits at most `_EXIT_WAIT` seconds: the process exits then, as after a crash.
+        """
+        if not self._thread.is_alive():
+            return
+        _safe_log("warning", "store_closed_at_exit", None, path=self._path,
+                  advice="the process is exiting with the store still open (its system did "
+                         "not stop, e.g. after a KeyboardInterrupt); writes acknowledged "
+                         "before are safe")
+        self._queue.put(_Stop(None))
+        self._thread.join(_EXIT_WAIT)
 
     def submit(self, request: WriteRequest) -> None:
         """Queue a write (from the event loop thread; never blocks).
@@ -142,6 +170,9 @@ class Writer:
             self._serve()
         except BaseException as exc:  # the thread is ending: nobody may be left waiting
             self._die(exc)
+        finally:
+            with _running_lock:
+                _running.discard(self)
 
     def _serve(self) -> None:
         while True:
@@ -166,7 +197,11 @@ class Writer:
                 if self._flush_due_in() == 0.0:
                     self._flush_unflushed()
             if isinstance(item, _Stop):
-                self._settle([(item.future, None, self._close())])
+                error = self._close()
+                if item.future is not None:
+                    self._settle([(item.future, None, error)])
+                elif error is not None:
+                    _safe_log("error", "store_close_failed", error, path=self._path)
                 return
 
     def _write_safely(self, batch: list[WriteRequest]) -> list[Outcome]:
@@ -201,7 +236,8 @@ class Writer:
             except queue.Empty:
                 break
             if isinstance(item, _Stop):
-                outcomes.append((item.future, None, None))
+                if item.future is not None:
+                    outcomes.append((item.future, None, None))
             else:
                 outcomes.extend((request.future, None, dead) for request in item)
         try:
@@ -421,6 +457,20 @@ class Writer:
             self._loop.call_soon_threadsafe(_resolve, outcomes)
         except RuntimeError:
             pass  # the loop is closed: nobody is left waiting
+
+
+#: The writers whose thread runs: the stores not closed yet.
+_running: set[Writer] = set()
+_running_lock = threading.Lock()
+
+
+@atexit.register
+def _close_stores_left_open() -> None:
+    """Close every store still open when the interpreter exits (see the module docstring)."""
+    with _running_lock:
+        writers = list(_running)
+    for writer in writers:
+        writer.close_at_exit()
 
 
 def _safe_log(level: str, event: str, error: BaseException | None, **fields: Any) -> None:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import msgspec
 
 from roost.errors import StoreError, StoreUnavailable
 from roost.storage import _run_index
 from roost.storage._integrity import record_id
+from roost.storage._threads import in_thread
 from roost.storage.checkpoints import Checkpoint
 from roost.storage.codecs import RecordCodec
 from roost.storage.gates import decode_gate
@@ -169,7 +169,7 @@ async def backup_store(path: str | os.PathLike[str], destination: str | os.PathL
                                              "and a standby")
     target = Path(destination)
     async with Store.open(path, create=False) as store:
-        await anyio.to_thread.run_sync(_prepare_destination, target)
+        await in_thread(_prepare_destination, target)
         await store.copy_to(target)
-        await anyio.to_thread.run_sync(record_id, target, store.store_id)
+        await in_thread(record_id, target, store.store_id)
     return target

@@ -28,7 +28,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-import anyio
 import lmdb
 import msgspec
 
@@ -39,6 +38,7 @@ from roost.storage._environment import CORRUPTION, Environment, open_environment
 from roost.storage._guard import MapGuard
 from roost.storage._keys import SEQ_SIZE, key_range, seek_last
 from roost.storage._snapshot import Snapshot
+from roost.storage._threads import in_thread
 from roost.storage._writer import Writer, WriteRequest
 from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 
@@ -138,14 +138,14 @@ class Store:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval={flush_interval!r} must be positive seconds")
         loop = asyncio.get_running_loop()
-        opening = asyncio.ensure_future(anyio.to_thread.run_sync(partial(
+        opening = asyncio.ensure_future(in_thread(partial(
             open_environment, Path(path), nosync=durability == "async", map_size=map_size,
             create=create, readonly=readonly)))
         try:
             environment = await to_completion(opening)
         except asyncio.CancelledError:  # opened all the same: release the folder and its lock
             if not opening.cancelled() and opening.exception() is None:
-                await to_completion(anyio.to_thread.run_sync(opening.result().close))
+                await to_completion(in_thread(opening.result().close))
             raise
         guard = MapGuard()
         writer = None
@@ -166,7 +166,7 @@ class Store:
             return
         self._closed = True
         if self._writer is None:
-            await to_completion(anyio.to_thread.run_sync(self._close_readonly))
+            await to_completion(in_thread(self._close_readonly))
             return
         done: asyncio.Future[None] = self._loop.create_future()
         self._writer.stop(done)
@@ -290,7 +290,7 @@ class Store:
             finally:
                 self._guard.release_shared()
 
-        await anyio.to_thread.run_sync(copy)
+        await in_thread(copy)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -359,7 +359,7 @@ class Store:
         remaining = limit
         while remaining is None or remaining > 0:
             size = _SCAN_CHUNK if remaining is None else min(_SCAN_CHUNK, remaining)
-            chunk = await anyio.to_thread.run_sync(
+            chunk = await in_thread(
                 self._read_chunk, handle, low, high, reverse, size)
             for item in chunk:
                 yield item
@@ -383,7 +383,7 @@ class Store:
             StoreError: the store is closed.
             StoreCorrupt: LMDB finds the pages read damaged.
         """
-        return await anyio.to_thread.run_sync(self._read, function)
+        return await in_thread(self._read, function)
 
     def read_on_loop(self, function: Callable[[Snapshot], T]) -> T:
         """`function(snapshot)`, run right here (on the event loop) over one read transaction.

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -150,3 +151,48 @@ def test_check_writes_a_key_with_a_nul_as_an_escape(
     out = capfd.readouterr().out
     assert code == 1
     assert "unreadable: gates[run-1\\x00review]:" in out and "\x00" not in out
+
+
+def id_file_not_text(store: Path) -> None:
+    (store / "roost.id").write_bytes(b"\xff\xfenot an id")
+
+
+def id_file_a_folder(store: Path) -> None:
+    (store / "roost.id").unlink()
+    (store / "roost.id").mkdir()
+
+
+def data_file_a_folder(store: Path) -> None:
+    (store / "data.mdb").unlink()
+    (store / "data.mdb").mkdir()
+
+
+def data_file_a_symlink_loop(store: Path) -> None:
+    (store / "data.mdb").unlink()
+    (store / "data.mdb").symlink_to(store / "data.mdb")
+
+
+@pytest.mark.parametrize(("damage", "detail"), [
+    (id_file_not_text, "its store id file roost.id cannot be read (it is not text"),
+    (id_file_a_folder, "its store id file roost.id cannot be read (Is a directory"),
+    (data_file_a_folder, "its data file data.mdb is a folder, not a file"),
+    (data_file_a_symlink_loop, "its data file data.mdb cannot be read (Too many levels of "
+                               "symbolic links)")],
+    ids=["id not text", "id a folder", "data a folder", "data a symlink loop"])
+@pytest.mark.parametrize("args", [["store", "check", "store"], ["store", "backup", "store", "copy"],
+                                  ["runs", "--store", "store"], ["gates", "--store", "store"],
+                                  ["decide", "run-1", "review", "approve", "--by", "ann",
+                                   "--store", "store"]],
+                         ids=["store check", "store backup", "runs", "gates", "decide"])
+def test_an_odd_file_in_the_store_folder_is_a_one_line_store_corrupt_not_a_traceback(
+        tmp_path: Path, args: list[str], damage: Callable[[Path], None], detail: str) -> None:
+    anyio.run(a_store, tmp_path / "store")
+    damage(tmp_path / "store")
+
+    result = subprocess.run([*ROOST, *args], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+
+    assert (result.returncode, result.stdout) == (1, "")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"roost: StoreCorrupt: the store at 'store' is damaged: {detail}"), line
+    assert "restore the folder from a backup" in line

@@ -291,3 +291,19 @@ async def test_delete_runs_passes_over_ids_no_checkpoint_can_be_saved_under(
 
     assert await checkpoints.delete_runs(["", "run\x00nul", "r" * 600, "run-1"]) == 1
     assert await checkpoints.latest("run-1") is None
+
+
+async def test_a_corrupt_checkpoint_says_what_to_do_for_a_run_or_an_actor(
+        store: Store, checkpoints: CheckpointStore) -> None:
+    await store.commit([Put("checkpoints", checkpoint_key("run-7", 1), b"\xc1 not msgpack")])
+
+    with pytest.raises(CheckpointCorrupt) as raised:
+        await checkpoints.latest("run-7")
+
+    message = str(raised.value)
+    assert message.startswith("checkpoint of run 'run-7' step None (key b'run-7\\x00")
+    assert ("run `roost store check` on the store (with the systems and consoles that use it "
+            "stopped) to list every damaged record, and restore the store from a backup if it "
+            "reports damage; an actor whose checkpoint this is can instead start from its "
+            "initial state (set `fresh_on_corrupt_checkpoint = True` on its class)") in message
+    assert "prune it" not in message  # prune stops at a checkpoint that does not decode

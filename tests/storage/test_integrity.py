@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -258,3 +259,70 @@ async def test_check_reads_the_index_of_ended_runs_and_names_a_malformed_entry(
     assert report.records["runs"] == 3 + 3 + 1  # the records, their entries, the marker
     assert {(p.db, p.error.split(" is malformed: ")[0]) for p in report.problems} == {
         ("runs", f"run index entry at key {key!r}") for key in bad}
+
+
+def make_id_file_not_text(path: Path) -> None:
+    (path / "roost.id").write_bytes(b"\xff\xfenot an id")
+
+
+def make_id_file_a_folder(path: Path) -> None:
+    (path / "roost.id").unlink()
+    (path / "roost.id").mkdir()
+
+
+@pytest.mark.parametrize(("damage", "why"), [(make_id_file_not_text, "it is not text"),
+                                             (make_id_file_a_folder, "Is a directory")])
+@pytest.mark.parametrize("readonly", [False, True])
+async def test_an_unreadable_id_file_is_store_corrupt_saying_what_to_do(
+        tmp_path: Path, damage: Callable[[Path], None], why: str, readonly: bool) -> None:
+    await filled_store(tmp_path, 10)
+    damage(tmp_path)
+
+    with pytest.raises(StoreCorrupt, match=rf"'{tmp_path}' is damaged: its store id file roost.id "
+                                           rf"cannot be read \({why}; if data.mdb is intact, "
+                                           r"deleting roost.id is enough"):
+        await Store.open(tmp_path, readonly=readonly)
+
+
+async def test_a_store_whose_unreadable_id_file_was_deleted_opens_with_its_records(
+        tmp_path: Path) -> None:
+    await filled_store(tmp_path, 10)
+    make_id_file_not_text(tmp_path)
+    (tmp_path / "roost.id").unlink()  # what the error advises
+
+    async with Store.open(tmp_path) as store:
+        assert await store.get("traces", b"k00003") is not None
+    assert (tmp_path / "roost.id").read_text().strip() == store.store_id
+
+
+def make_data_file_a_folder(path: Path) -> None:
+    (path / "data.mdb").unlink()
+    (path / "data.mdb").mkdir()
+
+
+def make_data_file_a_symlink_loop(path: Path) -> None:
+    (path / "data.mdb").unlink()
+    (path / "data.mdb").symlink_to(path / "data.mdb")
+
+
+@pytest.mark.parametrize(("damage", "what"), [
+    (make_data_file_a_folder, "is a folder, not a file"),
+    (make_data_file_a_symlink_loop, r"cannot be read \(Too many levels of symbolic links\)")])
+@pytest.mark.parametrize("readonly", [False, True])
+async def test_a_data_file_that_is_not_a_readable_file_is_store_corrupt(
+        tmp_path: Path, damage: Callable[[Path], None], what: str, readonly: bool) -> None:
+    await filled_store(tmp_path, 10)
+    damage(tmp_path)
+
+    with pytest.raises(StoreCorrupt, match=rf"its data file data.mdb {what}, but the folder held "
+                                           r"store [0-9a-f]{32}; restore the folder from a backup"):
+        await Store.open(tmp_path, readonly=readonly)
+
+
+async def test_a_folder_in_place_of_the_data_file_of_a_folder_that_never_held_a_store_is_refused(
+        tmp_path: Path) -> None:
+    (tmp_path / "data.mdb").mkdir()
+
+    with pytest.raises(StoreUnavailable, match=r"its data.mdb is a folder, not a file; it must "
+                                               "be a roost store folder or an empty folder"):
+        await Store.open(tmp_path)

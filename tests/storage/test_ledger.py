@@ -325,3 +325,13 @@ class LedgerMachine(RuleBasedStateMachine):
 LedgerMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=20,
                                            deadline=None)
 test_the_ledger_behaves_like_its_model = LedgerMachine.TestCase
+
+
+async def test_a_corrupt_entry_says_to_check_the_store_and_restore_it_from_a_backup(
+        store: Store, ledger: Ledger) -> None:
+    await store.commit([Put("ledger", ledger_key("send", "k"), b"\x93not an entry")])
+
+    with pytest.raises(RecordCorrupt, match=r"ledger_entry record at key b'send\\x00k' does not "
+                                            r"decode: .*; run `roost store check` on the store .*"
+                                            "restore the store from a backup"):
+        await ledger.get("send", "k")

@@ -362,3 +362,27 @@ async def test_a_run_id_too_long_to_index_still_ends(store: Store, runs: RunStor
 async def test_a_run_id_that_is_not_valid_unicode_is_refused(runs: RunStore) -> None:
     with pytest.raises(ConfigurationError, match="is not valid Unicode text"):
         await runs.create("half-\ud800-surrogate", pipeline="p")
+
+
+async def test_a_run_record_that_does_not_decode_names_it_and_says_what_to_do(
+        store: Store, runs: RunStore) -> None:
+    await store.commit([Put("runs", b"run-1", b"\xc1 not msgpack")])
+
+    with pytest.raises(RecordCorrupt) as raised:
+        await runs.get("run-1")
+
+    assert str(raised.value).startswith("run record at key b'run-1' does not decode: ")
+    assert str(raised.value).endswith(
+        "; run `roost store check` on the store (with the systems and consoles that use it "
+        "stopped) to list every damaged record, and restore the store from a backup if it "
+        "reports damage")
+
+
+def test_the_code_raising_record_corrupt_may_give_its_own_advice() -> None:
+    error = RecordCorrupt("run", b"run-1", "its input does not decode as Order",
+                          advice="register the pipeline with the input type the run began with")
+
+    assert str(error) == ("run record at key b'run-1' does not decode: its input does not decode "
+                          "as Order; register the pipeline with the input type the run began "
+                          "with")
+    assert error.advice == "register the pipeline with the input type the run began with"

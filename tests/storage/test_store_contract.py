@@ -10,12 +10,12 @@ session's private server (tests/_postgres.py), in a schema of its own.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import pytest
 
 from roost.errors import ConfigurationError, IdempotencyConflict, RunNotFound, StoreError
@@ -288,11 +288,13 @@ async def test_last_finds_the_greatest_key_under_a_prefix(store: StoreInterface)
 
 async def test_a_read_sees_one_snapshot_while_writes_go_on(store: StoreInterface) -> None:
     await store.commit([Put("runs", b"a", b"before"), Put("runs", b"b", b"before")])
+    loop = asyncio.get_running_loop()
 
     def read(snapshot: SnapshotReader) -> tuple[bytes | None, list[tuple[bytes, bytes]]]:
         first = snapshot.get("runs", b"a")
-        anyio.from_thread.run(store.commit, [Put("runs", b"a", b"after"),
-                                             Put("runs", b"c", b"after")])
+        asyncio.run_coroutine_threadsafe(store.commit([Put("runs", b"a", b"after"),
+                                                       Put("runs", b"c", b"after")]),
+                                         loop).result()
         return first, list(snapshot.scan("runs"))
 
     first, scanned = await store.read(read)

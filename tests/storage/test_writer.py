@@ -1,9 +1,14 @@
 """Tests of roost/storage/_writer.py: the writer thread survives any failure of a batch, and if
-it dies anyway every waiter (and the system) hears it at once instead of hanging."""
+it dies anyway every waiter (and the system) hears it at once instead of hanging; a process
+whose event loop stops with its store open still exits, keeping the writes acknowledged."""
 
 from __future__ import annotations
 
 import errno
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,8 @@ from roost.errors import StoreError
 from roost.storage import Put, Store, Update
 from roost.storage._writer import Writer
 from tests.support import fill
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +124,78 @@ async def test_a_full_disk_fails_writes_clearly_and_the_store_recovers_when_spac
     async with Store.open(store_path) as reopened:
         assert await reopened.get("runs", b"before") == b"x" * 1000
         assert await reopened.get("runs", b"after") == b"z"
+
+
+def run_to_exit(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a new interpreter; fail the test if it has not exited after 30 s."""
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args],
+                              capture_output=True, text=True, timeout=30, cwd=ROOT)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"the process did not exit (killed after 30 s): {expired.stderr!r}")
+
+
+INTERRUPTED_WITH_THE_STORE_OPEN = """
+    import asyncio, sys
+    from roost.storage import Put, Store
+
+    async def main(path, raised):
+        store = await Store.open(path, durability="async", flush_interval=3600)
+        await store.commit([Put("runs", b"acknowledged", b"1")])
+        await store.read(lambda snapshot: None)  # a worker thread
+        async def interrupt():
+            raise eval(raised)
+        asyncio.get_running_loop().create_task(interrupt())
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # asyncio.run cancels this task on its way out...
+            raise eval(raised) from None  # ...and is interrupted again: it never finishes
+
+    asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("raised", "exit_code"), [("KeyboardInterrupt()", -signal.SIGINT),
+                                                   ("SystemExit(3)", 3)])
+def test_a_process_whose_loop_stops_with_the_store_open_exits_and_keeps_acknowledged_writes(
+        tmp_path: Path, raised: str, exit_code: int) -> None:
+    child = run_to_exit(INTERRUPTED_WITH_THE_STORE_OPEN, str(tmp_path), raised)
+
+    assert child.returncode == exit_code, child.stderr
+    assert "store_closed_at_exit" in child.stdout + child.stderr
+
+    async def read_back() -> bytes | None:
+        async with Store.open(tmp_path) as store:
+            return await store.get("runs", b"acknowledged")
+
+    assert anyio.run(read_back) == b"1"
+
+
+TOOL_RAISING = """
+    import asyncio, sys
+    import roost
+
+    async def main(path, raised):
+        async with roost.ActorSystem(store=path, log_level="critical") as system:
+            for options in ({}, {"read_only": True}):
+                async def interrupting(x: int) -> int:
+                    raise eval(raised)
+                interrupting.__name__ = name = f"interrupting_{len(options)}"
+                system.tools.register(roost.tool(**options)(interrupting))
+                for _ in range(2):
+                    try:
+                        await asyncio.wait_for(system.tools.call(name, x=1, key="k"), 5)
+                    except BaseException:
+                        pass
+
+    asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("raised", ["KeyboardInterrupt('in a tool')", "SystemExit('in a tool')"])
+def test_a_tool_raising_keyboard_interrupt_or_system_exit_does_not_hang_the_process_at_exit(
+        tmp_path: Path, raised: str) -> None:
+    child = run_to_exit(TOOL_RAISING, str(tmp_path / "store"), raised)
+
+    assert child.returncode != 0
+    assert "in a tool" in child.stderr

@@ -27,8 +27,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Seque
 from types import TracebackType
 from typing import Any, TypeVar
 
-import anyio
-
 from roost._completion import to_completion
 from roost._histogram import Histogram
 from roost.errors import (
@@ -40,6 +38,7 @@ from roost.errors import (
     StoreUnreachable,
 )
 from roost.storage._keys import SEQ_SIZE, key_range
+from roost.storage._threads import in_thread
 from roost.storage._writer import WriteRequest
 from roost.storage.ops import DATABASES, Append, Delete, Fence, Insert, Lease, Op, Put, Update
 from roost.storage.postgres import _sql
@@ -166,10 +165,10 @@ class PostgresStore:
             if not starting.cancelled() and starting.exception() is None:
                 await to_completion(starting.result().close())
             else:
-                await to_completion(anyio.to_thread.run_sync(io.stop))
+                await to_completion(in_thread(io.stop))
             raise
         except BaseException:
-            await to_completion(anyio.to_thread.run_sync(io.stop))
+            await to_completion(in_thread(io.stop))
             raise
 
     @classmethod
@@ -221,9 +220,9 @@ class PostgresStore:
     async def _close(self) -> None:
         if self._writer is not None:
             await self._writer.stop()
-        await anyio.to_thread.run_sync(self._wait_for_readers)
+        await in_thread(self._wait_for_readers)
         await self._io.call(self._close_pool())
-        await anyio.to_thread.run_sync(self._io.stop)
+        await in_thread(self._io.stop)
 
     def _wait_for_readers(self) -> None:
         with self._readers_done:
@@ -432,7 +431,7 @@ class PostgresStore:
         Raises:
             StoreError: the store is closed, or the server could not be read.
         """
-        return await anyio.to_thread.run_sync(self._read, function)
+        return await in_thread(self._read, function)
 
     def read_on_loop(self, function: Callable[[PostgresSnapshot], T]) -> T:
         """`read` without the worker thread: `function(snapshot)` runs right here.
