@@ -78,7 +78,11 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
     The breaker opens on `failures` consecutive counted failures, or, when
     `failure_rate` is set, once the counted failures in the last `window` seconds
     reach that share of at least `min_calls` calls. Setting both turns both
-    rules on. Errors `counts` rejects are ignored: neither success nor failure.
+    rules on. With `slow_call` set, it also opens once the calls that took at least
+    that long reach `slow_call_rate` of at least `min_calls` calls in the window
+    (resilience4j's slow-call rate): a dependency that answers, but too slowly, is
+    failing its callers too. Errors `counts` rejects are ignored: neither success
+    nor failure.
 
     Example:
         Breaker(failures=5, cooldown=30.0)
@@ -91,7 +95,10 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
             breaker, measured over `window`; None turns the rule off.
         window: Seconds of history the failure rate looks at; it slides in
             steps of a tenth of itself.
-        min_calls: Calls the window must hold before the rate can open the breaker.
+        min_calls: Calls the window must hold before a rate can open the breaker.
+        slow_call: Seconds from which a call counts as slow (whether it succeeded or
+            failed); None turns the slow-call rule off.
+        slow_call_rate: Share of slow calls (0 < rate <= 1) that opens the breaker.
         cooldown: Seconds the breaker stays open before it turns half-open.
         probes: Calls let through while half-open (resilience4j's permitted calls in
             half-open state): the breaker closes once they all succeed, and opens again
@@ -105,6 +112,8 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
     min_calls: int = 10
     cooldown: float = 30.0
     probes: int = 1
+    slow_call: float | None = None
+    slow_call_rate: float = 1.0
     counts: ErrorFilter = DEFAULT_COUNTS
 
     def __post_init__(self) -> None:
@@ -125,6 +134,12 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True):
             raise _invalid("cooldown", self.cooldown, "use a positive number of seconds")
         if not is_count(self.probes, 1):
             raise _invalid("probes", self.probes, "use a whole number >= 1")
+        if self.slow_call is not None and not (is_number(self.slow_call)
+                                               and 0 < self.slow_call < math.inf):
+            raise _invalid("slow_call", self.slow_call,
+                           "use a positive number of seconds, or None")
+        if not (is_number(self.slow_call_rate) and 0 < self.slow_call_rate <= 1):
+            raise _invalid("slow_call_rate", self.slow_call_rate, "use a share in (0, 1], e.g. 0.8")
         if not is_error_filter(self.counts):
             raise _invalid(
                 "counts",
@@ -161,8 +176,8 @@ class BreakerTransition(msgspec.Struct, frozen=True, kw_only=True):
         new: The state after.
         at: Clock time of the change (the breaker's clock, like `retry_at`).
         reason: Why: `failures` (consecutive failures reached the threshold),
-            `failure_rate`, `probe_failed`, `cooldown_ended`, `probe_succeeded`,
-            `forced_open` or `reset`.
+            `failure_rate`, `slow_calls`, `probe_failed`, `probe_slow`,
+            `cooldown_ended`, `probe_succeeded`, `forced_open` or `reset`.
         cause: The error that opened the breaker, for a change to open by a
             failure; None otherwise.
     """
@@ -205,6 +220,7 @@ class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         consecutive_failures: Counted failures since the last success.
         window_calls: Calls in the failure-rate window (0 when that rule is off).
         window_failures: Counted failures in that window.
+        window_slow_calls: Slow calls in that window (0 when `slow_call` is off).
         successes: Successes reported since the breaker was made.
         failures: Counted failures reported since then.
         ignored: Failures the breaker ignored (not counted, or cancellations).
@@ -220,6 +236,7 @@ class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     consecutive_failures: int
     window_calls: int
     window_failures: int
+    window_slow_calls: int
     successes: int
     failures: int
     ignored: int
@@ -247,7 +264,8 @@ class CircuitBreaker:
         self._clock = clock
         self._counts = config.counts
         self._threshold = config.failure_threshold
-        self._window = _Window(config.window) if config.failure_rate is not None else None
+        self._window = (_Window(config.window) if config.failure_rate is not None
+                        or config.slow_call is not None else None)
         self._listeners: list[Listener] = []
         self._state = BreakerState.CLOSED
         # Replaced whenever the breaker opens, so outcomes of calls admitted
@@ -321,28 +339,35 @@ class CircuitBreaker:
         cooldown = self.config.cooldown
         raise ToolUnavailable(self.tool, now + cooldown, cooldown, self._opened_by)
 
-    def on_success(self, permit: Permit) -> None:
-        """Report that the call made with `permit` succeeded; a probe's success closes.
+    def on_success(self, permit: Permit, seconds: float | None = None) -> None:
+        """Report that the call made with `permit` succeeded (in `seconds`, if known);
+        a probe's success closes, unless it was slow.
 
-        In the closed state the failure rate is checked after every call, as
-        resilience4j does: the success that brings the window to `min_calls` opens
-        the breaker if the failures already reach the rate.
+        In the closed state the rates are checked after every call, as resilience4j
+        does: the success that brings the window to `min_calls` opens the breaker if
+        the failures, or the slow calls, already reach their rate.
         """
         self._successes += 1
+        slow = self._slow(seconds)
         if permit is self._closed_permit:
             self._consecutive = 0
             if self._window is not None:
-                calls, failures = self._window.record(self._clock(), failed=False)
-                if self._rate_reached(calls, failures):
-                    self._change_state(BreakerState.OPEN, "failure_rate", self._last_error)
+                calls, failures, slows = self._window.record(self._clock(), failed=False,
+                                                             slow=slow)
+                reason = self._rate_reason(calls, failures, slows)
+                if reason is not None:
+                    self._change_state(BreakerState.OPEN, reason, self._last_error)
+        elif permit in self._probes and slow:
+            self._change_state(BreakerState.OPEN, "probe_slow")
         elif permit in self._probes:
             self._probes.discard(permit)
             self._probes_passed += 1
             if self._probes_passed >= self.config.probes:
                 self._change_state(BreakerState.CLOSED, "probe_succeeded")
 
-    def on_failure(self, permit: Permit, error: BaseException) -> None:
-        """Report that the call made with `permit` raised `error`.
+    def on_failure(self, permit: Permit, error: BaseException,
+                   seconds: float | None = None) -> None:
+        """Report that the call made with `permit` raised `error` (after `seconds`, if known).
 
         An error the config does not count, or any BaseException that is not an
         Exception (cancellation), is ignored and gives the probe permit back. A
@@ -367,9 +392,10 @@ class CircuitBreaker:
             if self._threshold is not None and self._consecutive >= self._threshold:
                 reason = "failures"
             if self._window is not None:
-                calls, failures = self._window.record(self._clock(), failed=True)
-                if reason is None and self._rate_reached(calls, failures):
-                    reason = "failure_rate"
+                calls, failures, slows = self._window.record(self._clock(), failed=True,
+                                                             slow=self._slow(seconds))
+                if reason is None:
+                    reason = self._rate_reason(calls, failures, slows)
             if reason is not None:
                 self._change_state(BreakerState.OPEN, reason, error)
 
@@ -417,9 +443,9 @@ class CircuitBreaker:
     def statistics(self) -> BreakerStatistics:
         """A snapshot of the state and counters."""
         state = self.state
-        calls, failures = (0, 0)
+        calls, failures, slows = (0, 0, 0)
         if self._window is not None:
-            calls, failures = self._window.totals(self._clock())
+            calls, failures, slows = self._window.totals(self._clock())
         return BreakerStatistics(
             tool=self.tool,
             state=state,
@@ -429,6 +455,7 @@ class CircuitBreaker:
             consecutive_failures=self._consecutive,
             window_calls=calls,
             window_failures=failures,
+            window_slow_calls=slows,
             successes=self._successes,
             failures=self._failures,
             ignored=self._ignored,
@@ -444,10 +471,21 @@ class CircuitBreaker:
                            error_type=type(error).__name__, error=str(error))
             return True
 
-    def _rate_reached(self, calls: int, failures: int) -> bool:
-        # Compared as a quotient: `rate * calls` rounds, so 55 of 100 fell short of 0.55.
-        rate = self.config.failure_rate
-        return rate is not None and calls >= self.config.min_calls and failures / calls >= rate
+    def _slow(self, seconds: float | None) -> bool:
+        threshold = self.config.slow_call
+        return threshold is not None and seconds is not None and seconds >= threshold
+
+    def _rate_reason(self, calls: int, failures: int, slows: int) -> str | None:
+        """Why the window's counts open the breaker (`failure_rate`, `slow_calls`), if they do."""
+        config = self.config
+        if calls < config.min_calls:
+            return None
+        # Compared as quotients: `rate * calls` rounds, so 55 of 100 fell short of 0.55.
+        if config.failure_rate is not None and failures / calls >= config.failure_rate:
+            return "failure_rate"
+        if config.slow_call is not None and slows / calls >= config.slow_call_rate:
+            return "slow_calls"
+        return None
 
     def _change_state(self, new: BreakerState, reason: str,
                       cause: BaseException | None = None) -> None:
@@ -556,47 +594,53 @@ class BreakerView:
 
 
 class _Window:
-    """Calls and counted failures over the last `span` seconds, kept in ten buckets."""
+    """Calls, counted failures and slow calls over the last `span` seconds, kept in ten
+    buckets."""
 
-    __slots__ = ("_buckets", "_calls", "_failures", "_width")
+    __slots__ = ("_buckets", "_calls", "_failures", "_slows", "_width")
 
     def __init__(self, span: float) -> None:
         self._width = span / _WINDOW_BUCKETS
-        self._buckets: deque[list[int]] = deque()  # [bucket index, calls, failures]
+        self._buckets: deque[list[int]] = deque()  # [bucket index, calls, failures, slow]
         self._calls = 0
         self._failures = 0
+        self._slows = 0
 
-    def record(self, now: float, *, failed: bool) -> tuple[int, int]:
-        """Add one call at clock time `now`; return the window's (calls, failures)."""
+    def record(self, now: float, *, failed: bool, slow: bool = False) -> tuple[int, int, int]:
+        """Add one call at clock time `now`; return the window's (calls, failures, slow)."""
         index = self._evict(now)
         if self._buckets and self._buckets[-1][0] == index:
             bucket = self._buckets[-1]
         else:
-            bucket = [index, 0, 0]
+            bucket = [index, 0, 0, 0]
             self._buckets.append(bucket)
         bucket[1] += 1
         bucket[2] += failed
+        bucket[3] += slow
         self._calls += 1
         self._failures += failed
-        return self._calls, self._failures
+        self._slows += slow
+        return self._calls, self._failures, self._slows
 
-    def totals(self, now: float) -> tuple[int, int]:
-        """The window's (calls, failures) as of clock time `now`."""
+    def totals(self, now: float) -> tuple[int, int, int]:
+        """The window's (calls, failures, slow) as of clock time `now`."""
         self._evict(now)
-        return self._calls, self._failures
+        return self._calls, self._failures, self._slows
 
     def clear(self) -> None:
         self._buckets.clear()
         self._calls = 0
         self._failures = 0
+        self._slows = 0
 
     def _evict(self, now: float) -> int:
         index = math.floor(now / self._width)
         oldest_kept = index - _WINDOW_BUCKETS + 1
         while self._buckets and self._buckets[0][0] < oldest_kept:
-            _, calls, failures = self._buckets.popleft()
+            _, calls, failures, slows = self._buckets.popleft()
             self._calls -= calls
             self._failures -= failures
+            self._slows -= slows
         return index
 
 

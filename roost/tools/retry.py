@@ -313,7 +313,7 @@ async def call_with_retry(
                 if span is not None:
                     before = breaker.state
                 if slot.entered:
-                    breaker.on_failure(permit, error)
+                    breaker.on_failure(permit, error, latency)
                 else:  # refused or cut off by the bulkhead: the tool never ran, no verdict
                     breaker.release(permit)
                 _breaker_moved(span, breaker, before)
@@ -372,15 +372,16 @@ async def call_with_retry(
                 span.end()
             raise
         else:
+            latency = clock() - attempt_started
             if span is not None:
-                span.attributes["latency"] = clock() - attempt_started
+                span.attributes["latency"] = latency
                 if breaker is not None and permit is not None:
                     before = breaker.state
-                    breaker.on_success(permit)
+                    breaker.on_success(permit, latency)
                     _breaker_moved(span, breaker, before)
                 span.end()
             elif breaker is not None and permit is not None:
-                breaker.on_success(permit)
+                breaker.on_success(permit, latency)
             return result
         _log.info(f"{subject}_retry_scheduled", **who, attempt=number, delay=delay)
         await sleep(delay)

@@ -34,6 +34,7 @@ class Flaky:
         self.errors: list[BaseException] = []
         self.calls = 0
         self.hold: anyio.Event | None = None
+        self.delay = 0.0
         self.entered = anyio.Event()
         options.setdefault("idempotent", True)
 
@@ -43,6 +44,8 @@ class Flaky:
             self.entered.set()
             if self.hold is not None:
                 await self.hold.wait()
+            if self.delay:
+                await anyio.sleep(self.delay)
             if self.errors:
                 raise self.errors.pop(0)
             return "ok"
@@ -186,6 +189,58 @@ async def test_one_failed_probe_of_several_opens_the_breaker_again(clock: FakeCl
     breaker.on_failure(second, TransientToolError("still down"))
 
     assert breaker.state == "open"
+
+
+def test_slow_calls_open_the_breaker_once_they_reach_their_rate(clock: FakeClock) -> None:
+    # resilience4j's slowCallRateThreshold and slowCallDurationThreshold.
+    breaker = roost.tools.CircuitBreaker("dep", roost.Breaker(
+        slow_call=2.0, slow_call_rate=0.5, min_calls=4, window=60.0), clock=clock)
+    for seconds in (0.1, 2.5, 0.2):  # slow or not, each call is counted
+        breaker.on_success(breaker.acquire(), seconds)
+    assert breaker.state == "closed"
+    assert breaker.statistics().window_slow_calls == 1
+
+    breaker.on_failure(breaker.acquire(), TransientToolError("late"), 3.0)
+
+    assert breaker.state == "open"  # 2 of 4 calls slow
+
+
+def test_fast_calls_keep_the_slow_call_rule_quiet(clock: FakeClock) -> None:
+    breaker = roost.tools.CircuitBreaker("dep", roost.Breaker(
+        slow_call=2.0, slow_call_rate=0.5, min_calls=4, window=60.0), clock=clock)
+    for _ in range(20):
+        breaker.on_success(breaker.acquire(), 1.99)
+    breaker.on_success(breaker.acquire(), 2.0)
+    assert breaker.state == "closed"
+
+
+def test_a_slow_probe_opens_the_breaker_again(clock: FakeClock) -> None:
+    breaker = roost.tools.CircuitBreaker(
+        "dep", roost.Breaker(failures=1, cooldown=30.0, slow_call=2.0), clock=clock)
+    breaker.on_failure(breaker.acquire(), TransientToolError("down"))
+    clock.advance(30.0)
+    heard: list[str] = []
+    breaker.add_listener(lambda change: heard.append(change.reason))
+
+    breaker.on_success(breaker.acquire(), 5.0)
+
+    assert (breaker.state, heard) == ("open", ["cooldown_ended", "probe_slow"])
+
+
+async def test_calls_through_the_proxy_are_timed_for_the_slow_call_rule() -> None:
+    flaky = Flaky(breaker=roost.Breaker(slow_call=0.02, slow_call_rate=0.5, min_calls=4,
+                                        window=60.0))
+    async with open_system() as system:
+        system.tools.register(flaky.tool)
+        flaky.delay = 0.05
+        for _ in range(2):
+            assert await system.tools.call("dep") == "ok"
+        flaky.delay = 0.0
+        assert await system.tools.call("dep") == "ok"
+        assert system.tools.breaker("dep").state == "closed"  # 3 calls: under min_calls
+        assert await system.tools.call("dep") == "ok"
+
+        assert system.tools.breaker("dep").state == "open"
 
 
 async def test_a_failed_probe_opens_the_breaker_for_another_full_cooldown(clock: FakeClock) -> None:
@@ -447,6 +502,10 @@ async def plain() -> str:
         (lambda: roost.Breaker(cooldown=0), "cooldown"),
         (lambda: roost.Breaker(cooldown="30"), "cooldown"),
         (lambda: roost.Breaker(probes=0), "probes"),
+        (lambda: roost.Breaker(slow_call=0), "slow_call"),
+        (lambda: roost.Breaker(slow_call=float("inf")), "slow_call"),
+        (lambda: roost.Breaker(slow_call=1.0, slow_call_rate=0), "slow_call_rate"),
+        (lambda: roost.Breaker(slow_call_rate=1.5), "slow_call_rate"),
         (lambda: roost.Breaker(counts=[TimeoutError]), "counts"),
         (lambda: roost.Breaker(counts=()), "counts"),  # it could never open
         (lambda: roost.Breaker(failure_rate=0.5, window=5e-324), "window"),
