@@ -304,7 +304,7 @@ async def call_with_retry(
             if breaker is not None:
                 _breaker_moved(span, breaker, before)
         attempt_started = clock()
-        slot = _Slot(call, policy.attempt_timeout, tool, bulkhead, watchdog)
+        slot = _Slot(call, policy.attempt_timeout, tool, bulkhead, watchdog, clock)
         try:
             result = await _bounded(slot.run, remaining, tool, "call", reported=policy.deadline)
         except Exception as error:
@@ -313,7 +313,7 @@ async def call_with_retry(
                 if span is not None:
                     before = breaker.state
                 if slot.entered:
-                    breaker.on_failure(permit, error, latency)
+                    breaker.on_failure(permit, error, clock() - slot.entered_at)
                 else:  # refused or cut off by the bulkhead: the tool never ran, no verdict
                     breaker.release(permit)
                 _breaker_moved(span, breaker, before)
@@ -324,7 +324,9 @@ async def call_with_retry(
             if span is not None:
                 span.fail(error)
                 span.attributes["latency"] = latency
-            if recheck is not None and slot.entered and leaves_outcome_unknown(error):
+            abandoned = isinstance(error, AttemptAbandoned)
+            if (recheck is not None and slot.entered and not abandoned
+                    and leaves_outcome_unknown(error)):
                 try:
                     took = await recheck(error)
                 except BaseException:
@@ -341,7 +343,9 @@ async def call_with_retry(
                     span.event("verified_not_done")
             delay = 0.0
             reason: str | None = None
-            if not policy.retries(error):
+            if abandoned:
+                reason = "abandoned"
+            elif not policy.retries(error):
                 reason = "not_retryable"
             elif number >= policy.attempts:
                 reason = "attempts_exhausted"
@@ -372,16 +376,16 @@ async def call_with_retry(
                 span.end()
             raise
         else:
-            latency = clock() - attempt_started
+            ran = clock() - slot.entered_at  # the breaker times the tool, not the queue
             if span is not None:
-                span.attributes["latency"] = latency
+                span.attributes["latency"] = clock() - attempt_started
                 if breaker is not None and permit is not None:
                     before = breaker.state
-                    breaker.on_success(permit, latency)
+                    breaker.on_success(permit, ran)
                     _breaker_moved(span, breaker, before)
                 span.end()
             elif breaker is not None and permit is not None:
-                breaker.on_success(permit, latency)
+                breaker.on_success(permit, ran)
             return result
         _log.info(f"{subject}_retry_scheduled", **who, attempt=number, delay=delay)
         await sleep(delay)
@@ -416,6 +420,14 @@ async def call_once(
         return took[0]
 
 
+class AttemptAbandoned(ToolTimeout):
+    """An attempt that ignored its cancellation ended after its call was given up: it is
+    neither retried nor verified (its callers were answered; see `Watchdog.on_stuck`)."""
+
+    def __init__(self, tool: str, limit: float) -> None:
+        super().__init__(tool, limit, "attempt (abandoned: it ignored its cancellation)")
+
+
 class Watchdog:
     """Cuts off tool attempts that run past their time limit, with few timers for all of them.
 
@@ -443,6 +455,7 @@ class Watchdog:
         self._new: dict[object, tuple[asyncio.Task[Any], float, str]] = {}
         self._timers: dict[object, asyncio.TimerHandle] = {}
         self._expired: dict[object, int] = {}  # attempt -> its task's cancel count before
+        self._stuck: set[object] = set()  # attempts reported to `on_stuck`
         self._sweep: asyncio.TimerHandle | None = None
 
     async def run(self, call: Callable[[], Awaitable[T]], limit: float, tool: str) -> T:
@@ -461,6 +474,7 @@ class Watchdog:
             self._new.clear()
             self._timers.clear()
             self._expired.clear()
+            self._stuck.clear()
         self._new[attempt] = (task, limit, tool)
         if self._sweep is None:
             # Timers run in a context of their own: the caller's would keep its actor (and
@@ -468,16 +482,20 @@ class Watchdog:
             self._sweep = loop.call_later(self.SWEEP, self._arm, context=contextvars.Context())
         try:
             return await attempt
-        except asyncio.CancelledError as cancelled:
-            before = self._expired.pop(attempt, None)
-            if before is not None and task.uncancel() <= before:
-                raise ToolTimeout(tool, limit, "attempt") from None
-            if task.cancelling():
-                raise
-            raise stray_exit(tool, cancelled) from cancelled
-        except GeneratorExit as escaped:
-            raise stray_exit(tool, escaped) from escaped
+        except (asyncio.CancelledError, GeneratorExit, Exception) as ended:
+            if attempt in self._stuck:  # its call was given up: no retry, no verdict
+                raise AttemptAbandoned(tool, limit) from ended
+            if isinstance(ended, asyncio.CancelledError):
+                before = self._expired.pop(attempt, None)
+                if before is not None and task.uncancel() <= before:
+                    raise ToolTimeout(tool, limit, "attempt") from None
+                if task.cancelling():
+                    raise
+            if isinstance(ended, asyncio.CancelledError | GeneratorExit):
+                raise stray_exit(tool, ended) from ended
+            raise
         finally:
+            self._stuck.discard(attempt)
             if self._new.pop(attempt, None) is None:
                 timer = self._timers.pop(attempt, None)
                 if timer is not None:
@@ -505,6 +523,7 @@ class Watchdog:
                        tool: str) -> None:
         """Report an attempt that has not ended `GRACE` seconds after its cancellation."""
         if attempt in self._expired and self.on_stuck is not None:
+            self._stuck.add(attempt)
             self.on_stuck(task, tool, limit)
 
 
@@ -516,20 +535,25 @@ class _Slot(Generic[T]):
     known.
     """
 
-    __slots__ = ("_bulkhead", "_call", "_limit", "_tool", "_watchdog", "entered")
+    __slots__ = ("_bulkhead", "_call", "_clock", "_limit", "_tool", "_watchdog", "entered",
+                 "entered_at")
 
     def __init__(self, call: Callable[[], Awaitable[T]], limit: float | None, tool: str,
-                 bulkhead: Bulkhead | None, watchdog: Watchdog | None) -> None:
+                 bulkhead: Bulkhead | None, watchdog: Watchdog | None,
+                 clock: Callable[[], float]) -> None:
         self._call = call
         self._limit = limit
         self._tool = tool
         self._bulkhead = bulkhead
         self._watchdog = watchdog
+        self._clock = clock
         self.entered = False
+        self.entered_at = 0.0
 
     async def run(self) -> T:
         async with self._bulkhead if self._bulkhead is not None else contextlib.nullcontext():
             self.entered = True
+            self.entered_at = self._clock()
             if self._limit is None or self._watchdog is None:
                 return await self._call()
             return await self._watchdog.run(self._call, self._limit, self._tool)

@@ -796,18 +796,22 @@ async def test_a_hanging_half_open_probe_is_cut_off_and_the_breaker_opens_again(
 class Stubborn:
     """A side-effecting `deliver` tool that ignores its cancellation until `release` is set."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, ends_cancelled: bool = False, **options: Any) -> None:
         self.sent: list[str] = []
         self.release = asyncio.Event()
 
         @roost.tool(name="deliver", **options)
         async def deliver(to: str) -> Receipt:
             self.sent.append(to)
+            if len(self.sent) > 1:
+                return Receipt(to, len(self.sent))
             while not self.release.is_set():
                 try:
                     await self.release.wait()
                 except asyncio.CancelledError:
                     pass  # swallowed: the attempt goes on past its time limit
+            if ends_cancelled:  # it honours its cancellation at last
+                raise asyncio.CancelledError
             return Receipt(to, len(self.sent))
 
         self.tool = deliver
@@ -864,6 +868,35 @@ async def test_an_abandoned_call_of_an_idempotent_tool_times_out_and_its_key_run
             assert await system.tools.call("deliver", key="k", to="ada") == Receipt("ada", 2)
         assert system.statistics()["abandoned"] == 1
     assert stubborn.sent == ["ada", "ada"]
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+async def test_an_abandoned_attempt_that_ends_at_last_is_neither_retried_nor_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, idempotent: bool,
+) -> None:
+    # Its callers were answered when it was abandoned: running the tool again then would be
+    # a side effect nobody waits for and nothing records.
+    monkeypatch.setattr(roost.tools.retry.Watchdog, "GRACE", 0.1)
+    verified: list[str] = []
+
+    async def verify(key: str, arguments: Any) -> roost.NotDone:
+        verified.append(key)
+        return roost.NotDone()
+
+    stubborn = Stubborn(ends_cancelled=True, timeout=0.2, idempotent=idempotent,
+                        verify=None if idempotent else verify,
+                        retry=roost.Retry(attempts=3, base_delay=0.0))
+    async with open_system(tmp_path / "store") as system:
+        registered(system, stubborn.tool)
+        with anyio.fail_after(5), pytest.raises(ToolTimeout if idempotent
+                                                else roost.ToolOutcomeUnknown):
+            await system.tools.call("deliver", key="k", to="ada")
+        abandoned = set(system.engine.abandoned_tasks)
+        stubborn.release.set()
+        await asyncio.wait(abandoned, timeout=5)
+
+        assert all(task.done() for task in abandoned)
+    assert (stubborn.sent, verified) == (["ada"], [])
 
 
 # --- replays come before the breaker --------------------------------------------------------

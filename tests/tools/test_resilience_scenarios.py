@@ -243,6 +243,24 @@ async def test_calls_through_the_proxy_are_timed_for_the_slow_call_rule() -> Non
         assert system.tools.breaker("dep").state == "open"
 
 
+async def test_time_spent_waiting_for_a_bulkhead_slot_does_not_make_a_call_slow() -> None:
+    # The breaker judges the dependency, not the queue in front of it.
+    flaky = Flaky(concurrency=1, breaker=roost.Breaker(slow_call=0.5, slow_call_rate=0.6,
+                                                        min_calls=2, window=60.0))
+    async with open_system() as system:
+        system.tools.register(flaky.tool)
+        flaky.hold = anyio.Event()
+        first = asyncio.ensure_future(system.tools.call("dep"))
+        await flaky.entered.wait()
+        queued = [asyncio.ensure_future(system.tools.call("dep")) for _ in range(3)]
+        await anyio.sleep(0.6)  # the queued calls wait longer than slow_call for the slot
+        flaky.hold.set()
+
+        assert await asyncio.gather(first, *queued) == ["ok"] * 4
+        assert system.tools.breaker("dep").state == "closed"
+        assert system.tools.breaker("dep").statistics().window_slow_calls == 1  # the first
+
+
 async def test_a_failed_probe_opens_the_breaker_for_another_full_cooldown(clock: FakeClock) -> None:
     flaky = Flaky(breaker=roost.Breaker(failures=2, cooldown=30.0))
     flaky.errors = [TransientToolError("down")] * 3
