@@ -101,6 +101,16 @@ def _still_expired(key: bytes, now: float) -> Callable[[bytes | None], bytes | N
     return change
 
 
+def _failure(error: BaseException) -> dict[str, object]:
+    """The fields of a permanent failure: the error's type name, message and `code`
+    attribute (when it is a str or an int), so that a replay can carry them."""
+    code = getattr(error, "code", None)
+    if isinstance(code, bool) or not isinstance(code, str | int):
+        code = None
+    return {"status": "failed", "error_type": type(error).__name__, "error": str(error),
+            "error_code": code}
+
+
 def ledger_key(tool: str, key: str) -> bytes:
     """The store key of `key` for `tool` (keys are scoped per tool)."""
     return tool.encode() + b"\x00" + key.encode()
@@ -195,11 +205,7 @@ class Ledger:
         Keeps the error's type name, message and `code` attribute (when it is a str
         or an int), so that the replay can carry them.
         """
-        code = getattr(error, "code", None)
-        if isinstance(code, bool) or not isinstance(code, str | int):
-            code = None
-        await self._settle(entry, status="failed", error_type=type(error).__name__,
-                           error=str(error), error_code=code)
+        await self._settle(entry, **_failure(error))
 
     async def unrecordable(self, entry: LedgerEntry, reason: str) -> None:
         """Record that the call is done but its result could not be stored."""
@@ -208,6 +214,37 @@ class Ledger:
     async def release(self, entry: LedgerEntry) -> None:
         """Forget the key (a retryable failure: the next call may run the tool again)."""
         await self._store.commit([Delete(_DB, ledger_key(entry.tool, entry.key))])
+
+    async def settle_unknown(self, entry: LedgerEntry, *, result: bytes | None = None,
+                             error: BaseException | None = None) -> bool:
+        """Settle in-flight `entry` as a person found it: done with `result`, failed for good
+        with `error`, or (neither) forgotten. Only if the stored entry is still `entry`: a
+        call that took the key over meanwhile keeps it. True if it was settled."""
+        key = ledger_key(entry.tool, entry.key)
+        now = self._clock()
+        if result is not None:
+            settled: LedgerEntry | None = msgspec.structs.replace(
+                entry, status="completed", result=result, updated_at=now,
+                expires_at=now + self.retention)
+        elif error is not None:
+            settled = msgspec.structs.replace(entry, updated_at=now, expires_at=now + self.retention,
+                                              **_failure(error))  # type: ignore[arg-type]
+        else:
+            settled = None
+        applied: list[bool] = []
+
+        def change(current: bytes | None) -> bytes | None:
+            if current is None:
+                return None
+            stored = _CODEC.decode(key, current)
+            if (stored.status, stored.owner, stored.updated_at) != (
+                    "in_flight", entry.owner, entry.updated_at):
+                return current
+            applied.append(True)
+            return None if settled is None else _CODEC.encode(settled)
+
+        await self._store.commit([Update(_DB, key, change)])
+        return bool(applied)
 
     async def get(self, tool: str, key: str) -> LedgerEntry | None:
         """The entry for `key` of `tool`, or None.

@@ -354,13 +354,9 @@ class Tools:
             return False
         if (name, key) in await proxy.ask(RunningKeys(name)):
             raise ToolCallRunning(name, key)
-        if encoded is not None:
-            await ledger.complete(entry, encoded)
-        elif error is not None:
-            await ledger.fail(entry, PermanentToolError(error) if isinstance(error, str)
-                              else error)
-        else:
-            await ledger.release(entry)
+        failure = PermanentToolError(error) if isinstance(error, str) else error
+        if not await ledger.settle_unknown(entry, result=encoded, error=failure):
+            return False  # a call took the key over, or it was settled, meanwhile
         _log.info("tool_call_settled", tool=name, key=key,
                   outcome="done" if done else "failed" if error is not None else "not_done")
         return True

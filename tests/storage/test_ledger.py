@@ -135,6 +135,28 @@ async def test_taking_over_a_key_left_in_flight_makes_this_ledger_its_owner(
     assert (await ledger.claim("send", "k", "fp-1")).ours
 
 
+async def test_a_person_settles_an_unknown_call_only_as_they_found_it(
+    store: Store, ledger: Ledger, clock: FakeClock,
+) -> None:
+    left = (await Ledger(store, clock=clock).claim("send", "k", "fp-1")).entry
+    assert await ledger.settle_unknown(left, result=b"\xa2ok")
+    assert (await ledger.get("send", "k")).status == "completed"  # type: ignore[union-attr]
+    assert not await ledger.settle_unknown(left)  # settled already: left as it is
+    assert (await ledger.get("send", "k")).result == b"\xa2ok"  # type: ignore[union-attr]
+
+
+async def test_settling_an_unknown_call_leaves_a_key_a_call_took_over_meanwhile(
+    store: Store, ledger: Ledger, clock: FakeClock,
+) -> None:
+    left = (await Ledger(store, clock=clock).claim("send", "k", "fp-1")).entry
+    clock.advance(1.0)
+    running = await ledger.take_over(left)  # its verify hook found it not done: it runs again
+
+    assert not await ledger.settle_unknown(left)  # forgetting it would free a running key
+
+    assert await ledger.get("send", "k") == running
+
+
 async def test_settled_entries_survive_reopening_the_store(
         open_either_store: Callable[[], Any]) -> None:
     async with open_either_store() as store:
