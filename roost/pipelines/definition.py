@@ -25,6 +25,7 @@ from roost.actors.actor import Actor, Message
 from roost.errors import PipelineDefinitionError
 from roost.pipelines.gate import Gate, GateDecision
 from roost.tools.retry import Retry
+from roost.tools.spec import type_name
 
 
 class RunStep(Message, frozen=True):
@@ -239,6 +240,14 @@ class Pipeline:
                 raise _invalid(where, option, gate, "a roost.Gate or None")
             gate.check(f"{where}, {option}")
             self._check_on_reject(where, item.name, gate_name, gate.on_reject)
+        review = item.review
+        if (review is not None and review.input_type is not None and item.output is not None
+                and review.input_type != item.output):
+            raise PipelineDefinitionError(
+                f"{where}: review=Gate(input_type={type_name(review.input_type)}) differs from "
+                f"output={type_name(item.output)}: an edit at the review becomes the step's "
+                "result, so it must be of the output type; leave input_type out (it is the "
+                "output type then) or make them the same")
 
     def _check_on_reject(self, where: str, step: str, gate: str, target: str | None) -> None:
         if target is None:

@@ -189,8 +189,10 @@ def check_comment(record: GateRecord, comment: Any) -> None:
 
 
 def _is_control(char: str) -> bool:
-    """A C0 or C1 control character, or DEL."""
-    return char < " " or "\x7f" <= char <= "\x9f"
+    """A C0 or C1 control character, DEL, a Unicode line or paragraph separator, or a
+    bidirectional override (which can make the text read differently from what it holds)."""
+    return (char < " " or "\x7f" <= char <= "\x9f" or char in "\u2028\u2029"
+            or "\u202a" <= char <= "\u202e" or "\u2066" <= char <= "\u2069")
 
 
 def _check_arguments(record: GateRecord, tool: ToolSpec, arguments: Any) -> None:

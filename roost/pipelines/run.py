@@ -64,7 +64,7 @@ from roost.storage.gates import PENDING
 from roost.storage.results import result_key
 from roost.tools.keys import derive_key, step_unit
 from roost.tools.retry import Retry, call_with_retry
-from roost.tools.spec import gate_passed
+from roost.tools.spec import gate_passed, type_name
 from roost.trace import TraceContext, call_trace, handling, new_span_id, new_trace_id
 from roost.tracing.spans import SpanEvent, SpanKind
 from roost.tracing.tracer import OpenSpan, Tracer, UsageTotals, usage_of
@@ -209,11 +209,6 @@ class _Paused(Message, frozen=True):
 
 
 _PROGRESS_DECODER = msgspec.msgpack.Decoder(RunProgress)
-
-
-def _type_name(kind: Any) -> str:
-    """How a message names a type: a class by its name, `list[int]` or `Any` as written."""
-    return kind.__qualname__ if isinstance(kind, type) else repr(kind)
 
 
 def _step_scope(name: str, index: int | None, *, fallback: bool) -> str:
@@ -677,7 +672,10 @@ class RunActor(Actor):
         span = self.step_spans.get(step.name)
         if span is not None:
             span.fail(StepFailed(self.run_id, step.name, error))
-            span.attributes["step.outcome"] = "failed"
+            span.attributes["step.outcome"] = "optional_failure" if step.optional else "failed"
+        if step.optional:  # it fails as an optional step does: the run goes on without it
+            return _StepDone(instance=id(self), step=step.name, result=StepFailure(error),
+                             attempts=attempts)
         return _StepDone(instance=id(self), step=step.name, error=error, attempts=attempts)
 
     def _store_failure(self, error: Exception) -> StoreError | None:
@@ -869,7 +867,7 @@ class RunActor(Actor):
                 data = type(result.data).__name__
                 if isinstance(error, msgspec.ValidationError):
                     why = (f"its review's data ({data}) does not fit its output type "
-                           f"{_type_name(output)}: {error}; propose a result of that type in "
+                           f"{type_name(output)}: {error}; propose a result of that type in "
                            "NeedsReview(reason, data=...)")
                 else:
                     why = (f"its review's data ({data}) cannot be stored: {error}; pass a "

@@ -183,8 +183,9 @@ class Ledger:
             raise IdempotencyConflict(entry.tool, entry.key)
         return Claim(False, entry, entry.owner == self.owner)
 
-    async def take_over(self, entry: LedgerEntry) -> LedgerEntry:
-        """Claim a key left in flight by an earlier process, to run the call again.
+    async def take_over(self, entry: LedgerEntry) -> LedgerEntry | None:
+        """Claim a key left in flight by an earlier process, to run the call again; None if
+        the stored entry is no longer `entry` (a person settled it meanwhile, say).
 
         Only for calls that are safe to repeat: idempotent tools, or a `verify`
         hook that found the call not done.
@@ -192,8 +193,8 @@ class Ledger:
         now = self._clock()
         mine = msgspec.structs.replace(entry, owner=self.owner, started_at=now, updated_at=now,
                                        expires_at=now + self.retention)
-        await self._store.commit([Put(_DB, ledger_key(entry.tool, entry.key), _CODEC.encode(mine))])
-        return mine
+        changed = await self._if_unchanged(entry, _CODEC.encode(mine))
+        return mine if changed else None
 
     async def complete(self, entry: LedgerEntry, result: bytes) -> None:
         """Record the call's result (durably), before its caller gets it."""
@@ -220,7 +221,6 @@ class Ledger:
         """Settle in-flight `entry` as a person found it: done with `result`, failed for good
         with `error`, or (neither) forgotten. Only if the stored entry is still `entry`: a
         call that took the key over meanwhile keeps it. True if it was settled."""
-        key = ledger_key(entry.tool, entry.key)
         now = self._clock()
         if result is not None:
             settled: LedgerEntry | None = msgspec.structs.replace(
@@ -231,6 +231,12 @@ class Ledger:
                                               **_failure(error))  # type: ignore[arg-type]
         else:
             settled = None
+        return await self._if_unchanged(entry, None if settled is None else _CODEC.encode(settled))
+
+    async def _if_unchanged(self, entry: LedgerEntry, value: bytes | None) -> bool:
+        """Write `value` (None: delete) over in-flight `entry` if the stored entry is still
+        it; True if it was."""
+        key = ledger_key(entry.tool, entry.key)
         applied: list[bool] = []
 
         def change(current: bytes | None) -> bytes | None:
@@ -241,7 +247,7 @@ class Ledger:
                     "in_flight", entry.owner, entry.updated_at):
                 return current
             applied.append(True)
-            return None if settled is None else _CODEC.encode(settled)
+            return value
 
         await self._store.commit([Update(_DB, key, change)])
         return bool(applied)

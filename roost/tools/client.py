@@ -344,8 +344,19 @@ class Tools:
             ToolSettlementInvalid: `result` does not fit the tool's return annotation.
         """
         ledger, proxy = self._settling(f"settle a call of tool {name!r}")
-        self.registry.get(name)
+        spec = self.registry.get(name)
         key = check_key(name, key)
+        if not isinstance(done, bool):
+            raise ConfigurationError(f"settle_unknown: done= must be True or False, got {done!r}")
+        if done and error is not None:
+            raise ConfigurationError("settle_unknown: a call found done has no error; give "
+                                     "result= with done=True, or error= with done=False")
+        if not done and result is not None:
+            raise ConfigurationError("settle_unknown: a call found not done has no result; give "
+                                     "result= with done=True, or leave it out")
+        if spec.read_only:
+            raise ConfigurationError(f"settle_unknown: tool {name!r} is read-only: its calls "
+                                     "are never recorded, so none has an unknown outcome")
         encoded = self._settled_result(name, key, result) if done else None
         entry = await ledger.get(name, key)
         if entry is None:

@@ -555,7 +555,10 @@ class ToolProxy(Actor):
                     span.attributes["tool.outcome"] = "verified"
                 return await self._record(spec, key, entry, verdict.result)
             _log.warning("tool_call_verified_not_done", tool=spec.name, key=key)
-        return await self._run_recorded(spec, arguments, key, await ledger.take_over(entry), span)
+        mine = await ledger.take_over(entry)
+        if mine is None:  # settled meanwhile (by a person, say): as the ledger now says
+            return await self._settle(spec, arguments, key, entry.fingerprint, span)
+        return await self._run_recorded(spec, arguments, key, mine, span)
 
     async def _run_recorded(self, spec: ToolSpec, arguments: dict[str, Any], key: str,
                             entry: LedgerEntry, span: OpenSpan | None) -> Any:

@@ -937,7 +937,8 @@ async def test_a_long_printable_name_decides_and_is_logged_as_stored(
     assert decided["by"] == name
 
 
-@pytest.mark.parametrize("comment", ["softer\x1b[2Jplease", "softer\rplease", "softer\x85"])
+@pytest.mark.parametrize("comment", ["softer\x1b[2Jplease", "softer\rplease", "softer\x85",
+                                     "softer\u2028please", "softer\u202eesaelp"])
 async def test_a_comment_with_control_characters_is_refused(
         system: roost.ActorSystem, comment: str) -> None:
     await outcome(await system.pipelines.start(support(), "angry customer", run_id="run-1"))

@@ -149,6 +149,29 @@ async def test_a_map_item_that_asks_for_review_fails_its_step(system: roost.Acto
     assert await system.gates.pending() == []
 
 
+async def test_an_optional_map_step_whose_item_asks_for_review_fails_as_optional(
+        system: roost.ActorSystem) -> None:
+    pipeline = Pipeline("mapped", [Step("m", ReviewsItemTwo, map=lambda r: [1, 2, 3],
+                                        optional=True),
+                                   Step("after", Echo, after="m")])
+    run = await system.pipelines.start(pipeline, run_id="run-1")
+
+    done = await outcome(run)
+
+    assert done.status == "completed"
+    assert isinstance(done.results["m"], roost.StepFailure)
+    assert "item 1 (2)" in done.results["m"].error
+    assert done.results["after"] == "after:done"
+
+
+def test_a_review_gate_whose_input_type_is_not_the_steps_output_is_refused() -> None:
+    # An edit at the review becomes the step's result: a str would break output=int.
+    with pytest.raises(roost.PipelineDefinitionError,
+                       match=r"review=Gate\(input_type=str\) differs from output=int"):
+        Pipeline("typed", [Step("s", ProposesText, output=int, review=Gate(input_type=str))])
+    Pipeline("typed", [Step("s", ProposesText, output=int, review=Gate(input_type=int))])
+
+
 # --- 3. a review's data must fit the step's output type ---------------------------------
 
 

@@ -157,6 +157,17 @@ async def test_settling_an_unknown_call_leaves_a_key_a_call_took_over_meanwhile(
     assert await ledger.get("send", "k") == running
 
 
+async def test_taking_over_a_key_a_person_settled_meanwhile_leaves_their_settlement(
+    store: Store, ledger: Ledger, clock: FakeClock,
+) -> None:
+    left = (await Ledger(store, clock=clock).claim("send", "k", "fp-1")).entry
+    assert await ledger.settle_unknown(left, result=b"\xa2ok")
+
+    assert await ledger.take_over(left) is None  # found in flight before the settlement
+
+    assert (await ledger.get("send", "k")).result == b"\xa2ok"  # type: ignore[union-attr]
+
+
 async def test_settled_entries_survive_reopening_the_store(
         open_either_store: Callable[[], Any]) -> None:
     async with open_either_store() as store:

@@ -168,3 +168,27 @@ async def test_without_a_store_there_is_nothing_to_settle() -> None:
 
         with pytest.raises(roost.ConfigurationError, match="without a store"):
             await system.tools.unknown_calls()
+
+
+async def test_contradictory_settlements_are_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    mailer = Mailer()
+    await leave_unknown(tmp_path / "store", mailer)
+
+    @roost.tool(read_only=True)
+    async def lookup(to: str) -> str:
+        return to
+
+    async with open_system(tmp_path / "store") as system:
+        system.tools.register(mailer.tool)
+        system.tools.register(lookup)
+        for done, options, refusal in [
+                (True, {"result": Receipt("ada", 1), "error": "bounced"}, "has no error"),
+                (False, {"result": Receipt("ada", 1)}, "has no result"),
+                ("no", {}, "done= must be True or False")]:
+            with pytest.raises(roost.ConfigurationError, match=refusal):
+                await system.tools.settle_unknown("send", "k", done=done, **options)
+        with pytest.raises(roost.ConfigurationError, match="read-only"):
+            await system.tools.settle_unknown("lookup", "k", done=False)
+
+        assert [call.key for call in await system.tools.unknown_calls()] == ["k"]
