@@ -412,11 +412,16 @@ class Cluster:
             self._lost.pop(run_id, None)
             self._held[run_id] = _Held(epoch, sent + lease, confirmed=True)
             if takeovers > self.settings.max_takeovers:
-                await self._park(run_id, epoch, (
-                    f"parked by node {self.node_id!r}: taken over {takeovers} times "
-                    f"(max_takeovers={self.settings.max_takeovers}); each node driving it "
-                    "stopped or stalled, so it may be what stops them; inspect it, then "
-                    "resume it with system.pipelines.resume after setting it running"))
+                try:
+                    await self._park(run_id, epoch, (
+                        f"parked by node {self.node_id!r}: taken over {takeovers} times "
+                        f"(max_takeovers={self.settings.max_takeovers}); each node driving it "
+                        "stopped or stalled, so it may be what stops them; inspect it, then "
+                        "resume it with system.pipelines.resume after setting it running"))
+                except Exception as error:  # e.g. the server went away: try again later
+                    _log.warning("takeover_failed", node=self.node_id, run_id=run_id,
+                                 error=repr(error))
+                    self.let_go(run_id)
                 continue
             if takeovers:
                 self.took_over += 1
@@ -459,8 +464,14 @@ class Cluster:
         """Park a run no node should go on with (taken over too often, or its stored state
         does not fit): `suspended`, with the reason, claimed by no node."""
         runs = self.system.pipelines.runs
-        await self.system.store.commit([runs.change(run_id, status=RunStatus.SUSPENDED,
-                                                    error=reason)])
+        try:
+            await self.system.store.commit([runs.change(run_id, status=RunStatus.SUSPENDED,
+                                                        error=reason)])
+        except RecordCorrupt as error:
+            # Its record cannot be rewritten: the lease alone keeps it parked, with the reason,
+            # and `roost store check` names the damage.
+            _log.error("run_record_unreadable", node=self.node_id, run_id=run_id,
+                       error=str(error))
         await self._sql(lambda c: sql.park(c, run_id, self.node_id, epoch, reason))
         self._held.pop(run_id, None)
         self.parked += 1

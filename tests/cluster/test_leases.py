@@ -272,5 +272,28 @@ async def test_a_run_the_registered_definition_no_longer_fits_is_parked_saying_w
     assert (record.status, record.error) == (RunStatus.SUSPENDED, lease["parked"])
 
 
+async def test_a_run_whose_record_does_not_decode_is_parked_once_not_claimed_in_a_loop(
+        postgres_url: str) -> None:
+    async with node(postgres_url, "a", lease=1.0, heartbeat=0.2) as system:
+        await system.pipelines.start(pipeline("a"), None, run_id="r1")
+        await until("'first' done", lambda: _seen("a", "second"))
+    await sql(postgres_url, "UPDATE roost_records SET value = '\\xc1'::bytea "
+                            "WHERE db = 'runs' AND key = 'r1'::bytea")
+
+    async with node(postgres_url, "b", lease=1.0, heartbeat=0.2, max_takeovers=5) as system:
+        await system.pipelines.register(pipeline("b"), resume=True)
+
+        async def parked() -> bool:
+            return bool((await sql(postgres_url, "SELECT parked FROM roost_leases "
+                                                 "WHERE run_id = 'r1'"))[0]["parked"])
+
+        await until("the run parked", parked)
+        await anyio.sleep(0.6)  # a few heartbeats: it is not claimed again
+        [lease] = await sql(postgres_url, "SELECT owner, takeovers, parked FROM roost_leases")
+
+    assert lease["owner"] is None and lease["takeovers"] <= 1
+    assert "does not decode" in lease["parked"]
+
+
 async def _seen(node_id: str, step: str) -> bool:
     return (node_id, step) in SEEN
