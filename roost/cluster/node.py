@@ -126,6 +126,10 @@ class Cluster:
         # here since. A freed slot claims at once only then; otherwise at the next beat.
         self._claimable = True
         self._task: asyncio.Task[None] | None = None
+        # Runs the heartbeat claimed and is resuming: in tasks of their own, so a resume
+        # that waits (for an earlier actor of the run to stop, say) never holds the
+        # heartbeat, and with it every lease of the node, past the lease.
+        self._resuming: set[asyncio.Task[bool]] = set()
         pipelines = system.pipelines
         #: The step tasks it sends to other nodes' pools and runs for them.
         self.tasks = StepTasks(self, pipelines.run_task, pipelines.registered_names,
@@ -162,6 +166,10 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for resuming in self._resuming:
+            resuming.cancel()
+        if self._resuming:
+            await asyncio.wait(self._resuming)
         await self.tasks.stop()
         if self._listener is not None:
             with contextlib.suppress(StoreError):
@@ -304,7 +312,7 @@ class Cluster:
                 next_beat = time.monotonic() + interval
                 await self._guarded(self._listen())
                 await self._guarded(self._beat())
-            await self._guarded(self._claim())
+            await self._guarded(self._claim(wait=False))
             if self._announce:
                 self._announce = False
                 await self._guarded(self._sql(lambda c: sql.announce(c, self.node_id)))
@@ -391,11 +399,13 @@ class Cluster:
         """
         return await self._claim()
 
-    async def _claim(self) -> list[str]:
-        """Claim expired or queued runs of registered pipelines, up to the free slots."""
+    async def _claim(self, *, wait: bool = True) -> list[str]:
+        """Claim expired or queued runs of registered pipelines, up to the free slots, and
+        resume them; the ids of those resumed, if `wait`, else none (they resume in tasks
+        of their own)."""
         pipelines = self.system.pipelines
         admission = pipelines.admission
-        free = admission.limit - admission.active - admission.queued
+        free = admission.limit - admission.active - admission.queued - len(self._resuming)
         names = pipelines.registered_names()
         if free <= 0 or not names:
             return []
@@ -429,7 +439,14 @@ class Cluster:
                           takeovers=takeovers)
             claimed_here.append(run_id)
         # Together: a dead node's runs resume at once, not one round trip after another.
-        going_on = await asyncio.gather(*(self._resume(run_id) for run_id in claimed_here))
+        loop = asyncio.get_running_loop()
+        resumes = [loop.create_task(self._resume(run_id)) for run_id in claimed_here]
+        self._resuming.update(resumes)
+        for resume in resumes:
+            resume.add_done_callback(self._resuming.discard)
+        if not wait or not resumes:
+            return []
+        going_on = await asyncio.gather(*resumes)
         return [run_id for run_id, goes_on in zip(claimed_here, going_on, strict=True)
                 if goes_on]
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
+import asyncpg
 import pytest
 
 from roost.storage import RunStatus, RunStore
@@ -134,7 +135,22 @@ class Cluster:
             failed = await RunStore(store).list(status=RunStatus.FAILED)
         errors = Counter(f"{record.failed_step}: {record.error}" for record in failed)
         return (f"statuses {dict(await self.statuses())}, leases left {await self.leases()}, "
-                f"failures {errors.most_common(3)}")
+                f"failures {errors.most_common(3)}\n{await self._sessions()}")
+
+    async def _sessions(self) -> str:
+        """The leases by owner and the database's sessions: what a stalled cluster waits on."""
+        connection = await asyncpg.connect(self.url)
+        try:
+            owners = await connection.fetch(
+                "SELECT owner, count(*) AS leases, max(lease_until - now()) AS latest "
+                "FROM roost_leases GROUP BY owner")
+            sessions = await connection.fetch(
+                "SELECT pid, state, wait_event, pg_blocking_pids(pid) AS blocked_by, "
+                "now() - state_change AS idle_for, left(query, 80) AS query FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        finally:
+            await connection.close()
+        return "\n".join(str(dict(row)) for row in [*owners, *sessions])
 
     async def mid_run(self) -> bool:
         """Node a has had effects and holds leases: runs are in flight on it."""
