@@ -284,6 +284,18 @@ async def test_a_result_that_cannot_be_stored_says_so_and_is_never_run_again(
 # --- a call cut off by the end of its process -------------------------------------------------
 
 
+async def cut_off_by_shutdown(store: Path, mailer: Mailer) -> None:
+    """Stop a system while `send` runs under key "k" (held at `mailer.gate`, which stays
+    unset): the next system on `store` finds the call in flight."""
+    mailer.gate = asyncio.Event()
+    async with open_system(store) as system:
+        system.tools.register(mailer.tool)
+        cut = asyncio.create_task(system.tools.call("send", key="k", to="ada"))
+        await mailer.started.wait()
+    with pytest.raises(roost.ActorStopped):
+        await cut
+
+
 async def test_a_call_cut_off_by_shutdown_is_settled_by_verify_in_the_next_system(
     tmp_path: Path,
 ) -> None:
@@ -294,13 +306,7 @@ async def test_a_call_cut_off_by_shutdown_is_settled_by_verify_in_the_next_syste
         return roost.Done(Receipt(arguments["to"], 7))
 
     mailer = Mailer(verify=verify)
-    mailer.gate = asyncio.Event()
-    async with open_system(tmp_path / "store", ) as system:
-        system.tools.register(mailer.tool)
-        cut = asyncio.create_task(system.tools.call("send", key="k", to="ada"))
-        await mailer.started.wait()
-    with pytest.raises(roost.ActorStopped):
-        await cut
+    await cut_off_by_shutdown(tmp_path / "store", mailer)
     async with open_system(tmp_path / "store") as system:
         system.tools.register(mailer.tool)
         assert await system.tools.call("send", key="k", to="ada") == Receipt("ada", 7)
@@ -311,13 +317,7 @@ async def test_a_call_cut_off_by_shutdown_is_settled_by_verify_in_the_next_syste
 
 async def test_a_call_cut_off_by_shutdown_without_verify_stays_unknown(tmp_path: Path) -> None:
     mailer = Mailer()
-    mailer.gate = asyncio.Event()
-    async with open_system(tmp_path / "store") as system:
-        system.tools.register(mailer.tool)
-        cut = asyncio.create_task(system.tools.call("send", key="k", to="ada"))
-        await mailer.started.wait()
-    with pytest.raises(roost.ActorStopped):
-        await cut
+    await cut_off_by_shutdown(tmp_path / "store", mailer)
     mailer.gate.set()
     async with open_system(tmp_path / "store") as system:
         system.tools.register(mailer.tool)
@@ -502,13 +502,7 @@ async def test_concurrent_calls_for_a_key_left_in_flight_are_settled_by_one_veri
         return roost.NotDone()
 
     mailer = Mailer(verify=verify)
-    mailer.gate = asyncio.Event()
-    async with open_system(tmp_path / "store") as system:
-        system.tools.register(mailer.tool)
-        cut = asyncio.create_task(system.tools.call("send", key="k", to="ada"))
-        await mailer.started.wait()
-    with pytest.raises(roost.ActorStopped):
-        await cut
+    await cut_off_by_shutdown(tmp_path / "store", mailer)
     mailer.gate.set()
     async with open_system(tmp_path / "store") as system:
         system.tools.register(mailer.tool)
