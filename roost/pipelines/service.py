@@ -834,9 +834,15 @@ class Pipelines:
 
     async def _cancel_parked(self, run_id: str) -> None:
         """Cancel a run that is not live here (waiting at gates, or queued: decided and not
-        yet resumed, or not yet started): its status and its gates' closing in one write."""
+        yet resumed, or not yet started): its status and its gates' closing in one write. A
+        gate record that does not decode is left as it is (logged): it cannot be decided
+        either, and it must not keep the run from being cancelled."""
         gates = self.gates.store
-        closing = gates.close_ops(await gates.of_run(run_id), "the run was cancelled")
+        damaged: builtins.list[RecordCorrupt] = []
+        closing = gates.close_ops(await gates.of_run(run_id, damaged=damaged),
+                                  "the run was cancelled")
+        for error in damaged:
+            _log.error("gate_unreadable", run_id=run_id, error=str(error))
 
         change = self.runs.change(run_id, status=RunStatus.CANCELLED, error="cancelled")
         await self.system.store.commit([change, *closing])

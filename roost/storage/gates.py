@@ -291,11 +291,23 @@ class GateStore:
             raise GateNotFound(run_id, gate, [r.gate for r in await self.of_run(run_id)])
         return _CODEC.decode(key, data)
 
-    async def of_run(self, run_id: str) -> builtins.list[GateRecord]:
-        """Every gate run `run_id` reached, by name."""
+    async def of_run(self, run_id: str, *, damaged: builtins.list[RecordCorrupt] | None = None
+                     ) -> builtins.list[GateRecord]:
+        """Every gate run `run_id` reached, by name.
+
+        Without `damaged`, a record that does not decode raises `RecordCorrupt`; with it,
+        such a record is left out and its error appended there.
+        """
         prefix = run_id.encode() + _SEPARATOR
-        return [_CODEC.decode(key, value)
-                async for key, value in self._store.scan(_DB, prefix=prefix)]
+        found: builtins.list[GateRecord] = []
+        async for key, value in self._store.scan(_DB, prefix=prefix):
+            try:
+                found.append(_CODEC.decode(key, value))
+            except RecordCorrupt as error:
+                if damaged is None:
+                    raise
+                damaged.append(error)
+        return found
 
     async def named(self, run_id: str, gates: Iterable[str]) -> builtins.list[GateRecord]:
         """The records of the gates of run `run_id` named in `gates` (those that exist), in

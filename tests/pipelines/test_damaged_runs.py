@@ -145,3 +145,19 @@ async def test_a_damaged_record_found_as_a_decision_resumes_the_run_leaves_it_as
     assert str(refused.value).startswith(r"step result record at key b'run-1\x00a' does not "
                                          "decode")
     assert (record.status, record.error) == ("running", None)  # as the decision stored it
+
+
+async def test_a_waiting_run_whose_gate_record_is_damaged_can_still_be_cancelled(
+        tmp_path: Path) -> None:
+    async with new_system(tmp_path / "store") as system:
+        run = await system.pipelines.start(DEMO, "email", run_id="run-1")
+        with anyio.fail_after(10):
+            assert (await run.result()).status == "waiting"
+        await system.store.commit([Put("gates", b"run-1\x00b", GARBAGE)])
+
+        with capture_logs() as logs:
+            await run.cancel()
+
+        assert (await system.pipelines.runs.get("run-1")).status == "cancelled"
+        assert await system.store.get("gates", b"run-1\x00b") == GARBAGE  # left for an operator
+    assert [event["run_id"] for event in logs if event["event"] == "gate_unreadable"] == ["run-1"]
