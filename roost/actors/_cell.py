@@ -43,6 +43,7 @@ from roost.errors import (
     CheckpointNotSaved,
     CheckpointUnencodable,
     InternalError,
+    MailboxFull,
 )
 from roost.mailbox.envelope import Envelope
 from roost.mailbox.mailbox import Mailbox
@@ -235,10 +236,23 @@ class Cell:
             self.schedule()
 
     async def enqueue_waiting(self, envelope: Envelope) -> None:
-        """Queue a user message, waiting for room when the mailbox policy is `wait`."""
+        """Queue a user message, waiting for room when the mailbox policy is `wait`.
+
+        From this actor's own message loop (a `send`, `ask` or `forward_send` to itself)
+        a full mailbox is not waited on: only that loop makes room, so it is queued as a
+        `tell` is, and `MailboxFull` says why.
+        """
         if self.state >= STOPPING:
             self._undeliverable(_unanswered(envelope))
             raise ActorStopped(self.path, envelope.message, self.stop_reason or "stopping")
+        if self.mailbox.full and self.task is not None and asyncio.current_task() is self.task:
+            try:
+                self.enqueue(envelope)
+            except MailboxFull as full:
+                full.add_note(f"{self.path} sent to its own mailbox from its own message loop: "
+                              "waiting for room there would never end, since only it makes room")
+                raise
+            return
         try:
             queued = await self.mailbox.put(envelope)
         except _MailboxClosed:

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from roost._validate import is_number
-from roost.errors import ActorStopped, AskTimeout, ConfigurationError, MailboxFull
+from roost.errors import ActorStopped, AskTimeout, ConfigurationError
 from roost.mailbox.envelope import Envelope
 from roost.trace import TraceContext, call_trace, handling
 
@@ -86,21 +86,12 @@ class ActorRef:
                 sends to its own full mailbox (only its own handling makes room, so
                 waiting would never end).
         """
-        cell = self._cell
         sender = handling.get()
         if sender is None:
             envelope = Envelope(message, None, None, call_trace.get())
         else:
             envelope = _from_actor(sender, message, None)
-            if sender is cell and cell.mailbox.full and asyncio.current_task() is cell.task:
-                try:
-                    cell.enqueue(envelope)  # as a tell: its overflow policy applies at once
-                except MailboxFull as full:
-                    full.add_note(f"{self.path} sent to its own mailbox from receive(): waiting "
-                                  "for room there would never end, since only it makes room")
-                    raise
-                return
-        await cell.enqueue_waiting(envelope)
+        await self._cell.enqueue_waiting(envelope)
 
     async def ask(self, message: Any, *, timeout: float = DEFAULT_ASK_TIMEOUT,
                   trace: TraceContext | None = None) -> Any:

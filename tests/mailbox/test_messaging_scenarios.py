@@ -432,6 +432,32 @@ async def test_an_actor_waiting_for_room_in_its_own_mailbox_is_told_it_cannot(
         await asking
 
 
+class SelfForwarder(roost.Actor):
+    """Forwards "go" to itself with backpressure while its own mailbox is full."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+
+    async def receive(self, message: Any) -> Any:
+        if message == "go":
+            self.board.holding.set()
+            await self.board.gate.wait()
+            await self.ctx.forward_send(self.ctx.self_ref)
+        return message
+
+
+async def test_an_actor_forwarding_to_its_own_full_mailbox_is_told_it_cannot(
+        system: roost.ActorSystem, board: Board) -> None:
+    ref = system.spawn(SelfForwarder, board, capacity=1)
+    asking = asyncio.ensure_future(ref.ask("go", timeout=5))
+    await board.holding.wait()
+    ref.tell("fills the mailbox")
+    board.gate.set()
+
+    with pytest.raises(roost.MailboxFull):
+        await asking
+
+
 # --- sender, forwarding -----------------------------------------------------------------------
 
 
