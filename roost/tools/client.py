@@ -55,7 +55,7 @@ from roost.tools.keys import (
     step_unit,
 )
 from roost.tools.proxy import Call, RunningKeys, ToolState, ToolStatistics
-from roost.tools.spec import ToolRegistry, ToolSpec, gate_passed, type_name
+from roost.tools.spec import ResultMisfit, ToolRegistry, ToolSpec, gate_passed, type_name
 from roost.trace import TraceContext, call_trace, handling
 from roost.tracing.spans import SpanKind
 from roost.tracing.tracer import OpenSpan, Tracer, usage_of
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 DEADLINE_MARGIN = 5.0
 
 _log = get_logger("roost")
-_ENCODER = msgspec.msgpack.Encoder()
 
 
 class UnknownCall(msgspec.Struct, frozen=True):
@@ -383,16 +382,12 @@ class Tools:
     def _settled_result(self, name: str, key: str, result: Any) -> bytes:
         """`result` encoded as the ledger keeps it, checked against the tool's return type."""
         try:
-            encoded = _ENCODER.encode(result)
-        except (TypeError, OverflowError, msgspec.EncodeError) as error:
-            raise ToolSettlementInvalid(name, key, f"it does not encode ({error})") from None
-        decoder = self.registry.results(name)
-        try:
-            decoder.decode(encoded)
-        except msgspec.DecodeError as error:
-            raise ToolSettlementInvalid(
-                name, key, f"it does not fit the return annotation {type_name(decoder.type)} "
-                           f"({error})") from None
+            encoded, _ = self.registry.recorded(name, result)
+        except ResultMisfit as misfit:
+            why = (f"it does not encode ({misfit.cause})" if misfit.annotation is None else
+                   f"it does not fit the return annotation {type_name(misfit.annotation)} "
+                   f"({misfit.cause})")
+            raise ToolSettlementInvalid(name, key, why) from None
         return encoded
 
     def statistics(self) -> ToolStatistics:

@@ -60,6 +60,7 @@ from roost.tools.spec import (
     DEFAULT_TIMEOUT,
     Done,
     NotDone,
+    ResultMisfit,
     ToolRegistry,
     ToolSpec,
     Verified,
@@ -73,7 +74,6 @@ if TYPE_CHECKING:
     from roost.storage.ledger import Ledger, LedgerEntry
 
 _log = get_logger("roost")
-_ENCODER = msgspec.msgpack.Encoder()
 
 
 class RunningKeys(Message, frozen=True):
@@ -611,17 +611,12 @@ class ToolProxy(Actor):
         ledger = self.ledger
         assert ledger is not None
         try:
-            encoded = _ENCODER.encode(result)
-        except (TypeError, OverflowError, msgspec.EncodeError) as error:
-            await self._unrecordable(spec, key, entry, _describe(error), error)
-        decoder = self.state.registry.results(spec.name)
-        try:
-            recorded = decoder.decode(encoded)
-        except msgspec.DecodeError as error:
-            await self._unrecordable(
-                spec, key, entry,
-                f"the result does not fit the return annotation {type_name(decoder.type)}: "
-                f"{error}", error)
+            encoded, recorded = self.state.registry.recorded(spec.name, result)
+        except ResultMisfit as misfit:
+            reason = (_describe(misfit.cause) if misfit.annotation is None else
+                      f"the result does not fit the return annotation "
+                      f"{type_name(misfit.annotation)}: {misfit.cause}")
+            await self._unrecordable(spec, key, entry, reason, misfit.cause)
         try:
             await ledger.complete(entry, encoded)
         except Exception as error:  # StoreError, most likely: the disk, the map, the writer

@@ -409,6 +409,19 @@ def spec_of(obj: object) -> ToolSpec:
     )
 
 
+class ResultMisfit(ValueError):
+    """A tool's result cannot be recorded (`ToolRegistry.recorded`): it does not encode
+    (`annotation` None), or does not fit the tool's return annotation; `cause` says how."""
+
+    def __init__(self, cause: Exception, annotation: Any = None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.annotation = annotation
+
+
+_RESULT_ENCODER = msgspec.msgpack.Encoder()
+
+
 class ToolRegistry:
     """The tools a system can call, by name.
 
@@ -457,6 +470,24 @@ class ToolRegistry:
             return self._results[name]
         except KeyError:
             raise UnknownTool(name, list(self._results)) from None
+
+    def recorded(self, name: str, result: Any) -> tuple[bytes, Any]:
+        """`result` of side-effecting tool `name` as the ledger keeps it (msgpack) and as
+        every call with its key gets it back (decoded as the tool's return annotation).
+
+        Raises:
+            UnknownTool: No side-effecting tool has that name.
+            ResultMisfit: It does not encode, or does not fit the return annotation.
+        """
+        decoder = self.results(name)
+        try:
+            encoded = _RESULT_ENCODER.encode(result)
+        except (TypeError, OverflowError, msgspec.EncodeError) as error:
+            raise ResultMisfit(error) from error
+        try:
+            return encoded, decoder.decode(encoded)
+        except msgspec.DecodeError as error:
+            raise ResultMisfit(error, decoder.type) from error
 
     def get(self, name: str) -> ToolSpec:
         """The spec of tool `name`.
