@@ -16,6 +16,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from structlog.testing import capture_logs
 
 from roost.errors import IdempotencyConflict, PermanentToolError, RecordCorrupt
 from roost.storage import Ledger, LedgerEntry, Put, Store, StoreInterface
@@ -263,6 +264,25 @@ async def test_a_corrupt_entry_raises_record_corrupt_naming_the_key(store: Store
     await store.commit([Put("ledger", ledger_key("send", "j"), b"\xc1")])
     with pytest.raises(RecordCorrupt, match="not a msgpack record"):
         await ledger.get("send", "j")
+
+
+async def test_in_flight_lists_the_unsettled_calls_oldest_first_and_names_a_corrupt_one(
+        store: Store, ledger: Ledger, clock: FakeClock) -> None:
+    late = (await ledger.claim("send", "b", "fp")).entry
+    clock.advance(-1.0)  # claimed earlier, though written later
+    early = (await ledger.claim("send", "a", "fp")).entry
+    clock.advance(0.5)
+    other = (await ledger.claim("charge", "c", "fp")).entry
+    await ledger.complete((await ledger.claim("send", "done", "fp")).entry, b"\xc0")
+    await store.commit([Put("ledger", ledger_key("send", "bad"), b"\xc1")])
+
+    with capture_logs() as logs:
+        listed = await ledger.in_flight("send")
+
+    assert listed == [early, late]
+    assert await ledger.in_flight() == [early, other, late]
+    assert [log["key"] for log in logs if log["event"] == "ledger_entry_corrupt"] == [
+        b"send\x00bad"]
 
 
 # --- the ledger against a model -------------------------------------------------------------
